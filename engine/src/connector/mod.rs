@@ -1,0 +1,315 @@
+//! The connector definition: what a workspace saves and an execution runs.
+//!
+//! A connector is JSON. Deserialisation is strict (unknown keys are
+//! rejected) and [`validate`] checks everything a save must refuse, each
+//! problem with the JSON path of the offending field.
+
+mod validate;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::extract::Extraction;
+
+pub use validate::{ValidationError, ValidationErrors, parse_and_validate, validate};
+
+/// Default whole-run deadline: 5 minutes.
+pub const DEFAULT_RUN_TIMEOUT_MS: u64 = 300_000;
+/// Default per-step timeout: 30 seconds.
+pub const DEFAULT_STEP_TIMEOUT_MS: u64 = 30_000;
+
+/// A connector definition (one immutable version of it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connector {
+    /// Human-readable name.
+    pub name: String,
+    /// What the connector does.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// JSON Schema the execution input must satisfy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
+    /// The steps, run in order.
+    pub steps: Vec<Step>,
+    /// Template tree rendered at the end into the execution's output.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub output: Value,
+    /// Retry policy for every step without its own.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Whole-run deadline in milliseconds.
+    #[serde(default = "default_run_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_run_timeout() -> u64 {
+    DEFAULT_RUN_TIMEOUT_MS
+}
+
+fn default_step_timeout() -> u64 {
+    DEFAULT_STEP_TIMEOUT_MS
+}
+
+impl Connector {
+    /// The retry policy that applies to `step`.
+    pub fn retry_for<'a>(&'a self, step: &'a Step) -> &'a RetryPolicy {
+        step.retry.as_ref().unwrap_or(&self.retry)
+    }
+}
+
+/// How failed attempts of a step are retried. Delays grow as
+/// `initial_delay_ms * multiplier^(attempt-1)`, capped at `max_delay_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Attempts per step, the first one included.
+    pub max_attempts: u32,
+    /// Delay before the second attempt.
+    pub initial_delay_ms: u64,
+    /// Upper bound for any delay.
+    pub max_delay_ms: u64,
+    /// Growth factor between attempts.
+    pub multiplier: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_delay_ms: 1_000,
+            max_delay_ms: 60_000,
+            multiplier: 2.0,
+        }
+    }
+}
+
+/// The kind of a step. Only HTTP exists today.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// One HTTP request.
+    #[default]
+    Http,
+}
+
+/// One HTTP call of a connector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Unique within the connector, `[a-z0-9_]+`; names the step in
+    /// templates (`steps.<name>`).
+    pub name: String,
+    /// The step kind (`http`, the default).
+    #[serde(default)]
+    pub kind: StepKind,
+    /// HTTP method.
+    pub method: Method,
+    /// URL template.
+    pub url: String,
+    /// Header templates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Query parameter templates, appended to the URL.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, String>,
+    /// Request body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Body>,
+    /// How the request authenticates.
+    #[serde(default)]
+    pub auth: Auth,
+    /// Per-attempt timeout in milliseconds.
+    #[serde(default = "default_step_timeout")]
+    pub timeout_ms: u64,
+    /// Accepted status codes; empty means any 2xx.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expect: Vec<u16>,
+    /// Response fields to extract: name → JSONPath.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extract: BTreeMap<String, Extraction>,
+    /// What a failure (after retries) does to the execution.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Overrides the connector's retry policy for this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+}
+
+impl Step {
+    /// Calls `f(field, template)` for every template string of the step,
+    /// `field` being its path inside the step (`url`, `headers.X-Id`,
+    /// `body.content.user.email`; JSON object keys are templates too).
+    pub fn visit_templates(&self, f: &mut impl FnMut(&str, &str)) {
+        f("url", &self.url);
+        for (name, value) in &self.headers {
+            f(&format!("headers.{name}"), value);
+        }
+        for (name, value) in &self.query {
+            f(&format!("query.{name}"), value);
+        }
+        match &self.body {
+            None => {}
+            Some(Body::Json { content }) => visit_json("body.content", content, f),
+            Some(Body::Form { content }) => {
+                for (name, value) in content {
+                    f(&format!("body.content.{name}"), value);
+                }
+            }
+            Some(Body::Xml { content } | Body::Raw { content, .. }) => f("body.content", content),
+        }
+    }
+
+    /// Whether `status` is accepted by this step's `expect` list.
+    pub fn accepts(&self, status: u16) -> bool {
+        if self.expect.is_empty() {
+            (200..300).contains(&status)
+        } else {
+            self.expect.contains(&status)
+        }
+    }
+}
+
+/// Calls `f(path, template)` for every string (keys included) of a JSON
+/// template tree.
+pub fn visit_json(path: &str, value: &Value, f: &mut impl FnMut(&str, &str)) {
+    match value {
+        Value::String(s) => f(path, s),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                visit_json(&format!("{path}[{i}]"), item, f);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                let child = format!("{path}.{k}");
+                f(&child, k);
+                visit_json(&child, item, f);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// HTTP methods a step may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+#[allow(missing_docs)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Head,
+    Options,
+}
+
+impl Method {
+    /// The method as the HTTP client spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Head => "HEAD",
+            Method::Options => "OPTIONS",
+        }
+    }
+}
+
+/// A request body. Strings inside are templates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Body {
+    /// Any JSON; a string leaf that is exactly one `<<expr>>` keeps the
+    /// value's JSON type.
+    Json {
+        /// The JSON template tree.
+        content: Value,
+    },
+    /// `application/x-www-form-urlencoded` fields.
+    Form {
+        /// Field templates.
+        content: BTreeMap<String, String>,
+    },
+    /// An XML document; substituted values are XML-escaped.
+    Xml {
+        /// The XML template.
+        content: String,
+    },
+    /// Any text with its content type.
+    Raw {
+        /// The body template.
+        content: String,
+        /// The `Content-Type` header sent.
+        content_type: String,
+    },
+}
+
+/// How a step authenticates, naming a stored credential of the workspace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Auth {
+    /// No authentication.
+    #[default]
+    None,
+    /// `Authorization: Bearer <token>` from the credential's `token` field.
+    Bearer {
+        /// Credential name.
+        credential: String,
+    },
+    /// An API key (the credential's `key` field) in a header or query
+    /// parameter named `name`.
+    ApiKey {
+        /// Credential name.
+        credential: String,
+        /// Where the key goes.
+        #[serde(rename = "in")]
+        location: ApiKeyLocation,
+        /// Header or query parameter name.
+        name: String,
+    },
+    /// HTTP basic auth from the credential's `username` and `password`.
+    Basic {
+        /// Credential name.
+        credential: String,
+    },
+}
+
+impl Auth {
+    /// The credential this auth uses, if any.
+    pub fn credential(&self) -> Option<&str> {
+        match self {
+            Auth::None => None,
+            Auth::Bearer { credential }
+            | Auth::ApiKey { credential, .. }
+            | Auth::Basic { credential } => Some(credential),
+        }
+    }
+}
+
+/// Where an API key is placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiKeyLocation {
+    /// A request header.
+    Header,
+    /// A query parameter.
+    Query,
+}
+
+/// What a step failure does to the execution.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// The execution fails.
+    #[default]
+    Fail,
+    /// The failure is recorded and the next step runs.
+    Continue,
+}

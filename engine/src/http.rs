@@ -1,0 +1,778 @@
+//! The HTTP step runner: renders a step against the execution context,
+//! sends it, and maps the outcome to a [`StepResult`] whose error, if any,
+//! says whether a retry may help ([`Retry`]).
+//!
+//! Secrets (every credential field value, and auth headers whole) are
+//! redacted from everything the result holds, so it can be stored and
+//! shown as is.
+
+use std::collections::BTreeMap;
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::connector::{ApiKeyLocation, Auth, Body, Step};
+use crate::extract;
+use crate::net::{self, GuardedResolver, PrivateNetworkRefused};
+use crate::template::{Dest, Renderer};
+
+/// What replaces a secret in anything stored or shown.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Decrypted credentials available to one step: name → field → value.
+pub type Credentials = BTreeMap<String, BTreeMap<String, String>>;
+
+/// Settings of the HTTP step runner.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Allow loopback, private, link-local and metadata destinations.
+    pub allow_private_networks: bool,
+    /// Largest response body read; a larger one fails the step.
+    pub max_response_bytes: usize,
+    /// Largest response body stored (and kept in the context); larger ones
+    /// are truncated with a marker and their original size.
+    pub max_stored_body_bytes: usize,
+    /// The `User-Agent` sent.
+    pub user_agent: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            allow_private_networks: false,
+            max_response_bytes: 10 * 1024 * 1024,
+            max_stored_body_bytes: 64 * 1024,
+            user_agent: concat!("conveyor/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+/// Whether and when a failed step may be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Try again after the policy's backoff (connect error, timeout, 408,
+    /// 429, 5xx).
+    Retryable,
+    /// Try again, not before this delay (the server's `Retry-After`).
+    RetryAfter(Duration),
+    /// Retrying cannot help.
+    Fatal,
+}
+
+/// Why a step failed, by cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepErrorKind {
+    /// The connection could not be made.
+    Connect,
+    /// No complete response within the step's timeout.
+    Timeout,
+    /// The response status is not accepted by `expect`.
+    HttpStatus,
+    /// A template could not be rendered.
+    Render,
+    /// A required credential or credential field is missing.
+    Credential,
+    /// The destination is a refused (private) address.
+    NetworkPolicy,
+    /// The response body exceeds the configured maximum.
+    ResponseTooLarge,
+    /// A required extracted field is absent.
+    Extract,
+    /// The request failed while in flight for another reason.
+    Transport,
+}
+
+/// A failed step attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepError {
+    /// The cause.
+    pub kind: StepErrorKind,
+    /// What happened, naming the step's field or path; never a secret.
+    pub message: String,
+    /// Whether a retry may help.
+    #[serde(skip)]
+    pub retry: Retry,
+}
+
+impl StepError {
+    fn fatal(kind: StepErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            retry: Retry::Fatal,
+        }
+    }
+
+    fn retryable(kind: StepErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            retry: Retry::Retryable,
+        }
+    }
+}
+
+/// The stored view of a response.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResponseRecord {
+    /// HTTP status code.
+    pub status: u16,
+    /// Headers, lower-case names; repeated headers joined by `, `.
+    pub headers: Map<String, Value>,
+    /// Parsed JSON when the body is JSON, else text; truncated beyond the
+    /// configured size as `{"truncated": true, "original_size": N,
+    /// "preview": "..."}`.
+    pub body: Value,
+}
+
+/// The outcome of one attempt of one step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepResult {
+    /// Redacted request snapshot: method, url, headers, body.
+    pub request: Value,
+    /// The response, when one arrived.
+    pub response: Option<ResponseRecord>,
+    /// Extracted fields (empty on failure).
+    pub extracted: Map<String, Value>,
+    /// When the attempt started.
+    pub started_at: DateTime<Utc>,
+    /// Wall time of the attempt.
+    pub duration_ms: u64,
+    /// Set when the attempt failed.
+    pub error: Option<StepError>,
+}
+
+impl StepResult {
+    /// The step's entry in the context: `steps.<name>` =
+    /// `{status, headers, body, extract}`.
+    pub fn context_entry(&self) -> Value {
+        let (status, headers, body) = match &self.response {
+            Some(r) => (
+                json!(r.status),
+                Value::Object(r.headers.clone()),
+                r.body.clone(),
+            ),
+            None => (Value::Null, Value::Object(Map::new()), Value::Null),
+        };
+        json!({
+            "status": status,
+            "headers": headers,
+            "body": body,
+            "extract": Value::Object(self.extracted.clone()),
+        })
+    }
+}
+
+/// The `Idempotency-Key` sent with a step attempt: stable across a crash
+/// and re-send of the same attempt, different for a retry.
+pub fn idempotency_key(execution_id: uuid::Uuid, step: &str, attempt: u32) -> String {
+    format!("{execution_id}:{step}:{attempt}")
+}
+
+/// Sends connector steps. Cheap to clone (one connection pool).
+#[derive(Debug, Clone)]
+pub struct StepClient {
+    client: reqwest::Client,
+    config: Arc<HttpConfig>,
+    renderer: Arc<Renderer>,
+}
+
+/// A rendered request, ready to send, with its redacted snapshot.
+struct Prepared {
+    request: reqwest::Request,
+    snapshot: Value,
+}
+
+impl StepClient {
+    /// Builds the client: rustls, no proxies from the environment (they
+    /// would bypass the address policy), redirects checked against it.
+    ///
+    /// # Errors
+    ///
+    /// When the TLS backend cannot be initialised.
+    pub fn new(config: HttpConfig) -> Result<Self, reqwest::Error> {
+        let allow_private = config.allow_private_networks;
+        let redirect = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 10 {
+                return attempt.error("too many redirects");
+            }
+            if !allow_private
+                && let Some(host) = attempt.url().host()
+                && let Err(e) = net::check_host(&host)
+            {
+                return attempt.error(e);
+            }
+            attempt.follow()
+        });
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(redirect)
+            .user_agent(config.user_agent.clone());
+        if !allow_private {
+            builder = builder.dns_resolver(Arc::new(GuardedResolver));
+        }
+        Ok(Self {
+            client: builder.build()?,
+            config: Arc::new(config),
+            renderer: Arc::new(Renderer::new()),
+        })
+    }
+
+    /// The template renderer this client uses.
+    pub fn renderer(&self) -> &Renderer {
+        &self.renderer
+    }
+
+    /// Renders and sends one attempt of `step`. `context` holds `input`,
+    /// `steps`, `execution`, `connector`, `workspace` and `settings`;
+    /// credentials join it only here, at send time. `timeout` bounds the
+    /// whole attempt (the step's own timeout, or less near the run deadline).
+    pub async fn run(
+        &self,
+        step: &Step,
+        context: &Value,
+        credentials: &Credentials,
+        idempotency_key: &str,
+        timeout: Duration,
+    ) -> StepResult {
+        let started_at = Utc::now();
+        let clock = Instant::now();
+        let redactor = Redactor::new(credentials);
+        let finish = |request: Value,
+                      response: Option<ResponseRecord>,
+                      extracted: Map<String, Value>,
+                      error: Option<StepError>| StepResult {
+            request,
+            response,
+            extracted,
+            started_at,
+            duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
+            error,
+        };
+        let prepared = match self.prepare(step, context, credentials, idempotency_key, timeout, &redactor) {
+            Ok(p) => p,
+            Err((snapshot, e)) => return finish(snapshot, None, Map::new(), Some(e)),
+        };
+        let snapshot = prepared.snapshot;
+        let response = match self.client.execute(prepared.request).await {
+            Ok(r) => r,
+            Err(e) => return finish(snapshot, None, Map::new(), Some(classify_send_error(&e))),
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = match read_limited(response, self.config.max_response_bytes).await {
+            Ok(b) => b,
+            Err(e) => return finish(snapshot, None, Map::new(), Some(e)),
+        };
+        let parsed = parse_body(&headers, &bytes);
+        let record = ResponseRecord {
+            status,
+            headers: redactor.headers(&headers, &[]),
+            body: redactor.value(self.stored_body(parsed.clone(), bytes.len())),
+        };
+        if !step.accepts(status) {
+            let error = status_error(step, status, &headers);
+            return finish(snapshot, Some(record), Map::new(), Some(error));
+        }
+        match extract::extract_all(&step.extract, &parsed) {
+            Ok(extracted) => {
+                let extracted = match redactor.value(Value::Object(extracted)) {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                };
+                finish(snapshot, Some(record), extracted, None)
+            }
+            Err(e) => finish(
+                snapshot,
+                Some(record),
+                Map::new(),
+                Some(StepError::fatal(StepErrorKind::Extract, e.to_string())),
+            ),
+        }
+    }
+
+    fn stored_body(&self, body: Value, size: usize) -> Value {
+        let max = self.config.max_stored_body_bytes;
+        if size <= max {
+            return body;
+        }
+        let text = match &body {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let mut cut = max.min(text.len());
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        json!({"truncated": true, "original_size": size, "preview": &text[..cut]})
+    }
+
+    fn prepare(
+        &self,
+        step: &Step,
+        context: &Value,
+        credentials: &Credentials,
+        idempotency_key: &str,
+        timeout: Duration,
+        redactor: &Redactor,
+    ) -> Result<Prepared, (Value, StepError)> {
+        let mut snapshot = json!({"method": step.method.as_str(), "url": Value::Null});
+        let fail = |snapshot: &Value, e: StepError| (snapshot.clone(), e);
+        let mut ctx = context.clone();
+        if let Value::Object(map) = &mut ctx {
+            map.insert(
+                "credentials".to_owned(),
+                serde_json::to_value(credentials).unwrap_or(Value::Null),
+            );
+        }
+        let render = |field: &str, template: &str, dest: Dest| {
+            self.renderer
+                .render_str(template, &ctx, dest)
+                .map_err(|e| StepError::fatal(StepErrorKind::Render, format!("{field}: {e}")))
+        };
+
+        let url_text = render("url", &step.url, Dest::Url).map_err(|e| fail(&snapshot, e))?;
+        let mut url = url::Url::parse(&url_text)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+            .ok_or_else(|| {
+                fail(
+                    &snapshot,
+                    StepError::fatal(
+                        StepErrorKind::Render,
+                        "url: the rendered URL is not an absolute http(s) URL",
+                    ),
+                )
+            })?;
+        for (name, template) in &step.query {
+            let value = render(&format!("query.{name}"), template, Dest::Text)
+                .map_err(|e| fail(&snapshot, e))?;
+            url.query_pairs_mut().append_pair(name, &value);
+        }
+
+        let mut headers = HeaderMap::new();
+        let mut secret_headers: Vec<HeaderName> = vec![AUTHORIZATION];
+        match &step.auth {
+            Auth::None => {}
+            Auth::Bearer { credential } => {
+                let token = secret_field(credentials, credential, "token")
+                    .map_err(|e| fail(&snapshot, e))?;
+                insert_header(&mut headers, AUTHORIZATION, &format!("Bearer {token}"), "auth")
+                    .map_err(|e| fail(&snapshot, e))?;
+            }
+            Auth::Basic { credential } => {
+                let user = secret_field(credentials, credential, "username")
+                    .map_err(|e| fail(&snapshot, e))?;
+                let pass = secret_field(credentials, credential, "password")
+                    .map_err(|e| fail(&snapshot, e))?;
+                use base64::Engine as _;
+                let encoded =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+                insert_header(&mut headers, AUTHORIZATION, &format!("Basic {encoded}"), "auth")
+                    .map_err(|e| fail(&snapshot, e))?;
+            }
+            Auth::ApiKey {
+                credential,
+                location,
+                name,
+            } => {
+                let key =
+                    secret_field(credentials, credential, "key").map_err(|e| fail(&snapshot, e))?;
+                match location {
+                    ApiKeyLocation::Query => {
+                        url.query_pairs_mut().append_pair(name, key);
+                    }
+                    ApiKeyLocation::Header => {
+                        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                            fail(
+                                &snapshot,
+                                StepError::fatal(
+                                    StepErrorKind::Render,
+                                    "auth.name: not a valid header name",
+                                ),
+                            )
+                        })?;
+                        insert_header(&mut headers, header.clone(), key, "auth")
+                            .map_err(|e| fail(&snapshot, e))?;
+                        secret_headers.push(header);
+                    }
+                }
+            }
+        }
+        if !self.config.allow_private_networks
+            && let Some(host) = url.host()
+            && let Err(e) = net::check_host(&host)
+        {
+            return Err(fail(
+                &snapshot,
+                StepError::fatal(StepErrorKind::NetworkPolicy, e.to_string()),
+            ));
+        }
+        snapshot["url"] = Value::String(redactor.text(url.as_str()));
+
+        for (name, template) in &step.headers {
+            let field = format!("headers.{name}");
+            let value = render(&field, template, Dest::Header).map_err(|e| fail(&snapshot, e))?;
+            let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                fail(
+                    &snapshot,
+                    StepError::fatal(StepErrorKind::Render, format!("{field}: not a valid header name")),
+                )
+            })?;
+            insert_header(&mut headers, header, &value, &field).map_err(|e| fail(&snapshot, e))?;
+        }
+        let idempotency = HeaderName::from_static("idempotency-key");
+        if !headers.contains_key(&idempotency) {
+            insert_header(&mut headers, idempotency, idempotency_key, "Idempotency-Key")
+                .map_err(|e| fail(&snapshot, e))?;
+        }
+
+        let (body, body_snapshot) = match &step.body {
+            None => (None, Value::Null),
+            Some(Body::Json { content }) => {
+                let value = self
+                    .renderer
+                    .render_json(content, &ctx)
+                    .map_err(|e| {
+                        fail(
+                            &snapshot,
+                            StepError::fatal(StepErrorKind::Render, format!("body.content: {e}")),
+                        )
+                    })?;
+                set_default_content_type(&mut headers, "application/json");
+                (Some(value.to_string().into_bytes()), redactor.value(value))
+            }
+            Some(Body::Form { content }) => {
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                for (name, template) in content {
+                    let value = render(&format!("body.content.{name}"), template, Dest::Text)
+                        .map_err(|e| fail(&snapshot, e))?;
+                    form.append_pair(name, &value);
+                }
+                let encoded = form.finish();
+                set_default_content_type(&mut headers, "application/x-www-form-urlencoded");
+                let shown = redactor.text(&encoded);
+                (Some(encoded.into_bytes()), Value::String(shown))
+            }
+            Some(Body::Xml { content }) => {
+                let text =
+                    render("body.content", content, Dest::Xml).map_err(|e| fail(&snapshot, e))?;
+                set_default_content_type(&mut headers, "application/xml");
+                let shown = redactor.text(&text);
+                (Some(text.into_bytes()), Value::String(shown))
+            }
+            Some(Body::Raw {
+                content,
+                content_type,
+            }) => {
+                let text =
+                    render("body.content", content, Dest::Text).map_err(|e| fail(&snapshot, e))?;
+                insert_header(&mut headers, CONTENT_TYPE, content_type, "body.content_type")
+                    .map_err(|e| fail(&snapshot, e))?;
+                let shown = redactor.text(&text);
+                (Some(text.into_bytes()), Value::String(shown))
+            }
+        };
+        snapshot["headers"] = Value::Object(redactor.headers(&headers, &secret_headers));
+        snapshot["body"] = body_snapshot;
+
+        let method = reqwest::Method::from_bytes(step.method.as_str().as_bytes())
+            .unwrap_or(reqwest::Method::GET);
+        let mut builder = self
+            .client
+            .request(method, url)
+            .headers(headers)
+            .timeout(timeout);
+        if let Some(body) = body {
+            builder = builder.body(body);
+        }
+        let request = builder.build().map_err(|e| {
+            fail(
+                &snapshot,
+                StepError::fatal(StepErrorKind::Render, format!("invalid request: {}", redactor.text(&e.to_string()))),
+            )
+        })?;
+        Ok(Prepared { request, snapshot })
+    }
+}
+
+fn secret_field<'a>(
+    credentials: &'a Credentials,
+    credential: &str,
+    field: &str,
+) -> Result<&'a str, StepError> {
+    let fields = credentials.get(credential).ok_or_else(|| {
+        StepError::fatal(
+            StepErrorKind::Credential,
+            format!("auth: credential `{credential}` does not exist in this workspace"),
+        )
+    })?;
+    fields.get(field).map(String::as_str).ok_or_else(|| {
+        StepError::fatal(
+            StepErrorKind::Credential,
+            format!("auth: credential `{credential}` has no field `{field}`"),
+        )
+    })
+}
+
+fn insert_header(
+    headers: &mut HeaderMap,
+    name: HeaderName,
+    value: &str,
+    field: &str,
+) -> Result<(), StepError> {
+    let value = HeaderValue::from_str(value).map_err(|_| {
+        StepError::fatal(
+            StepErrorKind::Render,
+            format!("{field}: the value is not a valid header value (control characters such as CR/LF are refused)"),
+        )
+    })?;
+    headers.insert(name, value);
+    Ok(())
+}
+
+fn set_default_content_type(headers: &mut HeaderMap, content_type: &'static str) {
+    headers
+        .entry(CONTENT_TYPE)
+        .or_insert(HeaderValue::from_static(content_type));
+}
+
+async fn read_limited(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, StepError> {
+    let too_large = || {
+        StepError::fatal(
+            StepErrorKind::ResponseTooLarge,
+            format!("the response body exceeds {max} bytes"),
+        )
+    };
+    if response
+        .content_length()
+        .is_some_and(|len| len > max as u64)
+    {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if bytes.len() + chunk.len() > max {
+                    return Err(too_large());
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(bytes),
+            Err(e) => return Err(classify_send_error(&e)),
+        }
+    }
+}
+
+fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Value {
+    if bytes.is_empty() {
+        return Value::Null;
+    }
+    let is_json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("json"));
+    let looks_json = matches!(bytes.iter().find(|b| !b.is_ascii_whitespace()), Some(b'{' | b'['));
+    if (is_json || looks_json)
+        && let Ok(v) = serde_json::from_slice(bytes)
+    {
+        return v;
+    }
+    Value::String(String::from_utf8_lossy(bytes).into_owned())
+}
+
+fn status_error(step: &Step, status: u16, headers: &HeaderMap) -> StepError {
+    let expected = if step.expect.is_empty() {
+        "2xx".to_owned()
+    } else {
+        step.expect
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let message = format!("HTTP {status} (expected {expected})");
+    let retryable = status == 408 || status == 429 || (500..600).contains(&status);
+    if !retryable {
+        return StepError::fatal(StepErrorKind::HttpStatus, message);
+    }
+    let retry = match retry_after(headers, Utc::now()) {
+        Some(delay) => Retry::RetryAfter(delay),
+        None => Retry::Retryable,
+    };
+    StepError {
+        kind: StepErrorKind::HttpStatus,
+        message,
+        retry,
+    }
+}
+
+/// Parses `Retry-After` as delay-seconds or an HTTP date (relative to
+/// `now`; a date in the past means no wait).
+pub fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    let value = headers.get("retry-after")?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let date = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
+    Some((date - now).to_std().unwrap_or(Duration::ZERO))
+}
+
+fn classify_send_error(e: &reqwest::Error) -> StepError {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(refused) = err.downcast_ref::<PrivateNetworkRefused>() {
+            return StepError::fatal(StepErrorKind::NetworkPolicy, refused.to_string());
+        }
+        source = err.source();
+    }
+    // reqwest's messages name the URL; it is redacted from stored output by
+    // using `without_url`.
+    let text = match e.source() {
+        Some(inner) => inner.to_string(),
+        None => "request failed".to_owned(),
+    };
+    if e.is_timeout() {
+        StepError::retryable(StepErrorKind::Timeout, "no response within the step timeout")
+    } else if e.is_connect() {
+        StepError::retryable(StepErrorKind::Connect, format!("could not connect: {text}"))
+    } else {
+        StepError::retryable(StepErrorKind::Transport, format!("request failed: {text}"))
+    }
+}
+
+/// Replaces credential values (and their URL-encoded forms) with
+/// [`REDACTED`].
+struct Redactor {
+    needles: Vec<String>,
+}
+
+impl Redactor {
+    fn new(credentials: &Credentials) -> Self {
+        let mut needles: Vec<String> = Vec::new();
+        for value in credentials.values().flat_map(BTreeMap::values) {
+            if value.is_empty() {
+                continue;
+            }
+            needles.push(value.clone());
+            needles.push(utf8_percent_encode(value, NON_ALPHANUMERIC).to_string());
+            needles.push(url::form_urlencoded::byte_serialize(value.as_bytes()).collect());
+        }
+        // Longest first, so a secret containing another is replaced whole.
+        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        needles.dedup();
+        Self { needles }
+    }
+
+    fn text(&self, s: &str) -> String {
+        let mut out = s.to_owned();
+        for needle in &self.needles {
+            if out.contains(needle.as_str()) {
+                out = out.replace(needle.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+
+    fn value(&self, v: Value) -> Value {
+        match v {
+            Value::String(s) => Value::String(self.text(&s)),
+            Value::Array(items) => Value::Array(items.into_iter().map(|i| self.value(i)).collect()),
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| (self.text(&k), self.value(v)))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
+    fn headers(&self, headers: &HeaderMap, secret: &[HeaderName]) -> Map<String, Value> {
+        let mut out = Map::new();
+        for name in headers.keys() {
+            let joined = headers
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let shown = if secret.contains(name) {
+                REDACTED.to_owned()
+            } else {
+                self.text(&joined)
+            };
+            out.insert(name.as_str().to_owned(), Value::String(shown));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_accepts_seconds_and_http_dates() {
+        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
+            .expect("date")
+            .with_timezone(&Utc);
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("120"));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(120)));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:30 GMT"),
+        );
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(30)));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:00:00 GMT"),
+        );
+        assert_eq!(retry_after(&h, now), Some(Duration::ZERO));
+        h.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h, now), None);
+    }
+
+    #[test]
+    fn redactor_replaces_raw_and_encoded_secrets() {
+        let mut creds = Credentials::new();
+        creds.insert(
+            "c".into(),
+            BTreeMap::from([("token".to_owned(), "s3cr et/+".to_owned())]),
+        );
+        let r = Redactor::new(&creds);
+        assert_eq!(r.text("a s3cr et/+ b"), format!("a {REDACTED} b"));
+        assert_eq!(r.text("q=s3cr%20et%2F%2B"), format!("q={REDACTED}"));
+        assert_eq!(r.text("q=s3cr+et%2F%2B"), format!("q={REDACTED}"));
+        assert_eq!(
+            r.value(json!({"k": ["s3cr et/+"]})),
+            json!({"k": [REDACTED]})
+        );
+    }
+
+    #[test]
+    fn large_bodies_are_stored_truncated_with_their_size() {
+        let client = StepClient::new(HttpConfig {
+            max_stored_body_bytes: 4,
+            ..HttpConfig::default()
+        })
+        .expect("client");
+        let stored = client.stored_body(Value::String("abcdefgh".into()), 8);
+        assert_eq!(
+            stored,
+            json!({"truncated": true, "original_size": 8, "preview": "abcd"})
+        );
+        assert_eq!(
+            client.stored_body(Value::String("abc".into()), 3),
+            json!("abc")
+        );
+    }
+}

@@ -1,0 +1,443 @@
+//! Runs one claimed execution: steps in order from the first unfinished
+//! one, each result committed (fenced) before the next step starts.
+//!
+//! The runner never sleeps for a retry: a retryable failure is committed as
+//! `queued` with a future `run_at`, freeing the worker slot. It stops at a
+//! step boundary when the worker shuts down (releasing the lease) and as
+//! soon as it learns of a cancel request.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+use uuid::Uuid;
+
+use crate::Result;
+use crate::connector::{Connector, OnError};
+use crate::crypto::Keyring;
+use crate::http::{Credentials, Retry, StepClient, StepResult, idempotency_key};
+use crate::retry::next_delay;
+use crate::store::credentials;
+use crate::store::executions::{self, Claimed, StepRow, Transition};
+use crate::store;
+
+/// Settings of a runner.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Recorded as the lease owner and on every step row.
+    pub worker_id: String,
+    /// Lease length; heartbeats extend it every third of it.
+    pub lease: Duration,
+    /// Largest persisted context (the step results so far); past it the
+    /// step fails with `context_too_large`.
+    pub max_context_bytes: usize,
+    /// Upper bound for a server's `Retry-After`.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            worker_id: "worker".to_owned(),
+            lease: Duration::from_secs(30),
+            max_context_bytes: 1024 * 1024,
+            max_retry_after: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// How a run ended for this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Every step succeeded; the output is stored.
+    Succeeded,
+    /// The execution failed (step, deadline, definition).
+    Failed,
+    /// It was cancelled on request.
+    Cancelled,
+    /// A retry is scheduled; the row is queued again.
+    RetryScheduled,
+    /// Shutdown: the row went back to the queue unfinished.
+    Released,
+    /// Another worker holds the lease now; nothing was written.
+    LeaseLost,
+}
+
+/// A connector version prepared for running: immutable, so cached forever.
+struct Prepared {
+    connector: Connector,
+    credential_names: Vec<String>,
+}
+
+/// Runs claimed executions. Share one per worker process.
+pub struct Runner {
+    pool: PgPool,
+    client: StepClient,
+    keyring: Arc<Keyring>,
+    config: RunnerConfig,
+    definitions: Mutex<HashMap<(Uuid, i32), Arc<Prepared>>>,
+}
+
+impl Runner {
+    /// A runner over `pool`, sending with `client`, opening credentials
+    /// with `keyring`.
+    pub fn new(pool: PgPool, client: StepClient, keyring: Arc<Keyring>, config: RunnerConfig) -> Self {
+        Self {
+            pool,
+            client,
+            keyring,
+            config,
+            definitions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The runner's settings.
+    pub fn config(&self) -> &RunnerConfig {
+        &self.config
+    }
+
+    async fn prepared(&self, id: Uuid, version: i32) -> Result<Option<Arc<Prepared>>, String> {
+        if let Some(p) = self.lock_definitions().get(&(id, version)) {
+            return Ok(Some(p.clone()));
+        }
+        let Some(json) = store::connectors::definition(&self.pool, id, version)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let connector: Connector =
+            serde_json::from_value(json).map_err(|e| format!("stored definition is invalid: {e}"))?;
+        let mut names = BTreeSet::new();
+        for step in &connector.steps {
+            if let Some(c) = step.auth.credential() {
+                names.insert(c.to_owned());
+            }
+            step.visit_templates(&mut |_, template| {
+                for r in self.client.renderer().references(template).unwrap_or_default() {
+                    let mut parts = r.split('.');
+                    if parts.next() == Some("credentials")
+                        && let Some(name) = parts.next()
+                    {
+                        names.insert(name.to_owned());
+                    }
+                }
+            });
+        }
+        let prepared = Arc::new(Prepared {
+            connector,
+            credential_names: names.into_iter().collect(),
+        });
+        self.lock_definitions()
+            .insert((id, version), prepared.clone());
+        Ok(Some(prepared))
+    }
+
+    fn lock_definitions(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, i32), Arc<Prepared>>> {
+        // A poisoned lock only means another task panicked mid-insert; the
+        // map itself is still a valid cache.
+        self.definitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `claimed` until it finishes, is rescheduled, is released at
+    /// shutdown, or its lease is lost.
+    ///
+    /// # Errors
+    ///
+    /// Database errors. The lease then simply expires and another worker
+    /// resumes the execution.
+    pub async fn run(&self, claimed: Claimed, shutdown: &CancellationToken) -> Result<RunOutcome> {
+        let span = info_span!(
+            "execution",
+            execution.id = %claimed.id,
+            connector.id = %claimed.connector_id,
+            workspace.id = %claimed.workspace_id,
+            attempt = claimed.claims
+        );
+        self.run_inner(claimed, shutdown).instrument(span).await
+    }
+
+    async fn run_inner(&self, claimed: Claimed, shutdown: &CancellationToken) -> Result<RunOutcome> {
+        let (id, token) = (claimed.id, claimed.fencing_token);
+        let prepared = match self.prepared(claimed.connector_id, claimed.connector_version).await {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                let error = json!({"kind": "definition", "message": "the connector version no longer exists"});
+                return self.end(id, token, Some(&error)).await;
+            }
+            Err(message) => {
+                let error = json!({"kind": "definition", "message": message});
+                return self.end(id, token, Some(&error)).await;
+            }
+        };
+        let connector = &prepared.connector;
+        let deadline = claimed.started_at + Duration::from_millis(connector.timeout_ms);
+        let credentials = match credentials::load(
+            &self.pool,
+            &self.keyring,
+            &claimed.workspace_id,
+            &prepared.credential_names,
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(credentials::CredentialError::Store(e)) => return Err(e),
+            Err(e) => {
+                let error = json!({"kind": "credential", "message": e.to_string()});
+                return self.end(id, token, Some(&error)).await;
+            }
+        };
+
+        let mut ctx = json!({
+            "input": claimed.input,
+            "steps": claimed.context.get("steps").cloned().unwrap_or_else(|| json!({})),
+            "execution": {"id": id, "attempt": 1},
+            "connector": {"id": claimed.connector_id, "version": claimed.connector_version},
+            "workspace": {"id": claimed.workspace_id},
+            "settings": json!({}),
+        });
+        let first = usize::try_from(claimed.next_step).unwrap_or(0);
+        for (index, step) in connector.steps.iter().enumerate().skip(first) {
+            if index > first && shutdown.is_cancelled() {
+                executions::release(&self.pool, id, token, Utc::now()).await?;
+                info!("released at a step boundary for shutdown");
+                return Ok(RunOutcome::Released);
+            }
+            let now = Utc::now();
+            if now >= deadline {
+                let error = json!({
+                    "kind": "deadline", "step": step.name, "step_index": index,
+                    "message": format!("the run exceeded its timeout_ms of {} ms", connector.timeout_ms),
+                });
+                return self.end(id, token, Some(&error)).await;
+            }
+            let attempt = if index == first {
+                u32::try_from(claimed.step_attempt).unwrap_or(1)
+            } else {
+                1
+            };
+            ctx["execution"]["attempt"] = json!(attempt);
+            let remaining = (deadline - now).to_std().unwrap_or(Duration::ZERO);
+            let timeout = Duration::from_millis(step.timeout_ms).min(remaining);
+            let key = idempotency_key(id, &step.name, attempt);
+            let span = info_span!("step", step.name = %step.name, step.index = index, attempt);
+            let sent = self
+                .send_with_heartbeat(id, token, step, &ctx, &credentials, &key, timeout)
+                .instrument(span)
+                .await?;
+            let result = match sent {
+                InFlight::Done(result) => result,
+                InFlight::LeaseLost => return Ok(RunOutcome::LeaseLost),
+                InFlight::CancelRequested => return self.end(id, token, None).await,
+            };
+            let last = index + 1 == connector.steps.len();
+            let (row, transition) = self.decide(connector, index, attempt, &result, &mut ctx, last, deadline);
+            let outcome = match &transition {
+                Transition::Continue { .. } => None,
+                Transition::Succeed { .. } => Some(RunOutcome::Succeeded),
+                Transition::Retry { .. } => Some(RunOutcome::RetryScheduled),
+                Transition::Fail { .. } => Some(RunOutcome::Failed),
+            };
+            let status = executions::commit_step(&self.pool, id, token, &row, &transition, Utc::now()).await?;
+            match status.as_deref() {
+                None => {
+                    warn!("lease lost before the step commit; dropping the execution");
+                    return Ok(RunOutcome::LeaseLost);
+                }
+                Some(executions::status::CANCELLED) => {
+                    info!("cancelled at a step boundary");
+                    return Ok(RunOutcome::Cancelled);
+                }
+                Some(_) => {}
+            }
+            if let Some(outcome) = outcome {
+                info!(?outcome, "execution left the worker");
+                return Ok(outcome);
+            }
+        }
+        // Only reachable when no step was left to run (an empty tail).
+        let output = render_output(self, connector, &ctx);
+        self.end(id, token, output.err().as_ref()).await
+    }
+
+    /// Ends the execution without a step row: failed with `error`, or
+    /// cancelled when `error` is `None`.
+    async fn end(&self, id: Uuid, token: i64, error: Option<&Value>) -> Result<RunOutcome> {
+        if !executions::finish(&self.pool, id, token, error, Utc::now()).await? {
+            return Ok(RunOutcome::LeaseLost);
+        }
+        Ok(match error {
+            Some(e) => {
+                warn!(error = %e, "execution failed");
+                RunOutcome::Failed
+            }
+            None => RunOutcome::Cancelled,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send_with_heartbeat(
+        &self,
+        id: Uuid,
+        token: i64,
+        step: &crate::connector::Step,
+        ctx: &Value,
+        credentials: &Credentials,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<InFlight> {
+        let send = self.client.run(step, ctx, credentials, key, timeout);
+        tokio::pin!(send);
+        let every = self.config.lease / 3;
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                result = &mut send => return Ok(InFlight::Done(Box::new(result))),
+                _ = beat.tick() => {
+                    let until = Utc::now() + self.config.lease;
+                    match executions::heartbeat(&self.pool, id, token, until).await {
+                        Ok(Some(false)) => {}
+                        Ok(Some(true)) => {
+                            info!("cancel requested while a step was in flight");
+                            return Ok(InFlight::CancelRequested);
+                        }
+                        Ok(None) => {
+                            warn!("lease lost while a step was in flight");
+                            return Ok(InFlight::LeaseLost);
+                        }
+                        // The database may be briefly away; the lease has
+                        // two more beats of slack, and fencing protects the
+                        // rest.
+                        Err(e) => warn!(error = %e, "heartbeat failed"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Turns a step result into its stored row and the execution's next
+    /// state, growing `ctx` when the execution moves on.
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        connector: &Connector,
+        index: usize,
+        attempt: u32,
+        result: &StepResult,
+        ctx: &mut Value,
+        last: bool,
+        deadline: DateTime<Utc>,
+    ) -> (StepRow, Transition) {
+        let step = &connector.steps[index];
+        let now = Utc::now();
+        let mut row = StepRow {
+            step_index: i32::try_from(index).unwrap_or(i32::MAX),
+            attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
+            step_name: step.name.clone(),
+            outcome: "succeeded",
+            request: result.request.clone(),
+            response_status: result.response.as_ref().map(|r| i32::from(r.status)),
+            response_headers: result.response.as_ref().map(|r| Value::Object(r.headers.clone())),
+            response_body: result.response.as_ref().map(|r| r.body.clone()),
+            extracted: Some(Value::Object(result.extracted.clone())),
+            error: result.error.as_ref().map(|e| json!(e)),
+            worker_id: self.config.worker_id.clone(),
+            started_at: result.started_at,
+            finished_at: now,
+            duration_ms: i32::try_from(result.duration_ms).unwrap_or(i32::MAX),
+        };
+        let mut entry = result.context_entry();
+        if let Some(error) = &result.error {
+            let policy = connector.retry_for(step);
+            let retry_after = match error.retry {
+                Retry::Fatal => None,
+                Retry::Retryable => Some(None),
+                Retry::RetryAfter(d) => Some(Some(d)),
+            };
+            let mut why = error.message.clone();
+            if let Some(retry_after) = retry_after {
+                if attempt < policy.max_attempts {
+                    let delay = next_delay(policy, attempt, rand::random::<f64>(), retry_after, self.config.max_retry_after);
+                    let run_at = now + delay;
+                    if run_at < deadline {
+                        row.outcome = "retry_scheduled";
+                        let attempt = i32::try_from(attempt + 1).unwrap_or(i32::MAX);
+                        return (row, Transition::Retry { run_at, attempt });
+                    }
+                    why = format!("{why}; a retry would pass the run deadline");
+                } else {
+                    why = format!("{why}; gave up after {attempt} attempts");
+                }
+            }
+            let error_json = json!({
+                "step": step.name, "step_index": index, "attempt": attempt,
+                "kind": error.kind, "message": why,
+                "status": result.response.as_ref().map(|r| r.status),
+            });
+            if step.on_error == OnError::Fail {
+                row.outcome = "failed";
+                return (row, Transition::Fail { error: error_json });
+            }
+            row.outcome = "continued";
+            entry["error"] = error_json;
+        }
+        ctx["steps"][step.name.as_str()] = entry;
+        let persisted = json!({"steps": ctx["steps"]});
+        let size = serde_json::to_vec(&persisted).map_or(usize::MAX, |v| v.len());
+        if size > self.config.max_context_bytes {
+            row.outcome = "failed";
+            let error = json!({
+                "step": step.name, "step_index": index, "attempt": attempt, "kind": "context_too_large",
+                "message": format!("the execution context would grow to {size} bytes, over the {} byte limit; extract fewer fields or lower the stored body size", self.config.max_context_bytes),
+            });
+            return (row, Transition::Fail { error });
+        }
+        if !last {
+            let transition = Transition::Continue {
+                context: persisted,
+                next_step: i32::try_from(index + 1).unwrap_or(i32::MAX),
+                lease_until: now + self.config.lease,
+            };
+            return (row, transition);
+        }
+        match render_output(self, connector, ctx) {
+            Ok(output) => (row, Transition::Succeed { context: persisted, output }),
+            Err(error) => {
+                row.outcome = "failed";
+                (row, Transition::Fail { error })
+            }
+        }
+    }
+}
+
+enum InFlight {
+    Done(Box<StepResult>),
+    LeaseLost,
+    CancelRequested,
+}
+
+/// Renders the connector's `output` template; without one, the output is
+/// every step's extracted fields by step name.
+fn render_output(runner: &Runner, connector: &Connector, ctx: &Value) -> Result<Value, Value> {
+    if connector.output.is_null() {
+        let mut out = Map::new();
+        if let Some(steps) = ctx["steps"].as_object() {
+            for (name, entry) in steps {
+                out.insert(name.clone(), entry["extract"].clone());
+            }
+        }
+        return Ok(Value::Object(out));
+    }
+    runner
+        .client
+        .renderer()
+        .render_json(&connector.output, ctx)
+        .map_err(|e| json!({"kind": "output", "message": format!("output: {e}")}))
+}

@@ -1,0 +1,144 @@
+//! Connectors and their immutable versions.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::Result;
+use crate::connector::Connector;
+
+/// A stored connector version.
+#[derive(Debug, Clone)]
+pub struct ConnectorVersion {
+    /// Connector id.
+    pub id: Uuid,
+    /// Owning workspace.
+    pub workspace_id: String,
+    /// This version's number.
+    pub version: i32,
+    /// The newest version's number.
+    pub latest_version: i32,
+    /// The definition of this version.
+    pub definition: Value,
+    /// When the connector was created.
+    pub created_at: DateTime<Utc>,
+    /// When it was deleted (soft), if it was.
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// Creates a connector at version 1 (and the workspace on first use).
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn create(pool: &PgPool, workspace_id: &str, connector: &Connector) -> Result<(Uuid, i32)> {
+    let id = Uuid::now_v7();
+    let definition = serde_json::to_value(connector).unwrap_or(Value::Null);
+    let mut tx = pool.begin().await?;
+    super::ensure_workspace(&mut *tx, workspace_id).await?;
+    sqlx::query!(
+        "INSERT INTO connectors (id, workspace_id, name, latest_version) VALUES ($1, $2, $3, 1)",
+        id,
+        workspace_id,
+        connector.name
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO connector_versions (connector_id, version, workspace_id, definition)
+         VALUES ($1, 1, $2, $3)",
+        id,
+        workspace_id,
+        definition
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((id, 1))
+}
+
+/// Stores a new version of a live connector; `None` when the connector does
+/// not exist in this workspace or was deleted.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn update(
+    pool: &PgPool,
+    workspace_id: &str,
+    id: Uuid,
+    connector: &Connector,
+) -> Result<Option<i32>> {
+    let definition = serde_json::to_value(connector).unwrap_or(Value::Null);
+    let mut tx = pool.begin().await?;
+    let Some(version) = sqlx::query_scalar!(
+        "UPDATE connectors SET latest_version = latest_version + 1, name = $3, updated_at = now()
+         WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL
+         RETURNING latest_version",
+        id,
+        workspace_id,
+        connector.name
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(None);
+    };
+    sqlx::query!(
+        "INSERT INTO connector_versions (connector_id, version, workspace_id, definition)
+         VALUES ($1, $2, $3, $4)",
+        id,
+        version,
+        workspace_id,
+        definition
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(version))
+}
+
+/// Reads a connector version (the latest when `version` is `None`),
+/// deleted connectors included so their history stays readable.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn get(
+    pool: &PgPool,
+    workspace_id: &str,
+    id: Uuid,
+    version: Option<i32>,
+) -> Result<Option<ConnectorVersion>> {
+    let row = sqlx::query_as!(
+        ConnectorVersion,
+        "SELECT c.id, c.workspace_id, v.version, c.latest_version, v.definition, c.created_at, c.deleted_at
+         FROM connectors c
+         JOIN connector_versions v ON v.connector_id = c.id
+         WHERE c.id = $1 AND c.workspace_id = $2 AND v.version = COALESCE($3, c.latest_version)",
+        id,
+        workspace_id,
+        version
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row)
+}
+
+/// Reads a version's definition by id alone: for workers, which hold the
+/// workspace from the claimed row.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn definition(pool: &PgPool, id: Uuid, version: i32) -> Result<Option<Value>> {
+    let row = sqlx::query_scalar!(
+        "SELECT definition FROM connector_versions WHERE connector_id = $1 AND version = $2",
+        id,
+        version
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row)
+}

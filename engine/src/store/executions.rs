@@ -1,0 +1,612 @@
+//! The queue: `connector_executions` rows are the queue entries.
+//!
+//! - enqueue: one INSERT (a statement trigger NOTIFYs idle workers);
+//! - claim: one statement, `FOR UPDATE SKIP LOCKED`, in batches, setting
+//!   the lease and bumping the fencing token;
+//! - every later write filters on `id` + `fencing_token` + `running`: no
+//!   row returned means the lease was lost, and the caller stops;
+//! - each step commit is ONE statement (hence one transaction) that inserts
+//!   the step row and moves the execution on.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::Result;
+
+/// The channel enqueue notifies (see the `notify_enqueued` trigger).
+pub const WAKEUP_CHANNEL: &str = "conveyor_executions_enqueued";
+
+/// Execution states.
+pub mod status {
+    /// Waiting for `run_at` and a worker.
+    pub const QUEUED: &str = "queued";
+    /// Leased by a worker.
+    pub const RUNNING: &str = "running";
+    /// All steps done, output rendered.
+    pub const SUCCEEDED: &str = "succeeded";
+    /// A step failed for good, or the deadline passed, or poisoned.
+    pub const FAILED: &str = "failed";
+    /// Cancelled on request.
+    pub const CANCELLED: &str = "cancelled";
+}
+
+/// What a caller asks to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewExecution {
+    /// Owning workspace.
+    pub workspace_id: String,
+    /// Connector to run.
+    pub connector_id: Uuid,
+    /// The pinned connector version.
+    pub connector_version: i32,
+    /// The input.
+    pub input: Value,
+    /// A second enqueue with the same key returns the first execution.
+    pub idempotency_key: Option<String>,
+    /// Higher runs first.
+    pub priority: i16,
+    /// Not before this time (`None`: now).
+    pub run_at: Option<DateTime<Utc>>,
+    /// The execution this one re-runs.
+    pub rerun_of: Option<Uuid>,
+}
+
+/// The result of an enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The execution's id.
+    pub id: Uuid,
+    /// False when an execution with the same idempotency key existed.
+    pub created: bool,
+}
+
+/// Enqueues one execution. Usable inside a caller's transaction: the
+/// trigger's NOTIFY is delivered at commit.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn enqueue(conn: &mut PgConnection, new: &NewExecution, now: DateTime<Utc>) -> Result<Enqueued> {
+    loop {
+        let inserted = sqlx::query_scalar!(
+            "INSERT INTO connector_executions
+                 (id, workspace_id, connector_id, connector_version, input, idempotency_key,
+                  priority, run_at, rerun_of, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8::timestamptz, $9::timestamptz), $10, $9, $9)
+             ON CONFLICT (workspace_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id",
+            Uuid::now_v7(),
+            new.workspace_id,
+            new.connector_id,
+            new.connector_version,
+            new.input,
+            new.idempotency_key,
+            new.priority,
+            new.run_at,
+            now,
+            new.rerun_of
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(id) = inserted {
+            return Ok(Enqueued { id, created: true });
+        }
+        // The key exists. The conflicting row may have been committed after
+        // this statement's snapshot; a fresh statement sees it.
+        let existing = sqlx::query_scalar!(
+            "SELECT id FROM connector_executions WHERE workspace_id = $1 AND idempotency_key = $2",
+            new.workspace_id,
+            new.idempotency_key
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(id) = existing {
+            return Ok(Enqueued { id, created: false });
+        }
+    }
+}
+
+/// A row a worker has leased.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Execution id.
+    pub id: Uuid,
+    /// Owning workspace.
+    pub workspace_id: String,
+    /// Connector id.
+    pub connector_id: Uuid,
+    /// Pinned version.
+    pub connector_version: i32,
+    /// The token every later write must present.
+    pub fencing_token: i64,
+    /// The input.
+    pub input: Value,
+    /// The context persisted so far (`{}` on first claim).
+    pub context: Value,
+    /// First unfinished step.
+    pub next_step: i32,
+    /// Attempt number of that step.
+    pub step_attempt: i32,
+    /// When the execution first started (the run deadline counts from it).
+    pub started_at: DateTime<Utc>,
+    /// How many times the row has been claimed, this claim included.
+    pub claims: i32,
+}
+
+/// Leases up to `limit` ready executions (priority first, then `run_at`,
+/// then id) to `worker_id` until `now + lease`.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn claim(
+    pool: &PgPool,
+    worker_id: &str,
+    limit: i64,
+    lease: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Result<Vec<Claimed>> {
+    let lease_until = now + lease;
+    let rows = sqlx::query_as!(
+        Claimed,
+        r#"WITH ready AS (
+               SELECT id FROM connector_executions
+               WHERE status = 'queued' AND run_at <= $3
+               ORDER BY priority DESC, run_at, id
+               LIMIT $2
+               FOR UPDATE SKIP LOCKED
+           )
+           UPDATE connector_executions e SET
+               status = 'running', lease_owner = $1, lease_expires_at = $4,
+               fencing_token = e.fencing_token + 1, claims = e.claims + 1,
+               started_at = COALESCE(e.started_at, $3), updated_at = $3
+           FROM ready WHERE e.id = ready.id
+           RETURNING e.id, e.workspace_id, e.connector_id, e.connector_version, e.fencing_token,
+                     e.input, e.context, e.next_step, e.step_attempt,
+                     e.started_at AS "started_at!", e.claims"#,
+        worker_id,
+        limit,
+        now,
+        lease_until
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}
+
+/// What [`rescue_expired`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rescued {
+    /// Put back in the queue.
+    pub requeued: Vec<Uuid>,
+    /// Failed as poisoned: their lease expired more than the cap allows.
+    pub poisoned: Vec<Uuid>,
+    /// Cancelled: a cancel was pending when their worker vanished.
+    pub cancelled: Vec<Uuid>,
+}
+
+/// Takes back running executions whose lease expired (their worker died or
+/// stalled). Each takeover is counted; past `max_reclaims` the execution is
+/// failed as poisoned. The token is bumped so the old holder cannot write.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn rescue_expired(pool: &PgPool, max_reclaims: i32, now: DateTime<Utc>) -> Result<Rescued> {
+    let rows = sqlx::query!(
+        r#"WITH expired AS (
+               SELECT id FROM connector_executions
+               WHERE status = 'running' AND lease_expires_at < $1
+               ORDER BY lease_expires_at
+               LIMIT 1000
+               FOR UPDATE SKIP LOCKED
+           ), decided AS (
+               SELECT e.id,
+                      CASE WHEN e.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                           WHEN e.reclaims + 1 > $2 THEN 'failed'
+                           ELSE 'queued' END AS next_status
+               FROM connector_executions e JOIN expired USING (id)
+           )
+           UPDATE connector_executions e SET
+               status = d.next_status,
+               reclaims = e.reclaims + 1,
+               fencing_token = e.fencing_token + 1,
+               lease_owner = NULL, lease_expires_at = NULL,
+               run_at = $1,
+               error = CASE WHEN d.next_status = 'failed' THEN jsonb_build_object(
+                   'kind', 'poisoned',
+                   'message', format('the lease expired %s times (cap %s): the execution keeps losing its worker', e.reclaims + 1, $2::int),
+                   'step', e.next_step) ELSE e.error END,
+               finished_at = CASE WHEN d.next_status = 'queued' THEN NULL ELSE $1 END,
+               updated_at = $1
+           FROM decided d WHERE e.id = d.id
+           RETURNING e.id, e.status"#,
+        now,
+        max_reclaims
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out = Rescued::default();
+    for row in rows {
+        match row.status.as_str() {
+            status::QUEUED => out.requeued.push(row.id),
+            status::FAILED => out.poisoned.push(row.id),
+            _ => out.cancelled.push(row.id),
+        }
+    }
+    Ok(out)
+}
+
+/// Extends a lease while a step is in flight. `None`: the lease was lost;
+/// `Some(true)`: a cancel was requested.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn heartbeat(
+    pool: &PgPool,
+    id: Uuid,
+    token: i64,
+    lease_until: DateTime<Utc>,
+) -> Result<Option<bool>> {
+    Ok(sqlx::query_scalar!(
+        r#"UPDATE connector_executions SET lease_expires_at = $3
+           WHERE id = $1 AND fencing_token = $2 AND status = 'running'
+           RETURNING cancel_requested_at IS NOT NULL AS "cancel_requested!""#,
+        id,
+        token,
+        lease_until
+    )
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// One attempt of one step, as stored.
+#[derive(Debug, Clone)]
+pub struct StepRow {
+    /// Position of the step in the connector.
+    pub step_index: i32,
+    /// Attempt number, from 1.
+    pub attempt: i32,
+    /// The step's name.
+    pub step_name: String,
+    /// `succeeded`, `failed`, `retry_scheduled` or `continued`.
+    pub outcome: &'static str,
+    /// Redacted request snapshot.
+    pub request: Value,
+    /// Response status, if a response arrived.
+    pub response_status: Option<i32>,
+    /// Response headers (redacted).
+    pub response_headers: Option<Value>,
+    /// Response body (redacted, possibly truncated).
+    pub response_body: Option<Value>,
+    /// Extracted fields.
+    pub extracted: Option<Value>,
+    /// The error, if the attempt failed.
+    pub error: Option<Value>,
+    /// The worker that ran it.
+    pub worker_id: String,
+    /// Start time.
+    pub started_at: DateTime<Utc>,
+    /// End time.
+    pub finished_at: DateTime<Utc>,
+    /// Duration in milliseconds.
+    pub duration_ms: i32,
+}
+
+/// Where a step commit moves the execution.
+#[derive(Debug, Clone)]
+pub enum Transition {
+    /// More steps to run: store the grown context, extend the lease. If a
+    /// cancel was requested meanwhile, the execution ends `cancelled`.
+    Continue {
+        /// The grown context.
+        context: Value,
+        /// The next step's index.
+        next_step: i32,
+        /// The new lease expiry.
+        lease_until: DateTime<Utc>,
+    },
+    /// The last step is done.
+    Succeed {
+        /// The final context.
+        context: Value,
+        /// The rendered output.
+        output: Value,
+    },
+    /// Try this step again later (the worker slot is released).
+    Retry {
+        /// When.
+        run_at: DateTime<Utc>,
+        /// The attempt number of the retry.
+        attempt: i32,
+    },
+    /// The execution failed.
+    Fail {
+        /// Structured error naming the step.
+        error: Value,
+    },
+}
+
+/// Writes a step row and applies `transition` in one statement, fenced by
+/// `token`. Returns the execution's new status, or `None` when the lease
+/// was lost (nothing was written).
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn commit_step(
+    pool: &PgPool,
+    id: Uuid,
+    token: i64,
+    step: &StepRow,
+    transition: &Transition,
+    now: DateTime<Utc>,
+) -> Result<Option<String>> {
+    // Each arm is one statement: the UPDATE fences, and the step row is
+    // inserted only from the UPDATE's RETURNING, so a lost lease writes
+    // nothing at all.
+    let status = match transition {
+        Transition::Continue {
+            context,
+            next_step,
+            lease_until,
+        } => sqlx::query_scalar!(
+            r#"WITH upd AS (
+                   UPDATE connector_executions SET
+                       context = $3, next_step = $4, step_attempt = 1,
+                       status = CASE WHEN cancel_requested_at IS NULL THEN 'running' ELSE 'cancelled' END,
+                       lease_owner = CASE WHEN cancel_requested_at IS NULL THEN lease_owner END,
+                       lease_expires_at = CASE WHEN cancel_requested_at IS NULL THEN $5::timestamptz END,
+                       finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE $6::timestamptz END,
+                       updated_at = $6
+                   WHERE id = $1 AND fencing_token = $2 AND status = 'running'
+                   RETURNING id, workspace_id, status
+               ), step AS (
+                   INSERT INTO execution_steps (execution_id, step_index, attempt, workspace_id, step_name,
+                       outcome, request, response_status, response_headers, response_body, extracted,
+                       error, worker_id, started_at, finished_at, duration_ms)
+                   SELECT upd.id, $7, $8, upd.workspace_id, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20
+                   FROM upd
+               )
+               SELECT status FROM upd"#,
+            id,
+            token,
+            context,
+            next_step,
+            lease_until,
+            now,
+            step.step_index,
+            step.attempt,
+            step.step_name,
+            step.outcome,
+            step.request,
+            step.response_status,
+            step.response_headers,
+            step.response_body,
+            step.extracted,
+            step.error,
+            step.worker_id,
+            step.started_at,
+            step.finished_at,
+            step.duration_ms
+        )
+        .fetch_optional(pool)
+        .await?,
+        Transition::Succeed { context, output } => sqlx::query_scalar!(
+            r#"WITH upd AS (
+                   UPDATE connector_executions SET
+                       context = $3, output = $4, status = 'succeeded', next_step = $7 + 1,
+                       lease_owner = NULL, lease_expires_at = NULL, finished_at = $5, updated_at = $5
+                   WHERE id = $1 AND fencing_token = $2 AND status = 'running'
+                   RETURNING id, workspace_id, status
+               ), step AS (
+                   INSERT INTO execution_steps (execution_id, step_index, attempt, workspace_id, step_name,
+                       outcome, request, response_status, response_headers, response_body, extracted,
+                       error, worker_id, started_at, finished_at, duration_ms)
+                   SELECT upd.id, $7, $8, upd.workspace_id, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $6
+                   FROM upd
+               )
+               SELECT status FROM upd"#,
+            id,
+            token,
+            context,
+            output,
+            now,
+            step.duration_ms,
+            step.step_index,
+            step.attempt,
+            step.step_name,
+            step.outcome,
+            step.request,
+            step.response_status,
+            step.response_headers,
+            step.response_body,
+            step.extracted,
+            step.error,
+            step.worker_id,
+            step.started_at,
+            step.finished_at
+        )
+        .fetch_optional(pool)
+        .await?,
+        Transition::Retry { run_at, attempt } => sqlx::query_scalar!(
+            r#"WITH upd AS (
+                   UPDATE connector_executions SET
+                       step_attempt = $4, run_at = $3,
+                       status = CASE WHEN cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END,
+                       finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE $5::timestamptz END,
+                       lease_owner = NULL, lease_expires_at = NULL, updated_at = $5
+                   WHERE id = $1 AND fencing_token = $2 AND status = 'running'
+                   RETURNING id, workspace_id, status
+               ), step AS (
+                   INSERT INTO execution_steps (execution_id, step_index, attempt, workspace_id, step_name,
+                       outcome, request, response_status, response_headers, response_body, extracted,
+                       error, worker_id, started_at, finished_at, duration_ms)
+                   SELECT upd.id, $7, $8, upd.workspace_id, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $6
+                   FROM upd
+               )
+               SELECT status FROM upd"#,
+            id,
+            token,
+            run_at,
+            attempt,
+            now,
+            step.duration_ms,
+            step.step_index,
+            step.attempt,
+            step.step_name,
+            step.outcome,
+            step.request,
+            step.response_status,
+            step.response_headers,
+            step.response_body,
+            step.extracted,
+            step.error,
+            step.worker_id,
+            step.started_at,
+            step.finished_at
+        )
+        .fetch_optional(pool)
+        .await?,
+        Transition::Fail { error } => sqlx::query_scalar!(
+            r#"WITH upd AS (
+                   UPDATE connector_executions SET
+                       error = $3, status = 'failed',
+                       lease_owner = NULL, lease_expires_at = NULL, finished_at = $4, updated_at = $4
+                   WHERE id = $1 AND fencing_token = $2 AND status = 'running'
+                   RETURNING id, workspace_id, status
+               ), step AS (
+                   INSERT INTO execution_steps (execution_id, step_index, attempt, workspace_id, step_name,
+                       outcome, request, response_status, response_headers, response_body, extracted,
+                       error, worker_id, started_at, finished_at, duration_ms)
+                   SELECT upd.id, $6, $7, upd.workspace_id, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $5
+                   FROM upd
+               )
+               SELECT status FROM upd"#,
+            id,
+            token,
+            error,
+            now,
+            step.duration_ms,
+            step.step_index,
+            step.attempt,
+            step.step_name,
+            step.outcome,
+            step.request,
+            step.response_status,
+            step.response_headers,
+            step.response_body,
+            step.extracted,
+            step.error,
+            step.worker_id,
+            step.started_at,
+            step.finished_at
+        )
+        .fetch_optional(pool)
+        .await?,
+    };
+    Ok(status)
+}
+
+/// Ends a running execution without a step row: `failed` with `error`
+/// (deadline, broken definition) or `cancelled` when `error` is `None`.
+/// Returns false when the lease was lost.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn finish(
+    pool: &PgPool,
+    id: Uuid,
+    token: i64,
+    error: Option<&Value>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let done = sqlx::query!(
+        "UPDATE connector_executions SET
+             status = CASE WHEN $3::jsonb IS NULL THEN 'cancelled' ELSE 'failed' END, error = $3,
+             lease_owner = NULL, lease_expires_at = NULL, finished_at = $4, updated_at = $4
+         WHERE id = $1 AND fencing_token = $2 AND status = 'running'",
+        id,
+        token,
+        error,
+        now
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Gives a running execution back to the queue at once (graceful shutdown):
+/// another worker resumes it at its first unfinished step.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn release(pool: &PgPool, id: Uuid, token: i64, now: DateTime<Utc>) -> Result<bool> {
+    let done = sqlx::query!(
+        "UPDATE connector_executions SET
+             status = 'queued', run_at = $3, lease_owner = NULL, lease_expires_at = NULL, updated_at = $3
+         WHERE id = $1 AND fencing_token = $2 AND status = 'running'",
+        id,
+        token,
+        now
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The outcome of a cancel request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was queued and is now cancelled.
+    Cancelled,
+    /// It is running; its worker stops at the next step boundary at the
+    /// latest.
+    Requested,
+    /// It had already finished with this status; nothing changed.
+    AlreadyFinished(String),
+    /// No such execution in this workspace.
+    NotFound,
+}
+
+/// Requests cancellation of an execution.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn cancel(pool: &PgPool, workspace_id: &str, id: Uuid, now: DateTime<Utc>) -> Result<CancelOutcome> {
+    let row = sqlx::query!(
+        r#"WITH target AS (
+               SELECT id, status FROM connector_executions
+               WHERE id = $1 AND workspace_id = $2
+               FOR UPDATE
+           ), upd AS (
+               UPDATE connector_executions e SET
+                   cancel_requested_at = COALESCE(e.cancel_requested_at, $3),
+                   status = CASE WHEN e.status = 'queued' THEN 'cancelled' ELSE e.status END,
+                   finished_at = CASE WHEN e.status = 'queued' THEN $3 ELSE e.finished_at END,
+                   updated_at = $3
+               FROM target WHERE e.id = target.id AND target.status IN ('queued', 'running')
+               RETURNING e.status
+           )
+           SELECT target.status AS "before!", (SELECT status FROM upd) AS after FROM target"#,
+        id,
+        workspace_id,
+        now
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(match row {
+        None => CancelOutcome::NotFound,
+        Some(r) => match r.after.as_deref() {
+            Some(status::CANCELLED) => CancelOutcome::Cancelled,
+            Some(_) => CancelOutcome::Requested,
+            None => CancelOutcome::AlreadyFinished(r.before),
+        },
+    })
+}

@@ -1,0 +1,103 @@
+# shellcheck shell=bash
+# Shared provisioning for scripts/dev, scripts/test and scripts/bench:
+# find or install the PostgreSQL server binaries, and run a private cluster
+# (loopback only, its own port, owned by an unprivileged user) under .data/.
+
+CONVEYOR_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+export CONVEYOR_ROOT
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Prints the directory holding initdb/pg_ctl, installing the Debian
+# PostgreSQL server packages when no server binaries are present.
+pg_bindir() {
+  local dir
+  for dir in /usr/lib/postgresql/*/bin; do
+    if [[ -x "$dir/initdb" && -x "$dir/pg_ctl" && -x "$dir/postgres" ]]; then
+      LAST_PG_BINDIR="$dir"
+    fi
+  done
+  if [[ -z "${LAST_PG_BINDIR:-}" ]]; then
+    command -v apt-get >/dev/null || die "PostgreSQL server binaries are missing and apt-get is not available; install PostgreSQL 13+ server"
+    log "installing the PostgreSQL server (apt-get install postgresql)"
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >&2
+    for dir in /usr/lib/postgresql/*/bin; do
+      [[ -x "$dir/initdb" ]] && LAST_PG_BINDIR="$dir"
+    done
+    [[ -n "${LAST_PG_BINDIR:-}" ]] || die "PostgreSQL installation did not provide initdb"
+  fi
+  printf '%s\n' "$LAST_PG_BINDIR"
+}
+
+# Runs a command as the unprivileged owner of the cluster: initdb refuses to
+# run as root, so root delegates to the `postgres` system user.
+as_pg_user() {
+  if [[ $(id -u) -eq 0 ]]; then
+    id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+# Prints a free TCP port on the loopback interface.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# pg_up DATADIR PORT [extra postgres -c settings...]
+# Initialises DATADIR if needed (superuser `conveyor`, trust auth on
+# loopback only) and starts the server. Prints nothing; the URL is
+# postgres://conveyor@127.0.0.1:PORT/conveyor.
+pg_up() {
+  local datadir="$1" port="$2"; shift 2
+  local bindir; bindir="$(pg_bindir)"
+  mkdir -p "$datadir"
+  if [[ $(id -u) -eq 0 ]]; then chown postgres: "$datadir"; fi
+  chmod 700 "$datadir"
+  if [[ ! -f "$datadir/PG_VERSION" ]]; then
+    log "initialising a private PostgreSQL cluster in $datadir"
+    as_pg_user "$bindir/initdb" -D "$datadir" -U conveyor -A trust -E UTF8 --locale=C.UTF-8 >/dev/null \
+      || as_pg_user "$bindir/initdb" -D "$datadir" -U conveyor -A trust -E UTF8 --no-locale >/dev/null
+  fi
+  if as_pg_user "$bindir/pg_ctl" -D "$datadir" status >/dev/null 2>&1; then
+    return 0
+  fi
+  local opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$datadir -c max_connections=300"
+  local extra
+  for extra in "$@"; do opts+=" -c $extra"; done
+  as_pg_user "$bindir/pg_ctl" -D "$datadir" -l "$datadir/server.log" -o "$opts" -w -t 60 start >/dev/null \
+    || { cat "$datadir/server.log" >&2; die "PostgreSQL failed to start"; }
+  local i
+  for i in $(seq 1 50); do
+    if as_pg_user "$bindir/psql" -h 127.0.0.1 -p "$port" -U conveyor -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
+      break
+    fi
+    sleep 0.1
+  done
+  as_pg_user "$bindir/psql" -h 127.0.0.1 -p "$port" -U conveyor -d postgres -Atqc \
+    "select 1 from pg_database where datname = 'conveyor'" | grep -q 1 \
+    || as_pg_user "$bindir/createdb" -h 127.0.0.1 -p "$port" -U conveyor conveyor
+}
+
+# pg_down DATADIR: stops the cluster if it runs.
+pg_down() {
+  local datadir="$1" bindir; bindir="$(pg_bindir)"
+  if [[ -f "$datadir/postmaster.pid" ]]; then
+    as_pg_user "$bindir/pg_ctl" -D "$datadir" -m fast -w stop >/dev/null 2>&1 || true
+  fi
+}
+
+# Port a running cluster listens on (from its postmaster.pid).
+pg_port_of() {
+  sed -n '4p' "$1/postmaster.pid" 2>/dev/null
+}
+
+# Fails with a clear message when the Rust toolchain is missing.
+need_cargo() {
+  command -v cargo >/dev/null || die "cargo is missing: install Rust (https://rustup.rs) and re-run"
+}
