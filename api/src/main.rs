@@ -1,1 +1,193 @@
-fn main() {}
+//! `conveyor-api`: the HTTP API server and operator commands.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use conveyor_api::{AppState, app};
+use conveyor_engine::crypto::Key;
+use conveyor_engine::http::StepClient;
+use conveyor_engine::runner::Runner;
+use conveyor_worker::Worker;
+use conveyor_worker::settings::{self, Settings};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+#[derive(Parser)]
+#[command(name = "conveyor-api", version, about = "Conveyor: durable execution of declarative HTTP connectors")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default command).
+    Serve {
+        /// Worker loops to run inside the API process (one-machine setups).
+        #[arg(long, default_value_t = 0)]
+        embedded_workers: usize,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Validate connector definition files; prints every problem with its
+    /// JSON path and exits non-zero if any file is invalid.
+    Validate {
+        /// JSON files holding connector definitions.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run a JSONPath (RFC 9535) query over the JSON document on stdin and
+    /// print the node list as a JSON array.
+    Jsonpath {
+        /// The query, e.g. `$.results[*].id`.
+        query: String,
+    },
+    /// Re-seal every stored credential with the current encryption key
+    /// (after moving the old key to CONVEYOR_OLD_ENCRYPTION_KEYS).
+    RotateCredentials,
+    /// Print a new random encryption key (base64 of 32 bytes).
+    GenerateKey,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Serve { embedded_workers: 0 }) {
+        Command::Validate { files } => Ok(validate(&files)),
+        Command::Jsonpath { query } => Ok(jsonpath(&query)),
+        Command::GenerateKey => {
+            println!("{}", Key::generate().to_base64());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { embedded_workers } => runtime().and_then(|rt| rt.block_on(serve(embedded_workers))),
+        Command::Migrate => runtime().and_then(|rt| rt.block_on(migrate())),
+        Command::RotateCredentials => runtime().and_then(|rt| rt.block_on(rotate())),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
+    settings::init_tracing(settings::log_format()?);
+    let settings = Settings::from_env()?;
+    let listen: SocketAddr = settings::parse("CONVEYOR_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
+    let jwt_secret = settings::var("CONVEYOR_JWT_SECRET")?
+        .context("CONVEYOR_JWT_SECRET is not set: it must be at least 32 bytes")?;
+    if jwt_secret.len() < 32 {
+        anyhow::bail!("CONVEYOR_JWT_SECRET must be at least 32 bytes (it has {})", jwt_secret.len());
+    }
+    let pool = settings.pool()?;
+    if settings.auto_migrate {
+        settings::migrate(&pool).await?;
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(conveyor_worker::shutdown_on_signal(shutdown.clone()));
+
+    let mut workers = tokio::task::JoinSet::new();
+    if embedded_workers > 0 {
+        let client = StepClient::new(settings.http.clone()).context("building the HTTP client")?;
+        let keyring = Arc::new(settings.keyring.clone());
+        for i in 0..embedded_workers {
+            let mut config = settings.worker.clone();
+            config.worker_id = format!("{}-{i}", config.worker_id);
+            let mut runner_config = settings.runner.clone();
+            runner_config.worker_id.clone_from(&config.worker_id);
+            let runner = Arc::new(Runner::new(pool.clone(), client.clone(), keyring.clone(), runner_config));
+            workers.spawn(Worker::new(pool.clone(), runner, config).run(shutdown.clone()));
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    info!(address = %listener.local_addr()?, embedded_workers, "conveyor-api listening");
+    let stop = shutdown.clone();
+    axum::serve(listener, app(AppState { pool }))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .context("serving HTTP")?;
+    while workers.join_next().await.is_some() {}
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate() -> anyhow::Result<ExitCode> {
+    settings::init_tracing(settings::log_format()?);
+    let url = settings::database_url()?;
+    let pool = Settings::pool_for(&url, 2)?;
+    settings::migrate(&pool).await?;
+    info!("migrations applied");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rotate() -> anyhow::Result<ExitCode> {
+    settings::init_tracing(settings::log_format()?);
+    let keyring = settings::keyring()?;
+    let pool = Settings::pool_for(&settings::database_url()?, 2)?;
+    let count = conveyor_engine::store::credentials::rotate(&pool, &keyring).await?;
+    println!("re-sealed {count} credential(s) with key {}", keyring.current_id());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for file in files {
+        let name = file.display();
+        let json = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read: {e}"))
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).map_err(|e| format!("invalid JSON: {e}")));
+        match json {
+            Err(e) => {
+                ok = false;
+                eprintln!("{name}: {e}");
+            }
+            Ok(json) => match conveyor_engine::connector::parse_and_validate(&json) {
+                Ok(_) => println!("{name}: ok"),
+                Err(errors) => {
+                    ok = false;
+                    for e in errors.0 {
+                        eprintln!("{name}: {e}");
+                    }
+                }
+            },
+        }
+    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn jsonpath(query: &str) -> ExitCode {
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("error: cannot read stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let doc: serde_json::Value = match serde_json::from_str(&input) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: stdin is not valid JSON: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match conveyor_engine::extract::query_json(query, &doc) {
+        Ok(nodes) => {
+            println!("{nodes}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,297 @@
-//! worker
+//! Conveyor's worker: claims executions in batches, runs them with the
+//! engine's [`Runner`], and shuts down gracefully.
+//!
+//! Any number of workers, in any number of processes and machines, share
+//! one database; nothing in a worker needs to be unique. Idle workers wait
+//! on `LISTEN` (enqueue NOTIFYs) and poll on a slow interval so a lost
+//! notification delays nothing for long.
+
+pub mod settings;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use conveyor_engine::runner::{RunOutcome, Runner};
+use conveyor_engine::store::executions::{self, WAKEUP_CHANNEL};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+/// Settings of a worker loop.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Recorded as lease owner and on step rows (`CONVEYOR_WORKER_ID`).
+    pub worker_id: String,
+    /// Executions in flight at once (`CONVEYOR_WORKER_CONCURRENCY`).
+    pub concurrency: usize,
+    /// Lease length (`CONVEYOR_LEASE_SECS`).
+    pub lease: Duration,
+    /// Slow poll when no notification arrives (`CONVEYOR_POLL_INTERVAL_MS`).
+    pub poll_interval: Duration,
+    /// How long in-flight steps may take to finish at shutdown
+    /// (`CONVEYOR_SHUTDOWN_GRACE_SECS`).
+    pub shutdown_grace: Duration,
+    /// Expired-lease takeovers before an execution is failed as poisoned
+    /// (`CONVEYOR_MAX_RECLAIMS`).
+    pub max_reclaims: i32,
+    /// Most rows one claim takes (`CONVEYOR_CLAIM_BATCH`).
+    pub claim_batch: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            worker_id: default_worker_id(),
+            concurrency: 32,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(1000),
+            shutdown_grace: Duration::from_secs(30),
+            max_reclaims: 5,
+            claim_batch: 64,
+        }
+    }
+}
+
+/// `<host>-<pid>-<random>`: readable in the execution record, and unique
+/// even when a restarted process reuses a pid (fencing does not rely on
+/// it anyway).
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    // The tail of a v7 UUID is random.
+    let random = Uuid::now_v7().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &random[random.len() - 8..])
+}
+
+/// A worker loop over one pool.
+pub struct Worker {
+    pool: PgPool,
+    runner: Arc<Runner>,
+    config: WorkerConfig,
+}
+
+impl Worker {
+    /// A worker running claimed executions with `runner`.
+    pub fn new(pool: PgPool, runner: Arc<Runner>, config: WorkerConfig) -> Self {
+        Self {
+            pool,
+            runner,
+            config,
+        }
+    }
+
+    /// Claims one ready execution and runs it to its next resting point;
+    /// `None` when nothing was ready. Deterministic stepping for tests.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn run_next(&self) -> conveyor_engine::Result<Option<RunOutcome>> {
+        let claimed = executions::claim(
+            &self.pool,
+            &self.config.worker_id,
+            1,
+            self.config.lease,
+            Utc::now(),
+        )
+        .await?;
+        match claimed.into_iter().next() {
+            None => Ok(None),
+            Some(c) => Ok(Some(self.runner.run(c, &CancellationToken::new()).await?)),
+        }
+    }
+
+    /// Takes back executions whose lease expired.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn rescue(&self) -> conveyor_engine::Result<executions::Rescued> {
+        let rescued =
+            executions::rescue_expired(&self.pool, self.config.max_reclaims, Utc::now()).await?;
+        if !rescued.requeued.is_empty() {
+            info!(count = rescued.requeued.len(), "requeued executions whose lease expired");
+        }
+        for id in &rescued.poisoned {
+            warn!(execution.id = %id, "execution failed as poisoned: its lease expired too often");
+        }
+        Ok(rescued)
+    }
+
+    /// Runs until `shutdown` fires, then stops claiming, lets in-flight
+    /// executions reach a step boundary within the grace period, and
+    /// releases whatever is still leased so other workers resume it at once.
+    ///
+    /// Database outages are survived: one log line, backoff, reconnect.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let cfg = self.config.clone();
+        info!(worker.id = %cfg.worker_id, concurrency = cfg.concurrency, "worker started");
+        let stop_steps = CancellationToken::new();
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut leased: HashMap<tokio::task::Id, (Uuid, i64)> = HashMap::new();
+        let mut listener: Option<PgListener> = None;
+        let mut db_down_since: Option<Instant> = None;
+        let mut backoff = Duration::from_millis(100);
+        let mut last_rescue: Option<Instant> = None;
+        let rescue_every = (cfg.lease / 3).max(Duration::from_secs(1));
+
+        while !shutdown.is_cancelled() {
+            if listener.is_none() {
+                listener = listen(&self.pool).await;
+            }
+            if last_rescue.is_none_or(|t| t.elapsed() >= rescue_every) {
+                last_rescue = Some(Instant::now());
+                if let Err(e) = self.rescue().await {
+                    warn!(error = %e, "rescuing expired leases failed");
+                }
+            }
+            let free = cfg.concurrency.saturating_sub(tasks.len());
+            let mut more_ready = false;
+            if free > 0 {
+                let want = free.min(cfg.claim_batch);
+                let limit = i64::try_from(want).unwrap_or(i64::MAX);
+                match executions::claim(&self.pool, &cfg.worker_id, limit, cfg.lease, Utc::now()).await {
+                    Ok(rows) => {
+                        if let Some(since) = db_down_since.take() {
+                            info!(down_for = ?since.elapsed(), "database reachable again; resuming");
+                        }
+                        backoff = Duration::from_millis(100);
+                        more_ready = rows.len() == want;
+                        for claimed in rows {
+                            let lease = (claimed.id, claimed.fencing_token);
+                            let runner = self.runner.clone();
+                            let stop = stop_steps.clone();
+                            let handle = tasks.spawn(async move {
+                                let id = claimed.id;
+                                if let Err(e) = runner.run(claimed, &stop).await {
+                                    warn!(execution.id = %id, error = %e, "run interrupted by a database error; the lease will expire and another worker resumes it");
+                                }
+                            });
+                            leased.insert(handle.id(), lease);
+                        }
+                    }
+                    Err(e) => {
+                        if db_down_since.is_none() {
+                            error!(error = %e, "database unreachable; backing off and retrying");
+                            db_down_since = Some(Instant::now());
+                        }
+                        listener = None;
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            if more_ready && tasks.len() < cfg.concurrency {
+                continue;
+            }
+            let idle = tasks.len() < cfg.concurrency;
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    finished(&mut leased, done);
+                }
+                notified = wait_notification(&mut listener), if idle => {
+                    if !notified {
+                        listener = None;
+                    }
+                }
+                () = tokio::time::sleep(cfg.poll_interval) => {}
+            }
+        }
+
+        info!(in_flight = tasks.len(), "shutting down: no new claims; letting in-flight steps finish");
+        stop_steps.cancel();
+        let deadline = tokio::time::Instant::now() + cfg.shutdown_grace;
+        while !tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, tasks.join_next_with_id()).await {
+                Ok(Some(done)) => finished(&mut leased, done),
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(in_flight = tasks.len(), "grace period over; abandoning in-flight steps");
+                    tasks.abort_all();
+                    while let Some(done) = tasks.join_next_with_id().await {
+                        finished(&mut leased, done);
+                    }
+                }
+            }
+        }
+        for (id, token) in leased.into_values() {
+            match executions::release(&self.pool, id, token, Utc::now()).await {
+                Ok(true) => info!(execution.id = %id, "released for another worker"),
+                Ok(false) => {}
+                Err(e) => warn!(execution.id = %id, error = %e, "could not release; its lease will expire"),
+            }
+        }
+        info!("worker stopped");
+    }
+}
+
+/// Forgets a finished task's lease; an aborted task keeps it so shutdown
+/// can release it.
+fn finished(
+    leased: &mut HashMap<tokio::task::Id, (Uuid, i64)>,
+    done: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+) {
+    match done {
+        Ok((id, ())) => {
+            leased.remove(&id);
+        }
+        Err(e) if e.is_cancelled() => {}
+        Err(e) => {
+            error!(error = %e, "execution task panicked; its lease will expire and another worker resumes it");
+            leased.remove(&e.id());
+        }
+    }
+}
+
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await.ok()?;
+    listener.listen(WAKEUP_CHANNEL).await.ok()?;
+    Some(listener)
+}
+
+/// Waits for a wake-up notification; false when the connection broke (the
+/// caller reconnects; polling covers the gap).
+async fn wait_notification(listener: &mut Option<PgListener>) -> bool {
+    match listener {
+        Some(l) => matches!(l.try_recv().await, Ok(Some(_))),
+        None => std::future::pending().await,
+    }
+}
+
+/// Fires `token` on SIGTERM or SIGINT.
+pub async fn shutdown_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the worker");
+                let _ = ctrl_c.await;
+                token.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    info!("shutdown signal received");
+    token.cancel();
+}

@@ -25,3 +25,25 @@ pub async fn ensure_workspace<'e>(db: impl PgExecutor<'e>, workspace_id: &str) -
     .await?;
     Ok(())
 }
+
+/// Whether every migration this build embeds is applied (for readiness).
+///
+/// # Errors
+///
+/// Database errors (including an unreachable database).
+pub async fn schema_ready(pool: &sqlx::PgPool) -> Result<bool> {
+    let known: Vec<i64> = crate::MIGRATOR.iter().map(|m| m.version).collect();
+    // `_sqlx_migrations` belongs to sqlx's migrator and is absent before the
+    // first migration, so this one query is not checked at compile time.
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM _sqlx_migrations WHERE success AND version = ANY($1)",
+    )
+    .bind(&known)
+    .fetch_one(pool)
+    .await
+    .or_else(|e| match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(0),
+        _ => Err(e),
+    })?;
+    Ok(usize::try_from(applied).is_ok_and(|n| n == known.len()))
+}

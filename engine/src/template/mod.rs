@@ -244,6 +244,36 @@ pub struct JsonReferences {
     pub errors: Vec<(String, TemplateError)>,
 }
 
+/// A context converted for rendering.
+///
+/// Converting takes time proportional to the context's size; prepare it
+/// once when rendering many templates (URL, headers, body) against the same
+/// context, and use the `*_in` methods of [`Renderer`].
+///
+/// Its `Debug` output is redacted: the context holds secrets.
+#[derive(Clone)]
+pub struct Context(Value);
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Context(<redacted>)")
+    }
+}
+
+impl Context {
+    /// Converts a JSON context (normally an object with `input`, `steps`,
+    /// `credentials`, ...).
+    pub fn new(ctx: &Json) -> Self {
+        Context(Value::from(Serde(ctx)))
+    }
+}
+
+impl From<&Json> for Context {
+    fn from(ctx: &Json) -> Self {
+        Context::new(ctx)
+    }
+}
+
 /// Renders `<<...>>` templates. Configure once, share freely (it is
 /// `Send + Sync`; rendering takes `&self`).
 #[derive(Clone)]
@@ -299,11 +329,7 @@ impl Renderer {
         env.add_filter("tojson", tojson_filter);
         env.add_filter("urlencode", urlencode_filter);
         let globals = env.globals().map(|(name, _)| name.to_owned()).collect();
-        Renderer {
-            env,
-            fuel,
-            globals,
-        }
+        Renderer { env, fuel, globals }
     }
 
     /// Syntax-checks `template` and returns the dotted context paths it
@@ -312,7 +338,9 @@ impl Renderer {
     ///
     /// A lookup with `[...]` ends the path (`input[k]` yields `input` and
     /// whatever `k` references). Global functions such as `range` are not
-    /// references.
+    /// references. Known gap (minijinja 3.1): the sliced value of a slice
+    /// (`input.name[0:2]`) is not reported; rendering still fails if it is
+    /// missing.
     pub fn references(&self, template: &str) -> Result<Vec<String>, TemplateError> {
         if is_literal(template) {
             return Ok(Vec::new());
@@ -321,17 +349,15 @@ impl Renderer {
         let env: &Environment<'_> = &self.env;
         let compiled = env
             .template_from_str(template)
-            .map_err(|e| convert_error(&e, template, 0))?;
-        let mut refs: Vec<String> = compiled
-            .undeclared_variables(true)
+            .map_err(|e| convert_error(&e, template, 0, |_| None))?;
+        let refs: BTreeSet<String> = compiled.undeclared_variables(true).into_iter().collect();
+        Ok(refs
             .into_iter()
             .filter(|r| {
                 let root = r.split('.').next().unwrap_or_default();
                 !self.globals.contains(root)
             })
-            .collect();
-        refs.sort();
-        Ok(refs)
+            .collect())
     }
 
     /// Collects the references of every string leaf and object key of a
@@ -355,7 +381,7 @@ impl Renderer {
             found.errors.push((path.clone(), too_deep()));
             return;
         }
-        let mut check = |path: &str, template: &str, found: &mut JsonReferences| match self
+        let check = |path: &str, template: &str, found: &mut JsonReferences| match self
             .references(template)
         {
             Ok(refs) => found
@@ -388,11 +414,26 @@ impl Renderer {
 
     /// Renders `template` against `ctx` as a string, escaping placeholder
     /// values for `dest` (see the [module docs](self)).
-    pub fn render_str(&self, template: &str, ctx: &Json, dest: Dest) -> Result<String, TemplateError> {
+    pub fn render_str(
+        &self,
+        template: &str,
+        ctx: &Json,
+        dest: Dest,
+    ) -> Result<String, TemplateError> {
         if is_literal(template) {
             return finish_literal(template, dest);
         }
-        self.render_with_root(template, &to_root(ctx), dest)
+        self.render_with_root(template, &Context::new(ctx).0, dest)
+    }
+
+    /// [`render_str`](Self::render_str) with a prepared [`Context`].
+    pub fn render_str_in(
+        &self,
+        template: &str,
+        ctx: &Context,
+        dest: Dest,
+    ) -> Result<String, TemplateError> {
+        self.render_with_root(template, &ctx.0, dest)
     }
 
     /// Typed render: a template that is exactly one placeholder evaluates to
@@ -402,7 +443,12 @@ impl Renderer {
         if is_literal(template) {
             return Ok(Json::String(template.to_owned()));
         }
-        self.value_with_root(template, &to_root(ctx))
+        self.value_with_root(template, &Context::new(ctx).0)
+    }
+
+    /// [`render_value`](Self::render_value) with a prepared [`Context`].
+    pub fn render_value_in(&self, template: &str, ctx: &Context) -> Result<Json, TemplateError> {
+        self.value_with_root(template, &ctx.0)
     }
 
     /// Renders every string leaf of a JSON tree with
@@ -410,9 +456,13 @@ impl Renderer {
     /// numbers, booleans and null are kept. Errors are wrapped in
     /// [`TemplateError::At`] naming the location (e.g. `.user.email`).
     pub fn render_json(&self, value: &Json, ctx: &Json) -> Result<Json, TemplateError> {
-        let root = to_root(ctx);
+        self.render_json_in(value, &Context::new(ctx))
+    }
+
+    /// [`render_json`](Self::render_json) with a prepared [`Context`].
+    pub fn render_json_in(&self, value: &Json, ctx: &Context) -> Result<Json, TemplateError> {
         let mut path = String::new();
-        self.render_json_at(value, &root, &mut path, 0)
+        self.render_json_at(value, &ctx.0, &mut path, 0)
     }
 
     fn render_json_at(
@@ -426,13 +476,9 @@ impl Renderer {
             return Err(TemplateError::at(path, too_deep()));
         }
         match value {
-            Json::String(s) => {
-                if is_literal(s) {
-                    return Ok(value.clone());
-                }
-                self.value_with_root(s, root)
-                    .map_err(|e| TemplateError::at(path, e))
-            }
+            Json::String(s) => self
+                .value_with_root(s, root)
+                .map_err(|e| TemplateError::at(path, e)),
             Json::Array(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
@@ -448,12 +494,9 @@ impl Renderer {
                 for (key, item) in map {
                     let len = path.len();
                     push_key(path, key);
-                    let new_key = if is_literal(key) {
-                        key.clone()
-                    } else {
-                        self.render_with_root(key, root, Dest::Text)
-                            .map_err(|e| TemplateError::at(path, e))?
-                    };
+                    let new_key = self
+                        .render_with_root(key, root, Dest::Text)
+                        .map_err(|e| TemplateError::at(path, e))?;
                     let new_item = self.render_json_at(item, root, path, depth + 1)?;
                     if out.insert(new_key, new_item).is_some() {
                         return Err(TemplateError::at(
@@ -472,6 +515,9 @@ impl Renderer {
     }
 
     fn value_with_root(&self, template: &str, root: &Value) -> Result<Json, TemplateError> {
+        if is_literal(template) {
+            return Ok(Json::String(template.to_owned()));
+        }
         check_reserved(template)?;
         if let Some((expr, offset)) = single_placeholder(template) {
             let env: &Environment<'_> = &self.env;
@@ -481,7 +527,7 @@ impl Renderer {
             if let Ok(compiled) = env.compile_expression(expr) {
                 let value = compiled
                     .eval(root.clone())
-                    .map_err(|e| convert_error(&e, template, offset))?;
+                    .map_err(|e| self.convert_error(&e, template, offset, root))?;
                 if value.is_undefined() {
                     // `eval` does not apply strict undefined handling; the
                     // text render does and names the missing path. If it
@@ -493,10 +539,12 @@ impl Renderer {
                 let mut budget = self.fuel.saturating_mul(UNITS_PER_FUEL);
                 return to_json(&value, &mut budget, 0).map_err(|e| match e {
                     ConvError::Undefined => TemplateError::Undefined {
-                        path: quote(expr.trim()),
+                        path: self
+                            .missing_path(template, root)
+                            .unwrap_or_else(|| quote(expr.trim())),
                     },
                     ConvError::OutOfFuel => TemplateError::OutOfFuel,
-                    ConvError::Invalid(e) => convert_error(&e, template, offset),
+                    ConvError::Invalid(e) => self.convert_error(&e, template, offset, root),
                     ConvError::Unsupported(what) => {
                         TemplateError::Render(format!("{what} (in `{}`)", quote(template)))
                     }
@@ -507,7 +555,12 @@ impl Renderer {
             .map(Json::String)
     }
 
-    fn render_with_root(&self, template: &str, root: &Value, dest: Dest) -> Result<String, TemplateError> {
+    fn render_with_root(
+        &self,
+        template: &str,
+        root: &Value,
+        dest: Dest,
+    ) -> Result<String, TemplateError> {
         if is_literal(template) {
             return finish_literal(template, dest);
         }
@@ -515,20 +568,61 @@ impl Renderer {
         let env: &Environment<'_> = &self.env;
         let compiled = env
             .template_from_str(template)
-            .map_err(|e| convert_error(&e, template, 0))?;
+            .map_err(|e| convert_error(&e, template, 0, |_| None))?;
         let out = match dest {
             Dest::Text | Dest::Header => compiled
                 .render(root.clone())
-                .map_err(|e| convert_error(&e, template, 0))?,
+                .map_err(|e| self.convert_error(&e, template, 0, root))?,
             Dest::Url | Dest::Xml => {
                 let (out, spans) = compiled
                     .render_with_spans(root.clone())
-                    .map_err(|e| convert_error(&e, template, 0))?;
+                    .map_err(|e| self.convert_error(&e, template, 0, root))?;
                 assemble(&out, &spans, dest)?
             }
         };
         finish_literal_owned(out, dest)
     }
+
+    /// [`convert_error`], finding a missing name in the context when
+    /// minijinja does not name it (e.g. `<<input.x | upper>>`).
+    fn convert_error(
+        &self,
+        err: &minijinja::Error,
+        template: &str,
+        base: usize,
+        root: &Value,
+    ) -> TemplateError {
+        convert_error(err, template, base, |placeholder| {
+            self.missing_path(placeholder, root)
+        })
+    }
+
+    /// The first path referenced by `template` that is missing in `root`
+    /// (e.g. `input.emial`), if any.
+    fn missing_path(&self, template: &str, root: &Value) -> Option<String> {
+        self.references(template)
+            .ok()?
+            .iter()
+            .find_map(|r| first_missing(root, r))
+    }
+}
+
+/// The shortest prefix of the dotted `path` that is missing in `root`.
+fn first_missing(root: &Value, path: &str) -> Option<String> {
+    let mut current = root.clone();
+    let mut end = 0;
+    for segment in path.split('.') {
+        end = if end == 0 {
+            segment.len()
+        } else {
+            end + 1 + segment.len()
+        };
+        current = match current.get_attr(segment) {
+            Ok(v) if !v.is_undefined() => v,
+            _ => return path.get(..end).map(str::to_owned),
+        };
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------
@@ -615,7 +709,9 @@ fn quote(text: &str) -> String {
 
 /// The placeholder (`<<...>>`) of `template` around a byte range.
 fn enclosing_placeholder(template: &str, range: std::ops::Range<usize>) -> Option<&str> {
-    let start = template.get(..range.start.min(template.len()))?.rfind("<<")?;
+    let start = template
+        .get(..range.start.min(template.len()))?
+        .rfind("<<")?;
     let from = range.end.max(start + 2).min(template.len());
     let end = from + template.get(from..)?.find(">>")? + 2;
     template.get(start..end)
@@ -645,17 +741,21 @@ fn too_deep() -> TemplateError {
     TemplateError::Render(format!("JSON is nested more than {MAX_DEPTH} levels deep"))
 }
 
-fn to_root(ctx: &Json) -> Value {
-    Value::from(Serde(ctx))
-}
-
 // ---------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------
 
 /// Converts a minijinja error; `base` is the byte offset of the evaluated
 /// source inside `template` (non-zero for typed expressions).
-fn convert_error(err: &minijinja::Error, template: &str, base: usize) -> TemplateError {
+///
+/// `find_missing` is given the placeholder (`<<...>>`) of an undefined error
+/// that minijinja did not describe and may name the missing path.
+fn convert_error(
+    err: &minijinja::Error,
+    template: &str,
+    base: usize,
+    find_missing: impl FnOnce(&str) -> Option<String>,
+) -> TemplateError {
     let range = err
         .range()
         .map(|r| r.start.saturating_add(base)..r.end.saturating_add(base));
@@ -674,17 +774,18 @@ fn convert_error(err: &minijinja::Error, template: &str, base: usize) -> Templat
         kind => {
             let placeholder = range
                 .clone()
-                .and_then(|r| enclosing_placeholder(template, r))
-                .map(quote);
+                .and_then(|r| enclosing_placeholder(template, r));
             if let Some(path) = err.detail().and_then(undefined_path) {
                 return TemplateError::Undefined { path };
             }
             if kind == ErrorKind::UndefinedError {
                 let path = placeholder
-                    .as_deref()
-                    .and_then(|p| p.strip_prefix("<<"))
-                    .and_then(|p| p.strip_suffix(">>"))
-                    .map(|p| p.trim_matches(['-', '+']).trim().to_owned())
+                    .and_then(|p| {
+                        find_missing(p).or_else(|| {
+                            let inner = p.strip_prefix("<<")?.strip_suffix(">>")?;
+                            Some(quote(inner.trim_matches(['-', '+']).trim()))
+                        })
+                    })
                     .unwrap_or_else(|| "a value".to_owned());
                 return TemplateError::Undefined { path };
             }
@@ -695,7 +796,7 @@ fn convert_error(err: &minijinja::Error, template: &str, base: usize) -> Templat
             }
             match placeholder {
                 Some(p) => {
-                    let _ = write!(message, " (in `{p}`)");
+                    let _ = write!(message, " (in `{}`)", quote(p));
                 }
                 None => {
                     if let Some(r) = range {
@@ -765,7 +866,9 @@ impl ConvError {
             ConvError::Undefined => minijinja::Error::from(ErrorKind::UndefinedError),
             ConvError::OutOfFuel => minijinja::Error::from(ErrorKind::OutOfFuel),
             ConvError::Invalid(e) => e,
-            ConvError::Unsupported(what) => minijinja::Error::new(ErrorKind::InvalidOperation, what),
+            ConvError::Unsupported(what) => {
+                minijinja::Error::new(ErrorKind::InvalidOperation, what)
+            }
         }
     }
 }
@@ -812,10 +915,12 @@ fn to_json(value: &Value, budget: &mut u64, depth: usize) -> Result<Json, ConvEr
                 let item = value.get_item(&key).map_err(ConvError::Invalid)?;
                 let name = match key.kind() {
                     ValueKind::String => key.as_str().unwrap_or_default().to_owned(),
-                    ValueKind::Number | ValueKind::Bool => match to_json(&key, budget, depth + 1)? {
-                        Json::String(s) => s,
-                        other => other.to_string(),
-                    },
+                    ValueKind::Number | ValueKind::Bool => {
+                        match to_json(&key, budget, depth + 1)? {
+                            Json::String(s) => s,
+                            other => other.to_string(),
+                        }
+                    }
                     _ => return Err(ConvError::Unsupported("object keys must be strings")),
                 };
                 charge(budget, name.len() as u64)?;
@@ -823,11 +928,17 @@ fn to_json(value: &Value, budget: &mut u64, depth: usize) -> Result<Json, ConvEr
             }
             Json::Object(out)
         }
-        ValueKind::Bytes => return Err(ConvError::Unsupported("bytes cannot be converted to JSON")),
+        ValueKind::Bytes => {
+            return Err(ConvError::Unsupported("bytes cannot be converted to JSON"));
+        }
         ValueKind::Invalid => {
             return Err(ConvError::Unsupported("the value is invalid"));
         }
-        _ => return Err(ConvError::Unsupported("this value cannot be converted to JSON")),
+        _ => {
+            return Err(ConvError::Unsupported(
+                "this value cannot be converted to JSON",
+            ));
+        }
     })
 }
 
@@ -849,9 +960,9 @@ fn number_json(value: &Value) -> Result<Json, ConvError> {
 
 /// Converts to JSON inside a render, paying with the render's fuel.
 fn json_in_state(state: &State, value: &Value) -> Result<Json, minijinja::Error> {
-    let start = state
-        .fuel_levels()
-        .map_or(u64::MAX, |(_, remaining)| remaining.saturating_mul(UNITS_PER_FUEL));
+    let start = state.fuel_levels().map_or(u64::MAX, |(_, remaining)| {
+        remaining.saturating_mul(UNITS_PER_FUEL)
+    });
     let mut budget = start;
     let result = to_json(value, &mut budget, 0);
     state.consume_fuel((start - budget).div_ceil(UNITS_PER_FUEL))?;
@@ -864,14 +975,23 @@ fn text_in_state(state: &State, value: &Value) -> Result<String, minijinja::Erro
         ValueKind::Undefined | ValueKind::None => String::new(),
         ValueKind::Bool => (if value.is_true() { "true" } else { "false" }).to_owned(),
         ValueKind::String => value.as_str().unwrap_or_default().to_owned(),
-        ValueKind::Bytes => String::from_utf8_lossy(value.as_bytes().unwrap_or_default()).into_owned(),
+        ValueKind::Bytes => {
+            String::from_utf8_lossy(value.as_bytes().unwrap_or_default()).into_owned()
+        }
+        // Integers print their digits, even beyond the JSON (64-bit) range.
+        ValueKind::Number if value.is_integer() => value.to_string(),
         ValueKind::Number => match number_json(value) {
             Ok(json) => json.to_string(),
             Err(e) => return Err(e.into_minijinja()),
         },
-        ValueKind::Seq | ValueKind::Iterable | ValueKind::Map => json_in_state(state, value)?.to_string(),
+        ValueKind::Seq | ValueKind::Iterable | ValueKind::Map => {
+            json_in_state(state, value)?.to_string()
+        }
         ValueKind::Invalid => {
-            return Err(minijinja::Error::new(ErrorKind::InvalidOperation, "the value is invalid"));
+            return Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                "the value is invalid",
+            ));
         }
         // Functions and other opaque objects: their description.
         _ => value.to_string(),
@@ -880,7 +1000,11 @@ fn text_in_state(state: &State, value: &Value) -> Result<String, minijinja::Erro
 
 /// The formatter of every `<<...>>`: the text form, no escaping (that
 /// happens per destination after rendering).
-fn format_value(out: &mut Output, state: &mut State, value: &Value) -> Result<(), minijinja::Error> {
+fn format_value(
+    out: &mut Output,
+    state: &mut State,
+    value: &Value,
+) -> Result<(), minijinja::Error> {
     if let Some(s) = value.as_str() {
         return out.write_str(s).map_err(minijinja::Error::from);
     }
@@ -1015,19 +1139,19 @@ fn assemble(out: &str, spans: &[OutputSpan], dest: Dest) -> Result<String, Templ
             break;
         };
         if !gap.is_empty() {
-            asm.value(gap);
+            asm.value(gap)?;
         }
         if span.kind() == OutputSpanKind::Raw {
             asm.literal(piece)?;
         } else {
-            asm.value(piece);
+            asm.value(piece)?;
         }
         pos = end;
     }
-    if let Some(rest) = out.get(pos..) {
-        if !rest.is_empty() {
-            asm.value(rest);
-        }
+    if let Some(rest) = out.get(pos..)
+        && !rest.is_empty()
+    {
+        asm.value(rest)?;
     }
     asm.finish()
 }
@@ -1093,7 +1217,7 @@ impl Assembler {
     }
 
     /// Placeholder output: escaped for the destination.
-    fn value(&mut self, text: &str) {
+    fn value(&mut self, text: &str) -> Result<(), TemplateError> {
         match self.dest {
             Dest::Text | Dest::Header => self.out.push_str(text),
             Dest::Xml => {
@@ -1109,25 +1233,23 @@ impl Assembler {
                 }
             }
             Dest::Url => match self.url.part {
+                // All of a value that starts in the prefix is raw (a base
+                // URL with a path of its own); its characters move the state.
                 UrlPart::Prefix => {
                     for c in text.chars() {
-                        // Raw characters in the prefix cannot fail: only a
-                        // completed path segment is checked.
-                        let _ = self.url_char(c);
+                        self.url_char(c)?;
                     }
                 }
                 part => {
+                    // Encoded text has no `/`, `?` or `#`: the part stays.
                     let _ = write!(self.out, "{}", utf8_percent_encode(text, COMPONENT));
                     if part == UrlPart::Path {
                         self.segment_has_value = true;
                     }
-                    // Encoded text has no `/`, `?` or `#`: the part stays.
-                    if let Some(c) = self.out.chars().next_back() {
-                        self.url.prev = [c, self.url.prev[0]];
-                    }
                 }
             },
         }
+        Ok(())
     }
 
     fn finish(mut self) -> Result<String, TemplateError> {
@@ -1180,7 +1302,10 @@ mod tests {
             ("<<input.active>>", json!(true)),
             ("<<input.nothing>>", json!(null)),
             ("<<input.tags>>", json!(["a", "b"])),
-            ("<<input.user>>", json!({"name": "Ada", "langs": ["en", "fr"]})),
+            (
+                "<<input.user>>",
+                json!({"name": "Ada", "langs": ["en", "fr"]}),
+            ),
             ("<< input.age >>", json!(36)),
             ("<<- input.age ->>", json!(36)),
             ("<<input.age + 1>>", json!(37)),
@@ -1208,7 +1333,10 @@ mod tests {
             ("<<input.age>>\n", "36\n"),
             ("<<input.user>>!", r#"{"langs":["en","fr"],"name":"Ada"}!"#),
             ("<<input.nothing>>|", "|"),
-            ("no placeholder {{ x }} {% y %}", "no placeholder {{ x }} {% y %}"),
+            (
+                "no placeholder {{ x }} {% y %}",
+                "no placeholder {{ x }} {% y %}",
+            ),
             ("<<input.age>>>>", "36>>"),
         ];
         for (template, want) in cases {
@@ -1269,7 +1397,8 @@ mod tests {
         ];
         for (template, want) in cases {
             for result in [
-                r().render_str(template, &ctx(), Dest::Text).map(Json::String),
+                r().render_str(template, &ctx(), Dest::Text)
+                    .map(Json::String),
                 r().render_value(template, &ctx()),
             ] {
                 let err = result.unwrap_err();
@@ -1294,16 +1423,32 @@ mod tests {
                 "<<settings.base_url>>/v1/contacts/<<input.id>>",
                 "https://api.hubapi.com/crm/v1/contacts/a%2Fb%20c",
             ),
-            ("https://x.test/<<input.q>>#<<input.id>>", "https://x.test/x%26y%3D1#a%2Fb%20c"),
-            ("https://x.test?e=<<input.email>>", "https://x.test?e=ada%40example.com"),
+            (
+                "https://x.test/<<input.q>>#<<input.id>>",
+                "https://x.test/x%26y%3D1#a%2Fb%20c",
+            ),
+            (
+                "https://x.test?e=<<input.email>>",
+                "https://x.test?e=ada%40example.com",
+            ),
             ("/relative/<<input.id>>", "/relative/a%2Fb%20c"),
-            ("https://x.test/<<input.age>>/<<input.active>>", "https://x.test/36/true"),
+            (
+                "https://x.test/<<input.age>>/<<input.active>>",
+                "https://x.test/36/true",
+            ),
             ("https://x.test/a-<<input.dotdot>>", "https://x.test/a-.."),
-            ("https://x.test/a/<<input.q>>.json", "https://x.test/a/x%26y%3D1.json"),
+            (
+                "https://x.test/a/<<input.q>>.json",
+                "https://x.test/a/x%26y%3D1.json",
+            ),
             ("https://x.test/<<\"<<\">>", "https://x.test/%3C%3C"),
         ];
         for (template, want) in cases {
-            assert_eq!(r().render_str(template, &ctx(), Dest::Url).unwrap(), want, "{template}");
+            assert_eq!(
+                r().render_str(template, &ctx(), Dest::Url).unwrap(),
+                want,
+                "{template}"
+            );
         }
     }
 
@@ -1323,7 +1468,8 @@ mod tests {
         }
         // In the query a dot is harmless.
         assert_eq!(
-            r().render_str("https://x.test/?a=<<input.dotdot>>", &ctx(), Dest::Url).unwrap(),
+            r().render_str("https://x.test/?a=<<input.dotdot>>", &ctx(), Dest::Url)
+                .unwrap(),
             "https://x.test/?a=.."
         );
     }
@@ -1362,13 +1508,29 @@ mod tests {
     #[test]
     fn literal_double_angle_is_written_as_a_string_placeholder() {
         for dest in [Dest::Text, Dest::Header, Dest::Xml] {
-            let want = if dest == Dest::Xml { "a &lt;&lt; b" } else { "a << b" };
-            assert_eq!(r().render_str(r#"a <<"<<">> b"#, &ctx(), dest).unwrap(), want);
+            let want = if dest == Dest::Xml {
+                "a &lt;&lt; b"
+            } else {
+                "a << b"
+            };
+            assert_eq!(
+                r().render_str(r#"a <<"<<">> b"#, &ctx(), dest).unwrap(),
+                want
+            );
         }
-        assert_eq!(r().render_value(r#"<<"<<">>"#, &ctx()).unwrap(), json!("<<"));
-        assert_eq!(r().render_value("<<'<<' ~ '>>'>>", &ctx()).unwrap(), json!("<<>>"));
+        assert_eq!(
+            r().render_value(r#"<<"<<">>"#, &ctx()).unwrap(),
+            json!("<<")
+        );
+        assert_eq!(
+            r().render_value("<<'<<' ~ '>>'>>", &ctx()).unwrap(),
+            json!("<<>>")
+        );
         // A lone `>>` is text.
-        assert_eq!(r().render_str("a >> b", &ctx(), Dest::Text).unwrap(), "a >> b");
+        assert_eq!(
+            r().render_str("a >> b", &ctx(), Dest::Text).unwrap(),
+            "a >> b"
+        );
     }
 
     #[test]
@@ -1388,7 +1550,10 @@ mod tests {
     fn blocks_and_comments_are_plain_text_or_rejected() {
         let text = "{% for x in range(3) %}{{ x }}{# c #}{% endfor %}";
         assert_eq!(r().render_str(text, &ctx(), Dest::Text).unwrap(), text);
-        for template in ["\u{FDD0} for x in range(3) \u{FDD1}", "a \u{FDD2} c \u{FDD3} <<1>>"] {
+        for template in [
+            "\u{FDD0} for x in range(3) \u{FDD1}",
+            "a \u{FDD2} c \u{FDD3} <<1>>",
+        ] {
             let err = r().render_str(template, &ctx(), Dest::Text).unwrap_err();
             assert!(matches!(err, TemplateError::Syntax { .. }), "{err}");
             assert!(r().references(template).is_err());
@@ -1404,11 +1569,18 @@ mod tests {
                 "<<steps.create.extract.id>>/<<input.email>>/<<input.email>>",
                 &["input.email", "steps.create.extract.id"],
             ),
-            ("<<input.x | default(settings.y)>>", &["input.x", "settings.y"]),
+            (
+                "<<input.x | default(settings.y)>>",
+                &["input.x", "settings.y"],
+            ),
             ("<<range(3) | join(',')>>", &[]),
             ("<<input['k'].x>>", &["input"]),
             (r#"<<"<<">>"#, &[]),
-            ("<<credentials.hubspot.token>>", &["credentials.hubspot.token"]),
+            (
+                "<<credentials.hubspot.token>>",
+                &["credentials.hubspot.token"],
+            ),
+            ("<<(steps.a.body | first).x>>", &["steps.a.body"]),
         ];
         for (template, want) in cases {
             assert_eq!(r().references(template).unwrap(), *want, "{template}");
@@ -1417,9 +1589,17 @@ mod tests {
 
     #[test]
     fn syntax_errors_are_reported_with_a_position() {
-        for template in ["<<input.", "abc <<input.email", "<<>>", "<<input.email | >>", "x\n<<'a>>"] {
+        for template in [
+            "<<input.",
+            "abc <<input.email",
+            "<<>>",
+            "<<input.email | >>",
+            "x\n<<'a>>",
+        ] {
             match r().references(template).unwrap_err() {
-                TemplateError::Syntax { message, .. } => assert!(message.contains("line"), "{message}"),
+                TemplateError::Syntax { message, .. } => {
+                    assert!(message.contains("line"), "{message}")
+                }
                 other => panic!("{template}: {other:?}"),
             }
             assert!(matches!(
@@ -1448,7 +1628,8 @@ mod tests {
         ];
         for template in cases {
             for result in [
-                r().render_str(template, &ctx(), Dest::Text).map(Json::String),
+                r().render_str(template, &ctx(), Dest::Text)
+                    .map(Json::String),
                 r().render_value(template, &ctx()),
             ] {
                 match result {
@@ -1576,9 +1757,36 @@ mod tests {
     }
 
     #[test]
+    fn prepared_context_renders_like_json_context() {
+        let prepared = Context::new(&ctx());
+        let renderer = r();
+        assert_eq!(
+            renderer
+                .render_str_in("https://x.test/<<input.id>>", &prepared, Dest::Url)
+                .unwrap(),
+            "https://x.test/a%2Fb%20c"
+        );
+        assert_eq!(
+            renderer
+                .render_value_in("<<input.age>>", &prepared)
+                .unwrap(),
+            json!(36)
+        );
+        assert_eq!(
+            renderer
+                .render_json_in(&json!(["<<input.active>>"]), &prepared)
+                .unwrap(),
+            json!([true])
+        );
+    }
+
+    #[test]
     fn non_finite_numbers_are_an_error() {
         assert!(r().render_value("<<1e300 * 1e300>>", &ctx()).is_err());
-        assert!(r().render_str("<<1e300 * 1e300>>", &ctx(), Dest::Text).is_err());
+        assert!(
+            r().render_str("<<1e300 * 1e300>>", &ctx(), Dest::Text)
+                .is_err()
+        );
     }
 
     #[test]

@@ -1,0 +1,277 @@
+//! Settings shared by both binaries, read from `CONVEYOR_*` variables and
+//! `DATABASE_URL`. Every variable is documented in README.md.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use conveyor_engine::crypto::{Key, Keyring};
+use conveyor_engine::http::HttpConfig;
+use conveyor_engine::runner::RunnerConfig;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::WorkerConfig;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything a Conveyor process needs to run executions.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `DATABASE_URL`.
+    pub database_url: SecretString,
+    /// `CONVEYOR_DB_MAX_CONNECTIONS`.
+    pub db_max_connections: u32,
+    /// `CONVEYOR_AUTO_MIGRATE`.
+    pub auto_migrate: bool,
+    /// `CONVEYOR_ENCRYPTION_KEY` (+ `CONVEYOR_OLD_ENCRYPTION_KEYS`).
+    pub keyring: Keyring,
+    /// Worker loop settings.
+    pub worker: WorkerConfig,
+    /// Step runner settings.
+    pub runner: RunnerConfig,
+    /// HTTP client settings.
+    pub http: HttpConfig,
+}
+
+/// Reads an optional variable.
+///
+/// # Errors
+///
+/// When it is set but not valid Unicode.
+pub fn var(name: &str) -> anyhow::Result<Option<String>> {
+    match std::env::var(name) {
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => Ok(Some(v)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("{name} is not valid Unicode")),
+    }
+}
+
+/// Reads and parses a variable, with a default.
+///
+/// # Errors
+///
+/// When it is set but does not parse; the message names the variable.
+pub fn parse<T>(name: &str, default: T) -> anyhow::Result<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    match var(name)? {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{name}: invalid value `{v}`: {e}")),
+    }
+}
+
+/// Reads a boolean variable (`true`/`false`, `1`/`0`, `yes`/`no`).
+///
+/// # Errors
+///
+/// When it is set to anything else.
+pub fn flag(name: &str, default: bool) -> anyhow::Result<bool> {
+    match var(name)?.map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => Ok(true),
+        Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => Ok(false),
+        Some(v) => bail!("{name}: invalid value `{v}`: expected true or false"),
+    }
+}
+
+/// The log format from `CONVEYOR_LOG_FORMAT` (`text`, the default, or
+/// `json`).
+///
+/// # Errors
+///
+/// On any other value.
+pub fn log_format() -> anyhow::Result<LogFormat> {
+    match var("CONVEYOR_LOG_FORMAT")?.as_deref().map(str::trim) {
+        None | Some("text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => bail!("CONVEYOR_LOG_FORMAT: invalid value `{other}`: expected text or json"),
+    }
+}
+
+/// The database URL alone (for commands that need nothing else).
+///
+/// # Errors
+///
+/// When `DATABASE_URL` is unset.
+pub fn database_url() -> anyhow::Result<SecretString> {
+    var("DATABASE_URL")?
+        .map(SecretString::from)
+        .context("DATABASE_URL is not set: point it at a PostgreSQL database (scripts/dev prints one)")
+}
+
+/// The keyring from `CONVEYOR_ENCRYPTION_KEY` (base64 of 32 bytes) and the
+/// optional comma-separated `CONVEYOR_OLD_ENCRYPTION_KEYS`.
+///
+/// # Errors
+///
+/// When the key is missing or malformed: the binaries refuse to start
+/// rather than invent one.
+pub fn keyring() -> anyhow::Result<Keyring> {
+    let current = var("CONVEYOR_ENCRYPTION_KEY")?.context(
+        "CONVEYOR_ENCRYPTION_KEY is not set: it must be 32 random bytes in base64 \
+         (generate one with `conveyor-api generate-key`)",
+    )?;
+    let current = Key::from_base64(current.trim()).context("CONVEYOR_ENCRYPTION_KEY")?;
+    let mut old = Vec::new();
+    if let Some(list) = var("CONVEYOR_OLD_ENCRYPTION_KEYS")? {
+        for (i, k) in list.split(',').map(str::trim).filter(|k| !k.is_empty()).enumerate() {
+            old.push(
+                Key::from_base64(k)
+                    .with_context(|| format!("CONVEYOR_OLD_ENCRYPTION_KEYS: key #{}", i + 1))?,
+            );
+        }
+    }
+    Ok(Keyring::new(current, old))
+}
+
+impl Settings {
+    /// Reads every setting, failing on the first invalid one.
+    ///
+    /// # Errors
+    ///
+    /// A missing `DATABASE_URL` or encryption key, or an unparsable value.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let defaults = WorkerConfig::default();
+        let worker = WorkerConfig {
+            worker_id: var("CONVEYOR_WORKER_ID")?.unwrap_or_else(crate::default_worker_id),
+            concurrency: parse("CONVEYOR_WORKER_CONCURRENCY", defaults.concurrency)?,
+            lease: Duration::from_secs(parse("CONVEYOR_LEASE_SECS", defaults.lease.as_secs())?),
+            poll_interval: Duration::from_millis(parse(
+                "CONVEYOR_POLL_INTERVAL_MS",
+                u64::try_from(defaults.poll_interval.as_millis()).unwrap_or(1000),
+            )?),
+            shutdown_grace: Duration::from_secs(parse(
+                "CONVEYOR_SHUTDOWN_GRACE_SECS",
+                defaults.shutdown_grace.as_secs(),
+            )?),
+            max_reclaims: parse("CONVEYOR_MAX_RECLAIMS", defaults.max_reclaims)?,
+            claim_batch: parse("CONVEYOR_CLAIM_BATCH", defaults.claim_batch)?,
+        };
+        if worker.concurrency == 0 {
+            bail!("CONVEYOR_WORKER_CONCURRENCY must be at least 1");
+        }
+        if worker.lease < Duration::from_secs(3) {
+            bail!("CONVEYOR_LEASE_SECS must be at least 3");
+        }
+        if worker.poll_interval.is_zero() {
+            bail!("CONVEYOR_POLL_INTERVAL_MS must be at least 1");
+        }
+        if worker.claim_batch == 0 {
+            bail!("CONVEYOR_CLAIM_BATCH must be at least 1");
+        }
+        let http_defaults = HttpConfig::default();
+        let http = HttpConfig {
+            allow_private_networks: flag("CONVEYOR_ALLOW_PRIVATE_NETWORKS", false)?,
+            max_response_bytes: parse("CONVEYOR_MAX_RESPONSE_BYTES", http_defaults.max_response_bytes)?,
+            max_stored_body_bytes: parse(
+                "CONVEYOR_MAX_STORED_BODY_BYTES",
+                http_defaults.max_stored_body_bytes,
+            )?,
+            user_agent: http_defaults.user_agent,
+        };
+        let runner_defaults = RunnerConfig::default();
+        let runner = RunnerConfig {
+            worker_id: worker.worker_id.clone(),
+            lease: worker.lease,
+            max_context_bytes: parse("CONVEYOR_MAX_CONTEXT_BYTES", runner_defaults.max_context_bytes)?,
+            max_retry_after: Duration::from_secs(parse(
+                "CONVEYOR_MAX_RETRY_AFTER_SECS",
+                runner_defaults.max_retry_after.as_secs(),
+            )?),
+        };
+        Ok(Self {
+            database_url: database_url()?,
+            db_max_connections: parse("CONVEYOR_DB_MAX_CONNECTIONS", 20)?,
+            auto_migrate: flag("CONVEYOR_AUTO_MIGRATE", true)?,
+            keyring: keyring()?,
+            worker,
+            runner,
+            http,
+        })
+    }
+
+    /// Connects the pool. The URL never appears in errors or logs.
+    ///
+    /// # Errors
+    ///
+    /// An unparsable URL.
+    pub fn pool(&self) -> anyhow::Result<sqlx::PgPool> {
+        Self::pool_for(&self.database_url, self.db_max_connections)
+    }
+
+    /// A lazily connecting pool for `url`.
+    ///
+    /// # Errors
+    ///
+    /// An unparsable URL.
+    pub fn pool_for(url: &SecretString, max_connections: u32) -> anyhow::Result<sqlx::PgPool> {
+        let options: sqlx::postgres::PgConnectOptions = url
+            .expose_secret()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL"))?;
+        Ok(sqlx::postgres::PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options))
+    }
+}
+
+/// Installs the global `tracing` subscriber: `RUST_LOG` filtering (default
+/// `info`), text or JSON lines on stderr.
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}
+
+/// Applies pending migrations (sqlx's migrator takes an advisory lock, so
+/// several processes starting together are safe), waiting for the database
+/// to come up for up to a minute.
+///
+/// # Errors
+///
+/// The database stays unreachable, or a migration fails.
+pub async fn migrate(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let mut wait = Duration::from_millis(200);
+    let started = std::time::Instant::now();
+    loop {
+        match conveyor_engine::MIGRATOR.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::migrate::MigrateError::Execute(e))
+                if is_connection_error(&e) && started.elapsed() < Duration::from_secs(60) =>
+            {
+                tracing::warn!("database not reachable yet; retrying migrations");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("applying migrations"),
+        }
+    }
+}
+
+/// Whether a database error means "not reachable" rather than "refused".
+pub fn is_connection_error(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed
+    ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+}
