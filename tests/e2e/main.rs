@@ -1,1 +1,6 @@
-//! e2e
+//! End-to-end tests: real PostgreSQL (a fresh database per test), the real
+//! runner and worker, and loopback stub servers.
+
+mod multi_step;
+mod queue;
+mod retries;

@@ -1,1 +1,158 @@
-//! tests harness
+//! Test harness for Conveyor's end-to-end tests: a fresh database per test
+//! (`#[sqlx::test]`), the real runner and worker, and loopback stub servers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use conveyor_engine::connector;
+use conveyor_engine::crypto::{Key, Keyring};
+use conveyor_engine::http::{HttpConfig, StepClient};
+use conveyor_engine::runner::{Runner, RunnerConfig};
+use conveyor_engine::store::executions::{self, ExecutionView, NewExecution, StepView};
+use conveyor_worker::{Worker, WorkerConfig};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The workspace most tests use.
+pub const WS: &str = "ws_test";
+
+/// One test's Conveyor: pool, keyring and a worker on loopback.
+pub struct Harness {
+    /// The test's own database.
+    pub pool: PgPool,
+    /// The keyring credentials are sealed with.
+    pub keyring: Arc<Keyring>,
+    /// A worker (its id is `worker-a`).
+    pub worker: Worker,
+}
+
+impl Harness {
+    /// A harness whose worker uses `lease` and a fast poll.
+    pub fn new(pool: PgPool) -> Self {
+        Self::with_config(pool, test_worker_config("worker-a"))
+    }
+
+    /// A harness with an explicit worker configuration.
+    pub fn with_config(pool: PgPool, config: WorkerConfig) -> Self {
+        let keyring = Arc::new(Keyring::new(Key::generate(), []));
+        let worker = worker(&pool, &keyring, config);
+        Self {
+            pool,
+            keyring,
+            worker,
+        }
+    }
+
+    /// Saves a connector (validated) and returns its id and version.
+    pub async fn connector(&self, definition: Value) -> (Uuid, i32) {
+        let c = connector::parse_and_validate(&definition).expect("valid connector");
+        connector_create(&self.pool, &c).await
+    }
+
+    /// Enqueues an execution now.
+    pub async fn enqueue(&self, connector: (Uuid, i32), input: Value) -> Uuid {
+        enqueue(&self.pool, connector, input, None).await
+    }
+
+    /// Runs ready executions with the worker until `id` reaches a final
+    /// status or `timeout` passes; returns the execution.
+    pub async fn run_until_final(&self, id: Uuid, timeout: Duration) -> ExecutionView {
+        let started = std::time::Instant::now();
+        loop {
+            let e = self.execution(id).await;
+            if matches!(e.status.as_str(), "succeeded" | "failed" | "cancelled") {
+                return e;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "execution {id} still {} after {timeout:?}",
+                e.status
+            );
+            if self.worker.run_next().await.expect("run_next").is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// Reads an execution of [`WS`].
+    pub async fn execution(&self, id: Uuid) -> ExecutionView {
+        executions::get(&self.pool, WS, id)
+            .await
+            .expect("get")
+            .expect("execution exists")
+    }
+
+    /// Every stored step attempt of an execution of [`WS`].
+    pub async fn steps(&self, id: Uuid) -> Vec<StepView> {
+        executions::steps(&self.pool, WS, id).await.expect("steps")
+    }
+}
+
+/// Worker settings for tests: small lease, fast poll, short grace.
+pub fn test_worker_config(id: &str) -> WorkerConfig {
+    WorkerConfig {
+        worker_id: id.to_owned(),
+        concurrency: 8,
+        lease: Duration::from_secs(3),
+        poll_interval: Duration::from_millis(50),
+        shutdown_grace: Duration::from_secs(5),
+        max_reclaims: 5,
+        claim_batch: 8,
+    }
+}
+
+/// A worker over `pool` that may reach loopback stub servers.
+pub fn worker(pool: &PgPool, keyring: &Arc<Keyring>, config: WorkerConfig) -> Worker {
+    let client = StepClient::new(HttpConfig {
+        allow_private_networks: true,
+        ..HttpConfig::default()
+    })
+    .expect("client");
+    let runner = Runner::new(
+        pool.clone(),
+        client,
+        keyring.clone(),
+        RunnerConfig {
+            worker_id: config.worker_id.clone(),
+            lease: config.lease,
+            ..RunnerConfig::default()
+        },
+    );
+    Worker::new(pool.clone(), Arc::new(runner), config)
+}
+
+/// Stores a connector in [`WS`].
+pub async fn connector_create(pool: &PgPool, c: &connector::Connector) -> (Uuid, i32) {
+    conveyor_engine::store::connectors::create(pool, WS, c)
+        .await
+        .expect("create connector")
+}
+
+/// Enqueues an execution in [`WS`].
+pub async fn enqueue(
+    pool: &PgPool,
+    (connector_id, connector_version): (Uuid, i32),
+    input: Value,
+    idempotency_key: Option<&str>,
+) -> Uuid {
+    let mut conn = pool.acquire().await.expect("conn");
+    executions::enqueue(
+        &mut conn,
+        &NewExecution {
+            workspace_id: WS.to_owned(),
+            connector_id,
+            connector_version,
+            input,
+            idempotency_key: idempotency_key.map(str::to_owned),
+            priority: 0,
+            run_at: None,
+            rerun_of: None,
+        },
+        Utc::now(),
+    )
+    .await
+    .expect("enqueue")
+    .id
+}

@@ -5,6 +5,33 @@
 //! (Jinja syntax): dotted names, `[...]` lookups, literals, operators and
 //! filters, e.g. `<<input.email | lower>>` or `<<input.x | default("y")>>`.
 //!
+//! # Example
+//!
+//! ```
+//! use conveyor_engine::template::{Dest, Renderer};
+//! use serde_json::json;
+//!
+//! let r = Renderer::new();
+//! let ctx = json!({
+//!     "input": {"id": "a/b c", "age": 36},
+//!     "settings": {"base_url": "https://x.test/api"},
+//! });
+//! assert_eq!(
+//!     r.render_str("<<settings.base_url>>/users/<<input.id>>", &ctx, Dest::Url)
+//!         .unwrap(),
+//!     "https://x.test/api/users/a%2Fb%20c"
+//! );
+//! assert_eq!(r.render_value("<<input.age>>", &ctx).unwrap(), json!(36));
+//! assert_eq!(
+//!     r.render_value("age: <<input.age>>", &ctx).unwrap(),
+//!     json!("age: 36")
+//! );
+//! assert_eq!(
+//!     r.render_str("<<input.emial>>", &ctx, Dest::Text).unwrap_err().to_string(),
+//!     "`input.emial` is not defined"
+//! );
+//! ```
+//!
 //! # Syntax
 //!
 //! - **Placeholders only.** `<<` and `>>` are the variable delimiters. Jinja
@@ -413,7 +440,7 @@ impl Renderer {
     }
 
     /// Renders `template` against `ctx` as a string, escaping placeholder
-    /// values for `dest` (see the [module docs](self)).
+    /// values for `dest` (see the [module docs](crate::template)).
     pub fn render_str(
         &self,
         template: &str,
@@ -1787,6 +1814,38 @@ mod tests {
             r().render_str("<<1e300 * 1e300>>", &ctx(), Dest::Text)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn safe_filter_does_not_bypass_destination_escaping() {
+        assert_eq!(
+            r().render_str("<x><<input.xml | safe>></x>", &ctx(), Dest::Xml)
+                .unwrap(),
+            "<x>&lt;b&gt;&quot;Tom&quot; &amp; &apos;Jerry&apos;&lt;/b&gt;</x>"
+        );
+        assert_eq!(
+            r().render_str("https://x.test/<<input.id | safe>>", &ctx(), Dest::Url)
+                .unwrap(),
+            "https://x.test/a%2Fb%20c"
+        );
+    }
+
+    #[test]
+    fn big_integers_render_as_text_but_not_as_json() {
+        assert_eq!(
+            r().render_str("<<2 ** 70>>", &ctx(), Dest::Text).unwrap(),
+            "1180591620717411303424"
+        );
+        assert!(matches!(
+            r().render_value("<<2 ** 70>>", &ctx()),
+            Err(TemplateError::Render(_))
+        ));
+    }
+
+    #[test]
+    fn prepared_context_debug_output_is_redacted() {
+        let text = format!("{:?}", Context::new(&ctx()));
+        assert!(!text.contains("s3cr3t"), "{text}");
     }
 
     #[test]

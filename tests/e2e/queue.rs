@@ -1,0 +1,333 @@
+//! The queue's guarantees: disjoint claims, fencing, poison cap,
+//! cancellation, idempotent enqueue, graceful shutdown, deadlines.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use conveyor_engine::store::executions::{self, CancelOutcome, StepRow, Transition};
+use conveyor_tests::{Harness, WS, enqueue, test_worker_config, worker};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+fn one_step(url: String) -> serde_json::Value {
+    json!({"name": "one", "steps": [{"name": "call", "method": "GET", "url": url}]})
+}
+
+fn lease() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn concurrent_claimers_never_share_a_row(pool: PgPool) {
+    let h = Harness::new(pool);
+    let c = h.connector(one_step("https://api.example.com/x".into())).await;
+    for i in 0..200 {
+        h.enqueue(c, json!({"i": i})).await;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let pool = h.pool.clone();
+        tasks.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let rows = executions::claim(&pool, &format!("w{w}"), 7, lease(), Utc::now())
+                    .await
+                    .expect("claim");
+                if rows.is_empty() {
+                    return mine;
+                }
+                mine.extend(rows.into_iter().map(|r| r.id));
+            }
+        });
+    }
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    while let Some(ids) = tasks.join_next().await {
+        for id in ids.expect("task") {
+            total += 1;
+            assert!(seen.insert(id), "{id} was claimed twice");
+        }
+    }
+    assert_eq!(total, 200);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn claims_follow_priority_then_run_at(pool: PgPool) {
+    let h = Harness::new(pool);
+    let c = h.connector(one_step("https://api.example.com/x".into())).await;
+    let low = h.enqueue(c, json!({})).await;
+    let mut conn = h.pool.acquire().await.expect("conn");
+    let high = executions::enqueue(
+        &mut conn,
+        &executions::NewExecution {
+            workspace_id: WS.into(),
+            connector_id: c.0,
+            connector_version: c.1,
+            input: json!({}),
+            idempotency_key: None,
+            priority: 5,
+            run_at: None,
+            rerun_of: None,
+        },
+        Utc::now(),
+    )
+    .await
+    .expect("enqueue")
+    .id;
+    let later = executions::enqueue(
+        &mut conn,
+        &executions::NewExecution {
+            workspace_id: WS.into(),
+            connector_id: c.0,
+            connector_version: c.1,
+            input: json!({}),
+            idempotency_key: None,
+            priority: 9,
+            run_at: Some(Utc::now() + Duration::from_secs(3600)),
+            rerun_of: None,
+        },
+        Utc::now(),
+    )
+    .await
+    .expect("enqueue")
+    .id;
+    let rows = executions::claim(&h.pool, "w", 10, lease(), Utc::now())
+        .await
+        .expect("claim");
+    let order: Vec<_> = rows.iter().map(|r| r.id).collect();
+    assert_eq!(order, [high, low], "delayed {later} must wait for its run_at");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool) {
+    let h = Harness::new(pool);
+    let c = h
+        .connector(json!({"name": "two", "steps": [
+            {"name": "a", "method": "GET", "url": "https://api.example.com/a"},
+            {"name": "b", "method": "GET", "url": "https://api.example.com/b"}]}))
+        .await;
+    let id = h.enqueue(c, json!({})).await;
+    let t0 = Utc::now();
+    let a = executions::claim(&h.pool, "worker-a", 1, lease(), t0)
+        .await
+        .expect("claim")
+        .remove(0);
+    // Worker A stalls past its lease; the rescuer requeues, B claims.
+    let later = t0 + Duration::from_secs(31);
+    let rescued = executions::rescue_expired(&h.pool, 5, later).await.expect("rescue");
+    assert_eq!(rescued.requeued, [id]);
+    let b = executions::claim(&h.pool, "worker-b", 1, lease(), later)
+        .await
+        .expect("claim")
+        .remove(0);
+    assert!(b.fencing_token > a.fencing_token);
+
+    let row = |worker: &str| StepRow {
+        step_index: 0,
+        attempt: 1,
+        step_name: "a".into(),
+        outcome: "succeeded",
+        request: json!({}),
+        response_status: Some(200),
+        response_headers: None,
+        response_body: None,
+        extracted: None,
+        error: None,
+        worker_id: worker.into(),
+        started_at: later,
+        finished_at: later,
+        duration_ms: 1,
+    };
+    let stale = Transition::Continue {
+        context: json!({"steps": {"a": {"stale": true}}}),
+        next_step: 1,
+        lease_until: later + lease(),
+    };
+    let written = executions::commit_step(&h.pool, id, a.fencing_token, &row("worker-a"), &stale, later)
+        .await
+        .expect("commit");
+    assert_eq!(written, None, "the stale commit must be refused");
+    let fail = Transition::Fail { error: json!({"kind": "x"}) };
+    assert_eq!(
+        executions::commit_step(&h.pool, id, a.fencing_token, &row("worker-a"), &fail, later)
+            .await
+            .expect("commit"),
+        None
+    );
+    assert_eq!(executions::heartbeat(&h.pool, id, a.fencing_token, later).await.expect("hb"), None);
+    assert!(!executions::release(&h.pool, id, a.fencing_token, later).await.expect("release"));
+    assert!(!executions::finish(&h.pool, id, a.fencing_token, None, later).await.expect("finish"));
+
+    let e = h.execution(id).await;
+    assert_eq!(e.status, "running");
+    assert_eq!(e.lease_owner.as_deref(), Some("worker-b"));
+    assert_eq!(e.next_step, 0);
+    assert_eq!(e.reclaims, 1);
+    assert!(h.steps(id).await.is_empty(), "nothing of worker A was stored");
+
+    let fresh = Transition::Continue {
+        context: json!({"steps": {"a": {"by": "b"}}}),
+        next_step: 1,
+        lease_until: later + lease(),
+    };
+    let written = executions::commit_step(&h.pool, id, b.fencing_token, &row("worker-b"), &fresh, later)
+        .await
+        .expect("commit");
+    assert_eq!(written.as_deref(), Some("running"));
+    assert_eq!(h.execution(id).await.next_step, 1);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn an_execution_that_keeps_losing_its_lease_is_failed_as_poisoned(pool: PgPool) {
+    let h = Harness::new(pool);
+    let c = h.connector(one_step("https://api.example.com/x".into())).await;
+    let id = h.enqueue(c, json!({})).await;
+    let mut now = Utc::now();
+    for round in 1..=3 {
+        let claimed = executions::claim(&h.pool, "w", 1, lease(), now).await.expect("claim");
+        assert_eq!(claimed.len(), 1, "round {round}");
+        now += Duration::from_secs(60);
+        let rescued = executions::rescue_expired(&h.pool, 2, now).await.expect("rescue");
+        if round < 3 {
+            assert_eq!(rescued.requeued, [id], "round {round}");
+        } else {
+            assert_eq!(rescued.poisoned, [id]);
+        }
+    }
+    let e = h.execution(id).await;
+    assert_eq!(e.status, "failed");
+    assert_eq!(e.error.as_ref().map(|e| e["kind"].clone()), Some(json!("poisoned")));
+    assert!(e.lease_owner.is_none());
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn cancelling_a_queued_execution_ends_it_and_it_never_runs(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    let c = h.connector(one_step(format!("{}/x", stub.uri()))).await;
+    let id = h.enqueue(c, json!({})).await;
+    let outcome = executions::cancel(&h.pool, WS, id, Utc::now()).await.expect("cancel");
+    assert_eq!(outcome, CancelOutcome::Cancelled);
+    assert!(h.worker.run_next().await.expect("run").is_none());
+    assert_eq!(h.execution(id).await.status, "cancelled");
+    assert!(stub.received_requests().await.expect("rec").is_empty());
+    let again = executions::cancel(&h.pool, WS, id, Utc::now()).await.expect("cancel");
+    assert_eq!(again, CancelOutcome::AlreadyFinished("cancelled".into()));
+    let other = executions::cancel(&h.pool, "ws_other", id, Utc::now()).await.expect("cancel");
+    assert_eq!(other, CancelOutcome::NotFound);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn cancelling_a_running_execution_stops_it_before_the_next_step(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(2500)))
+        .mount(&stub)
+        .await;
+    let c = h
+        .connector(json!({"name": "two", "steps": [
+            {"name": "slow", "method": "GET", "url": format!("{}/slow", stub.uri())},
+            {"name": "never", "method": "GET", "url": format!("{}/never", stub.uri())}]}))
+        .await;
+    let id = h.enqueue(c, json!({})).await;
+    let pool = h.pool.clone();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        executions::cancel(&pool, WS, id, Utc::now()).await.expect("cancel")
+    });
+    let e = h.run_until_final(id, Duration::from_secs(20)).await;
+    assert_eq!(canceller.await.expect("task"), CancelOutcome::Requested);
+    assert_eq!(e.status, "cancelled");
+    let received = stub.received_requests().await.expect("rec");
+    assert!(received.iter().all(|r| r.url.path() != "/never"), "the next step ran");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn enqueue_with_the_same_idempotency_key_returns_the_first_execution(pool: PgPool) {
+    let h = Harness::new(pool);
+    let c = h.connector(one_step("https://api.example.com/x".into())).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let pool = h.pool.clone();
+        tasks.spawn(async move { enqueue(&pool, c, json!({}), Some("order-1")).await });
+    }
+    let mut ids = HashSet::new();
+    while let Some(id) = tasks.join_next().await {
+        ids.insert(id.expect("task"));
+    }
+    assert_eq!(ids.len(), 1);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM connector_executions")
+        .fetch_one(&h.pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 1);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_run_past_its_deadline_fails_with_a_timeout_error(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(1500)))
+        .mount(&stub)
+        .await;
+    let c = h
+        .connector(json!({"name": "slow", "timeout_ms": 400,
+            "retry": {"max_attempts": 3, "initial_delay_ms": 50, "max_delay_ms": 100},
+            "steps": [{"name": "slow", "method": "GET", "url": format!("{}/slow", stub.uri())}]}))
+        .await;
+    let id = h.enqueue(c, json!({})).await;
+    let e = h.run_until_final(id, Duration::from_secs(20)).await;
+    assert_eq!(e.status, "failed");
+    let error = e.error.expect("error");
+    assert_eq!(error["kind"], json!("timeout"), "{error}");
+    assert!(error["message"].as_str().unwrap_or("").contains("deadline"), "{error}");
+    let elapsed = e.finished_at.expect("finished") - e.started_at.expect("started");
+    assert!(elapsed < chrono::Duration::milliseconds(1400), "the step was not cut at the deadline");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn shutdown_lets_the_step_in_flight_finish_and_releases_the_rest(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/first"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(800)))
+        .mount(&stub)
+        .await;
+    let c = h
+        .connector(json!({"name": "two", "steps": [
+            {"name": "first", "method": "GET", "url": format!("{}/first", stub.uri())},
+            {"name": "second", "method": "GET", "url": format!("{}/second", stub.uri())}]}))
+        .await;
+    let id = h.enqueue(c, json!({})).await;
+    let shutdown = CancellationToken::new();
+    let w = worker(&h.pool, &h.keyring, test_worker_config("worker-s"));
+    let running = tokio::spawn(w.run(shutdown.clone()));
+    // Wait until the first step is in flight, then ask for shutdown.
+    let started = std::time::Instant::now();
+    while stub.received_requests().await.expect("rec").is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("worker stops within the grace period")
+        .expect("worker task");
+    let e = h.execution(id).await;
+    assert_eq!(e.status, "queued", "released for another worker");
+    assert!(e.lease_owner.is_none());
+    assert_eq!(e.next_step, 1, "the step in flight finished and was stored");
+    let steps = h.steps(id).await;
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0].outcome, "succeeded");
+    let received = stub.received_requests().await.expect("rec");
+    assert_eq!(received.len(), 1, "the second step did not start");
+}
