@@ -18,7 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 #[derive(Parser)]
-#[command(name = "conveyor-api", version, about = "Conveyor: durable execution of declarative HTTP connectors")]
+#[command(
+    name = "conveyor-api",
+    version,
+    about = "Conveyor: durable execution of declarative HTTP connectors"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -56,14 +60,18 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Serve { embedded_workers: 0 }) {
+    let result = match cli.command.unwrap_or(Command::Serve {
+        embedded_workers: 0,
+    }) {
         Command::Validate { files } => Ok(validate(&files)),
         Command::Jsonpath { query } => Ok(jsonpath(&query)),
         Command::GenerateKey => {
             println!("{}", Key::generate().to_base64());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { embedded_workers } => runtime().and_then(|rt| rt.block_on(serve(embedded_workers))),
+        Command::Serve { embedded_workers } => {
+            runtime().and_then(|rt| rt.block_on(serve(embedded_workers)))
+        }
         Command::Migrate => runtime().and_then(|rt| rt.block_on(migrate())),
         Command::RotateCredentials => runtime().and_then(|rt| rt.block_on(rotate())),
     };
@@ -83,11 +91,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
     settings::init_tracing(settings::log_format()?);
     let settings = Settings::from_env()?;
-    let listen: SocketAddr = settings::parse("CONVEYOR_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
+    let listen: SocketAddr =
+        settings::parse("CONVEYOR_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
     let jwt_secret = settings::var("CONVEYOR_JWT_SECRET")?
         .context("CONVEYOR_JWT_SECRET is not set: it must be at least 32 bytes")?;
     if jwt_secret.len() < 32 {
-        anyhow::bail!("CONVEYOR_JWT_SECRET must be at least 32 bytes (it has {})", jwt_secret.len());
+        anyhow::bail!(
+            "CONVEYOR_JWT_SECRET must be at least 32 bytes (it has {})",
+            jwt_secret.len()
+        );
     }
     let pool = settings.pool()?;
     if settings.auto_migrate {
@@ -105,7 +117,12 @@ async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
             config.worker_id = format!("{}-{i}", config.worker_id);
             let mut runner_config = settings.runner.clone();
             runner_config.worker_id.clone_from(&config.worker_id);
-            let runner = Arc::new(Runner::new(pool.clone(), client.clone(), keyring.clone(), runner_config));
+            let runner = Arc::new(Runner::new(
+                pool.clone(),
+                client.clone(),
+                keyring.clone(),
+                runner_config,
+            ));
             workers.spawn(Worker::new(pool.clone(), runner, config).run(shutdown.clone()));
         }
     }
@@ -137,7 +154,10 @@ async fn rotate() -> anyhow::Result<ExitCode> {
     let keyring = settings::keyring()?;
     let pool = Settings::pool_for(&settings::database_url()?, 2)?;
     let count = conveyor_engine::store::credentials::rotate(&pool, &keyring).await?;
-    println!("re-sealed {count} credential(s) with key {}", keyring.current_id());
+    println!(
+        "re-sealed {count} credential(s) with key {}",
+        keyring.current_id()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -147,7 +167,10 @@ fn validate(files: &[PathBuf]) -> ExitCode {
         let name = file.display();
         let json = std::fs::read_to_string(file)
             .map_err(|e| format!("cannot read: {e}"))
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).map_err(|e| format!("invalid JSON: {e}")));
+            .and_then(|text| {
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .map_err(|e| format!("invalid JSON: {e}"))
+            });
         match json {
             Err(e) => {
                 ok = false;
@@ -164,7 +187,11 @@ fn validate(files: &[PathBuf]) -> ExitCode {
             },
         }
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn jsonpath(query: &str) -> ExitCode {

@@ -256,7 +256,14 @@ impl StepClient {
             duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
             error,
         };
-        let prepared = match self.prepare(step, context, credentials, idempotency_key, timeout, &redactor) {
+        let prepared = match self.prepare(
+            step,
+            context,
+            credentials,
+            idempotency_key,
+            timeout,
+            &redactor,
+        ) {
             Ok(p) => p,
             Err((snapshot, e)) => return finish(snapshot, None, Map::new(), Some(e)),
         };
@@ -325,16 +332,18 @@ impl StepClient {
     ) -> Result<Prepared, (Value, StepError)> {
         let mut snapshot = json!({"method": step.method.as_str(), "url": Value::Null});
         let fail = |snapshot: &Value, e: StepError| (snapshot.clone(), e);
-        let mut ctx = context.clone();
-        if let Value::Object(map) = &mut ctx {
+        let mut with_credentials = context.clone();
+        if let Value::Object(map) = &mut with_credentials {
             map.insert(
                 "credentials".to_owned(),
                 serde_json::to_value(credentials).unwrap_or(Value::Null),
             );
         }
+        // Converted once per step, shared by every template of the step.
+        let ctx = crate::template::Context::new(&with_credentials);
         let render = |field: &str, template: &str, dest: Dest| {
             self.renderer
-                .render_str(template, &ctx, dest)
+                .render_str_in(template, &ctx, dest)
                 .map_err(|e| StepError::fatal(StepErrorKind::Render, format!("{field}: {e}")))
         };
 
@@ -364,8 +373,13 @@ impl StepClient {
             Auth::Bearer { credential } => {
                 let token = secret_field(credentials, credential, "token")
                     .map_err(|e| fail(&snapshot, e))?;
-                insert_header(&mut headers, AUTHORIZATION, &format!("Bearer {token}"), "auth")
-                    .map_err(|e| fail(&snapshot, e))?;
+                insert_header(
+                    &mut headers,
+                    AUTHORIZATION,
+                    &format!("Bearer {token}"),
+                    "auth",
+                )
+                .map_err(|e| fail(&snapshot, e))?;
             }
             Auth::Basic { credential } => {
                 let user = secret_field(credentials, credential, "username")
@@ -375,8 +389,13 @@ impl StepClient {
                 use base64::Engine as _;
                 let encoded =
                     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-                insert_header(&mut headers, AUTHORIZATION, &format!("Basic {encoded}"), "auth")
-                    .map_err(|e| fail(&snapshot, e))?;
+                insert_header(
+                    &mut headers,
+                    AUTHORIZATION,
+                    &format!("Basic {encoded}"),
+                    "auth",
+                )
+                .map_err(|e| fail(&snapshot, e))?;
             }
             Auth::ApiKey {
                 credential,
@@ -423,29 +442,34 @@ impl StepClient {
             let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                 fail(
                     &snapshot,
-                    StepError::fatal(StepErrorKind::Render, format!("{field}: not a valid header name")),
+                    StepError::fatal(
+                        StepErrorKind::Render,
+                        format!("{field}: not a valid header name"),
+                    ),
                 )
             })?;
             insert_header(&mut headers, header, &value, &field).map_err(|e| fail(&snapshot, e))?;
         }
         let idempotency = HeaderName::from_static("idempotency-key");
         if !headers.contains_key(&idempotency) {
-            insert_header(&mut headers, idempotency, idempotency_key, "Idempotency-Key")
-                .map_err(|e| fail(&snapshot, e))?;
+            insert_header(
+                &mut headers,
+                idempotency,
+                idempotency_key,
+                "Idempotency-Key",
+            )
+            .map_err(|e| fail(&snapshot, e))?;
         }
 
         let (body, body_snapshot) = match &step.body {
             None => (None, Value::Null),
             Some(Body::Json { content }) => {
-                let value = self
-                    .renderer
-                    .render_json(content, &ctx)
-                    .map_err(|e| {
-                        fail(
-                            &snapshot,
-                            StepError::fatal(StepErrorKind::Render, format!("body.content: {e}")),
-                        )
-                    })?;
+                let value = self.renderer.render_json_in(content, &ctx).map_err(|e| {
+                    fail(
+                        &snapshot,
+                        StepError::fatal(StepErrorKind::Render, format!("body.content: {e}")),
+                    )
+                })?;
                 set_default_content_type(&mut headers, "application/json");
                 (Some(value.to_string().into_bytes()), redactor.value(value))
             }
@@ -474,8 +498,13 @@ impl StepClient {
             }) => {
                 let text =
                     render("body.content", content, Dest::Text).map_err(|e| fail(&snapshot, e))?;
-                insert_header(&mut headers, CONTENT_TYPE, content_type, "body.content_type")
-                    .map_err(|e| fail(&snapshot, e))?;
+                insert_header(
+                    &mut headers,
+                    CONTENT_TYPE,
+                    content_type,
+                    "body.content_type",
+                )
+                .map_err(|e| fail(&snapshot, e))?;
                 let shown = redactor.text(&text);
                 (Some(text.into_bytes()), Value::String(shown))
             }
@@ -496,7 +525,10 @@ impl StepClient {
         let request = builder.build().map_err(|e| {
             fail(
                 &snapshot,
-                StepError::fatal(StepErrorKind::Render, format!("invalid request: {}", redactor.text(&e.to_string()))),
+                StepError::fatal(
+                    StepErrorKind::Render,
+                    format!("invalid request: {}", redactor.text(&e.to_string())),
+                ),
             )
         })?;
         Ok(Prepared { request, snapshot })
@@ -580,7 +612,10 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Value {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.contains("json"));
-    let looks_json = matches!(bytes.iter().find(|b| !b.is_ascii_whitespace()), Some(b'{' | b'['));
+    let looks_json = matches!(
+        bytes.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    );
     if (is_json || looks_json)
         && let Ok(v) = serde_json::from_slice(bytes)
     {
@@ -622,7 +657,9 @@ pub fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> 
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let date = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
+    let date = DateTime::parse_from_rfc2822(value)
+        .ok()?
+        .with_timezone(&Utc);
     Some((date - now).to_std().unwrap_or(Duration::ZERO))
 }
 
@@ -641,7 +678,10 @@ fn classify_send_error(e: &reqwest::Error) -> StepError {
         None => "request failed".to_owned(),
     };
     if e.is_timeout() {
-        StepError::retryable(StepErrorKind::Timeout, "no response within the step timeout")
+        StepError::retryable(
+            StepErrorKind::Timeout,
+            "no response within the step timeout",
+        )
     } else if e.is_connect() {
         StepError::retryable(StepErrorKind::Connect, format!("could not connect: {text}"))
     } else {

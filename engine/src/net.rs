@@ -104,15 +104,16 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = resolved
                 .into_iter()
                 .filter(|a| !is_private(a.ip()))
                 .collect();
             if allowed.is_empty() {
-                return Err(Box::new(PrivateNetworkRefused { host }) as Box<dyn StdError + Send + Sync>);
+                return Err(
+                    Box::new(PrivateNetworkRefused { host }) as Box<dyn StdError + Send + Sync>
+                );
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })

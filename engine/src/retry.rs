@@ -63,7 +63,10 @@ mod tests {
         let hour = Duration::from_secs(3600);
         let full = next_delay(&policy(), 2, 0.999_999, None, hour);
         assert!(full >= Duration::from_millis(1_600) && full < Duration::from_millis(2_000));
-        assert_eq!(next_delay(&policy(), 2, 7.0, None, hour), Duration::from_millis(1_600));
+        assert_eq!(
+            next_delay(&policy(), 2, 7.0, None, hour),
+            Duration::from_millis(1_600)
+        );
     }
 
     #[test]

@@ -22,9 +22,9 @@ use crate::connector::{Connector, OnError};
 use crate::crypto::Keyring;
 use crate::http::{Credentials, Retry, StepClient, StepResult, idempotency_key};
 use crate::retry::next_delay;
+use crate::store;
 use crate::store::credentials;
 use crate::store::executions::{self, Claimed, StepRow, Transition};
-use crate::store;
 
 /// Settings of a runner.
 #[derive(Debug, Clone)]
@@ -86,7 +86,12 @@ pub struct Runner {
 impl Runner {
     /// A runner over `pool`, sending with `client`, opening credentials
     /// with `keyring`.
-    pub fn new(pool: PgPool, client: StepClient, keyring: Arc<Keyring>, config: RunnerConfig) -> Self {
+    pub fn new(
+        pool: PgPool,
+        client: StepClient,
+        keyring: Arc<Keyring>,
+        config: RunnerConfig,
+    ) -> Self {
         Self {
             pool,
             client,
@@ -111,15 +116,20 @@ impl Runner {
         else {
             return Ok(None);
         };
-        let connector: Connector =
-            serde_json::from_value(json).map_err(|e| format!("stored definition is invalid: {e}"))?;
+        let connector: Connector = serde_json::from_value(json)
+            .map_err(|e| format!("stored definition is invalid: {e}"))?;
         let mut names = BTreeSet::new();
         for step in &connector.steps {
             if let Some(c) = step.auth.credential() {
                 names.insert(c.to_owned());
             }
             step.visit_templates(&mut |_, template| {
-                for r in self.client.renderer().references(template).unwrap_or_default() {
+                for r in self
+                    .client
+                    .renderer()
+                    .references(template)
+                    .unwrap_or_default()
+                {
                     let mut parts = r.split('.');
                     if parts.next() == Some("credentials")
                         && let Some(name) = parts.next()
@@ -164,9 +174,16 @@ impl Runner {
         self.run_inner(claimed, shutdown).instrument(span).await
     }
 
-    async fn run_inner(&self, claimed: Claimed, shutdown: &CancellationToken) -> Result<RunOutcome> {
+    async fn run_inner(
+        &self,
+        claimed: Claimed,
+        shutdown: &CancellationToken,
+    ) -> Result<RunOutcome> {
         let (id, token) = (claimed.id, claimed.fencing_token);
-        let prepared = match self.prepared(claimed.connector_id, claimed.connector_version).await {
+        let prepared = match self
+            .prepared(claimed.connector_id, claimed.connector_version)
+            .await
+        {
             Ok(Some(p)) => p,
             Ok(None) => {
                 let error = json!({"kind": "definition", "message": "the connector version no longer exists"});
@@ -238,14 +255,17 @@ impl Runner {
                 InFlight::CancelRequested => return self.end(id, token, None).await,
             };
             let last = index + 1 == connector.steps.len();
-            let (row, transition) = self.decide(connector, index, attempt, &result, &mut ctx, last, deadline);
+            let (row, transition) =
+                self.decide(connector, index, attempt, &result, &mut ctx, last, deadline);
             let outcome = match &transition {
                 Transition::Continue { .. } => None,
                 Transition::Succeed { .. } => Some(RunOutcome::Succeeded),
                 Transition::Retry { .. } => Some(RunOutcome::RetryScheduled),
                 Transition::Fail { .. } => Some(RunOutcome::Failed),
             };
-            let status = executions::commit_step(&self.pool, id, token, &row, &transition, Utc::now()).await?;
+            let status =
+                executions::commit_step(&self.pool, id, token, &row, &transition, Utc::now())
+                    .await?;
             match status.as_deref() {
                 None => {
                     warn!("lease lost before the step commit; dropping the execution");
@@ -344,7 +364,10 @@ impl Runner {
             outcome: "succeeded",
             request: result.request.clone(),
             response_status: result.response.as_ref().map(|r| i32::from(r.status)),
-            response_headers: result.response.as_ref().map(|r| Value::Object(r.headers.clone())),
+            response_headers: result
+                .response
+                .as_ref()
+                .map(|r| Value::Object(r.headers.clone())),
             response_body: result.response.as_ref().map(|r| r.body.clone()),
             extracted: Some(Value::Object(result.extracted.clone())),
             error: result.error.as_ref().map(|e| json!(e)),
@@ -364,7 +387,13 @@ impl Runner {
             let mut why = error.message.clone();
             if let Some(retry_after) = retry_after {
                 if attempt < policy.max_attempts {
-                    let delay = next_delay(policy, attempt, rand::random::<f64>(), retry_after, self.config.max_retry_after);
+                    let delay = next_delay(
+                        policy,
+                        attempt,
+                        rand::random::<f64>(),
+                        retry_after,
+                        self.config.max_retry_after,
+                    );
                     let run_at = now + delay;
                     if run_at < deadline {
                         row.outcome = "retry_scheduled";
@@ -408,7 +437,13 @@ impl Runner {
             return (row, transition);
         }
         match render_output(self, connector, ctx) {
-            Ok(output) => (row, Transition::Succeed { context: persisted, output }),
+            Ok(output) => (
+                row,
+                Transition::Succeed {
+                    context: persisted,
+                    output,
+                },
+            ),
             Err(error) => {
                 row.outcome = "failed";
                 (row, Transition::Fail { error })

@@ -93,24 +93,35 @@ async fn runs_three_steps_with_typed_json_extraction_bearer_credential_and_form(
                "vip": true, "greeting": "Hello Ada"})
     );
     assert_eq!(
-        create.headers.get("content-type").map(|v| v.to_str().unwrap_or("")),
+        create
+            .headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or("")),
         Some("application/json")
     );
     assert_eq!(
-        create.headers.get("idempotency-key").map(|v| v.to_str().unwrap_or("").to_owned()),
+        create
+            .headers
+            .get("idempotency-key")
+            .map(|v| v.to_str().unwrap_or("").to_owned()),
         Some(format!("{id}:create:1"))
     );
     let read = &received[1];
     assert_eq!(read.method.as_str(), "GET");
     assert_eq!(read.url.path(), "/contacts/c-42");
     assert_eq!(
-        read.headers.get("authorization").map(|v| v.to_str().unwrap_or("").to_owned()),
+        read.headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or("").to_owned()),
         Some(format!("Bearer {secret}"))
     );
     let notify = &received[2];
     assert_eq!(notify.url.path(), "/notify");
     assert_eq!(
-        notify.headers.get("content-type").map(|v| v.to_str().unwrap_or("")),
+        notify
+            .headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or("")),
         Some("application/x-www-form-urlencoded")
     );
     assert_eq!(
@@ -125,10 +136,17 @@ async fn runs_three_steps_with_typed_json_extraction_bearer_credential_and_form(
         .collect();
     assert_eq!(
         names,
-        [("create", 1, "succeeded"), ("read", 1, "succeeded"), ("notify", 1, "succeeded")]
+        [
+            ("create", 1, "succeeded"),
+            ("read", 1, "succeeded"),
+            ("notify", 1, "succeeded")
+        ]
     );
     assert_eq!(steps[1].extracted, Some(json!({"name": "Ada Lovelace"})));
-    assert_eq!(steps[1].request["headers"]["authorization"], json!("[REDACTED]"));
+    assert_eq!(
+        steps[1].request["headers"]["authorization"],
+        json!("[REDACTED]")
+    );
 
     // The secret is in no stored row: not the steps, not the execution.
     let dump: String = sqlx::query_scalar(

@@ -24,7 +24,9 @@ fn lease() -> Duration {
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn concurrent_claimers_never_share_a_row(pool: PgPool) {
     let h = Harness::new(pool);
-    let c = h.connector(one_step("https://api.example.com/x".into())).await;
+    let c = h
+        .connector(one_step("https://api.example.com/x".into()))
+        .await;
     for i in 0..200 {
         h.enqueue(c, json!({"i": i})).await;
     }
@@ -58,7 +60,9 @@ async fn concurrent_claimers_never_share_a_row(pool: PgPool) {
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn claims_follow_priority_then_run_at(pool: PgPool) {
     let h = Harness::new(pool);
-    let c = h.connector(one_step("https://api.example.com/x".into())).await;
+    let c = h
+        .connector(one_step("https://api.example.com/x".into()))
+        .await;
     let low = h.enqueue(c, json!({})).await;
     let mut conn = h.pool.acquire().await.expect("conn");
     let high = executions::enqueue(
@@ -99,7 +103,11 @@ async fn claims_follow_priority_then_run_at(pool: PgPool) {
         .await
         .expect("claim");
     let order: Vec<_> = rows.iter().map(|r| r.id).collect();
-    assert_eq!(order, [high, low], "delayed {later} must wait for its run_at");
+    assert_eq!(
+        order,
+        [high, low],
+        "delayed {later} must wait for its run_at"
+    );
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
@@ -118,7 +126,9 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
         .remove(0);
     // Worker A stalls past its lease; the rescuer requeues, B claims.
     let later = t0 + Duration::from_secs(31);
-    let rescued = executions::rescue_expired(&h.pool, 5, later).await.expect("rescue");
+    let rescued = executions::rescue_expired(&h.pool, 5, later)
+        .await
+        .expect("rescue");
     assert_eq!(rescued.requeued, [id]);
     let b = executions::claim(&h.pool, "worker-b", 1, lease(), later)
         .await
@@ -147,36 +157,68 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
         next_step: 1,
         lease_until: later + lease(),
     };
-    let written = executions::commit_step(&h.pool, id, a.fencing_token, &row("worker-a"), &stale, later)
-        .await
-        .expect("commit");
+    let written = executions::commit_step(
+        &h.pool,
+        id,
+        a.fencing_token,
+        &row("worker-a"),
+        &stale,
+        later,
+    )
+    .await
+    .expect("commit");
     assert_eq!(written, None, "the stale commit must be refused");
-    let fail = Transition::Fail { error: json!({"kind": "x"}) };
+    let fail = Transition::Fail {
+        error: json!({"kind": "x"}),
+    };
     assert_eq!(
         executions::commit_step(&h.pool, id, a.fencing_token, &row("worker-a"), &fail, later)
             .await
             .expect("commit"),
         None
     );
-    assert_eq!(executions::heartbeat(&h.pool, id, a.fencing_token, later).await.expect("hb"), None);
-    assert!(!executions::release(&h.pool, id, a.fencing_token, later).await.expect("release"));
-    assert!(!executions::finish(&h.pool, id, a.fencing_token, None, later).await.expect("finish"));
+    assert_eq!(
+        executions::heartbeat(&h.pool, id, a.fencing_token, later)
+            .await
+            .expect("hb"),
+        None
+    );
+    assert!(
+        !executions::release(&h.pool, id, a.fencing_token, later)
+            .await
+            .expect("release")
+    );
+    assert!(
+        !executions::finish(&h.pool, id, a.fencing_token, None, later)
+            .await
+            .expect("finish")
+    );
 
     let e = h.execution(id).await;
     assert_eq!(e.status, "running");
     assert_eq!(e.lease_owner.as_deref(), Some("worker-b"));
     assert_eq!(e.next_step, 0);
     assert_eq!(e.reclaims, 1);
-    assert!(h.steps(id).await.is_empty(), "nothing of worker A was stored");
+    assert!(
+        h.steps(id).await.is_empty(),
+        "nothing of worker A was stored"
+    );
 
     let fresh = Transition::Continue {
         context: json!({"steps": {"a": {"by": "b"}}}),
         next_step: 1,
         lease_until: later + lease(),
     };
-    let written = executions::commit_step(&h.pool, id, b.fencing_token, &row("worker-b"), &fresh, later)
-        .await
-        .expect("commit");
+    let written = executions::commit_step(
+        &h.pool,
+        id,
+        b.fencing_token,
+        &row("worker-b"),
+        &fresh,
+        later,
+    )
+    .await
+    .expect("commit");
     assert_eq!(written.as_deref(), Some("running"));
     assert_eq!(h.execution(id).await.next_step, 1);
 }
@@ -184,14 +226,20 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn an_execution_that_keeps_losing_its_lease_is_failed_as_poisoned(pool: PgPool) {
     let h = Harness::new(pool);
-    let c = h.connector(one_step("https://api.example.com/x".into())).await;
+    let c = h
+        .connector(one_step("https://api.example.com/x".into()))
+        .await;
     let id = h.enqueue(c, json!({})).await;
     let mut now = Utc::now();
     for round in 1..=3 {
-        let claimed = executions::claim(&h.pool, "w", 1, lease(), now).await.expect("claim");
+        let claimed = executions::claim(&h.pool, "w", 1, lease(), now)
+            .await
+            .expect("claim");
         assert_eq!(claimed.len(), 1, "round {round}");
         now += Duration::from_secs(60);
-        let rescued = executions::rescue_expired(&h.pool, 2, now).await.expect("rescue");
+        let rescued = executions::rescue_expired(&h.pool, 2, now)
+            .await
+            .expect("rescue");
         if round < 3 {
             assert_eq!(rescued.requeued, [id], "round {round}");
         } else {
@@ -200,7 +248,10 @@ async fn an_execution_that_keeps_losing_its_lease_is_failed_as_poisoned(pool: Pg
     }
     let e = h.execution(id).await;
     assert_eq!(e.status, "failed");
-    assert_eq!(e.error.as_ref().map(|e| e["kind"].clone()), Some(json!("poisoned")));
+    assert_eq!(
+        e.error.as_ref().map(|e| e["kind"].clone()),
+        Some(json!("poisoned"))
+    );
     assert!(e.lease_owner.is_none());
 }
 
@@ -210,14 +261,20 @@ async fn cancelling_a_queued_execution_ends_it_and_it_never_runs(pool: PgPool) {
     let stub = MockServer::start().await;
     let c = h.connector(one_step(format!("{}/x", stub.uri()))).await;
     let id = h.enqueue(c, json!({})).await;
-    let outcome = executions::cancel(&h.pool, WS, id, Utc::now()).await.expect("cancel");
+    let outcome = executions::cancel(&h.pool, WS, id, Utc::now())
+        .await
+        .expect("cancel");
     assert_eq!(outcome, CancelOutcome::Cancelled);
     assert!(h.worker.run_next().await.expect("run").is_none());
     assert_eq!(h.execution(id).await.status, "cancelled");
     assert!(stub.received_requests().await.expect("rec").is_empty());
-    let again = executions::cancel(&h.pool, WS, id, Utc::now()).await.expect("cancel");
+    let again = executions::cancel(&h.pool, WS, id, Utc::now())
+        .await
+        .expect("cancel");
     assert_eq!(again, CancelOutcome::AlreadyFinished("cancelled".into()));
-    let other = executions::cancel(&h.pool, "ws_other", id, Utc::now()).await.expect("cancel");
+    let other = executions::cancel(&h.pool, "ws_other", id, Utc::now())
+        .await
+        .expect("cancel");
     assert_eq!(other, CancelOutcome::NotFound);
 }
 
@@ -239,19 +296,26 @@ async fn cancelling_a_running_execution_stops_it_before_the_next_step(pool: PgPo
     let pool = h.pool.clone();
     let canceller = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        executions::cancel(&pool, WS, id, Utc::now()).await.expect("cancel")
+        executions::cancel(&pool, WS, id, Utc::now())
+            .await
+            .expect("cancel")
     });
     let e = h.run_until_final(id, Duration::from_secs(20)).await;
     assert_eq!(canceller.await.expect("task"), CancelOutcome::Requested);
     assert_eq!(e.status, "cancelled");
     let received = stub.received_requests().await.expect("rec");
-    assert!(received.iter().all(|r| r.url.path() != "/never"), "the next step ran");
+    assert!(
+        received.iter().all(|r| r.url.path() != "/never"),
+        "the next step ran"
+    );
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn enqueue_with_the_same_idempotency_key_returns_the_first_execution(pool: PgPool) {
     let h = Harness::new(pool);
-    let c = h.connector(one_step("https://api.example.com/x".into())).await;
+    let c = h
+        .connector(one_step("https://api.example.com/x".into()))
+        .await;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..8 {
         let pool = h.pool.clone();
@@ -287,9 +351,15 @@ async fn a_run_past_its_deadline_fails_with_a_timeout_error(pool: PgPool) {
     assert_eq!(e.status, "failed");
     let error = e.error.expect("error");
     assert_eq!(error["kind"], json!("timeout"), "{error}");
-    assert!(error["message"].as_str().unwrap_or("").contains("deadline"), "{error}");
+    assert!(
+        error["message"].as_str().unwrap_or("").contains("deadline"),
+        "{error}"
+    );
     let elapsed = e.finished_at.expect("finished") - e.started_at.expect("started");
-    assert!(elapsed < chrono::Duration::milliseconds(1400), "the step was not cut at the deadline");
+    assert!(
+        elapsed < chrono::Duration::milliseconds(1400),
+        "the step was not cut at the deadline"
+    );
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]

@@ -38,7 +38,11 @@ async fn a_step_that_fails_twice_with_503_succeeds_on_attempt_three(pool: PgPool
         .collect();
     assert_eq!(
         outcomes,
-        [(1, "retry_scheduled", Some(503)), (2, "retry_scheduled", Some(503)), (3, "succeeded", Some(200))]
+        [
+            (1, "retry_scheduled", Some(503)),
+            (2, "retry_scheduled", Some(503)),
+            (3, "succeeded", Some(200))
+        ]
     );
     // Gaps follow the policy: 200 ms then 400 ms, less at most 20% jitter.
     let gap = |a: usize| (steps[a + 1].started_at - steps[a].finished_at).num_milliseconds();
@@ -49,9 +53,19 @@ async fn a_step_that_fails_twice_with_503_succeeds_on_attempt_three(pool: PgPool
         .await
         .expect("rec")
         .iter()
-        .map(|r| r.headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned())
+        .map(|r| {
+            r.headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        })
         .collect();
-    assert_eq!(keys, [1, 2, 3].map(|n| format!("{id}:post:{n}")), "one key per attempt");
+    assert_eq!(
+        keys,
+        [1, 2, 3].map(|n| format!("{id}:post:{n}")),
+        "one key per attempt"
+    );
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]

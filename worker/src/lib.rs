@@ -68,7 +68,11 @@ pub fn default_worker_id() -> String {
         .unwrap_or_else(|| "worker".to_owned());
     // The tail of a v7 UUID is random.
     let random = Uuid::now_v7().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &random[random.len() - 8..])
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &random[random.len() - 8..]
+    )
 }
 
 /// A worker loop over one pool.
@@ -118,7 +122,10 @@ impl Worker {
         let rescued =
             executions::rescue_expired(&self.pool, self.config.max_reclaims, Utc::now()).await?;
         if !rescued.requeued.is_empty() {
-            info!(count = rescued.requeued.len(), "requeued executions whose lease expired");
+            info!(
+                count = rescued.requeued.len(),
+                "requeued executions whose lease expired"
+            );
         }
         for id in &rescued.poisoned {
             warn!(execution.id = %id, "execution failed as poisoned: its lease expired too often");
@@ -158,7 +165,9 @@ impl Worker {
             if free > 0 {
                 let want = free.min(cfg.claim_batch);
                 let limit = i64::try_from(want).unwrap_or(i64::MAX);
-                match executions::claim(&self.pool, &cfg.worker_id, limit, cfg.lease, Utc::now()).await {
+                match executions::claim(&self.pool, &cfg.worker_id, limit, cfg.lease, Utc::now())
+                    .await
+                {
                     Ok(rows) => {
                         if let Some(since) = db_down_since.take() {
                             info!(down_for = ?since.elapsed(), "database reachable again; resuming");
@@ -211,7 +220,10 @@ impl Worker {
             }
         }
 
-        info!(in_flight = tasks.len(), "shutting down: no new claims; letting in-flight steps finish");
+        info!(
+            in_flight = tasks.len(),
+            "shutting down: no new claims; letting in-flight steps finish"
+        );
         stop_steps.cancel();
         let deadline = tokio::time::Instant::now() + cfg.shutdown_grace;
         while !tasks.is_empty() {
@@ -219,7 +231,10 @@ impl Worker {
                 Ok(Some(done)) => finished(&mut leased, done),
                 Ok(None) => break,
                 Err(_) => {
-                    warn!(in_flight = tasks.len(), "grace period over; abandoning in-flight steps");
+                    warn!(
+                        in_flight = tasks.len(),
+                        "grace period over; abandoning in-flight steps"
+                    );
                     tasks.abort_all();
                     while let Some(done) = tasks.join_next_with_id().await {
                         finished(&mut leased, done);
@@ -231,7 +246,9 @@ impl Worker {
             match executions::release(&self.pool, id, token, Utc::now()).await {
                 Ok(true) => info!(execution.id = %id, "released for another worker"),
                 Ok(false) => {}
-                Err(e) => warn!(execution.id = %id, error = %e, "could not release; its lease will expire"),
+                Err(e) => {
+                    warn!(execution.id = %id, error = %e, "could not release; its lease will expire")
+                }
             }
         }
         info!("worker stopped");
@@ -276,15 +293,16 @@ pub async fn shutdown_on_signal(token: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the worker");
-                let _ = ctrl_c.await;
-                token.cancel();
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the worker");
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

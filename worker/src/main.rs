@@ -5,8 +5,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use conveyor_engine::http::StepClient;
 use conveyor_engine::runner::Runner;
-use conveyor_worker::settings::{self, Settings};
 use conveyor_worker::Worker;
+use conveyor_worker::settings::{self, Settings};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -26,6 +26,8 @@ async fn main() -> anyhow::Result<()> {
     ));
     let shutdown = CancellationToken::new();
     tokio::spawn(conveyor_worker::shutdown_on_signal(shutdown.clone()));
-    Worker::new(pool, runner, settings.worker.clone()).run(shutdown).await;
+    Worker::new(pool, runner, settings.worker.clone())
+        .run(shutdown)
+        .await;
     Ok(())
 }

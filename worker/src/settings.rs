@@ -107,9 +107,9 @@ pub fn log_format() -> anyhow::Result<LogFormat> {
 ///
 /// When `DATABASE_URL` is unset.
 pub fn database_url() -> anyhow::Result<SecretString> {
-    var("DATABASE_URL")?
-        .map(SecretString::from)
-        .context("DATABASE_URL is not set: point it at a PostgreSQL database (scripts/dev prints one)")
+    var("DATABASE_URL")?.map(SecretString::from).context(
+        "DATABASE_URL is not set: point it at a PostgreSQL database (scripts/dev prints one)",
+    )
 }
 
 /// The keyring from `CONVEYOR_ENCRYPTION_KEY` (base64 of 32 bytes) and the
@@ -127,7 +127,12 @@ pub fn keyring() -> anyhow::Result<Keyring> {
     let current = Key::from_base64(current.trim()).context("CONVEYOR_ENCRYPTION_KEY")?;
     let mut old = Vec::new();
     if let Some(list) = var("CONVEYOR_OLD_ENCRYPTION_KEYS")? {
-        for (i, k) in list.split(',').map(str::trim).filter(|k| !k.is_empty()).enumerate() {
+        for (i, k) in list
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .enumerate()
+        {
             old.push(
                 Key::from_base64(k)
                     .with_context(|| format!("CONVEYOR_OLD_ENCRYPTION_KEYS: key #{}", i + 1))?,
@@ -175,7 +180,10 @@ impl Settings {
         let http_defaults = HttpConfig::default();
         let http = HttpConfig {
             allow_private_networks: flag("CONVEYOR_ALLOW_PRIVATE_NETWORKS", false)?,
-            max_response_bytes: parse("CONVEYOR_MAX_RESPONSE_BYTES", http_defaults.max_response_bytes)?,
+            max_response_bytes: parse(
+                "CONVEYOR_MAX_RESPONSE_BYTES",
+                http_defaults.max_response_bytes,
+            )?,
             max_stored_body_bytes: parse(
                 "CONVEYOR_MAX_STORED_BODY_BYTES",
                 http_defaults.max_stored_body_bytes,
@@ -186,7 +194,10 @@ impl Settings {
         let runner = RunnerConfig {
             worker_id: worker.worker_id.clone(),
             lease: worker.lease,
-            max_context_bytes: parse("CONVEYOR_MAX_CONTEXT_BYTES", runner_defaults.max_context_bytes)?,
+            max_context_bytes: parse(
+                "CONVEYOR_MAX_CONTEXT_BYTES",
+                runner_defaults.max_context_bytes,
+            )?,
             max_retry_after: Duration::from_secs(parse(
                 "CONVEYOR_MAX_RETRY_AFTER_SECS",
                 runner_defaults.max_retry_after.as_secs(),
@@ -239,7 +250,11 @@ pub fn init_tracing(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
 }
 
@@ -272,6 +287,9 @@ pub async fn migrate(pool: &sqlx::PgPool) -> anyhow::Result<()> {
 pub fn is_connection_error(e: &sqlx::Error) -> bool {
     matches!(
         e,
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolClosed
     ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
 }

@@ -191,11 +191,17 @@ impl Validator {
         }
         for name in step.headers.keys() {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                self.err(format!("{path}.headers.{name}"), "is not a valid HTTP header name");
+                self.err(
+                    format!("{path}.headers.{name}"),
+                    "is not a valid HTTP header name",
+                );
             }
         }
         if step.query.contains_key("") {
-            self.err(format!("{path}.query"), "query parameter names must not be empty");
+            self.err(
+                format!("{path}.query"),
+                "query parameter names must not be empty",
+            );
         }
         if let Some(Body::Raw { content_type, .. }) = &step.body
             && (content_type.trim().is_empty()
@@ -384,9 +390,7 @@ fn is_step_name(name: &str) -> bool {
 fn is_field_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Credential names: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}` (the same rule as
@@ -478,7 +482,11 @@ mod tests {
                 "",
             ),
             (
-                with(valid(), "/steps/0/body/content/email", json!("<<input.email")),
+                with(
+                    valid(),
+                    "/steps/0/body/content/email",
+                    json!("<<input.email"),
+                ),
                 "steps[0].body.content.email",
                 "template error",
             ),
@@ -497,7 +505,11 @@ mod tests {
                 "does not name a step",
             ),
             (
-                with(valid(), "/steps/1/headers", json!({"X-Id": "<<secrets.x>>"})),
+                with(
+                    valid(),
+                    "/steps/1/headers",
+                    json!({"X-Id": "<<secrets.x>>"}),
+                ),
                 "steps[1].headers.X-Id",
                 "unknown name `secrets`",
             ),
@@ -537,7 +549,11 @@ mod tests {
                 "at least one step",
             ),
             (
-                with(valid(), "/steps/0/body", json!({"type": "yaml", "content": ""})),
+                with(
+                    valid(),
+                    "/steps/0/body",
+                    json!({"type": "yaml", "content": ""}),
+                ),
                 "steps[0].body",
                 "unknown variant",
             ),

@@ -32,7 +32,11 @@ pub struct ConnectorVersion {
 /// # Errors
 ///
 /// Database errors.
-pub async fn create(pool: &PgPool, workspace_id: &str, connector: &Connector) -> Result<(Uuid, i32)> {
+pub async fn create(
+    pool: &PgPool,
+    workspace_id: &str,
+    connector: &Connector,
+) -> Result<(Uuid, i32)> {
     let id = Uuid::now_v7();
     let definition = serde_json::to_value(connector).unwrap_or(Value::Null);
     let mut tx = pool.begin().await?;

@@ -68,7 +68,11 @@ pub struct Enqueued {
 /// # Errors
 ///
 /// Database errors.
-pub async fn enqueue(conn: &mut PgConnection, new: &NewExecution, now: DateTime<Utc>) -> Result<Enqueued> {
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    new: &NewExecution,
+    now: DateTime<Utc>,
+) -> Result<Enqueued> {
     loop {
         let inserted = sqlx::query_scalar!(
             "INSERT INTO connector_executions
@@ -194,7 +198,11 @@ pub struct Rescued {
 /// # Errors
 ///
 /// Database errors.
-pub async fn rescue_expired(pool: &PgPool, max_reclaims: i32, now: DateTime<Utc>) -> Result<Rescued> {
+pub async fn rescue_expired(
+    pool: &PgPool,
+    max_reclaims: i32,
+    now: DateTime<Utc>,
+) -> Result<Rescued> {
     let rows = sqlx::query!(
         r#"WITH expired AS (
                SELECT id FROM connector_executions
@@ -579,7 +587,12 @@ pub enum CancelOutcome {
 /// # Errors
 ///
 /// Database errors.
-pub async fn cancel(pool: &PgPool, workspace_id: &str, id: Uuid, now: DateTime<Utc>) -> Result<CancelOutcome> {
+pub async fn cancel(
+    pool: &PgPool,
+    workspace_id: &str,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<CancelOutcome> {
     let row = sqlx::query!(
         r#"WITH target AS (
                SELECT id, status FROM connector_executions
