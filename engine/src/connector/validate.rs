@@ -433,8 +433,16 @@ mod tests {
         }
     }
 
+    /// `base` with `value` set at `pointer` (the parent must exist).
     fn with(mut base: Value, pointer: &str, value: Value) -> Value {
-        *base.pointer_mut(pointer).expect("pointer exists") = value;
+        let (parent, key) = pointer.rsplit_once('/').expect("a pointer");
+        match base.pointer_mut(parent).expect("parent exists") {
+            Value::Object(map) => {
+                map.insert(key.to_owned(), value);
+            }
+            Value::Array(items) => items[key.parse::<usize>().expect("index")] = value,
+            _ => panic!("{parent} is not a container"),
+        }
         base
     }
 
