@@ -1,48 +1,125 @@
-//! Conveyor's HTTP API: the axum front door. [`app`] builds the router for
-//! a [`AppState`]; `main.rs` reads settings, migrates and serves.
+//! Conveyor's HTTP API: the axum front door under `/api/v1`, documented by
+//! an OpenAPI document generated from the code (`/api/v1/openapi.json`,
+//! readable at `/docs`). [`app`] builds the router for an [`AppState`];
+//! `main.rs` reads settings, migrates and serves.
+//!
+//! Every route authenticates ([`auth::Caller`]) and scopes every query by
+//! the caller's workspace: another workspace's objects answer 404.
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::json;
+pub mod auth;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod openapi;
+pub mod ratelimit;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method};
+use conveyor_engine::crypto::Keyring;
 use sqlx::PgPool;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Authenticator;
+use crate::events::EventHub;
+use crate::ratelimit::RateLimiter;
+
+/// API settings (each from a `CONVEYOR_*` variable; see README.md).
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Requests per second per workspace (`CONVEYOR_RATE_LIMIT_PER_SEC`;
+    /// 0 disables).
+    pub rate_limit_per_sec: u32,
+    /// Largest request body (`CONVEYOR_MAX_REQUEST_BYTES`).
+    pub max_request_bytes: usize,
+    /// Allowed CORS origins (`CONVEYOR_CORS_ORIGINS`, comma-separated).
+    pub cors_origins: Vec<HeaderValue>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            rate_limit_per_sec: 100,
+            max_request_bytes: 4 * 1024 * 1024,
+            cors_origins: Vec::new(),
+        }
+    }
+}
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     /// The database.
     pub pool: PgPool,
+    /// Seals credentials.
+    pub keyring: Arc<Keyring>,
+    /// Verifies tokens.
+    pub auth: Arc<Authenticator>,
+    /// Per-workspace rate limits.
+    pub limiter: Arc<RateLimiter>,
+    /// Live execution updates for SSE subscribers.
+    pub events: EventHub,
+    /// Settings.
+    pub config: Arc<ApiConfig>,
 }
 
-/// The API router.
-pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(state)
-}
-
-/// The process is up.
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
-}
-
-/// The database is reachable and every migration this build knows of is
-/// applied.
-async fn readyz(State(state): State<AppState>) -> Response {
-    match conveyor_engine::store::schema_ready(&state.pool).await {
-        Ok(true) => Json(json!({"status": "ready"})).into_response(),
-        Ok(false) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": {"code": "migrations_pending", "message": "database migrations are not all applied", "details": null}})),
-        )
-            .into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": {"code": "database_unavailable", "message": "the database is not reachable", "details": null}})),
-        )
-            .into_response(),
+impl AppState {
+    /// State over `pool`; starts the event hub's listener task.
+    pub fn new(
+        pool: PgPool,
+        keyring: Arc<Keyring>,
+        auth: Authenticator,
+        config: ApiConfig,
+    ) -> Self {
+        Self {
+            events: EventHub::start(pool.clone()),
+            pool,
+            keyring,
+            auth: Arc::new(auth),
+            limiter: Arc::new(RateLimiter::new(config.rate_limit_per_sec)),
+            config: Arc::new(config),
+        }
     }
+}
+
+/// The API router with its middleware: request ids (`X-Request-Id` echoed
+/// or generated), request tracing, CORS, and the request body limit.
+pub fn app(state: AppState) -> Router {
+    let (api, openapi) = openapi::router().split_for_parts();
+    let openapi = Arc::new(openapi);
+    let request_id = HeaderName::from_static("x-request-id");
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(state.config.cors_origins.clone()))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            request_id.clone(),
+        ])
+        .max_age(Duration::from_secs(600));
+    let trace = TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+        let id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = %id)
+    });
+    Router::new()
+        .merge(api)
+        .merge(openapi::docs_routes(openapi))
+        .merge(routes::ops::router())
+        .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
+        .layer(cors)
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(trace)
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
 }

@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use conveyor_api::{AppState, app};
+use std::time::Duration;
+
+use conveyor_api::auth::Authenticator;
+use conveyor_api::{ApiConfig, AppState, app};
 use conveyor_engine::crypto::Key;
 use conveyor_engine::http::StepClient;
 use conveyor_engine::runner::Runner;
@@ -56,6 +59,37 @@ enum Command {
     RotateCredentials,
     /// Print a new random encryption key (base64 of 32 bytes).
     GenerateKey,
+    /// Print a signed development JWT (HS256, CONVEYOR_JWT_SECRET).
+    Token {
+        /// The workspace id (the calling product's own).
+        #[arg(long)]
+        workspace: String,
+        /// The user id (the calling product's own).
+        #[arg(long)]
+        user: String,
+        /// Lifetime: a number with s, m, h or d (default 1h).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Manage SaaS admins (users allowed on /api/v1/admin routes).
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Make a user an admin.
+    Add {
+        /// The user id (a token's `sub`).
+        user_id: String,
+    },
+    /// Remove a user from the admins.
+    Remove {
+        /// The user id.
+        user_id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,6 +108,12 @@ fn main() -> ExitCode {
         }
         Command::Migrate => runtime().and_then(|rt| rt.block_on(migrate())),
         Command::RotateCredentials => runtime().and_then(|rt| rt.block_on(rotate())),
+        Command::Token {
+            workspace,
+            user,
+            ttl,
+        } => token(&workspace, &user, &ttl),
+        Command::Admin { action } => runtime().and_then(|rt| rt.block_on(admin(action))),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -93,14 +133,8 @@ async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_env()?;
     let listen: SocketAddr =
         settings::parse("CONVEYOR_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
-    let jwt_secret = settings::var("CONVEYOR_JWT_SECRET")?
-        .context("CONVEYOR_JWT_SECRET is not set: it must be at least 32 bytes")?;
-    if jwt_secret.len() < 32 {
-        anyhow::bail!(
-            "CONVEYOR_JWT_SECRET must be at least 32 bytes (it has {})",
-            jwt_secret.len()
-        );
-    }
+    let auth = authenticator()?;
+    let api_config = api_config()?;
     let pool = settings.pool()?;
     if settings.auto_migrate {
         settings::migrate(&pool).await?;
@@ -132,7 +166,8 @@ async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("binding {listen}"))?;
     info!(address = %listener.local_addr()?, embedded_workers, "conveyor-api listening");
     let stop = shutdown.clone();
-    axum::serve(listener, app(AppState { pool }))
+    let state = AppState::new(pool, Arc::new(settings.keyring.clone()), auth, api_config);
+    axum::serve(listener, app(state))
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
         .context("serving HTTP")?;
@@ -158,6 +193,89 @@ async fn rotate() -> anyhow::Result<ExitCode> {
         "re-sealed {count} credential(s) with key {}",
         keyring.current_id()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn authenticator() -> anyhow::Result<Authenticator> {
+    let secret = settings::var("CONVEYOR_JWT_SECRET")?
+        .context("CONVEYOR_JWT_SECRET is not set: it must be at least 32 bytes")?;
+    Authenticator::new(&secret)
+}
+
+fn api_config() -> anyhow::Result<ApiConfig> {
+    let defaults = ApiConfig::default();
+    let mut cors_origins = Vec::new();
+    if let Some(list) = settings::var("CONVEYOR_CORS_ORIGINS")? {
+        for origin in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            cors_origins.push(
+                origin
+                    .parse()
+                    .with_context(|| format!("CONVEYOR_CORS_ORIGINS: invalid origin `{origin}`"))?,
+            );
+        }
+    }
+    Ok(ApiConfig {
+        rate_limit_per_sec: settings::parse(
+            "CONVEYOR_RATE_LIMIT_PER_SEC",
+            defaults.rate_limit_per_sec,
+        )?,
+        max_request_bytes: settings::parse(
+            "CONVEYOR_MAX_REQUEST_BYTES",
+            defaults.max_request_bytes,
+        )?,
+        cors_origins,
+    })
+}
+
+fn parse_ttl(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let split = text.len().saturating_sub(1);
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("--ttl `{text}`: expected a number followed by s, m, h or d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => anyhow::bail!("--ttl `{text}`: expected a number followed by s, m, h or d"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn token(workspace: &str, user: &str, ttl: &str) -> anyhow::Result<ExitCode> {
+    let token = authenticator()?.mint(workspace, user, parse_ttl(ttl)?)?;
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn admin(action: AdminAction) -> anyhow::Result<ExitCode> {
+    let pool = Settings::pool_for(&settings::database_url()?, 2)?;
+    match action {
+        AdminAction::Add { user_id } => {
+            let added = conveyor_engine::store::access::add_admin(&pool, &user_id).await?;
+            println!(
+                "{}",
+                if added {
+                    format!("{user_id} is now an admin")
+                } else {
+                    format!("{user_id} was already an admin")
+                }
+            );
+        }
+        AdminAction::Remove { user_id } => {
+            let removed = conveyor_engine::store::access::remove_admin(&pool, &user_id).await?;
+            println!(
+                "{}",
+                if removed {
+                    format!("{user_id} is no longer an admin")
+                } else {
+                    format!("{user_id} was not an admin")
+                }
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -209,10 +209,22 @@ impl StepClient {
             {
                 return attempt.error(e);
             }
+            // Credentials may sit in any header or the query, and reqwest
+            // strips only a few well-known headers across origins: never
+            // follow to another origin. The 3xx becomes the step's
+            // response, judged by `expect`.
+            if attempt
+                .previous()
+                .first()
+                .is_some_and(|first| first.origin() != attempt.url().origin())
+            {
+                return attempt.stop();
+            }
             attempt.follow()
         });
         let mut builder = reqwest::Client::builder()
             .no_proxy()
+            .referer(false)
             .redirect(redirect)
             .user_agent(config.user_agent.clone());
         if !allow_private {
@@ -282,7 +294,7 @@ impl StepClient {
         let record = ResponseRecord {
             status,
             headers: redactor.headers(&headers, &[]),
-            body: redactor.value(self.stored_body(parsed.clone(), bytes.len())),
+            body: redactor.value(self.stored_body(parsed.clone(), &bytes)),
         };
         if !step.accepts(status) {
             let error = status_error(step, status, &headers);
@@ -305,20 +317,17 @@ impl StepClient {
         }
     }
 
-    fn stored_body(&self, body: Value, size: usize) -> Value {
+    /// The body as stored: whole when small enough, else the marker with
+    /// the original size and a preview of the original bytes.
+    fn stored_body(&self, body: Value, bytes: &[u8]) -> Value {
         let max = self.config.max_stored_body_bytes;
-        if size <= max {
+        if bytes.len() <= max {
             return body;
         }
-        let text = match &body {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        let mut cut = max.min(text.len());
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        json!({"truncated": true, "original_size": size, "preview": &text[..cut]})
+        let preview = String::from_utf8_lossy(&bytes[..max]);
+        // A multi-byte character cut in half decodes as U+FFFD; drop it.
+        let preview = preview.trim_end_matches('\u{FFFD}');
+        json!({"truncated": true, "original_size": bytes.len(), "preview": preview})
     }
 
     fn prepare(
@@ -702,9 +711,14 @@ impl Redactor {
             if value.is_empty() {
                 continue;
             }
+            // Every form a template or the client can give it: raw, as a
+            // URL component (ours and a strict one), form-encoded, and
+            // XML-escaped.
             needles.push(value.clone());
+            needles.push(crate::template::encode_component(value));
             needles.push(utf8_percent_encode(value, NON_ALPHANUMERIC).to_string());
             needles.push(url::form_urlencoded::byte_serialize(value.as_bytes()).collect());
+            needles.push(crate::template::escape_xml(value));
         }
         // Longest first, so a secret containing another is replaced whole.
         needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
@@ -805,13 +819,13 @@ mod tests {
             ..HttpConfig::default()
         })
         .expect("client");
-        let stored = client.stored_body(Value::String("abcdefgh".into()), 8);
+        let stored = client.stored_body(Value::String("abcdefgh".into()), b"abcdefgh");
         assert_eq!(
             stored,
             json!({"truncated": true, "original_size": 8, "preview": "abcd"})
         );
         assert_eq!(
-            client.stored_body(Value::String("abc".into()), 3),
+            client.stored_body(Value::String("abc".into()), b"abc"),
             json!("abc")
         );
     }

@@ -154,7 +154,9 @@ impl Worker {
             if listener.is_none() {
                 listener = listen(&self.pool).await;
             }
-            if last_rescue.is_none_or(|t| t.elapsed() >= rescue_every) {
+            // While the database is down the claim below reports it once
+            // and backs off; the rescue waits until it is back.
+            if db_down_since.is_none() && last_rescue.is_none_or(|t| t.elapsed() >= rescue_every) {
                 last_rescue = Some(Instant::now());
                 if let Err(e) = self.rescue().await {
                     warn!(error = %e, "rescuing expired leases failed");

@@ -146,3 +146,56 @@ pub async fn definition(pool: &PgPool, id: Uuid, version: i32) -> Result<Option<
     .await?;
     Ok(row)
 }
+
+/// A connector in a listing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConnectorSummary {
+    /// Id.
+    pub id: Uuid,
+    /// Name of the latest version.
+    pub name: String,
+    /// Latest version number.
+    pub latest_version: i32,
+    /// Template it was installed from.
+    pub template_slug: Option<String>,
+    /// Template version it was installed from.
+    pub template_version: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last new version.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A workspace's live connectors, newest first.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn list(pool: &PgPool, workspace_id: &str) -> Result<Vec<ConnectorSummary>> {
+    Ok(sqlx::query_as!(
+        ConnectorSummary,
+        "SELECT id, name, latest_version, template_slug, template_version, created_at, updated_at
+         FROM connectors WHERE workspace_id = $1 AND deleted_at IS NULL
+         ORDER BY created_at DESC, id DESC",
+        workspace_id
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Soft-deletes a connector (its versions and history stay readable);
+/// whether a live connector of this workspace was deleted.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn delete(pool: &PgPool, workspace_id: &str, id: Uuid) -> Result<bool> {
+    let done = sqlx::query!(
+        "UPDATE connectors SET deleted_at = now() WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL",
+        id,
+        workspace_id
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -2,9 +2,11 @@
 //! running execution is fenced by its token: zero rows affected means the
 //! lease was lost and the caller must stop.
 
+pub mod access;
 pub mod connectors;
 pub mod credentials;
 pub mod executions;
+pub mod history;
 
 use sqlx::PgExecutor;
 

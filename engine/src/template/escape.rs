@@ -148,18 +148,7 @@ impl Assembler {
     fn value(&mut self, text: &str) -> Result<(), TemplateError> {
         match self.dest {
             Dest::Text | Dest::Header => self.out.push_str(text),
-            Dest::Xml => {
-                for c in text.chars() {
-                    match c {
-                        '&' => self.out.push_str("&amp;"),
-                        '<' => self.out.push_str("&lt;"),
-                        '>' => self.out.push_str("&gt;"),
-                        '"' => self.out.push_str("&quot;"),
-                        '\'' => self.out.push_str("&apos;"),
-                        c => self.out.push(c),
-                    }
-                }
-            }
+            Dest::Xml => self.out.push_str(&escape_xml(text)),
             Dest::Url => match self.url.part {
                 // All of a value that starts in the prefix is raw (a base
                 // URL with a path of its own); its characters move the state.

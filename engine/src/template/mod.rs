@@ -172,6 +172,28 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// A value as a URL path segment or query component encodes it: every
+/// byte but RFC 3986 unreserved characters percent-encoded.
+pub fn encode_component(text: &str) -> String {
+    utf8_percent_encode(text, COMPONENT).to_string()
+}
+
+/// A value as an XML body holds it: `&` `<` `>` `"` `'` escaped.
+pub fn escape_xml(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Where a rendered string lands; decides how placeholder values are escaped.
 ///
 /// Literal template text is never changed; only the values of placeholders

@@ -1,0 +1,211 @@
+//! Extractors whose rejections use the API's error shape: JSON bodies (400
+//! malformed, 413 too large, 415 not JSON, 422 with the field's path),
+//! query strings (400) and path ids (404: an id that cannot exist is not
+//! found).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// A JSON request body deserialised strictly.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                let ct = ct.to_ascii_lowercase();
+                ct.starts_with("application/json")
+                    || (ct.starts_with("application/") && ct.contains("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the request body must be JSON (Content-Type: application/json)",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body exceeds the size limit (CONVEYOR_MAX_REQUEST_BYTES)",
+                )
+            } else {
+                ApiError::bad_request(format!("could not read the request body: {e}"))
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Deserialises JSON bytes: syntax errors are 400, shape errors 422 naming
+/// the field.
+///
+/// # Errors
+///
+/// As above.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize(&mut de) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_json",
+                    format!("the request body is not valid JSON: {inner}"),
+                ))
+            } else {
+                let path = if path == "." { String::new() } else { path };
+                Err(ApiError::validation(
+                    format!(
+                        "invalid request body: {}",
+                        message_at(&path, &inner.to_string())
+                    ),
+                    json!([{"path": path, "message": inner.to_string()}]),
+                ))
+            }
+        }
+    }
+}
+
+fn message_at(path: &str, message: &str) -> String {
+    if path.is_empty() {
+        message.to_owned()
+    } else {
+        format!("{path}: {message}")
+    }
+}
+
+/// A query string deserialised strictly; problems are 400.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e| ApiError::bad_request(format!("invalid query string: {}", e.body_text())))
+    }
+}
+
+/// A path parameter; one that does not parse names nothing that exists.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|_| ApiError::not_found("resource"))
+    }
+}
+
+/// A keyset pagination position: the last row's `created_at` and id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// `created_at` of the last row returned.
+    pub created_at: DateTime<Utc>,
+    /// Id of the last row returned.
+    pub id: Uuid,
+}
+
+impl Cursor {
+    /// The opaque form handed to callers.
+    pub fn encode(&self) -> String {
+        let raw = format!("{}|{}", self.created_at.timestamp_micros(), self.id);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// Parses a cursor from a previous page.
+    ///
+    /// # Errors
+    ///
+    /// 400 when the cursor was not produced by this API.
+    pub fn decode(text: &str) -> Result<Self, ApiError> {
+        let bad =
+            || ApiError::bad_request("invalid `cursor`: pass the `next_cursor` of a previous page");
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| bad())?;
+        let raw = String::from_utf8(raw).map_err(|_| bad())?;
+        let (micros, id) = raw.split_once('|').ok_or_else(bad)?;
+        let micros: i64 = micros.parse().map_err(|_| bad())?;
+        Ok(Self {
+            created_at: DateTime::from_timestamp_micros(micros).ok_or_else(bad)?,
+            id: id.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_rejected() {
+        let c = Cursor {
+            created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).expect("time"),
+            id: Uuid::now_v7(),
+        };
+        assert_eq!(Cursor::decode(&c.encode()).expect("decode"), c);
+        for bad in [
+            "",
+            "!!!",
+            "bm9waXBl",
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("1|x"),
+        ] {
+            assert_eq!(
+                Cursor::decode(bad).expect_err(bad).status(),
+                StatusCode::BAD_REQUEST
+            );
+        }
+    }
+
+    #[test]
+    fn shape_errors_name_the_field_and_syntax_errors_are_400() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Body {
+            items: Vec<Item>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Item {
+            n: u32,
+        }
+        let err = parse_json::<Body>(br#"{"items":[{"n":1},{"n":"x"}]}"#).expect_err("422");
+        assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let err = parse_json::<Body>(br#"{"items":[], "extra": 1}"#).expect_err("422");
+        assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let err = parse_json::<Body>(br#"{"items": ["#).expect_err("400");
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    }
+}

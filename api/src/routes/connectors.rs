@@ -1,0 +1,398 @@
+//! Connectors: versioned definitions, and starting executions of them.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use conveyor_engine::connector::{self, Connector};
+use conveyor_engine::store::executions::{self, NewExecution};
+use conveyor_engine::store::{connectors, history};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{ExecutionPageQuery, audit, execution_page};
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+
+/// Most items in one batch execute.
+pub const MAX_BATCH_ITEMS: usize = 1000;
+
+/// This group's routes.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_connectors, create_connector))
+        .routes(routes!(get_connector, update_connector, delete_connector))
+        .routes(routes!(execute))
+        .routes(routes!(execute_batch))
+        .routes(routes!(connector_stats))
+        .routes(routes!(connector_executions))
+}
+
+fn definition_errors(e: connector::ValidationErrors) -> ApiError {
+    ApiError::validation(
+        format!("invalid connector: {e}"),
+        serde_json::to_value(&e.0).unwrap_or(Value::Null),
+    )
+}
+
+async fn live_connector(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+) -> ApiResult<(connectors::ConnectorVersion, Connector)> {
+    let found = connectors::get(&state.pool, &caller.workspace_id, id, None)
+        .await?
+        .filter(|c| c.deleted_at.is_none())
+        .ok_or_else(|| ApiError::not_found("connector"))?;
+    let definition: Connector =
+        serde_json::from_value(found.definition.clone()).map_err(|e| ApiError::internal(&e))?;
+    Ok((found, definition))
+}
+
+fn connector_json(c: &connectors::ConnectorVersion) -> Value {
+    json!({
+        "id": c.id, "version": c.version, "latest_version": c.latest_version,
+        "definition": c.definition, "created_at": c.created_at, "deleted_at": c.deleted_at,
+    })
+}
+
+/// List the workspace's connectors.
+#[utoipa::path(get, path = "/connectors", tag = "connectors",
+    responses((status = 200, description = "Connectors, newest first", body = Object)))]
+async fn list_connectors(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    let items = connectors::list(&state.pool, &caller.workspace_id).await?;
+    Ok(Json(json!({ "items": items })))
+}
+
+/// Create a connector from a definition (version 1).
+#[utoipa::path(post, path = "/connectors", tag = "connectors",
+    request_body(content = Object, description = "A connector definition"),
+    responses((status = 201, description = "Created: `id` and `version`", body = Object),
+              (status = 422, description = "Invalid definition; `details.errors` lists `{path, message}`")))]
+async fn create_connector(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<Response> {
+    let definition = connector::parse_and_validate(&body).map_err(definition_errors)?;
+    let (id, version) = connectors::create(&state.pool, &caller.workspace_id, &definition).await?;
+    audit(
+        &state,
+        &caller,
+        "connector.create",
+        "connector",
+        Some(&id.to_string()),
+        json!({"version": version}),
+    )
+    .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": id, "version": version})),
+    )
+        .into_response())
+}
+
+/// `?version=N`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+struct VersionQuery {
+    /// A specific version (default: the latest).
+    version: Option<i32>,
+}
+
+/// Read a connector: the latest version, or `?version=N`.
+#[utoipa::path(get, path = "/connectors/{id}", tag = "connectors", params(("id" = Uuid, Path), VersionQuery),
+    responses((status = 200, body = Object), (status = 404, description = "No such connector in this workspace")))]
+async fn get_connector(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<VersionQuery>,
+) -> ApiResult<Json<Value>> {
+    let found = connectors::get(&state.pool, &caller.workspace_id, id, q.version)
+        .await?
+        .ok_or_else(|| ApiError::not_found("connector"))?;
+    Ok(Json(connector_json(&found)))
+}
+
+/// Store a new version of a connector.
+#[utoipa::path(put, path = "/connectors/{id}", tag = "connectors", params(("id" = Uuid, Path)),
+    request_body(content = Object, description = "The new definition"),
+    responses((status = 200, description = "`id` and the new `version`", body = Object), (status = 404), (status = 422)))]
+async fn update_connector(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<Json<Value>> {
+    let definition = connector::parse_and_validate(&body).map_err(definition_errors)?;
+    let version = connectors::update(&state.pool, &caller.workspace_id, id, &definition)
+        .await?
+        .ok_or_else(|| ApiError::not_found("connector"))?;
+    audit(
+        &state,
+        &caller,
+        "connector.update",
+        "connector",
+        Some(&id.to_string()),
+        json!({"version": version}),
+    )
+    .await;
+    Ok(Json(json!({"id": id, "version": version})))
+}
+
+/// Delete a connector (soft: its versions and executions stay readable).
+#[utoipa::path(delete, path = "/connectors/{id}", tag = "connectors", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404)))]
+async fn delete_connector(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<StatusCode> {
+    if !connectors::delete(&state.pool, &caller.workspace_id, id).await? {
+        return Err(ApiError::not_found("connector"));
+    }
+    audit(
+        &state,
+        &caller,
+        "connector.delete",
+        "connector",
+        Some(&id.to_string()),
+        json!({}),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The body of `execute`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ExecuteRequest {
+    /// The execution input (validated against the connector's `input_schema`).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    input: Option<Value>,
+    /// A second execute with the same key returns the first execution.
+    idempotency_key: Option<String>,
+    /// Higher runs first (default 0).
+    priority: Option<i16>,
+    /// Do not start before this time.
+    run_at: Option<DateTime<Utc>>,
+}
+
+/// Checks `input` against the connector's schema; `prefix` locates it in
+/// the request body.
+fn check_input(connector: &Connector, input: &Value, prefix: &str) -> Result<(), Vec<Value>> {
+    let Some(schema) = &connector.input_schema else {
+        return Ok(());
+    };
+    let Ok(validator) = jsonschema::validator_for(schema) else {
+        return Err(vec![
+            json!({"path": "input_schema", "message": "the connector's input_schema is invalid"}),
+        ]);
+    };
+    let errors: Vec<Value> = validator
+        .iter_errors(input)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            json!({"path": format!("{prefix}{at}"), "message": e.to_string()})
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+fn check_key(key: Option<&str>, path: &str) -> ApiResult<()> {
+    match key {
+        Some(k) if k.is_empty() || k.len() > 255 => Err(ApiError::validation(
+            format!("{path}: must be 1 to 255 characters"),
+            json!([{"path": path, "message": "must be 1 to 255 characters"}]),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Start an execution. The key may also come as an `Idempotency-Key` header.
+#[utoipa::path(post, path = "/connectors/{id}/execute", tag = "executions", params(("id" = Uuid, Path)),
+    request_body = ExecuteRequest,
+    responses((status = 202, description = "Enqueued: the execution", body = Object),
+              (status = 200, description = "An execution with this idempotency key already existed", body = Object),
+              (status = 404), (status = 422, description = "Input does not match the connector's input_schema")))]
+async fn execute(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ExecuteRequest>,
+) -> ApiResult<Response> {
+    let (found, definition) = live_connector(&state, &caller, id).await?;
+    let input = body.input.unwrap_or_else(|| json!({}));
+    check_input(&definition, &input, "input").map_err(|errors| {
+        ApiError::validation(
+            "the input does not match the connector's input_schema",
+            Value::Array(errors),
+        )
+    })?;
+    let header_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let key = body.idempotency_key.or(header_key);
+    check_key(key.as_deref(), "idempotency_key")?;
+    let new = NewExecution {
+        workspace_id: caller.workspace_id.clone(),
+        connector_id: id,
+        connector_version: found.version,
+        input,
+        idempotency_key: key,
+        priority: body.priority.unwrap_or(0),
+        run_at: body.run_at,
+        rerun_of: None,
+    };
+    let mut conn = state.pool.acquire().await?;
+    let enqueued = executions::enqueue(&mut conn, &new, Utc::now()).await?;
+    drop(conn);
+    let view = executions::get(&state.pool, &caller.workspace_id, enqueued.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("execution"))?;
+    let status = if enqueued.created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)).into_response())
+}
+
+/// The body of a batch execute.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    /// Up to 1,000 items, enqueued in one transaction.
+    items: Vec<BatchItem>,
+}
+
+/// One item of a batch execute.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct BatchItem {
+    /// The input.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    input: Option<Value>,
+    /// Idempotency key of this item.
+    idempotency_key: Option<String>,
+}
+
+/// Start many executions in one transaction; ids come back in order.
+#[utoipa::path(post, path = "/connectors/{id}/execute/batch", tag = "executions", params(("id" = Uuid, Path)),
+    request_body = BatchRequest,
+    responses((status = 202, description = "`ids` in item order", body = Object), (status = 404), (status = 422)))]
+async fn execute_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<BatchRequest>,
+) -> ApiResult<Response> {
+    let (found, definition) = live_connector(&state, &caller, id).await?;
+    if body.items.is_empty() || body.items.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::validation(
+            format!("items: must hold 1 to {MAX_BATCH_ITEMS} items"),
+            json!([{"path": "items", "message": format!("must hold 1 to {MAX_BATCH_ITEMS} items")}]),
+        ));
+    }
+    let mut errors = Vec::new();
+    let mut news = Vec::with_capacity(body.items.len());
+    for (i, item) in body.items.into_iter().enumerate() {
+        let input = item.input.unwrap_or_else(|| json!({}));
+        if let Err(mut e) = check_input(&definition, &input, &format!("items[{i}].input")) {
+            errors.append(&mut e);
+        }
+        check_key(
+            item.idempotency_key.as_deref(),
+            &format!("items[{i}].idempotency_key"),
+        )?;
+        news.push(NewExecution {
+            workspace_id: caller.workspace_id.clone(),
+            connector_id: id,
+            connector_version: found.version,
+            input,
+            idempotency_key: item.idempotency_key,
+            priority: 0,
+            run_at: None,
+            rerun_of: None,
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(
+            "some inputs do not match the connector's input_schema",
+            Value::Array(errors),
+        ));
+    }
+    let now = Utc::now();
+    let mut tx = state.pool.begin().await?;
+    let mut ids = Vec::with_capacity(news.len());
+    for new in &news {
+        ids.push(executions::enqueue(&mut tx, new, now).await?.id);
+    }
+    tx.commit().await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"ids": ids}))).into_response())
+}
+
+/// `?window_hours=N`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+struct StatsQuery {
+    /// Window in hours, counted back from now (default 24, at most 8760).
+    window_hours: Option<u32>,
+}
+
+/// Counts by status, success rate and p50/p95 duration over a window.
+#[utoipa::path(get, path = "/connectors/{id}/stats", tag = "connectors", params(("id" = Uuid, Path), StatsQuery),
+    responses((status = 200, body = Object), (status = 404)))]
+async fn connector_stats(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<StatsQuery>,
+) -> ApiResult<Json<Value>> {
+    connectors::get(&state.pool, &caller.workspace_id, id, None)
+        .await?
+        .ok_or_else(|| ApiError::not_found("connector"))?;
+    let hours = q.window_hours.unwrap_or(24);
+    if hours == 0 || hours > 8760 {
+        return Err(ApiError::bad_request(
+            "window_hours must be between 1 and 8760",
+        ));
+    }
+    let since = Utc::now() - chrono::Duration::hours(i64::from(hours));
+    let stats = history::connector_stats(&state.pool, &caller.workspace_id, id, since).await?;
+    Ok(Json(
+        json!({"connector_id": id, "window_hours": hours, "since": since, "stats": stats}),
+    ))
+}
+
+/// A connector's executions, newest first (keyset pagination).
+#[utoipa::path(get, path = "/connectors/{id}/executions", tag = "executions", params(("id" = Uuid, Path), ExecutionPageQuery),
+    responses((status = 200, description = "`items` and `next_cursor`", body = Object), (status = 400), (status = 404)))]
+async fn connector_executions(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(mut q): ApiQuery<ExecutionPageQuery>,
+) -> ApiResult<Json<Value>> {
+    connectors::get(&state.pool, &caller.workspace_id, id, None)
+        .await?
+        .ok_or_else(|| ApiError::not_found("connector"))?;
+    q.connector_id = Some(id);
+    execution_page(&state, Some(caller.workspace_id), q).await
+}

@@ -1,0 +1,289 @@
+//! Execution history, cancel, re-run, and live updates over SSE.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use conveyor_engine::store::executions::{self, CancelOutcome, ExecutionView, NewExecution};
+use conveyor_engine::store::history;
+use futures_util::stream::Stream;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{ExecutionPageQuery, audit, execution_page};
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiPath, ApiQuery};
+
+/// How long a watcher row lives without renewal (renewed while streaming).
+const WATCH_TTL: Duration = Duration::from_secs(120);
+
+/// This group's routes.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_executions))
+        .routes(routes!(get_execution))
+        .routes(routes!(cancel_execution))
+        .routes(routes!(rerun_execution))
+        .routes(routes!(execution_events))
+}
+
+async fn find(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<ExecutionView> {
+    executions::get(&state.pool, &caller.workspace_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("execution"))
+}
+
+/// The workspace's executions, newest first, with filters and a cursor.
+#[utoipa::path(get, path = "/executions", tag = "executions", params(ExecutionPageQuery),
+    responses((status = 200, description = "`items` and `next_cursor`", body = Object), (status = 400)))]
+async fn list_executions(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ExecutionPageQuery>,
+) -> ApiResult<Json<Value>> {
+    execution_page(&state, Some(caller.workspace_id), q).await
+}
+
+/// One execution with every attempt of every step.
+#[utoipa::path(get, path = "/executions/{id}", tag = "executions", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "The execution and its `steps`", body = Object), (status = 404)))]
+async fn get_execution(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<Value>> {
+    let execution = find(&state, &caller, id).await?;
+    let steps = executions::steps(&state.pool, &caller.workspace_id, id).await?;
+    let mut body = serde_json::to_value(&execution).map_err(|e| ApiError::internal(&e))?;
+    body["steps"] = serde_json::to_value(&steps).map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(body))
+}
+
+/// Cancel: a queued execution ends at once; a running one stops at the next
+/// step boundary at the latest; a finished one is left as it is.
+#[utoipa::path(post, path = "/executions/{id}/cancel", tag = "executions", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "Cancelled, or already finished (nothing changed)", body = Object),
+              (status = 202, description = "Cancellation requested; the worker stops at the next step boundary", body = Object),
+              (status = 404)))]
+async fn cancel_execution(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Response> {
+    let outcome = executions::cancel(&state.pool, &caller.workspace_id, id, Utc::now()).await?;
+    let (status, body) = match outcome {
+        CancelOutcome::NotFound => return Err(ApiError::not_found("execution")),
+        CancelOutcome::Cancelled => (
+            StatusCode::OK,
+            json!({"id": id, "status": "cancelled", "message": "cancelled"}),
+        ),
+        CancelOutcome::Requested => (
+            StatusCode::ACCEPTED,
+            json!({"id": id, "status": "running", "message": "cancellation requested; it stops at the next step boundary at the latest"}),
+        ),
+        CancelOutcome::AlreadyFinished(s) => (
+            StatusCode::OK,
+            json!({"id": id, "status": s, "message": format!("already {s}; nothing changed")}),
+        ),
+    };
+    if status == StatusCode::ACCEPTED || body["message"] == json!("cancelled") {
+        audit(
+            &state,
+            &caller,
+            "execution.cancel",
+            "execution",
+            Some(&id.to_string()),
+            json!({}),
+        )
+        .await;
+    }
+    Ok((status, Json(body)).into_response())
+}
+
+/// Run again: a new execution of the same connector version and input,
+/// linked to the original by `rerun_of`.
+#[utoipa::path(post, path = "/executions/{id}/rerun", tag = "executions", params(("id" = Uuid, Path)),
+    responses((status = 202, description = "The new execution", body = Object), (status = 404)))]
+async fn rerun_execution(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Response> {
+    let original = find(&state, &caller, id).await?;
+    let new = NewExecution {
+        workspace_id: caller.workspace_id.clone(),
+        connector_id: original.connector_id,
+        connector_version: original.connector_version,
+        input: original.input,
+        idempotency_key: None,
+        priority: original.priority,
+        run_at: None,
+        rerun_of: Some(id),
+    };
+    let mut conn = state.pool.acquire().await?;
+    let enqueued = executions::enqueue(&mut conn, &new, Utc::now()).await?;
+    drop(conn);
+    audit(
+        &state,
+        &caller,
+        "execution.rerun",
+        "execution",
+        Some(&enqueued.id.to_string()),
+        json!({"rerun_of": id}),
+    )
+    .await;
+    let view = find(&state, &caller, enqueued.id).await?;
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}
+
+/// Server-Sent Events: a `status` event per status change and a `step`
+/// event per stored step attempt, starting with what is already stored;
+/// the stream ends after the final status.
+#[utoipa::path(get, path = "/executions/{id}/events", tag = "executions", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "text/event-stream of `status` and `step` events", content_type = "text/event-stream"),
+              (status = 404)))]
+async fn execution_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Response> {
+    find(&state, &caller, id).await?;
+    let watcher = Uuid::now_v7();
+    // Subscribe before reading so no change between the read and the
+    // subscription is missed.
+    let rx = state.events.subscribe();
+    history::watch(&state.pool, id, watcher, Utc::now() + WATCH_TTL).await?;
+    let stream = event_stream(state, caller.workspace_id, id, watcher, rx);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// Removes the watcher row when the stream ends or the client goes away.
+struct Unwatch {
+    pool: sqlx::PgPool,
+    id: Uuid,
+    watcher: Uuid,
+}
+
+impl Drop for Unwatch {
+    fn drop(&mut self) {
+        let (pool, id, watcher) = (self.pool.clone(), self.id, self.watcher);
+        tokio::spawn(async move {
+            if let Err(e) = history::unwatch(&pool, id, watcher).await {
+                tracing::debug!(error = %e, "could not remove a watcher row; it expires on its own");
+            }
+        });
+    }
+}
+
+struct Progress {
+    status: Option<String>,
+    steps_sent: usize,
+    done: bool,
+}
+
+fn event_stream(
+    state: AppState,
+    workspace_id: String,
+    id: Uuid,
+    watcher: Uuid,
+    rx: broadcast::Receiver<Uuid>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let guard = Unwatch {
+        pool: state.pool.clone(),
+        id,
+        watcher,
+    };
+    let progress = Progress {
+        status: None,
+        steps_sent: 0,
+        done: false,
+    };
+    let pending: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
+    futures_util::stream::unfold(
+        (state, workspace_id, rx, progress, pending, guard, true),
+        move |(state, ws, mut rx, mut progress, mut pending, guard, mut refresh)| async move {
+            loop {
+                if let Some(event) = pending.pop_front() {
+                    return Some((
+                        Ok(event),
+                        (state, ws, rx, progress, pending, guard, refresh),
+                    ));
+                }
+                if progress.done {
+                    return None;
+                }
+                if refresh {
+                    refresh = false;
+                    match collect(&state, &ws, id, &mut progress).await {
+                        Ok(events) => pending.extend(events),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "SSE refresh failed");
+                            let data = json!({"message": "the database is not reachable; reconnect to resume"});
+                            pending
+                                .push_back(Event::default().event("error").data(data.to_string()));
+                            progress.done = true;
+                        }
+                    }
+                    continue;
+                }
+                // Renew the watcher well before it expires; also re-read
+                // then, which covers a notification lost in a reconnect.
+                let renew = tokio::time::sleep(WATCH_TTL / 3);
+                tokio::select! {
+                    changed = rx.recv() => match changed {
+                        Ok(changed) if changed == id => refresh = true,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => refresh = true,
+                        Err(broadcast::error::RecvError::Closed) => progress.done = true,
+                    },
+                    () = renew => {
+                        let _ = history::watch(&state.pool, id, watcher, Utc::now() + WATCH_TTL).await;
+                        refresh = true;
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// New events since `progress`: stored step attempts not sent yet, then
+/// the status if it changed.
+async fn collect(
+    state: &AppState,
+    ws: &str,
+    id: Uuid,
+    progress: &mut Progress,
+) -> Result<Vec<Event>, ApiError> {
+    let execution = executions::get(&state.pool, ws, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("execution"))?;
+    let steps = executions::steps(&state.pool, ws, id).await?;
+    let mut events = Vec::new();
+    for step in steps.iter().skip(progress.steps_sent) {
+        let data = serde_json::to_string(step).map_err(|e| ApiError::internal(&e))?;
+        events.push(Event::default().event("step").data(data));
+    }
+    progress.steps_sent = steps.len();
+    if progress.status.as_deref() != Some(execution.status.as_str()) {
+        let data = json!({"id": id, "status": execution.status, "output": execution.output, "error": execution.error});
+        events.push(Event::default().event("status").data(data.to_string()));
+        progress.status = Some(execution.status.clone());
+    }
+    progress.done = matches!(
+        execution.status.as_str(),
+        "succeeded" | "failed" | "cancelled"
+    );
+    Ok(events)
+}

@@ -1,0 +1,124 @@
+//! Route groups, each an `OpenApiRouter` so the OpenAPI document is built
+//! from the handlers themselves, and what they share.
+
+pub mod access;
+pub mod admin;
+pub mod connectors;
+pub mod credentials;
+pub mod executions;
+pub mod ops;
+
+use axum::Json;
+use chrono::{DateTime, Utc};
+use conveyor_engine::store::access::{self as access_store, AuditEntry};
+use conveyor_engine::store::history::{self, ExecutionFilter};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Cursor;
+
+/// Default page size of listings.
+pub const DEFAULT_PAGE: i64 = 50;
+/// Largest page size of listings.
+pub const MAX_PAGE: i64 = 200;
+
+/// Records an audit entry for a successful mutation. The mutation has
+/// happened, so a failure here is logged rather than turned into an error.
+pub async fn audit(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    object_type: &str,
+    object_id: Option<&str>,
+    details: Value,
+) {
+    let entry = AuditEntry {
+        workspace_id: Some(&caller.workspace_id),
+        actor: &caller.actor,
+        action,
+        object_type,
+        object_id,
+        request_id: caller.request_id.as_deref(),
+        details,
+    };
+    if let Err(e) = access_store::audit(&state.pool, &entry).await {
+        tracing::error!(error = %e, action, "could not write the audit entry");
+    }
+}
+
+/// Filters and pagination of execution listings.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExecutionPageQuery {
+    /// Only this status (`queued`, `running`, `succeeded`, `failed`, `cancelled`).
+    pub status: Option<String>,
+    /// Only this connector.
+    pub connector_id: Option<Uuid>,
+    /// Created at or after (RFC 3339).
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before (RFC 3339).
+    pub created_before: Option<DateTime<Utc>>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size (default 50, at most 200).
+    pub limit: Option<i64>,
+}
+
+const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+
+/// One page of executions, newest first, with the cursor of the next page.
+///
+/// # Errors
+///
+/// 400 for a bad status, limit or cursor; database errors.
+pub async fn execution_page(
+    state: &AppState,
+    workspace_id: Option<String>,
+    q: ExecutionPageQuery,
+) -> ApiResult<Json<Value>> {
+    if let Some(s) = &q.status
+        && !STATUSES.contains(&s.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "invalid `status` `{s}`: expected one of {}",
+            STATUSES.join(", ")
+        )));
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "`limit` must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let cursor = q.cursor.as_deref().map(Cursor::decode).transpose()?;
+    let filter = ExecutionFilter {
+        workspace_id,
+        status: q.status,
+        connector_id: q.connector_id,
+        created_after: q.created_after,
+        created_before: q.created_before,
+        cursor: cursor.map(|c| (c.created_at, c.id)),
+        limit: limit + 1,
+    };
+    let mut items = history::list_executions(&state.pool, &filter).await?;
+    let more = items.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    items.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let next = if more {
+        items.last().map(|e| {
+            Cursor {
+                created_at: e.created_at,
+                id: e.id,
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    Ok(Json(json!({"items": items, "next_cursor": next})))
+}

@@ -1,0 +1,261 @@
+//! Who may call: workspace API keys (stored as SHA-256 digests), admins,
+//! and the audit log of every mutating call.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::Result;
+
+/// An API key's metadata (never the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiKeyMeta {
+    /// Key id.
+    pub id: Uuid,
+    /// Label given at creation.
+    pub name: String,
+    /// The key's first characters, to recognise it.
+    pub prefix: String,
+    /// The user who created it.
+    pub created_by: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last authenticated use (recorded at most once a minute).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// When it was revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Stores a new API key by its digest.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn create_api_key(
+    pool: &PgPool,
+    workspace_id: &str,
+    name: &str,
+    prefix: &str,
+    digest: &[u8],
+    created_by: &str,
+) -> Result<ApiKeyMeta> {
+    let mut tx = pool.begin().await?;
+    super::ensure_workspace(&mut *tx, workspace_id).await?;
+    let meta = sqlx::query_as!(
+        ApiKeyMeta,
+        "INSERT INTO workspace_api_keys (id, workspace_id, name, prefix, key_hash, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, name, prefix, created_by, created_at, last_used_at, revoked_at",
+        Uuid::now_v7(),
+        workspace_id,
+        name,
+        prefix,
+        digest,
+        created_by
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(meta)
+}
+
+/// A workspace's API keys, newest first.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn list_api_keys(pool: &PgPool, workspace_id: &str) -> Result<Vec<ApiKeyMeta>> {
+    Ok(sqlx::query_as!(
+        ApiKeyMeta,
+        "SELECT id, name, prefix, created_by, created_at, last_used_at, revoked_at
+         FROM workspace_api_keys WHERE workspace_id = $1 ORDER BY created_at DESC, id DESC",
+        workspace_id
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Revokes a key; whether a live key of this workspace was revoked.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn revoke_api_key(pool: &PgPool, workspace_id: &str, id: Uuid) -> Result<bool> {
+    let done = sqlx::query!(
+        "UPDATE workspace_api_keys SET revoked_at = now()
+         WHERE id = $1 AND workspace_id = $2 AND revoked_at IS NULL",
+        id,
+        workspace_id
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Finds the live key with this digest: `(key id, workspace id)`. Records
+/// use at most once a minute, in the same statement.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn authenticate_api_key(pool: &PgPool, digest: &[u8]) -> Result<Option<(Uuid, String)>> {
+    let row = sqlx::query!(
+        "WITH touched AS (
+             UPDATE workspace_api_keys SET last_used_at = now()
+             WHERE key_hash = $1 AND revoked_at IS NULL
+               AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
+         )
+         SELECT id, workspace_id FROM workspace_api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        digest
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| (r.id, r.workspace_id)))
+}
+
+/// Whether `user_id` is a SaaS admin.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn is_admin(pool: &PgPool, user_id: &str) -> Result<bool> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM saas_admin_users WHERE user_id = $1) AS "admin!""#,
+        user_id
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Adds an admin; whether they were new.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn add_admin(pool: &PgPool, user_id: &str) -> Result<bool> {
+    let done = sqlx::query!(
+        "INSERT INTO saas_admin_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING",
+        user_id
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Removes an admin; whether they were one.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn remove_admin(pool: &PgPool, user_id: &str) -> Result<bool> {
+    let done = sqlx::query!("DELETE FROM saas_admin_users WHERE user_id = $1", user_id)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// One audit entry to record.
+#[derive(Debug, Clone)]
+pub struct AuditEntry<'a> {
+    /// The workspace acted in (none for global admin actions).
+    pub workspace_id: Option<&'a str>,
+    /// Who: a user id or `api-key:<id>`.
+    pub actor: &'a str,
+    /// What, e.g. `credential.put`.
+    pub action: &'a str,
+    /// The kind of object.
+    pub object_type: &'a str,
+    /// Its id or name.
+    pub object_id: Option<&'a str>,
+    /// The request id.
+    pub request_id: Option<&'a str>,
+    /// Small structured details; never a secret.
+    pub details: Value,
+}
+
+/// Records an audit entry.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn audit(pool: &PgPool, e: &AuditEntry<'_>) -> Result<()> {
+    sqlx::query!(
+        "INSERT INTO audit_log (workspace_id, actor, action, object_type, object_id, request_id, details)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        e.workspace_id,
+        e.actor,
+        e.action,
+        e.object_type,
+        e.object_id,
+        e.request_id,
+        e.details
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A stored audit entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRow {
+    /// Sequence number (also the pagination cursor).
+    pub id: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Workspace.
+    pub workspace_id: Option<String>,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// Object kind.
+    pub object_type: String,
+    /// Object id.
+    pub object_id: Option<String>,
+    /// Request id.
+    pub request_id: Option<String>,
+    /// Details.
+    pub details: Value,
+}
+
+/// Filters for reading the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only this workspace (always set for workspace callers).
+    pub workspace_id: Option<String>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// Only this actor.
+    pub actor: Option<String>,
+    /// Entries with an id below this one (the previous page's last id).
+    pub before_id: Option<i64>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// Reads the audit log, newest first.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn list_audit(pool: &PgPool, f: &AuditFilter) -> Result<Vec<AuditRow>> {
+    Ok(sqlx::query_as!(
+        AuditRow,
+        "SELECT id, at, workspace_id, actor, action, object_type, object_id, request_id, details
+         FROM audit_log
+         WHERE ($1::text IS NULL OR workspace_id = $1)
+           AND ($2::text IS NULL OR action = $2)
+           AND ($3::text IS NULL OR actor = $3)
+           AND ($4::bigint IS NULL OR id < $4)
+         ORDER BY id DESC LIMIT $5",
+        f.workspace_id,
+        f.action,
+        f.actor,
+        f.before_id,
+        f.limit
+    )
+    .fetch_all(pool)
+    .await?)
+}

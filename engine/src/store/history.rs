@@ -1,0 +1,161 @@
+//! Reading history: execution listings with keyset pagination, statistics,
+//! and the watcher rows that make the database notify SSE subscribers.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::executions::ExecutionView;
+use crate::Result;
+
+/// Filters of an execution listing.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    /// Only this workspace (`None` only for admins).
+    pub workspace_id: Option<String>,
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only this connector.
+    pub connector_id: Option<Uuid>,
+    /// Created at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Keyset position: rows strictly older than this `(created_at, id)`.
+    pub cursor: Option<(DateTime<Utc>, Uuid)>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// Executions matching `f`, newest first.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn list_executions(pool: &PgPool, f: &ExecutionFilter) -> Result<Vec<ExecutionView>> {
+    let (cursor_at, cursor_id) = f.cursor.unzip();
+    Ok(sqlx::query_as!(
+        ExecutionView,
+        "SELECT id, workspace_id, connector_id, connector_version, status, priority, run_at, claims,
+                reclaims, lease_owner, lease_expires_at, cancel_requested_at, idempotency_key, input,
+                output, error, rerun_of, next_step, step_attempt, created_at, started_at, finished_at,
+                updated_at
+         FROM connector_executions
+         WHERE ($1::text IS NULL OR workspace_id = $1)
+           AND ($2::text IS NULL OR status = $2)
+           AND ($3::uuid IS NULL OR connector_id = $3)
+           AND ($4::timestamptz IS NULL OR created_at >= $4)
+           AND ($5::timestamptz IS NULL OR created_at < $5)
+           AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $8",
+        f.workspace_id,
+        f.status,
+        f.connector_id,
+        f.created_after,
+        f.created_before,
+        cursor_at,
+        cursor_id,
+        f.limit
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Statistics of one connector's executions over a window.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectorStats {
+    /// Executions created in the window, by status.
+    pub by_status: Value,
+    /// Succeeded / (succeeded + failed), or null when none finished.
+    pub success_rate: Option<f64>,
+    /// Median duration (start to finish) of finished executions, ms.
+    pub p50_duration_ms: Option<f64>,
+    /// 95th percentile duration, ms.
+    pub p95_duration_ms: Option<f64>,
+}
+
+/// Statistics of a connector's executions created since `since`.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn connector_stats(
+    pool: &PgPool,
+    workspace_id: &str,
+    connector_id: Uuid,
+    since: DateTime<Utc>,
+) -> Result<ConnectorStats> {
+    let row = sqlx::query!(
+        r#"SELECT
+               COALESCE((SELECT jsonb_object_agg(status, n) FROM (
+                   SELECT status, count(*) AS n FROM connector_executions
+                   WHERE workspace_id = $1 AND connector_id = $2 AND created_at >= $3
+                   GROUP BY status) s), '{}'::jsonb) AS "by_status!",
+               (SELECT count(*) FILTER (WHERE status = 'succeeded')::float8
+                       / NULLIF(count(*) FILTER (WHERE status IN ('succeeded', 'failed')), 0)
+                FROM connector_executions
+                WHERE workspace_id = $1 AND connector_id = $2 AND created_at >= $3) AS success_rate,
+               (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM finished_at - started_at) * 1000)
+                FROM connector_executions
+                WHERE workspace_id = $1 AND connector_id = $2 AND created_at >= $3
+                  AND finished_at IS NOT NULL AND started_at IS NOT NULL) AS p50,
+               (SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM finished_at - started_at) * 1000)
+                FROM connector_executions
+                WHERE workspace_id = $1 AND connector_id = $2 AND created_at >= $3
+                  AND finished_at IS NOT NULL AND started_at IS NOT NULL) AS p95"#,
+        workspace_id,
+        connector_id,
+        since
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(ConnectorStats {
+        by_status: row.by_status,
+        success_rate: row.success_rate,
+        p50_duration_ms: row.p50,
+        p95_duration_ms: row.p95,
+    })
+}
+
+/// Marks `execution_id` as watched by `watcher` until `until`, so step
+/// commits and status changes NOTIFY for it.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn watch(
+    pool: &PgPool,
+    execution_id: Uuid,
+    watcher: Uuid,
+    until: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query!(
+        "INSERT INTO execution_watchers (execution_id, watcher, expires_at) VALUES ($1, $2, $3)
+         ON CONFLICT (execution_id, watcher) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+        execution_id,
+        watcher,
+        until
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Stops watching (and sweeps watchers that expired without unwatching).
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn unwatch(pool: &PgPool, execution_id: Uuid, watcher: Uuid) -> Result<()> {
+    sqlx::query!(
+        "DELETE FROM execution_watchers WHERE (execution_id = $1 AND watcher = $2) OR expires_at < now()",
+        execution_id,
+        watcher
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,67 @@
+-- Workspace API keys for machine callers: only the SHA-256 of the key is
+-- stored (keys are long random tokens, so a fast hash is the right tool).
+CREATE TABLE workspace_api_keys (
+    id            uuid PRIMARY KEY,
+    workspace_id  text NOT NULL REFERENCES workspaces (id),
+    name          text NOT NULL CONSTRAINT workspace_api_keys_name_length CHECK (length(name) BETWEEN 1 AND 200),
+    prefix        text NOT NULL,
+    key_hash      bytea NOT NULL UNIQUE,
+    created_by    text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    last_used_at  timestamptz,
+    revoked_at    timestamptz
+);
+CREATE INDEX workspace_api_keys_workspace_idx ON workspace_api_keys (workspace_id, created_at DESC);
+
+-- Every mutating API call leaves a row: who, where, what, which object,
+-- which request. Never a secret.
+CREATE TABLE audit_log (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at            timestamptz NOT NULL DEFAULT now(),
+    workspace_id  text,
+    actor         text NOT NULL,
+    action        text NOT NULL,
+    object_type   text NOT NULL,
+    object_id     text,
+    request_id    text,
+    details       jsonb NOT NULL DEFAULT '{}'::jsonb
+);
+CREATE INDEX audit_log_workspace_idx ON audit_log (workspace_id, at DESC, id DESC);
+CREATE INDEX audit_log_at_idx ON audit_log (at DESC, id DESC);
+
+-- Live execution updates for Server-Sent Events: a notification per status
+-- change and per stored step attempt, carrying the execution id, sent only
+-- while some API process watches that execution. NOTIFY serialises
+-- committing transactions on a global lock, so unwatched executions (the
+-- bulk of the traffic) must not pay for it. API processes LISTEN once and
+-- fan out to their subscribers.
+CREATE UNLOGGED TABLE execution_watchers (
+    execution_id  uuid NOT NULL,
+    watcher       uuid NOT NULL,
+    expires_at    timestamptz NOT NULL,
+    PRIMARY KEY (execution_id, watcher)
+);
+
+CREATE FUNCTION conveyor_notify_execution_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    target uuid;
+BEGIN
+    IF TG_TABLE_NAME = 'execution_steps' THEN
+        target := NEW.execution_id;
+    ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
+        target := NEW.id;
+    ELSE
+        RETURN NULL;
+    END IF;
+    IF EXISTS (SELECT 1 FROM execution_watchers WHERE execution_id = target AND expires_at > now()) THEN
+        PERFORM pg_notify('conveyor_execution_events', target::text);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER connector_executions_notify_changed
+    AFTER UPDATE OF status ON connector_executions
+    FOR EACH ROW EXECUTE FUNCTION conveyor_notify_execution_changed();
+CREATE TRIGGER execution_steps_notify_changed
+    AFTER INSERT ON execution_steps
+    FOR EACH ROW EXECUTE FUNCTION conveyor_notify_execution_changed();
