@@ -196,13 +196,9 @@ impl Runner {
         };
         let connector = &prepared.connector;
         let deadline = claimed.started_at + Duration::from_millis(connector.timeout_ms);
-        let credentials = match credentials::load(
-            &self.pool,
-            &self.keyring,
-            &claimed.workspace_id,
-            &prepared.credential_names,
-        )
-        .await
+        let credentials = match self
+            .load_credentials(&claimed.workspace_id, &prepared)
+            .await
         {
             Ok(c) => c,
             Err(credentials::CredentialError::Store(e)) => return Err(e),
@@ -218,7 +214,7 @@ impl Runner {
             "execution": {"id": id, "attempt": 1},
             "connector": {"id": claimed.connector_id, "version": claimed.connector_version},
             "workspace": {"id": claimed.workspace_id},
-            "settings": json!({}),
+            "settings": connector.settings,
         });
         let first = usize::try_from(claimed.next_step).unwrap_or(0);
         for (index, step) in connector.steps.iter().enumerate().skip(first) {
@@ -285,6 +281,29 @@ impl Runner {
         // Only reachable when no step was left to run (an empty tail).
         let output = render_output(self, connector, &ctx);
         self.end(id, token, output.err().as_ref()).await
+    }
+
+    /// Loads the credentials the connector's steps name, through its
+    /// bindings, keyed by the names the steps use.
+    async fn load_credentials(
+        &self,
+        workspace_id: &str,
+        prepared: &Prepared,
+    ) -> Result<Credentials, credentials::CredentialError> {
+        let connector = &prepared.connector;
+        let bound: Vec<String> = prepared
+            .credential_names
+            .iter()
+            .map(|n| connector.bound_credential(n).to_owned())
+            .collect();
+        let loaded = credentials::load(&self.pool, &self.keyring, workspace_id, &bound).await?;
+        let mut out = Credentials::new();
+        for name in &prepared.credential_names {
+            if let Some(fields) = loaded.get(connector.bound_credential(name)) {
+                out.insert(name.clone(), fields.clone());
+            }
+        }
+        Ok(out)
     }
 
     /// Ends the execution without a step row: failed with `error`, or

@@ -164,3 +164,52 @@ async fn runs_three_steps_with_typed_json_extraction_bearer_credential_and_form(
         .expect("ciphertext");
     assert!(!sealed.windows(secret.len()).any(|w| w == secret.as_bytes()));
 }
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn settings_and_credential_bindings_reach_the_steps(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/chat.postMessage"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true, "ts": "1.2"})))
+        .mount(&stub)
+        .await;
+    credentials::put(
+        &h.pool,
+        &h.keyring,
+        WS,
+        "acme-slack-bot",
+        &BTreeMap::from([("token".to_owned(), "xoxb-bound".to_owned())]),
+    )
+    .await
+    .expect("store credential");
+    let connector = h
+        .connector(json!({
+            "name": "Slack",
+            "settings": {"base_url": format!("{}/api", stub.uri()), "channel": "#general"},
+            "credential_bindings": {"slack": "acme-slack-bot"},
+            "steps": [{"name": "post", "method": "POST", "url": "<<settings.base_url>>/chat.postMessage",
+                       "auth": {"type": "bearer", "credential": "slack"},
+                       "body": {"type": "json", "content": {"channel": "<<input.channel | default(settings.channel)>>", "text": "<<input.text>>"}},
+                       "extract": {"ts": "$.ts"}}],
+            "output": {"ts": "<<steps.post.extract.ts>>"}
+        }))
+        .await;
+    let id = h.enqueue(connector, json!({"text": "hi"})).await;
+    let execution = h.run_until_final(id, Duration::from_secs(20)).await;
+    assert_eq!(execution.status, "succeeded", "{:?}", execution.error);
+    assert_eq!(execution.output, Some(json!({"ts": "1.2"})));
+    let received = stub.received_requests().await.expect("recording on");
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received[0]
+            .headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or("").to_owned()),
+        Some("Bearer xoxb-bound".to_owned())
+    );
+    assert_eq!(
+        received[0].body_json::<Value>().expect("json"),
+        json!({"channel": "#general", "text": "hi"})
+    );
+}

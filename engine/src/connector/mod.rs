@@ -13,7 +13,9 @@ use serde_json::Value;
 
 use crate::extract::Extraction;
 
-pub use validate::{ValidationError, ValidationErrors, parse_and_validate, validate};
+pub use validate::{
+    ValidationError, ValidationErrors, is_credential_name, parse_and_validate, validate,
+};
 
 /// Default whole-run deadline: 5 minutes.
 pub const DEFAULT_RUN_TIMEOUT_MS: u64 = 300_000;
@@ -43,6 +45,15 @@ pub struct Connector {
     /// Whole-run deadline in milliseconds.
     #[serde(default = "default_run_timeout")]
     pub timeout_ms: u64,
+    /// Values steps read as `<<settings.x>>` (a template's base URL, a
+    /// default channel, ...).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub settings: serde_json::Map<String, Value>,
+    /// Which workspace credential each credential name used by the steps
+    /// stands for (`{"slack": "acme-slack-bot"}`); a name not listed is
+    /// looked up as is. Lets an installed template keep its own names.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub credential_bindings: BTreeMap<String, String>,
 }
 
 fn default_run_timeout() -> u64 {
@@ -54,6 +65,13 @@ fn default_step_timeout() -> u64 {
 }
 
 impl Connector {
+    /// The workspace credential a step's credential name stands for.
+    pub fn bound_credential<'a>(&'a self, name: &'a str) -> &'a str {
+        self.credential_bindings
+            .get(name)
+            .map_or(name, String::as_str)
+    }
+
     /// The retry policy that applies to `step`.
     pub fn retry_for<'a>(&'a self, step: &'a Step) -> &'a RetryPolicy {
         step.retry.as_ref().unwrap_or(&self.retry)

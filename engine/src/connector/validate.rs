@@ -138,6 +138,14 @@ impl Validator {
                 format!("must be between 1 and {MAX_RUN_TIMEOUT_MS}"),
             );
         }
+        for (name, bound) in &c.credential_bindings {
+            if !is_credential_name(name) || !is_credential_name(bound) {
+                self.err(
+                    format!("credential_bindings.{name}"),
+                    "credential names must be 1 to 64 characters of [A-Za-z0-9_.-], not starting with . or -",
+                );
+            }
+        }
         let mut seen = BTreeSet::new();
         for (i, step) in c.steps.iter().enumerate() {
             let path = format!("steps[{i}]");
