@@ -10,6 +10,7 @@
 //! - [`extract`]: RFC 9535 JSONPath extraction of response fields.
 //! - [`crypto`]: AES-256-GCM sealing of workspace credentials.
 //! - [`http`]: the HTTP step runner (render, send, classify, redact).
+//! - [`marketplace`]: connector templates: validation, install, upgrade.
 //! - [`net`]: the outbound address policy (no private networks by default).
 //! - [`retry`]: pure backoff delays.
 //! - [`runner`]: runs one claimed execution, step by step, fenced.
@@ -22,6 +23,7 @@ pub mod crypto;
 pub mod error;
 pub mod extract;
 pub mod http;
+pub mod marketplace;
 pub mod net;
 pub mod retry;
 pub mod runner;

@@ -6,7 +6,7 @@
 //! step boundary when the worker shuts down (releasing the lease) and as
 //! soon as it learns of a cancel request.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -118,30 +118,10 @@ impl Runner {
         };
         let connector: Connector = serde_json::from_value(json)
             .map_err(|e| format!("stored definition is invalid: {e}"))?;
-        let mut names = BTreeSet::new();
-        for step in &connector.steps {
-            if let Some(c) = step.auth.credential() {
-                names.insert(c.to_owned());
-            }
-            step.visit_templates(&mut |_, template| {
-                for r in self
-                    .client
-                    .renderer()
-                    .references(template)
-                    .unwrap_or_default()
-                {
-                    let mut parts = r.split('.');
-                    if parts.next() == Some("credentials")
-                        && let Some(name) = parts.next()
-                    {
-                        names.insert(name.to_owned());
-                    }
-                }
-            });
-        }
+        let (credential_names, _) = connector.names_used(self.client.renderer());
         let prepared = Arc::new(Prepared {
             connector,
-            credential_names: names.into_iter().collect(),
+            credential_names,
         });
         self.lock_definitions()
             .insert((id, version), prepared.clone());

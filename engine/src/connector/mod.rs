@@ -65,6 +65,41 @@ fn default_step_timeout() -> u64 {
 }
 
 impl Connector {
+    /// The credential names (auth and `<<credentials.x...>>`) and setting
+    /// names (`<<settings.x>>`) the steps and output use, sorted.
+    pub fn names_used(&self, renderer: &crate::template::Renderer) -> (Vec<String>, Vec<String>) {
+        let mut credentials = std::collections::BTreeSet::new();
+        let mut settings = std::collections::BTreeSet::new();
+        let mut templates: Vec<String> = Vec::new();
+        for step in &self.steps {
+            if let Some(name) = step.auth.credential() {
+                credentials.insert(name.to_owned());
+            }
+            step.visit_templates(&mut |_, t| templates.push(t.to_owned()));
+        }
+        visit_json("output", &self.output, &mut |_, t| {
+            templates.push(t.to_owned())
+        });
+        for template in &templates {
+            for r in renderer.references(template).unwrap_or_default() {
+                let mut parts = r.split('.');
+                match (parts.next(), parts.next()) {
+                    (Some("credentials"), Some(name)) => {
+                        credentials.insert(name.to_owned());
+                    }
+                    (Some("settings"), Some(name)) => {
+                        settings.insert(name.to_owned());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        (
+            credentials.into_iter().collect(),
+            settings.into_iter().collect(),
+        )
+    }
+
     /// The workspace credential a step's credential name stands for.
     pub fn bound_credential<'a>(&'a self, name: &'a str) -> &'a str {
         self.credential_bindings
