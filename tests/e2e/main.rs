@@ -4,3 +4,4 @@
 mod multi_step;
 mod queue;
 mod retries;
+mod templates;
