@@ -41,8 +41,8 @@ enum Command {
     },
     /// Apply pending database migrations and exit.
     Migrate,
-    /// Validate connector definition files; prints every problem with its
-    /// JSON path and exits non-zero if any file is invalid.
+    /// Validate connector definition or template files; prints every
+    /// problem with its JSON path and exits non-zero if any file is invalid.
     Validate {
         /// JSON files holding connector definitions.
         #[arg(required = true)]
@@ -138,6 +138,8 @@ async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
     let pool = settings.pool()?;
     if settings.auto_migrate {
         settings::migrate(&pool).await?;
+    } else if let Err(e) = settings::sync_templates(&pool).await {
+        tracing::warn!(error = %format!("{e:#}"), "official templates not synced");
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(conveyor_worker::shutdown_on_signal(shutdown.clone()));
@@ -294,8 +296,8 @@ fn validate(files: &[PathBuf]) -> ExitCode {
                 ok = false;
                 eprintln!("{name}: {e}");
             }
-            Ok(json) => match conveyor_engine::connector::parse_and_validate(&json) {
-                Ok(_) => println!("{name}: ok"),
+            Ok(json) => match validate_json(&json) {
+                Ok(kind) => println!("{name}: ok ({kind})"),
                 Err(errors) => {
                     ok = false;
                     for e in errors.0 {
@@ -309,6 +311,18 @@ fn validate(files: &[PathBuf]) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// A file with `slug` and `connector` keys is a template; anything else a
+/// bare connector definition.
+fn validate_json(
+    json: &serde_json::Value,
+) -> Result<&'static str, conveyor_engine::connector::ValidationErrors> {
+    if json.get("slug").is_some() && json.get("connector").is_some() {
+        conveyor_engine::marketplace::Template::parse(json).map(|_| "template")
+    } else {
+        conveyor_engine::connector::parse_and_validate(json).map(|_| "connector")
     }
 }
 

@@ -46,7 +46,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(routes::executions::router())
         .merge(routes::credentials::router())
         .merge(routes::access::router())
-        .merge(routes::admin::router());
+        .merge(routes::admin::router())
+        .merge(routes::templates::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1)
 }
 

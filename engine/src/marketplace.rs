@@ -16,6 +16,25 @@ use serde_json::{Map, Value};
 use crate::connector::{self, Connector, ValidationError, ValidationErrors, is_credential_name};
 use crate::template::Renderer;
 
+include!(concat!(env!("OUT_DIR"), "/official_templates.rs"));
+
+/// The official templates shipped in `templates/`, parsed.
+///
+/// # Errors
+///
+/// A file that is not a valid template, named with its problems (the
+/// test suite keeps this from shipping).
+pub fn official() -> Result<Vec<Template>, String> {
+    OFFICIAL_TEMPLATES
+        .iter()
+        .map(|(file, text)| {
+            let json: Value =
+                serde_json::from_str(text).map_err(|e| format!("templates/{file}: {e}"))?;
+            Template::parse(&json).map_err(|e| format!("templates/{file}: {e}"))
+        })
+        .collect()
+}
+
 /// Categories a template may be filed under.
 pub const CATEGORIES: [&str; 8] = [
     "crm",

@@ -260,7 +260,7 @@ pub fn init_tracing(format: LogFormat) {
 
 /// Applies pending migrations (sqlx's migrator takes an advisory lock, so
 /// several processes starting together are safe), waiting for the database
-/// to come up for up to a minute.
+/// to come up for up to a minute, then syncs the official templates.
 ///
 /// # Errors
 ///
@@ -270,7 +270,7 @@ pub async fn migrate(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     loop {
         match conveyor_engine::MIGRATOR.run(pool).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => return sync_templates(pool).await,
             Err(sqlx::migrate::MigrateError::Execute(e))
                 if is_connection_error(&e) && started.elapsed() < Duration::from_secs(60) =>
             {
@@ -281,6 +281,26 @@ pub async fn migrate(pool: &sqlx::PgPool) -> anyhow::Result<()> {
             Err(e) => return Err(e).context("applying migrations"),
         }
     }
+}
+
+/// Syncs the official templates shipped in the binary into the
+/// marketplace (new ones inserted, newer versions added, nothing deleted).
+///
+/// # Errors
+///
+/// A shipped template that does not parse, or a database error.
+pub async fn sync_templates(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let templates = conveyor_engine::marketplace::official().map_err(anyhow::Error::msg)?;
+    let report = conveyor_engine::store::templates::sync_official(pool, &templates)
+        .await
+        .context("syncing official templates")?;
+    tracing::info!(
+        official = templates.len(),
+        inserted = report.inserted,
+        updated = report.updated,
+        "official templates synced"
+    );
+    Ok(())
 }
 
 /// Whether a database error means "not reachable" rather than "refused".

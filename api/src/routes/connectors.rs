@@ -6,8 +6,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use conveyor_engine::connector::{self, Connector};
+use conveyor_engine::marketplace::{Template, parse_version, upgrade};
 use conveyor_engine::store::executions::{self, NewExecution};
-use conveyor_engine::store::{connectors, history};
+use conveyor_engine::store::{connectors, history, templates};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -33,6 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(execute_batch))
         .routes(routes!(connector_stats))
         .routes(routes!(connector_executions))
+        .routes(routes!(upgrade_connector))
 }
 
 fn definition_errors(e: connector::ValidationErrors) -> ApiError {
@@ -56,11 +58,25 @@ async fn live_connector(
     Ok((found, definition))
 }
 
-fn connector_json(c: &connectors::ConnectorVersion) -> Value {
-    json!({
+/// The connector as shown; an installed one says which template version
+/// it runs and whether a newer one is available.
+async fn connector_json(state: &AppState, c: &connectors::ConnectorVersion) -> ApiResult<Value> {
+    let mut body = json!({
         "id": c.id, "version": c.version, "latest_version": c.latest_version,
         "definition": c.definition, "created_at": c.created_at, "deleted_at": c.deleted_at,
-    })
+        "template_slug": c.template_slug, "template_version": c.template_version,
+    });
+    if let (Some(slug), Some(installed)) = (&c.template_slug, &c.template_version) {
+        let latest = templates::get(&state.pool, slug, None)
+            .await?
+            .filter(|(t, _)| t.review_status == "approved")
+            .map(|(t, _)| t.latest_version);
+        let available = latest
+            .as_deref()
+            .filter(|l| parse_version(l) > parse_version(installed));
+        body["update_available"] = json!(available);
+    }
+    Ok(body)
 }
 
 /// List the workspace's connectors.
@@ -119,7 +135,7 @@ async fn get_connector(
     let found = connectors::get(&state.pool, &caller.workspace_id, id, q.version)
         .await?
         .ok_or_else(|| ApiError::not_found("connector"))?;
-    Ok(Json(connector_json(&found)))
+    Ok(Json(connector_json(&state, &found).await?))
 }
 
 /// Store a new version of a connector.
@@ -395,4 +411,61 @@ async fn connector_executions(
         .ok_or_else(|| ApiError::not_found("connector"))?;
     q.connector_id = Some(id);
     execution_page(&state, Some(caller.workspace_id), q).await
+}
+
+/// Move a connector installed from a template to the template's newest
+/// version: a new connector version, keeping its name, settings and
+/// credential mappings (new settings take their defaults).
+#[utoipa::path(post, path = "/connectors/{id}/upgrade", tag = "connectors", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "`id`, new `version`, `template_version`", body = Object),
+              (status = 404), (status = 409, description = "Not installed from a template, or already current"),
+              (status = 422, description = "The new version needs a setting or credential the connector lacks")))]
+async fn upgrade_connector(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<Value>> {
+    let (found, installed) = live_connector(&state, &caller, id).await?;
+    let (Some(slug), Some(current)) = (&found.template_slug, &found.template_version) else {
+        return Err(ApiError::conflict(
+            "this connector was not installed from a template",
+        ));
+    };
+    let (summary, definition) = templates::get(&state.pool, slug, None)
+        .await?
+        .filter(|(t, _)| t.review_status == "approved")
+        .ok_or_else(|| ApiError::conflict("its template is no longer available"))?;
+    if parse_version(&summary.latest_version) <= parse_version(current) {
+        return Err(ApiError::conflict(format!(
+            "already on the newest template version ({current})"
+        )));
+    }
+    let template = Template::parse(&definition).map_err(|e| ApiError::internal(&e))?;
+    let upgraded = upgrade(&installed, &template).map_err(|e| {
+        ApiError::validation(
+            format!("cannot upgrade: {e}"),
+            serde_json::to_value(&e.0).unwrap_or(Value::Null),
+        )
+    })?;
+    let version = templates::upgrade(
+        &state.pool,
+        &caller.workspace_id,
+        id,
+        &template.version,
+        &upgraded,
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found("connector"))?;
+    audit(
+        &state,
+        &caller,
+        "connector.upgrade",
+        "connector",
+        Some(&id.to_string()),
+        json!({"template_version": template.version, "version": version}),
+    )
+    .await;
+    Ok(Json(
+        json!({"id": id, "version": version, "template_slug": slug, "template_version": template.version}),
+    ))
 }

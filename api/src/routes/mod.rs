@@ -7,6 +7,7 @@ pub mod connectors;
 pub mod credentials;
 pub mod executions;
 pub mod ops;
+pub mod templates;
 
 use axum::Json;
 use chrono::{DateTime, Utc};

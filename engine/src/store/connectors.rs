@@ -25,6 +25,10 @@ pub struct ConnectorVersion {
     pub created_at: DateTime<Utc>,
     /// When it was deleted (soft), if it was.
     pub deleted_at: Option<DateTime<Utc>>,
+    /// The template it was installed from.
+    pub template_slug: Option<String>,
+    /// The template version its latest connector version came from.
+    pub template_version: Option<String>,
 }
 
 /// Creates a connector at version 1 (and the workspace on first use).
@@ -117,7 +121,8 @@ pub async fn get(
 ) -> Result<Option<ConnectorVersion>> {
     let row = sqlx::query_as!(
         ConnectorVersion,
-        "SELECT c.id, c.workspace_id, v.version, c.latest_version, v.definition, c.created_at, c.deleted_at
+        "SELECT c.id, c.workspace_id, v.version, c.latest_version, v.definition, c.created_at, c.deleted_at,
+                c.template_slug, c.template_version
          FROM connectors c
          JOIN connector_versions v ON v.connector_id = c.id
          WHERE c.id = $1 AND c.workspace_id = $2 AND v.version = COALESCE($3, c.latest_version)",

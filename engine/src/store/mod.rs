@@ -7,6 +7,7 @@ pub mod connectors;
 pub mod credentials;
 pub mod executions;
 pub mod history;
+pub mod templates;
 
 use sqlx::PgExecutor;
 

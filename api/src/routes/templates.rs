@@ -1,0 +1,539 @@
+//! The template marketplace: browse, install, rate, submit; and the admin
+//! side: publish official templates, review community ones, feature,
+//! retire, and read how a template performs.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use conveyor_engine::marketplace::{InstallRequest, Template};
+use conveyor_engine::store::templates::{self, Published, TemplateFilter};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::audit;
+use crate::AppState;
+use crate::auth::{Admin, Caller};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+
+/// This group's routes.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_templates, submit_template))
+        .routes(routes!(get_template))
+        .routes(routes!(install_template))
+        .routes(routes!(rate_template))
+        .routes(routes!(admin_list_templates, admin_create_template))
+        .routes(routes!(admin_update_template, admin_retire_template))
+        .routes(routes!(admin_approve_template))
+        .routes(routes!(admin_reject_template))
+        .routes(routes!(admin_feature_template, admin_unfeature_template))
+        .routes(routes!(admin_template_metrics))
+}
+
+fn template_errors(e: conveyor_engine::connector::ValidationErrors) -> ApiError {
+    ApiError::validation(
+        format!("invalid template: {e}"),
+        serde_json::to_value(&e.0).unwrap_or(Value::Null),
+    )
+}
+
+/// Marketplace filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListQuery {
+    /// Text searched in name, description, provider and slug.
+    q: Option<String>,
+    /// Only this category.
+    category: Option<String>,
+    /// `official` or `community`.
+    source: Option<String>,
+    /// Only featured (`true`) or not featured (`false`).
+    featured: Option<bool>,
+    /// `installs`, `rating` or `name` (default).
+    sort: Option<String>,
+    /// Page size (default 50, at most 200).
+    limit: Option<i64>,
+    /// Rows to skip (default 0).
+    offset: Option<i64>,
+}
+
+fn filter(q: ListQuery, viewer: Option<String>) -> ApiResult<TemplateFilter> {
+    let official = match q.source.as_deref() {
+        None => None,
+        Some("official") => Some(true),
+        Some("community") => Some(false),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid `source` `{other}`: expected official or community"
+            )));
+        }
+    };
+    let sort = q.sort.unwrap_or_else(|| "name".into());
+    if !matches!(sort.as_str(), "installs" | "rating" | "name") {
+        return Err(ApiError::bad_request(format!(
+            "invalid `sort` `{sort}`: expected installs, rating or name"
+        )));
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::bad_request("`limit` must be between 1 and 200"));
+    }
+    let offset = q.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::bad_request("`offset` must not be negative"));
+    }
+    Ok(TemplateFilter {
+        viewer,
+        q: q.q.filter(|s| !s.trim().is_empty()),
+        category: q.category,
+        official,
+        featured: q.featured,
+        sort,
+        limit: limit + 1,
+        offset,
+    })
+}
+
+async fn page(state: &AppState, f: TemplateFilter) -> ApiResult<Json<Value>> {
+    let limit = usize::try_from(f.limit - 1).unwrap_or(0);
+    let offset = f.offset;
+    let mut items = templates::list(&state.pool, &f).await?;
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = more.then(|| offset + i64::try_from(limit).unwrap_or(0));
+    Ok(Json(json!({"items": items, "next_offset": next})))
+}
+
+/// Browse the marketplace: approved templates and your own submissions.
+#[utoipa::path(get, path = "/templates", tag = "templates", params(ListQuery),
+    responses((status = 200, description = "`items` and `next_offset`", body = Object), (status = 400)))]
+async fn list_templates(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    page(&state, filter(q, Some(caller.workspace_id))?).await
+}
+
+/// One template with its latest definition, ratings and install count.
+#[utoipa::path(get, path = "/templates/{slug}", tag = "templates", params(("slug" = String, Path)),
+    responses((status = 200, body = Object), (status = 404)))]
+async fn get_template(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(slug): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    let (summary, definition) = templates::get(&state.pool, &slug, Some(&caller.workspace_id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("template"))?;
+    let mut body = serde_json::to_value(&summary).map_err(|e| ApiError::internal(&e))?;
+    body["template"] = definition;
+    Ok(Json(body))
+}
+
+/// The body of an install.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct InstallBody {
+    /// The connector's name (default: the template's).
+    name: Option<String>,
+    /// Setting values overriding the template's defaults.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    settings: serde_json::Map<String, Value>,
+    /// Template credential name → workspace credential name.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    credentials: std::collections::BTreeMap<String, String>,
+}
+
+/// Install a template: creates a connector in your workspace.
+#[utoipa::path(post, path = "/templates/{slug}/install", tag = "templates", params(("slug" = String, Path)),
+    request_body = InstallBody,
+    responses((status = 201, description = "The new connector: `id`, `version`, `template_slug`, `template_version`", body = Object),
+              (status = 404), (status = 422, description = "Each missing setting or credential mapping, by path")))]
+async fn install_template(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(slug): ApiPath<String>,
+    ApiJson(body): ApiJson<InstallBody>,
+) -> ApiResult<Response> {
+    let (summary, definition) = templates::get(&state.pool, &slug, Some(&caller.workspace_id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("template"))?;
+    if summary.review_status != "approved" {
+        return Err(ApiError::conflict(format!(
+            "the template is {} and cannot be installed yet",
+            summary.review_status
+        )));
+    }
+    let template = Template::parse(&definition).map_err(|e| ApiError::internal(&e))?;
+    let request = InstallRequest {
+        name: body.name,
+        settings: body.settings,
+        credentials: body.credentials,
+    };
+    let connector = template.install(&request).map_err(|e| {
+        ApiError::validation(
+            format!("cannot install: {e}"),
+            serde_json::to_value(&e.0).unwrap_or(Value::Null),
+        )
+    })?;
+    let (id, version) = templates::install(
+        &state.pool,
+        &caller.workspace_id,
+        &slug,
+        &template.version,
+        &connector,
+    )
+    .await?;
+    audit(
+        &state,
+        &caller,
+        "template.install",
+        "connector",
+        Some(&id.to_string()),
+        json!({"template": slug, "template_version": template.version}),
+    )
+    .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": id, "version": version, "template_slug": slug, "template_version": template.version})),
+    )
+        .into_response())
+}
+
+/// The body of a rating.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RatingBody {
+    /// 1 to 5.
+    stars: i16,
+    /// A short review (up to 2,000 characters).
+    review: Option<String>,
+}
+
+/// Rate a template (one rating per workspace; rating again replaces it).
+#[utoipa::path(post, path = "/templates/{slug}/ratings", tag = "templates", params(("slug" = String, Path)),
+    request_body = RatingBody,
+    responses((status = 200, description = "The template's new average and count", body = Object), (status = 404), (status = 422)))]
+async fn rate_template(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(slug): ApiPath<String>,
+    ApiJson(body): ApiJson<RatingBody>,
+) -> ApiResult<Json<Value>> {
+    if !(1..=5).contains(&body.stars) {
+        return Err(ApiError::validation(
+            "stars: must be between 1 and 5",
+            json!([{"path": "stars", "message": "must be between 1 and 5"}]),
+        ));
+    }
+    if body
+        .review
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > 2000)
+    {
+        return Err(ApiError::validation(
+            "review: at most 2000 characters",
+            json!([{"path": "review", "message": "at most 2000 characters"}]),
+        ));
+    }
+    templates::get(&state.pool, &slug, Some(&caller.workspace_id))
+        .await?
+        .filter(|(t, _)| t.review_status == "approved")
+        .ok_or_else(|| ApiError::not_found("template"))?;
+    templates::rate(
+        &state.pool,
+        &slug,
+        &caller.workspace_id,
+        body.stars,
+        body.review.as_deref(),
+    )
+    .await?;
+    audit(
+        &state,
+        &caller,
+        "template.rate",
+        "template",
+        Some(&slug),
+        json!({"stars": body.stars}),
+    )
+    .await;
+    let (summary, _) = templates::get(&state.pool, &slug, Some(&caller.workspace_id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("template"))?;
+    Ok(Json(
+        json!({"slug": slug, "rating_average": summary.rating_average, "rating_count": summary.rating_count}),
+    ))
+}
+
+/// Submit a community template: validated like a connector, then
+/// `pending` and visible only to your workspace until an admin approves it.
+#[utoipa::path(post, path = "/templates", tag = "templates",
+    request_body(content = Object, description = "A template: metadata, credentials, settings and the connector"),
+    responses((status = 201, description = "Submitted (pending review)", body = Object), (status = 409, description = "The slug is taken"), (status = 422)))]
+async fn submit_template(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<Response> {
+    let template = Template::parse(&body).map_err(template_errors)?;
+    match templates::publish(
+        &state.pool,
+        &template,
+        false,
+        Some(&caller.workspace_id),
+        "pending",
+    )
+    .await?
+    {
+        Published::Conflict => Err(ApiError::conflict(format!(
+            "the slug `{}` is taken",
+            template.slug
+        ))),
+        Published::Unchanged => Err(ApiError::conflict(format!(
+            "version {} of `{}` (or a newer one) exists: raise the version",
+            template.version, template.slug
+        ))),
+        Published::Inserted | Published::NewVersion => {
+            audit(
+                &state,
+                &caller,
+                "template.submit",
+                "template",
+                Some(&template.slug),
+                json!({"version": template.version}),
+            )
+            .await;
+            Ok((StatusCode::CREATED, Json(json!({"slug": template.slug, "version": template.version, "review_status": "pending"}))).into_response())
+        }
+    }
+}
+
+/// Every template, whatever its review status (admins).
+#[utoipa::path(get, path = "/admin/templates", tag = "admin", params(ListQuery),
+    responses((status = 200, body = Object), (status = 403)))]
+async fn admin_list_templates(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    page(&state, filter(q, None)?).await
+}
+
+/// Publish a new official template (admins).
+#[utoipa::path(post, path = "/admin/templates", tag = "admin",
+    request_body(content = Object, description = "A template"),
+    responses((status = 201, body = Object), (status = 403), (status = 409), (status = 422)))]
+async fn admin_create_template(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<Response> {
+    let template = Template::parse(&body).map_err(template_errors)?;
+    match templates::publish(&state.pool, &template, true, None, "approved").await? {
+        Published::Inserted => {
+            audit(
+                &state,
+                &caller,
+                "template.create",
+                "template",
+                Some(&template.slug),
+                json!({"version": template.version}),
+            )
+            .await;
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({"slug": template.slug, "version": template.version})),
+            )
+                .into_response())
+        }
+        _ => Err(ApiError::conflict(format!(
+            "the slug `{}` exists: update it instead",
+            template.slug
+        ))),
+    }
+}
+
+/// Publish a new version of an official template (admins); the version
+/// must be higher than the current one.
+#[utoipa::path(put, path = "/admin/templates/{slug}", tag = "admin", params(("slug" = String, Path)),
+    request_body(content = Object, description = "The template's new version"),
+    responses((status = 200, body = Object), (status = 403), (status = 404), (status = 409), (status = 422)))]
+async fn admin_update_template(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    ApiPath(slug): ApiPath<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<Json<Value>> {
+    let template = Template::parse(&body).map_err(template_errors)?;
+    if template.slug != slug {
+        return Err(ApiError::validation(
+            "slug: must match the URL",
+            json!([{"path": "slug", "message": "must match the URL"}]),
+        ));
+    }
+    templates::get(&state.pool, &slug, None)
+        .await?
+        .ok_or_else(|| ApiError::not_found("template"))?;
+    match templates::publish(&state.pool, &template, true, None, "approved").await? {
+        Published::NewVersion => {
+            audit(
+                &state,
+                &caller,
+                "template.update",
+                "template",
+                Some(&slug),
+                json!({"version": template.version}),
+            )
+            .await;
+            Ok(Json(json!({"slug": slug, "version": template.version})))
+        }
+        Published::Conflict => Err(ApiError::conflict(
+            "this is a community template: approve or reject it instead",
+        )),
+        _ => Err(ApiError::conflict(format!(
+            "version {} is not newer than the current one",
+            template.version
+        ))),
+    }
+}
+
+/// Retire a template (admins): hidden from the marketplace; installed
+/// connectors keep working and its history stays.
+#[utoipa::path(delete, path = "/admin/templates/{slug}", tag = "admin", params(("slug" = String, Path)),
+    responses((status = 204), (status = 403), (status = 404)))]
+async fn admin_retire_template(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    ApiPath(slug): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    review(&state, &caller, &slug, "retired")
+        .await
+        .map(|_| StatusCode::NO_CONTENT)
+}
+
+async fn review(
+    state: &AppState,
+    caller: &Caller,
+    slug: &str,
+    status: &str,
+) -> ApiResult<Json<Value>> {
+    if !templates::set_review_status(&state.pool, slug, status).await? {
+        return Err(ApiError::not_found("template"));
+    }
+    audit(
+        state,
+        caller,
+        &format!("template.{status}"),
+        "template",
+        Some(slug),
+        json!({}),
+    )
+    .await;
+    Ok(Json(json!({"slug": slug, "review_status": status})))
+}
+
+/// Approve a community template (admins): it becomes visible to all.
+#[utoipa::path(post, path = "/admin/templates/{slug}/approve", tag = "admin", params(("slug" = String, Path)),
+    responses((status = 200, body = Object), (status = 403), (status = 404)))]
+async fn admin_approve_template(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    ApiPath(slug): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    review(&state, &caller, &slug, "approved").await
+}
+
+/// Reject a community template (admins).
+#[utoipa::path(post, path = "/admin/templates/{slug}/reject", tag = "admin", params(("slug" = String, Path)),
+    responses((status = 200, body = Object), (status = 403), (status = 404)))]
+async fn admin_reject_template(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    ApiPath(slug): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    review(&state, &caller, &slug, "rejected").await
+}
+
+async fn feature(
+    state: &AppState,
+    caller: &Caller,
+    slug: &str,
+    on: bool,
+) -> ApiResult<Json<Value>> {
+    if !templates::set_featured(&state.pool, slug, on).await? {
+        return Err(ApiError::not_found("template"));
+    }
+    let action = if on {
+        "template.feature"
+    } else {
+        "template.unfeature"
+    };
+    audit(state, caller, action, "template", Some(slug), json!({})).await;
+    Ok(Json(json!({"slug": slug, "featured": on})))
+}
+
+/// Feature a template (admins).
+#[utoipa::path(post, path = "/admin/templates/{slug}/feature", tag = "admin", params(("slug" = String, Path)),
+    responses((status = 200, body = Object), (status = 403), (status = 404)))]
+async fn admin_feature_template(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    ApiPath(slug): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    feature(&state, &caller, &slug, true).await
+}
+
+/// Stop featuring a template (admins).
+#[utoipa::path(delete, path = "/admin/templates/{slug}/feature", tag = "admin", params(("slug" = String, Path)),
+    responses((status = 200, body = Object), (status = 403), (status = 404)))]
+async fn admin_unfeature_template(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    ApiPath(slug): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    feature(&state, &caller, &slug, false).await
+}
+
+/// `?window_hours=N`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct WindowQuery {
+    /// Window in hours (default 168, at most 8760).
+    window_hours: Option<u32>,
+}
+
+/// Installs, executions of installed connectors, success rate and p50/p95
+/// duration over a window (admins).
+#[utoipa::path(get, path = "/admin/templates/{slug}/metrics", tag = "admin", params(("slug" = String, Path), WindowQuery),
+    responses((status = 200, body = Object), (status = 403), (status = 404)))]
+async fn admin_template_metrics(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(slug): ApiPath<String>,
+    ApiQuery(q): ApiQuery<WindowQuery>,
+) -> ApiResult<Json<Value>> {
+    let hours = q.window_hours.unwrap_or(168);
+    if hours == 0 || hours > 8760 {
+        return Err(ApiError::bad_request(
+            "window_hours must be between 1 and 8760",
+        ));
+    }
+    let since = Utc::now() - chrono::Duration::hours(i64::from(hours));
+    let metrics = templates::metrics(&state.pool, &slug, since)
+        .await?
+        .ok_or_else(|| ApiError::not_found("template"))?;
+    Ok(Json(
+        json!({"slug": slug, "window_hours": hours, "since": since, "metrics": metrics}),
+    ))
+}

@@ -1,0 +1,490 @@
+//! The template marketplace through the HTTP API (in-process router, real
+//! PostgreSQL): install rules, install counts, ratings, community review,
+//! admin rights and the upgrade path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use conveyor_api::auth::Authenticator;
+use conveyor_api::{ApiConfig, AppState, app};
+use conveyor_engine::crypto::{Key, Keyring};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tower::ServiceExt;
+
+const SECRET: &str = "marketplace-tests-secret-0123456789abcdef";
+
+struct Api {
+    router: axum::Router,
+    auth: Authenticator,
+}
+
+impl Api {
+    fn new(pool: PgPool) -> Self {
+        let keyring = Arc::new(Keyring::new(Key::generate(), []));
+        let auth = Authenticator::new(SECRET).expect("secret");
+        let state = AppState::new(pool, keyring, auth.clone(), ApiConfig::default());
+        Self {
+            router: app(state),
+            auth,
+        }
+    }
+
+    fn token(&self, workspace: &str, user: &str) -> String {
+        self.auth
+            .mint(workspace, user, Duration::from_secs(600))
+            .expect("token")
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"));
+        let body = match body {
+            Some(b) => {
+                request = request.header("content-type", "application/json");
+                Body::from(b.to_string())
+            }
+            None => Body::empty(),
+        };
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(body).expect("request"))
+            .await
+            .expect("response");
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, json)
+    }
+}
+
+fn template(slug: &str, version: &str) -> Value {
+    json!({
+        "slug": slug, "name": "Echo", "description": "Posts a greeting.", "category": "developer-tools",
+        "provider": "echo", "docs_url": "https://echo.example.com/docs", "version": version,
+        "credentials": [{"name": "echo", "auth": "bearer", "fields": ["token"], "hint": "Any token"}],
+        "settings": [{"name": "base_url", "description": "API root", "default": "https://echo.example.com"},
+                     {"name": "greeting", "description": "What to say"}],
+        "connector": {"name": "Echo", "steps": [{"name": "say", "method": "POST",
+            "url": "<<settings.base_url>>/say", "auth": {"type": "bearer", "credential": "echo"},
+            "body": {"type": "json", "content": {"text": "<<settings.greeting>>"}}}]}
+    })
+}
+
+async fn make_admin(pool: &PgPool, user: &str) {
+    conveyor_engine::store::access::add_admin(pool, user)
+        .await
+        .expect("admin");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn install_names_each_missing_setting_and_credential_and_changes_nothing(pool: PgPool) {
+    let api = Api::new(pool.clone());
+    make_admin(&pool, "root").await;
+    let admin = api.token("ops", "root");
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/admin/templates",
+            &admin,
+            Some(template("echo", "1.0.0")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let user = api.token("ws_a", "u1");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/templates/echo/install",
+            &user,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let paths: Vec<&str> = body["error"]["details"]["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["path"].as_str())
+        .collect();
+    assert_eq!(paths, ["settings.greeting", "credentials.echo"]);
+    let connectors: i64 = sqlx::query_scalar("SELECT count(*) FROM connectors")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(connectors, 0);
+    let (_, t) = api
+        .call(Method::GET, "/api/v1/templates/echo", &user, None)
+        .await;
+    assert_eq!(t["install_count"], json!(0));
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn installs_are_counted_and_upgrades_keep_settings(pool: PgPool) {
+    let api = Api::new(pool.clone());
+    make_admin(&pool, "root").await;
+    let admin = api.token("ops", "root");
+    api.call(
+        Method::POST,
+        "/api/v1/admin/templates",
+        &admin,
+        Some(template("echo", "1.0.0")),
+    )
+    .await;
+    let user = api.token("ws_a", "u1");
+    let install = json!({"name": "Team echo", "settings": {"greeting": "hello"}, "credentials": {"echo": "my-echo"}});
+    let (status, installed) = api
+        .call(
+            Method::POST,
+            "/api/v1/templates/echo/install",
+            &user,
+            Some(install.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{installed}");
+    assert_eq!(installed["template_version"], json!("1.0.0"));
+    let id = installed["id"].as_str().expect("id").to_owned();
+    api.call(
+        Method::POST,
+        "/api/v1/templates/echo/install",
+        &api.token("ws_b", "u2"),
+        Some(install),
+    )
+    .await;
+    let (_, t) = api
+        .call(Method::GET, "/api/v1/templates/echo", &user, None)
+        .await;
+    assert_eq!(t["install_count"], json!(2));
+
+    let (_, c) = api
+        .call(
+            Method::GET,
+            &format!("/api/v1/connectors/{id}"),
+            &user,
+            None,
+        )
+        .await;
+    assert_eq!(c["update_available"], Value::Null);
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/connectors/{id}/upgrade"),
+            &user,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "already current");
+
+    let mut v2 = template("echo", "1.1.0");
+    v2["settings"]
+        .as_array_mut()
+        .expect("list")
+        .push(json!({"name": "suffix", "description": "Appended", "default": "!"}));
+    v2["connector"]["steps"][0]["body"]["content"]["suffix"] = json!("<<settings.suffix>>");
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/api/v1/admin/templates/echo",
+            &admin,
+            Some(v2),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, c) = api
+        .call(
+            Method::GET,
+            &format!("/api/v1/connectors/{id}"),
+            &user,
+            None,
+        )
+        .await;
+    assert_eq!(c["update_available"], json!("1.1.0"));
+    let (status, up) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/connectors/{id}/upgrade"),
+            &user,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{up}");
+    assert_eq!(up["version"], json!(2));
+    let (_, c) = api
+        .call(
+            Method::GET,
+            &format!("/api/v1/connectors/{id}"),
+            &user,
+            None,
+        )
+        .await;
+    assert_eq!(c["template_version"], json!("1.1.0"));
+    assert_eq!(c["update_available"], Value::Null);
+    assert_eq!(c["definition"]["name"], json!("Team echo"));
+    assert_eq!(
+        c["definition"]["settings"],
+        json!({"base_url": "https://echo.example.com", "greeting": "hello", "suffix": "!"})
+    );
+    assert_eq!(
+        c["definition"]["credential_bindings"],
+        json!({"echo": "my-echo"})
+    );
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn ratings_are_one_per_workspace_and_bounded(pool: PgPool) {
+    let api = Api::new(pool.clone());
+    make_admin(&pool, "root").await;
+    api.call(
+        Method::POST,
+        "/api/v1/admin/templates",
+        &api.token("ops", "root"),
+        Some(template("echo", "1.0.0")),
+    )
+    .await;
+    let a = api.token("ws_a", "u1");
+    let b = api.token("ws_b", "u2");
+    for stars in [0, 6] {
+        let (status, _) = api
+            .call(
+                Method::POST,
+                "/api/v1/templates/echo/ratings",
+                &a,
+                Some(json!({"stars": stars})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{stars} stars");
+    }
+    api.call(
+        Method::POST,
+        "/api/v1/templates/echo/ratings",
+        &a,
+        Some(json!({"stars": 2})),
+    )
+    .await;
+    let (_, r) = api
+        .call(
+            Method::POST,
+            "/api/v1/templates/echo/ratings",
+            &a,
+            Some(json!({"stars": 4, "review": "good"})),
+        )
+        .await;
+    assert_eq!(
+        (r["rating_count"].clone(), r["rating_average"].clone()),
+        (json!(1), json!(4.0)),
+        "re-rating replaces"
+    );
+    let (_, r) = api
+        .call(
+            Method::POST,
+            "/api/v1/templates/echo/ratings",
+            &b,
+            Some(json!({"stars": 5})),
+        )
+        .await;
+    assert_eq!(
+        (r["rating_count"].clone(), r["rating_average"].clone()),
+        (json!(2), json!(4.5))
+    );
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/templates/nope/ratings",
+            &b,
+            Some(json!({"stars": 5})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn community_templates_stay_private_until_an_admin_approves(pool: PgPool) {
+    let api = Api::new(pool.clone());
+    make_admin(&pool, "root").await;
+    let author = api.token("ws_author", "writer");
+    let other = api.token("ws_other", "reader");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/templates",
+            &author,
+            Some(template("community-echo", "0.1.0")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["review_status"], json!("pending"));
+
+    let (status, _) = api
+        .call(
+            Method::GET,
+            "/api/v1/templates/community-echo",
+            &other,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, list) = api
+        .call(
+            Method::GET,
+            "/api/v1/templates?source=community",
+            &other,
+            None,
+        )
+        .await;
+    assert_eq!(list["items"], json!([]));
+    let (status, _) = api
+        .call(
+            Method::GET,
+            "/api/v1/templates/community-echo",
+            &author,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "the author sees its submission");
+    let install = json!({"settings": {"greeting": "x"}, "credentials": {"echo": "e"}});
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/templates/community-echo/install",
+            &author,
+            Some(install.clone()),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "pending templates cannot be installed"
+    );
+
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/admin/templates/community-echo/approve",
+            &other,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "non-admins cannot approve");
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/admin/templates/community-echo/approve",
+            &api.token("ops", "root"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, list) = api
+        .call(
+            Method::GET,
+            "/api/v1/templates?source=community",
+            &other,
+            None,
+        )
+        .await;
+    assert_eq!(list["items"][0]["slug"], json!("community-echo"));
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/templates/community-echo/install",
+            &other,
+            Some(install),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/templates",
+            &other,
+            Some(template("community-echo", "0.2.0")),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "another workspace cannot take the slug"
+    );
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn official_templates_sync_and_can_be_searched_and_featured(pool: PgPool) {
+    conveyor_worker::settings::sync_templates(&pool)
+        .await
+        .expect("sync");
+    let api = Api::new(pool.clone());
+    let user = api.token("ws_a", "u1");
+    let (status, list) = api
+        .call(
+            Method::GET,
+            "/api/v1/templates?source=official&q=slack",
+            &user,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let slugs: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|t| t["slug"].as_str())
+        .collect();
+    assert!(slugs.contains(&"slack-post-message"), "{slugs:?}");
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/admin/templates/slack-post-message/feature",
+            &user,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    make_admin(&pool, "root").await;
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/admin/templates/slack-post-message/feature",
+            &api.token("ops", "root"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, list) = api
+        .call(Method::GET, "/api/v1/templates?featured=true", &user, None)
+        .await;
+    assert_eq!(list["items"][0]["slug"], json!("slack-post-message"));
+    // A second sync changes nothing.
+    conveyor_worker::settings::sync_templates(&pool)
+        .await
+        .expect("sync");
+    let versions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM connector_template_versions WHERE slug = 'slack-post-message'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    assert_eq!(versions, 1);
+    let (status, _) = api
+        .call(
+            Method::GET,
+            "/api/v1/templates?sort=popularity",
+            &user,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

@@ -1,0 +1,491 @@
+//! The marketplace: templates (official ones synced from `templates/`,
+//! community ones submitted by workspaces), their immutable versions,
+//! installs and ratings.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::Result;
+use crate::connector::Connector;
+use crate::marketplace::{Template, parse_version};
+
+/// A template as the marketplace lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateSummary {
+    /// Unique id.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// Category.
+    pub category: String,
+    /// Third party.
+    pub provider: String,
+    /// Provider API documentation.
+    pub docs_url: Option<String>,
+    /// Shipped with Conveyor.
+    pub official: bool,
+    /// `pending`, `approved`, `rejected` or `retired`.
+    pub review_status: String,
+    /// Featured by an admin.
+    pub featured: bool,
+    /// Newest version.
+    pub latest_version: String,
+    /// Installs so far.
+    pub install_count: i64,
+    /// Average stars, when rated.
+    pub rating_average: Option<f64>,
+    /// Number of ratings.
+    pub rating_count: i64,
+    /// First published.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What [`sync_official`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Templates seen for the first time.
+    pub inserted: usize,
+    /// Templates that got a new version.
+    pub updated: usize,
+}
+
+/// Inserts new official templates and new versions of known ones; never
+/// deletes anything, and never moves a template back to an older version.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn sync_official(pool: &PgPool, templates: &[Template]) -> Result<SyncReport> {
+    let mut report = SyncReport::default();
+    for t in templates {
+        match publish(pool, t, true, None, "approved").await? {
+            Published::Inserted => report.inserted += 1,
+            Published::NewVersion => report.updated += 1,
+            Published::Unchanged | Published::Conflict => {}
+        }
+    }
+    Ok(report)
+}
+
+/// The outcome of [`publish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// A new template.
+    Inserted,
+    /// A newer version of an existing template.
+    NewVersion,
+    /// This version (or a newer one) is already there.
+    Unchanged,
+    /// The slug belongs to another publisher (official vs community, or
+    /// another workspace).
+    Conflict,
+}
+
+/// Publishes `t` as a new template or a new version. Official templates
+/// and a workspace's community templates never overwrite each other.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn publish(
+    pool: &PgPool,
+    t: &Template,
+    official: bool,
+    workspace_id: Option<&str>,
+    review_status: &str,
+) -> Result<Published> {
+    let definition = serde_json::to_value(t).unwrap_or(Value::Null);
+    let mut tx = pool.begin().await?;
+    if let Some(ws) = workspace_id {
+        super::ensure_workspace(&mut *tx, ws).await?;
+    }
+    let existing = sqlx::query!(
+        "SELECT official, submitted_by_workspace, latest_version FROM connector_templates WHERE slug = $1 FOR UPDATE",
+        t.slug
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let outcome = match existing {
+        None => {
+            sqlx::query!(
+                "INSERT INTO connector_templates (slug, name, description, category, provider, docs_url, official,
+                     review_status, submitted_by_workspace, latest_version)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                t.slug,
+                t.name,
+                t.description,
+                t.category,
+                t.provider,
+                t.docs_url,
+                official,
+                review_status,
+                workspace_id,
+                t.version
+            )
+            .execute(&mut *tx)
+            .await?;
+            Published::Inserted
+        }
+        Some(row)
+            if row.official != official
+                || row.submitted_by_workspace.as_deref() != workspace_id =>
+        {
+            Published::Conflict
+        }
+        Some(row) if parse_version(&t.version) <= parse_version(&row.latest_version) => {
+            Published::Unchanged
+        }
+        Some(_) => {
+            sqlx::query!(
+                "UPDATE connector_templates SET name = $2, description = $3, category = $4, provider = $5,
+                     docs_url = $6, latest_version = $7, review_status = $8, updated_at = now()
+                 WHERE slug = $1",
+                t.slug,
+                t.name,
+                t.description,
+                t.category,
+                t.provider,
+                t.docs_url,
+                t.version,
+                review_status
+            )
+            .execute(&mut *tx)
+            .await?;
+            Published::NewVersion
+        }
+    };
+    if matches!(outcome, Published::Inserted | Published::NewVersion) {
+        sqlx::query!(
+            "INSERT INTO connector_template_versions (slug, version, definition) VALUES ($1, $2, $3)
+             ON CONFLICT (slug, version) DO NOTHING",
+            t.slug,
+            t.version,
+            definition
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Marketplace listing filters.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateFilter {
+    /// The caller's workspace: sees approved templates and its own
+    /// submissions; `None` (admins) sees everything.
+    pub viewer: Option<String>,
+    /// Text searched in name, description, provider and slug.
+    pub q: Option<String>,
+    /// Only this category.
+    pub category: Option<String>,
+    /// Only official (`true`) or community (`false`) templates.
+    pub official: Option<bool>,
+    /// Only featured ones.
+    pub featured: Option<bool>,
+    /// `installs`, `rating` or `name`.
+    pub sort: String,
+    /// Page size.
+    pub limit: i64,
+    /// Rows to skip.
+    pub offset: i64,
+}
+
+/// Lists templates.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn list(pool: &PgPool, f: &TemplateFilter) -> Result<Vec<TemplateSummary>> {
+    let pattern = f.q.as_ref().map(|q| {
+        format!(
+            "%{}%",
+            q.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        )
+    });
+    Ok(sqlx::query_as!(
+        TemplateSummary,
+        r#"SELECT t.slug, t.name, t.description, t.category, t.provider, t.docs_url, t.official, t.review_status,
+                  t.featured, t.latest_version, t.install_count,
+                  r.average AS rating_average, COALESCE(r.count, 0) AS "rating_count!",
+                  t.created_at, t.updated_at
+           FROM connector_templates t
+           LEFT JOIN LATERAL (SELECT avg(stars)::float8 AS average, count(*) AS count
+                              FROM connector_template_ratings WHERE slug = t.slug) r ON true
+           WHERE ($1::text IS NULL
+                  OR (t.review_status = 'approved')
+                  OR (t.submitted_by_workspace = $1 AND t.review_status <> 'retired'))
+             AND ($2::text IS NULL OR t.name ILIKE $2 OR t.description ILIKE $2 OR t.provider ILIKE $2 OR t.slug ILIKE $2)
+             AND ($3::text IS NULL OR t.category = $3)
+             AND ($4::bool IS NULL OR t.official = $4)
+             AND ($5::bool IS NULL OR t.featured = $5)
+           ORDER BY
+             CASE WHEN $6 = 'installs' THEN t.install_count END DESC NULLS LAST,
+             CASE WHEN $6 = 'rating' THEN r.average END DESC NULLS LAST,
+             t.name, t.slug
+           LIMIT $7 OFFSET $8"#,
+        f.viewer,
+        pattern,
+        f.category,
+        f.official,
+        f.featured,
+        f.sort,
+        f.limit,
+        f.offset
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One template visible to `viewer` (`None`: admins see all), with its
+/// latest version's definition.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn get(
+    pool: &PgPool,
+    slug: &str,
+    viewer: Option<&str>,
+) -> Result<Option<(TemplateSummary, Value)>> {
+    let f = TemplateFilter {
+        viewer: viewer.map(str::to_owned),
+        sort: "name".into(),
+        limit: 1_000_000,
+        ..TemplateFilter::default()
+    };
+    // A slug-specific query would duplicate the visibility rules; the
+    // marketplace is small, so reuse the listing's.
+    let Some(summary) = list(pool, &f).await?.into_iter().find(|t| t.slug == slug) else {
+        return Ok(None);
+    };
+    let definition = version(pool, slug, &summary.latest_version)
+        .await?
+        .unwrap_or(Value::Null);
+    Ok(Some((summary, definition)))
+}
+
+/// A stored template version.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn version(pool: &PgPool, slug: &str, version: &str) -> Result<Option<Value>> {
+    Ok(sqlx::query_scalar!(
+        "SELECT definition FROM connector_template_versions WHERE slug = $1 AND version = $2",
+        slug,
+        version
+    )
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Creates a connector installed from `slug`@`version` and counts the
+/// install, in one transaction.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn install(
+    pool: &PgPool,
+    workspace_id: &str,
+    slug: &str,
+    version: &str,
+    connector: &Connector,
+) -> Result<(Uuid, i32)> {
+    let id = Uuid::now_v7();
+    let definition = serde_json::to_value(connector).unwrap_or(Value::Null);
+    let mut tx = pool.begin().await?;
+    super::ensure_workspace(&mut *tx, workspace_id).await?;
+    sqlx::query!(
+        "INSERT INTO connectors (id, workspace_id, name, latest_version, template_slug, template_version)
+         VALUES ($1, $2, $3, 1, $4, $5)",
+        id,
+        workspace_id,
+        connector.name,
+        slug,
+        version
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO connector_versions (connector_id, version, workspace_id, definition) VALUES ($1, 1, $2, $3)",
+        id,
+        workspace_id,
+        definition
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "UPDATE connector_templates SET install_count = install_count + 1 WHERE slug = $1",
+        slug
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((id, 1))
+}
+
+/// Stores the upgraded definition as a new connector version and records
+/// the template version it came from; `None` when the connector is gone.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn upgrade(
+    pool: &PgPool,
+    workspace_id: &str,
+    id: Uuid,
+    template_version: &str,
+    connector: &Connector,
+) -> Result<Option<i32>> {
+    let definition = serde_json::to_value(connector).unwrap_or(Value::Null);
+    let mut tx = pool.begin().await?;
+    let Some(version) = sqlx::query_scalar!(
+        "UPDATE connectors SET latest_version = latest_version + 1, template_version = $3, updated_at = now()
+         WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL
+         RETURNING latest_version",
+        id,
+        workspace_id,
+        template_version
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(None);
+    };
+    sqlx::query!(
+        "INSERT INTO connector_versions (connector_id, version, workspace_id, definition) VALUES ($1, $2, $3, $4)",
+        id,
+        version,
+        workspace_id,
+        definition
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(version))
+}
+
+/// Rates a template for a workspace (re-rating replaces the rating).
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn rate(
+    pool: &PgPool,
+    slug: &str,
+    workspace_id: &str,
+    stars: i16,
+    review: Option<&str>,
+) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    super::ensure_workspace(&mut *tx, workspace_id).await?;
+    sqlx::query!(
+        "INSERT INTO connector_template_ratings (slug, workspace_id, stars, review) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (slug, workspace_id) DO UPDATE SET stars = EXCLUDED.stars, review = EXCLUDED.review, updated_at = now()",
+        slug,
+        workspace_id,
+        stars,
+        review
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Sets a template's review status (`approved`, `rejected`, `retired`);
+/// whether it exists.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn set_review_status(pool: &PgPool, slug: &str, status: &str) -> Result<bool> {
+    let done = sqlx::query!(
+        "UPDATE connector_templates SET review_status = $2, updated_at = now() WHERE slug = $1",
+        slug,
+        status
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Features or unfeatures a template; whether it exists.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn set_featured(pool: &PgPool, slug: &str, featured: bool) -> Result<bool> {
+    let done = sqlx::query!(
+        "UPDATE connector_templates SET featured = $2, updated_at = now() WHERE slug = $1",
+        slug,
+        featured
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// How a template performs across the workspaces that installed it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateMetrics {
+    /// Installs so far.
+    pub installs: i64,
+    /// Executions of installed connectors created in the window.
+    pub executions: i64,
+    /// Succeeded / (succeeded + failed) in the window.
+    pub success_rate: Option<f64>,
+    /// Median duration, ms.
+    pub p50_duration_ms: Option<f64>,
+    /// 95th percentile duration, ms.
+    pub p95_duration_ms: Option<f64>,
+}
+
+/// Metrics of a template's installed connectors since `since`.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn metrics(
+    pool: &PgPool,
+    slug: &str,
+    since: DateTime<Utc>,
+) -> Result<Option<TemplateMetrics>> {
+    let row = sqlx::query!(
+        r#"SELECT t.install_count,
+                  count(e.id) AS "executions!",
+                  count(e.id) FILTER (WHERE e.status = 'succeeded')::float8
+                      / NULLIF(count(e.id) FILTER (WHERE e.status IN ('succeeded', 'failed')), 0) AS success_rate,
+                  percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM e.finished_at - e.started_at) * 1000)
+                      FILTER (WHERE e.finished_at IS NOT NULL) AS p50,
+                  percentile_cont(0.95) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM e.finished_at - e.started_at) * 1000)
+                      FILTER (WHERE e.finished_at IS NOT NULL) AS p95
+           FROM connector_templates t
+           LEFT JOIN connectors c ON c.template_slug = t.slug
+           LEFT JOIN connector_executions e ON e.connector_id = c.id AND e.created_at >= $2
+           WHERE t.slug = $1
+           GROUP BY t.install_count"#,
+        slug,
+        since
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| TemplateMetrics {
+        installs: r.install_count,
+        executions: r.executions,
+        success_rate: r.success_rate,
+        p50_duration_ms: r.p50,
+        p95_duration_ms: r.p95,
+    }))
+}
