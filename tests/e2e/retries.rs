@@ -151,3 +151,48 @@ async fn on_error_continue_moves_on_to_the_next_step(pool: PgPool) {
     let outcomes: Vec<String> = h.steps(id).await.into_iter().map(|s| s.outcome).collect();
     assert_eq!(outcomes, ["continued", "succeeded"]);
 }
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn the_event_log_records_every_claim_attempt_and_the_end(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&stub)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&stub)
+        .await;
+    let c = h
+        .connector(json!({"name": "flaky",
+            "retry": {"max_attempts": 2, "initial_delay_ms": 10, "max_delay_ms": 10},
+            "steps": [{"name": "get", "method": "GET", "url": format!("{}/x", stub.uri())}]}))
+        .await;
+    let id = h.enqueue(c, json!({})).await;
+    let e = h.run_until_final(id, Duration::from_secs(20)).await;
+    assert_eq!(e.status, "succeeded");
+    let events = conveyor_engine::store::history::events(&h.pool, conveyor_tests::WS, id, 0)
+        .await
+        .expect("events");
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "enqueued",
+            "claimed",
+            "step_started",
+            "retry_scheduled",
+            "claimed",
+            "step_started",
+            "step_finished",
+            "finished"
+        ]
+    );
+    assert_eq!(events[3].details["status"], json!(503));
+    assert_eq!(events[3].details["next_attempt"], json!(2));
+    assert_eq!(events[6].details["outcome"], json!("succeeded"));
+    assert_eq!(events[7].details["status"], json!("succeeded"));
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+}

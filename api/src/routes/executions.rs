@@ -146,18 +146,44 @@ async fn rerun_execution(
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
 
-/// Server-Sent Events: a `status` event per status change and a `step`
-/// event per stored step attempt, starting with what is already stored;
-/// the stream ends after the final status.
-#[utoipa::path(get, path = "/executions/{id}/events", tag = "executions", params(("id" = Uuid, Path)),
-    responses((status = 200, description = "text/event-stream of `status` and `step` events", content_type = "text/event-stream"),
-              (status = 404)))]
+/// `?format=json` returns the stored event list instead of a stream.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct EventsQuery {
+    /// `json` for the stored list; default: a Server-Sent-Events stream.
+    format: Option<String>,
+}
+
+/// The execution's event log. As Server-Sent Events (the default) it
+/// replays every stored event first, then streams live ones, each as an SSE
+/// event named by its kind (`enqueued`, `claimed`, `step_started`,
+/// `step_finished`, `retry_scheduled`, `lease_lost`, `released`,
+/// `cancel_requested`, `cancelled`, `finished`), plus a `status` event per
+/// status change; the stream ends after the final status. Live updates are
+/// driven by LISTEN/NOTIFY, not by polling.
+#[utoipa::path(get, path = "/executions/{id}/events", tag = "executions", params(("id" = Uuid, Path), EventsQuery),
+    responses((status = 200, description = "text/event-stream, or with ?format=json `{\"items\": [...]}`", content_type = "text/event-stream"),
+              (status = 400), (status = 404)))]
 async fn execution_events(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> ApiResult<Response> {
     find(&state, &caller, id).await?;
+    match q.format.as_deref() {
+        Some("json") => {
+            let items = history::events(&state.pool, &caller.workspace_id, id, 0).await?;
+            return Ok(Json(json!({"items": items})).into_response());
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid `format` `{other}`: expected json"
+            )));
+        }
+        None => {}
+    }
     let watcher = Uuid::now_v7();
     // Subscribe before reading so no change between the read and the
     // subscription is missed.
@@ -189,7 +215,7 @@ impl Drop for Unwatch {
 
 struct Progress {
     status: Option<String>,
-    steps_sent: usize,
+    last_event: i64,
     done: bool,
 }
 
@@ -207,7 +233,7 @@ fn event_stream(
     };
     let progress = Progress {
         status: None,
-        steps_sent: 0,
+        last_event: 0,
         done: false,
     };
     let pending: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
@@ -258,24 +284,29 @@ fn event_stream(
     )
 }
 
-/// New events since `progress`: stored step attempts not sent yet, then
-/// the status if it changed.
+/// New events since `progress`: stored events not sent yet, then the
+/// status if it changed.
 async fn collect(
     state: &AppState,
     ws: &str,
     id: Uuid,
     progress: &mut Progress,
 ) -> Result<Vec<Event>, ApiError> {
+    let stored = history::events(&state.pool, ws, id, progress.last_event).await?;
     let execution = executions::get(&state.pool, ws, id)
         .await?
         .ok_or_else(|| ApiError::not_found("execution"))?;
-    let steps = executions::steps(&state.pool, ws, id).await?;
-    let mut events = Vec::new();
-    for step in steps.iter().skip(progress.steps_sent) {
-        let data = serde_json::to_string(step).map_err(|e| ApiError::internal(&e))?;
-        events.push(Event::default().event("step").data(data));
+    let mut events = Vec::with_capacity(stored.len() + 1);
+    for event in &stored {
+        let data = serde_json::to_string(event).map_err(|e| ApiError::internal(&e))?;
+        events.push(
+            Event::default()
+                .event(event.kind.clone())
+                .id(event.id.to_string())
+                .data(data),
+        );
+        progress.last_event = event.id;
     }
-    progress.steps_sent = steps.len();
     if progress.status.as_deref() != Some(execution.status.as_str()) {
         let data = json!({"id": id, "status": execution.status, "output": execution.output, "error": execution.error});
         events.push(Event::default().event("status").data(data.to_string()));

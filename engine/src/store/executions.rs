@@ -75,12 +75,20 @@ pub async fn enqueue(
 ) -> Result<Enqueued> {
     loop {
         let inserted = sqlx::query_scalar!(
-            "INSERT INTO connector_executions
-                 (id, workspace_id, connector_id, connector_version, input, idempotency_key,
-                  priority, run_at, rerun_of, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8::timestamptz, $9::timestamptz), $10, $9, $9)
-             ON CONFLICT (workspace_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING id",
+            r#"WITH ins AS (
+                   INSERT INTO connector_executions
+                       (id, workspace_id, connector_id, connector_version, input, idempotency_key,
+                        priority, run_at, rerun_of, created_at, updated_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8::timestamptz, $9::timestamptz), $10, $9, $9)
+                   ON CONFLICT (workspace_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                   RETURNING id, workspace_id, run_at, priority, rerun_of
+               ), ev AS (
+                   INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
+                   SELECT id, workspace_id, $9, 'enqueued',
+                          jsonb_strip_nulls(jsonb_build_object('run_at', run_at, 'priority', priority, 'rerun_of', rerun_of))
+                   FROM ins
+               )
+               SELECT id AS "id!" FROM ins"#,
             Uuid::now_v7(),
             new.workspace_id,
             new.connector_id,
@@ -161,15 +169,25 @@ pub async fn claim(
                ORDER BY priority DESC, run_at, id
                LIMIT $2
                FOR UPDATE SKIP LOCKED
+           ), claimed AS (
+               UPDATE connector_executions e SET
+                   status = 'running', lease_owner = $1, lease_expires_at = $4,
+                   fencing_token = e.fencing_token + 1, claims = e.claims + 1,
+                   started_at = COALESCE(e.started_at, $3), updated_at = $3
+               FROM ready WHERE e.id = ready.id
+               RETURNING e.id, e.workspace_id, e.connector_id, e.connector_version, e.fencing_token,
+                         e.input, e.context, e.next_step, e.step_attempt, e.started_at, e.claims
+           ), ev AS (
+               INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
+               SELECT id, workspace_id, $3, 'claimed',
+                      jsonb_build_object('worker', $1::text, 'claim', claims, 'next_step', next_step)
+               FROM claimed
            )
-           UPDATE connector_executions e SET
-               status = 'running', lease_owner = $1, lease_expires_at = $4,
-               fencing_token = e.fencing_token + 1, claims = e.claims + 1,
-               started_at = COALESCE(e.started_at, $3), updated_at = $3
-           FROM ready WHERE e.id = ready.id
-           RETURNING e.id, e.workspace_id, e.connector_id, e.connector_version, e.fencing_token,
-                     e.input, e.context, e.next_step, e.step_attempt,
-                     e.started_at AS "started_at!", e.claims"#,
+           SELECT id AS "id!", workspace_id AS "workspace_id!", connector_id AS "connector_id!",
+                  connector_version AS "connector_version!", fencing_token AS "fencing_token!",
+                  input AS "input!", context AS "context!", next_step AS "next_step!",
+                  step_attempt AS "step_attempt!", started_at AS "started_at!", claims AS "claims!"
+           FROM claimed"#,
         worker_id,
         limit,
         now,
@@ -211,26 +229,37 @@ pub async fn rescue_expired(
                LIMIT 1000
                FOR UPDATE SKIP LOCKED
            ), decided AS (
-               SELECT e.id,
+               SELECT e.id, e.lease_owner AS previous_owner,
                       CASE WHEN e.cancel_requested_at IS NOT NULL THEN 'cancelled'
                            WHEN e.reclaims + 1 > $2 THEN 'failed'
                            ELSE 'queued' END AS next_status
                FROM connector_executions e JOIN expired USING (id)
+           ), upd AS (
+               UPDATE connector_executions e SET
+                   status = d.next_status,
+                   reclaims = e.reclaims + 1,
+                   fencing_token = e.fencing_token + 1,
+                   lease_owner = NULL, lease_expires_at = NULL,
+                   run_at = $1,
+                   error = CASE WHEN d.next_status = 'failed' THEN jsonb_build_object(
+                       'kind', 'poisoned',
+                       'message', format('the lease expired %s times (cap %s): the execution keeps losing its worker', e.reclaims + 1, $2::int),
+                       'step', e.next_step) ELSE e.error END,
+                   finished_at = CASE WHEN d.next_status = 'queued' THEN NULL ELSE $1 END,
+                   updated_at = $1
+               FROM decided d WHERE e.id = d.id
+               RETURNING e.id, e.workspace_id, e.status, e.reclaims, d.previous_owner
+           ), ev AS (
+               INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
+               SELECT id, workspace_id, $1, 'lease_lost',
+                      jsonb_build_object('worker', previous_owner, 'reclaims', reclaims, 'then', status)
+               FROM upd
+               UNION ALL
+               SELECT id, workspace_id, $1, CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE 'finished' END,
+                      jsonb_build_object('status', status, 'reason', CASE WHEN status = 'failed' THEN 'poisoned' ELSE 'cancel requested' END)
+               FROM upd WHERE status <> 'queued'
            )
-           UPDATE connector_executions e SET
-               status = d.next_status,
-               reclaims = e.reclaims + 1,
-               fencing_token = e.fencing_token + 1,
-               lease_owner = NULL, lease_expires_at = NULL,
-               run_at = $1,
-               error = CASE WHEN d.next_status = 'failed' THEN jsonb_build_object(
-                   'kind', 'poisoned',
-                   'message', format('the lease expired %s times (cap %s): the execution keeps losing its worker', e.reclaims + 1, $2::int),
-                   'step', e.next_step) ELSE e.error END,
-               finished_at = CASE WHEN d.next_status = 'queued' THEN NULL ELSE $1 END,
-               updated_at = $1
-           FROM decided d WHERE e.id = d.id
-           RETURNING e.id, e.status"#,
+           SELECT id AS "id!", status AS "status!" FROM upd"#,
         now,
         max_reclaims
     )
@@ -378,6 +407,21 @@ pub async fn commit_step(
                        error, worker_id, started_at, finished_at, duration_ms)
                    SELECT upd.id, $7, $8, upd.workspace_id, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20
                    FROM upd
+               ), ev AS (
+                   INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
+                   SELECT upd.id, upd.workspace_id, x.at, x.kind, x.details
+                   FROM upd CROSS JOIN LATERAL (VALUES
+                       ($18::timestamptz, 'step_started',
+                        jsonb_build_object('step', $9::text, 'index', $7::int, 'attempt', $8::int)),
+                       ($6::timestamptz, 'step_finished',
+                        jsonb_strip_nulls(jsonb_build_object('step', $9::text, 'index', $7::int, 'attempt', $8::int,
+                            'outcome', $10::text, 'status', $12::int, 'duration_ms', $20::int))),
+                       ($6::timestamptz,
+                        CASE upd.status WHEN 'cancelled' THEN 'cancelled' WHEN 'succeeded' THEN 'finished'
+                                        WHEN 'failed' THEN 'finished' END,
+                        jsonb_build_object('status', upd.status))
+                   ) AS x(at, kind, details)
+                   WHERE x.kind IS NOT NULL
                )
                SELECT status FROM upd"#,
             id,
@@ -416,6 +460,21 @@ pub async fn commit_step(
                        error, worker_id, started_at, finished_at, duration_ms)
                    SELECT upd.id, $7, $8, upd.workspace_id, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $6
                    FROM upd
+               ), ev AS (
+                   INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
+                   SELECT upd.id, upd.workspace_id, x.at, x.kind, x.details
+                   FROM upd CROSS JOIN LATERAL (VALUES
+                       ($18::timestamptz, 'step_started',
+                        jsonb_build_object('step', $9::text, 'index', $7::int, 'attempt', $8::int)),
+                       ($5::timestamptz, 'step_finished',
+                        jsonb_strip_nulls(jsonb_build_object('step', $9::text, 'index', $7::int, 'attempt', $8::int,
+                            'outcome', $10::text, 'status', $12::int, 'duration_ms', $6::int))),
+                       ($5::timestamptz,
+                        CASE upd.status WHEN 'cancelled' THEN 'cancelled' WHEN 'succeeded' THEN 'finished'
+                                        WHEN 'failed' THEN 'finished' END,
+                        jsonb_build_object('status', upd.status))
+                   ) AS x(at, kind, details)
+                   WHERE x.kind IS NOT NULL
                )
                SELECT status FROM upd"#,
             id,
@@ -455,6 +514,21 @@ pub async fn commit_step(
                        error, worker_id, started_at, finished_at, duration_ms)
                    SELECT upd.id, $7, $8, upd.workspace_id, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $6
                    FROM upd
+               ), ev AS (
+                   INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
+                   SELECT upd.id, upd.workspace_id, x.at, x.kind, x.details
+                   FROM upd CROSS JOIN LATERAL (VALUES
+                       ($18::timestamptz, 'step_started',
+                        jsonb_build_object('step', $9::text, 'index', $7::int, 'attempt', $8::int)),
+                       ($5::timestamptz, 'retry_scheduled',
+                        jsonb_strip_nulls(jsonb_build_object('step', $9::text, 'index', $7::int, 'attempt', $8::int,
+                            'outcome', $10::text, 'status', $12::int, 'duration_ms', $6::int, 'run_at', $3::timestamptz, 'next_attempt', $4::int))),
+                       ($5::timestamptz,
+                        CASE upd.status WHEN 'cancelled' THEN 'cancelled' WHEN 'succeeded' THEN 'finished'
+                                        WHEN 'failed' THEN 'finished' END,
+                        jsonb_build_object('status', upd.status))
+                   ) AS x(at, kind, details)
+                   WHERE x.kind IS NOT NULL
                )
                SELECT status FROM upd"#,
             id,
@@ -492,6 +566,21 @@ pub async fn commit_step(
                        error, worker_id, started_at, finished_at, duration_ms)
                    SELECT upd.id, $6, $7, upd.workspace_id, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $5
                    FROM upd
+               ), ev AS (
+                   INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
+                   SELECT upd.id, upd.workspace_id, x.at, x.kind, x.details
+                   FROM upd CROSS JOIN LATERAL (VALUES
+                       ($17::timestamptz, 'step_started',
+                        jsonb_build_object('step', $8::text, 'index', $6::int, 'attempt', $7::int)),
+                       ($4::timestamptz, 'step_finished',
+                        jsonb_strip_nulls(jsonb_build_object('step', $8::text, 'index', $6::int, 'attempt', $7::int,
+                            'outcome', $9::text, 'status', $11::int, 'duration_ms', $5::int))),
+                       ($4::timestamptz,
+                        CASE upd.status WHEN 'cancelled' THEN 'cancelled' WHEN 'succeeded' THEN 'finished'
+                                        WHEN 'failed' THEN 'finished' END,
+                        jsonb_build_object('status', upd.status))
+                   ) AS x(at, kind, details)
+                   WHERE x.kind IS NOT NULL
                )
                SELECT status FROM upd"#,
             id,
@@ -533,19 +622,28 @@ pub async fn finish(
     error: Option<&Value>,
     now: DateTime<Utc>,
 ) -> Result<bool> {
-    let done = sqlx::query!(
-        "UPDATE connector_executions SET
-             status = CASE WHEN $3::jsonb IS NULL THEN 'cancelled' ELSE 'failed' END, error = $3,
-             lease_owner = NULL, lease_expires_at = NULL, finished_at = $4, updated_at = $4
-         WHERE id = $1 AND fencing_token = $2 AND status = 'running'",
+    let done = sqlx::query_scalar!(
+        r#"WITH upd AS (
+               UPDATE connector_executions SET
+                   status = CASE WHEN $3::jsonb IS NULL THEN 'cancelled' ELSE 'failed' END, error = $3,
+                   lease_owner = NULL, lease_expires_at = NULL, finished_at = $4, updated_at = $4
+               WHERE id = $1 AND fencing_token = $2 AND status = 'running'
+               RETURNING id, workspace_id, status
+           ), ev AS (
+               INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
+               SELECT id, workspace_id, $4, CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE 'finished' END,
+                      jsonb_strip_nulls(jsonb_build_object('status', status, 'error_kind', $3::jsonb -> 'kind'))
+               FROM upd
+           )
+           SELECT id AS "id!" FROM upd"#,
         id,
         token,
         error,
         now
     )
-    .execute(pool)
+    .fetch_optional(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done.is_some())
 }
 
 /// Gives a running execution back to the queue at once (graceful shutdown):
@@ -555,17 +653,24 @@ pub async fn finish(
 ///
 /// Database errors.
 pub async fn release(pool: &PgPool, id: Uuid, token: i64, now: DateTime<Utc>) -> Result<bool> {
-    let done = sqlx::query!(
-        "UPDATE connector_executions SET
-             status = 'queued', run_at = $3, lease_owner = NULL, lease_expires_at = NULL, updated_at = $3
-         WHERE id = $1 AND fencing_token = $2 AND status = 'running'",
+    let done = sqlx::query_scalar!(
+        r#"WITH upd AS (
+               UPDATE connector_executions SET
+                   status = 'queued', run_at = $3, lease_owner = NULL, lease_expires_at = NULL, updated_at = $3
+               WHERE id = $1 AND fencing_token = $2 AND status = 'running'
+               RETURNING id, workspace_id, next_step
+           ), ev AS (
+               INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
+               SELECT id, workspace_id, $3, 'released', jsonb_build_object('next_step', next_step) FROM upd
+           )
+           SELECT id AS "id!" FROM upd"#,
         id,
         token,
         now
     )
-    .execute(pool)
+    .fetch_optional(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done.is_some())
 }
 
 /// The outcome of a cancel request.
@@ -605,7 +710,12 @@ pub async fn cancel(
                    finished_at = CASE WHEN e.status = 'queued' THEN $3 ELSE e.finished_at END,
                    updated_at = $3
                FROM target WHERE e.id = target.id AND target.status IN ('queued', 'running')
-               RETURNING e.status
+               RETURNING e.id, e.workspace_id, e.status
+           ), ev AS (
+               INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
+               SELECT id, workspace_id, $3, CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE 'cancel_requested' END,
+                      '{}'::jsonb
+               FROM upd
            )
            SELECT target.status AS "before!", (SELECT status FROM upd) AS after FROM target"#,
         id,

@@ -159,3 +159,44 @@ pub async fn unwatch(pool: &PgPool, execution_id: Uuid, watcher: Uuid) -> Result
     .await?;
     Ok(())
 }
+
+/// One entry of an execution's event log.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    /// Sequence number (increasing).
+    pub id: i64,
+    /// The execution.
+    pub execution_id: Uuid,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// `enqueued`, `claimed`, `step_started`, `step_finished`,
+    /// `retry_scheduled`, `lease_lost`, `released`, `cancel_requested`,
+    /// `cancelled` or `finished`.
+    pub kind: String,
+    /// Small structured details; never a secret.
+    pub details: Value,
+}
+
+/// An execution's events after `after_id` (0 for all), oldest first.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn events(
+    pool: &PgPool,
+    workspace_id: &str,
+    execution_id: Uuid,
+    after_id: i64,
+) -> Result<Vec<EventRow>> {
+    Ok(sqlx::query_as!(
+        EventRow,
+        "SELECT id, execution_id, at, kind, details FROM execution_events
+         WHERE execution_id = $1 AND workspace_id = $2 AND id > $3
+         ORDER BY id",
+        execution_id,
+        workspace_id,
+        after_id
+    )
+    .fetch_all(pool)
+    .await?)
+}

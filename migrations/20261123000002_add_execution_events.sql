@@ -1,0 +1,39 @@
+-- The execution event log: append-only, written by the same statements the
+-- queue already runs (enqueue, claim, step commit, rescue, cancel, finish),
+-- so it costs no extra round trip. Never holds a secret.
+CREATE TABLE execution_events (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    execution_id  uuid NOT NULL REFERENCES connector_executions (id) ON DELETE CASCADE,
+    workspace_id  text NOT NULL,
+    at            timestamptz NOT NULL,
+    kind          text NOT NULL
+                  CONSTRAINT execution_events_kind_valid CHECK (kind IN (
+                      'enqueued', 'claimed', 'step_started', 'step_finished', 'retry_scheduled',
+                      'lease_lost', 'released', 'cancel_requested', 'cancelled', 'finished')),
+    details       jsonb NOT NULL DEFAULT '{}'::jsonb
+);
+CREATE INDEX execution_events_execution_idx ON execution_events (execution_id, id);
+
+-- Live updates for Server-Sent Events: a notification per event, carrying
+-- the execution id, sent only while some API process watches that
+-- execution. NOTIFY serialises committing transactions on a global lock,
+-- so unwatched executions (the bulk of the traffic) must not pay for it.
+-- API processes LISTEN once and fan out to their subscribers.
+CREATE UNLOGGED TABLE execution_watchers (
+    execution_id  uuid NOT NULL,
+    watcher       uuid NOT NULL,
+    expires_at    timestamptz NOT NULL,
+    PRIMARY KEY (execution_id, watcher)
+);
+
+CREATE FUNCTION conveyor_notify_execution_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM execution_watchers WHERE execution_id = NEW.execution_id AND expires_at > now()) THEN
+        PERFORM pg_notify('conveyor_execution_events', NEW.execution_id::text);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER execution_events_notify
+    AFTER INSERT ON execution_events
+    FOR EACH ROW EXECUTE FUNCTION conveyor_notify_execution_event();
