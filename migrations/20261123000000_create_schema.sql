@@ -88,7 +88,7 @@ CREATE TABLE connector_executions (
     context            jsonb NOT NULL DEFAULT '{}'::jsonb,
     output             jsonb,
     error              jsonb,
-    rerun_of           uuid REFERENCES connector_executions (id),
+    rerun_of           uuid REFERENCES connector_executions (id) ON DELETE SET NULL,
     trace_context      jsonb,
     created_at         timestamptz NOT NULL DEFAULT now(),
     started_at         timestamptz,

@@ -37,3 +37,7 @@ $$;
 CREATE TRIGGER execution_events_notify
     AFTER INSERT ON execution_events
     FOR EACH ROW EXECUTE FUNCTION conveyor_notify_execution_event();
+
+-- Retention prunes finished executions oldest first.
+CREATE INDEX connector_executions_finished_idx
+    ON connector_executions (finished_at) WHERE finished_at IS NOT NULL;

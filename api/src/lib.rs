@@ -14,11 +14,12 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, HeaderValue, Method};
 use conveyor_engine::crypto::Keyring;
 use sqlx::PgPool;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub events: EventHub,
     /// Settings.
     pub config: Arc<ApiConfig>,
+    /// Renders `/metrics` (the process-wide Prometheus recorder).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl AppState {
@@ -84,6 +87,7 @@ impl AppState {
             auth: Arc::new(auth),
             limiter: Arc::new(RateLimiter::new(config.rate_limit_per_sec)),
             config: Arc::new(config),
+            metrics: conveyor_worker::telemetry::metrics_handle().ok(),
         }
     }
 }
@@ -104,22 +108,84 @@ pub fn app(state: AppState) -> Router {
             request_id.clone(),
         ])
         .max_age(Duration::from_secs(600));
-    let trace = TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-        let id = req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = %id)
-    });
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(request_span)
+        .on_response(
+            |response: &axum::http::Response<_>, latency: Duration, span: &tracing::Span| {
+                let status = response.status().as_u16();
+                span.record("http.response.status_code", status);
+                tracing::info!(
+                    status,
+                    latency_ms = latency.as_millis() as u64,
+                    "request finished"
+                );
+            },
+        );
     Router::new()
         .merge(api)
         .merge(openapi::docs_routes(openapi))
         .merge(routes::ops::router())
+        .layer(axum::middleware::from_fn(http_metrics))
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
         .layer(cors)
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(trace)
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// The route template of a request (`/api/v1/executions/{id}`), never the
+/// raw path: bounded for metric labels and span names.
+fn route_of<B>(req: &axum::http::Request<B>) -> String {
+    req.extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned())
+}
+
+/// One span per request, named by method and route, continuing the
+/// caller's W3C trace context when it sends one.
+fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    let route = route_of(req);
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let span = tracing::info_span!(
+        "request",
+        otel.kind = "server",
+        otel.name = %format!("{} {route}", req.method()),
+        http.request.method = %req.method(),
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        request_id = %id,
+    );
+    let carrier: HashMap<String, String> = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| {
+            let value = req.headers().get(name)?.to_str().ok()?;
+            Some((name.to_owned(), value.to_owned()))
+        })
+        .collect();
+    conveyor_engine::telemetry::set_parent(&span, &carrier);
+    span
+}
+
+/// `conveyor_http_request_duration_seconds{route, method, status}`.
+async fn http_metrics(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = route_of(&req);
+    let method = req.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    let labels = [
+        ("route", route),
+        ("method", method),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::histogram!("conveyor_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
 }

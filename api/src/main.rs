@@ -17,6 +17,7 @@ use conveyor_engine::http::StepClient;
 use conveyor_engine::runner::Runner;
 use conveyor_worker::Worker;
 use conveyor_worker::settings::{self, Settings};
+use conveyor_worker::telemetry::{self, Telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -104,16 +105,16 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { embedded_workers } => {
-            runtime().and_then(|rt| rt.block_on(serve(embedded_workers)))
+            runtime().and_then(|(_t, rt)| rt.block_on(serve(embedded_workers)))
         }
-        Command::Migrate => runtime().and_then(|rt| rt.block_on(migrate())),
-        Command::RotateCredentials => runtime().and_then(|rt| rt.block_on(rotate())),
+        Command::Migrate => runtime().and_then(|(_t, rt)| rt.block_on(migrate())),
+        Command::RotateCredentials => runtime().and_then(|(_t, rt)| rt.block_on(rotate())),
         Command::Token {
             workspace,
             user,
             ttl,
         } => token(&workspace, &user, &ttl),
-        Command::Admin { action } => runtime().and_then(|rt| rt.block_on(admin(action))),
+        Command::Admin { action } => runtime().and_then(|(_t, rt)| rt.block_on(admin(action))),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -121,15 +122,18 @@ fn main() -> ExitCode {
     })
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// Installs logging and trace export, then starts the runtime (the OTLP
+/// exporter must be built outside it).
+fn runtime() -> anyhow::Result<(Telemetry, tokio::runtime::Runtime)> {
+    let telemetry = telemetry::init("conveyor-api", settings::log_format()?)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")
+        .context("starting the async runtime")?;
+    Ok((telemetry, runtime))
 }
 
 async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
-    settings::init_tracing(settings::log_format()?);
     let settings = Settings::from_env()?;
     let listen: SocketAddr =
         settings::parse("CONVEYOR_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
@@ -145,6 +149,10 @@ async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
     tokio::spawn(conveyor_worker::shutdown_on_signal(shutdown.clone()));
 
     let mut workers = tokio::task::JoinSet::new();
+    workers.spawn(conveyor_worker::observe_queue(
+        pool.clone(),
+        shutdown.clone(),
+    ));
     if embedded_workers > 0 {
         let client = StepClient::new(settings.http.clone()).context("building the HTTP client")?;
         let keyring = Arc::new(settings.keyring.clone());
@@ -178,7 +186,6 @@ async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
 }
 
 async fn migrate() -> anyhow::Result<ExitCode> {
-    settings::init_tracing(settings::log_format()?);
     let url = settings::database_url()?;
     let pool = Settings::pool_for(&url, 2)?;
     settings::migrate(&pool).await?;
@@ -187,7 +194,6 @@ async fn migrate() -> anyhow::Result<ExitCode> {
 }
 
 async fn rotate() -> anyhow::Result<ExitCode> {
-    settings::init_tracing(settings::log_format()?);
     let keyring = settings::keyring()?;
     let pool = Settings::pool_for(&settings::database_url()?, 2)?;
     let count = conveyor_engine::store::credentials::rotate(&pool, &keyring).await?;

@@ -176,6 +176,17 @@ pub fn idempotency_key(execution_id: uuid::Uuid, step: &str, attempt: u32) -> St
     format!("{execution_id}:{step}:{attempt}")
 }
 
+/// Per-attempt settings of a step request.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    /// The `Idempotency-Key` sent (see [`idempotency_key`]).
+    pub idempotency_key: &'a str,
+    /// Bounds the whole attempt.
+    pub timeout: Duration,
+    /// The W3C `traceparent` to send, if tracing.
+    pub traceparent: Option<&'a str>,
+}
+
 /// Sends connector steps. Cheap to clone (one connection pool).
 #[derive(Debug, Clone)]
 pub struct StepClient {
@@ -254,6 +265,23 @@ impl StepClient {
         idempotency_key: &str,
         timeout: Duration,
     ) -> StepResult {
+        let attempt = Attempt {
+            idempotency_key,
+            timeout,
+            traceparent: None,
+        };
+        self.run_attempt(step, context, credentials, &attempt).await
+    }
+
+    /// [`StepClient::run`] with every per-attempt setting, including the
+    /// `traceparent` header to send (unless the step sets its own).
+    pub async fn run_attempt(
+        &self,
+        step: &Step,
+        context: &Value,
+        credentials: &Credentials,
+        attempt: &Attempt<'_>,
+    ) -> StepResult {
         let started_at = Utc::now();
         let clock = Instant::now();
         let redactor = Redactor::new(credentials);
@@ -268,14 +296,7 @@ impl StepClient {
             duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
             error,
         };
-        let prepared = match self.prepare(
-            step,
-            context,
-            credentials,
-            idempotency_key,
-            timeout,
-            &redactor,
-        ) {
+        let prepared = match self.prepare(step, context, credentials, attempt, &redactor) {
             Ok(p) => p,
             Err((snapshot, e)) => return finish(snapshot, None, Map::new(), Some(e)),
         };
@@ -335,8 +356,7 @@ impl StepClient {
         step: &Step,
         context: &Value,
         credentials: &Credentials,
-        idempotency_key: &str,
-        timeout: Duration,
+        attempt: &Attempt<'_>,
         redactor: &Redactor,
     ) -> Result<Prepared, (Value, StepError)> {
         let mut snapshot = json!({"method": step.method.as_str(), "url": Value::Null});
@@ -464,12 +484,19 @@ impl StepClient {
             insert_header(
                 &mut headers,
                 idempotency,
-                idempotency_key,
+                attempt.idempotency_key,
                 "Idempotency-Key",
             )
             .map_err(|e| fail(&snapshot, e))?;
         }
 
+        let traceparent = HeaderName::from_static("traceparent");
+        if let Some(value) = attempt.traceparent
+            && !headers.contains_key(&traceparent)
+        {
+            insert_header(&mut headers, traceparent, value, "traceparent")
+                .map_err(|e| fail(&snapshot, e))?;
+        }
         let (body, body_snapshot) = match &step.body {
             None => (None, Value::Null),
             Some(Body::Json { content }) => {
@@ -527,7 +554,7 @@ impl StepClient {
             .client
             .request(method, url)
             .headers(headers)
-            .timeout(timeout);
+            .timeout(attempt.timeout);
         if let Some(body) = body {
             builder = builder.body(body);
         }

@@ -14,6 +14,7 @@
 //! - [`net`]: the outbound address policy (no private networks by default).
 //! - [`retry`]: pure backoff delays.
 //! - [`runner`]: runs one claimed execution, step by step, fenced.
+//! - [`telemetry`]: trace-context propagation through the queue.
 //! - [`store`]: all SQL. Nothing outside this crate writes to the database.
 //!
 //! Pure modules do no IO; only [`http`] and [`store`] talk to the outside.
@@ -28,6 +29,7 @@ pub mod net;
 pub mod retry;
 pub mod runner;
 pub mod store;
+pub mod telemetry;
 pub mod template;
 
 pub use error::{Error, Result};

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::Result;
 use crate::connector::{Connector, OnError};
 use crate::crypto::Keyring;
-use crate::http::{Credentials, Retry, StepClient, StepResult, idempotency_key};
+use crate::http::{Attempt, Credentials, Retry, StepClient, StepResult, idempotency_key};
 use crate::retry::next_delay;
 use crate::store;
 use crate::store::credentials;
@@ -38,6 +38,9 @@ pub struct RunnerConfig {
     pub max_context_bytes: usize,
     /// Upper bound for a server's `Retry-After`.
     pub max_retry_after: Duration,
+    /// Label metrics with the workspace id
+    /// (`CONVEYOR_METRICS_WORKSPACE_LABELS`; off: unbounded label values).
+    pub metrics_workspace_labels: bool,
 }
 
 impl Default for RunnerConfig {
@@ -47,6 +50,7 @@ impl Default for RunnerConfig {
             lease: Duration::from_secs(30),
             max_context_bytes: 1024 * 1024,
             max_retry_after: Duration::from_secs(3600),
+            metrics_workspace_labels: false,
         }
     }
 }
@@ -151,7 +155,31 @@ impl Runner {
             workspace.id = %claimed.workspace_id,
             attempt = claimed.claims
         );
-        self.run_inner(claimed, shutdown).instrument(span).await
+        crate::telemetry::continue_trace(&span, claimed.trace_context.as_ref());
+        let labels = self.labels(&claimed);
+        let outcome = self.run_inner(claimed, shutdown).instrument(span).await?;
+        let status = match outcome {
+            RunOutcome::Succeeded => Some("succeeded"),
+            RunOutcome::Failed => Some("failed"),
+            RunOutcome::Cancelled => Some("cancelled"),
+            RunOutcome::RetryScheduled | RunOutcome::Released | RunOutcome::LeaseLost => None,
+        };
+        if let Some(status) = status {
+            let mut labels = labels;
+            labels.push(("status", status.to_owned()));
+            metrics::counter!("conveyor_executions_finished_total", &labels).increment(1);
+        }
+        Ok(outcome)
+    }
+
+    /// Metric labels of an execution: its connector, and its workspace only
+    /// when configured (workspace ids are unbounded).
+    fn labels(&self, claimed: &Claimed) -> Vec<(&'static str, String)> {
+        let mut labels = vec![("connector", claimed.connector_id.to_string())];
+        if self.config.metrics_workspace_labels {
+            labels.push(("workspace", claimed.workspace_id.clone()));
+        }
+        labels
     }
 
     async fn run_inner(
@@ -196,6 +224,7 @@ impl Runner {
             "workspace": {"id": claimed.workspace_id},
             "settings": connector.settings,
         });
+        let claimed_labels = self.labels(&claimed);
         let first = usize::try_from(claimed.next_step).unwrap_or(0);
         for (index, step) in connector.steps.iter().enumerate().skip(first) {
             if index > first && shutdown.is_cancelled() {
@@ -220,10 +249,26 @@ impl Runner {
             let remaining = (deadline - now).to_std().unwrap_or(Duration::ZERO);
             let timeout = Duration::from_millis(step.timeout_ms).min(remaining);
             let key = idempotency_key(id, &step.name, attempt);
-            let span = info_span!("step", step.name = %step.name, step.index = index, attempt);
+            let span = info_span!(
+                "step",
+                otel.kind = "client",
+                step.name = %step.name,
+                step.index = index,
+                attempt,
+                http.request.method = step.method.as_str(),
+                url.full = tracing::field::Empty,
+                http.response.status_code = tracing::field::Empty,
+                conveyor.retry = tracing::field::Empty,
+            );
+            let traceparent = span.in_scope(crate::telemetry::current_traceparent);
+            let call = Attempt {
+                idempotency_key: &key,
+                timeout,
+                traceparent: traceparent.as_deref(),
+            };
             let sent = self
-                .send_with_heartbeat(id, token, step, &ctx, &credentials, &key, timeout)
-                .instrument(span)
+                .send_with_heartbeat(id, token, step, &ctx, &credentials, &call)
+                .instrument(span.clone())
                 .await?;
             let result = match sent {
                 InFlight::Done(result) => result,
@@ -239,6 +284,7 @@ impl Runner {
                 Transition::Retry { .. } => Some(RunOutcome::RetryScheduled),
                 Transition::Fail { .. } => Some(RunOutcome::Failed),
             };
+            observe_step(&span, &claimed_labels, step, &result, &row);
             let status =
                 executions::commit_step(&self.pool, id, token, &row, &transition, Utc::now())
                     .await?;
@@ -301,7 +347,6 @@ impl Runner {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn send_with_heartbeat(
         &self,
         id: Uuid,
@@ -309,10 +354,9 @@ impl Runner {
         step: &crate::connector::Step,
         ctx: &Value,
         credentials: &Credentials,
-        key: &str,
-        timeout: Duration,
+        call: &Attempt<'_>,
     ) -> Result<InFlight> {
-        let send = self.client.run(step, ctx, credentials, key, timeout);
+        let send = self.client.run_attempt(step, ctx, credentials, call);
         tokio::pin!(send);
         let every = self.config.lease / 3;
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -457,6 +501,59 @@ enum InFlight {
     CancelRequested,
 }
 
+/// Records a step attempt on its span and in the metrics.
+fn observe_step(
+    span: &tracing::Span,
+    labels: &[(&'static str, String)],
+    step: &crate::connector::Step,
+    result: &StepResult,
+    row: &StepRow,
+) {
+    let status = result.response.as_ref().map(|r| r.status);
+    if let Some(url) = result.request["url"].as_str() {
+        span.record("url.full", redact_query(url));
+    }
+    if let Some(status) = status {
+        span.record("http.response.status_code", status);
+    }
+    let retry = match row.outcome {
+        "retry_scheduled" => "scheduled",
+        "failed" | "continued" if result.error.is_some() => "not_retried",
+        _ => "none",
+    };
+    span.record("conveyor.retry", retry);
+    let mut step_labels = labels.to_vec();
+    step_labels.push(("step", step.name.clone()));
+    let mut outcome_labels = step_labels.clone();
+    outcome_labels.push(("outcome", row.outcome.to_owned()));
+    metrics::counter!("conveyor_steps_total", &outcome_labels).increment(1);
+    metrics::histogram!("conveyor_step_duration_seconds", &step_labels)
+        .record(result.duration_ms as f64 / 1000.0);
+    if row.outcome == "retry_scheduled" {
+        metrics::counter!("conveyor_retries_scheduled_total", &step_labels).increment(1);
+    }
+    let class = match status {
+        Some(s) => format!("{}xx", s / 100),
+        None => "none".to_owned(),
+    };
+    metrics::counter!("conveyor_outbound_responses_total", "class" => class).increment(1);
+}
+
+/// A URL for traces: query values replaced, since they may carry ids or
+/// keys (credentials are already redacted).
+fn redact_query(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.query().is_some() => {
+            let names: Vec<String> = u.query_pairs().map(|(k, _)| k.into_owned()).collect();
+            u.query_pairs_mut()
+                .clear()
+                .extend_pairs(names.iter().map(|k| (k.as_str(), "REDACTED")));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Renders the connector's `output` template; without one, the output is
 /// every step's extracted fields by step name.
 fn render_output(runner: &Runner, connector: &Connector, ctx: &Value) -> Result<Value, Value> {
@@ -474,4 +571,18 @@ fn render_output(runner: &Runner, connector: &Connector, ctx: &Value) -> Result<
         .renderer()
         .render_json(&connector.output, ctx)
         .map_err(|e| json!({"kind": "output", "message": format!("output: {e}")}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_urls_hide_query_values() {
+        assert_eq!(
+            redact_query("https://x.test/a?q=1&key=s"),
+            "https://x.test/a?q=REDACTED&key=REDACTED"
+        );
+        assert_eq!(redact_query("https://x.test/a"), "https://x.test/a");
+    }
 }

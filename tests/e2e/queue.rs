@@ -76,6 +76,7 @@ async fn claims_follow_priority_then_run_at(pool: PgPool) {
             priority: 5,
             run_at: None,
             rerun_of: None,
+            trace_context: None,
         },
         Utc::now(),
     )
@@ -93,6 +94,7 @@ async fn claims_follow_priority_then_run_at(pool: PgPool) {
             priority: 9,
             run_at: Some(Utc::now() + Duration::from_secs(3600)),
             rerun_of: None,
+            trace_context: None,
         },
         Utc::now(),
     )

@@ -100,6 +100,8 @@ pub fn test_worker_config(id: &str) -> WorkerConfig {
         shutdown_grace: Duration::from_secs(5),
         max_reclaims: 5,
         claim_batch: 8,
+        retention: None,
+        observe_queue: false,
     }
 }
 
@@ -149,6 +151,7 @@ pub async fn enqueue(
             priority: 0,
             run_at: None,
             rerun_of: None,
+            trace_context: None,
         },
         Utc::now(),
     )

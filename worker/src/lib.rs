@@ -7,6 +7,7 @@
 //! notification delays nothing for long.
 
 pub mod settings;
+pub mod telemetry;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +42,11 @@ pub struct WorkerConfig {
     pub max_reclaims: i32,
     /// Most rows one claim takes (`CONVEYOR_CLAIM_BATCH`).
     pub claim_batch: usize,
+    /// Finished executions older than this are pruned, with their steps and
+    /// events (`CONVEYOR_RETENTION_DAYS`; `None` keeps everything).
+    pub retention: Option<Duration>,
+    /// Refresh the queue depth gauges (when metrics are served).
+    pub observe_queue: bool,
 }
 
 impl Default for WorkerConfig {
@@ -53,6 +59,8 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             max_reclaims: 5,
             claim_batch: 64,
+            retention: Some(Duration::from_secs(30 * 86_400)),
+            observe_queue: false,
         }
     }
 }
@@ -130,6 +138,16 @@ impl Worker {
         for id in &rescued.poisoned {
             warn!(execution.id = %id, "execution failed as poisoned: its lease expired too often");
         }
+        let reclaims = rescued.requeued.len() + rescued.poisoned.len() + rescued.cancelled.len();
+        if reclaims > 0 {
+            metrics::counter!("conveyor_lease_reclaims_total").increment(reclaims as u64);
+        }
+        if !rescued.poisoned.is_empty() {
+            metrics::counter!("conveyor_executions_poisoned_total")
+                .increment(rescued.poisoned.len() as u64);
+            metrics::counter!("conveyor_executions_finished_total", "status" => "failed")
+                .increment(rescued.poisoned.len() as u64);
+        }
         Ok(rescued)
     }
 
@@ -149,6 +167,13 @@ impl Worker {
         let mut backoff = Duration::from_millis(100);
         let mut last_rescue: Option<Instant> = None;
         let rescue_every = (cfg.lease / 3).max(Duration::from_secs(1));
+        let mut background = JoinSet::new();
+        if let Some(retention) = cfg.retention {
+            background.spawn(prune(self.pool.clone(), retention, shutdown.clone()));
+        }
+        if cfg.observe_queue {
+            background.spawn(observe_queue(self.pool.clone(), shutdown.clone()));
+        }
 
         while !shutdown.is_cancelled() {
             if listener.is_none() {
@@ -171,6 +196,12 @@ impl Worker {
                     .await
                 {
                     Ok(rows) => {
+                        if !rows.is_empty() {
+                            metrics::histogram!("conveyor_claim_batch_size")
+                                .record(rows.len() as f64);
+                            metrics::counter!("conveyor_executions_started_total")
+                                .increment(rows.len() as u64);
+                        }
                         if let Some(since) = db_down_since.take() {
                             info!(down_for = ?since.elapsed(), "database reachable again; resuming");
                         }
@@ -253,7 +284,64 @@ impl Worker {
                 }
             }
         }
+        background.shutdown().await;
         info!("worker stopped");
+    }
+}
+
+/// How often the queue gauges are refreshed.
+const QUEUE_GAUGE_EVERY: Duration = Duration::from_secs(5);
+/// How often retention runs, and how many rows one delete takes.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+const PRUNE_BATCH: i64 = 500;
+
+/// Keeps `conveyor_queue_depth` and `conveyor_oldest_ready_age_seconds`
+/// current: one indexed query every few seconds, never one per scrape.
+pub async fn observe_queue(pool: PgPool, shutdown: CancellationToken) {
+    loop {
+        match conveyor_engine::store::history::queue_depth(&pool, Utc::now()).await {
+            Ok((depth, oldest)) => {
+                metrics::gauge!("conveyor_queue_depth").set(depth as f64);
+                metrics::gauge!("conveyor_oldest_ready_age_seconds").set(oldest);
+            }
+            Err(e) => tracing::debug!(error = %e, "queue gauges not refreshed"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(QUEUE_GAUGE_EVERY) => {}
+        }
+    }
+}
+
+/// Deletes finished executions older than `retention` (with their steps
+/// and events) in small batches, so it never holds long locks.
+pub async fn prune(pool: PgPool, retention: Duration, shutdown: CancellationToken) {
+    loop {
+        let cutoff = Utc::now() - retention;
+        let mut total = 0;
+        loop {
+            match conveyor_engine::store::history::prune_finished(&pool, cutoff, PRUNE_BATCH).await
+            {
+                Ok(n) => {
+                    total += n;
+                    if n < PRUNE_BATCH as u64 || shutdown.is_cancelled() {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "retention pass interrupted");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            info!(pruned = total, "pruned finished executions past retention");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
     }
 }
 

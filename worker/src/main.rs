@@ -7,11 +7,20 @@ use conveyor_engine::http::StepClient;
 use conveyor_engine::runner::Runner;
 use conveyor_worker::Worker;
 use conveyor_worker::settings::{self, Settings};
+use conveyor_worker::telemetry;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    settings::init_tracing(settings::log_format()?);
+fn main() -> anyhow::Result<()> {
+    // The OTLP exporter must be built before the runtime starts.
+    let _telemetry = telemetry::init("conveyor-worker", settings::log_format()?)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     let pool = settings.pool()?;
     if settings.auto_migrate {
@@ -26,6 +35,19 @@ async fn main() -> anyhow::Result<()> {
     ));
     let shutdown = CancellationToken::new();
     tokio::spawn(conveyor_worker::shutdown_on_signal(shutdown.clone()));
+    if let Some(addr) = settings::var("CONVEYOR_METRICS_LISTEN")? {
+        let addr: std::net::SocketAddr = addr
+            .trim()
+            .parse()
+            .with_context(|| format!("CONVEYOR_METRICS_LISTEN: invalid address `{addr}`"))?;
+        let handle = telemetry::metrics_handle()?;
+        let listener = telemetry::serve_metrics(addr, handle, shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = listener.await {
+                tracing::error!(error = %format!("{e:#}"), "metrics endpoint stopped");
+            }
+        });
+    }
     Worker::new(pool, runner, settings.worker.clone())
         .run(shutdown)
         .await;

@@ -164,6 +164,11 @@ impl Settings {
             )?),
             max_reclaims: parse("CONVEYOR_MAX_RECLAIMS", defaults.max_reclaims)?,
             claim_batch: parse("CONVEYOR_CLAIM_BATCH", defaults.claim_batch)?,
+            retention: match parse::<u64>("CONVEYOR_RETENTION_DAYS", 30)? {
+                0 => None,
+                days => Some(Duration::from_secs(days * 86_400)),
+            },
+            observe_queue: var("CONVEYOR_METRICS_LISTEN")?.is_some(),
         };
         if worker.concurrency == 0 {
             bail!("CONVEYOR_WORKER_CONCURRENCY must be at least 1");
@@ -202,6 +207,7 @@ impl Settings {
                 "CONVEYOR_MAX_RETRY_AFTER_SECS",
                 runner_defaults.max_retry_after.as_secs(),
             )?),
+            metrics_workspace_labels: flag("CONVEYOR_METRICS_WORKSPACE_LABELS", false)?,
         };
         Ok(Self {
             database_url: database_url()?,
@@ -237,24 +243,6 @@ impl Settings {
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(options))
-    }
-}
-
-/// Installs the global `tracing` subscriber: `RUST_LOG` filtering (default
-/// `info`), text or JSON lines on stderr.
-pub fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
     }
 }
 

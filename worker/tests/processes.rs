@@ -229,6 +229,7 @@ async fn enqueue_many(pool: &PgPool, (connector_id, connector_version): (Uuid, i
                 priority: 0,
                 run_at: None,
                 rerun_of: None,
+                trace_context: None,
             },
             Utc::now(),
         )

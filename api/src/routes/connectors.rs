@@ -274,10 +274,14 @@ async fn execute(
         priority: body.priority.unwrap_or(0),
         run_at: body.run_at,
         rerun_of: None,
+        trace_context: conveyor_engine::telemetry::current_context(),
     };
     let mut conn = state.pool.acquire().await?;
     let enqueued = executions::enqueue(&mut conn, &new, Utc::now()).await?;
     drop(conn);
+    if enqueued.created {
+        metrics::counter!("conveyor_executions_enqueued_total").increment(1);
+    }
     let view = executions::get(&state.pool, &caller.workspace_id, enqueued.id)
         .await?
         .ok_or_else(|| ApiError::not_found("execution"))?;
@@ -346,6 +350,7 @@ async fn execute_batch(
             priority: 0,
             run_at: None,
             rerun_of: None,
+            trace_context: conveyor_engine::telemetry::current_context(),
         });
     }
     if !errors.is_empty() {
@@ -357,10 +362,14 @@ async fn execute_batch(
     let now = Utc::now();
     let mut tx = state.pool.begin().await?;
     let mut ids = Vec::with_capacity(news.len());
+    let mut created = 0;
     for new in &news {
-        ids.push(executions::enqueue(&mut tx, new, now).await?.id);
+        let enqueued = executions::enqueue(&mut tx, new, now).await?;
+        created += u64::from(enqueued.created);
+        ids.push(enqueued.id);
     }
     tx.commit().await?;
+    metrics::counter!("conveyor_executions_enqueued_total").increment(created);
     Ok((StatusCode::ACCEPTED, Json(json!({"ids": ids}))).into_response())
 }
 

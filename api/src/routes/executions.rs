@@ -129,10 +129,12 @@ async fn rerun_execution(
         priority: original.priority,
         run_at: None,
         rerun_of: Some(id),
+        trace_context: conveyor_engine::telemetry::current_context(),
     };
     let mut conn = state.pool.acquire().await?;
     let enqueued = executions::enqueue(&mut conn, &new, Utc::now()).await?;
     drop(conn);
+    metrics::counter!("conveyor_executions_enqueued_total").increment(1);
     audit(
         &state,
         &caller,

@@ -1,4 +1,4 @@
-//! Operations: liveness and readiness (no authentication).
+//! Operations: liveness, readiness and metrics (no authentication).
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -14,6 +14,27 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// Prometheus text format (metric names in README.md).
+async fn metrics(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(handle) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            handle.render(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "no metrics recorder is installed in this process",
+        )
+        .into_response(),
+    }
 }
 
 /// The process is up.

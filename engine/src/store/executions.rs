@@ -51,6 +51,9 @@ pub struct NewExecution {
     pub run_at: Option<DateTime<Utc>>,
     /// The execution this one re-runs.
     pub rerun_of: Option<Uuid>,
+    /// W3C trace context (`traceparent`, `tracestate`) of the request that
+    /// enqueued it; the worker's execution span continues that trace.
+    pub trace_context: Option<Value>,
 }
 
 /// The result of an enqueue.
@@ -78,8 +81,8 @@ pub async fn enqueue(
             r#"WITH ins AS (
                    INSERT INTO connector_executions
                        (id, workspace_id, connector_id, connector_version, input, idempotency_key,
-                        priority, run_at, rerun_of, created_at, updated_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8::timestamptz, $9::timestamptz), $10, $9, $9)
+                        priority, run_at, rerun_of, trace_context, created_at, updated_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8::timestamptz, $9::timestamptz), $10, $11, $9, $9)
                    ON CONFLICT (workspace_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                    RETURNING id, workspace_id, run_at, priority, rerun_of
                ), ev AS (
@@ -98,7 +101,8 @@ pub async fn enqueue(
             new.priority,
             new.run_at,
             now,
-            new.rerun_of
+            new.rerun_of,
+            new.trace_context
         )
         .fetch_optional(&mut *conn)
         .await?;
@@ -145,6 +149,8 @@ pub struct Claimed {
     pub started_at: DateTime<Utc>,
     /// How many times the row has been claimed, this claim included.
     pub claims: i32,
+    /// The trace context stored at enqueue, if any.
+    pub trace_context: Option<Value>,
 }
 
 /// Leases up to `limit` ready executions (priority first, then `run_at`,
@@ -176,7 +182,8 @@ pub async fn claim(
                    started_at = COALESCE(e.started_at, $3), updated_at = $3
                FROM ready WHERE e.id = ready.id
                RETURNING e.id, e.workspace_id, e.connector_id, e.connector_version, e.fencing_token,
-                         e.input, e.context, e.next_step, e.step_attempt, e.started_at, e.claims
+                         e.input, e.context, e.next_step, e.step_attempt, e.started_at, e.claims,
+                         e.trace_context
            ), ev AS (
                INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
                SELECT id, workspace_id, $3, 'claimed',
@@ -186,7 +193,8 @@ pub async fn claim(
            SELECT id AS "id!", workspace_id AS "workspace_id!", connector_id AS "connector_id!",
                   connector_version AS "connector_version!", fencing_token AS "fencing_token!",
                   input AS "input!", context AS "context!", next_step AS "next_step!",
-                  step_attempt AS "step_attempt!", started_at AS "started_at!", claims AS "claims!"
+                  step_attempt AS "step_attempt!", started_at AS "started_at!", claims AS "claims!",
+                  trace_context
            FROM claimed"#,
         worker_id,
         limit,

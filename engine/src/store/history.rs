@@ -200,3 +200,43 @@ pub async fn events(
     .fetch_all(pool)
     .await?)
 }
+
+/// Ready executions waiting for a worker, and the age of the oldest in
+/// seconds: for the queue gauges. Uses the claim index (queued rows only).
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn queue_depth(pool: &PgPool, now: DateTime<Utc>) -> Result<(i64, f64)> {
+    let row = sqlx::query!(
+        r#"SELECT count(*) AS "depth!", COALESCE(EXTRACT(EPOCH FROM $1 - min(run_at))::float8, 0) AS "oldest!"
+           FROM connector_executions WHERE status = 'queued' AND run_at <= $1"#,
+        now
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((row.depth, row.oldest))
+}
+
+/// Deletes up to `batch` executions that finished before `cutoff`, with
+/// their steps and events (cascade); returns how many. Concurrent pruners
+/// skip each other's rows.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn prune_finished(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<u64> {
+    let done = sqlx::query!(
+        "DELETE FROM connector_executions WHERE id IN (
+             SELECT id FROM connector_executions
+             WHERE finished_at < $1
+             ORDER BY finished_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED)",
+        cutoff,
+        batch
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -140,6 +140,7 @@ async fn enqueue_many(
                 priority: 0,
                 run_at: None,
                 rerun_of: None,
+                trace_context: None,
             };
             executions::enqueue(&mut tx, &new, Utc::now()).await?;
         }
