@@ -22,12 +22,13 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value};
 use tracing::{Event, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 use crate::settings::LogFormat;
 
@@ -93,20 +94,29 @@ pub fn init(default_service: &str, format: LogFormat) -> anyhow::Result<Telemetr
     } else {
         None
     };
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("conveyor")));
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    // `RUST_LOG` filters the log lines only: spans are exported at INFO
+    // whatever the log level, so a quiet process still traces.
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("conveyor"))
+            .with_filter(LevelFilter::INFO)
+    });
+    let registry = tracing_subscriber::registry().with(otel);
     match format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
             .init(),
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
                     .fmt_fields(JsonFields::new())
-                    .event_format(JsonWithTrace),
+                    .event_format(JsonWithTrace)
+                    .with_filter(filter),
             )
             .init(),
     }
