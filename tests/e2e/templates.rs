@@ -43,7 +43,8 @@ fn official_templates() -> Vec<(PathBuf, Template)> {
     files
         .into_iter()
         .map(|p| {
-            let t = Template::parse(&read_json(&p)).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let t =
+                Template::parse(&read_json(&p)).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             (p, t)
         })
         .collect()
@@ -53,7 +54,11 @@ fn stubbed(value: &Value, stub: &str) -> Value {
     match value {
         Value::String(s) => Value::String(s.replace("$STUB", stub)),
         Value::Array(items) => Value::Array(items.iter().map(|v| stubbed(v, stub)).collect()),
-        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), stubbed(v, stub))).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), stubbed(v, stub)))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
@@ -63,14 +68,20 @@ struct FormFields(BTreeMap<String, String>);
 
 impl wiremock::Match for FormFields {
     fn matches(&self, request: &Request) -> bool {
-        let got: BTreeMap<String, String> = url::form_urlencoded::parse(&request.body).into_owned().collect();
+        let got: BTreeMap<String, String> = url::form_urlencoded::parse(&request.body)
+            .into_owned()
+            .collect();
         self.0.iter().all(|(k, v)| got.get(k) == Some(v))
     }
 }
 
 async fn mount(stub: &MockServer, spec: &Value, slug: &str) {
-    let m = spec["method"].as_str().unwrap_or_else(|| panic!("{slug}: request without method"));
-    let p = spec["path"].as_str().unwrap_or_else(|| panic!("{slug}: request without path"));
+    let m = spec["method"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{slug}: request without method"));
+    let p = spec["path"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{slug}: request without path"));
     let mut mock = Mock::given(method(m)).and(path(p));
     for (k, v) in spec["query"].as_object().into_iter().flatten() {
         mock = mock.and(query_param(k.as_str(), v.as_str().unwrap_or_default()));
@@ -84,7 +95,12 @@ async fn mount(stub: &MockServer, spec: &Value, slug: &str) {
     if let Some(form) = spec["form"].as_object() {
         let fields = form
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                )
+            })
             .collect();
         mock = mock.and(FormFields(fields));
     }
@@ -108,19 +124,27 @@ async fn mount(stub: &MockServer, spec: &Value, slug: &str) {
 
 async fn run_case(h: &Harness, file: &Path, template: &Template) -> Result<(), String> {
     let slug = &template.slug;
-    let case_path = root().join("tests/template_cases").join(format!("{slug}.json"));
+    let case_path = root()
+        .join("tests/template_cases")
+        .join(format!("{slug}.json"));
     if !case_path.exists() {
         return Err(format!("{slug}: no case file {}", case_path.display()));
     }
     let stub = MockServer::start().await;
     let case = stubbed(&read_json(&case_path), &stub.uri());
-    for spec in case["requests"].as_array().ok_or_else(|| format!("{slug}: no requests"))? {
+    for spec in case["requests"]
+        .as_array()
+        .ok_or_else(|| format!("{slug}: no requests"))?
+    {
         mount(&stub, spec, slug).await;
     }
     // Anything that matches no expectation gets an answer that fails the
     // step and names the problem.
     Mock::given(wiremock::matchers::any())
-        .respond_with(ResponseTemplate::new(418).set_body_string("request did not match the provider's expectations"))
+        .respond_with(
+            ResponseTemplate::new(418)
+                .set_body_string("request did not match the provider's expectations"),
+        )
         .with_priority(u8::MAX)
         .mount(&stub)
         .await;
@@ -128,8 +152,8 @@ async fn run_case(h: &Harness, file: &Path, template: &Template) -> Result<(), S
     let mut bindings = BTreeMap::new();
     for (name, fields) in case["credentials"].as_object().into_iter().flatten() {
         let stored = format!("{slug}-{name}");
-        let fields: BTreeMap<String, String> =
-            serde_json::from_value(fields.clone()).map_err(|e| format!("{slug}: credentials.{name}: {e}"))?;
+        let fields: BTreeMap<String, String> = serde_json::from_value(fields.clone())
+            .map_err(|e| format!("{slug}: credentials.{name}: {e}"))?;
         credentials::put(&h.pool, &h.keyring, WS, &stored, &fields)
             .await
             .map_err(|e| e.to_string())?;
@@ -137,7 +161,10 @@ async fn run_case(h: &Harness, file: &Path, template: &Template) -> Result<(), S
     }
     let request = InstallRequest {
         name: None,
-        settings: case["settings"].as_object().cloned().unwrap_or_else(Map::new),
+        settings: case["settings"]
+            .as_object()
+            .cloned()
+            .unwrap_or_else(Map::new),
         credentials: bindings,
     };
     let connector = template
@@ -148,7 +175,9 @@ async fn run_case(h: &Harness, file: &Path, template: &Template) -> Result<(), S
     let execution = h.run_until_final(id, Duration::from_secs(30)).await;
     if execution.status != "succeeded" {
         let steps = h.steps(id).await;
-        let last = steps.last().map(|s| json!({"request": s.request, "status": s.response_status, "body": s.response_body}));
+        let last = steps.last().map(
+            |s| json!({"request": s.request, "status": s.response_status, "body": s.response_body}),
+        );
         return Err(format!(
             "{slug} ({}): {} with {:?}; last attempt: {}",
             file.display(),
@@ -172,14 +201,23 @@ async fn run_case(h: &Harness, file: &Path, template: &Template) -> Result<(), S
 async fn every_official_template_runs_against_its_provider_stub(pool: PgPool) {
     let h = Harness::new(pool);
     let templates = official_templates();
-    assert!(templates.len() >= 20, "only {} official templates", templates.len());
+    assert!(
+        templates.len() >= 20,
+        "only {} official templates",
+        templates.len()
+    );
     let mut failures = Vec::new();
     for (file, template) in &templates {
         if let Err(e) = run_case(&h, file, template).await {
             failures.push(e);
         }
     }
-    assert!(failures.is_empty(), "{} template(s) failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} template(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -187,9 +225,15 @@ fn every_official_template_has_a_base_url_setting_and_a_unique_slug() {
     let mut slugs = std::collections::BTreeSet::new();
     for (file, t) in official_templates() {
         assert!(slugs.insert(t.slug.clone()), "duplicate slug {}", t.slug);
-        assert_eq!(file.file_stem().and_then(|s| s.to_str()), Some(t.slug.as_str()), "file name must be the slug");
+        assert_eq!(
+            file.file_stem().and_then(|s| s.to_str()),
+            Some(t.slug.as_str()),
+            "file name must be the slug"
+        );
         assert!(
-            t.settings.iter().any(|s| s.name == "base_url" || s.name.ends_with("_url")),
+            t.settings
+                .iter()
+                .any(|s| s.name == "base_url" || s.name.ends_with("_url")),
             "{}: its base URL must be a setting",
             t.slug
         );
