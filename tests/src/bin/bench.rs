@@ -10,7 +10,9 @@
 //! - executions/s of a 1-step and a 3-step connector at 1, 2 and 4
 //!   `conveyor-worker` processes;
 //! - enqueue→start and enqueue→finish latency (p50/p99) of executions
-//!   arriving one at a time into idle workers.
+//!   arriving one at a time into idle workers;
+//! - the 1-step rate at 2 worker processes with trace export on (to a local
+//!   OTLP receiver that discards) against the same run with it off.
 //!
 //! The last line printed is one JSON object with every figure.
 
@@ -65,7 +67,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("3-step", three, &mut three_step),
     ] {
         for procs in [1usize, 2, 4] {
-            let rate = throughput(&pool, &url, &key, &worker_bin, conn, executions, procs).await?;
+            let rate = throughput(&pool, &url, &key, &worker_bin, conn, executions, procs, None).await?;
             println!(
                 "{label}: {procs} worker process(es): {rate:.0} executions/s ({:.2} of the raw limit)",
                 rate / raw
@@ -73,6 +75,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             out.insert(procs.to_string(), json!(rate.round()));
         }
     }
+
+    let collector = start_collector().await?;
+    let traced = throughput(&pool, &url, &key, &worker_bin, one, executions, 2, Some(&collector)).await?;
+    let untraced = one_step.get("2").and_then(Value::as_f64).unwrap_or(0.0);
+    let tracing_ratio = traced / untraced.max(1e-6);
+    println!("1-step, 2 processes, trace export on: {traced:.0} executions/s ({tracing_ratio:.2} of export off)");
 
     let (start, finish) = latency(&pool, &url, &key, &worker_bin, one, latency_samples).await?;
     println!(
@@ -87,6 +95,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "start_latency_ms": {"p50": round2(start.0), "p99": round2(start.1)},
         "finish_latency_ms": {"p50": round2(finish.0), "p99": round2(finish.1)},
         "one_step_ratio_to_raw": round2(one_4 / raw),
+        "traced_one_step_per_s": traced.round(),
+        "tracing_throughput_ratio": round2(tracing_ratio),
         "executions": executions,
     });
     println!("{summary}");
@@ -95,6 +105,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+/// An OTLP/HTTP receiver that accepts and discards spans.
+async fn start_collector() -> std::io::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().route("/v1/traces", axum::routing::post(|_body: axum::body::Bytes| async { "" }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(format!("http://{addr}"))
 }
 
 /// A loopback HTTP server that answers every request at once.
@@ -202,6 +221,7 @@ async fn count_final(pool: &PgPool) -> Result<i64, sqlx::Error> {
 
 /// Enqueues `n` executions, then starts `procs` workers; the rate is `n`
 /// over first start to last finish, from the rows' own timestamps.
+#[allow(clippy::too_many_arguments)]
 async fn throughput(
     pool: &PgPool,
     url: &str,
@@ -210,10 +230,11 @@ async fn throughput(
     conn: (Uuid, i32),
     n: usize,
     procs: usize,
+    otlp: Option<&str>,
 ) -> Result<f64, Box<dyn std::error::Error>> {
     reset(pool).await?;
     enqueue_many(pool, conn, n).await?;
-    let _workers = spawn_workers(url, key, bin, procs)?;
+    let _workers = spawn_workers(url, key, bin, procs, otlp)?;
     let deadline = Instant::now() + Duration::from_secs(600);
     while usize::try_from(count_final(pool).await?).unwrap_or(0) < n {
         if Instant::now() > deadline {
@@ -245,7 +266,7 @@ async fn latency(
     samples: usize,
 ) -> Result<((f64, f64), (f64, f64)), Box<dyn std::error::Error>> {
     reset(pool).await?;
-    let _workers = spawn_workers(url, key, bin, 1)?;
+    let _workers = spawn_workers(url, key, bin, 1, None)?;
     // Let the worker connect and settle into LISTEN.
     enqueue_many(pool, conn, 1).await?;
     while count_final(pool).await? < 1 {
