@@ -191,18 +191,19 @@ mod tests {
     fn shape_errors_name_the_field_and_syntax_errors_are_400() {
         #[derive(Debug, serde::Deserialize)]
         #[serde(deny_unknown_fields)]
-        #[allow(dead_code)]
         struct Body {
             items: Vec<Item>,
         }
         #[derive(Debug, serde::Deserialize)]
         #[serde(deny_unknown_fields)]
-        #[allow(dead_code)]
         struct Item {
             n: u32,
         }
+        let ok = parse_json::<Body>(br#"{"items":[{"n":7}]}"#).expect("valid");
+        assert_eq!(ok.items.iter().map(|i| i.n).collect::<Vec<_>>(), [7]);
         let err = parse_json::<Body>(br#"{"items":[{"n":1},{"n":"x"}]}"#).expect_err("422");
         assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(err.to_string().contains("items[1].n"), "{err}");
         let err = parse_json::<Body>(br#"{"items":[], "extra": 1}"#).expect_err("422");
         assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
         let err = parse_json::<Body>(br#"{"items": ["#).expect_err("400");
