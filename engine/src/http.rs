@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -20,6 +19,7 @@ use serde_json::{Map, Value, json};
 use crate::connector::{ApiKeyLocation, Auth, Body, Step};
 use crate::extract;
 use crate::net::{self, GuardedResolver, PrivateNetworkRefused};
+use crate::redact::Redactor;
 use crate::template::{Dest, Renderer};
 
 /// What replaces a secret in anything stored or shown.
@@ -725,77 +725,6 @@ fn classify_send_error(e: &reqwest::Error) -> StepError {
     }
 }
 
-/// Replaces credential values (and their URL-encoded forms) with
-/// [`REDACTED`].
-struct Redactor {
-    needles: Vec<String>,
-}
-
-impl Redactor {
-    fn new(credentials: &Credentials) -> Self {
-        let mut needles: Vec<String> = Vec::new();
-        for value in credentials.values().flat_map(BTreeMap::values) {
-            if value.is_empty() {
-                continue;
-            }
-            // Every form a template or the client can give it: raw, as a
-            // URL component (ours and a strict one), form-encoded, and
-            // XML-escaped.
-            needles.push(value.clone());
-            needles.push(crate::template::encode_component(value));
-            needles.push(utf8_percent_encode(value, NON_ALPHANUMERIC).to_string());
-            needles.push(url::form_urlencoded::byte_serialize(value.as_bytes()).collect());
-            needles.push(crate::template::escape_xml(value));
-        }
-        // Longest first, so a secret containing another is replaced whole.
-        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
-        needles.dedup();
-        Self { needles }
-    }
-
-    fn text(&self, s: &str) -> String {
-        let mut out = s.to_owned();
-        for needle in &self.needles {
-            if out.contains(needle.as_str()) {
-                out = out.replace(needle.as_str(), REDACTED);
-            }
-        }
-        out
-    }
-
-    fn value(&self, v: Value) -> Value {
-        match v {
-            Value::String(s) => Value::String(self.text(&s)),
-            Value::Array(items) => Value::Array(items.into_iter().map(|i| self.value(i)).collect()),
-            Value::Object(map) => Value::Object(
-                map.into_iter()
-                    .map(|(k, v)| (self.text(&k), self.value(v)))
-                    .collect(),
-            ),
-            other => other,
-        }
-    }
-
-    fn headers(&self, headers: &HeaderMap, secret: &[HeaderName]) -> Map<String, Value> {
-        let mut out = Map::new();
-        for name in headers.keys() {
-            let joined = headers
-                .get_all(name)
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .collect::<Vec<_>>()
-                .join(", ");
-            let shown = if secret.contains(name) {
-                REDACTED.to_owned()
-            } else {
-                self.text(&joined)
-            };
-            out.insert(name.as_str().to_owned(), Value::String(shown));
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -820,23 +749,6 @@ mod tests {
         assert_eq!(retry_after(&h, now), Some(Duration::ZERO));
         h.insert("retry-after", HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h, now), None);
-    }
-
-    #[test]
-    fn redactor_replaces_raw_and_encoded_secrets() {
-        let mut creds = Credentials::new();
-        creds.insert(
-            "c".into(),
-            BTreeMap::from([("token".to_owned(), "s3cr et/+".to_owned())]),
-        );
-        let r = Redactor::new(&creds);
-        assert_eq!(r.text("a s3cr et/+ b"), format!("a {REDACTED} b"));
-        assert_eq!(r.text("q=s3cr%20et%2F%2B"), format!("q={REDACTED}"));
-        assert_eq!(r.text("q=s3cr+et%2F%2B"), format!("q={REDACTED}"));
-        assert_eq!(
-            r.value(json!({"k": ["s3cr et/+"]})),
-            json!({"k": [REDACTED]})
-        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod extract;
 pub mod http;
 pub mod marketplace;
 pub mod net;
+mod redact;
 pub mod retry;
 pub mod runner;
 pub mod store;
