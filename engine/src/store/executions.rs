@@ -390,229 +390,122 @@ pub async fn commit_step(
     transition: &Transition,
     now: DateTime<Utc>,
 ) -> Result<Option<String>> {
-    // Each arm is one statement: the UPDATE fences, and the step row is
-    // inserted only from the UPDATE's RETURNING, so a lost lease writes
-    // nothing at all.
-    let status = match transition {
-        Transition::Continue {
-            context,
-            next_step,
-            lease_until,
-        } => sqlx::query_scalar!(
-            r#"WITH upd AS (
-                   UPDATE connector_executions SET
-                       context = $3, next_step = $4, step_attempt = 1,
-                       status = CASE WHEN cancel_requested_at IS NULL THEN 'running' ELSE 'cancelled' END,
-                       lease_owner = CASE WHEN cancel_requested_at IS NULL THEN lease_owner END,
-                       lease_expires_at = CASE WHEN cancel_requested_at IS NULL THEN $5::timestamptz END,
-                       finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE $6::timestamptz END,
-                       updated_at = $6
-                   WHERE id = $1 AND fencing_token = $2 AND status = 'running'
-                   RETURNING id, workspace_id, status
-               ), step AS (
-                   INSERT INTO execution_steps (execution_id, step_index, attempt, workspace_id, step_name,
-                       outcome, request, response_status, response_headers, response_body, extracted,
-                       error, worker_id, started_at, finished_at, duration_ms)
-                   SELECT upd.id, $7, $8, upd.workspace_id, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20
-                   FROM upd
-               ), ev AS (
-                   INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
-                   SELECT upd.id, upd.workspace_id, x.at, x.kind, x.details
-                   FROM upd CROSS JOIN LATERAL (VALUES
-                       ($18::timestamptz, 'step_started',
-                        jsonb_build_object('step', $9::text, 'index', $7::int, 'attempt', $8::int)),
-                       ($6::timestamptz, 'step_finished',
-                        jsonb_strip_nulls(jsonb_build_object('step', $9::text, 'index', $7::int, 'attempt', $8::int,
-                            'outcome', $10::text, 'status', $12::int, 'duration_ms', $20::int))),
-                       ($6::timestamptz,
-                        CASE upd.status WHEN 'cancelled' THEN 'cancelled' WHEN 'succeeded' THEN 'finished'
-                                        WHEN 'failed' THEN 'finished' END,
-                        jsonb_build_object('status', upd.status))
-                   ) AS x(at, kind, details)
-                   WHERE x.kind IS NOT NULL
-               )
-               SELECT status FROM upd"#,
-            id,
-            token,
-            context,
-            next_step,
-            lease_until,
-            now,
-            step.step_index,
-            step.attempt,
-            step.step_name,
-            step.outcome,
-            step.request,
-            step.response_status,
-            step.response_headers,
-            step.response_body,
-            step.extracted,
-            step.error,
-            step.worker_id,
-            step.started_at,
-            step.finished_at,
-            step.duration_ms
-        )
-        .fetch_optional(pool)
-        .await?,
-        Transition::Succeed { context, output } => sqlx::query_scalar!(
-            r#"WITH upd AS (
-                   UPDATE connector_executions SET
-                       context = $3, output = $4, status = 'succeeded', next_step = $7 + 1,
-                       lease_owner = NULL, lease_expires_at = NULL, finished_at = $5, updated_at = $5
-                   WHERE id = $1 AND fencing_token = $2 AND status = 'running'
-                   RETURNING id, workspace_id, status
-               ), step AS (
-                   INSERT INTO execution_steps (execution_id, step_index, attempt, workspace_id, step_name,
-                       outcome, request, response_status, response_headers, response_body, extracted,
-                       error, worker_id, started_at, finished_at, duration_ms)
-                   SELECT upd.id, $7, $8, upd.workspace_id, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $6
-                   FROM upd
-               ), ev AS (
-                   INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
-                   SELECT upd.id, upd.workspace_id, x.at, x.kind, x.details
-                   FROM upd CROSS JOIN LATERAL (VALUES
-                       ($18::timestamptz, 'step_started',
-                        jsonb_build_object('step', $9::text, 'index', $7::int, 'attempt', $8::int)),
-                       ($5::timestamptz, 'step_finished',
-                        jsonb_strip_nulls(jsonb_build_object('step', $9::text, 'index', $7::int, 'attempt', $8::int,
-                            'outcome', $10::text, 'status', $12::int, 'duration_ms', $6::int))),
-                       ($5::timestamptz,
-                        CASE upd.status WHEN 'cancelled' THEN 'cancelled' WHEN 'succeeded' THEN 'finished'
-                                        WHEN 'failed' THEN 'finished' END,
-                        jsonb_build_object('status', upd.status))
-                   ) AS x(at, kind, details)
-                   WHERE x.kind IS NOT NULL
-               )
-               SELECT status FROM upd"#,
-            id,
-            token,
-            context,
-            output,
-            now,
-            step.duration_ms,
-            step.step_index,
-            step.attempt,
-            step.step_name,
-            step.outcome,
-            step.request,
-            step.response_status,
-            step.response_headers,
-            step.response_body,
-            step.extracted,
-            step.error,
-            step.worker_id,
-            step.started_at,
-            step.finished_at
-        )
-        .fetch_optional(pool)
-        .await?,
-        Transition::Retry { run_at, attempt } => sqlx::query_scalar!(
-            r#"WITH upd AS (
-                   UPDATE connector_executions SET
-                       step_attempt = $4, run_at = $3,
-                       status = CASE WHEN cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END,
-                       finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE $5::timestamptz END,
-                       lease_owner = NULL, lease_expires_at = NULL, updated_at = $5
-                   WHERE id = $1 AND fencing_token = $2 AND status = 'running'
-                   RETURNING id, workspace_id, status
-               ), step AS (
-                   INSERT INTO execution_steps (execution_id, step_index, attempt, workspace_id, step_name,
-                       outcome, request, response_status, response_headers, response_body, extracted,
-                       error, worker_id, started_at, finished_at, duration_ms)
-                   SELECT upd.id, $7, $8, upd.workspace_id, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $6
-                   FROM upd
-               ), ev AS (
-                   INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
-                   SELECT upd.id, upd.workspace_id, x.at, x.kind, x.details
-                   FROM upd CROSS JOIN LATERAL (VALUES
-                       ($18::timestamptz, 'step_started',
-                        jsonb_build_object('step', $9::text, 'index', $7::int, 'attempt', $8::int)),
-                       ($5::timestamptz, 'retry_scheduled',
-                        jsonb_strip_nulls(jsonb_build_object('step', $9::text, 'index', $7::int, 'attempt', $8::int,
-                            'outcome', $10::text, 'status', $12::int, 'duration_ms', $6::int, 'run_at', $3::timestamptz, 'next_attempt', $4::int))),
-                       ($5::timestamptz,
-                        CASE upd.status WHEN 'cancelled' THEN 'cancelled' WHEN 'succeeded' THEN 'finished'
-                                        WHEN 'failed' THEN 'finished' END,
-                        jsonb_build_object('status', upd.status))
-                   ) AS x(at, kind, details)
-                   WHERE x.kind IS NOT NULL
-               )
-               SELECT status FROM upd"#,
-            id,
-            token,
-            run_at,
-            attempt,
-            now,
-            step.duration_ms,
-            step.step_index,
-            step.attempt,
-            step.step_name,
-            step.outcome,
-            step.request,
-            step.response_status,
-            step.response_headers,
-            step.response_body,
-            step.extracted,
-            step.error,
-            step.worker_id,
-            step.started_at,
-            step.finished_at
-        )
-        .fetch_optional(pool)
-        .await?,
-        Transition::Fail { error } => sqlx::query_scalar!(
-            r#"WITH upd AS (
-                   UPDATE connector_executions SET
-                       error = $3, status = 'failed',
-                       lease_owner = NULL, lease_expires_at = NULL, finished_at = $4, updated_at = $4
-                   WHERE id = $1 AND fencing_token = $2 AND status = 'running'
-                   RETURNING id, workspace_id, status
-               ), step AS (
-                   INSERT INTO execution_steps (execution_id, step_index, attempt, workspace_id, step_name,
-                       outcome, request, response_status, response_headers, response_body, extracted,
-                       error, worker_id, started_at, finished_at, duration_ms)
-                   SELECT upd.id, $6, $7, upd.workspace_id, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $5
-                   FROM upd
-               ), ev AS (
-                   INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
-                   SELECT upd.id, upd.workspace_id, x.at, x.kind, x.details
-                   FROM upd CROSS JOIN LATERAL (VALUES
-                       ($17::timestamptz, 'step_started',
-                        jsonb_build_object('step', $8::text, 'index', $6::int, 'attempt', $7::int)),
-                       ($4::timestamptz, 'step_finished',
-                        jsonb_strip_nulls(jsonb_build_object('step', $8::text, 'index', $6::int, 'attempt', $7::int,
-                            'outcome', $9::text, 'status', $11::int, 'duration_ms', $5::int))),
-                       ($4::timestamptz,
-                        CASE upd.status WHEN 'cancelled' THEN 'cancelled' WHEN 'succeeded' THEN 'finished'
-                                        WHEN 'failed' THEN 'finished' END,
-                        jsonb_build_object('status', upd.status))
-                   ) AS x(at, kind, details)
-                   WHERE x.kind IS NOT NULL
-               )
-               SELECT status FROM upd"#,
-            id,
-            token,
-            error,
-            now,
-            step.duration_ms,
-            step.step_index,
-            step.attempt,
-            step.step_name,
-            step.outcome,
-            step.request,
-            step.response_status,
-            step.response_headers,
-            step.response_body,
-            step.extracted,
-            step.error,
-            step.worker_id,
-            step.started_at,
-            step.finished_at
-        )
-        .fetch_optional(pool)
-        .await?,
-    };
+    let (kind, context, next_step, lease_until, output, run_at, next_attempt, error) =
+        match transition {
+            Transition::Continue {
+                context,
+                next_step,
+                lease_until,
+            } => (
+                "continue",
+                Some(context),
+                Some(*next_step),
+                Some(*lease_until),
+                None,
+                None,
+                None,
+                None,
+            ),
+            Transition::Succeed { context, output } => (
+                "succeed",
+                Some(context),
+                Some(step.step_index + 1),
+                None,
+                Some(output),
+                None,
+                None,
+                None,
+            ),
+            Transition::Retry { run_at, attempt } => (
+                "retry",
+                None,
+                None,
+                None,
+                None,
+                Some(*run_at),
+                Some(*attempt),
+                None,
+            ),
+            Transition::Fail { error } => ("fail", None, None, None, None, None, None, Some(error)),
+        };
+    // One statement, hence one transaction: the UPDATE fences on the token;
+    // the step row and the events are inserted only from its RETURNING, so
+    // a lost lease writes nothing at all. A cancel requested meanwhile ends
+    // a continuing or retrying execution as `cancelled`.
+    let status = sqlx::query_scalar!(
+        r#"WITH upd AS (
+               UPDATE connector_executions SET
+                   context = COALESCE($4, context),
+                   next_step = COALESCE($5, next_step),
+                   step_attempt = CASE $3 WHEN 'continue' THEN 1 WHEN 'retry' THEN $9 ELSE step_attempt END,
+                   output = CASE WHEN $3 = 'succeed' THEN $7 ELSE output END,
+                   error = CASE WHEN $3 = 'fail' THEN $10 ELSE error END,
+                   run_at = COALESCE($8, run_at),
+                   status = CASE
+                       WHEN $3 = 'succeed' THEN 'succeeded'
+                       WHEN $3 = 'fail' THEN 'failed'
+                       WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                       WHEN $3 = 'retry' THEN 'queued'
+                       ELSE 'running' END,
+                   lease_owner = CASE WHEN $3 = 'continue' AND cancel_requested_at IS NULL THEN lease_owner END,
+                   lease_expires_at = CASE WHEN $3 = 'continue' AND cancel_requested_at IS NULL THEN $6::timestamptz END,
+                   finished_at = CASE
+                       WHEN $3 IN ('succeed', 'fail') OR cancel_requested_at IS NOT NULL THEN $11::timestamptz END,
+                   updated_at = $11
+               WHERE id = $1 AND fencing_token = $2 AND status = 'running'
+               RETURNING id, workspace_id, status
+           ), step AS (
+               INSERT INTO execution_steps (execution_id, step_index, attempt, workspace_id, step_name,
+                   outcome, request, response_status, response_headers, response_body, extracted,
+                   error, worker_id, started_at, finished_at, duration_ms)
+               SELECT upd.id, $12, $13, upd.workspace_id, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25
+               FROM upd
+           ), ev AS (
+               INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
+               SELECT upd.id, upd.workspace_id, x.at, x.kind, x.details
+               FROM upd CROSS JOIN LATERAL (VALUES
+                   ($23::timestamptz, 'step_started',
+                    jsonb_build_object('step', $14::text, 'index', $12::int, 'attempt', $13::int)),
+                   ($11::timestamptz, CASE WHEN $3 = 'retry' THEN 'retry_scheduled' ELSE 'step_finished' END,
+                    jsonb_strip_nulls(jsonb_build_object('step', $14::text, 'index', $12::int, 'attempt', $13::int,
+                        'outcome', $15::text, 'status', $17::int, 'duration_ms', $25::int,
+                        'run_at', $8::timestamptz, 'next_attempt', $9::int))),
+                   ($11::timestamptz,
+                    CASE upd.status WHEN 'cancelled' THEN 'cancelled' WHEN 'succeeded' THEN 'finished'
+                                    WHEN 'failed' THEN 'finished' END,
+                    jsonb_build_object('status', upd.status))
+               ) AS x(at, kind, details)
+               WHERE x.kind IS NOT NULL
+           )
+           SELECT status FROM upd"#,
+        id,
+        token,
+        kind,
+        context,
+        next_step,
+        lease_until,
+        output,
+        run_at,
+        next_attempt,
+        error,
+        now,
+        step.step_index,
+        step.attempt,
+        step.step_name,
+        step.outcome,
+        step.request,
+        step.response_status,
+        step.response_headers,
+        step.response_body,
+        step.extracted,
+        step.error,
+        step.worker_id,
+        step.started_at,
+        step.finished_at,
+        step.duration_ms
+    )
+    .fetch_optional(pool)
+    .await?;
     Ok(status)
 }
 

@@ -67,7 +67,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("3-step", three, &mut three_step),
     ] {
         for procs in [1usize, 2, 4] {
-            let rate = throughput(&pool, &url, &key, &worker_bin, conn, executions, procs, None).await?;
+            let rate = throughput(
+                &pool,
+                &url,
+                &key,
+                &worker_bin,
+                conn,
+                executions,
+                procs,
+                None,
+            )
+            .await?;
             println!(
                 "{label}: {procs} worker process(es): {rate:.0} executions/s ({:.2} of the raw limit)",
                 rate / raw
@@ -77,10 +87,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let collector = start_collector().await?;
-    let traced = throughput(&pool, &url, &key, &worker_bin, one, executions, 2, Some(&collector)).await?;
+    let traced = throughput(
+        &pool,
+        &url,
+        &key,
+        &worker_bin,
+        one,
+        executions,
+        2,
+        Some(&collector),
+    )
+    .await?;
     let untraced = one_step.get("2").and_then(Value::as_f64).unwrap_or(0.0);
     let tracing_ratio = traced / untraced.max(1e-6);
-    println!("1-step, 2 processes, trace export on: {traced:.0} executions/s ({tracing_ratio:.2} of export off)");
+    println!(
+        "1-step, 2 processes, trace export on: {traced:.0} executions/s ({tracing_ratio:.2} of export off)"
+    );
 
     let (start, finish) = latency(&pool, &url, &key, &worker_bin, one, latency_samples).await?;
     println!(
@@ -111,7 +133,10 @@ fn round2(x: f64) -> f64 {
 async fn start_collector() -> std::io::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let app = axum::Router::new().route("/v1/traces", axum::routing::post(|_body: axum::body::Bytes| async { "" }));
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(|_body: axum::body::Bytes| async { "" }),
+    );
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(format!("http://{addr}"))
 }
@@ -184,12 +209,16 @@ fn spawn_workers(
     key: &str,
     bin: &std::path::Path,
     n: usize,
+    otlp: Option<&str>,
 ) -> std::io::Result<Workers> {
     let mut children = Vec::new();
     for i in 0..n {
+        let mut cmd = Command::new(bin);
+        if let Some(endpoint) = otlp {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+        }
         children.push(
-            Command::new(bin)
-                .env("DATABASE_URL", url)
+            cmd.env("DATABASE_URL", url)
                 .env("CONVEYOR_ENCRYPTION_KEY", key)
                 .env("CONVEYOR_ALLOW_PRIVATE_NETWORKS", "true")
                 .env("CONVEYOR_AUTO_MIGRATE", "false")
