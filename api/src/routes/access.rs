@@ -1,10 +1,202 @@
-//! Routes (to be filled in).
+//! Workspace API keys (created, listed, revoked) and the workspace's own
+//! audit log.
 
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use conveyor_engine::store::access::{self as access_store, AuditFilter};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
 
+use super::{DEFAULT_PAGE, MAX_PAGE, audit};
 use crate::AppState;
+use crate::auth::{Caller, new_api_key};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+
+/// Longest API key name (the `workspace_api_keys_name_length` CHECK).
+pub const MAX_KEY_NAME_CHARS: usize = 200;
 
 /// This group's routes.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(list_api_keys, create_api_key))
+        .routes(routes!(revoke_api_key))
+        .routes(routes!(list_audit))
+}
+
+/// Keys are managed by people: an API key may not mint or revoke keys, so a
+/// leaked key cannot entrench itself or lock others out.
+fn require_user(caller: &Caller) -> ApiResult<()> {
+    if caller.user_id.is_some() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "API keys are managed with a user token, not an API key",
+        ))
+    }
+}
+
+/// The body of `POST /api-keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateApiKeyRequest {
+    /// A label to recognise the key by (1 to 200 characters).
+    name: String,
+}
+
+/// Create a workspace API key (user tokens only). The key is in this
+/// response and nowhere else: only its SHA-256 is stored.
+#[utoipa::path(post, path = "/api-keys", tag = "access",
+    request_body = CreateApiKeyRequest,
+    responses((status = 201, description = "`id`, `name`, `prefix`, `key` (shown once), `created_by`, `created_at`", body = Object),
+              (status = 403, description = "Called with an API key"),
+              (status = 422, description = "Invalid name; `details.errors` lists `{path, message}`")))]
+async fn create_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateApiKeyRequest>,
+) -> ApiResult<Response> {
+    require_user(&caller)?;
+    let name = body.name.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_KEY_NAME_CHARS || name.chars().any(char::is_control) {
+        let message = format!("must be 1 to {MAX_KEY_NAME_CHARS} printable characters");
+        return Err(ApiError::validation(
+            format!("name: {message}"),
+            json!([{"path": "name", "message": message}]),
+        ));
+    }
+    let (key, prefix, digest) = new_api_key();
+    let meta = access_store::create_api_key(
+        &state.pool,
+        &caller.workspace_id,
+        name,
+        &prefix,
+        &digest,
+        &caller.actor,
+    )
+    .await?;
+    let id = meta.id.to_string();
+    audit(
+        &state,
+        &caller,
+        "api_key.create",
+        "api_key",
+        Some(&id),
+        json!({"name": meta.name, "prefix": meta.prefix}),
+    )
+    .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": meta.id, "name": meta.name, "prefix": meta.prefix, "key": key,
+            "created_by": meta.created_by, "created_at": meta.created_at,
+        })),
+    )
+        .into_response())
+}
+
+/// List the workspace's API keys, newest first, revoked ones included
+/// (metadata only: never a key).
+#[utoipa::path(get, path = "/api-keys", tag = "access",
+    responses((status = 200, description = "`items`: id, name, prefix, created_by, created_at, last_used_at, revoked_at", body = Object)))]
+async fn list_api_keys(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    let items = access_store::list_api_keys(&state.pool, &caller.workspace_id).await?;
+    Ok(Json(json!({ "items": items })))
+}
+
+/// Revoke an API key (user tokens only): it answers 401 from then on.
+#[utoipa::path(delete, path = "/api-keys/{id}", tag = "access", params(("id" = Uuid, Path)),
+    responses((status = 204, description = "Revoked"),
+              (status = 403, description = "Called with an API key"),
+              (status = 404, description = "No live key with this id in this workspace")))]
+async fn revoke_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<StatusCode> {
+    require_user(&caller)?;
+    if !access_store::revoke_api_key(&state.pool, &caller.workspace_id, id).await? {
+        return Err(ApiError::not_found("API key"));
+    }
+    audit(
+        &state,
+        &caller,
+        "api_key.revoke",
+        "api_key",
+        Some(&id.to_string()),
+        json!({}),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Filters and pagination of `GET /audit`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct AuditQuery {
+    /// Only this action (e.g. `credential.put`).
+    action: Option<String>,
+    /// Only this actor (a user id or `api-key:<id>`).
+    actor: Option<String>,
+    /// Entries older than this one: the previous page's `next_before_id`.
+    before_id: Option<i64>,
+    /// Page size (default 50, at most 200).
+    limit: Option<i64>,
+}
+
+/// One page of the audit log, newest first: `{"items", "next_before_id"}`,
+/// where `next_before_id` is null on the last page.
+///
+/// # Errors
+///
+/// 400 for a bad limit; database errors.
+pub(crate) async fn audit_page(
+    state: &AppState,
+    mut filter: AuditFilter,
+    limit: Option<i64>,
+) -> ApiResult<Json<Value>> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "`limit` must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    filter.limit = limit + 1;
+    let mut items = access_store::list_audit(&state.pool, &filter).await?;
+    let page = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = items.len() > page;
+    items.truncate(page);
+    let next = if more {
+        items.last().map(|e| e.id)
+    } else {
+        None
+    };
+    Ok(Json(json!({"items": items, "next_before_id": next})))
+}
+
+/// The workspace's audit log, newest first: every mutating call with who,
+/// what, which object and which request (never a secret).
+#[utoipa::path(get, path = "/audit", tag = "access", params(AuditQuery),
+    responses((status = 200, description = "`items` and `next_before_id`", body = Object), (status = 400)))]
+async fn list_audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> ApiResult<Json<Value>> {
+    let filter = AuditFilter {
+        workspace_id: Some(caller.workspace_id),
+        action: q.action,
+        actor: q.actor,
+        before_id: q.before_id,
+        limit: 0,
+    };
+    audit_page(&state, filter, q.limit).await
 }

@@ -1,10 +1,204 @@
-//! Routes (to be filled in).
+//! Cross-workspace operations views for SaaS admins (users listed by
+//! `conveyor-api admin add`); everyone else gets 403. The admin routes of
+//! the marketplace live with the templates.
 
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use conveyor_engine::store::access::AuditFilter;
+use conveyor_engine::store::admin as admin_store;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
 
+use super::access::audit_page;
+use super::{ExecutionPageQuery, execution_page};
 use crate::AppState;
+use crate::auth::Admin;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiPath, ApiQuery};
+
+/// Default usage window, in days.
+pub const DEFAULT_USAGE_DAYS: u32 = 30;
+/// Longest usage window, in days.
+pub const MAX_USAGE_DAYS: u32 = 366;
 
 /// This group's routes.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(admin_stats))
+        .routes(routes!(workspace_usage))
+        .routes(routes!(admin_executions))
+        .routes(routes!(admin_audit))
+}
+
+/// `?window_hours=N`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct StatsQuery {
+    /// Window in hours for the finished counts (default 24, at most 8760).
+    window_hours: Option<u32>,
+}
+
+/// Queue health across workspaces: executions by status (`queued` and
+/// `running` now; `succeeded`, `failed` and `cancelled` finished within
+/// `window_hours`), `queue_depth` (ready to run now), `scheduled` (queued
+/// for later), `oldest_ready_age_seconds`, and `workers_last_minute`
+/// (distinct workers holding a lease or finishing a step in the last
+/// minute).
+#[utoipa::path(get, path = "/admin/stats", tag = "admin", params(StatsQuery),
+    responses((status = 200, body = Object), (status = 400), (status = 403, description = "Not an admin")))]
+async fn admin_stats(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiQuery(q): ApiQuery<StatsQuery>,
+) -> ApiResult<Json<Value>> {
+    let hours = q.window_hours.unwrap_or(24);
+    if hours == 0 || hours > 8760 {
+        return Err(ApiError::bad_request(
+            "window_hours must be between 1 and 8760",
+        ));
+    }
+    let now = Utc::now();
+    let since = now - chrono::Duration::hours(i64::from(hours));
+    let stats = admin_store::queue_stats(&state.pool, now, since).await?;
+    let mut body = serde_json::to_value(&stats).map_err(|e| ApiError::internal(&e))?;
+    body["at"] = json!(now);
+    body["window_hours"] = json!(hours);
+    body["finished_since"] = json!(since);
+    Ok(Json(body))
+}
+
+/// `?days=N`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct UsageQuery {
+    /// Days counted back from today, today included (UTC; default 30, at
+    /// most 366).
+    days: Option<u32>,
+}
+
+/// One workspace's usage: executions created per UTC day (every day of
+/// the window, zeros included) and per connector with its failure rate
+/// (failed / (succeeded + failed)), most used first.
+#[utoipa::path(get, path = "/admin/workspaces/{id}/usage", tag = "admin",
+    params(("id" = String, Path, description = "The workspace id"), UsageQuery),
+    responses((status = 200, description = "`days` and `connectors`", body = Object), (status = 400),
+              (status = 403, description = "Not an admin"), (status = 404, description = "No such workspace")))]
+async fn workspace_usage(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<UsageQuery>,
+) -> ApiResult<Json<Value>> {
+    let days = q.days.unwrap_or(DEFAULT_USAGE_DAYS);
+    if days == 0 || days > MAX_USAGE_DAYS {
+        return Err(ApiError::bad_request(format!(
+            "days must be between 1 and {MAX_USAGE_DAYS}"
+        )));
+    }
+    if !admin_store::workspace_exists(&state.pool, &id).await? {
+        return Err(ApiError::not_found("workspace"));
+    }
+    let today = Utc::now().date_naive();
+    let first = today - chrono::Days::new(u64::from(days - 1));
+    let since = first.and_time(chrono::NaiveTime::MIN).and_utc();
+    let days_i32 = i32::try_from(days).map_err(|e| ApiError::internal(&e))?;
+    let (per_day, per_connector) =
+        admin_store::workspace_usage(&state.pool, &id, since, days_i32).await?;
+    let total: i64 = per_day.iter().map(|d| d.total).sum();
+    let failed: i64 = per_day.iter().map(|d| d.failed).sum();
+    let succeeded: i64 = per_day.iter().map(|d| d.succeeded).sum();
+    let failure_rate =
+        (succeeded + failed > 0).then(|| failed as f64 / (succeeded + failed) as f64);
+    Ok(Json(json!({
+        "workspace_id": id, "days": days, "since": since,
+        "total": total, "succeeded": succeeded, "failed": failed, "failure_rate": failure_rate,
+        "per_day": per_day, "per_connector": per_connector,
+    })))
+}
+
+/// Filters and pagination of the cross-workspace execution listing: those
+/// of `/executions`, plus `workspace_id`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct AdminExecutionQuery {
+    /// Only this workspace.
+    workspace_id: Option<String>,
+    /// Only this status (`queued`, `running`, `succeeded`, `failed`, `cancelled`).
+    status: Option<String>,
+    /// Only this connector.
+    connector_id: Option<Uuid>,
+    /// Created at or after (RFC 3339).
+    created_after: Option<DateTime<Utc>>,
+    /// Created before (RFC 3339).
+    created_before: Option<DateTime<Utc>>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Page size (default 50, at most 200).
+    limit: Option<i64>,
+}
+
+/// Executions of every workspace, newest first, with the filters of
+/// `/executions` (and `workspace_id`) and a cursor.
+#[utoipa::path(get, path = "/admin/executions", tag = "admin", params(AdminExecutionQuery),
+    responses((status = 200, description = "`items` and `next_cursor`", body = Object), (status = 400),
+              (status = 403, description = "Not an admin")))]
+async fn admin_executions(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiQuery(q): ApiQuery<AdminExecutionQuery>,
+) -> ApiResult<Json<Value>> {
+    let page = ExecutionPageQuery {
+        status: q.status,
+        connector_id: q.connector_id,
+        created_after: q.created_after,
+        created_before: q.created_before,
+        cursor: q.cursor,
+        limit: q.limit,
+    };
+    execution_page(&state, q.workspace_id, page).await
+}
+
+/// Filters and pagination of `GET /admin/audit`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct AdminAuditQuery {
+    /// Only this workspace.
+    workspace_id: Option<String>,
+    /// Only this action (e.g. `api_key.create`).
+    action: Option<String>,
+    /// Only this actor (a user id or `api-key:<id>`).
+    actor: Option<String>,
+    /// Entries older than this one: the previous page's `next_before_id`.
+    before_id: Option<i64>,
+    /// Page size (default 50, at most 200).
+    limit: Option<i64>,
+}
+
+/// The audit log of every workspace (and of global admin actions), newest
+/// first.
+#[utoipa::path(get, path = "/admin/audit", tag = "admin", params(AdminAuditQuery),
+    responses((status = 200, description = "`items` and `next_before_id`", body = Object), (status = 400),
+              (status = 403, description = "Not an admin")))]
+async fn admin_audit(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiQuery(q): ApiQuery<AdminAuditQuery>,
+) -> ApiResult<Json<Value>> {
+    let filter = AuditFilter {
+        workspace_id: q.workspace_id,
+        action: q.action,
+        actor: q.actor,
+        before_id: q.before_id,
+        limit: 0,
+    };
+    audit_page(&state, filter, q.limit).await
 }

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::Result;
@@ -36,20 +36,33 @@ pub struct ConnectorVersion {
 /// # Errors
 ///
 /// Database errors.
-pub async fn create(
-    pool: &PgPool,
+pub async fn create(pool: &PgPool, workspace_id: &str, connector: &Connector) -> Result<(Uuid, i32)> {
+    let mut tx = pool.begin().await?;
+    let id = insert(&mut tx, workspace_id, connector, None).await?;
+    tx.commit().await?;
+    Ok((id, 1))
+}
+
+/// Inserts a connector and its version 1 in the caller's transaction,
+/// recording the template (`slug`, `version`) it was installed from.
+pub(crate) async fn insert(
+    tx: &mut PgConnection,
     workspace_id: &str,
     connector: &Connector,
-) -> Result<(Uuid, i32)> {
+    template: Option<(&str, &str)>,
+) -> Result<Uuid> {
     let id = Uuid::now_v7();
     let definition = serde_json::to_value(connector).unwrap_or(Value::Null);
-    let mut tx = pool.begin().await?;
+    let (slug, template_version) = template.unzip();
     super::ensure_workspace(&mut *tx, workspace_id).await?;
     sqlx::query!(
-        "INSERT INTO connectors (id, workspace_id, name, latest_version) VALUES ($1, $2, $3, 1)",
+        "INSERT INTO connectors (id, workspace_id, name, latest_version, template_slug, template_version)
+         VALUES ($1, $2, $3, 1, $4, $5)",
         id,
         workspace_id,
-        connector.name
+        connector.name,
+        slug,
+        template_version
     )
     .execute(&mut *tx)
     .await?;
@@ -62,8 +75,7 @@ pub async fn create(
     )
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
-    Ok((id, 1))
+    Ok(id)
 }
 
 /// Stores a new version of a live connector; `None` when the connector does
@@ -78,15 +90,31 @@ pub async fn update(
     id: Uuid,
     connector: &Connector,
 ) -> Result<Option<i32>> {
-    let definition = serde_json::to_value(connector).unwrap_or(Value::Null);
     let mut tx = pool.begin().await?;
+    let version = add_version(&mut tx, workspace_id, id, connector, None).await?;
+    tx.commit().await?;
+    Ok(version)
+}
+
+/// Adds a version to a live connector in the caller's transaction; with
+/// `template_version`, also records the template version it now follows.
+pub(crate) async fn add_version(
+    tx: &mut PgConnection,
+    workspace_id: &str,
+    id: Uuid,
+    connector: &Connector,
+    template_version: Option<&str>,
+) -> Result<Option<i32>> {
+    let definition = serde_json::to_value(connector).unwrap_or(Value::Null);
     let Some(version) = sqlx::query_scalar!(
-        "UPDATE connectors SET latest_version = latest_version + 1, name = $3, updated_at = now()
+        "UPDATE connectors SET latest_version = latest_version + 1, name = $3,
+             template_version = COALESCE($4, template_version), updated_at = now()
          WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL
          RETURNING latest_version",
         id,
         workspace_id,
-        connector.name
+        connector.name,
+        template_version
     )
     .fetch_optional(&mut *tx)
     .await?
@@ -103,7 +131,6 @@ pub async fn update(
     )
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
     Ok(Some(version))
 }
 

@@ -3,6 +3,7 @@
 //! lease was lost and the caller must stop.
 
 pub mod access;
+pub mod admin;
 pub mod connectors;
 pub mod credentials;
 pub mod executions;

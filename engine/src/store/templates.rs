@@ -302,29 +302,8 @@ pub async fn install(
     version: &str,
     connector: &Connector,
 ) -> Result<(Uuid, i32)> {
-    let id = Uuid::now_v7();
-    let definition = serde_json::to_value(connector).unwrap_or(Value::Null);
     let mut tx = pool.begin().await?;
-    super::ensure_workspace(&mut *tx, workspace_id).await?;
-    sqlx::query!(
-        "INSERT INTO connectors (id, workspace_id, name, latest_version, template_slug, template_version)
-         VALUES ($1, $2, $3, 1, $4, $5)",
-        id,
-        workspace_id,
-        connector.name,
-        slug,
-        version
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query!(
-        "INSERT INTO connector_versions (connector_id, version, workspace_id, definition) VALUES ($1, 1, $2, $3)",
-        id,
-        workspace_id,
-        definition
-    )
-    .execute(&mut *tx)
-    .await?;
+    let id = super::connectors::insert(&mut tx, workspace_id, connector, Some((slug, version))).await?;
     sqlx::query!(
         "UPDATE connector_templates SET install_count = install_count + 1 WHERE slug = $1",
         slug
@@ -348,32 +327,11 @@ pub async fn upgrade(
     template_version: &str,
     connector: &Connector,
 ) -> Result<Option<i32>> {
-    let definition = serde_json::to_value(connector).unwrap_or(Value::Null);
     let mut tx = pool.begin().await?;
-    let Some(version) = sqlx::query_scalar!(
-        "UPDATE connectors SET latest_version = latest_version + 1, template_version = $3, updated_at = now()
-         WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL
-         RETURNING latest_version",
-        id,
-        workspace_id,
-        template_version
-    )
-    .fetch_optional(&mut *tx)
-    .await?
-    else {
-        return Ok(None);
-    };
-    sqlx::query!(
-        "INSERT INTO connector_versions (connector_id, version, workspace_id, definition) VALUES ($1, $2, $3, $4)",
-        id,
-        version,
-        workspace_id,
-        definition
-    )
-    .execute(&mut *tx)
-    .await?;
+    let version =
+        super::connectors::add_version(&mut tx, workspace_id, id, connector, Some(template_version)).await?;
     tx.commit().await?;
-    Ok(Some(version))
+    Ok(version)
 }
 
 /// Rates a template for a workspace (re-rating replaces the rating).
