@@ -236,7 +236,7 @@ fn spawn_workers(
 }
 
 async fn reset(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("TRUNCATE execution_steps, connector_executions")
+    sqlx::query("TRUNCATE execution_events, execution_steps, connector_executions")
         .execute(pool)
         .await?;
     Ok(())
