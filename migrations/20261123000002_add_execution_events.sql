@@ -26,17 +26,23 @@ CREATE UNLOGGED TABLE execution_watchers (
     PRIMARY KEY (execution_id, watcher)
 );
 
-CREATE FUNCTION conveyor_notify_execution_event() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION conveyor_notify_execution_events() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM execution_watchers WHERE execution_id = NEW.execution_id AND expires_at > now()) THEN
-        PERFORM pg_notify('conveyor_execution_events', NEW.execution_id::text);
+    -- Once per statement, and nearly free while nobody watches anything.
+    IF NOT EXISTS (SELECT 1 FROM execution_watchers) THEN
+        RETURN NULL;
     END IF;
+    PERFORM pg_notify('conveyor_execution_events', watched.execution_id::text)
+    FROM (SELECT DISTINCT n.execution_id FROM new_events n
+          WHERE EXISTS (SELECT 1 FROM execution_watchers w
+                        WHERE w.execution_id = n.execution_id AND w.expires_at > now())) watched;
     RETURN NULL;
 END;
 $$;
 CREATE TRIGGER execution_events_notify
     AFTER INSERT ON execution_events
-    FOR EACH ROW EXECUTE FUNCTION conveyor_notify_execution_event();
+    REFERENCING NEW TABLE AS new_events
+    FOR EACH STATEMENT EXECUTE FUNCTION conveyor_notify_execution_events();
 
 -- Retention prunes finished executions oldest first.
 CREATE INDEX connector_executions_finished_idx

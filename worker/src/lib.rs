@@ -167,6 +167,7 @@ impl Worker {
         let mut backoff = Duration::from_millis(100);
         let mut last_rescue: Option<Instant> = None;
         let rescue_every = (cfg.lease / 3).max(Duration::from_secs(1));
+        let low_water = (cfg.concurrency / 2).clamp(1, cfg.claim_batch.max(1));
         let mut background = JoinSet::new();
         if let Some(retention) = cfg.retention {
             background.spawn(prune(self.pool.clone(), retention, shutdown.clone()));
@@ -187,9 +188,11 @@ impl Worker {
                     warn!(error = %e, "rescuing expired leases failed");
                 }
             }
+            // Claims are batched: refill only once at least `low_water`
+            // slots are free, instead of one claim per finished execution.
             let free = cfg.concurrency.saturating_sub(tasks.len());
             let mut more_ready = false;
-            if free > 0 {
+            if free >= low_water {
                 let want = free.min(cfg.claim_batch);
                 let limit = i64::try_from(want).unwrap_or(i64::MAX);
                 match executions::claim(&self.pool, &cfg.worker_id, limit, cfg.lease, Utc::now())
@@ -235,14 +238,17 @@ impl Worker {
                     }
                 }
             }
-            if more_ready && tasks.len() < cfg.concurrency {
+            if more_ready && cfg.concurrency.saturating_sub(tasks.len()) >= low_water {
                 continue;
             }
-            let idle = tasks.len() < cfg.concurrency;
+            let idle = cfg.concurrency.saturating_sub(tasks.len()) >= low_water;
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     finished(&mut leased, done);
+                    while let Some(done) = tasks.try_join_next_with_id() {
+                        finished(&mut leased, done);
+                    }
                 }
                 notified = wait_notification(&mut listener), if idle => {
                     if !notified {
