@@ -1,9 +1,12 @@
 -- The execution event log: append-only, written by the same statements the
 -- queue already runs (enqueue, claim, step commit, rescue, cancel, finish),
--- so it costs no extra round trip. Never holds a secret.
+-- so it costs no extra round trip. Never holds a secret. Like step rows,
+-- events come only from the statement that updates their execution, so
+-- there is no foreign key to re-check per row; retention deletes them with
+-- their execution.
 CREATE TABLE execution_events (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    execution_id  uuid NOT NULL REFERENCES connector_executions (id) ON DELETE CASCADE,
+    execution_id  uuid NOT NULL,
     workspace_id  text NOT NULL,
     at            timestamptz NOT NULL,
     kind          text NOT NULL

@@ -403,3 +403,74 @@ async fn shutdown_lets_the_step_in_flight_finish_and_releases_the_rest(pool: PgP
     let received = stub.received_requests().await.expect("rec");
     assert_eq!(received.len(), 1, "the second step did not start");
 }
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn retention_prunes_finished_executions_with_their_steps_and_events(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&stub)
+        .await;
+    let c = h.connector(one_step(format!("{}/x", stub.uri()))).await;
+    let done = h.enqueue(c, json!({})).await;
+    assert_eq!(
+        h.run_until_final(done, Duration::from_secs(20))
+            .await
+            .status,
+        "succeeded"
+    );
+    let waiting = executions::enqueue(
+        &mut h.pool.acquire().await.expect("conn"),
+        &executions::NewExecution {
+            workspace_id: WS.into(),
+            connector_id: c.0,
+            connector_version: c.1,
+            input: json!({}),
+            idempotency_key: None,
+            priority: 0,
+            run_at: Some(Utc::now() + Duration::from_secs(3600)),
+            rerun_of: None,
+            trace_context: None,
+        },
+        Utc::now(),
+    )
+    .await
+    .expect("enqueue")
+    .id;
+    let history = conveyor_engine::store::history::prune_finished;
+    assert_eq!(
+        history(&h.pool, Utc::now() - Duration::from_secs(60), 10)
+            .await
+            .expect("prune"),
+        0,
+        "too recent"
+    );
+    assert_eq!(
+        history(&h.pool, Utc::now() + Duration::from_secs(1), 10)
+            .await
+            .expect("prune"),
+        1
+    );
+    let steps: i64 = sqlx::query_scalar("SELECT count(*) FROM execution_steps")
+        .fetch_one(&h.pool)
+        .await
+        .expect("count");
+    assert_eq!(steps, 0);
+    let events: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT DISTINCT execution_id FROM execution_events")
+            .fetch_all(&h.pool)
+            .await
+            .expect("events");
+    assert_eq!(
+        events,
+        [waiting],
+        "only the unfinished execution's events remain"
+    );
+    let executions: i64 = sqlx::query_scalar("SELECT count(*) FROM connector_executions")
+        .fetch_one(&h.pool)
+        .await
+        .expect("count");
+    assert_eq!(executions, 1);
+    assert_eq!(h.execution(waiting).await.status, "queued");
+}

@@ -219,24 +219,32 @@ pub async fn queue_depth(pool: &PgPool, now: DateTime<Utc>) -> Result<(i64, f64)
 }
 
 /// Deletes up to `batch` executions that finished before `cutoff`, with
-/// their steps and events (cascade); returns how many. Concurrent pruners
-/// skip each other's rows.
+/// their steps and events, in one statement; returns how many executions.
+/// Concurrent pruners skip each other's rows.
 ///
 /// # Errors
 ///
 /// Database errors.
 pub async fn prune_finished(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<u64> {
-    let done = sqlx::query!(
-        "DELETE FROM connector_executions WHERE id IN (
-             SELECT id FROM connector_executions
-             WHERE finished_at < $1
-             ORDER BY finished_at
-             LIMIT $2
-             FOR UPDATE SKIP LOCKED)",
+    let deleted = sqlx::query_scalar!(
+        r#"WITH doomed AS (
+               SELECT id FROM connector_executions
+               WHERE finished_at < $1
+               ORDER BY finished_at
+               LIMIT $2
+               FOR UPDATE SKIP LOCKED
+           ), events AS (
+               DELETE FROM execution_events WHERE execution_id IN (SELECT id FROM doomed)
+           ), steps AS (
+               DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM doomed)
+           ), gone AS (
+               DELETE FROM connector_executions WHERE id IN (SELECT id FROM doomed) RETURNING id
+           )
+           SELECT count(*) AS "deleted!" FROM gone"#,
         cutoff,
         batch
     )
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(done.rows_affected())
+    Ok(u64::try_from(deleted).unwrap_or(0))
 }
