@@ -62,6 +62,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 ///
 /// As above.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Syntax first: a shape error before a syntax error must not hide that
+    // the body is not JSON at all.
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the request body is not valid JSON: {e}"),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize(&mut de) {
         Ok(v) => Ok(v),
@@ -206,7 +215,9 @@ mod tests {
         assert!(err.to_string().contains("items[1].n"), "{err}");
         let err = parse_json::<Body>(br#"{"items":[], "extra": 1}"#).expect_err("422");
         assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
-        let err = parse_json::<Body>(br#"{"items": ["#).expect_err("400");
-        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        for malformed in [&br#"{"items": ["#[..], br#"{"extra": 1, "#, b"[1, 2"] {
+            let err = parse_json::<Body>(malformed).expect_err("400");
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        }
     }
 }

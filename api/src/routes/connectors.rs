@@ -206,6 +206,11 @@ struct ExecuteRequest {
 /// Checks `input` against the connector's schema; `prefix` locates it in
 /// the request body.
 fn check_input(connector: &Connector, input: &Value, prefix: &str) -> Result<(), Vec<Value>> {
+    if !input.is_object() {
+        return Err(vec![
+            json!({"path": prefix, "message": "must be a JSON object"}),
+        ]);
+    }
     let Some(schema) = &connector.input_schema else {
         return Ok(());
     };
@@ -217,8 +222,8 @@ fn check_input(connector: &Connector, input: &Value, prefix: &str) -> Result<(),
     let errors: Vec<Value> = validator
         .iter_errors(input)
         .map(|e| {
-            let at = e.instance_path().to_string();
-            json!({"path": format!("{prefix}{at}"), "message": e.to_string()})
+            let at = pointer_to_path(prefix, &e.instance_path().to_string());
+            json!({"path": at, "message": e.to_string()})
         })
         .collect();
     if errors.is_empty() {
@@ -228,14 +233,33 @@ fn check_input(connector: &Connector, input: &Value, prefix: &str) -> Result<(),
     }
 }
 
-fn check_key(key: Option<&str>, path: &str) -> ApiResult<()> {
-    match key {
-        Some(k) if k.is_empty() || k.len() > 255 => Err(ApiError::validation(
-            format!("{path}: must be 1 to 255 characters"),
-            json!([{"path": path, "message": "must be 1 to 255 characters"}]),
-        )),
-        _ => Ok(()),
+/// A JSON Pointer (`/items/0/name`) under `prefix`, in the API's path
+/// notation (`input.items[0].name`).
+fn pointer_to_path(prefix: &str, pointer: &str) -> String {
+    let mut path = prefix.to_owned();
+    for token in pointer.split('/').skip(1) {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        if token.parse::<usize>().is_ok() {
+            path.push_str(&format!("[{token}]"));
+        } else {
+            path.push('.');
+            path.push_str(&token);
+        }
     }
+    path
+}
+
+fn reused_key(path: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "{path}: this key was already used for a different request (another connector or input)"
+    ))
+    .with_details(json!({"path": path}))
+}
+
+/// The `{path, message}` problem of an idempotency key, if any.
+fn key_error(key: Option<&str>, path: &str) -> Option<Value> {
+    key.filter(|k| k.is_empty() || k.len() > 255)
+        .map(|_| json!({"path": path, "message": "must be 1 to 255 characters"}))
 }
 
 /// Start an execution. The key may also come as an `Idempotency-Key` header.
@@ -264,7 +288,12 @@ async fn execute(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let key = body.idempotency_key.or(header_key);
-    check_key(key.as_deref(), "idempotency_key")?;
+    if let Some(e) = key_error(key.as_deref(), "idempotency_key") {
+        return Err(ApiError::validation(
+            "idempotency_key: must be 1 to 255 characters",
+            json!([e]),
+        ));
+    }
     let new = NewExecution {
         workspace_id: caller.workspace_id.clone(),
         connector_id: id,
@@ -279,6 +308,9 @@ async fn execute(
     let mut conn = state.pool.acquire().await?;
     let enqueued = executions::enqueue(&mut conn, &new, Utc::now()).await?;
     drop(conn);
+    if !enqueued.same_request {
+        return Err(reused_key("idempotency_key"));
+    }
     if enqueued.created {
         metrics::counter!("conveyor_executions_enqueued_total").increment(1);
     }
@@ -337,10 +369,10 @@ async fn execute_batch(
         if let Err(mut e) = check_input(&definition, &input, &format!("items[{i}].input")) {
             errors.append(&mut e);
         }
-        check_key(
+        errors.extend(key_error(
             item.idempotency_key.as_deref(),
             &format!("items[{i}].idempotency_key"),
-        )?;
+        ));
         news.push(NewExecution {
             workspace_id: caller.workspace_id.clone(),
             connector_id: id,
@@ -355,7 +387,7 @@ async fn execute_batch(
     }
     if !errors.is_empty() {
         return Err(ApiError::validation(
-            "some inputs do not match the connector's input_schema",
+            "some items are invalid",
             Value::Array(errors),
         ));
     }
@@ -363,8 +395,12 @@ async fn execute_batch(
     let mut tx = state.pool.begin().await?;
     let mut ids = Vec::with_capacity(news.len());
     let mut created = 0;
-    for new in &news {
+    for (i, new) in news.iter().enumerate() {
         let enqueued = executions::enqueue(&mut tx, new, now).await?;
+        if !enqueued.same_request {
+            // Dropping the transaction rolls every item back.
+            return Err(reused_key(&format!("items[{i}].idempotency_key")));
+        }
         created += u64::from(enqueued.created);
         ids.push(enqueued.id);
     }
@@ -477,4 +513,20 @@ async fn upgrade_connector(
     Ok(Json(
         json!({"id": id, "version": version, "template_slug": slug, "template_version": template.version}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_pointers_become_api_paths() {
+        assert_eq!(pointer_to_path("input", ""), "input");
+        assert_eq!(pointer_to_path("input", "/o/n"), "input.o.n");
+        assert_eq!(
+            pointer_to_path("items[0].input", "/xs/1"),
+            "items[0].input.xs[1]"
+        );
+        assert_eq!(pointer_to_path("input", "/a~1b/c~0d"), "input.a/b.c~d");
+    }
 }

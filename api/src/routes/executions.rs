@@ -294,10 +294,12 @@ async fn collect(
     id: Uuid,
     progress: &mut Progress,
 ) -> Result<Vec<Event>, ApiError> {
-    let stored = history::events(&state.pool, ws, id, progress.last_event).await?;
+    // Status first: the final status and the `finished` event are written by
+    // one statement, so events read after a final status include them all.
     let execution = executions::get(&state.pool, ws, id)
         .await?
         .ok_or_else(|| ApiError::not_found("execution"))?;
+    let stored = history::events(&state.pool, ws, id, progress.last_event).await?;
     let mut events = Vec::with_capacity(stored.len() + 1);
     for event in &stored {
         let data = serde_json::to_string(event).map_err(|e| ApiError::internal(&e))?;

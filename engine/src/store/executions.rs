@@ -63,6 +63,9 @@ pub struct Enqueued {
     pub id: Uuid,
     /// False when an execution with the same idempotency key existed.
     pub created: bool,
+    /// For an existing execution: whether it was for the same connector
+    /// and input (a reused key with another request is a caller's bug).
+    pub same_request: bool,
 }
 
 /// Enqueues one execution. Usable inside a caller's transaction: the
@@ -107,19 +110,30 @@ pub async fn enqueue(
         .fetch_optional(&mut *conn)
         .await?;
         if let Some(id) = inserted {
-            return Ok(Enqueued { id, created: true });
+            return Ok(Enqueued {
+                id,
+                created: true,
+                same_request: true,
+            });
         }
         // The key exists. The conflicting row may have been committed after
         // this statement's snapshot; a fresh statement sees it.
-        let existing = sqlx::query_scalar!(
-            "SELECT id FROM connector_executions WHERE workspace_id = $1 AND idempotency_key = $2",
+        let existing = sqlx::query!(
+            r#"SELECT id, (connector_id = $3 AND input = $4) AS "same!"
+               FROM connector_executions WHERE workspace_id = $1 AND idempotency_key = $2"#,
             new.workspace_id,
-            new.idempotency_key
+            new.idempotency_key,
+            new.connector_id,
+            new.input
         )
         .fetch_optional(&mut *conn)
         .await?;
-        if let Some(id) = existing {
-            return Ok(Enqueued { id, created: false });
+        if let Some(row) = existing {
+            return Ok(Enqueued {
+                id: row.id,
+                created: false,
+                same_request: row.same,
+            });
         }
     }
 }
