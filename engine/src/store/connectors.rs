@@ -36,7 +36,11 @@ pub struct ConnectorVersion {
 /// # Errors
 ///
 /// Database errors.
-pub async fn create(pool: &PgPool, workspace_id: &str, connector: &Connector) -> Result<(Uuid, i32)> {
+pub async fn create(
+    pool: &PgPool,
+    workspace_id: &str,
+    connector: &Connector,
+) -> Result<(Uuid, i32)> {
     let mut tx = pool.begin().await?;
     let id = insert(&mut tx, workspace_id, connector, None).await?;
     tx.commit().await?;

@@ -303,7 +303,8 @@ pub async fn install(
     connector: &Connector,
 ) -> Result<(Uuid, i32)> {
     let mut tx = pool.begin().await?;
-    let id = super::connectors::insert(&mut tx, workspace_id, connector, Some((slug, version))).await?;
+    let id =
+        super::connectors::insert(&mut tx, workspace_id, connector, Some((slug, version))).await?;
     sqlx::query!(
         "UPDATE connector_templates SET install_count = install_count + 1 WHERE slug = $1",
         slug
@@ -328,8 +329,14 @@ pub async fn upgrade(
     connector: &Connector,
 ) -> Result<Option<i32>> {
     let mut tx = pool.begin().await?;
-    let version =
-        super::connectors::add_version(&mut tx, workspace_id, id, connector, Some(template_version)).await?;
+    let version = super::connectors::add_version(
+        &mut tx,
+        workspace_id,
+        id,
+        connector,
+        Some(template_version),
+    )
+    .await?;
     tx.commit().await?;
     Ok(version)
 }
