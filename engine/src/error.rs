@@ -9,6 +9,9 @@ pub enum Error {
     /// A migration error.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The group commit this step commit was part of failed.
+    #[error("step commit: {0}")]
+    Commit(String),
 }
 
 /// Result alias for [`Error`].

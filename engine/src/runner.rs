@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 use uuid::Uuid;
@@ -78,9 +79,21 @@ struct Prepared {
     credential_names: Vec<String>,
 }
 
+/// Commits waiting for the group committer, with their reply channels.
+type CommitRequest = (
+    executions::Commit,
+    oneshot::Sender<Result<Option<String>, String>>,
+);
+
+/// Most step commits one group-commit statement carries.
+const GROUP_COMMIT_MAX: usize = 64;
+/// Group-commit statements in flight at once.
+const GROUP_COMMITS_IN_FLIGHT: usize = 4;
+
 /// Runs claimed executions. Share one per worker process.
 pub struct Runner {
     pool: PgPool,
+    commits: mpsc::Sender<CommitRequest>,
     client: StepClient,
     keyring: Arc<Keyring>,
     config: RunnerConfig,
@@ -96,13 +109,30 @@ impl Runner {
         keyring: Arc<Keyring>,
         config: RunnerConfig,
     ) -> Self {
+        let (commits, queue) = mpsc::channel(GROUP_COMMIT_MAX * GROUP_COMMITS_IN_FLIGHT * 4);
+        tokio::spawn(group_commit(pool.clone(), queue));
         Self {
             pool,
+            commits,
             client,
             keyring,
             config,
             definitions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Commits a step through the group committer: concurrent executions'
+    /// commits share one statement, each still fenced by its own token.
+    async fn commit(&self, commit: executions::Commit) -> Result<Option<String>> {
+        let (reply, answer) = oneshot::channel();
+        self.commits
+            .send((commit, reply))
+            .await
+            .map_err(|_| crate::Error::Commit("the group committer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| crate::Error::Commit("the group committer dropped the commit".into()))?
+            .map_err(crate::Error::Commit)
     }
 
     /// The runner's settings.
@@ -285,9 +315,14 @@ impl Runner {
                 Transition::Fail { .. } => Some(RunOutcome::Failed),
             };
             observe_step(&span, &claimed_labels, step, &result, &row);
-            let status =
-                executions::commit_step(&self.pool, id, token, &row, &transition, Utc::now())
-                    .await?;
+            let status = self
+                .commit(executions::Commit {
+                    id,
+                    token,
+                    step: row,
+                    transition,
+                })
+                .await?;
             match status.as_deref() {
                 None => {
                     warn!("lease lost before the step commit; dropping the execution");
@@ -499,6 +534,46 @@ enum InFlight {
     Done(Box<StepResult>),
     LeaseLost,
     CancelRequested,
+}
+
+/// The group committer: takes whatever commits are waiting (up to
+/// [`GROUP_COMMIT_MAX`]) and writes them in one statement, with up to
+/// [`GROUP_COMMITS_IN_FLIGHT`] statements at once. No window is waited
+/// for: at low load a batch is one commit, under load commits queue up
+/// while statements run, so batches grow exactly when it pays.
+async fn group_commit(pool: PgPool, mut queue: mpsc::Receiver<CommitRequest>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(GROUP_COMMITS_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_MAX {
+            match queue.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let (commits, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            metrics::histogram!("conveyor_group_commit_size").record(commits.len() as f64);
+            match executions::commit_steps(&pool, &commits, Utc::now()).await {
+                Ok(statuses) => {
+                    for (reply, status) in replies.into_iter().zip(statuses) {
+                        let _ = reply.send(Ok(status));
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for reply in replies {
+                        let _ = reply.send(Err(message.clone()));
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
 }
 
 /// Records a step attempt on its span and in the metrics.

@@ -206,7 +206,7 @@ impl tracing::field::Visit for FieldMap {
 const DURATION_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0,
 ];
-/// Buckets for claim batch sizes.
+/// Buckets for claim and group-commit batch sizes.
 const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -226,6 +226,11 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
         .context("histogram buckets")?
         .set_buckets_for_metric(
             Matcher::Full("conveyor_claim_batch_size".into()),
+            &BATCH_BUCKETS,
+        )
+        .context("histogram buckets")?
+        .set_buckets_for_metric(
+            Matcher::Full("conveyor_group_commit_size".into()),
             &BATCH_BUCKETS,
         )
         .context("histogram buckets")?

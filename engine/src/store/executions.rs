@@ -389,6 +389,19 @@ pub enum Transition {
     },
 }
 
+/// One step commit: the step row and where it moves its execution.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// The execution.
+    pub id: Uuid,
+    /// The fencing token the commit must match.
+    pub token: i64,
+    /// The step attempt to store.
+    pub step: StepRow,
+    /// The execution's next state.
+    pub transition: Transition,
+}
+
 /// Writes a step row and applies `transition` in one statement, fenced by
 /// `token`. Returns the execution's new status, or `None` when the lease
 /// was lost (nothing was written).
@@ -404,8 +417,59 @@ pub async fn commit_step(
     transition: &Transition,
     now: DateTime<Utc>,
 ) -> Result<Option<String>> {
-    let (kind, context, next_step, lease_until, output, run_at, next_attempt, error) =
-        match transition {
+    let commit = Commit {
+        id,
+        token,
+        step: step.clone(),
+        transition: transition.clone(),
+    };
+    let mut statuses = commit_steps(pool, std::slice::from_ref(&commit), now).await?;
+    Ok(statuses.pop().flatten())
+}
+
+/// Commits the steps of many executions in ONE statement (group commit),
+/// each row still fenced by its own token. Returns each execution's new
+/// status, in order, or `None` where the lease was lost (nothing was
+/// written for that one).
+///
+/// # Errors
+///
+/// Database errors (then nothing was written for any of them).
+pub async fn commit_steps(
+    pool: &PgPool,
+    commits: &[Commit],
+    now: DateTime<Utc>,
+) -> Result<Vec<Option<String>>> {
+    let n = commits.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut tokens = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut contexts = Vec::with_capacity(n);
+    let mut next_steps = Vec::with_capacity(n);
+    let mut lease_untils = Vec::with_capacity(n);
+    let mut outputs = Vec::with_capacity(n);
+    let mut run_ats = Vec::with_capacity(n);
+    let mut next_attempts = Vec::with_capacity(n);
+    let mut errors = Vec::with_capacity(n);
+    let mut indexes = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    let mut names = Vec::with_capacity(n);
+    let mut outcomes = Vec::with_capacity(n);
+    let mut requests = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut headers = Vec::with_capacity(n);
+    let mut bodies = Vec::with_capacity(n);
+    let mut extracted = Vec::with_capacity(n);
+    let mut step_errors = Vec::with_capacity(n);
+    let mut workers = Vec::with_capacity(n);
+    let mut started = Vec::with_capacity(n);
+    let mut finished = Vec::with_capacity(n);
+    let mut durations = Vec::with_capacity(n);
+    for c in commits {
+        let s = &c.step;
+        let (kind, context, next_step, lease_until, output, run_at, next_attempt, error) = match &c
+            .transition
+        {
             Transition::Continue {
                 context,
                 next_step,
@@ -423,7 +487,7 @@ pub async fn commit_step(
             Transition::Succeed { context, output } => (
                 "succeed",
                 Some(context),
-                Some(step.step_index + 1),
+                Some(s.step_index + 1),
                 None,
                 Some(output),
                 None,
@@ -442,85 +506,124 @@ pub async fn commit_step(
             ),
             Transition::Fail { error } => ("fail", None, None, None, None, None, None, Some(error)),
         };
-    // One statement, hence one transaction: the UPDATE fences on the token;
-    // the step row and the events are inserted only from its RETURNING, so
-    // a lost lease writes nothing at all. A cancel requested meanwhile ends
-    // a continuing or retrying execution as `cancelled`.
-    let status = sqlx::query_scalar!(
-        r#"WITH upd AS (
-               UPDATE connector_executions SET
-                   context = COALESCE($4, context),
-                   next_step = COALESCE($5, next_step),
-                   step_attempt = CASE $3 WHEN 'continue' THEN 1 WHEN 'retry' THEN $9 ELSE step_attempt END,
-                   output = CASE WHEN $3 = 'succeed' THEN $7 ELSE output END,
-                   error = CASE WHEN $3 = 'fail' THEN $10 ELSE error END,
-                   run_at = COALESCE($8, run_at),
+        ids.push(c.id);
+        tokens.push(c.token);
+        kinds.push(kind.to_owned());
+        contexts.push(context.cloned());
+        next_steps.push(next_step);
+        lease_untils.push(lease_until);
+        outputs.push(output.cloned());
+        run_ats.push(run_at);
+        next_attempts.push(next_attempt);
+        errors.push(error.cloned());
+        indexes.push(s.step_index);
+        attempts.push(s.attempt);
+        names.push(s.step_name.clone());
+        outcomes.push(s.outcome.to_owned());
+        requests.push(s.request.clone());
+        statuses.push(s.response_status);
+        headers.push(s.response_headers.clone());
+        bodies.push(s.response_body.clone());
+        extracted.push(s.extracted.clone());
+        step_errors.push(s.error.clone());
+        workers.push(s.worker_id.clone());
+        started.push(s.started_at);
+        finished.push(s.finished_at);
+        durations.push(s.duration_ms);
+    }
+    // The UPDATE fences each row on its token; step rows and events are
+    // inserted only from its RETURNING, so a lost lease writes nothing for
+    // that execution. A cancel requested meanwhile ends a continuing or
+    // retrying execution as `cancelled`.
+    let rows = sqlx::query!(
+        r#"WITH x AS (
+               SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::jsonb[], $5::int4[],
+                                    $6::timestamptz[], $7::jsonb[], $8::timestamptz[], $9::int4[], $10::jsonb[],
+                                    $12::int4[], $13::int4[], $14::text[], $15::text[], $16::jsonb[], $17::int4[],
+                                    $18::jsonb[], $19::jsonb[], $20::jsonb[], $21::jsonb[], $22::text[],
+                                    $23::timestamptz[], $24::timestamptz[], $25::int4[])
+                   AS x(id, token, kind, context, next_step, lease_until, output, run_at, next_attempt, error,
+                        step_index, attempt, step_name, outcome, request, response_status, response_headers,
+                        response_body, extracted, step_error, worker_id, started_at, finished_at, duration_ms)
+           ), upd AS (
+               UPDATE connector_executions e SET
+                   context = COALESCE(x.context, e.context),
+                   next_step = COALESCE(x.next_step, e.next_step),
+                   step_attempt = CASE x.kind WHEN 'continue' THEN 1 WHEN 'retry' THEN x.next_attempt ELSE e.step_attempt END,
+                   output = CASE WHEN x.kind = 'succeed' THEN x.output ELSE e.output END,
+                   error = CASE WHEN x.kind = 'fail' THEN x.error ELSE e.error END,
+                   run_at = COALESCE(x.run_at, e.run_at),
                    status = CASE
-                       WHEN $3 = 'succeed' THEN 'succeeded'
-                       WHEN $3 = 'fail' THEN 'failed'
-                       WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
-                       WHEN $3 = 'retry' THEN 'queued'
+                       WHEN x.kind = 'succeed' THEN 'succeeded'
+                       WHEN x.kind = 'fail' THEN 'failed'
+                       WHEN e.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                       WHEN x.kind = 'retry' THEN 'queued'
                        ELSE 'running' END,
-                   lease_owner = CASE WHEN $3 = 'continue' AND cancel_requested_at IS NULL THEN lease_owner END,
-                   lease_expires_at = CASE WHEN $3 = 'continue' AND cancel_requested_at IS NULL THEN $6::timestamptz END,
+                   lease_owner = CASE WHEN x.kind = 'continue' AND e.cancel_requested_at IS NULL THEN e.lease_owner END,
+                   lease_expires_at = CASE WHEN x.kind = 'continue' AND e.cancel_requested_at IS NULL THEN x.lease_until END,
                    finished_at = CASE
-                       WHEN $3 IN ('succeed', 'fail') OR cancel_requested_at IS NOT NULL THEN $11::timestamptz END,
+                       WHEN x.kind IN ('succeed', 'fail') OR e.cancel_requested_at IS NOT NULL THEN $11::timestamptz END,
                    updated_at = $11
-               WHERE id = $1 AND fencing_token = $2 AND status = 'running'
-               RETURNING id, workspace_id, status
+               FROM x
+               WHERE e.id = x.id AND e.fencing_token = x.token AND e.status = 'running'
+               RETURNING e.id, e.workspace_id, e.status
            ), step AS (
                INSERT INTO execution_steps (execution_id, step_index, attempt, workspace_id, step_name,
                    outcome, request, response_status, response_headers, response_body, extracted,
                    error, worker_id, started_at, finished_at, duration_ms)
-               SELECT upd.id, $12, $13, upd.workspace_id, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25
-               FROM upd
+               SELECT upd.id, x.step_index, x.attempt, upd.workspace_id, x.step_name, x.outcome, x.request,
+                      x.response_status, x.response_headers, x.response_body, x.extracted, x.step_error,
+                      x.worker_id, x.started_at, x.finished_at, x.duration_ms
+               FROM upd JOIN x ON x.id = upd.id
            ), ev AS (
                INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
-               SELECT upd.id, upd.workspace_id, x.at, x.kind, x.details
-               FROM upd CROSS JOIN LATERAL (VALUES
-                   ($23::timestamptz, 'step_started',
-                    jsonb_build_object('step', $14::text, 'index', $12::int, 'attempt', $13::int)),
-                   ($11::timestamptz, CASE WHEN $3 = 'retry' THEN 'retry_scheduled' ELSE 'step_finished' END,
-                    jsonb_strip_nulls(jsonb_build_object('step', $14::text, 'index', $12::int, 'attempt', $13::int,
-                        'outcome', $15::text, 'status', $17::int, 'duration_ms', $25::int,
-                        'run_at', $8::timestamptz, 'next_attempt', $9::int))),
+               SELECT upd.id, upd.workspace_id, v.at, v.kind, v.details
+               FROM upd JOIN x ON x.id = upd.id CROSS JOIN LATERAL (VALUES
+                   (x.started_at, 'step_started',
+                    jsonb_build_object('step', x.step_name, 'index', x.step_index, 'attempt', x.attempt)),
+                   ($11::timestamptz, CASE WHEN x.kind = 'retry' THEN 'retry_scheduled' ELSE 'step_finished' END,
+                    jsonb_strip_nulls(jsonb_build_object('step', x.step_name, 'index', x.step_index, 'attempt', x.attempt,
+                        'outcome', x.outcome, 'status', x.response_status, 'duration_ms', x.duration_ms,
+                        'run_at', x.run_at, 'next_attempt', x.next_attempt))),
                    ($11::timestamptz,
                     CASE upd.status WHEN 'cancelled' THEN 'cancelled' WHEN 'succeeded' THEN 'finished'
                                     WHEN 'failed' THEN 'finished' END,
                     jsonb_build_object('status', upd.status))
-               ) AS x(at, kind, details)
-               WHERE x.kind IS NOT NULL
+               ) AS v(at, kind, details)
+               WHERE v.kind IS NOT NULL
            )
-           SELECT status FROM upd"#,
-        id,
-        token,
-        kind,
-        context,
-        next_step,
-        lease_until,
-        output,
-        run_at,
-        next_attempt,
-        error,
+           SELECT id AS "id!", status AS "status!" FROM upd"#,
+        &ids,
+        &tokens,
+        &kinds,
+        &contexts as &[Option<Value>],
+        &next_steps as &[Option<i32>],
+        &lease_untils as &[Option<DateTime<Utc>>],
+        &outputs as &[Option<Value>],
+        &run_ats as &[Option<DateTime<Utc>>],
+        &next_attempts as &[Option<i32>],
+        &errors as &[Option<Value>],
         now,
-        step.step_index,
-        step.attempt,
-        step.step_name,
-        step.outcome,
-        step.request,
-        step.response_status,
-        step.response_headers,
-        step.response_body,
-        step.extracted,
-        step.error,
-        step.worker_id,
-        step.started_at,
-        step.finished_at,
-        step.duration_ms
+        &indexes,
+        &attempts,
+        &names,
+        &outcomes,
+        &requests,
+        &statuses as &[Option<i32>],
+        &headers as &[Option<Value>],
+        &bodies as &[Option<Value>],
+        &extracted as &[Option<Value>],
+        &step_errors as &[Option<Value>],
+        &workers,
+        &started,
+        &finished,
+        &durations
     )
-    .fetch_optional(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(status)
+    let mut by_id: std::collections::HashMap<Uuid, String> =
+        rows.into_iter().map(|r| (r.id, r.status)).collect();
+    Ok(ids.iter().map(|id| by_id.remove(id)).collect())
 }
 
 /// Ends a running execution without a step row: `failed` with `error`
