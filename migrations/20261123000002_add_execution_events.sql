@@ -5,7 +5,7 @@
 -- there is no foreign key to re-check per row; retention deletes them with
 -- their execution.
 CREATE TABLE execution_events (
-    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id            bigint GENERATED ALWAYS AS IDENTITY,
     execution_id  uuid NOT NULL,
     workspace_id  text NOT NULL,
     at            timestamptz NOT NULL,
@@ -13,9 +13,11 @@ CREATE TABLE execution_events (
                   CONSTRAINT execution_events_kind_valid CHECK (kind IN (
                       'enqueued', 'claimed', 'step_started', 'step_finished', 'retry_scheduled',
                       'lease_lost', 'released', 'cancel_requested', 'cancelled', 'finished')),
-    details       jsonb NOT NULL DEFAULT '{}'::jsonb
+    details       jsonb NOT NULL DEFAULT '{}'::jsonb,
+    -- One index: readers always ask for one execution's events in order.
+    CONSTRAINT execution_events_pkey PRIMARY KEY (execution_id, id)
 );
-CREATE INDEX execution_events_execution_idx ON execution_events (execution_id, id);
+
 
 -- Live updates for Server-Sent Events: a notification per event, carrying
 -- the execution id, sent only while some API process watches that
