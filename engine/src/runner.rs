@@ -88,7 +88,7 @@ type CommitRequest = (
 /// Most step commits one group-commit statement carries.
 const GROUP_COMMIT_MAX: usize = 64;
 /// Group-commit statements in flight at once.
-const GROUP_COMMITS_IN_FLIGHT: usize = 4;
+const GROUP_COMMITS_IN_FLIGHT: usize = 2;
 
 /// Runs claimed executions. Share one per worker process.
 pub struct Runner {
