@@ -89,7 +89,13 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Bytes>>>) {
 
 /// Starts `conveyor-api` and one `conveyor-worker` against `pool`'s
 /// database, exporting to `otlp`; returns the API's base URL.
-fn start(pool: &PgPool, otlp: &str, key: &conveyor_engine::crypto::Key) -> (Processes, String) {
+/// With `worker_log`, the worker writes JSON log lines at INFO there.
+fn start(
+    pool: &PgPool,
+    otlp: &str,
+    key: &conveyor_engine::crypto::Key,
+    worker_log: Option<&std::path::Path>,
+) -> (Processes, String) {
     let url = database_url(pool);
     let key = key.to_base64();
     let port = free_port();
@@ -113,6 +119,13 @@ fn start(pool: &PgPool, otlp: &str, key: &conveyor_engine::crypto::Key) -> (Proc
     let mut worker = Command::new(worker_binary());
     worker.env("CONVEYOR_AUTO_MIGRATE", "false");
     common(&mut worker, "conveyor-worker");
+    if let Some(path) = worker_log {
+        let file = std::fs::File::create(path).expect("log file");
+        worker
+            .env("CONVEYOR_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stderr(file);
+    }
     let mut procs = Processes(vec![api.spawn().expect("api")]);
     procs.0.push(worker.spawn().expect("worker"));
     (procs, format!("http://127.0.0.1:{port}"))
@@ -247,7 +260,9 @@ async fn one_trace_runs_from_the_api_request_to_the_last_step(pool: PgPool) {
     let (otlp, bodies) = receiver().await;
     let key = conveyor_engine::crypto::Key::generate();
     plant_credential(&pool, &key).await;
-    let (_procs, base) = start(&pool, &otlp, &key);
+    let log_path =
+        std::env::temp_dir().join(format!("conveyor-worker-{}.log", uuid::Uuid::now_v7()));
+    let (_procs, base) = start(&pool, &otlp, &key, Some(&log_path));
     let http = reqwest::Client::new();
     wait_ready(&http, &base).await;
     let auth = conveyor_api::auth::Authenticator::new(JWT_SECRET).expect("secret");
@@ -346,6 +361,22 @@ async fn one_trace_runs_from_the_api_request_to_the_last_step(pool: PgPool) {
             .unwrap_or("");
         assert!(tp.contains(&trace_id), "outbound traceparent `{tp}`");
     }
+    // JSON log lines inside the execution span carry its trace and fields.
+    let log = std::fs::read_to_string(&log_path).expect("worker log");
+    let _ = std::fs::remove_file(&log_path);
+    let traced: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["trace_id"] == json!(trace_id))
+        .collect();
+    assert!(
+        traced
+            .iter()
+            .any(|l| l["span_fields"]["execution.id"] == json!(execution_id)
+                && l["span_id"].is_string()),
+        "no JSON log line carries the trace: {log}"
+    );
+    assert!(!log.contains(PLANTED), "a secret reached the logs");
     let all: Vec<u8> = bodies
         .lock()
         .expect("lock")
@@ -368,7 +399,7 @@ async fn an_unreachable_collector_does_not_hurt_executions(pool: PgPool) {
     let closed = format!("http://127.0.0.1:{}", free_port());
     let key = conveyor_engine::crypto::Key::generate();
     plant_credential(&pool, &key).await;
-    let (_procs, base) = start(&pool, &closed, &key);
+    let (_procs, base) = start(&pool, &closed, &key, None);
     let http = reqwest::Client::new();
     wait_ready(&http, &base).await;
     let auth = conveyor_api::auth::Authenticator::new(JWT_SECRET).expect("secret");
