@@ -1,5 +1,6 @@
-//! The API without its database: 503 with the JSON error shape for what
-//! needs the database, while liveness still answers.
+//! The API under stress: without its database it answers 503 (JSON error
+//! shape) for what needs it while liveness still answers; a workspace over
+//! its request rate gets 429 without slowing the others.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,4 +54,41 @@ async fn an_unreachable_database_answers_503_and_liveness_stays_up() {
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     let live = get("/healthz", None).await.expect("response");
     assert_eq!(live.status(), StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_workspace_over_its_rate_gets_429_and_others_do_not(pool: sqlx::PgPool) {
+    let auth = Authenticator::new("resilience-tests-secret-0123456789abcdef").expect("secret");
+    let a = auth
+        .mint("ws_a", "u1", Duration::from_secs(60))
+        .expect("token");
+    let b = auth
+        .mint("ws_b", "u2", Duration::from_secs(60))
+        .expect("token");
+    let keyring = Arc::new(Keyring::new(Key::generate(), []));
+    let config = ApiConfig {
+        rate_limit_per_sec: 1,
+        ..ApiConfig::default()
+    };
+    let router = app(AppState::new(pool, keyring, auth, config));
+    let get = |token: &str| {
+        let request = Request::builder()
+            .uri("/api/v1/connectors")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("request");
+        router.clone().oneshot(request)
+    };
+    // The burst is twice the rate.
+    for _ in 0..2 {
+        assert_eq!(get(&a).await.expect("response").status(), StatusCode::OK);
+    }
+    let limited = get(&a).await.expect("response");
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let bytes = axum::body::to_bytes(limited.into_body(), 1 << 16)
+        .await
+        .expect("body");
+    let body: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(get(&b).await.expect("response").status(), StatusCode::OK);
 }
