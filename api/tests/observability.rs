@@ -47,24 +47,6 @@ fn worker_binary() -> PathBuf {
     worker
 }
 
-fn database_url(pool: &PgPool) -> String {
-    let o = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        o.get_database().unwrap_or("postgres")
-    )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// An OTLP/HTTP receiver keeping every request body.
 async fn receiver() -> (String, Arc<Mutex<Vec<Bytes>>>) {
     let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -96,9 +78,9 @@ fn start(
     key: &conveyor_engine::crypto::Key,
     worker_log: Option<&std::path::Path>,
 ) -> (Processes, String) {
-    let url = database_url(pool);
+    let url = conveyor_tests::database_url(pool);
     let key = key.to_base64();
-    let port = free_port();
+    let port = conveyor_tests::free_port();
     let common = |cmd: &mut Command, service: &str| {
         cmd.env("DATABASE_URL", &url)
             .env("CONVEYOR_ENCRYPTION_KEY", &key)
@@ -396,7 +378,7 @@ async fn an_unreachable_collector_does_not_hurt_executions(pool: PgPool) {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "x"})))
         .mount(&stub)
         .await;
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let closed = format!("http://127.0.0.1:{}", conveyor_tests::free_port());
     let key = conveyor_engine::crypto::Key::generate();
     plant_credential(&pool, &key).await;
     let (_procs, base) = start(&pool, &closed, &key, None);

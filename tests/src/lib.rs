@@ -9,7 +9,8 @@ use conveyor_engine::connector;
 use conveyor_engine::crypto::{Key, Keyring};
 use conveyor_engine::http::{HttpConfig, StepClient};
 use conveyor_engine::runner::{Runner, RunnerConfig};
-use conveyor_engine::store::executions::{self, ExecutionView, NewExecution, StepView};
+use conveyor_engine::store::executions::{self, NewExecution};
+use conveyor_engine::store::history::{self, ExecutionView, StepView};
 use conveyor_worker::{Worker, WorkerConfig};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -78,7 +79,7 @@ impl Harness {
 
     /// Reads an execution of [`WS`].
     pub async fn execution(&self, id: Uuid) -> ExecutionView {
-        executions::get(&self.pool, WS, id)
+        history::get(&self.pool, WS, id)
             .await
             .expect("get")
             .expect("execution exists")
@@ -86,7 +87,7 @@ impl Harness {
 
     /// Every stored step attempt of an execution of [`WS`].
     pub async fn steps(&self, id: Uuid) -> Vec<StepView> {
-        executions::steps(&self.pool, WS, id).await.expect("steps")
+        history::steps(&self.pool, WS, id).await.expect("steps")
     }
 }
 
@@ -158,4 +159,25 @@ pub async fn enqueue(
     .await
     .expect("enqueue")
     .id
+}
+
+/// The URL of a test's own database, for child processes (the tests'
+/// clusters trust loopback, so no password is carried).
+pub fn database_url(pool: &PgPool) -> String {
+    let o = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        o.get_username(),
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap_or("postgres")
+    )
+}
+
+/// A TCP port on loopback that nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use conveyor_engine::crypto::Key;
-use conveyor_engine::store::executions::{self, ExecutionView, NewExecution};
+use conveyor_engine::store::executions::{self, NewExecution};
+use conveyor_engine::store::history::ExecutionView;
 use conveyor_tests::{Harness, WS};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -31,18 +32,6 @@ const WORKER_BIN: &str = env!("CARGO_BIN_EXE_conveyor-worker");
 fn encryption_key() -> &'static str {
     static KEY: OnceLock<String> = OnceLock::new();
     KEY.get_or_init(|| Key::generate().to_base64())
-}
-
-/// The URL of the test's own database, for child processes.
-fn database_url(pool: &PgPool) -> String {
-    let o = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        o.get_database().unwrap_or("postgres")
-    )
 }
 
 /// A `conveyor-worker` child process; killed (SIGKILL) and reaped on drop.
@@ -274,7 +263,7 @@ async fn three_processes_run_2000_executions_and_never_resend_a_finished_step(po
     let c = h.connector(connector(&stub.uri(), 2)).await;
     enqueue_many(&h.pool, c, N).await;
 
-    let url = database_url(&h.pool);
+    let url = conveyor_tests::database_url(&h.pool);
     let mut workers: Vec<WorkerProcess> = (1..=3)
         .map(|i| {
             WorkerProcess::start(
@@ -360,7 +349,7 @@ async fn a_killed_worker_s_execution_is_finished_by_another_without_resending_fi
     answer_at_once(&stub, "^/s3/").await;
     let c = h.connector(connector(&stub.uri(), 3)).await;
     let id = h.enqueue(c, json!({})).await;
-    let url = database_url(&h.pool);
+    let url = conveyor_tests::database_url(&h.pool);
 
     let mut a = WorkerProcess::start(&url, "worker-a", &[]);
     let s2 = format!("/s2/{id}");
@@ -428,7 +417,7 @@ async fn sigterm_mid_step_completes_and_persists_the_step_and_leaves_nothing_lea
     answer_at_once(&stub, "^/s2/").await;
     let c = h.connector(connector(&stub.uri(), 2)).await;
     let id = h.enqueue(c, json!({})).await;
-    let url = database_url(&h.pool);
+    let url = conveyor_tests::database_url(&h.pool);
 
     // A long lease: only an explicit release can requeue the execution
     // before the assertions run.

@@ -314,7 +314,7 @@ async fn execute(
     if enqueued.created {
         metrics::counter!("conveyor_executions_enqueued_total").increment(1);
     }
-    let view = executions::get(&state.pool, &caller.workspace_id, enqueued.id)
+    let view = history::get(&state.pool, &caller.workspace_id, enqueued.id)
         .await?
         .ok_or_else(|| ApiError::not_found("execution"))?;
     let status = if enqueued.created {

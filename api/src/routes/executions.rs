@@ -9,8 +9,9 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use conveyor_engine::store::executions::{self, CancelOutcome, ExecutionView, NewExecution};
+use conveyor_engine::store::executions::{self, CancelOutcome, NewExecution};
 use conveyor_engine::store::history;
+use conveyor_engine::store::history::ExecutionView;
 use futures_util::stream::Stream;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -38,7 +39,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 async fn find(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<ExecutionView> {
-    executions::get(&state.pool, &caller.workspace_id, id)
+    history::get(&state.pool, &caller.workspace_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("execution"))
 }
@@ -63,7 +64,7 @@ async fn get_execution(
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<Value>> {
     let execution = find(&state, &caller, id).await?;
-    let steps = executions::steps(&state.pool, &caller.workspace_id, id).await?;
+    let steps = history::steps(&state.pool, &caller.workspace_id, id).await?;
     let mut body = serde_json::to_value(&execution).map_err(|e| ApiError::internal(&e))?;
     body["steps"] = serde_json::to_value(&steps).map_err(|e| ApiError::internal(&e))?;
     Ok(Json(body))
@@ -296,7 +297,7 @@ async fn collect(
 ) -> Result<Vec<Event>, ApiError> {
     // Status first: the final status and the `finished` event are written by
     // one statement, so events read after a final status include them all.
-    let execution = executions::get(&state.pool, ws, id)
+    let execution = history::get(&state.pool, ws, id)
         .await?
         .ok_or_else(|| ApiError::not_found("execution"))?;
     let stored = history::events(&state.pool, ws, id, progress.last_event).await?;

@@ -7,8 +7,130 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::executions::ExecutionView;
 use crate::Result;
+
+/// An execution as the history shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExecutionView {
+    /// Id.
+    pub id: Uuid,
+    /// Owning workspace.
+    pub workspace_id: String,
+    /// Connector.
+    pub connector_id: Uuid,
+    /// Pinned version.
+    pub connector_version: i32,
+    /// Current status.
+    pub status: String,
+    /// Priority (higher first).
+    pub priority: i16,
+    /// Not before.
+    pub run_at: DateTime<Utc>,
+    /// Times claimed.
+    pub claims: i32,
+    /// Times taken back after a lease expired.
+    pub reclaims: i32,
+    /// The worker holding it, while running.
+    pub lease_owner: Option<String>,
+    /// Lease expiry, while running.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// When a cancel was requested.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// The caller's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Input.
+    pub input: Value,
+    /// Output, once succeeded.
+    pub output: Option<Value>,
+    /// Error, once failed.
+    pub error: Option<Value>,
+    /// The execution this one re-runs.
+    pub rerun_of: Option<Uuid>,
+    /// First unfinished step.
+    pub next_step: i32,
+    /// Attempt of that step.
+    pub step_attempt: i32,
+    /// Enqueued at.
+    pub created_at: DateTime<Utc>,
+    /// First started at.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Finished at.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One stored step attempt as the history shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepView {
+    /// Position in the connector.
+    pub step_index: i32,
+    /// Attempt number.
+    pub attempt: i32,
+    /// Step name.
+    pub step_name: String,
+    /// `succeeded`, `failed`, `retry_scheduled` or `continued`.
+    pub outcome: String,
+    /// Redacted request snapshot.
+    pub request: Value,
+    /// Response status.
+    pub response_status: Option<i32>,
+    /// Response headers.
+    pub response_headers: Option<Value>,
+    /// Response body.
+    pub response_body: Option<Value>,
+    /// Extracted fields.
+    pub extracted: Option<Value>,
+    /// Error.
+    pub error: Option<Value>,
+    /// Worker that ran it.
+    pub worker_id: String,
+    /// Start.
+    pub started_at: DateTime<Utc>,
+    /// End.
+    pub finished_at: DateTime<Utc>,
+    /// Duration.
+    pub duration_ms: i32,
+}
+
+/// Reads one execution of a workspace.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn get(pool: &PgPool, workspace_id: &str, id: Uuid) -> Result<Option<ExecutionView>> {
+    Ok(sqlx::query_as!(
+        ExecutionView,
+        "SELECT id, workspace_id, connector_id, connector_version, status, priority, run_at, claims,
+                reclaims, lease_owner, lease_expires_at, cancel_requested_at, idempotency_key, input,
+                output, error, rerun_of, next_step, step_attempt, created_at, started_at, finished_at,
+                updated_at
+         FROM connector_executions WHERE id = $1 AND workspace_id = $2",
+        id,
+        workspace_id
+    )
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Every attempt of every step of an execution, in order.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn steps(pool: &PgPool, workspace_id: &str, id: Uuid) -> Result<Vec<StepView>> {
+    Ok(sqlx::query_as!(
+        StepView,
+        "SELECT step_index, attempt, step_name, outcome, request, response_status, response_headers,
+                response_body, extracted, error, worker_id, started_at, finished_at, duration_ms
+         FROM execution_steps WHERE execution_id = $1 AND workspace_id = $2
+         ORDER BY step_index, attempt",
+        id,
+        workspace_id
+    )
+    .fetch_all(pool)
+    .await?)
+}
 
 /// Filters of an execution listing.
 #[derive(Debug, Clone, Default)]
