@@ -3,101 +3,19 @@
 //! keys work until revoked, admin routes are for admins, and the admin
 //! statistics count what the queue holds.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use chrono::Utc;
-use conveyor_api::auth::Authenticator;
-use conveyor_api::{ApiConfig, AppState, app};
-use conveyor_engine::crypto::{Key, Keyring};
 use conveyor_engine::store::executions::{self, StepRow, Transition};
 use conveyor_engine::store::{access, credentials};
+use conveyor_tests::api::{Reply, TestApi};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tower::ServiceExt;
 
-const SECRET: &str = "admin-and-credentials-tests-secret-0123456789";
 /// Planted in credentials; must never appear in a response.
 const PLANTED: &str = "pl4nted-s3cret-9f2c1d";
 const PLANTED_2: &str = "pl4nted-passw0rd-77ab";
-
-struct Api {
-    router: axum::Router,
-    auth: Authenticator,
-    keyring: Arc<Keyring>,
-    pool: PgPool,
-}
-
-/// A response: status, JSON body (null when empty) and the raw body text.
-struct Reply {
-    status: StatusCode,
-    json: Value,
-    text: String,
-}
-
-impl Api {
-    fn new(pool: PgPool) -> Self {
-        let keyring = Arc::new(Keyring::new(Key::generate(), []));
-        let auth = Authenticator::new(SECRET).expect("secret");
-        let state = AppState::new(
-            pool.clone(),
-            keyring.clone(),
-            auth.clone(),
-            ApiConfig::default(),
-        );
-        Self {
-            router: app(state),
-            auth,
-            keyring,
-            pool,
-        }
-    }
-
-    fn token(&self, workspace: &str, user: &str) -> String {
-        self.auth
-            .mint(workspace, user, Duration::from_secs(600))
-            .expect("token")
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        let mut request = Request::builder().method(method).uri(path);
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let body = match body {
-            Some(b) => {
-                request = request.header("content-type", "application/json");
-                Body::from(b.to_string())
-            }
-            None => Body::empty(),
-        };
-        let response = self
-            .router
-            .clone()
-            .oneshot(request.body(body).expect("request"))
-            .await
-            .expect("response");
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 22)
-            .await
-            .expect("body");
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply { status, json, text }
-    }
-
-    async fn get(&self, path: &str, token: &str) -> Reply {
-        self.call(Method::GET, path, Some(token), None).await
-    }
-}
 
 fn assert_no_secret(reply: &Reply) {
     for planted in [PLANTED, PLANTED_2] {
@@ -120,7 +38,7 @@ fn actions(audit: &Value) -> Vec<String> {
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn credentials_round_trip_and_never_return_the_secret(pool: PgPool) {
-    let api = Api::new(pool);
+    let api = TestApi::new(pool);
     let a = api.token("ws_a", "alice");
     let b = api.token("ws_b", "bob");
     let path = "/api/v1/credentials/crm";
@@ -206,7 +124,7 @@ async fn credentials_round_trip_and_never_return_the_secret(pool: PgPool) {
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn bad_credential_bodies_are_422_naming_the_field(pool: PgPool) {
-    let api = Api::new(pool);
+    let api = TestApi::new(pool);
     let a = api.token("ws_a", "alice");
     let cases = [
         ("crm", json!({"data": {"token": 5}}), "data.token"),
@@ -264,7 +182,7 @@ async fn bad_credential_bodies_are_422_naming_the_field(pool: PgPool) {
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn api_keys_authenticate_until_revoked(pool: PgPool) {
-    let api = Api::new(pool);
+    let api = TestApi::new(pool);
     let a = api.token("ws_a", "alice");
     let b = api.token("ws_b", "bob");
 
@@ -358,7 +276,7 @@ async fn api_keys_authenticate_until_revoked(pool: PgPool) {
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn admin_routes_answer_403_to_everyone_else(pool: PgPool) {
-    let api = Api::new(pool);
+    let api = TestApi::new(pool);
     let user = api.token("ws_a", "alice");
     let created = api
         .call(
@@ -416,7 +334,7 @@ fn step(worker: &str) -> StepRow {
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn admins_see_queue_stats_usage_history_and_every_audit_log(pool: PgPool) {
-    let api = Api::new(pool);
+    let api = TestApi::new(pool);
     let a = api.token("ws_a", "alice");
     let b = api.token("ws_b", "bob");
     access::add_admin(&api.pool, "root").await.expect("admin");
@@ -647,7 +565,7 @@ async fn admins_see_queue_stats_usage_history_and_every_audit_log(pool: PgPool) 
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn the_openapi_document_lists_these_routes(pool: PgPool) {
-    let api = Api::new(pool);
+    let api = TestApi::new(pool);
     let doc = api
         .call(Method::GET, "/api/v1/openapi.json", None, None)
         .await;

@@ -2,74 +2,10 @@
 //! PostgreSQL): install rules, install counts, ratings, community review,
 //! admin rights and the upgrade path.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
-use conveyor_api::auth::Authenticator;
-use conveyor_api::{ApiConfig, AppState, app};
-use conveyor_engine::crypto::{Key, Keyring};
+use axum::http::{Method, StatusCode};
+use conveyor_tests::api::TestApi;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tower::ServiceExt;
-
-const SECRET: &str = "marketplace-tests-secret-0123456789abcdef";
-
-struct Api {
-    router: axum::Router,
-    auth: Authenticator,
-}
-
-impl Api {
-    fn new(pool: PgPool) -> Self {
-        let keyring = Arc::new(Keyring::new(Key::generate(), []));
-        let auth = Authenticator::new(SECRET).expect("secret");
-        let state = AppState::new(pool, keyring, auth.clone(), ApiConfig::default());
-        Self {
-            router: app(state),
-            auth,
-        }
-    }
-
-    fn token(&self, workspace: &str, user: &str) -> String {
-        self.auth
-            .mint(workspace, user, Duration::from_secs(600))
-            .expect("token")
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("authorization", format!("Bearer {token}"));
-        let body = match body {
-            Some(b) => {
-                request = request.header("content-type", "application/json");
-                Body::from(b.to_string())
-            }
-            None => Body::empty(),
-        };
-        let response = self
-            .router
-            .clone()
-            .oneshot(request.body(body).expect("request"))
-            .await
-            .expect("response");
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .expect("body");
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, json)
-    }
-}
 
 fn template(slug: &str, version: &str) -> Value {
     json!({
@@ -92,11 +28,11 @@ async fn make_admin(pool: &PgPool, user: &str) {
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn install_names_each_missing_setting_and_credential_and_changes_nothing(pool: PgPool) {
-    let api = Api::new(pool.clone());
+    let api = TestApi::new(pool.clone());
     make_admin(&pool, "root").await;
     let admin = api.token("ops", "root");
     let (status, _) = api
-        .call(
+        .send(
             Method::POST,
             "/api/v1/admin/templates",
             &admin,
@@ -106,7 +42,7 @@ async fn install_names_each_missing_setting_and_credential_and_changes_nothing(p
     assert_eq!(status, StatusCode::CREATED);
     let user = api.token("ws_a", "u1");
     let (status, body) = api
-        .call(
+        .send(
             Method::POST,
             "/api/v1/templates/echo/install",
             &user,
@@ -127,17 +63,17 @@ async fn install_names_each_missing_setting_and_credential_and_changes_nothing(p
         .expect("count");
     assert_eq!(connectors, 0);
     let (_, t) = api
-        .call(Method::GET, "/api/v1/templates/echo", &user, None)
+        .send(Method::GET, "/api/v1/templates/echo", &user, None)
         .await;
     assert_eq!(t["install_count"], json!(0));
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn installs_are_counted_and_upgrades_keep_settings(pool: PgPool) {
-    let api = Api::new(pool.clone());
+    let api = TestApi::new(pool.clone());
     make_admin(&pool, "root").await;
     let admin = api.token("ops", "root");
-    api.call(
+    api.send(
         Method::POST,
         "/api/v1/admin/templates",
         &admin,
@@ -147,7 +83,7 @@ async fn installs_are_counted_and_upgrades_keep_settings(pool: PgPool) {
     let user = api.token("ws_a", "u1");
     let install = json!({"name": "Team echo", "settings": {"greeting": "hello"}, "credentials": {"echo": "my-echo"}});
     let (status, installed) = api
-        .call(
+        .send(
             Method::POST,
             "/api/v1/templates/echo/install",
             &user,
@@ -157,7 +93,7 @@ async fn installs_are_counted_and_upgrades_keep_settings(pool: PgPool) {
     assert_eq!(status, StatusCode::CREATED, "{installed}");
     assert_eq!(installed["template_version"], json!("1.0.0"));
     let id = installed["id"].as_str().expect("id").to_owned();
-    api.call(
+    api.send(
         Method::POST,
         "/api/v1/templates/echo/install",
         &api.token("ws_b", "u2"),
@@ -165,12 +101,12 @@ async fn installs_are_counted_and_upgrades_keep_settings(pool: PgPool) {
     )
     .await;
     let (_, t) = api
-        .call(Method::GET, "/api/v1/templates/echo", &user, None)
+        .send(Method::GET, "/api/v1/templates/echo", &user, None)
         .await;
     assert_eq!(t["install_count"], json!(2));
 
     let (_, c) = api
-        .call(
+        .send(
             Method::GET,
             &format!("/api/v1/connectors/{id}"),
             &user,
@@ -179,7 +115,7 @@ async fn installs_are_counted_and_upgrades_keep_settings(pool: PgPool) {
         .await;
     assert_eq!(c["update_available"], Value::Null);
     let (status, _) = api
-        .call(
+        .send(
             Method::POST,
             &format!("/api/v1/connectors/{id}/upgrade"),
             &user,
@@ -195,7 +131,7 @@ async fn installs_are_counted_and_upgrades_keep_settings(pool: PgPool) {
         .push(json!({"name": "suffix", "description": "Appended", "default": "!"}));
     v2["connector"]["steps"][0]["body"]["content"]["suffix"] = json!("<<settings.suffix>>");
     let (status, body) = api
-        .call(
+        .send(
             Method::PUT,
             "/api/v1/admin/templates/echo",
             &admin,
@@ -204,7 +140,7 @@ async fn installs_are_counted_and_upgrades_keep_settings(pool: PgPool) {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, c) = api
-        .call(
+        .send(
             Method::GET,
             &format!("/api/v1/connectors/{id}"),
             &user,
@@ -213,7 +149,7 @@ async fn installs_are_counted_and_upgrades_keep_settings(pool: PgPool) {
         .await;
     assert_eq!(c["update_available"], json!("1.1.0"));
     let (status, up) = api
-        .call(
+        .send(
             Method::POST,
             &format!("/api/v1/connectors/{id}/upgrade"),
             &user,
@@ -223,7 +159,7 @@ async fn installs_are_counted_and_upgrades_keep_settings(pool: PgPool) {
     assert_eq!(status, StatusCode::OK, "{up}");
     assert_eq!(up["version"], json!(2));
     let (_, c) = api
-        .call(
+        .send(
             Method::GET,
             &format!("/api/v1/connectors/{id}"),
             &user,
@@ -245,9 +181,9 @@ async fn installs_are_counted_and_upgrades_keep_settings(pool: PgPool) {
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn ratings_are_one_per_workspace_and_bounded(pool: PgPool) {
-    let api = Api::new(pool.clone());
+    let api = TestApi::new(pool.clone());
     make_admin(&pool, "root").await;
-    api.call(
+    api.send(
         Method::POST,
         "/api/v1/admin/templates",
         &api.token("ops", "root"),
@@ -258,7 +194,7 @@ async fn ratings_are_one_per_workspace_and_bounded(pool: PgPool) {
     let b = api.token("ws_b", "u2");
     for stars in [0, 6] {
         let (status, _) = api
-            .call(
+            .send(
                 Method::POST,
                 "/api/v1/templates/echo/ratings",
                 &a,
@@ -267,7 +203,7 @@ async fn ratings_are_one_per_workspace_and_bounded(pool: PgPool) {
             .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{stars} stars");
     }
-    api.call(
+    api.send(
         Method::POST,
         "/api/v1/templates/echo/ratings",
         &a,
@@ -275,7 +211,7 @@ async fn ratings_are_one_per_workspace_and_bounded(pool: PgPool) {
     )
     .await;
     let (_, r) = api
-        .call(
+        .send(
             Method::POST,
             "/api/v1/templates/echo/ratings",
             &a,
@@ -288,7 +224,7 @@ async fn ratings_are_one_per_workspace_and_bounded(pool: PgPool) {
         "re-rating replaces"
     );
     let (_, r) = api
-        .call(
+        .send(
             Method::POST,
             "/api/v1/templates/echo/ratings",
             &b,
@@ -300,7 +236,7 @@ async fn ratings_are_one_per_workspace_and_bounded(pool: PgPool) {
         (json!(2), json!(4.5))
     );
     let (status, _) = api
-        .call(
+        .send(
             Method::POST,
             "/api/v1/templates/nope/ratings",
             &b,
@@ -312,12 +248,12 @@ async fn ratings_are_one_per_workspace_and_bounded(pool: PgPool) {
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn community_templates_stay_private_until_an_admin_approves(pool: PgPool) {
-    let api = Api::new(pool.clone());
+    let api = TestApi::new(pool.clone());
     make_admin(&pool, "root").await;
     let author = api.token("ws_author", "writer");
     let other = api.token("ws_other", "reader");
     let (status, body) = api
-        .call(
+        .send(
             Method::POST,
             "/api/v1/templates",
             &author,
@@ -328,7 +264,7 @@ async fn community_templates_stay_private_until_an_admin_approves(pool: PgPool) 
     assert_eq!(body["review_status"], json!("pending"));
 
     let (status, _) = api
-        .call(
+        .send(
             Method::GET,
             "/api/v1/templates/community-echo",
             &other,
@@ -337,7 +273,7 @@ async fn community_templates_stay_private_until_an_admin_approves(pool: PgPool) 
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, list) = api
-        .call(
+        .send(
             Method::GET,
             "/api/v1/templates?source=community",
             &other,
@@ -346,7 +282,7 @@ async fn community_templates_stay_private_until_an_admin_approves(pool: PgPool) 
         .await;
     assert_eq!(list["items"], json!([]));
     let (status, _) = api
-        .call(
+        .send(
             Method::GET,
             "/api/v1/templates/community-echo",
             &author,
@@ -356,7 +292,7 @@ async fn community_templates_stay_private_until_an_admin_approves(pool: PgPool) 
     assert_eq!(status, StatusCode::OK, "the author sees its submission");
     let install = json!({"settings": {"greeting": "x"}, "credentials": {"echo": "e"}});
     let (status, _) = api
-        .call(
+        .send(
             Method::POST,
             "/api/v1/templates/community-echo/install",
             &author,
@@ -370,7 +306,7 @@ async fn community_templates_stay_private_until_an_admin_approves(pool: PgPool) 
     );
 
     let (status, _) = api
-        .call(
+        .send(
             Method::POST,
             "/api/v1/admin/templates/community-echo/approve",
             &other,
@@ -379,7 +315,7 @@ async fn community_templates_stay_private_until_an_admin_approves(pool: PgPool) 
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "non-admins cannot approve");
     let (status, _) = api
-        .call(
+        .send(
             Method::POST,
             "/api/v1/admin/templates/community-echo/approve",
             &api.token("ops", "root"),
@@ -388,7 +324,7 @@ async fn community_templates_stay_private_until_an_admin_approves(pool: PgPool) 
         .await;
     assert_eq!(status, StatusCode::OK);
     let (_, list) = api
-        .call(
+        .send(
             Method::GET,
             "/api/v1/templates?source=community",
             &other,
@@ -397,7 +333,7 @@ async fn community_templates_stay_private_until_an_admin_approves(pool: PgPool) 
         .await;
     assert_eq!(list["items"][0]["slug"], json!("community-echo"));
     let (status, _) = api
-        .call(
+        .send(
             Method::POST,
             "/api/v1/templates/community-echo/install",
             &other,
@@ -407,7 +343,7 @@ async fn community_templates_stay_private_until_an_admin_approves(pool: PgPool) 
     assert_eq!(status, StatusCode::CREATED);
 
     let (status, _) = api
-        .call(
+        .send(
             Method::POST,
             "/api/v1/templates",
             &other,
@@ -426,10 +362,10 @@ async fn official_templates_sync_and_can_be_searched_and_featured(pool: PgPool) 
     conveyor_worker::settings::sync_templates(&pool)
         .await
         .expect("sync");
-    let api = Api::new(pool.clone());
+    let api = TestApi::new(pool.clone());
     let user = api.token("ws_a", "u1");
     let (status, list) = api
-        .call(
+        .send(
             Method::GET,
             "/api/v1/templates?source=official&q=slack",
             &user,
@@ -445,7 +381,7 @@ async fn official_templates_sync_and_can_be_searched_and_featured(pool: PgPool) 
         .collect();
     assert!(slugs.contains(&"slack-post-message"), "{slugs:?}");
     let (status, _) = api
-        .call(
+        .send(
             Method::POST,
             "/api/v1/admin/templates/slack-post-message/feature",
             &user,
@@ -455,7 +391,7 @@ async fn official_templates_sync_and_can_be_searched_and_featured(pool: PgPool) 
     assert_eq!(status, StatusCode::FORBIDDEN);
     make_admin(&pool, "root").await;
     let (status, _) = api
-        .call(
+        .send(
             Method::POST,
             "/api/v1/admin/templates/slack-post-message/feature",
             &api.token("ops", "root"),
@@ -464,7 +400,7 @@ async fn official_templates_sync_and_can_be_searched_and_featured(pool: PgPool) 
         .await;
     assert_eq!(status, StatusCode::OK);
     let (_, list) = api
-        .call(Method::GET, "/api/v1/templates?featured=true", &user, None)
+        .send(Method::GET, "/api/v1/templates?featured=true", &user, None)
         .await;
     assert_eq!(list["items"][0]["slug"], json!("slack-post-message"));
     // A second sync changes nothing.
@@ -479,7 +415,7 @@ async fn official_templates_sync_and_can_be_searched_and_featured(pool: PgPool) 
     .expect("count");
     assert_eq!(versions, 1);
     let (status, _) = api
-        .call(
+        .send(
             Method::GET,
             "/api/v1/templates?sort=popularity",
             &user,

@@ -1,5 +1,8 @@
 //! Test harness for Conveyor's end-to-end tests: a fresh database per test
-//! (`#[sqlx::test]`), the real runner and worker, and loopback stub servers.
+//! (`#[sqlx::test]`), the real runner and worker, the in-process API
+//! ([`api`]), and loopback stub servers.
+
+pub mod api;
 
 use std::sync::Arc;
 use std::time::Duration;
