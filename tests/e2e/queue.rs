@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use conveyor_engine::store::executions::{self, CancelOutcome, StepRow, Transition};
-use conveyor_tests::{Harness, WS, enqueue, test_worker_config, worker};
+use conveyor_tests::{
+    Harness, WS, enqueue, enqueue_new, new_execution, test_worker_config, worker,
+};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -64,43 +66,23 @@ async fn claims_follow_priority_then_run_at(pool: PgPool) {
         .connector(one_step("https://api.example.com/x".into()))
         .await;
     let low = h.enqueue(c, json!({})).await;
-    let mut conn = h.pool.acquire().await.expect("conn");
-    let high = executions::enqueue(
-        &mut conn,
+    let high = enqueue_new(
+        &h.pool,
         &executions::NewExecution {
-            workspace_id: WS.into(),
-            connector_id: c.0,
-            connector_version: c.1,
-            input: json!({}),
-            idempotency_key: None,
             priority: 5,
-            run_at: None,
-            rerun_of: None,
-            trace_context: None,
+            ..new_execution(c, json!({}))
         },
-        Utc::now(),
     )
-    .await
-    .expect("enqueue")
-    .id;
-    let later = executions::enqueue(
-        &mut conn,
+    .await;
+    let later = enqueue_new(
+        &h.pool,
         &executions::NewExecution {
-            workspace_id: WS.into(),
-            connector_id: c.0,
-            connector_version: c.1,
-            input: json!({}),
-            idempotency_key: None,
             priority: 9,
             run_at: Some(Utc::now() + Duration::from_secs(3600)),
-            rerun_of: None,
-            trace_context: None,
+            ..new_execution(c, json!({}))
         },
-        Utc::now(),
     )
-    .await
-    .expect("enqueue")
-    .id;
+    .await;
     let rows = executions::claim(&h.pool, "w", 10, lease(), Utc::now())
         .await
         .expect("claim");
@@ -420,24 +402,14 @@ async fn retention_prunes_finished_executions_with_their_steps_and_events(pool: 
             .status,
         "succeeded"
     );
-    let waiting = executions::enqueue(
-        &mut h.pool.acquire().await.expect("conn"),
+    let waiting = enqueue_new(
+        &h.pool,
         &executions::NewExecution {
-            workspace_id: WS.into(),
-            connector_id: c.0,
-            connector_version: c.1,
-            input: json!({}),
-            idempotency_key: None,
-            priority: 0,
             run_at: Some(Utc::now() + Duration::from_secs(3600)),
-            rerun_of: None,
-            trace_context: None,
+            ..new_execution(c, json!({}))
         },
-        Utc::now(),
     )
-    .await
-    .expect("enqueue")
-    .id;
+    .await;
     let history = conveyor_engine::store::history::prune_finished;
     assert_eq!(
         history(&h.pool, Utc::now() - Duration::from_secs(60), 10)

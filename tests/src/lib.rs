@@ -139,29 +139,40 @@ pub async fn connector_create(pool: &PgPool, c: &connector::Connector) -> (Uuid,
 /// Enqueues an execution in [`WS`].
 pub async fn enqueue(
     pool: &PgPool,
-    (connector_id, connector_version): (Uuid, i32),
+    connector: (Uuid, i32),
     input: Value,
     idempotency_key: Option<&str>,
 ) -> Uuid {
+    let new = NewExecution {
+        idempotency_key: idempotency_key.map(str::to_owned),
+        ..new_execution(connector, input)
+    };
+    enqueue_new(pool, &new).await
+}
+
+/// An execution of `connector` in [`WS`] with default settings, to adjust
+/// with struct update syntax.
+pub fn new_execution((connector_id, connector_version): (Uuid, i32), input: Value) -> NewExecution {
+    NewExecution {
+        workspace_id: WS.to_owned(),
+        connector_id,
+        connector_version,
+        input,
+        idempotency_key: None,
+        priority: 0,
+        run_at: None,
+        rerun_of: None,
+        trace_context: None,
+    }
+}
+
+/// Enqueues `new` now.
+pub async fn enqueue_new(pool: &PgPool, new: &NewExecution) -> Uuid {
     let mut conn = pool.acquire().await.expect("conn");
-    executions::enqueue(
-        &mut conn,
-        &NewExecution {
-            workspace_id: WS.to_owned(),
-            connector_id,
-            connector_version,
-            input,
-            idempotency_key: idempotency_key.map(str::to_owned),
-            priority: 0,
-            run_at: None,
-            rerun_of: None,
-            trace_context: None,
-        },
-        Utc::now(),
-    )
-    .await
-    .expect("enqueue")
-    .id
+    executions::enqueue(&mut conn, new, Utc::now())
+        .await
+        .expect("enqueue")
+        .id
 }
 
 /// The URL of a test's own database, for child processes (the tests'
