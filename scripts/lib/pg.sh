@@ -44,9 +44,17 @@ as_pg_user() {
   fi
 }
 
-# Prints a free TCP port on the loopback interface.
+# Prints a TCP port on the loopback interface that nothing listens on.
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  local port _
+  for _ in $(seq 1 100); do
+    port=$(( 20000 + RANDOM % 40000 ))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      printf '%s\n' "$port"
+      return 0
+    fi
+  done
+  die "no free loopback port found"
 }
 
 # pg_up DATADIR PORT [extra postgres -c settings...]
