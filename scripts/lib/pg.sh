@@ -57,6 +57,24 @@ free_port() {
   die "no free loopback port found"
 }
 
+# Prints PREFERRED when the cluster's owner can reach it, else a fresh
+# folder under /tmp: as root, a checkout under a private home (/root/...)
+# is out of the `postgres` user's reach, and initdb would fail.
+pg_datadir() {
+  local preferred="$1" parent
+  parent="$(dirname "$preferred")"
+  mkdir -p "$parent"
+  if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
+    useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+  fi
+  if [[ $(id -u) -ne 0 ]] || runuser -u postgres -- test -x "$parent" 2>/dev/null; then
+    printf '%s\n' "$preferred"
+  else
+    log "the postgres user cannot reach $parent; using a folder under /tmp"
+    mktemp -d /tmp/conveyor-pg.XXXXXX
+  fi
+}
+
 # pg_up DATADIR PORT [extra postgres -c settings...]
 # Initialises DATADIR if needed (superuser `conveyor`, trust auth on
 # loopback only) and starts the server. Prints nothing; the URL is

@@ -469,8 +469,9 @@ async fn sigterm_mid_step_completes_and_persists_the_step_and_leaves_nothing_lea
     assert_eq!(workers, ["worker-t", "worker-u"]);
 }
 
-/// A private PostgreSQL cluster under `<repo>/.data/`, stopped and removed
-/// on drop.
+/// A private PostgreSQL cluster in the system's temporary folder (which the
+/// unprivileged `postgres` user can always reach, wherever the checkout
+/// lives), stopped and removed on drop.
 struct PgCluster {
     dir: PathBuf,
     port: u16,
@@ -493,16 +494,14 @@ impl PgCluster {
     }
 
     fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = conveyor_tests::free_port();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let dir = Self::repo()
-            .join(".data")
-            .join(format!("processes-test-{}-{nanos}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "conveyor-processes-test-{}-{nanos}",
+            std::process::id()
+        ));
         let cluster = Self { dir, port };
         cluster.up();
         cluster
