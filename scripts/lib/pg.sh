@@ -38,7 +38,8 @@ pg_bindir() {
 as_pg_user() {
   if [[ $(id -u) -eq 0 ]]; then
     id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
-    runuser -u postgres -- "$@"
+    # From /, so the tools never try to return to a folder they cannot see.
+    (cd / && runuser -u postgres -- "$@")
   else
     "$@"
   fi
