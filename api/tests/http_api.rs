@@ -12,26 +12,23 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use base64::Engine as _;
+use conveyor_api::ApiConfig;
 use conveyor_api::auth::{Authenticator, Claims};
-use conveyor_api::{ApiConfig, AppState, app};
-use conveyor_engine::crypto::{Key, Keyring};
+use conveyor_engine::crypto::Keyring;
 use conveyor_engine::store::access;
+use conveyor_tests::api::{JWT_SECRET, Reply, TestApi, WAIT};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt as _;
 use uuid::Uuid;
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const JWT_SECRET: &str = "http-api-contract-tests-jwt-secret-0123456789";
 /// Planted as a credential value; must never appear in a response or log.
 const PLANTED: &str = "pl4nted-tok3n-5c81e0d2";
 /// A second planted value (a password).
 const PLANTED_2: &str = "pl4nted-passw0rd-a7f3b9";
-/// How long any wait in these tests may take.
-const WAIT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------
 // Harness
@@ -45,164 +42,9 @@ fn config() -> ApiConfig {
     }
 }
 
-/// The in-process API over a test database.
-struct Api {
-    router: axum::Router,
-    auth: Authenticator,
-    keyring: Arc<Keyring>,
-    pool: PgPool,
-}
-
-/// A response: status, JSON body (null when not JSON) and the raw text.
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    json: Value,
-    text: String,
-}
-
-impl Reply {
-    fn id(&self) -> String {
-        self.json["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no id in {}", self.text))
-            .to_owned()
-    }
-
-    fn items(&self) -> &Vec<Value> {
-        self.json["items"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no items in {}", self.text))
-    }
-}
-
-impl Api {
-    fn new(pool: PgPool) -> Self {
-        Self::with_config(pool, config())
-    }
-
-    fn with_config(pool: PgPool, config: ApiConfig) -> Self {
-        let keyring = Arc::new(Keyring::new(Key::generate(), []));
-        Self::over(pool, keyring, config)
-    }
-
-    fn over(pool: PgPool, keyring: Arc<Keyring>, config: ApiConfig) -> Self {
-        let auth = Authenticator::new(JWT_SECRET).expect("secret");
-        let state = AppState::new(pool.clone(), keyring.clone(), auth.clone(), config);
-        Self {
-            router: app(state),
-            auth,
-            keyring,
-            pool,
-        }
-    }
-
-    fn token(&self, workspace: &str, user: &str) -> String {
-        self.auth
-            .mint(workspace, user, Duration::from_secs(600))
-            .expect("token")
-    }
-
-    async fn send(&self, request: Request<Body>) -> Reply {
-        let response = self
-            .router
-            .clone()
-            .oneshot(request)
-            .await
-            .expect("response");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = tokio::time::timeout(WAIT, axum::body::to_bytes(response.into_body(), 1 << 24))
-            .await
-            .expect("the body ends")
-            .expect("body");
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            json,
-            text,
-        }
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        let mut request = Request::builder().method(method).uri(path);
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let body = match body {
-            Some(b) => {
-                request = request.header("content-type", "application/json");
-                Body::from(b.to_string())
-            }
-            None => Body::empty(),
-        };
-        self.send(request.body(body).expect("request")).await
-    }
-
-    async fn get(&self, path: &str, token: &str) -> Reply {
-        self.call(Method::GET, path, Some(token), None).await
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
-        self.call(Method::POST, path, Some(token), Some(body)).await
-    }
-
-    async fn create_connector(&self, token: &str, definition: Value) -> String {
-        let reply = self.post("/api/v1/connectors", token, definition).await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
-        reply.id()
-    }
-
-    async fn execute(&self, token: &str, connector: &str, input: Value) -> String {
-        let reply = self
-            .post(
-                &format!("/api/v1/connectors/{connector}/execute"),
-                token,
-                json!({ "input": input }),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
-        reply.id()
-    }
-
-    async fn put_credential(&self, token: &str, name: &str, data: Value) -> Reply {
-        let reply = self
-            .call(
-                Method::PUT,
-                &format!("/api/v1/credentials/{name}"),
-                Some(token),
-                Some(json!({ "data": data })),
-            )
-            .await;
-        assert!(reply.status.is_success(), "{}", reply.text);
-        reply
-    }
-
-    /// Polls `GET /executions/{id}` until a final status.
-    async fn wait_final(&self, token: &str, id: &str) -> Reply {
-        let started = std::time::Instant::now();
-        loop {
-            let reply = self.get(&format!("/api/v1/executions/{id}"), token).await;
-            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-            if matches!(
-                reply.json["status"].as_str(),
-                Some("succeeded" | "failed" | "cancelled")
-            ) {
-                return reply;
-            }
-            assert!(started.elapsed() < WAIT, "still running: {}", reply.text);
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
+/// The API over a test database, with `config()`.
+fn api(pool: PgPool) -> TestApi {
+    TestApi::with_config(pool, config())
 }
 
 /// A real worker running in the background until stopped.
@@ -416,7 +258,7 @@ fn sign(header: &Header, claims: &Value, secret: &str) -> String {
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn a_connector_runs_end_to_end_through_http_only(pool: PgPool) {
-    let api = Api::new(pool.clone());
+    let api = api(pool.clone());
     let served = Served::start(api.router.clone()).await;
     let mut client = Client {
         http: reqwest::Client::new(),
@@ -637,7 +479,7 @@ async fn a_connector_runs_end_to_end_through_http_only(pool: PgPool) {
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn workspace_b_gets_404_for_everything_of_workspace_a(pool: PgPool) {
-    let api = Api::new(pool);
+    let api = api(pool);
     let a = api.token("ws_a", "alice");
     let b = api.token("ws_b", "bob");
     let definition = simple_connector("http://127.0.0.1:9");
@@ -864,7 +706,7 @@ async fn workspace_b_gets_404_for_everything_of_workspace_a(pool: PgPool) {
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn bad_tokens_are_401(pool: PgPool) {
-    let api = Api::new(pool);
+    let api = api(pool);
     let good = api.token("ws_a", "alice");
     assert_eq!(
         api.get("/api/v1/connectors", &good).await.status,
@@ -1021,7 +863,7 @@ async fn bad_tokens_are_401(pool: PgPool) {
                 request = request.header("authorization", value);
             }
             let reply = api
-                .send(request.body(Body::empty()).expect("request"))
+                .send_request(request.body(Body::empty()).expect("request"))
                 .await;
             assert_eq!(
                 reply.status,
@@ -1113,8 +955,8 @@ async fn bad_tokens_are_401(pool: PgPool) {
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn bad_input_is_rejected_and_changes_nothing(pool: PgPool) {
-    let api = Api::new(pool.clone());
-    let small = Api::over(
+    let api = api(pool.clone());
+    let small = TestApi::with_keyring(
         pool.clone(),
         api.keyring.clone(),
         ApiConfig {
@@ -1169,7 +1011,7 @@ async fn bad_input_is_rejected_and_changes_nothing(pool: PgPool) {
         ] {
             for malformed in ["{not json", "{\"", "", "{]", "nul"] {
                 let reply = api
-                    .send(raw(
+                    .send_request(raw(
                         &uri,
                         verb.clone(),
                         token,
@@ -1198,7 +1040,7 @@ async fn bad_input_is_rejected_and_changes_nothing(pool: PgPool) {
             None,
         ] {
             let reply = api
-                .send(raw(
+                .send_request(raw(
                     "/api/v1/connectors",
                     Method::POST,
                     token,
@@ -1518,7 +1360,7 @@ async fn bad_input_is_rejected_and_changes_nothing(pool: PgPool) {
 /// JSON, so nothing about its fields can be said.
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn malformed_json_is_400_whatever_comes_before_the_error(pool: PgPool) {
-    let api = Api::new(pool.clone());
+    let api = api(pool.clone());
     let a = api.token("ws_a", "alice");
     let connector = api
         .create_connector(&a, simple_connector("http://127.0.0.1:9"))
@@ -1553,7 +1395,7 @@ async fn malformed_json_is_400_whatever_comes_before_the_error(pool: PgPool) {
             .header("content-type", "application/json")
             .body(Body::from(body))
             .expect("request");
-        let reply = api.send(request).await;
+        let reply = api.send_request(request).await;
         assert_eq!(
             reply.status,
             StatusCode::BAD_REQUEST,
@@ -1575,7 +1417,7 @@ async fn malformed_json_is_400_whatever_comes_before_the_error(pool: PgPool) {
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn two_concurrent_executes_with_the_same_key_make_one_execution(pool: PgPool) {
-    let api = Api::new(pool.clone());
+    let api = api(pool.clone());
     let a = api.token("ws_a", "alice");
     let b = api.token("ws_b", "bob");
     let connector = api
@@ -1592,7 +1434,7 @@ async fn two_concurrent_executes_with_the_same_key_make_one_execution(pool: PgPo
             .header("idempotency-key", key)
             .body(Body::from(json!({"input": {"n": 1}}).to_string()))
             .expect("request");
-        api.send(request)
+        api.send_request(request)
     };
     let by_body = |key: &'static str| {
         api.post(
@@ -1791,7 +1633,7 @@ fn capture_logs() -> Captured {
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn secrets_never_reach_responses_or_logs(pool: PgPool) {
     let logs = capture_logs();
-    let api = Api::new(pool.clone());
+    let api = api(pool.clone());
     let a = api.token("ws_a", "alice");
     let mut bodies: Vec<String> = Vec::new();
 
@@ -1975,7 +1817,7 @@ async fn secrets_never_reach_responses_or_logs(pool: PgPool) {
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn executions_page_newest_first_through_next_cursor(pool: PgPool) {
-    let api = Api::new(pool);
+    let api = api(pool);
     let a = api.token("ws_a", "alice");
     let connector = api
         .create_connector(&a, simple_connector("http://127.0.0.1:9"))
@@ -2078,7 +1920,7 @@ const REQUIRED_ROUTES: &[(&str, &[&str])] = &[
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn the_openapi_document_covers_every_route_and_docs_render(pool: PgPool) {
-    let api = Api::new(pool);
+    let api = api(pool);
     let doc = api
         .call(Method::GET, "/api/v1/openapi.json", None, None)
         .await;
@@ -2172,7 +2014,7 @@ async fn the_openapi_document_covers_every_route_and_docs_render(pool: PgPool) {
         assert!(reply.headers.contains_key("x-request-id"), "{path}");
     }
     let echoed = api
-        .send(
+        .send_request(
             Request::builder()
                 .uri("/api/v1/connectors")
                 .header("x-request-id", "req-123")

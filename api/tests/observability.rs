@@ -400,7 +400,7 @@ async fn an_unreachable_collector_does_not_hurt_executions(pool: PgPool) {
 
 /// The in-process API plus a real in-process worker over one database.
 struct InProcess {
-    router: axum::Router,
+    api: conveyor_tests::api::TestApi,
     token: String,
     harness: conveyor_tests::Harness,
 }
@@ -408,72 +408,33 @@ struct InProcess {
 impl InProcess {
     fn new(pool: PgPool) -> Self {
         let harness = conveyor_tests::Harness::new(pool.clone());
-        let auth = conveyor_api::auth::Authenticator::new(JWT_SECRET).expect("secret");
-        let token = auth
-            .mint(conveyor_tests::WS, "u1", Duration::from_secs(600))
-            .expect("token");
-        let state = conveyor_api::AppState::new(
+        let api = conveyor_tests::api::TestApi::with_keyring(
             pool,
             harness.keyring.clone(),
-            auth,
             conveyor_api::ApiConfig::default(),
         );
+        let token = api.token(conveyor_tests::WS, "u1");
         Self {
-            router: conveyor_api::app(state),
+            api,
             token,
             harness,
         }
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
-        use tower::ServiceExt as _;
-        let mut request = axum::http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("authorization", format!("Bearer {}", self.token));
-        let body = match body {
-            Some(b) => {
-                request = request.header("content-type", "application/json");
-                axum::body::Body::from(b.to_string())
-            }
-            None => axum::body::Body::empty(),
-        };
-        let response = self
-            .router
-            .clone()
-            .oneshot(request.body(body).expect("request"))
-            .await
-            .expect("response");
-        let status = response.status().as_u16();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 22)
-            .await
-            .expect("body");
-        (status, String::from_utf8_lossy(&bytes).into_owned())
+        let method = axum::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let reply = self.api.call(method, path, Some(&self.token), body).await;
+        (reply.status.as_u16(), reply.text)
     }
 
     async fn connector(&self, definition: Value) -> String {
-        let (status, body) = self
-            .call("POST", "/api/v1/connectors", Some(definition))
-            .await;
-        assert_eq!(status, 201, "{body}");
-        serde_json::from_str::<Value>(&body).expect("json")["id"]
-            .as_str()
-            .expect("id")
-            .to_owned()
+        self.api.create_connector(&self.token, definition).await
     }
 
     async fn execute(&self, connector: &str) -> uuid::Uuid {
-        let (status, body) = self
-            .call(
-                "POST",
-                &format!("/api/v1/connectors/{connector}/execute"),
-                Some(json!({"input": {}})),
-            )
-            .await;
-        assert_eq!(status, 202, "{body}");
-        serde_json::from_str::<Value>(&body).expect("json")["id"]
-            .as_str()
-            .expect("id")
+        self.api
+            .execute(&self.token, connector, json!({}))
+            .await
             .parse()
             .expect("uuid")
     }
