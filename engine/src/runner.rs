@@ -558,7 +558,7 @@ async fn group_commit(pool: PgPool, mut queue: mpsc::Receiver<CommitRequest>) {
         tokio::spawn(async move {
             let (commits, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             metrics::histogram!("conveyor_group_commit_size").record(commits.len() as f64);
-            match executions::commit_steps(&pool, &commits, Utc::now()).await {
+            match executions::commit_steps(&pool, commits, Utc::now()).await {
                 Ok(statuses) => {
                     for (reply, status) in replies.into_iter().zip(statuses) {
                         let _ = reply.send(Ok(status));

@@ -423,7 +423,7 @@ pub async fn commit_step(
         step: step.clone(),
         transition: transition.clone(),
     };
-    let mut statuses = commit_steps(pool, std::slice::from_ref(&commit), now).await?;
+    let mut statuses = commit_steps(pool, vec![commit], now).await?;
     Ok(statuses.pop().flatten())
 }
 
@@ -437,7 +437,7 @@ pub async fn commit_step(
 /// Database errors (then nothing was written for any of them).
 pub async fn commit_steps(
     pool: &PgPool,
-    commits: &[Commit],
+    commits: Vec<Commit>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Option<String>>> {
     let n = commits.len();
@@ -465,9 +465,10 @@ pub async fn commit_steps(
     let mut started = Vec::with_capacity(n);
     let mut finished = Vec::with_capacity(n);
     let mut durations = Vec::with_capacity(n);
+    // Moved, not cloned: request snapshots and bodies can be large.
     for c in commits {
-        let s = &c.step;
-        let (kind, context, next_step, lease_until, output, run_at, next_attempt, error) = match &c
+        let s = c.step;
+        let (kind, context, next_step, lease_until, output, run_at, next_attempt, error) = match c
             .transition
         {
             Transition::Continue {
@@ -477,8 +478,8 @@ pub async fn commit_steps(
             } => (
                 "continue",
                 Some(context),
-                Some(*next_step),
-                Some(*lease_until),
+                Some(next_step),
+                Some(lease_until),
                 None,
                 None,
                 None,
@@ -500,8 +501,8 @@ pub async fn commit_steps(
                 None,
                 None,
                 None,
-                Some(*run_at),
-                Some(*attempt),
+                Some(run_at),
+                Some(attempt),
                 None,
             ),
             Transition::Fail { error } => ("fail", None, None, None, None, None, None, Some(error)),
@@ -509,24 +510,24 @@ pub async fn commit_steps(
         ids.push(c.id);
         tokens.push(c.token);
         kinds.push(kind.to_owned());
-        contexts.push(context.cloned());
+        contexts.push(context);
         next_steps.push(next_step);
         lease_untils.push(lease_until);
-        outputs.push(output.cloned());
+        outputs.push(output);
         run_ats.push(run_at);
         next_attempts.push(next_attempt);
-        errors.push(error.cloned());
+        errors.push(error);
         indexes.push(s.step_index);
         attempts.push(s.attempt);
-        names.push(s.step_name.clone());
+        names.push(s.step_name);
         outcomes.push(s.outcome.to_owned());
-        requests.push(s.request.clone());
+        requests.push(s.request);
         statuses.push(s.response_status);
-        headers.push(s.response_headers.clone());
-        bodies.push(s.response_body.clone());
-        extracted.push(s.extracted.clone());
-        step_errors.push(s.error.clone());
-        workers.push(s.worker_id.clone());
+        headers.push(s.response_headers);
+        bodies.push(s.response_body);
+        extracted.push(s.extracted);
+        step_errors.push(s.error);
+        workers.push(s.worker_id);
         started.push(s.started_at);
         finished.push(s.finished_at);
         durations.push(s.duration_ms);
