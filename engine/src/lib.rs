@@ -9,11 +9,14 @@
 //!   typed substitution and escaping by destination.
 //! - [`extract`]: RFC 9535 JSONPath extraction of response fields.
 //! - [`crypto`]: AES-256-GCM sealing of workspace credentials.
+//! - [`decide`]: what follows a step attempt (continue, succeed, retry at a
+//!   time, fail with a typed error) and the output: pure, table-tested.
 //! - [`http`]: the HTTP step runner (render, send, classify, redact).
 //! - [`marketplace`]: connector templates: validation, install, upgrade.
 //! - [`net`]: the outbound address policy (no private networks by default).
 //! - [`retry`]: pure backoff delays.
 //! - [`runner`]: runs one claimed execution, step by step, fenced.
+//! - [`state`]: the stored states (step outcomes, ...) as enums.
 //! - [`telemetry`]: trace-context propagation through the queue.
 //! - [`store`]: all SQL. Nothing outside this crate writes to the database.
 //!
@@ -21,6 +24,7 @@
 
 pub mod connector;
 pub mod crypto;
+pub mod decide;
 pub mod error;
 pub mod extract;
 pub mod http;
@@ -29,6 +33,7 @@ pub mod net;
 mod redact;
 pub mod retry;
 pub mod runner;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod template;

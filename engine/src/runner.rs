@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde_json::{Map, Value, json};
+use chrono::Utc;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -19,10 +19,11 @@ use tracing::{Instrument, info, info_span, warn};
 use uuid::Uuid;
 
 use crate::Result;
-use crate::connector::{Connector, OnError};
+use crate::connector::Connector;
 use crate::crypto::Keyring;
-use crate::http::{Attempt, Credentials, Retry, StepClient, StepResult, idempotency_key};
-use crate::retry::next_delay;
+use crate::decide::{self, Decision, ExecutionError, Next, Policy, RunErrorKind, StepAttempt};
+use crate::http::{Attempt, Credentials, StepClient, StepResult, idempotency_key};
+use crate::state::StepOutcome;
 use crate::store;
 use crate::store::credentials;
 use crate::store::executions::{self, Claimed, StepRow, Transition};
@@ -224,11 +225,14 @@ impl Runner {
         {
             Ok(Some(p)) => p,
             Ok(None) => {
-                let error = json!({"kind": "definition", "message": "the connector version no longer exists"});
+                let error = ExecutionError::run(
+                    RunErrorKind::Definition,
+                    "the connector version no longer exists",
+                );
                 return self.end(id, token, Some(&error)).await;
             }
             Err(message) => {
-                let error = json!({"kind": "definition", "message": message});
+                let error = ExecutionError::run(RunErrorKind::Definition, message);
                 return self.end(id, token, Some(&error)).await;
             }
         };
@@ -241,7 +245,7 @@ impl Runner {
             Ok(c) => c,
             Err(credentials::CredentialError::Store(e)) => return Err(e),
             Err(e) => {
-                let error = json!({"kind": "credential", "message": e.to_string()});
+                let error = ExecutionError::run(RunErrorKind::Credential, e.to_string());
                 return self.end(id, token, Some(&error)).await;
             }
         };
@@ -263,11 +267,7 @@ impl Runner {
                 return Ok(RunOutcome::Released);
             }
             let now = Utc::now();
-            if now >= deadline {
-                let error = json!({
-                    "kind": "deadline", "step": step.name, "step_index": index,
-                    "message": format!("the run exceeded its timeout_ms of {} ms", connector.timeout_ms),
-                });
+            if let Some(error) = decide::deadline_passed(connector, index, now, deadline) {
                 return self.end(id, token, Some(&error)).await;
             }
             let attempt = if index == first {
@@ -305,16 +305,29 @@ impl Runner {
                 InFlight::LeaseLost => return Ok(RunOutcome::LeaseLost),
                 InFlight::CancelRequested => return self.end(id, token, None).await,
             };
-            let last = index + 1 == connector.steps.len();
-            let (row, transition) =
-                self.decide(connector, index, attempt, &result, &mut ctx, last, deadline);
-            let outcome = match &transition {
-                Transition::Continue { .. } => None,
-                Transition::Succeed { .. } => Some(RunOutcome::Succeeded),
-                Transition::Retry { .. } => Some(RunOutcome::RetryScheduled),
-                Transition::Fail { .. } => Some(RunOutcome::Failed),
+            let now = Utc::now();
+            let step_attempt = StepAttempt {
+                connector,
+                index,
+                attempt,
+                result: &result,
+                deadline,
             };
-            observe_step(&span, &claimed_labels, step, &result, &row);
+            let decision = decide::decide(
+                &step_attempt,
+                &mut ctx,
+                &self.policy(),
+                now,
+                rand::random::<f64>,
+            );
+            observe_step(&span, &claimed_labels, step, &result, decision.outcome);
+            let outcome = match &decision.next {
+                Next::Continue { .. } => None,
+                Next::Succeed { .. } => Some(RunOutcome::Succeeded),
+                Next::Retry { .. } => Some(RunOutcome::RetryScheduled),
+                Next::Fail(_) => Some(RunOutcome::Failed),
+            };
+            let (row, transition) = self.step_commit(&step_attempt, decision, now);
             let status = self
                 .commit(executions::Commit {
                     id,
@@ -340,7 +353,7 @@ impl Runner {
             }
         }
         // Only reachable when no step was left to run (an empty tail).
-        let output = render_output(self, connector, &ctx);
+        let output = decide::render_output(connector, self.client.renderer(), &ctx);
         self.end(id, token, output.err().as_ref()).await
     }
 
@@ -369,8 +382,14 @@ impl Runner {
 
     /// Ends the execution without a step row: failed with `error`, or
     /// cancelled when `error` is `None`.
-    async fn end(&self, id: Uuid, token: i64, error: Option<&Value>) -> Result<RunOutcome> {
-        if !executions::finish(&self.pool, id, token, error, Utc::now()).await? {
+    async fn end(
+        &self,
+        id: Uuid,
+        token: i64,
+        error: Option<&ExecutionError>,
+    ) -> Result<RunOutcome> {
+        let error = error.map(ExecutionError::to_json);
+        if !executions::finish(&self.pool, id, token, error.as_ref(), Utc::now()).await? {
             return Ok(RunOutcome::LeaseLost);
         }
         Ok(match error {
@@ -420,26 +439,29 @@ impl Runner {
         }
     }
 
-    /// Turns a step result into its stored row and the execution's next
-    /// state, growing `ctx` when the execution moves on.
-    #[allow(clippy::too_many_arguments)]
-    fn decide(
+    /// The limits decisions apply.
+    fn policy(&self) -> Policy<'_> {
+        Policy {
+            renderer: self.client.renderer(),
+            max_context_bytes: self.config.max_context_bytes,
+            max_retry_after: self.config.max_retry_after,
+            lease: self.config.lease,
+        }
+    }
+
+    /// The stored row of a decided attempt and the execution's transition.
+    fn step_commit(
         &self,
-        connector: &Connector,
-        index: usize,
-        attempt: u32,
-        result: &StepResult,
-        ctx: &mut Value,
-        last: bool,
-        deadline: DateTime<Utc>,
+        attempt: &StepAttempt<'_>,
+        decision: Decision,
+        now: chrono::DateTime<Utc>,
     ) -> (StepRow, Transition) {
-        let step = &connector.steps[index];
-        let now = Utc::now();
-        let mut row = StepRow {
-            step_index: i32::try_from(index).unwrap_or(i32::MAX),
-            attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
-            step_name: step.name.clone(),
-            outcome: "succeeded",
+        let result = attempt.result;
+        let row = StepRow {
+            step_index: i32::try_from(attempt.index).unwrap_or(i32::MAX),
+            attempt: i32::try_from(attempt.attempt).unwrap_or(i32::MAX),
+            step_name: attempt.connector.steps[attempt.index].name.clone(),
+            outcome: decision.outcome.as_str(),
             request: result.request.clone(),
             response_status: result.response.as_ref().map(|r| i32::from(r.status)),
             response_headers: result
@@ -454,79 +476,26 @@ impl Runner {
             finished_at: now,
             duration_ms: i32::try_from(result.duration_ms).unwrap_or(i32::MAX),
         };
-        let mut entry = result.context_entry();
-        if let Some(error) = &result.error {
-            let policy = connector.retry_for(step);
-            let retry_after = match error.retry {
-                Retry::Fatal => None,
-                Retry::Retryable => Some(None),
-                Retry::RetryAfter(d) => Some(Some(d)),
-            };
-            let mut why = error.message.clone();
-            if let Some(retry_after) = retry_after {
-                if attempt < policy.max_attempts {
-                    let delay = next_delay(
-                        policy,
-                        attempt,
-                        rand::random::<f64>(),
-                        retry_after,
-                        self.config.max_retry_after,
-                    );
-                    let run_at = now + delay;
-                    if run_at < deadline {
-                        row.outcome = "retry_scheduled";
-                        let attempt = i32::try_from(attempt + 1).unwrap_or(i32::MAX);
-                        return (row, Transition::Retry { run_at, attempt });
-                    }
-                    why = format!("{why}; a retry would pass the run deadline");
-                } else {
-                    why = format!("{why}; gave up after {attempt} attempts");
-                }
-            }
-            let error_json = json!({
-                "step": step.name, "step_index": index, "attempt": attempt,
-                "kind": error.kind, "message": why,
-                "status": result.response.as_ref().map(|r| r.status),
-            });
-            if step.on_error == OnError::Fail {
-                row.outcome = "failed";
-                return (row, Transition::Fail { error: error_json });
-            }
-            row.outcome = "continued";
-            entry["error"] = error_json;
-        }
-        ctx["steps"][step.name.as_str()] = entry;
-        let persisted = json!({"steps": ctx["steps"]});
-        let size = serde_json::to_vec(&persisted).map_or(usize::MAX, |v| v.len());
-        if size > self.config.max_context_bytes {
-            row.outcome = "failed";
-            let error = json!({
-                "step": step.name, "step_index": index, "attempt": attempt, "kind": "context_too_large",
-                "message": format!("the execution context would grow to {size} bytes, over the {} byte limit; extract fewer fields or lower the stored body size", self.config.max_context_bytes),
-            });
-            return (row, Transition::Fail { error });
-        }
-        if !last {
-            let transition = Transition::Continue {
-                context: persisted,
-                next_step: i32::try_from(index + 1).unwrap_or(i32::MAX),
-                lease_until: now + self.config.lease,
-            };
-            return (row, transition);
-        }
-        match render_output(self, connector, ctx) {
-            Ok(output) => (
-                row,
-                Transition::Succeed {
-                    context: persisted,
-                    output,
-                },
-            ),
-            Err(error) => {
-                row.outcome = "failed";
-                (row, Transition::Fail { error })
-            }
-        }
+        let transition = match decision.next {
+            Next::Continue {
+                context,
+                next_step,
+                lease_until,
+            } => Transition::Continue {
+                context,
+                next_step: i32::try_from(next_step).unwrap_or(i32::MAX),
+                lease_until,
+            },
+            Next::Succeed { context, output } => Transition::Succeed { context, output },
+            Next::Retry { run_at, attempt } => Transition::Retry {
+                run_at,
+                attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
+            },
+            Next::Fail(error) => Transition::Fail {
+                error: error.to_json(),
+            },
+        };
+        (row, transition)
     }
 }
 
@@ -582,7 +551,7 @@ fn observe_step(
     labels: &[(&'static str, String)],
     step: &crate::connector::Step,
     result: &StepResult,
-    row: &StepRow,
+    outcome: StepOutcome,
 ) {
     let status = result.response.as_ref().map(|r| r.status);
     if let Some(url) = result.request["url"].as_str() {
@@ -591,20 +560,20 @@ fn observe_step(
     if let Some(status) = status {
         span.record("http.response.status_code", status);
     }
-    let retry = match row.outcome {
-        "retry_scheduled" => "scheduled",
-        "failed" | "continued" if result.error.is_some() => "not_retried",
+    let retry = match outcome {
+        StepOutcome::RetryScheduled => "scheduled",
+        StepOutcome::Failed | StepOutcome::Continued if result.error.is_some() => "not_retried",
         _ => "none",
     };
     span.record("conveyor.retry", retry);
     let mut step_labels = labels.to_vec();
     step_labels.push(("step", step.name.clone()));
     let mut outcome_labels = step_labels.clone();
-    outcome_labels.push(("outcome", row.outcome.to_owned()));
+    outcome_labels.push(("outcome", outcome.as_str().to_owned()));
     metrics::counter!("conveyor_steps_total", &outcome_labels).increment(1);
     metrics::histogram!("conveyor_step_duration_seconds", &step_labels)
         .record(result.duration_ms as f64 / 1000.0);
-    if row.outcome == "retry_scheduled" {
+    if outcome == StepOutcome::RetryScheduled {
         metrics::counter!("conveyor_retries_scheduled_total", &step_labels).increment(1);
     }
     let class = match status {
@@ -627,25 +596,6 @@ fn redact_query(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
-}
-
-/// Renders the connector's `output` template; without one, the output is
-/// every step's extracted fields by step name.
-fn render_output(runner: &Runner, connector: &Connector, ctx: &Value) -> Result<Value, Value> {
-    if connector.output.is_null() {
-        let mut out = Map::new();
-        if let Some(steps) = ctx["steps"].as_object() {
-            for (name, entry) in steps {
-                out.insert(name.clone(), entry["extract"].clone());
-            }
-        }
-        return Ok(Value::Object(out));
-    }
-    runner
-        .client
-        .renderer()
-        .render_json(&connector.output, ctx)
-        .map_err(|e| json!({"kind": "output", "message": format!("output: {e}")}))
 }
 
 #[cfg(test)]

@@ -1,0 +1,320 @@
+//! What happens after a step attempt, and the execution's output: pure.
+//!
+//! [`decide`] takes the attempt, the policy, `now` and a jitter source and
+//! returns a [`Decision`]: the step's [`StepOutcome`] and where the
+//! execution goes next (continue, succeed, retry at a time, fail with an
+//! [`ExecutionError`]). The runner only carries decisions out: it sends
+//! steps, commits rows and never judges a result itself.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::connector::{Connector, OnError, Step};
+use crate::http::{Retry, StepErrorKind, StepResult};
+use crate::retry::next_delay;
+use crate::state::StepOutcome;
+use crate::template::Renderer;
+
+/// Why an execution failed. Stored as the execution's `error` and shown by
+/// the API; `docs/errors.md` lists every kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExecutionError {
+    /// The cause.
+    pub kind: ErrorKind,
+    /// What happened; never a secret.
+    pub message: String,
+    /// The step it happened at, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// That step's position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_index: Option<usize>,
+    /// That step's attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// For a failed step: the response status, `null` when no response
+    /// arrived. Absent for other errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Option<u16>>,
+}
+
+/// The kind of an [`ExecutionError`]: a failed step's own kind, or one of
+/// the execution's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ErrorKind {
+    /// A step failed for good (after its retries).
+    Step(StepErrorKind),
+    /// The execution itself failed.
+    Run(RunErrorKind),
+}
+
+/// Ways an execution fails other than a step's own error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunErrorKind {
+    /// The pinned connector version is gone or cannot be read.
+    Definition,
+    /// The workspace's credentials could not be loaded or opened.
+    Credential,
+    /// The run passed its `timeout_ms`.
+    Deadline,
+    /// The `output` template failed to render.
+    Output,
+    /// The persisted context would exceed its size limit.
+    ContextTooLarge,
+    /// Its lease expired more often than the reclaim cap allows (written by
+    /// the store's rescue, listed here for completeness).
+    Poisoned,
+}
+
+impl ExecutionError {
+    /// An execution-level error not tied to a step.
+    pub fn run(kind: RunErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Run(kind),
+            message: message.into(),
+            step: None,
+            step_index: None,
+            attempt: None,
+            status: None,
+        }
+    }
+
+    /// The error as stored.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or_else(|_| json!({"message": self.message}))
+    }
+
+    fn at(mut self, step: &Step, index: usize) -> Self {
+        self.step = Some(step.name.clone());
+        self.step_index = Some(index);
+        self
+    }
+}
+
+/// The limits a decision applies, from the runner's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    /// Renders the connector's `output`.
+    pub renderer: &'a Renderer,
+    /// Largest persisted context (the step results so far).
+    pub max_context_bytes: usize,
+    /// Upper bound for a server's `Retry-After`.
+    pub max_retry_after: Duration,
+    /// Lease length: a continuing execution's lease is extended by it.
+    pub lease: Duration,
+}
+
+/// One finished attempt to decide on.
+#[derive(Debug, Clone, Copy)]
+pub struct StepAttempt<'a> {
+    /// The connector being run.
+    pub connector: &'a Connector,
+    /// The step's position in it.
+    pub index: usize,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// What the attempt gave.
+    pub result: &'a StepResult,
+    /// The run's deadline (start plus `timeout_ms`).
+    pub deadline: DateTime<Utc>,
+}
+
+/// The decision on an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The step row's outcome.
+    pub outcome: StepOutcome,
+    /// Where the execution goes.
+    pub next: Next,
+}
+
+/// Where an execution goes after a step attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Run the next step; store the grown context and extend the lease.
+    Continue {
+        /// The persisted context (`{"steps": ...}`).
+        context: Value,
+        /// The next step's index.
+        next_step: usize,
+        /// The new lease expiry.
+        lease_until: DateTime<Utc>,
+    },
+    /// The last step is done.
+    Succeed {
+        /// The persisted context.
+        context: Value,
+        /// The rendered output.
+        output: Value,
+    },
+    /// Try the step again at `run_at` (the worker slot is freed).
+    Retry {
+        /// When.
+        run_at: DateTime<Utc>,
+        /// The retry's attempt number.
+        attempt: u32,
+    },
+    /// The execution failed.
+    Fail(ExecutionError),
+}
+
+/// Decides what follows `attempt`, growing `ctx` (the execution context)
+/// with the step's entry when the execution moves on. `jitter` yields a
+/// number in `[0, 1)`, drawn only when a retry delay is computed.
+pub fn decide(
+    attempt: &StepAttempt<'_>,
+    ctx: &mut Value,
+    policy: &Policy<'_>,
+    now: DateTime<Utc>,
+    jitter: impl FnOnce() -> f64,
+) -> Decision {
+    let StepAttempt {
+        connector,
+        index,
+        attempt: number,
+        result,
+        deadline,
+    } = *attempt;
+    let step = &connector.steps[index];
+    let fail = |outcome, error| Decision {
+        outcome,
+        next: Next::Fail(error),
+    };
+    let mut outcome = StepOutcome::Succeeded;
+    let mut entry = result.context_entry();
+    if let Some(error) = &result.error {
+        let retry_policy = connector.retry_for(step);
+        let retry_after = match error.retry {
+            Retry::Fatal => None,
+            Retry::Retryable => Some(None),
+            Retry::RetryAfter(d) => Some(Some(d)),
+        };
+        let mut why = error.message.clone();
+        if let Some(retry_after) = retry_after {
+            if number < retry_policy.max_attempts {
+                let delay = next_delay(
+                    retry_policy,
+                    number,
+                    jitter(),
+                    retry_after,
+                    policy.max_retry_after,
+                );
+                let run_at = now + delay;
+                if run_at < deadline {
+                    return Decision {
+                        outcome: StepOutcome::RetryScheduled,
+                        next: Next::Retry {
+                            run_at,
+                            attempt: number + 1,
+                        },
+                    };
+                }
+                why = format!("{why}; a retry would pass the run deadline");
+            } else {
+                why = format!("{why}; gave up after {number} attempts");
+            }
+        }
+        let failure = ExecutionError {
+            kind: ErrorKind::Step(error.kind),
+            message: why,
+            step: None,
+            step_index: None,
+            attempt: Some(number),
+            status: Some(result.response.as_ref().map(|r| r.status)),
+        }
+        .at(step, index);
+        if step.on_error == OnError::Fail {
+            return fail(StepOutcome::Failed, failure);
+        }
+        outcome = StepOutcome::Continued;
+        entry["error"] = failure.to_json();
+    }
+    ctx["steps"][step.name.as_str()] = entry;
+    let persisted = json!({"steps": ctx["steps"]});
+    let size = serde_json::to_vec(&persisted).map_or(usize::MAX, |v| v.len());
+    if size > policy.max_context_bytes {
+        let mut error = ExecutionError::run(
+            RunErrorKind::ContextTooLarge,
+            format!(
+                "the execution context would grow to {size} bytes, over the {} byte limit; extract fewer fields or lower the stored body size",
+                policy.max_context_bytes
+            ),
+        )
+        .at(step, index);
+        error.attempt = Some(number);
+        return fail(StepOutcome::Failed, error);
+    }
+    if index + 1 < connector.steps.len() {
+        return Decision {
+            outcome,
+            next: Next::Continue {
+                context: persisted,
+                next_step: index + 1,
+                lease_until: now + policy.lease,
+            },
+        };
+    }
+    match render_output(connector, policy.renderer, ctx) {
+        Ok(output) => Decision {
+            outcome,
+            next: Next::Succeed {
+                context: persisted,
+                output,
+            },
+        },
+        Err(error) => fail(StepOutcome::Failed, error),
+    }
+}
+
+/// The error that ends a run whose deadline has come before step `index`
+/// starts, or `None` while time is left.
+pub fn deadline_passed(
+    connector: &Connector,
+    index: usize,
+    now: DateTime<Utc>,
+    deadline: DateTime<Utc>,
+) -> Option<ExecutionError> {
+    (now >= deadline).then(|| {
+        ExecutionError::run(
+            RunErrorKind::Deadline,
+            format!(
+                "the run exceeded its timeout_ms of {} ms",
+                connector.timeout_ms
+            ),
+        )
+        .at(&connector.steps[index], index)
+    })
+}
+
+/// Renders the connector's `output` template against `ctx`; without one,
+/// the output is every step's extracted fields by step name.
+///
+/// # Errors
+///
+/// An `output` error when the template fails to render.
+pub fn render_output(
+    connector: &Connector,
+    renderer: &Renderer,
+    ctx: &Value,
+) -> Result<Value, ExecutionError> {
+    if connector.output.is_null() {
+        let mut out = Map::new();
+        if let Some(steps) = ctx["steps"].as_object() {
+            for (name, entry) in steps {
+                out.insert(name.clone(), entry["extract"].clone());
+            }
+        }
+        return Ok(Value::Object(out));
+    }
+    renderer
+        .render_json(&connector.output, ctx)
+        .map_err(|e| ExecutionError::run(RunErrorKind::Output, format!("output: {e}")))
+}
+
+#[cfg(test)]
+mod tests;
