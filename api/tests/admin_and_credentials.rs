@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use chrono::Utc;
+use conveyor_engine::state::{ExecutionStatus, StepOutcome};
 use conveyor_engine::store::executions::{self, StepRow, Transition};
 use conveyor_engine::store::{access, credentials};
 use conveyor_tests::api::{Reply, TestApi};
@@ -318,7 +319,7 @@ fn step(worker: &str) -> StepRow {
         step_index: 0,
         attempt: 1,
         step_name: "ping".to_owned(),
-        outcome: "succeeded",
+        outcome: StepOutcome::Succeeded,
         request: json!({"method": "GET"}),
         response_status: Some(200),
         response_headers: None,
@@ -412,7 +413,7 @@ async fn admins_see_queue_stats_usage_history_and_every_audit_log(pool: PgPool) 
     )
     .await
     .expect("commit");
-    assert_eq!(done.as_deref(), Some("succeeded"));
+    assert_eq!(done, Some(ExecutionStatus::Succeeded));
     let running = executions::claim(&api.pool, "worker-b", 1, lease, Utc::now())
         .await
         .expect("claim");

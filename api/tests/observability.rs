@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use conveyor_engine::state::ExecutionStatus;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -536,14 +537,14 @@ async fn metrics_count_a_retry_and_a_failure(pool: PgPool) {
             .run_until_final(a, Duration::from_secs(20))
             .await
             .status,
-        "succeeded"
+        ExecutionStatus::Succeeded
     );
     assert_eq!(
         app.harness
             .run_until_final(b, Duration::from_secs(20))
             .await
             .status,
-        "failed"
+        ExecutionStatus::Failed
     );
 
     let (status, text) = app.call("GET", "/metrics", None).await;
@@ -661,7 +662,7 @@ async fn a_late_subscriber_receives_the_whole_event_history(pool: PgPool) {
             .run_until_final(id, Duration::from_secs(20))
             .await
             .status,
-        "succeeded"
+        ExecutionStatus::Succeeded
     );
 
     let expected = [

@@ -23,7 +23,7 @@ use crate::connector::Connector;
 use crate::crypto::Keyring;
 use crate::decide::{self, Decision, ExecutionError, Next, Policy, RunErrorKind, StepAttempt};
 use crate::http::{Attempt, Credentials, StepClient, StepResult, idempotency_key};
-use crate::state::StepOutcome;
+use crate::state::{ExecutionStatus, StepOutcome};
 use crate::store;
 use crate::store::credentials;
 use crate::store::executions::{self, Claimed, StepRow, Transition};
@@ -83,7 +83,7 @@ struct Prepared {
 /// Commits waiting for the group committer, with their reply channels.
 type CommitRequest = (
     executions::Commit,
-    oneshot::Sender<Result<Option<String>, String>>,
+    oneshot::Sender<Result<Option<ExecutionStatus>, String>>,
 );
 
 /// Most step commits one group-commit statement carries.
@@ -124,7 +124,7 @@ impl Runner {
 
     /// Commits a step through the group committer: concurrent executions'
     /// commits share one statement, each still fenced by its own token.
-    async fn commit(&self, commit: executions::Commit) -> Result<Option<String>> {
+    async fn commit(&self, commit: executions::Commit) -> Result<Option<ExecutionStatus>> {
         let (reply, answer) = oneshot::channel();
         self.commits
             .send((commit, reply))
@@ -336,12 +336,12 @@ impl Runner {
                     transition,
                 })
                 .await?;
-            match status.as_deref() {
+            match status {
                 None => {
                     warn!("lease lost before the step commit; dropping the execution");
                     return Ok(RunOutcome::LeaseLost);
                 }
-                Some(executions::status::CANCELLED) => {
+                Some(ExecutionStatus::Cancelled) => {
                     info!("cancelled at a step boundary");
                     return Ok(RunOutcome::Cancelled);
                 }
@@ -461,7 +461,7 @@ impl Runner {
             step_index: i32::try_from(attempt.index).unwrap_or(i32::MAX),
             attempt: i32::try_from(attempt.attempt).unwrap_or(i32::MAX),
             step_name: attempt.connector.steps[attempt.index].name.clone(),
-            outcome: decision.outcome.as_str(),
+            outcome: decision.outcome,
             request: result.request.clone(),
             response_status: result.response.as_ref().map(|r| i32::from(r.status)),
             response_headers: result

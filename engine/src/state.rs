@@ -1,31 +1,165 @@
-//! The states the engine stores, as Rust enums: one place maps each to
-//! its database text (checked by the schema's CHECK constraints) and its
-//! JSON form, both `snake_case`.
+//! The states the engine stores, as Rust enums: one place maps each to its
+//! database text (`sqlx::Type`, the columns are `text` checked by the
+//! schema's CHECK constraints) and its JSON form, both `snake_case`.
+//!
+//! Queries read them with a type override (`status AS "status: _"`) and
+//! bind them with [`as_str`](ExecutionStatus::as_str).
+
+use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// How one attempt of one step ended (the step row's `outcome`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepOutcome {
-    /// The step succeeded.
-    Succeeded,
-    /// The step failed and so did the execution.
-    Failed,
-    /// The step failed; a retry is scheduled.
-    RetryScheduled,
-    /// The step failed and its `on_error` moved on to the next step.
-    Continued,
+/// Declares a stored state enum: its variants with their text, `as_str`,
+/// `ALL`, `Display` and `FromStr`.
+macro_rules! stored_state {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+        #[serde(rename_all = "snake_case")]
+        #[sqlx(type_name = "text", rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &[Self] = &[$(Self::$variant),+];
+
+            /// The stored (and JSON) text.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownState;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| UnknownState {
+                        value: s.to_owned(),
+                        expected: Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", "),
+                    })
+            }
+        }
+    };
 }
 
-impl StepOutcome {
-    /// The stored (and metric label) form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::RetryScheduled => "retry_scheduled",
-            Self::Continued => "continued",
+/// A text that names no value of a state enum.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value `{value}`: expected one of {expected}")]
+pub struct UnknownState {
+    /// The text given.
+    pub value: String,
+    /// The accepted values, comma-separated.
+    pub expected: String,
+}
+
+stored_state! {
+    /// Where an execution is (see `docs/state_machine.md`).
+    pub enum ExecutionStatus {
+        /// Waiting for `run_at` and a worker.
+        Queued = "queued",
+        /// Leased by a worker.
+        Running = "running",
+        /// All steps done, output rendered.
+        Succeeded = "succeeded",
+        /// A step failed for good, or the deadline passed, or poisoned.
+        Failed = "failed",
+        /// Cancelled on request.
+        Cancelled = "cancelled",
+    }
+}
+
+impl ExecutionStatus {
+    /// Whether the execution is finished: nothing will change it again.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+stored_state! {
+    /// How one attempt of one step ended (the step row's `outcome`).
+    pub enum StepOutcome {
+        /// The step succeeded.
+        Succeeded = "succeeded",
+        /// The step failed and so did the execution.
+        Failed = "failed",
+        /// The step failed; a retry is scheduled.
+        RetryScheduled = "retry_scheduled",
+        /// The step failed and its `on_error` moved on to the next step.
+        Continued = "continued",
+    }
+}
+
+stored_state! {
+    /// Where a marketplace template is in review.
+    pub enum ReviewStatus {
+        /// Submitted by a workspace, waiting for an admin.
+        Pending = "pending",
+        /// Listed in the marketplace.
+        Approved = "approved",
+        /// Refused by an admin.
+        Rejected = "rejected",
+        /// Withdrawn; installed copies keep working.
+        Retired = "retired",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_json_and_parsing_agree() {
+        for s in ExecutionStatus::ALL {
+            assert_eq!(serde_json::to_value(s).ok(), Some(s.as_str().into()));
+            assert_eq!(s.as_str().parse(), Ok(*s));
         }
+        for s in StepOutcome::ALL {
+            assert_eq!(serde_json::to_value(s).ok(), Some(s.as_str().into()));
+            assert_eq!(s.as_str().parse(), Ok(*s));
+        }
+        for s in ReviewStatus::ALL {
+            assert_eq!(serde_json::to_value(s).ok(), Some(s.as_str().into()));
+            assert_eq!(s.as_str().parse(), Ok(*s));
+        }
+        assert_eq!(
+            "done".parse::<ExecutionStatus>().map_err(|e| e.to_string()),
+            Err("invalid value `done`: expected one of queued, running, succeeded, failed, cancelled".to_owned())
+        );
+    }
+
+    #[test]
+    fn only_succeeded_failed_and_cancelled_are_final() {
+        let finals: Vec<_> = ExecutionStatus::ALL
+            .iter()
+            .filter(|s| s.is_final())
+            .collect();
+        assert_eq!(
+            finals,
+            [
+                &ExecutionStatus::Succeeded,
+                &ExecutionStatus::Failed,
+                &ExecutionStatus::Cancelled
+            ]
+        );
     }
 }

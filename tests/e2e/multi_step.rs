@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use conveyor_engine::state::ExecutionStatus;
 use conveyor_engine::store::credentials;
 use conveyor_tests::{Harness, WS};
 use serde_json::{Value, json};
@@ -76,7 +77,12 @@ async fn runs_three_steps_with_typed_json_extraction_bearer_credential_and_form(
         .await;
 
     let execution = h.run_until_final(id, Duration::from_secs(20)).await;
-    assert_eq!(execution.status, "succeeded", "{:?}", execution.error);
+    assert_eq!(
+        execution.status,
+        ExecutionStatus::Succeeded,
+        "{:?}",
+        execution.error
+    );
     assert_eq!(
         execution.output,
         Some(json!({"contact_id": "c-42", "name": "Ada Lovelace", "notified": 200}))
@@ -197,7 +203,12 @@ async fn settings_and_credential_bindings_reach_the_steps(pool: PgPool) {
         .await;
     let id = h.enqueue(connector, json!({"text": "hi"})).await;
     let execution = h.run_until_final(id, Duration::from_secs(20)).await;
-    assert_eq!(execution.status, "succeeded", "{:?}", execution.error);
+    assert_eq!(
+        execution.status,
+        ExecutionStatus::Succeeded,
+        "{:?}",
+        execution.error
+    );
     assert_eq!(execution.output, Some(json!({"ts": "1.2"})));
     let received = stub.received_requests().await.expect("recording on");
     assert_eq!(received.len(), 1);

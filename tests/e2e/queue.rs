@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::Utc;
+use conveyor_engine::state::{ExecutionStatus, StepOutcome};
 use conveyor_engine::store::executions::{self, CancelOutcome, StepRow, Transition};
 use conveyor_tests::{
     Harness, WS, enqueue, enqueue_new, new_execution, test_worker_config, worker,
@@ -124,7 +125,7 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
         step_index: 0,
         attempt: 1,
         step_name: "a".into(),
-        outcome: "succeeded",
+        outcome: StepOutcome::Succeeded,
         request: json!({}),
         response_status: Some(200),
         response_headers: None,
@@ -179,7 +180,7 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
     );
 
     let e = h.execution(id).await;
-    assert_eq!(e.status, "running");
+    assert_eq!(e.status, ExecutionStatus::Running);
     assert_eq!(e.lease_owner.as_deref(), Some("worker-b"));
     assert_eq!(e.next_step, 0);
     assert_eq!(e.reclaims, 1);
@@ -203,7 +204,7 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
     )
     .await
     .expect("commit");
-    assert_eq!(written.as_deref(), Some("running"));
+    assert_eq!(written, Some(ExecutionStatus::Running));
     assert_eq!(h.execution(id).await.next_step, 1);
 }
 
@@ -231,7 +232,7 @@ async fn an_execution_that_keeps_losing_its_lease_is_failed_as_poisoned(pool: Pg
         }
     }
     let e = h.execution(id).await;
-    assert_eq!(e.status, "failed");
+    assert_eq!(e.status, ExecutionStatus::Failed);
     assert_eq!(
         e.error.as_ref().map(|e| e["kind"].clone()),
         Some(json!("poisoned"))
@@ -250,12 +251,15 @@ async fn cancelling_a_queued_execution_ends_it_and_it_never_runs(pool: PgPool) {
         .expect("cancel");
     assert_eq!(outcome, CancelOutcome::Cancelled);
     assert!(h.worker.run_next().await.expect("run").is_none());
-    assert_eq!(h.execution(id).await.status, "cancelled");
+    assert_eq!(h.execution(id).await.status, ExecutionStatus::Cancelled);
     assert!(stub.received_requests().await.expect("rec").is_empty());
     let again = executions::cancel(&h.pool, WS, id, Utc::now())
         .await
         .expect("cancel");
-    assert_eq!(again, CancelOutcome::AlreadyFinished("cancelled".into()));
+    assert_eq!(
+        again,
+        CancelOutcome::AlreadyFinished(ExecutionStatus::Cancelled)
+    );
     let other = executions::cancel(&h.pool, "ws_other", id, Utc::now())
         .await
         .expect("cancel");
@@ -286,7 +290,7 @@ async fn cancelling_a_running_execution_stops_it_before_the_next_step(pool: PgPo
     });
     let e = h.run_until_final(id, Duration::from_secs(20)).await;
     assert_eq!(canceller.await.expect("task"), CancelOutcome::Requested);
-    assert_eq!(e.status, "cancelled");
+    assert_eq!(e.status, ExecutionStatus::Cancelled);
     let received = stub.received_requests().await.expect("rec");
     assert!(
         received.iter().all(|r| r.url.path() != "/never"),
@@ -332,7 +336,7 @@ async fn a_run_past_its_deadline_fails_with_a_timeout_error(pool: PgPool) {
         .await;
     let id = h.enqueue(c, json!({})).await;
     let e = h.run_until_final(id, Duration::from_secs(20)).await;
-    assert_eq!(e.status, "failed");
+    assert_eq!(e.status, ExecutionStatus::Failed);
     let error = e.error.expect("error");
     assert_eq!(error["kind"], json!("timeout"), "{error}");
     assert!(
@@ -376,12 +380,16 @@ async fn shutdown_lets_the_step_in_flight_finish_and_releases_the_rest(pool: PgP
         .expect("worker stops within the grace period")
         .expect("worker task");
     let e = h.execution(id).await;
-    assert_eq!(e.status, "queued", "released for another worker");
+    assert_eq!(
+        e.status,
+        ExecutionStatus::Queued,
+        "released for another worker"
+    );
     assert!(e.lease_owner.is_none());
     assert_eq!(e.next_step, 1, "the step in flight finished and was stored");
     let steps = h.steps(id).await;
     assert_eq!(steps.len(), 1);
-    assert_eq!(steps[0].outcome, "succeeded");
+    assert_eq!(steps[0].outcome, StepOutcome::Succeeded);
     let received = stub.received_requests().await.expect("rec");
     assert_eq!(received.len(), 1, "the second step did not start");
 }
@@ -400,7 +408,7 @@ async fn retention_prunes_finished_executions_with_their_steps_and_events(pool: 
         h.run_until_final(done, Duration::from_secs(20))
             .await
             .status,
-        "succeeded"
+        ExecutionStatus::Succeeded
     );
     let waiting = enqueue_new(
         &h.pool,
@@ -444,5 +452,5 @@ async fn retention_prunes_finished_executions_with_their_steps_and_events(pool: 
         .await
         .expect("count");
     assert_eq!(executions, 1);
-    assert_eq!(h.execution(waiting).await.status, "queued");
+    assert_eq!(h.execution(waiting).await.status, ExecutionStatus::Queued);
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use conveyor_engine::state::{ExecutionStatus, StepOutcome};
 use conveyor_tests::Harness;
 use serde_json::json;
 use sqlx::PgPool;
@@ -29,7 +30,7 @@ async fn a_step_that_fails_twice_with_503_succeeds_on_attempt_three(pool: PgPool
         .await;
     let id = h.enqueue(c, json!({})).await;
     let e = h.run_until_final(id, Duration::from_secs(20)).await;
-    assert_eq!(e.status, "succeeded", "{:?}", e.error);
+    assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
     assert_eq!(e.output, Some(json!({"post": {"id": 7}})));
     let steps = h.steps(id).await;
     let outcomes: Vec<(i32, &str, Option<i32>)> = steps
@@ -88,7 +89,7 @@ async fn a_429_with_retry_after_waits_at_least_that_long(pool: PgPool) {
         .await;
     let id = h.enqueue(c, json!({})).await;
     let e = h.run_until_final(id, Duration::from_secs(20)).await;
-    assert_eq!(e.status, "succeeded");
+    assert_eq!(e.status, ExecutionStatus::Succeeded);
     let steps = h.steps(id).await;
     assert_eq!(steps.len(), 2);
     let gap = steps[1].started_at - steps[0].finished_at;
@@ -110,14 +111,14 @@ async fn a_400_fails_at_once_naming_the_step(pool: PgPool) {
         .await;
     let id = h.enqueue(c, json!({})).await;
     let e = h.run_until_final(id, Duration::from_secs(20)).await;
-    assert_eq!(e.status, "failed");
+    assert_eq!(e.status, ExecutionStatus::Failed);
     let error = e.error.expect("error");
     assert_eq!(error["step"], json!("create"));
     assert_eq!(error["kind"], json!("http_status"));
     assert_eq!(error["status"], json!(400));
     let steps = h.steps(id).await;
     assert_eq!(steps.len(), 1);
-    assert_eq!(steps[0].outcome, "failed");
+    assert_eq!(steps[0].outcome, StepOutcome::Failed);
     assert_eq!(steps[0].response_body, Some(json!({"error": "bad email"})));
     assert_eq!(stub.received_requests().await.expect("rec").len(), 1);
 }
@@ -146,10 +147,10 @@ async fn on_error_continue_moves_on_to_the_next_step(pool: PgPool) {
         .await;
     let id = h.enqueue(c, json!({})).await;
     let e = h.run_until_final(id, Duration::from_secs(20)).await;
-    assert_eq!(e.status, "succeeded", "{:?}", e.error);
+    assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
     assert_eq!(e.output, Some(json!({"ok": 1, "skipped": 404})));
-    let outcomes: Vec<String> = h.steps(id).await.into_iter().map(|s| s.outcome).collect();
-    assert_eq!(outcomes, ["continued", "succeeded"]);
+    let outcomes: Vec<StepOutcome> = h.steps(id).await.into_iter().map(|s| s.outcome).collect();
+    assert_eq!(outcomes, [StepOutcome::Continued, StepOutcome::Succeeded]);
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
@@ -172,7 +173,7 @@ async fn the_event_log_records_every_claim_attempt_and_the_end(pool: PgPool) {
         .await;
     let id = h.enqueue(c, json!({})).await;
     let e = h.run_until_final(id, Duration::from_secs(20)).await;
-    assert_eq!(e.status, "succeeded");
+    assert_eq!(e.status, ExecutionStatus::Succeeded);
     let events = conveyor_engine::store::history::events(&h.pool, conveyor_tests::WS, id, 0)
         .await
         .expect("events");

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use conveyor_engine::marketplace::{InstallRequest, Template};
+use conveyor_engine::state::ExecutionStatus;
 use conveyor_engine::store::credentials;
 use conveyor_tests::{Harness, WS, connector_create};
 use serde_json::{Map, Value, json};
@@ -191,7 +192,7 @@ async fn execute_case(
     let installed = connector_create(&h.pool, &connector).await;
     let id = h.enqueue(installed, case["input"].clone()).await;
     let execution = h.run_until_final(id, Duration::from_secs(30)).await;
-    if execution.status != "succeeded" {
+    if execution.status != ExecutionStatus::Succeeded {
         let steps = h.steps(id).await;
         let last = steps.last().map(
             |s| json!({"request": s.request, "status": s.response_status, "body": s.response_body}),

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use conveyor_api::auth::Authenticator;
 use conveyor_api::{ApiConfig, AppState, app};
 use conveyor_engine::crypto::{Key, Keyring};
+use conveyor_engine::state::ExecutionStatus;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -202,10 +203,10 @@ impl TestApi {
         loop {
             let reply = self.get(&format!("/api/v1/executions/{id}"), token).await;
             assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-            if matches!(
-                reply.json["status"].as_str(),
-                Some("succeeded" | "failed" | "cancelled")
-            ) {
+            let status = reply.json["status"]
+                .as_str()
+                .map(str::parse::<ExecutionStatus>);
+            if status.is_some_and(|s| s.is_ok_and(ExecutionStatus::is_final)) {
                 return reply;
             }
             assert!(started.elapsed() < WAIT, "still running: {}", reply.text);

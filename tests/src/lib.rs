@@ -12,8 +12,9 @@ use conveyor_engine::connector;
 use conveyor_engine::crypto::{Key, Keyring};
 use conveyor_engine::http::{HttpConfig, StepClient};
 use conveyor_engine::runner::{Runner, RunnerConfig};
+use conveyor_engine::store::executions::StepRow;
 use conveyor_engine::store::executions::{self, NewExecution};
-use conveyor_engine::store::history::{self, ExecutionView, StepView};
+use conveyor_engine::store::history::{self, ExecutionView};
 use conveyor_worker::{Worker, WorkerConfig};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -66,7 +67,7 @@ impl Harness {
         let started = std::time::Instant::now();
         loop {
             let e = self.execution(id).await;
-            if matches!(e.status.as_str(), "succeeded" | "failed" | "cancelled") {
+            if e.status.is_final() {
                 return e;
             }
             assert!(
@@ -89,7 +90,7 @@ impl Harness {
     }
 
     /// Every stored step attempt of an execution of [`WS`].
-    pub async fn steps(&self, id: Uuid) -> Vec<StepView> {
+    pub async fn steps(&self, id: Uuid) -> Vec<StepRow> {
         history::steps(&self.pool, WS, id).await.expect("steps")
     }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use conveyor_engine::crypto::Key;
+use conveyor_engine::state::ExecutionStatus;
 use conveyor_engine::store::executions::{self, NewExecution};
 use conveyor_engine::store::history::ExecutionView;
 use conveyor_tests::{Harness, WS};
@@ -180,7 +181,7 @@ async fn wait_final(h: &Harness, id: Uuid, timeout: Duration) -> ExecutionView {
     let started = Instant::now();
     loop {
         let e = h.execution(id).await;
-        if matches!(e.status.as_str(), "succeeded" | "failed" | "cancelled") {
+        if e.status.is_final() {
             return e;
         }
         assert!(
@@ -363,7 +364,7 @@ async fn a_killed_worker_s_execution_is_finished_by_another_without_resending_fi
     let _b = WorkerProcess::start(&url, "worker-b", &[]);
 
     let e = wait_final(&h, id, Duration::from_secs(30)).await;
-    assert_eq!(e.status, "succeeded", "{:?}", e.error);
+    assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
     assert_eq!(e.reclaims, 1, "A's lease expired once and B took it back");
 
     let by_path = requests_by_path(&stub).await;
@@ -447,7 +448,11 @@ async fn sigterm_mid_step_completes_and_persists_the_step_and_leaves_nothing_lea
         (0, "succeeded")
     );
     let e = h.execution(id).await;
-    assert_eq!(e.status, "queued", "handed back to the queue");
+    assert_eq!(
+        e.status,
+        ExecutionStatus::Queued,
+        "handed back to the queue"
+    );
     assert_eq!(e.lease_owner, None);
     assert_eq!(e.lease_expires_at, None);
     assert_eq!(e.next_step, 1, "resumes after the stored step");
@@ -461,7 +466,7 @@ async fn sigterm_mid_step_completes_and_persists_the_step_and_leaves_nothing_lea
 
     let _next = WorkerProcess::start(&url, "worker-u", &[]);
     let e = wait_final(&h, id, Duration::from_secs(30)).await;
-    assert_eq!(e.status, "succeeded", "{:?}", e.error);
+    assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
     let by_path = requests_by_path(&stub).await;
     assert_eq!(by_path[&s1].len(), 1, "finished step 1 re-sent");
     assert_eq!(by_path[&format!("/s2/{id}")].len(), 1);

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use conveyor_engine::connector::{self, Connector};
 use conveyor_engine::marketplace::{Template, parse_version, upgrade};
+use conveyor_engine::state::ReviewStatus;
 use conveyor_engine::store::executions::{self, NewExecution};
 use conveyor_engine::store::{connectors, history, templates};
 use serde::Deserialize;
@@ -69,7 +70,7 @@ async fn connector_json(state: &AppState, c: &connectors::ConnectorVersion) -> A
     if let (Some(slug), Some(installed)) = (&c.template_slug, &c.template_version) {
         let latest = templates::get(&state.pool, slug, None)
             .await?
-            .filter(|(t, _)| t.review_status == "approved")
+            .filter(|(t, _)| t.review_status == ReviewStatus::Approved)
             .map(|(t, _)| t.latest_version);
         let available = latest
             .as_deref()
@@ -478,7 +479,7 @@ async fn upgrade_connector(
     };
     let (summary, definition) = templates::get(&state.pool, slug, None)
         .await?
-        .filter(|(t, _)| t.review_status == "approved")
+        .filter(|(t, _)| t.review_status == ReviewStatus::Approved)
         .ok_or_else(|| ApiError::conflict("its template is no longer available"))?;
     if parse_version(&summary.latest_version) <= parse_version(current) {
         return Err(ApiError::conflict(format!(

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use conveyor_engine::state::ExecutionStatus;
 use conveyor_engine::store::executions::{self, CancelOutcome, NewExecution};
 use conveyor_engine::store::history;
 use conveyor_engine::store::history::ExecutionView;
@@ -217,7 +218,7 @@ impl Drop for Unwatch {
 }
 
 struct Progress {
-    status: Option<String>,
+    status: Option<ExecutionStatus>,
     last_event: i64,
     done: bool,
 }
@@ -312,14 +313,11 @@ async fn collect(
         );
         progress.last_event = event.id;
     }
-    if progress.status.as_deref() != Some(execution.status.as_str()) {
+    if progress.status != Some(execution.status) {
         let data = json!({"id": id, "status": execution.status, "output": execution.output, "error": execution.error});
         events.push(Event::default().event("status").data(data.to_string()));
-        progress.status = Some(execution.status.clone());
+        progress.status = Some(execution.status);
     }
-    progress.done = matches!(
-        execution.status.as_str(),
-        "succeeded" | "failed" | "cancelled"
-    );
+    progress.done = execution.status.is_final();
     Ok(events)
 }

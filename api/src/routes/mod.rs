@@ -11,6 +11,7 @@ pub mod templates;
 
 use axum::Json;
 use chrono::{DateTime, Utc};
+use conveyor_engine::state::ExecutionStatus;
 use conveyor_engine::store::access::{self as access_store, AuditEntry};
 use conveyor_engine::store::history::{self, ExecutionFilter};
 use serde::Deserialize;
@@ -71,8 +72,6 @@ pub struct ExecutionPageQuery {
     pub limit: Option<i64>,
 }
 
-const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
-
 /// One page of executions, newest first, with the cursor of the next page.
 ///
 /// # Errors
@@ -83,14 +82,17 @@ pub async fn execution_page(
     workspace_id: Option<String>,
     q: ExecutionPageQuery,
 ) -> ApiResult<Json<Value>> {
-    if let Some(s) = &q.status
-        && !STATUSES.contains(&s.as_str())
-    {
-        return Err(ApiError::bad_request(format!(
-            "invalid `status` `{s}`: expected one of {}",
-            STATUSES.join(", ")
-        )));
-    }
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<ExecutionStatus>)
+        .transpose()
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "invalid `status` `{}`: expected one of {}",
+                e.value, e.expected
+            ))
+        })?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -100,7 +102,7 @@ pub async fn execution_page(
     let cursor = q.cursor.as_deref().map(Cursor::decode).transpose()?;
     let filter = ExecutionFilter {
         workspace_id,
-        status: q.status,
+        status,
         connector_id: q.connector_id,
         created_after: q.created_after,
         created_before: q.created_before,

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use conveyor_engine::marketplace::{InstallRequest, Template};
+use conveyor_engine::state::ReviewStatus;
 use conveyor_engine::store::templates::{self, Published, TemplateFilter};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -168,7 +169,7 @@ async fn install_template(
     let (summary, definition) = templates::get(&state.pool, &slug, Some(&caller.workspace_id))
         .await?
         .ok_or_else(|| ApiError::not_found("template"))?;
-    if summary.review_status != "approved" {
+    if summary.review_status != ReviewStatus::Approved {
         return Err(ApiError::conflict(format!(
             "the template is {} and cannot be installed yet",
             summary.review_status
@@ -248,7 +249,7 @@ async fn rate_template(
     }
     templates::get(&state.pool, &slug, Some(&caller.workspace_id))
         .await?
-        .filter(|(t, _)| t.review_status == "approved")
+        .filter(|(t, _)| t.review_status == ReviewStatus::Approved)
         .ok_or_else(|| ApiError::not_found("template"))?;
     templates::rate(
         &state.pool,
@@ -291,7 +292,7 @@ async fn submit_template(
         &template,
         false,
         Some(&caller.workspace_id),
-        "pending",
+        ReviewStatus::Pending,
     )
     .await?
     {
@@ -313,7 +314,7 @@ async fn submit_template(
                 json!({"version": template.version}),
             )
             .await;
-            Ok((StatusCode::CREATED, Json(json!({"slug": template.slug, "version": template.version, "review_status": "pending"}))).into_response())
+            Ok((StatusCode::CREATED, Json(json!({"slug": template.slug, "version": template.version, "review_status": ReviewStatus::Pending}))).into_response())
         }
     }
 }
@@ -339,7 +340,7 @@ async fn admin_create_template(
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<Response> {
     let template = Template::parse(&body).map_err(template_errors)?;
-    match templates::publish(&state.pool, &template, true, None, "approved").await? {
+    match templates::publish(&state.pool, &template, true, None, ReviewStatus::Approved).await? {
         Published::Inserted => {
             audit(
                 &state,
@@ -384,7 +385,7 @@ async fn admin_update_template(
     templates::get(&state.pool, &slug, None)
         .await?
         .ok_or_else(|| ApiError::not_found("template"))?;
-    match templates::publish(&state.pool, &template, true, None, "approved").await? {
+    match templates::publish(&state.pool, &template, true, None, ReviewStatus::Approved).await? {
         Published::NewVersion => {
             audit(
                 &state,
@@ -416,7 +417,7 @@ async fn admin_retire_template(
     Admin(caller): Admin,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    review(&state, &caller, &slug, "retired")
+    review(&state, &caller, &slug, ReviewStatus::Retired)
         .await
         .map(|_| StatusCode::NO_CONTENT)
 }
@@ -425,7 +426,7 @@ async fn review(
     state: &AppState,
     caller: &Caller,
     slug: &str,
-    status: &str,
+    status: ReviewStatus,
 ) -> ApiResult<Json<Value>> {
     if !templates::set_review_status(&state.pool, slug, status).await? {
         return Err(ApiError::not_found("template"));
@@ -450,7 +451,7 @@ async fn admin_approve_template(
     Admin(caller): Admin,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    review(&state, &caller, &slug, "approved").await
+    review(&state, &caller, &slug, ReviewStatus::Approved).await
 }
 
 /// Reject a community template (admins).
@@ -461,7 +462,7 @@ async fn admin_reject_template(
     Admin(caller): Admin,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    review(&state, &caller, &slug, "rejected").await
+    review(&state, &caller, &slug, ReviewStatus::Rejected).await
 }
 
 async fn feature(

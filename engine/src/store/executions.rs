@@ -14,23 +14,10 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::Result;
+use crate::state::{ExecutionStatus, StepOutcome};
 
 /// The channel enqueue notifies (see the `notify_enqueued` trigger).
 pub const WAKEUP_CHANNEL: &str = "conveyor_executions_enqueued";
-
-/// Execution states.
-pub mod status {
-    /// Waiting for `run_at` and a worker.
-    pub const QUEUED: &str = "queued";
-    /// Leased by a worker.
-    pub const RUNNING: &str = "running";
-    /// All steps done, output rendered.
-    pub const SUCCEEDED: &str = "succeeded";
-    /// A step failed for good, or the deadline passed, or poisoned.
-    pub const FAILED: &str = "failed";
-    /// Cancelled on request.
-    pub const CANCELLED: &str = "cancelled";
-}
 
 /// What a caller asks to enqueue.
 #[derive(Debug, Clone)]
@@ -281,7 +268,7 @@ pub async fn rescue_expired(
                       jsonb_build_object('status', status, 'reason', CASE WHEN status = 'failed' THEN 'poisoned' ELSE 'cancel requested' END)
                FROM upd WHERE status <> 'queued'
            )
-           SELECT id AS "id!", status AS "status!" FROM upd"#,
+           SELECT id AS "id!", status AS "status!: ExecutionStatus" FROM upd"#,
         now,
         max_reclaims
     )
@@ -289,9 +276,9 @@ pub async fn rescue_expired(
     .await?;
     let mut out = Rescued::default();
     for row in rows {
-        match row.status.as_str() {
-            status::QUEUED => out.requeued.push(row.id),
-            status::FAILED => out.poisoned.push(row.id),
+        match row.status {
+            ExecutionStatus::Queued => out.requeued.push(row.id),
+            ExecutionStatus::Failed => out.poisoned.push(row.id),
             _ => out.cancelled.push(row.id),
         }
     }
@@ -322,8 +309,8 @@ pub async fn heartbeat(
     .await?)
 }
 
-/// One attempt of one step, as stored.
-#[derive(Debug, Clone)]
+/// One attempt of one step, as stored and as the history shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StepRow {
     /// Position of the step in the connector.
     pub step_index: i32,
@@ -331,8 +318,8 @@ pub struct StepRow {
     pub attempt: i32,
     /// The step's name.
     pub step_name: String,
-    /// `succeeded`, `failed`, `retry_scheduled` or `continued`.
-    pub outcome: &'static str,
+    /// How the attempt ended.
+    pub outcome: StepOutcome,
     /// Redacted request snapshot.
     pub request: Value,
     /// Response status, if a response arrived.
@@ -416,7 +403,7 @@ pub async fn commit_step(
     step: &StepRow,
     transition: &Transition,
     now: DateTime<Utc>,
-) -> Result<Option<String>> {
+) -> Result<Option<ExecutionStatus>> {
     let commit = Commit {
         id,
         token,
@@ -439,7 +426,7 @@ pub async fn commit_steps(
     pool: &PgPool,
     commits: Vec<Commit>,
     now: DateTime<Utc>,
-) -> Result<Vec<Option<String>>> {
+) -> Result<Vec<Option<ExecutionStatus>>> {
     let n = commits.len();
     let mut ids = Vec::with_capacity(n);
     let mut tokens = Vec::with_capacity(n);
@@ -520,7 +507,7 @@ pub async fn commit_steps(
         indexes.push(s.step_index);
         attempts.push(s.attempt);
         names.push(s.step_name);
-        outcomes.push(s.outcome.to_owned());
+        outcomes.push(s.outcome.as_str().to_owned());
         requests.push(s.request);
         statuses.push(s.response_status);
         headers.push(s.response_headers);
@@ -593,7 +580,7 @@ pub async fn commit_steps(
                ) AS v(at, kind, details)
                WHERE v.kind IS NOT NULL
            )
-           SELECT id AS "id!", status AS "status!" FROM upd"#,
+           SELECT id AS "id!", status AS "status!: ExecutionStatus" FROM upd"#,
         &ids,
         &tokens,
         &kinds,
@@ -622,7 +609,7 @@ pub async fn commit_steps(
     )
     .fetch_all(pool)
     .await?;
-    let mut by_id: std::collections::HashMap<Uuid, String> =
+    let mut by_id: std::collections::HashMap<Uuid, ExecutionStatus> =
         rows.into_iter().map(|r| (r.id, r.status)).collect();
     Ok(ids.iter().map(|id| by_id.remove(id)).collect())
 }
@@ -701,7 +688,7 @@ pub enum CancelOutcome {
     /// latest.
     Requested,
     /// It had already finished with this status; nothing changed.
-    AlreadyFinished(String),
+    AlreadyFinished(ExecutionStatus),
     /// No such execution in this workspace.
     NotFound,
 }
@@ -736,7 +723,9 @@ pub async fn cancel(
                       '{}'::jsonb
                FROM upd
            )
-           SELECT target.status AS "before!", (SELECT status FROM upd) AS after FROM target"#,
+           SELECT target.status AS "before!: ExecutionStatus",
+                  (SELECT status FROM upd) AS "after: ExecutionStatus"
+           FROM target"#,
         id,
         workspace_id,
         now
@@ -745,8 +734,8 @@ pub async fn cancel(
     .await?;
     Ok(match row {
         None => CancelOutcome::NotFound,
-        Some(r) => match r.after.as_deref() {
-            Some(status::CANCELLED) => CancelOutcome::Cancelled,
+        Some(r) => match r.after {
+            Some(ExecutionStatus::Cancelled) => CancelOutcome::Cancelled,
             Some(_) => CancelOutcome::Requested,
             None => CancelOutcome::AlreadyFinished(r.before),
         },

@@ -8,6 +8,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::Result;
+use crate::state::{ExecutionStatus, StepOutcome};
+use crate::store::executions::StepRow;
 
 /// An execution as the history shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -21,7 +23,7 @@ pub struct ExecutionView {
     /// Pinned version.
     pub connector_version: i32,
     /// Current status.
-    pub status: String,
+    pub status: ExecutionStatus,
     /// Priority (higher first).
     pub priority: i16,
     /// Not before.
@@ -60,39 +62,6 @@ pub struct ExecutionView {
     pub updated_at: DateTime<Utc>,
 }
 
-/// One stored step attempt as the history shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct StepView {
-    /// Position in the connector.
-    pub step_index: i32,
-    /// Attempt number.
-    pub attempt: i32,
-    /// Step name.
-    pub step_name: String,
-    /// `succeeded`, `failed`, `retry_scheduled` or `continued`.
-    pub outcome: String,
-    /// Redacted request snapshot.
-    pub request: Value,
-    /// Response status.
-    pub response_status: Option<i32>,
-    /// Response headers.
-    pub response_headers: Option<Value>,
-    /// Response body.
-    pub response_body: Option<Value>,
-    /// Extracted fields.
-    pub extracted: Option<Value>,
-    /// Error.
-    pub error: Option<Value>,
-    /// Worker that ran it.
-    pub worker_id: String,
-    /// Start.
-    pub started_at: DateTime<Utc>,
-    /// End.
-    pub finished_at: DateTime<Utc>,
-    /// Duration.
-    pub duration_ms: i32,
-}
-
 /// Reads one execution of a workspace.
 ///
 /// # Errors
@@ -101,11 +70,12 @@ pub struct StepView {
 pub async fn get(pool: &PgPool, workspace_id: &str, id: Uuid) -> Result<Option<ExecutionView>> {
     Ok(sqlx::query_as!(
         ExecutionView,
-        "SELECT id, workspace_id, connector_id, connector_version, status, priority, run_at, claims,
+        r#"SELECT id, workspace_id, connector_id, connector_version,
+                status AS "status: ExecutionStatus", priority, run_at, claims,
                 reclaims, lease_owner, lease_expires_at, cancel_requested_at, idempotency_key, input,
                 output, error, rerun_of, next_step, step_attempt, created_at, started_at, finished_at,
                 updated_at
-         FROM connector_executions WHERE id = $1 AND workspace_id = $2",
+         FROM connector_executions WHERE id = $1 AND workspace_id = $2"#,
         id,
         workspace_id
     )
@@ -118,13 +88,14 @@ pub async fn get(pool: &PgPool, workspace_id: &str, id: Uuid) -> Result<Option<E
 /// # Errors
 ///
 /// Database errors.
-pub async fn steps(pool: &PgPool, workspace_id: &str, id: Uuid) -> Result<Vec<StepView>> {
+pub async fn steps(pool: &PgPool, workspace_id: &str, id: Uuid) -> Result<Vec<StepRow>> {
     Ok(sqlx::query_as!(
-        StepView,
-        "SELECT step_index, attempt, step_name, outcome, request, response_status, response_headers,
-                response_body, extracted, error, worker_id, started_at, finished_at, duration_ms
+        StepRow,
+        r#"SELECT step_index, attempt, step_name, outcome AS "outcome: StepOutcome", request,
+                response_status, response_headers, response_body, extracted, error, worker_id,
+                started_at, finished_at, duration_ms
          FROM execution_steps WHERE execution_id = $1 AND workspace_id = $2
-         ORDER BY step_index, attempt",
+         ORDER BY step_index, attempt"#,
         id,
         workspace_id
     )
@@ -138,7 +109,7 @@ pub struct ExecutionFilter {
     /// Only this workspace (`None` only for admins).
     pub workspace_id: Option<String>,
     /// Only this status.
-    pub status: Option<String>,
+    pub status: Option<ExecutionStatus>,
     /// Only this connector.
     pub connector_id: Option<Uuid>,
     /// Created at or after.
@@ -160,7 +131,8 @@ pub async fn list_executions(pool: &PgPool, f: &ExecutionFilter) -> Result<Vec<E
     let (cursor_at, cursor_id) = f.cursor.unzip();
     Ok(sqlx::query_as!(
         ExecutionView,
-        "SELECT id, workspace_id, connector_id, connector_version, status, priority, run_at, claims,
+        r#"SELECT id, workspace_id, connector_id, connector_version,
+                status AS "status: ExecutionStatus", priority, run_at, claims,
                 reclaims, lease_owner, lease_expires_at, cancel_requested_at, idempotency_key, input,
                 output, error, rerun_of, next_step, step_attempt, created_at, started_at, finished_at,
                 updated_at
@@ -172,9 +144,9 @@ pub async fn list_executions(pool: &PgPool, f: &ExecutionFilter) -> Result<Vec<E
            AND ($5::timestamptz IS NULL OR created_at < $5)
            AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
          ORDER BY created_at DESC, id DESC
-         LIMIT $8",
+         LIMIT $8"#,
         f.workspace_id,
-        f.status,
+        f.status.map(ExecutionStatus::as_str),
         f.connector_id,
         f.created_after,
         f.created_before,

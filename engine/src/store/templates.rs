@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::Result;
 use crate::connector::Connector;
 use crate::marketplace::{Template, parse_version};
+use crate::state::ReviewStatus;
 
 /// A template as the marketplace lists it.
 #[derive(Debug, Clone, Serialize)]
@@ -29,8 +30,8 @@ pub struct TemplateSummary {
     pub docs_url: Option<String>,
     /// Shipped with Conveyor.
     pub official: bool,
-    /// `pending`, `approved`, `rejected` or `retired`.
-    pub review_status: String,
+    /// Where it is in review.
+    pub review_status: ReviewStatus,
     /// Featured by an admin.
     pub featured: bool,
     /// Newest version.
@@ -65,7 +66,7 @@ pub struct SyncReport {
 pub async fn sync_official(pool: &PgPool, templates: &[Template]) -> Result<SyncReport> {
     let mut report = SyncReport::default();
     for t in templates {
-        match publish(pool, t, true, None, "approved").await? {
+        match publish(pool, t, true, None, ReviewStatus::Approved).await? {
             Published::Inserted => report.inserted += 1,
             Published::NewVersion => report.updated += 1,
             Published::Unchanged | Published::Conflict => {}
@@ -99,7 +100,7 @@ pub async fn publish(
     t: &Template,
     official: bool,
     workspace_id: Option<&str>,
-    review_status: &str,
+    review_status: ReviewStatus,
 ) -> Result<Published> {
     let definition = serde_json::to_value(t).unwrap_or(Value::Null);
     let mut tx = pool.begin().await?;
@@ -125,7 +126,7 @@ pub async fn publish(
                 t.provider,
                 t.docs_url,
                 official,
-                review_status,
+                review_status.as_str(),
                 workspace_id,
                 t.version
             )
@@ -154,7 +155,7 @@ pub async fn publish(
                 t.provider,
                 t.docs_url,
                 t.version,
-                review_status
+                review_status.as_str()
             )
             .execute(&mut *tx)
             .await?;
@@ -214,7 +215,8 @@ pub async fn list(pool: &PgPool, f: &TemplateFilter) -> Result<Vec<TemplateSumma
     });
     Ok(sqlx::query_as!(
         TemplateSummary,
-        r#"SELECT t.slug, t.name, t.description, t.category, t.provider, t.docs_url, t.official, t.review_status,
+        r#"SELECT t.slug, t.name, t.description, t.category, t.provider, t.docs_url, t.official,
+                  t.review_status AS "review_status: ReviewStatus",
                   t.featured, t.latest_version, t.install_count,
                   r.average AS rating_average, COALESCE(r.count, 0) AS "rating_count!",
                   t.created_at, t.updated_at
@@ -375,11 +377,11 @@ pub async fn rate(
 /// # Errors
 ///
 /// Database errors.
-pub async fn set_review_status(pool: &PgPool, slug: &str, status: &str) -> Result<bool> {
+pub async fn set_review_status(pool: &PgPool, slug: &str, status: ReviewStatus) -> Result<bool> {
     let done = sqlx::query!(
         "UPDATE connector_templates SET review_status = $2, updated_at = now() WHERE slug = $1",
         slug,
-        status
+        status.as_str()
     )
     .execute(pool)
     .await?;
