@@ -105,14 +105,11 @@ impl ApiError {
 
 impl From<conveyor_engine::Error> for ApiError {
     fn from(e: conveyor_engine::Error) -> Self {
-        match &e {
-            conveyor_engine::Error::Database(db)
-                if conveyor_worker::settings::is_connection_error(db) =>
-            {
-                tracing::warn!(error = %e, "database unreachable");
-                Self::unavailable()
-            }
-            _ => Self::internal(&e),
+        if e.is_connection() {
+            tracing::warn!(error = %e, "database unreachable");
+            Self::unavailable()
+        } else {
+            Self::internal(&e)
         }
     }
 }

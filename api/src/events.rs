@@ -1,16 +1,17 @@
-//! Live execution updates: one `LISTEN conveyor_execution_events` per API
-//! process, fanned out to Server-Sent-Events subscribers. The database only
-//! NOTIFYs for executions someone watches (`execution_watchers`).
+//! Live execution updates: one `LISTEN` on
+//! [`EXECUTION_EVENTS`](conveyor_engine::store::channels::EXECUTION_EVENTS)
+//! per API process, fanned out to Server-Sent-Events subscribers. The
+//! database only NOTIFYs for executions someone watches
+//! (`execution_watchers`).
 
+use std::future::Future;
 use std::time::Duration;
 
+use conveyor_engine::store::channels::EXECUTION_EVENTS;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 use uuid::Uuid;
-
-/// The channel the database notifies (see the migration's trigger).
-pub const CHANNEL: &str = "conveyor_execution_events";
 
 /// Fans execution-change notifications out to subscribers.
 #[derive(Clone, Debug)]
@@ -18,36 +19,57 @@ pub struct EventHub {
     tx: broadcast::Sender<Uuid>,
 }
 
+impl Default for EventHub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl EventHub {
-    /// Starts the listener task (it reconnects on its own).
-    pub fn start(pool: PgPool) -> Self {
+    /// A hub with no listener yet: run [`EventHub::listen`] beside it, or
+    /// subscribers hear nothing.
+    pub fn new() -> Self {
         let (tx, _) = broadcast::channel(4096);
-        let hub = Self { tx };
-        let sender = hub.tx.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match PgListener::connect_with(&pool).await {
-                    Ok(mut listener) => {
-                        if listener.listen(CHANNEL).await.is_ok() {
-                            backoff = Duration::from_millis(100);
-                            // A broken connection ends this loop; the
-                            // subscribers re-read state when they lag or
-                            // reconnect, so a gap loses nothing.
-                            while let Ok(n) = listener.recv().await {
-                                if let Ok(id) = n.payload().parse() {
-                                    let _ = sender.send(id);
-                                }
-                            }
+        Self { tx }
+    }
+
+    /// Listens for notifications over `pool` until `shutdown` completes,
+    /// reconnecting with backoff when the connection breaks. Spawn it and
+    /// join it on shutdown.
+    pub async fn listen(self, pool: PgPool, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = self.relay(&pool, &mut backoff) => {}
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Relays notifications until the connection breaks.
+    async fn relay(&self, pool: &PgPool, backoff: &mut Duration) {
+        match PgListener::connect_with(pool).await {
+            Ok(mut listener) => {
+                if listener.listen(EXECUTION_EVENTS).await.is_ok() {
+                    *backoff = Duration::from_millis(100);
+                    // A broken connection ends this loop; the subscribers
+                    // re-read state when they lag or reconnect, so a gap
+                    // loses nothing.
+                    while let Ok(n) = listener.recv().await {
+                        if let Ok(id) = n.payload().parse() {
+                            let _ = self.tx.send(id);
                         }
                     }
-                    Err(e) => tracing::debug!(error = %e, "event listener cannot connect"),
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-        });
-        hub
+            Err(e) => tracing::debug!(error = %e, "event listener cannot connect"),
+        }
     }
 
     /// A receiver of changed execution ids.

@@ -73,21 +73,24 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over `pool`; starts the event hub's listener task.
+    /// State over `pool`, rendering `/metrics` with `metrics` when given.
+    /// Nothing is spawned: run `state.events.clone().listen(..)` beside it
+    /// for live updates.
     pub fn new(
         pool: PgPool,
         keyring: Arc<Keyring>,
         auth: Authenticator,
         config: ApiConfig,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Self {
         Self {
-            events: EventHub::start(pool.clone()),
+            events: EventHub::new(),
             pool,
             keyring,
             auth: Arc::new(auth),
             limiter: Arc::new(RateLimiter::new(config.rate_limit_per_sec)),
             config: Arc::new(config),
-            metrics: conveyor_worker::telemetry::metrics_handle().ok(),
+            metrics,
         }
     }
 }

@@ -161,13 +161,11 @@ async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
             config.worker_id = format!("{}-{i}", config.worker_id);
             let mut runner_config = settings.runner.clone();
             runner_config.worker_id.clone_from(&config.worker_id);
-            let runner = Arc::new(Runner::new(
-                pool.clone(),
-                client.clone(),
-                keyring.clone(),
-                runner_config,
-            ));
-            workers.spawn(Worker::new(pool.clone(), runner, config).run(shutdown.clone()));
+            let (runner, committer) =
+                Runner::new(pool.clone(), client.clone(), keyring.clone(), runner_config);
+            workers.spawn(committer.run());
+            workers
+                .spawn(Worker::new(pool.clone(), Arc::new(runner), config).run(shutdown.clone()));
         }
     }
 
@@ -176,7 +174,20 @@ async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("binding {listen}"))?;
     info!(address = %listener.local_addr()?, embedded_workers, "conveyor-api listening");
     let stop = shutdown.clone();
-    let state = AppState::new(pool, Arc::new(settings.keyring.clone()), auth, api_config);
+    let metrics = telemetry::metrics_handle().ok();
+    let state = AppState::new(
+        pool.clone(),
+        Arc::new(settings.keyring.clone()),
+        auth,
+        api_config,
+        metrics,
+    );
+    workers.spawn(
+        state
+            .events
+            .clone()
+            .listen(pool, shutdown.clone().cancelled_owned()),
+    );
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await

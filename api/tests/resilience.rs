@@ -29,7 +29,13 @@ async fn an_unreachable_database_answers_503_and_liveness_stays_up() {
         .mint("ws_a", "u1", Duration::from_secs(60))
         .expect("token");
     let keyring = Arc::new(Keyring::new(Key::generate(), []));
-    let router = app(AppState::new(pool, keyring, auth, ApiConfig::default()));
+    let router = app(AppState::new(
+        pool,
+        keyring,
+        auth,
+        ApiConfig::default(),
+        None,
+    ));
     let get = |path: &str, token: Option<&str>| {
         let mut request = Request::builder().uri(path);
         if let Some(t) = token {
@@ -70,7 +76,7 @@ async fn a_workspace_over_its_rate_gets_429_and_others_do_not(pool: sqlx::PgPool
         rate_limit_per_sec: 1,
         ..ApiConfig::default()
     };
-    let router = app(AppState::new(pool, keyring, auth, config));
+    let router = app(AppState::new(pool, keyring, auth, config, None));
     let get = |token: &str| {
         let request = Request::builder()
             .uri("/api/v1/connectors")

@@ -14,5 +14,25 @@ pub enum Error {
     Commit(String),
 }
 
+impl Error {
+    /// Whether the database is unreachable (connection refused or lost,
+    /// pool exhausted, server shutting down) rather than refusing the
+    /// request: callers answer 503 or wait and retry.
+    pub fn is_connection(&self) -> bool {
+        match self {
+            Self::Database(e) | Self::Migrate(sqlx::migrate::MigrateError::Execute(e)) => {
+                matches!(
+                    e,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::Tls(_)
+                        | sqlx::Error::PoolClosed
+                ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Result alias for [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -6,7 +6,6 @@
 //! redacted from everything the result holds, so it can be stored and
 //! shown as is.
 
-use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,14 +18,8 @@ use serde_json::{Map, Value, json};
 use crate::connector::{ApiKeyLocation, Auth, Body, Step};
 use crate::extract;
 use crate::net::{self, GuardedResolver, PrivateNetworkRefused};
-use crate::redact::Redactor;
+use crate::redact::{Credentials, Redactor};
 use crate::template::{Dest, Renderer};
-
-/// What replaces a secret in anything stored or shown.
-pub const REDACTED: &str = "[REDACTED]";
-
-/// Decrypted credentials available to one step: name → field → value.
-pub type Credentials = BTreeMap<String, BTreeMap<String, String>>;
 
 /// Settings of the HTTP step runner.
 #[derive(Debug, Clone)]

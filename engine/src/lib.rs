@@ -11,16 +11,25 @@
 //! - [`crypto`]: AES-256-GCM sealing of workspace credentials.
 //! - [`decide`]: what follows a step attempt (continue, succeed, retry at a
 //!   time, fail with a typed error) and the output: pure, table-tested.
-//! - [`http`]: the HTTP step runner (render, send, classify, redact).
+//! - [`http`]: the step client: renders one step, sends it, classifies the
+//!   outcome and redacts what it stores.
 //! - [`marketplace`]: connector templates: validation, install, upgrade.
-//! - [`net`]: the outbound address policy (no private networks by default).
+//! - [`net`]: the outbound address policy (no private networks by default)
+//!   and the DNS resolver that enforces it.
+//! - [`redact`]: decrypted [`Credentials`](redact::Credentials) and their
+//!   redaction from everything stored or shown.
 //! - [`retry`]: pure backoff delays.
-//! - [`runner`]: runs one claimed execution, step by step, fenced.
-//! - [`state`]: the stored states (step outcomes, ...) as enums.
+//! - [`runner`]: runs one claimed execution, step by step, fenced, and
+//!   group-commits the steps.
+//! - [`state`]: the stored states (execution status, step outcome, review
+//!   status) as enums.
 //! - [`telemetry`]: trace-context propagation through the queue.
-//! - [`store`]: all SQL. Nothing outside this crate writes to the database.
+//! - [`store`]: all SQL, and the LISTEN/NOTIFY channel names. Nothing
+//!   outside this crate writes to the database.
 //!
-//! Pure modules do no IO; only [`http`] and [`store`] talk to the outside.
+//! IO happens in four places: [`http`] and [`net`] (outbound requests, DNS),
+//! [`store`] (the database) and [`runner`], which drives both. Every other
+//! module is pure.
 
 pub mod connector;
 pub mod crypto;
@@ -30,7 +39,7 @@ pub mod extract;
 pub mod http;
 pub mod marketplace;
 pub mod net;
-mod redact;
+pub mod redact;
 pub mod retry;
 pub mod runner;
 pub mod state;

@@ -1,4 +1,5 @@
-//! Redaction of secrets from everything a step result holds: every
+//! Secrets and their redaction: the decrypted [`Credentials`] a step may
+//! use, and the redaction of everything a step result holds: every
 //! credential value, in every form a template or the HTTP client can give
 //! it, becomes [`REDACTED`]; auth headers are redacted whole.
 
@@ -8,7 +9,11 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{HeaderMap, HeaderName};
 use serde_json::{Map, Value};
 
-use crate::http::{Credentials, REDACTED};
+/// What replaces a secret in anything stored or shown.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Decrypted credentials available to one step: name → field → value.
+pub type Credentials = BTreeMap<String, BTreeMap<String, String>>;
 
 /// Replaces credential values (and their URL-encoded forms) with
 /// [`REDACTED`].

@@ -6,9 +6,8 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use conveyor_engine::connector::Step;
-use conveyor_engine::http::{
-    Credentials, HttpConfig, REDACTED, Retry, StepClient, StepErrorKind, StepResult,
-};
+use conveyor_engine::http::{HttpConfig, Retry, StepClient, StepErrorKind, StepResult};
+use conveyor_engine::redact::{Credentials, REDACTED};
 use serde_json::{Value, json};
 use wiremock::matchers::{any, body_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};

@@ -84,7 +84,14 @@ impl TestApi {
     /// The API over `pool` sealing credentials with `keyring`.
     pub fn with_keyring(pool: PgPool, keyring: Arc<Keyring>, config: ApiConfig) -> Self {
         let auth = Authenticator::new(JWT_SECRET).expect("secret");
-        let state = AppState::new(pool.clone(), keyring.clone(), auth.clone(), config);
+        let metrics = conveyor_worker::telemetry::metrics_handle().ok();
+        let state = AppState::new(pool.clone(), keyring.clone(), auth.clone(), config, metrics);
+        tokio::spawn(
+            state
+                .events
+                .clone()
+                .listen(pool.clone(), std::future::pending()),
+        );
         Self {
             router: app(state),
             auth,

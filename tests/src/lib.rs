@@ -110,14 +110,15 @@ pub fn test_worker_config(id: &str) -> WorkerConfig {
     }
 }
 
-/// A worker over `pool` that may reach loopback stub servers.
+/// A worker over `pool` that may reach loopback stub servers. Its group
+/// committer runs on a spawned task until the worker is dropped.
 pub fn worker(pool: &PgPool, keyring: &Arc<Keyring>, config: WorkerConfig) -> Worker {
     let client = StepClient::new(HttpConfig {
         allow_private_networks: true,
         ..HttpConfig::default()
     })
     .expect("client");
-    let runner = Runner::new(
+    let (runner, committer) = Runner::new(
         pool.clone(),
         client,
         keyring.clone(),
@@ -127,6 +128,7 @@ pub fn worker(pool: &PgPool, keyring: &Arc<Keyring>, config: WorkerConfig) -> Wo
             ..RunnerConfig::default()
         },
     );
+    tokio::spawn(committer.run());
     Worker::new(pool.clone(), Arc::new(runner), config)
 }
 

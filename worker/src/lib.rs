@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use conveyor_engine::runner::{RunOutcome, Runner};
-use conveyor_engine::store::executions::{self, WAKEUP_CHANNEL};
+use conveyor_engine::store::channels::EXECUTIONS_ENQUEUED;
+use conveyor_engine::store::executions;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::task::JoinSet;
@@ -371,7 +372,7 @@ fn finished(
 
 async fn listen(pool: &PgPool) -> Option<PgListener> {
     let mut listener = PgListener::connect_with(pool).await.ok()?;
-    listener.listen(WAKEUP_CHANNEL).await.ok()?;
+    listener.listen(EXECUTIONS_ENQUEUED).await.ok()?;
     Some(listener)
 }
 

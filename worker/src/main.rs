@@ -27,12 +27,13 @@ async fn run() -> anyhow::Result<()> {
         settings::migrate(&pool).await?;
     }
     let client = StepClient::new(settings.http.clone()).context("building the HTTP client")?;
-    let runner = Arc::new(Runner::new(
+    let (runner, committer) = Runner::new(
         pool.clone(),
         client,
         Arc::new(settings.keyring.clone()),
         settings.runner.clone(),
-    ));
+    );
+    let committing = tokio::spawn(committer.run());
     let shutdown = CancellationToken::new();
     tokio::spawn(conveyor_worker::shutdown_on_signal(shutdown.clone()));
     if let Some(addr) = settings::var("CONVEYOR_METRICS_LISTEN")? {
@@ -48,8 +49,11 @@ async fn run() -> anyhow::Result<()> {
             }
         });
     }
-    Worker::new(pool, runner, settings.worker.clone())
+    Worker::new(pool, Arc::new(runner), settings.worker.clone())
         .run(shutdown)
         .await;
+    // The worker and its runner are gone: the committer ends once every
+    // commit they sent is written.
+    committing.await.context("the group committer panicked")?;
     Ok(())
 }

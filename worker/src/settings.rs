@@ -257,17 +257,16 @@ pub async fn migrate(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     let mut wait = Duration::from_millis(200);
     let started = std::time::Instant::now();
     loop {
-        match conveyor_engine::MIGRATOR.run(pool).await {
+        let e = match conveyor_engine::MIGRATOR.run(pool).await {
             Ok(()) => return sync_templates(pool).await,
-            Err(sqlx::migrate::MigrateError::Execute(e))
-                if is_connection_error(&e) && started.elapsed() < Duration::from_secs(60) =>
-            {
-                tracing::warn!("database not reachable yet; retrying migrations");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e).context("applying migrations"),
+            Err(e) => conveyor_engine::Error::Migrate(e),
+        };
+        if !e.is_connection() || started.elapsed() >= Duration::from_secs(60) {
+            return Err(e).context("applying migrations");
         }
+        tracing::warn!("database not reachable yet; retrying migrations");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -289,15 +288,4 @@ pub async fn sync_templates(pool: &sqlx::PgPool) -> anyhow::Result<()> {
         "official templates synced"
     );
     Ok(())
-}
-
-/// Whether a database error means "not reachable" rather than "refused".
-pub fn is_connection_error(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolClosed
-    ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::crypto::{CryptoError, Keyring, Sealed};
-use crate::http::Credentials;
+use crate::redact::Credentials;
 
 /// Errors of the credential store.
 #[derive(Debug, thiserror::Error)]

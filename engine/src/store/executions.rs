@@ -1,6 +1,7 @@
 //! The queue: `connector_executions` rows are the queue entries.
 //!
-//! - enqueue: one INSERT (a statement trigger NOTIFYs idle workers);
+//! - enqueue: one INSERT (a statement trigger NOTIFYs idle workers on
+//!   [`EXECUTIONS_ENQUEUED`](super::channels::EXECUTIONS_ENQUEUED));
 //! - claim: one statement, `FOR UPDATE SKIP LOCKED`, in batches, setting
 //!   the lease and bumping the fencing token;
 //! - every later write filters on `id` + `fencing_token` + `running`: no
@@ -15,9 +16,6 @@ use uuid::Uuid;
 
 use crate::Result;
 use crate::state::{ExecutionStatus, StepOutcome};
-
-/// The channel enqueue notifies (see the `notify_enqueued` trigger).
-pub const WAKEUP_CHANNEL: &str = "conveyor_executions_enqueued";
 
 /// What a caller asks to enqueue.
 #[derive(Debug, Clone)]

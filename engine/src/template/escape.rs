@@ -1,6 +1,11 @@
 //! Escaping by destination, from minijinja's output spans.
 
-use super::*;
+use std::fmt::Write as _;
+
+use minijinja::{OutputSpan, OutputSpanKind};
+use percent_encoding::utf8_percent_encode;
+
+use super::{COMPONENT, Dest, TemplateError, escape_xml};
 
 // ---------------------------------------------------------------------------
 // Escaping by destination

@@ -1,7 +1,12 @@
 //! Looking inside templates (placeholders, locations, paths) and turning
 //! minijinja errors into [`TemplateError`]s that never quote a value.
 
-use super::*;
+use std::fmt::Write as _;
+
+use minijinja::ErrorKind;
+use serde_json::Value as Json;
+
+use super::{BLOCK_START, COMMENT_START, Dest, MAX_DEPTH, MAX_QUOTE_CHARS, TemplateError};
 
 // ---------------------------------------------------------------------------
 // Template inspection helpers

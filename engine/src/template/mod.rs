@@ -127,14 +127,10 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::fmt::Write as _;
 
 use minijinja::syntax::SyntaxConfig;
-use minijinja::value::{Kwargs, Serde, ValueKind};
-use minijinja::{
-    AutoEscape, Environment, ErrorKind, Output, OutputSpan, OutputSpanKind, State,
-    UndefinedBehavior, Value,
-};
+use minijinja::value::Serde;
+use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value as Json;
 
@@ -678,9 +674,12 @@ mod escape;
 mod inspect;
 mod values;
 
-use escape::*;
-use inspect::*;
-use values::*;
+use escape::assemble;
+use inspect::{
+    check_reserved, convert_error, finish_literal, finish_literal_owned, is_literal, push_index,
+    push_key, quote, single_placeholder, too_deep,
+};
+use values::{ConvError, format_value, to_json, tojson_filter, urlencode_filter};
 
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,14 @@
 //! Values: their text form, JSON conversion under a fuel budget, and the
 //! `tojson`/`urlencode` filters.
 
-use super::*;
+use std::fmt::Write as _;
+
+use minijinja::value::{Kwargs, ValueKind};
+use minijinja::{ErrorKind, Output, State, Value};
+use percent_encoding::utf8_percent_encode;
+use serde_json::Value as Json;
+
+use super::{COMPONENT, MAX_DEPTH, NODE_UNITS, UNITS_PER_FUEL};
 
 // ---------------------------------------------------------------------------
 // Values: text form and JSON conversion

@@ -5,6 +5,9 @@
 //! `queued` with a future `run_at`, freeing the worker slot. It stops at a
 //! step boundary when the worker shuts down (releasing the lease) and as
 //! soon as it learns of a cancel request.
+//!
+//! This module orchestrates; [`GroupCommitter`] (in `commit`) writes the
+//! step commits, and `observe` records what a run tells the metrics and traces.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +16,6 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 use uuid::Uuid;
@@ -22,11 +24,18 @@ use crate::Result;
 use crate::connector::Connector;
 use crate::crypto::Keyring;
 use crate::decide::{self, Decision, ExecutionError, Next, Policy, RunErrorKind, StepAttempt};
-use crate::http::{Attempt, Credentials, StepClient, StepResult, idempotency_key};
-use crate::state::{ExecutionStatus, StepOutcome};
+use crate::http::{Attempt, StepClient, StepResult, idempotency_key};
+use crate::redact::Credentials;
+use crate::state::ExecutionStatus;
 use crate::store;
 use crate::store::credentials;
 use crate::store::executions::{self, Claimed, StepRow, Transition};
+
+mod commit;
+mod observe;
+
+use commit::Committer;
+pub use commit::GroupCommitter;
 
 /// Settings of a runner.
 #[derive(Debug, Clone)]
@@ -80,21 +89,10 @@ struct Prepared {
     credential_names: Vec<String>,
 }
 
-/// Commits waiting for the group committer, with their reply channels.
-type CommitRequest = (
-    executions::Commit,
-    oneshot::Sender<Result<Option<ExecutionStatus>, String>>,
-);
-
-/// Most step commits one group-commit statement carries.
-const GROUP_COMMIT_MAX: usize = 64;
-/// Group-commit statements in flight at once.
-const GROUP_COMMITS_IN_FLIGHT: usize = 2;
-
 /// Runs claimed executions. Share one per worker process.
 pub struct Runner {
     pool: PgPool,
-    commits: mpsc::Sender<CommitRequest>,
+    commits: Committer,
     client: StepClient,
     keyring: Arc<Keyring>,
     config: RunnerConfig,
@@ -103,37 +101,26 @@ pub struct Runner {
 
 impl Runner {
     /// A runner over `pool`, sending with `client`, opening credentials
-    /// with `keyring`.
+    /// with `keyring`, and the [`GroupCommitter`] that writes its step
+    /// commits. Nothing is spawned: run the committer's
+    /// [`run`](GroupCommitter::run) beside the runner (it ends once the
+    /// runner is dropped) and join it on shutdown.
     pub fn new(
         pool: PgPool,
         client: StepClient,
         keyring: Arc<Keyring>,
         config: RunnerConfig,
-    ) -> Self {
-        let (commits, queue) = mpsc::channel(GROUP_COMMIT_MAX * GROUP_COMMITS_IN_FLIGHT * 4);
-        tokio::spawn(group_commit(pool.clone(), queue));
-        Self {
+    ) -> (Self, GroupCommitter) {
+        let (commits, committer) = commit::channel(pool.clone());
+        let runner = Self {
             pool,
             commits,
             client,
             keyring,
             config,
             definitions: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Commits a step through the group committer: concurrent executions'
-    /// commits share one statement, each still fenced by its own token.
-    async fn commit(&self, commit: executions::Commit) -> Result<Option<ExecutionStatus>> {
-        let (reply, answer) = oneshot::channel();
-        self.commits
-            .send((commit, reply))
-            .await
-            .map_err(|_| crate::Error::Commit("the group committer stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| crate::Error::Commit("the group committer dropped the commit".into()))?
-            .map_err(crate::Error::Commit)
+        };
+        (runner, committer)
     }
 
     /// The runner's settings.
@@ -187,30 +174,10 @@ impl Runner {
             attempt = claimed.claims
         );
         crate::telemetry::continue_trace(&span, claimed.trace_context.as_ref());
-        let labels = self.labels(&claimed);
+        let labels = observe::labels(&claimed, self.config.metrics_workspace_labels);
         let outcome = self.run_inner(claimed, shutdown).instrument(span).await?;
-        let status = match outcome {
-            RunOutcome::Succeeded => Some("succeeded"),
-            RunOutcome::Failed => Some("failed"),
-            RunOutcome::Cancelled => Some("cancelled"),
-            RunOutcome::RetryScheduled | RunOutcome::Released | RunOutcome::LeaseLost => None,
-        };
-        if let Some(status) = status {
-            let mut labels = labels;
-            labels.push(("status", status.to_owned()));
-            metrics::counter!("conveyor_executions_finished_total", &labels).increment(1);
-        }
+        observe::observe_run(labels, outcome);
         Ok(outcome)
-    }
-
-    /// Metric labels of an execution: its connector, and its workspace only
-    /// when configured (workspace ids are unbounded).
-    fn labels(&self, claimed: &Claimed) -> Vec<(&'static str, String)> {
-        let mut labels = vec![("connector", claimed.connector_id.to_string())];
-        if self.config.metrics_workspace_labels {
-            labels.push(("workspace", claimed.workspace_id.clone()));
-        }
-        labels
     }
 
     async fn run_inner(
@@ -258,7 +225,7 @@ impl Runner {
             "workspace": {"id": claimed.workspace_id},
             "settings": connector.settings,
         });
-        let claimed_labels = self.labels(&claimed);
+        let claimed_labels = observe::labels(&claimed, self.config.metrics_workspace_labels);
         let first = usize::try_from(claimed.next_step).unwrap_or(0);
         for (index, step) in connector.steps.iter().enumerate().skip(first) {
             if index > first && shutdown.is_cancelled() {
@@ -320,7 +287,7 @@ impl Runner {
                 now,
                 rand::random::<f64>,
             );
-            observe_step(&span, &claimed_labels, step, &result, decision.outcome);
+            observe::observe_step(&span, &claimed_labels, step, &result, decision.outcome);
             let outcome = match &decision.next {
                 Next::Continue { .. } => None,
                 Next::Succeed { .. } => Some(RunOutcome::Succeeded),
@@ -329,6 +296,7 @@ impl Runner {
             };
             let (row, transition) = self.step_commit(&step_attempt, decision, now);
             let status = self
+                .commits
                 .commit(executions::Commit {
                     id,
                     token,
@@ -503,111 +471,4 @@ enum InFlight {
     Done(Box<StepResult>),
     LeaseLost,
     CancelRequested,
-}
-
-/// The group committer: takes whatever commits are waiting (up to
-/// [`GROUP_COMMIT_MAX`]) and writes them in one statement, with up to
-/// [`GROUP_COMMITS_IN_FLIGHT`] statements at once. No window is waited
-/// for: at low load a batch is one commit, under load commits queue up
-/// while statements run, so batches grow exactly when it pays.
-async fn group_commit(pool: PgPool, mut queue: mpsc::Receiver<CommitRequest>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(GROUP_COMMITS_IN_FLIGHT));
-    while let Some(first) = queue.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < GROUP_COMMIT_MAX {
-            match queue.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
-            }
-        }
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            let (commits, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            metrics::histogram!("conveyor_group_commit_size").record(commits.len() as f64);
-            match executions::commit_steps(&pool, commits, Utc::now()).await {
-                Ok(statuses) => {
-                    for (reply, status) in replies.into_iter().zip(statuses) {
-                        let _ = reply.send(Ok(status));
-                    }
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    for reply in replies {
-                        let _ = reply.send(Err(message.clone()));
-                    }
-                }
-            }
-            drop(slot);
-        });
-    }
-}
-
-/// Records a step attempt on its span and in the metrics.
-fn observe_step(
-    span: &tracing::Span,
-    labels: &[(&'static str, String)],
-    step: &crate::connector::Step,
-    result: &StepResult,
-    outcome: StepOutcome,
-) {
-    let status = result.response.as_ref().map(|r| r.status);
-    if let Some(url) = result.request["url"].as_str() {
-        span.record("url.full", redact_query(url));
-    }
-    if let Some(status) = status {
-        span.record("http.response.status_code", status);
-    }
-    let retry = match outcome {
-        StepOutcome::RetryScheduled => "scheduled",
-        StepOutcome::Failed | StepOutcome::Continued if result.error.is_some() => "not_retried",
-        _ => "none",
-    };
-    span.record("conveyor.retry", retry);
-    let mut step_labels = labels.to_vec();
-    step_labels.push(("step", step.name.clone()));
-    let mut outcome_labels = step_labels.clone();
-    outcome_labels.push(("outcome", outcome.as_str().to_owned()));
-    metrics::counter!("conveyor_steps_total", &outcome_labels).increment(1);
-    metrics::histogram!("conveyor_step_duration_seconds", &step_labels)
-        .record(result.duration_ms as f64 / 1000.0);
-    if outcome == StepOutcome::RetryScheduled {
-        metrics::counter!("conveyor_retries_scheduled_total", &step_labels).increment(1);
-    }
-    let class = match status {
-        Some(s) => format!("{}xx", s / 100),
-        None => "none".to_owned(),
-    };
-    metrics::counter!("conveyor_outbound_responses_total", "class" => class).increment(1);
-}
-
-/// A URL for traces: query values replaced, since they may carry ids or
-/// keys (credentials are already redacted).
-fn redact_query(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.query().is_some() => {
-            let names: Vec<String> = u.query_pairs().map(|(k, _)| k.into_owned()).collect();
-            u.query_pairs_mut()
-                .clear()
-                .extend_pairs(names.iter().map(|k| (k.as_str(), "REDACTED")));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trace_urls_hide_query_values() {
-        assert_eq!(
-            redact_query("https://x.test/a?q=1&key=s"),
-            "https://x.test/a?q=REDACTED&key=REDACTED"
-        );
-        assert_eq!(redact_query("https://x.test/a"), "https://x.test/a");
-    }
 }

@@ -1,0 +1,24 @@
+//! The LISTEN/NOTIFY channels, named in one place. The database sends on
+//! them from triggers (see the migrations); listeners use these names.
+
+/// Enqueue notifies idle workers here (the `conveyor_notify_enqueued`
+/// statement trigger); the payload is empty.
+pub const EXECUTIONS_ENQUEUED: &str = "conveyor_executions_enqueued";
+
+/// Changes of watched executions (those in `execution_watchers`) are
+/// notified here; the payload is the execution id. API processes listen
+/// once and fan out to their SSE subscribers.
+pub const EXECUTION_EVENTS: &str = "conveyor_execution_events";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_channel_is_the_one_its_trigger_notifies() {
+        let schema = include_str!("../../../migrations/20261123000000_create_schema.sql");
+        let events = include_str!("../../../migrations/20261123000002_add_execution_events.sql");
+        assert!(schema.contains(&format!("pg_notify('{EXECUTIONS_ENQUEUED}'")));
+        assert!(events.contains(&format!("pg_notify('{EXECUTION_EVENTS}'")));
+    }
+}
