@@ -22,6 +22,15 @@
 //!
 //! Neither [`Key`]'s `Debug` output nor any [`CryptoError`] contains key
 //! bytes or plaintext.
+//!
+//! # Zeroization
+//!
+//! Key bytes live in [`Zeroizing`] buffers and the AES key schedules are
+//! zeroized on drop (aes-gcm's `zeroize` feature), so a dropped [`Key`] or
+//! cipher leaves no key material behind; [`Keyring::open`] returns the
+//! plaintext in a [`Zeroizing`] buffer, wiped when the caller drops it, and
+//! [`Keyring::reseal`] wipes the plaintext it passes through. Copies a caller
+//! makes (a parsed JSON map of fields, say) are the caller's to wipe.
 
 use std::fmt;
 
@@ -30,6 +39,7 @@ use aes_gcm::{AeadCore, Aes256Gcm};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha2::{Digest as _, Sha256};
+use zeroize::{Zeroize as _, Zeroizing};
 
 /// Length of a [`Key`] in bytes (AES-256).
 pub const KEY_LEN: usize = 32;
@@ -97,14 +107,20 @@ pub enum CryptoError {
 /// `Debug` prints only the key id, never the key bytes.
 #[derive(Clone)]
 pub struct Key {
-    bytes: [u8; KEY_LEN],
+    bytes: Zeroizing<[u8; KEY_LEN]>,
     id: String,
 }
 
 impl Key {
-    /// Builds a key from its raw 32 bytes.
+    /// Builds a key from its raw 32 bytes (the copy passed in is zeroized).
     #[must_use]
-    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Key {
+    pub fn from_bytes(mut bytes: [u8; KEY_LEN]) -> Key {
+        let key = Key::from_secret(Zeroizing::new(bytes));
+        bytes.zeroize();
+        key
+    }
+
+    fn from_secret(bytes: Zeroizing<[u8; KEY_LEN]>) -> Key {
         let id = key_id(&bytes);
         Key { bytes, id }
     }
@@ -120,23 +136,26 @@ impl Key {
     /// does not decode to exactly 32 bytes. The message never contains the
     /// key text.
     pub fn from_base64(text: &str) -> Result<Key, CryptoError> {
-        let decoded = BASE64
-            .decode(text.trim())
-            .map_err(|_| CryptoError::InvalidKey {
-                reason: "not valid standard base64".to_owned(),
-            })?;
-        let bytes: [u8; KEY_LEN] =
-            decoded
-                .as_slice()
-                .try_into()
-                .map_err(|_| CryptoError::InvalidKey {
-                    reason: format!(
-                        "decodes to {} bytes, expected {KEY_LEN} (generate one with \
-                         `openssl rand -base64 32`)",
-                        decoded.len()
-                    ),
-                })?;
-        Ok(Key::from_bytes(bytes))
+        let decoded =
+            Zeroizing::new(
+                BASE64
+                    .decode(text.trim())
+                    .map_err(|_| CryptoError::InvalidKey {
+                        reason: "not valid standard base64".to_owned(),
+                    })?,
+            );
+        if decoded.len() != KEY_LEN {
+            return Err(CryptoError::InvalidKey {
+                reason: format!(
+                    "decodes to {} bytes, expected {KEY_LEN} (generate one with \
+                     `openssl rand -base64 32`)",
+                    decoded.len()
+                ),
+            });
+        }
+        let mut bytes = Zeroizing::new([0; KEY_LEN]);
+        bytes.copy_from_slice(&decoded);
+        Ok(Key::from_secret(bytes))
     }
 
     /// Generates a random key from the operating system's secure random
@@ -147,14 +166,18 @@ impl Key {
     /// If the operating system's random number generator fails.
     #[must_use]
     pub fn generate() -> Key {
-        let key = aes_gcm::Key::<Aes256Gcm>::generate();
-        Key::from_bytes(key.into())
+        let mut generated = aes_gcm::Key::<Aes256Gcm>::generate();
+        let mut bytes = Zeroizing::new([0; KEY_LEN]);
+        bytes.copy_from_slice(&generated);
+        generated.as_mut_slice().zeroize();
+        Key::from_secret(bytes)
     }
 
-    /// The key as standard base64 (the form [`Key::from_base64`] reads).
+    /// The key as standard base64 (the form [`Key::from_base64`] reads),
+    /// for printing a generated key; the text is not zeroized.
     #[must_use]
     pub fn to_base64(&self) -> String {
-        BASE64.encode(self.bytes)
+        BASE64.encode(self.bytes.as_slice())
     }
 
     /// The key's id: the first 16 hex characters of SHA-256 over a
@@ -168,7 +191,7 @@ impl Key {
     }
 
     fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(&self.bytes.into())
+        Aes256Gcm::new((&*self.bytes).into())
     }
 }
 
@@ -279,7 +302,8 @@ impl Keyring {
     }
 
     /// Opens a sealed value with the key it names (current or old), checking
-    /// that it belongs to `workspace_id` and the credential `name`.
+    /// that it belongs to `workspace_id` and the credential `name`. The
+    /// plaintext is zeroized when the returned buffer is dropped.
     ///
     /// # Errors
     ///
@@ -292,7 +316,7 @@ impl Keyring {
         workspace_id: &str,
         name: &str,
         sealed: &Sealed,
-    ) -> Result<Vec<u8>, CryptoError> {
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let key = self.key(&sealed.key_id)?;
         let nonce =
             AesNonce::try_from(sealed.nonce.as_slice()).map_err(|_| CryptoError::InvalidNonce {
@@ -307,6 +331,7 @@ impl Keyring {
                     aad: &aad,
                 },
             )
+            .map(Zeroizing::new)
             .map_err(|_| CryptoError::Decrypt)
     }
 
@@ -380,7 +405,7 @@ mod tests {
         assert_eq!(sealed.key_id, ring.current_id());
         assert_eq!(sealed.nonce.len(), NONCE_LEN);
         assert_eq!(sealed.ciphertext.len(), SECRET.len() + TAG_LEN);
-        assert_eq!(ring.open(WS, NAME, &sealed).unwrap(), SECRET);
+        assert_eq!(ring.open(WS, NAME, &sealed).unwrap().as_slice(), SECRET);
         assert!(!ring.needs_rotation(&sealed));
     }
 
@@ -388,7 +413,7 @@ mod tests {
     fn empty_plaintext_roundtrips() {
         let ring = ring();
         let sealed = ring.seal(WS, NAME, b"").unwrap();
-        assert_eq!(ring.open(WS, NAME, &sealed).unwrap(), b"");
+        assert!(ring.open(WS, NAME, &sealed).unwrap().is_empty());
     }
 
     #[test]
@@ -406,7 +431,7 @@ mod tests {
         // Moving bytes between the two fields must not help.
         let sealed = ring.seal("ab", "c", SECRET).unwrap();
         assert_eq!(ring.open("a", "bc", &sealed), Err(CryptoError::Decrypt));
-        assert_eq!(ring.open("ab", "c", &sealed).unwrap(), SECRET);
+        assert_eq!(ring.open("ab", "c", &sealed).unwrap().as_slice(), SECRET);
     }
 
     #[test]
@@ -483,16 +508,19 @@ mod tests {
         assert_eq!(ring.current_id(), new.id());
         assert_eq!(ring.key_ids(), vec![new.id(), old.id()]);
         assert!(ring.needs_rotation(&sealed));
-        assert_eq!(ring.open(WS, NAME, &sealed).unwrap(), SECRET);
+        assert_eq!(ring.open(WS, NAME, &sealed).unwrap().as_slice(), SECRET);
 
         let resealed = ring.reseal(WS, NAME, &sealed).unwrap();
         assert_eq!(resealed.key_id, new.id());
         assert!(!ring.needs_rotation(&resealed));
-        assert_eq!(ring.open(WS, NAME, &resealed).unwrap(), SECRET);
+        assert_eq!(ring.open(WS, NAME, &resealed).unwrap().as_slice(), SECRET);
 
         // Once the old key is dropped, only the resealed value opens.
         let new_only = Keyring::new(new, []);
-        assert_eq!(new_only.open(WS, NAME, &resealed).unwrap(), SECRET);
+        assert_eq!(
+            new_only.open(WS, NAME, &resealed).unwrap().as_slice(),
+            SECRET
+        );
         assert_eq!(
             new_only.open(WS, NAME, &sealed),
             Err(CryptoError::UnknownKeyId { key_id: old.id() })
@@ -572,5 +600,125 @@ mod tests {
         let err = ring.open("other", NAME, &sealed).unwrap_err();
         let text = format!("{err} {err:?}");
         assert!(!text.contains(std::str::from_utf8(SECRET).unwrap()));
+    }
+
+    /// Bytes from hex, for the known answers below.
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    fn counting_key() -> Key {
+        let mut bytes = [0; KEY_LEN];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = u8::try_from(i).expect("small");
+        }
+        Key::from_bytes(bytes)
+    }
+
+    #[test]
+    fn key_ids_match_known_answers() {
+        // First 8 bytes of SHA-256("conveyor/key-id/v1\0" || key), computed
+        // independently (Python hashlib).
+        assert_eq!(Key::from_bytes([0; KEY_LEN]).id(), "0fe2f2c9fe5ed293");
+        assert_eq!(counting_key().id(), "1d39997976e38ea7");
+    }
+
+    #[test]
+    fn associated_data_matches_the_documented_layout() {
+        assert_eq!(
+            associated_data("ws-1", "crm"),
+            hex(concat!(
+                "636f6e7665796f722f63726564656e7469616c2f763100", // prefix
+                "0000000000000004",
+                "77732d31", // ws-1
+                "0000000000000003",
+                "63726d", // crm
+            ))
+        );
+    }
+
+    #[test]
+    fn opens_a_value_sealed_by_an_independent_aes_gcm() {
+        // AES-256-GCM from Python's `cryptography`, with the key 00..1f, the
+        // nonce 64..6f and the associated data above: this pins the cipher,
+        // the key bytes used and the associated data layout.
+        let ring = Keyring::new(counting_key(), []);
+        let sealed = Sealed {
+            key_id: counting_key().id(),
+            nonce: hex("6465666768696a6b6c6d6e6f"),
+            ciphertext: hex("237aaa4b0a8c35ec5b1667052cdf8dbf3124161eca0ca8802d2b"),
+        };
+        assert_eq!(
+            ring.open("ws-1", "crm", &sealed).unwrap().as_slice(),
+            b"kat-secret"
+        );
+        assert_eq!(ring.open("ws-1", "crn", &sealed), Err(CryptoError::Decrypt));
+        // The same key read from base64 opens it too.
+        let ring = Keyring::new(Key::from_base64(&counting_key().to_base64()).unwrap(), []);
+        assert_eq!(
+            ring.open("ws-1", "crm", &sealed).unwrap().as_slice(),
+            b"kat-secret"
+        );
+        assert_eq!(
+            counting_key().to_base64(),
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+        );
+    }
+
+    #[test]
+    fn a_key_opens_only_what_it_sealed() {
+        let a = Keyring::new(Key::generate(), []);
+        let b = Keyring::new(Key::generate(), []);
+        let mut sealed = a.seal(WS, NAME, SECRET).unwrap();
+        // Relabelled with b's key id, a's ciphertext does not open with b.
+        sealed.key_id = b.current_id();
+        assert_eq!(b.open(WS, NAME, &sealed), Err(CryptoError::Decrypt));
+    }
+
+    #[test]
+    fn rotation_keeps_old_keys_in_order_and_reseals_with_the_current_one() {
+        let (k1, k2, k3) = (Key::generate(), Key::generate(), Key::generate());
+        let ring = Keyring::new(k3.clone(), [k1.clone(), k2.clone()]);
+        assert_eq!(ring.key_ids(), vec![k3.id(), k1.id(), k2.id()]);
+        for old in [&k1, &k2] {
+            let sealed = Keyring::new(old.clone(), [])
+                .seal(WS, NAME, SECRET)
+                .unwrap();
+            assert!(ring.needs_rotation(&sealed));
+            let resealed = ring.reseal(WS, NAME, &sealed).unwrap();
+            assert_eq!(resealed.key_id, k3.id());
+            assert!(!ring.needs_rotation(&resealed));
+            assert_ne!(resealed.nonce, sealed.nonce);
+            assert_eq!(
+                Keyring::new(k3.clone(), [])
+                    .open(WS, NAME, &resealed)
+                    .unwrap()
+                    .as_slice(),
+                SECRET
+            );
+            // A reseal stays bound to the same workspace and name.
+            assert_eq!(ring.open(WS, "other", &resealed), Err(CryptoError::Decrypt));
+            assert_eq!(
+                ring.reseal("other", NAME, &sealed),
+                Err(CryptoError::Decrypt)
+            );
+        }
+    }
+
+    #[test]
+    fn key_length_is_checked_exactly() {
+        for len in [0, 1, KEY_LEN - 1, KEY_LEN + 1, 64] {
+            let err = Key::from_base64(&BASE64.encode(vec![9u8; len])).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("decodes to {len} bytes")),
+                "{err}"
+            );
+        }
+        let key = Key::from_base64(&BASE64.encode([9u8; KEY_LEN])).unwrap();
+        assert_eq!(key.id(), Key::from_bytes([9; KEY_LEN]).id());
+        assert_eq!(key.to_base64(), BASE64.encode([9u8; KEY_LEN]));
     }
 }

@@ -72,7 +72,8 @@ pub enum StepErrorKind {
     Render,
     /// A required credential or credential field is missing.
     Credential,
-    /// The destination is a refused (private) address.
+    /// The destination is a refused (private) address, or the step sets a
+    /// header the outbound policy refuses (`Host`, hop-by-hop headers).
     NetworkPolicy,
     /// The response body exceeds the configured maximum.
     ResponseTooLarge,
@@ -440,6 +441,8 @@ impl StepClient {
                                 ),
                             )
                         })?;
+                        refuse_forbidden_header(name, "auth.name")
+                            .map_err(|e| fail(&snapshot, e))?;
                         insert_header(&mut headers, header.clone(), key, "auth")
                             .map_err(|e| fail(&snapshot, e))?;
                         secret_headers.push(header);
@@ -470,6 +473,7 @@ impl StepClient {
                     ),
                 )
             })?;
+            refuse_forbidden_header(name, &field).map_err(|e| fail(&snapshot, e))?;
             insert_header(&mut headers, header, &value, &field).map_err(|e| fail(&snapshot, e))?;
         }
         let idempotency = HeaderName::from_static("idempotency-key");
@@ -581,6 +585,18 @@ fn secret_field<'a>(
             format!("auth: credential `{credential}` has no field `{field}`"),
         )
     })
+}
+
+/// Refuses the headers a step may not set ([`net::FORBIDDEN_REQUEST_HEADERS`]);
+/// the connector validator refuses them at save time already.
+fn refuse_forbidden_header(name: &str, field: &str) -> Result<(), StepError> {
+    if net::is_forbidden_request_header(name) {
+        return Err(StepError::fatal(
+            StepErrorKind::NetworkPolicy,
+            format!("{field}: the header `{name}` may not be set by a step"),
+        ));
+    }
+    Ok(())
 }
 
 fn insert_header(

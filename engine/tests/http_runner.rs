@@ -789,6 +789,59 @@ async fn header_values_with_line_breaks_are_refused_unsent() {
 }
 
 #[tokio::test]
+async fn framing_and_hop_by_hop_headers_are_refused_unsent() {
+    let server = server_ok().await;
+    let url = format!("{}/x", server.uri());
+    let credentials = creds(&[("crm", "key", SECRET)]);
+    for (headers, auth, field) in [
+        (
+            json!({"Host": "internal.test"}),
+            json!({"type": "none"}),
+            "headers.Host",
+        ),
+        (
+            json!({"Content-Length": "0"}),
+            json!({"type": "none"}),
+            "headers.Content-Length",
+        ),
+        (
+            json!({"transfer-encoding": "chunked"}),
+            json!({"type": "none"}),
+            "headers.transfer-encoding",
+        ),
+        (
+            json!({"Connection": "close"}),
+            json!({"type": "none"}),
+            "headers.Connection",
+        ),
+        (
+            json!({"Upgrade": "h2c"}),
+            json!({"type": "none"}),
+            "headers.Upgrade",
+        ),
+        (
+            json!({}),
+            json!({"type": "api_key", "credential": "crm", "in": "header", "name": "Host"}),
+            "auth.name",
+        ),
+    ] {
+        let step = step(json!({"method": "GET", "url": url, "headers": headers, "auth": auth}));
+
+        let result = run(&step, json!({}), &credentials).await;
+
+        assert_eq!(
+            error_of(&result),
+            (StepErrorKind::NetworkPolicy, Retry::Fatal),
+            "{field}"
+        );
+        let message = &result.error.as_ref().expect("error").message;
+        assert!(message.starts_with(field), "{message}");
+        assert!(!message.contains(SECRET), "{message}");
+    }
+    assert_eq!(request_count(&server).await, 0, "nothing is sent");
+}
+
+#[tokio::test]
 async fn idempotency_key_is_sent_unless_the_step_sets_its_own() {
     let cases = [
         (json!({}), KEY.to_owned()),

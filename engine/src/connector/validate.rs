@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{ApiKeyLocation, Auth, Body, Connector, RetryPolicy, Step};
+use crate::net;
 use crate::template::Renderer;
 
 /// Longest accepted whole-run deadline: one day.
@@ -20,6 +21,9 @@ const MAX_STEP_TIMEOUT_MS: u64 = 900_000;
 const MAX_ATTEMPTS: u32 = 100;
 /// Most steps in one connector.
 const MAX_STEPS: usize = 100;
+/// Why a header in [`net::FORBIDDEN_REQUEST_HEADERS`] is refused.
+const FORBIDDEN_HEADER: &str = "may not be set by a step: Host, Content-Length, Transfer-Encoding, \
+     Connection and the other hop-by-hop headers are set by the HTTP client";
 
 /// One problem in a connector definition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -203,6 +207,8 @@ impl Validator {
                     format!("{path}.headers.{name}"),
                     "is not a valid HTTP header name",
                 );
+            } else if net::is_forbidden_request_header(name) {
+                self.err(format!("{path}.headers.{name}"), FORBIDDEN_HEADER);
             }
         }
         if step.query.contains_key("") {
@@ -269,6 +275,9 @@ impl Validator {
                     format!("{path}.name"),
                     "must be a valid header or query parameter name",
                 );
+            } else if *location == ApiKeyLocation::Header && net::is_forbidden_request_header(name)
+            {
+                self.err(format!("{path}.name"), FORBIDDEN_HEADER);
             }
         }
     }
@@ -608,6 +617,42 @@ mod tests {
             json!("<<settings.base_url>>/contacts"),
         );
         assert!(errors_of(json).is_empty());
+    }
+
+    #[test]
+    fn framing_and_hop_by_hop_headers_are_refused_with_their_path() {
+        for name in [
+            "Host",
+            "content-length",
+            "Transfer-Encoding",
+            "Connection",
+            "TE",
+            "Upgrade",
+        ] {
+            let json = with(valid(), "/steps/1/headers", json!({name: "x"}));
+            assert_eq!(
+                errors_of(json),
+                vec![(
+                    format!("steps[1].headers.{name}"),
+                    FORBIDDEN_HEADER.to_owned()
+                )],
+                "{name}"
+            );
+        }
+        let auth = json!({"type": "api_key", "credential": "crm", "in": "header", "name": "Host"});
+        assert_eq!(
+            errors_of(with(valid(), "/steps/1/auth", auth)),
+            vec![("steps[1].auth.name".to_owned(), FORBIDDEN_HEADER.to_owned())]
+        );
+        // Ordinary headers, and a query parameter called `host`, are fine.
+        let json = with(
+            valid(),
+            "/steps/1/headers",
+            json!({"X-Host": "x", "Content-Type": "a/b"}),
+        );
+        assert_eq!(errors_of(json), vec![]);
+        let auth = json!({"type": "api_key", "credential": "crm", "in": "query", "name": "host"});
+        assert_eq!(errors_of(with(valid(), "/steps/1/auth", auth)), vec![]);
     }
 
     #[test]

@@ -181,3 +181,212 @@ impl Assembler {
         Ok(self.out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The URL part after each character of `url`, one letter per
+    /// character: `s` scheme and authority, `p` path, `q` query, `f`
+    /// fragment.
+    fn parts(url: &str) -> String {
+        let mut state = UrlState::new();
+        url.chars()
+            .map(|c| {
+                state.step(c);
+                match state.part {
+                    UrlPart::Prefix => 's',
+                    UrlPart::Path => 'p',
+                    UrlPart::Query => 'q',
+                    UrlPart::Fragment => 'f',
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn url_state_finds_where_each_part_starts() {
+        let cases = [
+            // The `//` after `scheme:` stays in the authority; the next `/`
+            // starts the path.
+            ("https://h/p?q#f", "sssssssssppqqff"),
+            ("http://h:8/a/b", "sssssssssspppp"),
+            // Query and fragment may follow the authority directly.
+            ("https://h?q=/", "sssssssssqqqq"),
+            ("https://h#f?/", "sssssssssffff"),
+            // `/` and `?` do not leave the query; nothing leaves the fragment.
+            ("https://h/?a/b?c#d/e?#", "ssssssssspqqqqqqffffff"),
+            // A third slash is the path; so is a slash not after `:` or `:/`.
+            ("https:///p", "sssssssspp"),
+            ("h//x", "sppp"),
+            ("//h/p", "ppppp"),
+            ("/:/p", "pppp"),
+            // `:/` keeps the authority whether one or two slashes follow.
+            ("x:/y", "ssss"),
+            ("x:/y/z", "sssspp"),
+            ("a:b//c", "sssppp"),
+            ("x/:/", "sppp"),
+            ("?a#b", "qqff"),
+            ("#a?b", "ffff"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(parts(url), want, "{url}");
+        }
+    }
+
+    /// Assembles literal text and values, alternately (literal first).
+    fn assembled(dest: Dest, pieces: &[&str]) -> Result<String, TemplateError> {
+        let mut asm = Assembler::new(dest, 0);
+        for (i, piece) in pieces.iter().enumerate() {
+            if i % 2 == 0 {
+                asm.literal(piece)?;
+            } else {
+                asm.value(piece)?;
+            }
+        }
+        asm.finish()
+    }
+
+    #[test]
+    fn url_values_are_raw_before_the_path_and_encoded_after() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["", "https://h.test/base", "/u/", "a/b c"],
+                "https://h.test/base/u/a%2Fb%20c",
+            ),
+            // A value that ends the authority moves the state: the next
+            // value is in the path.
+            (&["", "https://h.test/", "", "a/b"], "https://h.test/a%2Fb"),
+            (&["https://", "h.test", "/", "x?y"], "https://h.test/x%3Fy"),
+            (
+                &["https://h.test?a=", "1&b=2#f"],
+                "https://h.test?a=1%26b%3D2%23f",
+            ),
+            (&["https://h.test#", "a#b c"], "https://h.test#a%23b%20c"),
+            (&["https://h.test/", "~-._ok"], "https://h.test/~-._ok"),
+            // Literal text is never encoded.
+            (
+                &["https://h.test/a b?c d#e f"],
+                "https://h.test/a b?c d#e f",
+            ),
+        ];
+        for (pieces, want) in cases {
+            assert_eq!(
+                assembled(Dest::Url, pieces).as_deref(),
+                Ok(*want),
+                "{pieces:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn url_values_forming_a_dot_segment_are_refused_wherever_the_segment_ends() {
+        for pieces in [
+            &["https://h.test/", ".."][..],
+            &["https://h.test/", "."],
+            &["https://h.test/", "..", "/x"],
+            &["https://h.test/", "..", "?x"],
+            &["https://h.test/", "..", "#x"],
+            &["https://h.test/", "%2E", ""],
+            &["https://h.test/", "%2e%2E", "/"],
+            &["https://h.test/", ".", "", "."],
+            &["https://h.test/", "x", "/", ".."],
+        ] {
+            // `%2E` in a value is encoded to `%252E`, so only raw dots can
+            // form a dot segment; literal `%2e` next to a value dot counts.
+            let want = if pieces[1].starts_with('%') {
+                Ok(())
+            } else {
+                Err(TemplateError::UrlDotSegment)
+            };
+            assert_eq!(assembled(Dest::Url, pieces).map(|_| ()), want, "{pieces:?}");
+        }
+        for pieces in [
+            &["https://h.test/", "..."][..],
+            &["https://h.test/", "a.."],
+            &["https://h.test/a", ".."],
+            &["https://h.test/", "..", "a"],
+            &["https://h.test/?", ".."],
+            &["https://h.test/#", ".."],
+            // Dot segments written literally are the author's business.
+            &["https://h.test/../x"],
+            &["https://h.test/", "x", "/.."],
+        ] {
+            assert!(assembled(Dest::Url, pieces).is_ok(), "{pieces:?}");
+        }
+        assert_eq!(
+            assembled(Dest::Url, &["https://h.test/", ".", "%2e"]),
+            Err(TemplateError::UrlDotSegment)
+        );
+        assert_eq!(
+            assembled(Dest::Url, &["https://h.test/", ".", "%2E/x"]),
+            Err(TemplateError::UrlDotSegment)
+        );
+    }
+
+    #[test]
+    fn non_url_destinations_track_no_url_state() {
+        let pieces = &["https://h.test/", "..", "?a=", "<&>\"'"];
+        assert_eq!(
+            assembled(Dest::Xml, pieces).as_deref(),
+            Ok("https://h.test/..?a=&lt;&amp;&gt;&quot;&apos;")
+        );
+        assert_eq!(
+            assembled(Dest::Xml, &["<a x='1'>", "</a>"]).as_deref(),
+            Ok("<a x='1'>&lt;/a&gt;")
+        );
+        for dest in [Dest::Text, Dest::Header] {
+            assert_eq!(
+                assembled(dest, pieces).as_deref(),
+                Ok("https://h.test/..?a=<&>\"'"),
+                "{dest:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rendered_spans_decide_what_is_escaped() {
+        let r = Renderer::new();
+        let ctx = json!({
+            "input": {"a": "x/y", "b": "<&>", "dots": ".."},
+            "settings": {"base": "https://h.test/api"},
+        });
+        let cases = [
+            (
+                "<<settings.base>>/<<input.a>>",
+                Dest::Url,
+                "https://h.test/api/x%2Fy",
+            ),
+            (
+                "https://h.test/<<input.a>>-<<input.a>>",
+                Dest::Url,
+                "https://h.test/x%2Fy-x%2Fy",
+            ),
+            (
+                "https://h.test/a?<<input.a>>=<<input.b>>&z",
+                Dest::Url,
+                "https://h.test/a?x%2Fy=%3C%26%3E&z",
+            ),
+            ("<<input.a>><<input.a>>", Dest::Url, "x/yx%2Fy"),
+            (
+                "<x><<input.b>></x><<input.b>>",
+                Dest::Xml,
+                "<x>&lt;&amp;&gt;</x>&lt;&amp;&gt;",
+            ),
+            ("<<input.b>>", Dest::Xml, "&lt;&amp;&gt;"),
+        ];
+        for (template, dest, want) in cases {
+            assert_eq!(
+                r.render_str(template, &ctx, dest).as_deref(),
+                Ok(want),
+                "{template}"
+            );
+        }
+        assert_eq!(
+            r.render_str("https://h.test/<<input.dots>>", &ctx, Dest::Url),
+            Err(TemplateError::UrlDotSegment)
+        );
+    }
+}
