@@ -370,6 +370,12 @@ impl Runner {
     /// Ends the execution without a step row: failed with `error`, or
     /// cancelled when `error` is `None`.
     async fn end(&self, id: Uuid, token: i64, error: Option<&Value>) -> Result<RunOutcome> {
+        // A message may quote a provider's value; U+0000 cannot be stored.
+        let mut error = error.cloned();
+        if let Some(e) = error.as_mut() {
+            store::group::storable(e);
+        }
+        let error = error.as_ref();
         if !executions::finish(&self.pool, id, token, error, Utc::now()).await? {
             return Ok(RunOutcome::LeaseLost);
         }
@@ -558,18 +564,9 @@ async fn group_commit(pool: PgPool, mut queue: mpsc::Receiver<CommitRequest>) {
         tokio::spawn(async move {
             let (commits, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             metrics::histogram!("conveyor_group_commit_size").record(commits.len() as f64);
-            match executions::commit_steps(&pool, commits, Utc::now()).await {
-                Ok(statuses) => {
-                    for (reply, status) in replies.into_iter().zip(statuses) {
-                        let _ = reply.send(Ok(status));
-                    }
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    for reply in replies {
-                        let _ = reply.send(Err(message.clone()));
-                    }
-                }
+            let results = store::group::commit_group(&pool, commits, Utc::now()).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
             }
             drop(slot);
         });

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod connectors;
 pub mod credentials;
 pub mod executions;
+pub mod group;
 pub mod history;
 pub mod templates;
 
