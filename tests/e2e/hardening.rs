@@ -1,5 +1,5 @@
 //! One tenant or one provider must not hurt another: values PostgreSQL
-//! cannot store, and group commits with one bad row.
+//! cannot store, group commits with one bad row, worker identities.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use chrono::Utc;
 use conveyor_engine::store::executions::{self, Commit, StepRow, Transition};
 use conveyor_engine::store::group::commit_group;
 use conveyor_tests::api::TestApi;
-use conveyor_tests::Harness;
+use conveyor_tests::{Harness, WS, test_worker_config};
 use serde_json::json;
 use sqlx::PgPool;
 use wiremock::matchers::{method, path};
@@ -173,4 +173,41 @@ async fn the_api_refuses_a_nul_character_naming_the_field(pool: PgPool) {
         reply.text
     );
     assert_eq!(reply.json["error"]["details"]["errors"][0]["path"], "name");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn tenants_never_see_worker_host_names_or_process_ids(pool: PgPool) {
+    let h = Harness::with_config(pool.clone(), test_worker_config("host-7.internal-pid-4242"));
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true})))
+        .mount(&stub)
+        .await;
+    let c = h
+        .connector(json!({"name": "w", "steps": [
+            {"name": "x", "method": "GET", "url": format!("{}/x", stub.uri())}]}))
+        .await;
+    let id = h.enqueue(c, json!({})).await;
+    assert_eq!(
+        h.run_until_final(id, Duration::from_secs(20)).await.status,
+        "succeeded"
+    );
+    assert_eq!(h.steps(id).await[0].worker_id, "host-7.internal-pid-4242");
+
+    let api = TestApi::new(pool);
+    let token = api.token(WS, "alice");
+    let one = api.get(&format!("/api/v1/executions/{id}"), &token).await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.text);
+    assert_eq!(one.json["steps"].as_array().map(Vec::len), Some(1));
+    let list = api.get("/api/v1/executions", &token).await;
+    let events = api
+        .get(&format!("/api/v1/executions/{id}/events"), &token)
+        .await;
+    assert!(events.text.contains("claimed"), "{}", events.text);
+    for reply in [&one, &list, &events] {
+        assert!(!reply.text.contains("host-7"), "{}", reply.text);
+        assert!(!reply.text.contains("pid-4242"), "{}", reply.text);
+    }
+    assert!(one.json.get("lease_owner").is_none());
+    assert!(one.json["steps"][0].get("worker_id").is_none());
 }
