@@ -2,6 +2,7 @@
 //! runner and worker, and loopback stub servers.
 
 mod hardening;
+mod marketplace_review;
 mod multi_step;
 mod queue;
 mod retries;
