@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //!
+//! - [`cache`]: the bounded, size-aware cache of connector definitions.
 //! - [`connector`]: the connector definition model and its save-time
 //!   validation (errors carry the JSON path of the offending field).
 //! - [`template`]: `<<...>>` templates (minijinja with custom delimiters),
@@ -19,6 +20,7 @@
 //!
 //! Pure modules do no IO; only [`http`] and [`store`] talk to the outside.
 
+pub mod cache;
 pub mod connector;
 pub mod crypto;
 pub mod error;
