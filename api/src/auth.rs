@@ -1,11 +1,14 @@
 //! Authentication: `Authorization: Bearer <token>` where the token is a
 //! JWT (HS256 only, `CONVEYOR_JWT_SECRET`; claims `sub`, `workspace_id`,
-//! `exp` required, `iat`/`nbf` honoured, 30 s clock-skew leeway) or a
-//! workspace API key (`cvk_...`, stored as its SHA-256).
+//! `exp` required, `iat`/`nbf` honoured, 30 s clock-skew leeway; `iss` and
+//! `aud` checked when configured; a lifetime of at most
+//! `CONVEYOR_JWT_MAX_LIFETIME_SECS`) or a workspace API key (`cvk_...`,
+//! stored as its SHA-256, with scopes and an optional expiry).
 
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, MatchedPath};
+use axum::http::Method;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine as _;
@@ -22,6 +25,29 @@ pub const LEEWAY_SECS: u64 = 30;
 pub const MAX_ID_LEN: usize = 128;
 /// Prefix of workspace API keys.
 pub const API_KEY_PREFIX: &str = "cvk_";
+/// Default longest token lifetime (`CONVEYOR_JWT_MAX_LIFETIME_SECS`).
+pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// What a token must satisfy beyond its signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenPolicy {
+    /// Required `iss` (`CONVEYOR_JWT_ISSUER`); `None`: not checked.
+    pub issuer: Option<String>,
+    /// Required `aud` (`CONVEYOR_JWT_AUDIENCE`); `None`: not checked.
+    pub audience: Option<String>,
+    /// Longest lifetime: `exp` minus `iat` (or minus now, without `iat`).
+    pub max_lifetime: Duration,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audience: None,
+            max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
+        }
+    }
+}
 
 /// The JWT claims Conveyor reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,12 +66,25 @@ pub struct Claims {
     pub nbf: Option<u64>,
 }
 
+/// What [`Authenticator::mint`] signs: the claims plus the policy's
+/// issuer and audience (checked by `jsonwebtoken` from the raw token).
+#[derive(Serialize)]
+struct Signed<'a> {
+    #[serde(flatten)]
+    claims: &'a Claims,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+}
+
 /// Verifies (and, for the CLI, signs) tokens.
 #[derive(Clone)]
 pub struct Authenticator {
     decoding: DecodingKey,
     encoding: EncodingKey,
     validation: Validation,
+    policy: TokenPolicy,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -55,12 +94,25 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// Uses `secret`'s UTF-8 bytes as the HMAC key, exactly as given.
+    /// Uses `secret`'s UTF-8 bytes as the HMAC key, exactly as given, with
+    /// the default [`TokenPolicy`].
     ///
     /// # Errors
     ///
     /// A secret shorter than 32 bytes.
     pub fn new(secret: &str) -> anyhow::Result<Self> {
+        Self::with_policy(secret, TokenPolicy::default())
+    }
+
+    /// Like [`Authenticator::new`], with `policy`.
+    ///
+    /// # Errors
+    ///
+    /// A secret shorter than 32 bytes, or a zero maximum lifetime.
+    pub fn with_policy(secret: &str, policy: TokenPolicy) -> anyhow::Result<Self> {
+        if policy.max_lifetime.is_zero() {
+            anyhow::bail!("CONVEYOR_JWT_MAX_LIFETIME_SECS must be at least 1");
+        }
         if secret.len() < 32 {
             anyhow::bail!(
                 "CONVEYOR_JWT_SECRET must be at least 32 bytes (it has {})",
@@ -72,23 +124,45 @@ impl Authenticator {
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = &policy.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        match &policy.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
         Ok(Self {
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             validation,
+            policy,
         })
     }
 
-    /// Signs a token for `workspace_id`/`user_id` valid for `ttl`.
+    /// Signs a token for `workspace_id`/`user_id` valid for `ttl`, with the
+    /// policy's issuer and audience.
     ///
     /// # Errors
     ///
-    /// Invalid ids, or a signing failure.
+    /// Invalid ids, a `ttl` over the policy's maximum lifetime, or a
+    /// signing failure.
     pub fn mint(&self, workspace_id: &str, user_id: &str, ttl: Duration) -> anyhow::Result<String> {
         check_id("workspace", workspace_id).map_err(anyhow::Error::msg)?;
         check_id("user", user_id).map_err(anyhow::Error::msg)?;
-        let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+        if ttl > self.policy.max_lifetime {
+            anyhow::bail!(
+                "the lifetime {} s exceeds the maximum of {} s (CONVEYOR_JWT_MAX_LIFETIME_SECS)",
+                ttl.as_secs(),
+                self.policy.max_lifetime.as_secs()
+            );
+        }
+        let now = now_secs();
         let claims = Claims {
             sub: user_id.to_owned(),
             workspace_id: workspace_id.to_owned(),
@@ -96,9 +170,14 @@ impl Authenticator {
             iat: Some(now),
             nbf: None,
         };
+        let signed = Signed {
+            claims: &claims,
+            iss: self.policy.issuer.as_deref(),
+            aud: self.policy.audience.as_deref(),
+        };
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
-            &claims,
+            &signed,
             &self.encoding,
         )?)
     }
@@ -113,17 +192,38 @@ impl Authenticator {
                     ErrorKind::InvalidSignature => "the token signature is invalid",
                     ErrorKind::InvalidAlgorithm => "only HS256 tokens are accepted",
                     ErrorKind::MissingRequiredClaim(_) => {
-                        "the token lacks a required claim (sub, workspace_id, exp)"
+                        "the token lacks a required claim (sub, workspace_id, exp, and iss or aud when configured)"
                     }
+                    ErrorKind::InvalidIssuer => "the token's issuer (iss) is not accepted",
+                    ErrorKind::InvalidAudience => "the token's audience (aud) is not accepted",
                     _ => "the token is malformed",
                 };
                 ApiError::unauthorized(why)
             })?;
         let claims = data.claims;
+        check_lifetime(&claims, now_secs(), self.policy.max_lifetime)
+            .map_err(ApiError::unauthorized)?;
         check_id("workspace_id", &claims.workspace_id).map_err(ApiError::unauthorized)?;
         check_id("sub", &claims.sub).map_err(ApiError::unauthorized)?;
         Ok(claims)
     }
+}
+
+fn now_secs() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0)
+}
+
+/// A token may not be issued in the future (beyond the leeway) nor live
+/// longer than `max`: `exp - iat`, or `exp - now` without `iat`.
+fn check_lifetime(claims: &Claims, now: u64, max: Duration) -> Result<(), &'static str> {
+    let issued = claims.iat.unwrap_or(now);
+    if issued > now.saturating_add(LEEWAY_SECS) {
+        return Err("the token is issued in the future (iat)");
+    }
+    if claims.exp.saturating_sub(issued) > max.as_secs() {
+        return Err("the token's lifetime exceeds the maximum (CONVEYOR_JWT_MAX_LIFETIME_SECS)");
+    }
+    Ok(())
 }
 
 fn check_id(what: &str, id: &str) -> Result<(), String> {
@@ -133,6 +233,56 @@ fn check_id(what: &str, id: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// What an API key may do. User tokens may do everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// Read: every `GET` except API keys and the audit log.
+    Read,
+    /// Execute: start, batch, cancel and re-run executions.
+    Execute,
+    /// Manage: everything else (connectors, credentials, templates, keys).
+    Manage,
+}
+
+impl Scope {
+    /// Every scope: what a key gets when none are named.
+    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Execute, Scope::Manage];
+
+    /// The scope's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Execute => "execute",
+            Scope::Manage => "manage",
+        }
+    }
+
+    /// The scope named `name`.
+    pub fn parse(name: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+/// The scope a request needs, from its method and route template
+/// (`/api/v1/executions/{id}/cancel`).
+pub fn required_scope(method: &Method, route: &str) -> Scope {
+    let route = route.strip_prefix("/api/v1").unwrap_or(route);
+    let reading = *method == Method::GET || *method == Method::HEAD;
+    match route {
+        "/connectors/{id}/execute"
+        | "/connectors/{id}/execute/batch"
+        | "/executions/{id}/cancel"
+        | "/executions/{id}/rerun"
+            if *method == Method::POST =>
+        {
+            Scope::Execute
+        }
+        "/api-keys" | "/audit" => Scope::Manage,
+        _ if reading => Scope::Read,
+        _ => Scope::Manage,
+    }
 }
 
 /// A new API key and its digest: `(key, prefix, sha256)`.
@@ -185,13 +335,25 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::to_owned);
         let caller = if token.starts_with(API_KEY_PREFIX) {
             let digest = Sha256::digest(token.as_bytes());
-            let (id, workspace_id) =
-                conveyor_engine::store::access::authenticate_api_key(&state.pool, &digest)
-                    .await?
-                    .ok_or_else(|| ApiError::unauthorized("the API key is invalid or revoked"))?;
+            let key = conveyor_engine::store::access::authenticate_api_key(&state.pool, &digest)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::unauthorized("the API key is invalid, revoked or expired")
+                })?;
+            let route = parts
+                .extensions
+                .get::<MatchedPath>()
+                .map_or_else(|| parts.uri.path(), MatchedPath::as_str);
+            let needed = required_scope(&parts.method, route);
+            if !key.scopes.iter().any(|s| s == needed.as_str()) {
+                return Err(ApiError::forbidden(format!(
+                    "this API key lacks the `{}` scope this request needs",
+                    needed.as_str()
+                )));
+            }
             Caller {
-                workspace_id,
-                actor: format!("api-key:{id}"),
+                workspace_id: key.workspace_id,
+                actor: format!("api-key:{}", key.id),
                 user_id: None,
                 request_id,
             }
@@ -234,5 +396,285 @@ impl FromRequestParts<AppState> for Admin {
         } else {
             Err(ApiError::forbidden("this route is for admins"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn sign(claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("sign")
+    }
+
+    fn policy(issuer: Option<&str>, audience: Option<&str>, max_secs: u64) -> TokenPolicy {
+        TokenPolicy {
+            issuer: issuer.map(str::to_owned),
+            audience: audience.map(str::to_owned),
+            max_lifetime: Duration::from_secs(max_secs),
+        }
+    }
+
+    #[test]
+    fn each_route_needs_its_scope() {
+        let cases = [
+            (Method::GET, "/api/v1/connectors", Scope::Read),
+            (Method::HEAD, "/api/v1/executions/{id}", Scope::Read),
+            (Method::GET, "/api/v1/executions/{id}/events", Scope::Read),
+            (Method::GET, "/api/v1/templates", Scope::Read),
+            (Method::GET, "/api/v1/api-keys", Scope::Manage),
+            (Method::GET, "/api/v1/audit", Scope::Manage),
+            (Method::POST, "/api/v1/api-keys", Scope::Manage),
+            (
+                Method::POST,
+                "/api/v1/connectors/{id}/execute",
+                Scope::Execute,
+            ),
+            (
+                Method::POST,
+                "/api/v1/connectors/{id}/execute/batch",
+                Scope::Execute,
+            ),
+            (
+                Method::POST,
+                "/api/v1/executions/{id}/cancel",
+                Scope::Execute,
+            ),
+            (
+                Method::POST,
+                "/api/v1/executions/{id}/rerun",
+                Scope::Execute,
+            ),
+            (Method::GET, "/api/v1/connectors/{id}/execute", Scope::Read),
+            (Method::POST, "/api/v1/connectors", Scope::Manage),
+            (Method::PUT, "/api/v1/connectors/{id}", Scope::Manage),
+            (Method::DELETE, "/api/v1/connectors/{id}", Scope::Manage),
+            (Method::PUT, "/api/v1/credentials/{name}", Scope::Manage),
+            (
+                Method::POST,
+                "/api/v1/templates/{slug}/install",
+                Scope::Manage,
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/executions/{id}/cancel",
+                Scope::Manage,
+            ),
+            (Method::POST, "/connectors/{id}/execute", Scope::Execute),
+            (Method::PATCH, "/api/v1/connectors/{id}", Scope::Manage),
+        ];
+        for (method, route, want) in cases {
+            assert_eq!(required_scope(&method, route), want, "{method} {route}");
+        }
+    }
+
+    #[test]
+    fn scope_names_round_trip_and_unknown_names_are_refused() {
+        for (name, scope) in [
+            ("read", Scope::Read),
+            ("execute", Scope::Execute),
+            ("manage", Scope::Manage),
+        ] {
+            assert_eq!(Scope::parse(name), Some(scope));
+            assert_eq!(scope.as_str(), name);
+        }
+        for bad in ["", "READ", "admin", "read "] {
+            assert_eq!(Scope::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(Scope::ALL, [Scope::Read, Scope::Execute, Scope::Manage]);
+    }
+
+    #[test]
+    fn lifetimes_over_the_maximum_or_issued_in_the_future_are_refused() {
+        let now = 1_000_000;
+        let max = Duration::from_secs(3600);
+        let claims = |iat: Option<u64>, exp: u64| Claims {
+            sub: "u".into(),
+            workspace_id: "w".into(),
+            exp,
+            iat,
+            nbf: None,
+        };
+        let cases = [
+            (Some(now), now + 3600, Ok(())),
+            (Some(now), now + 3601, Err("lifetime")),
+            (Some(now - 100), now + 3500, Ok(())),
+            (Some(now - 100), now + 3501, Err("lifetime")),
+            (None, now + 3600, Ok(())),
+            (None, now + 3601, Err("lifetime")),
+            (Some(now + LEEWAY_SECS), now + LEEWAY_SECS + 10, Ok(())),
+            (
+                Some(now + LEEWAY_SECS + 1),
+                now + LEEWAY_SECS + 10,
+                Err("future"),
+            ),
+            (Some(now), now - 10, Ok(())),
+        ];
+        for (iat, exp, want) in cases {
+            let got = check_lifetime(&claims(iat, exp), now, max);
+            match want {
+                Ok(()) => assert_eq!(got, Ok(()), "iat {iat:?} exp {exp}"),
+                Err(word) => {
+                    let message = got.expect_err("refused");
+                    assert!(message.contains(word), "iat {iat:?} exp {exp}: {message}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn issuer_audience_and_lifetime_are_checked_as_configured() {
+        let now = now_secs();
+        let base = |extra: serde_json::Value| {
+            let mut c =
+                serde_json::json!({"sub": "u", "workspace_id": "w", "iat": now, "exp": now + 600});
+            for (k, v) in extra.as_object().into_iter().flatten() {
+                c[k] = v.clone();
+            }
+            sign(&c)
+        };
+        let open = policy(None, None, 3600);
+        let strict = policy(Some("https://idp.test"), Some("conveyor"), 3600);
+        let cases: [(&TokenPolicy, serde_json::Value, Option<&str>); 11] = [
+            (&open, serde_json::json!({}), None),
+            (
+                &open,
+                serde_json::json!({"iss": "anyone", "aud": "anything"}),
+                None,
+            ),
+            (
+                &open,
+                serde_json::json!({"exp": now + 7200}),
+                Some("lifetime"),
+            ),
+            (
+                &strict,
+                serde_json::json!({"iss": "https://idp.test", "aud": "conveyor"}),
+                None,
+            ),
+            (
+                &strict,
+                serde_json::json!({"iss": "https://idp.test", "aud": ["x", "conveyor"]}),
+                None,
+            ),
+            (
+                &strict,
+                serde_json::json!({"aud": "conveyor"}),
+                Some("required claim"),
+            ),
+            (
+                &strict,
+                serde_json::json!({"iss": "https://idp.test"}),
+                Some("required claim"),
+            ),
+            (
+                &strict,
+                serde_json::json!({"iss": "https://evil.test", "aud": "conveyor"}),
+                Some("issuer"),
+            ),
+            (
+                &strict,
+                serde_json::json!({"iss": "https://idp.test", "aud": "other"}),
+                Some("audience"),
+            ),
+            (
+                &strict,
+                serde_json::json!({"iss": "https://idp.test", "aud": "conveyor", "iat": now + 120}),
+                Some("future"),
+            ),
+            (
+                &open,
+                serde_json::json!({"workspace_id": ""}),
+                Some("workspace_id"),
+            ),
+        ];
+        for (i, (policy, extra, want)) in cases.into_iter().enumerate() {
+            let auth = Authenticator::with_policy(SECRET, policy.clone()).expect("auth");
+            let got = auth.verify(&base(extra));
+            match want {
+                None => {
+                    let claims = got.unwrap_or_else(|e| panic!("case {i}: {e}"));
+                    assert_eq!(
+                        (claims.sub.as_str(), claims.workspace_id.as_str()),
+                        ("u", "w")
+                    );
+                }
+                Some(word) => {
+                    let err = got.expect_err("refused");
+                    assert_eq!(err.status(), StatusCode::UNAUTHORIZED, "case {i}");
+                    assert!(err.to_string().contains(word), "case {i}: {err}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn minted_tokens_carry_the_policy_and_respect_its_lifetime() {
+        let strict = policy(Some("https://idp.test"), Some("conveyor"), 3600);
+        let auth = Authenticator::with_policy(SECRET, strict).expect("auth");
+        let token = auth
+            .mint("w", "u", Duration::from_secs(3600))
+            .expect("within the maximum");
+        // The strict policy requires iss and aud: they were signed in.
+        let claims = auth.verify(&token).expect("verifies");
+        assert_eq!(claims.exp - claims.iat.expect("iat"), 3600);
+        let err = auth
+            .mint("w", "u", Duration::from_secs(3601))
+            .expect_err("over the maximum");
+        assert!(err.to_string().contains("3601"), "{err}");
+        let open = Authenticator::new(SECRET).expect("auth");
+        open.verify(&token)
+            .expect("without a policy, iss and aud are not checked");
+        let elsewhere =
+            Authenticator::with_policy(SECRET, policy(None, Some("other"), 3600)).expect("auth");
+        let err = elsewhere.verify(&token).expect_err("another audience");
+        assert!(err.to_string().contains("audience"), "{err}");
+    }
+
+    #[test]
+    fn secrets_and_policies_are_checked_at_construction() {
+        assert!(Authenticator::new(&SECRET[..31]).is_err());
+        assert!(Authenticator::new(SECRET).is_ok());
+        assert!(Authenticator::with_policy(SECRET, policy(None, None, 0)).is_err());
+        assert_eq!(
+            TokenPolicy::default(),
+            policy(None, None, DEFAULT_MAX_TOKEN_LIFETIME.as_secs())
+        );
+        assert_eq!(DEFAULT_MAX_TOKEN_LIFETIME, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn ids_must_be_short_and_printable() {
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        let max = "x".repeat(MAX_ID_LEN);
+        for (id, ok) in [
+            ("w", true),
+            (max.as_str(), true),
+            ("", false),
+            (long.as_str(), false),
+            ("a\nb", false),
+        ] {
+            assert_eq!(check_id("workspace", id).is_ok(), ok, "{id:?}");
+        }
+    }
+
+    #[test]
+    fn api_keys_are_prefixed_random_and_stored_as_their_digest() {
+        let (key, prefix, digest) = new_api_key();
+        let (other, _, _) = new_api_key();
+        assert_ne!(key, other);
+        assert!(key.starts_with(API_KEY_PREFIX));
+        assert_eq!(key.len(), API_KEY_PREFIX.len() + 43);
+        assert_eq!(prefix, key[..API_KEY_PREFIX.len() + 6]);
+        assert_eq!(digest, Sha256::digest(key.as_bytes()).to_vec());
     }
 }

@@ -71,6 +71,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             format!("the request body is not valid JSON: {e}"),
         ));
     }
+    if let Some(path) = nul_at(bytes) {
+        return Err(ApiError::validation(
+            format!("invalid request body: {}", message_at(&path, NUL_MESSAGE)),
+            json!([{"path": path, "message": NUL_MESSAGE}]),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize(&mut de) {
         Ok(v) => Ok(v),
@@ -94,6 +100,42 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 ))
             }
         }
+    }
+}
+
+const NUL_MESSAGE: &str = "must not contain the character U+0000 (NUL)";
+
+/// The path of the first string or key holding U+0000, which PostgreSQL
+/// cannot store. Raw NUL bytes are invalid JSON, so only bodies with a
+/// `\u0000` escape are parsed a second time.
+fn nul_at(bytes: &[u8]) -> Option<String> {
+    if !bytes.windows(6).any(|w| w == br"\u0000") {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    nul_path(&value, String::new())
+}
+
+fn nul_path(value: &serde_json::Value, path: String) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0').then_some(path),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_path(v, format!("{path}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let at = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            if k.contains('\0') {
+                Some(at)
+            } else {
+                nul_path(v, at)
+            }
+        }),
+        _ => None,
     }
 }
 
@@ -218,6 +260,32 @@ mod tests {
         for malformed in [&br#"{"items": ["#[..], br#"{"extra": 1, "#, b"[1, 2"] {
             let err = parse_json::<Body>(malformed).expect_err("400");
             assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn a_nul_character_is_refused_with_the_path_of_its_field() {
+        let cases: [(&[u8], Option<&str>); 5] = [
+            (br#"{"input":{"a":["ok","x\u0000"]}}"#, Some("input.a[1]")),
+            (br#"{"input":{"k\u0000":1}}"#, Some("input.k\u{0}")),
+            (br#"{"name":"\u0000"}"#, Some("name")),
+            (br#"{"name":"\\u0000"}"#, None),
+            (br#"{"name":"\u0001"}"#, None),
+        ];
+        for (body, want) in cases {
+            let got = parse_json::<serde_json::Value>(body);
+            match want {
+                Some(path) => {
+                    let err = got.expect_err("422");
+                    assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+                    let message = err.to_string();
+                    assert!(message.contains(&format!(": {path}: must not")), "{err}");
+                    assert!(message.contains("U+0000"), "{err}");
+                }
+                None => {
+                    got.expect("a body without NUL is accepted");
+                }
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 
-use conveyor_api::auth::Authenticator;
+use conveyor_api::auth::{Authenticator, DEFAULT_MAX_TOKEN_LIFETIME, TokenPolicy};
 use conveyor_api::{ApiConfig, AppState, app};
 use conveyor_engine::crypto::Key;
 use conveyor_engine::http::StepClient;
@@ -218,7 +218,15 @@ async fn rotate() -> anyhow::Result<ExitCode> {
 fn authenticator() -> anyhow::Result<Authenticator> {
     let secret = settings::var("CONVEYOR_JWT_SECRET")?
         .context("CONVEYOR_JWT_SECRET is not set: it must be at least 32 bytes")?;
-    Authenticator::new(&secret)
+    let policy = TokenPolicy {
+        issuer: settings::var("CONVEYOR_JWT_ISSUER")?.filter(|v| !v.is_empty()),
+        audience: settings::var("CONVEYOR_JWT_AUDIENCE")?.filter(|v| !v.is_empty()),
+        max_lifetime: Duration::from_secs(settings::parse(
+            "CONVEYOR_JWT_MAX_LIFETIME_SECS",
+            DEFAULT_MAX_TOKEN_LIFETIME.as_secs(),
+        )?),
+    };
+    Authenticator::with_policy(&secret, policy)
 }
 
 fn api_config() -> anyhow::Result<ApiConfig> {

@@ -319,7 +319,7 @@ async fn community_templates_stay_private_until_an_admin_approves(pool: PgPool) 
             Method::POST,
             "/api/v1/admin/templates/community-echo/approve",
             &api.token("ops", "root"),
-            None,
+            Some(json!({"version": "0.1.0"})),
         )
         .await;
     assert_eq!(status, StatusCode::OK);

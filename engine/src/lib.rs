@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //!
+//! - [`cache`]: the bounded, size-aware cache of connector definitions.
 //! - [`connector`]: the connector definition model and its save-time
 //!   validation (errors carry the JSON path of the offending field).
 //! - [`template`]: `<<...>>` templates (minijinja with custom delimiters),
@@ -31,6 +32,7 @@
 //! [`store`] (the database) and [`runner`], which drives both. Every other
 //! module is pure.
 
+pub mod cache;
 pub mod connector;
 pub mod crypto;
 pub mod decide;

@@ -1,6 +1,9 @@
 //! End-to-end tests: real PostgreSQL (a fresh database per test), the real
 //! runner and worker, and loopback stub servers.
 
+mod api_keys;
+mod hardening;
+mod marketplace_review;
 mod multi_step;
 mod queue;
 mod retries;

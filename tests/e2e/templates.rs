@@ -205,6 +205,24 @@ async fn execute_case(
             last.unwrap_or(Value::Null)
         ));
     }
+    let history = serde_json::to_string(&json!(
+        h.steps(id)
+            .await
+            .iter()
+            .map(|s| json!([s.request, s.response_body]))
+            .collect::<Vec<_>>()
+    ))
+    .map_err(|e| e.to_string())?;
+    for (name, fields) in case["credentials"].as_object().into_iter().flatten() {
+        for (field, value) in fields.as_object().into_iter().flatten() {
+            let secret = value.as_str().unwrap_or_default();
+            if secret.len() >= 8 && history.contains(secret) {
+                return Err(format!(
+                    "{slug}: credentials.{name}.{field} reads back from the step history"
+                ));
+            }
+        }
+    }
     if execution.output.as_ref() != Some(&case["output"]) {
         return Err(format!(
             "{slug}: output {} != expected {}",
@@ -248,12 +266,44 @@ fn every_official_template_has_a_base_url_setting_and_a_unique_slug() {
             Some(t.slug.as_str()),
             "file name must be the slug"
         );
+        let url_from_credential = t
+            .connector
+            .steps
+            .iter()
+            .all(|s| s.url.starts_with("<<credentials."));
         assert!(
-            t.settings
-                .iter()
-                .any(|s| s.name == "base_url" || s.name.ends_with("_url")),
-            "{}: its base URL must be a setting",
+            url_from_credential
+                || t.settings
+                    .iter()
+                    .any(|s| s.name == "base_url" || s.name.ends_with("_url")),
+            "{}: its base URL must be a setting (or, when the URL is a secret, a credential)",
             t.slug
         );
+    }
+}
+
+#[test]
+fn no_official_template_keeps_a_secret_in_a_setting() {
+    // Settings read back in clear (`GET /connectors/{id}`, step requests);
+    // secrets, secret URLs included, belong in credentials.
+    const SECRET_WORDS: [&str; 7] = [
+        "webhook",
+        "token",
+        "secret",
+        "password",
+        "key",
+        "signature",
+        "auth",
+    ];
+    for (_, t) in official_templates() {
+        for s in &t.settings {
+            let name = s.name.to_ascii_lowercase();
+            assert!(
+                !SECRET_WORDS.iter().any(|w| name.contains(w)),
+                "{}: setting `{}` looks like a secret; make it a credential",
+                t.slug,
+                s.name
+            );
+        }
     }
 }

@@ -208,6 +208,10 @@ impl Settings {
                 runner_defaults.max_retry_after.as_secs(),
             )?),
             metrics_workspace_labels: flag("CONVEYOR_METRICS_WORKSPACE_LABELS", false)?,
+            definition_cache_bytes: parse(
+                "CONVEYOR_DEFINITION_CACHE_BYTES",
+                runner_defaults.definition_cache_bytes,
+            )?,
         };
         Ok(Self {
             database_url: database_url()?,

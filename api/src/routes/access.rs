@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::{DEFAULT_PAGE, MAX_PAGE, audit};
 use crate::AppState;
-use crate::auth::{Caller, new_api_key};
+use crate::auth::{Caller, Scope, new_api_key};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 
@@ -48,13 +48,47 @@ fn require_user(caller: &Caller) -> ApiResult<()> {
 struct CreateApiKeyRequest {
     /// A label to recognise the key by (1 to 200 characters).
     name: String,
+    /// What the key may do: any of `read`, `execute`, `manage` (default:
+    /// all three).
+    scopes: Option<Vec<String>>,
+    /// When the key stops working (RFC 3339, in the future); default never.
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The scopes asked for, deduplicated and in order; 422 naming the first
+/// unknown one.
+fn parse_scopes(asked: Option<Vec<String>>) -> ApiResult<Vec<String>> {
+    let Some(asked) = asked else {
+        return Ok(Scope::ALL.iter().map(|s| s.as_str().to_owned()).collect());
+    };
+    let mut scopes = Vec::new();
+    for (i, name) in asked.iter().enumerate() {
+        let scope = Scope::parse(name).ok_or_else(|| {
+            let message = format!("unknown scope `{name}`: expected read, execute or manage");
+            ApiError::validation(
+                format!("scopes[{i}]: {message}"),
+                json!([{"path": format!("scopes[{i}]"), "message": message}]),
+            )
+        })?;
+        scopes.push(scope);
+    }
+    if scopes.is_empty() {
+        let message = "must name at least one of read, execute, manage";
+        return Err(ApiError::validation(
+            format!("scopes: {message}"),
+            json!([{"path": "scopes", "message": message}]),
+        ));
+    }
+    scopes.sort();
+    scopes.dedup();
+    Ok(scopes.iter().map(|s| s.as_str().to_owned()).collect())
 }
 
 /// Create a workspace API key (user tokens only). The key is in this
 /// response and nowhere else: only its SHA-256 is stored.
 #[utoipa::path(post, path = "/api-keys", tag = "access",
     request_body = CreateApiKeyRequest,
-    responses((status = 201, description = "`id`, `name`, `prefix`, `key` (shown once), `created_by`, `created_at`", body = Object),
+    responses((status = 201, description = "`id`, `name`, `prefix`, `key` (shown once), `created_by`, `created_at`, `scopes`, `expires_at`", body = Object),
               (status = 403, description = "Called with an API key"),
               (status = 422, description = "Invalid name; `details.errors` lists `{path, message}`")))]
 async fn create_api_key(
@@ -72,14 +106,26 @@ async fn create_api_key(
             json!([{"path": "name", "message": message}]),
         ));
     }
+    let scopes = parse_scopes(body.scopes)?;
+    if body.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
+        let message = "must be in the future";
+        return Err(ApiError::validation(
+            format!("expires_at: {message}"),
+            json!([{"path": "expires_at", "message": message}]),
+        ));
+    }
     let (key, prefix, digest) = new_api_key();
     let meta = access_store::create_api_key(
         &state.pool,
         &caller.workspace_id,
-        name,
-        &prefix,
-        &digest,
-        &caller.actor,
+        &access_store::NewApiKey {
+            name,
+            prefix: &prefix,
+            digest: &digest,
+            created_by: &caller.actor,
+            scopes: &scopes,
+            expires_at: body.expires_at,
+        },
     )
     .await?;
     let id = meta.id.to_string();
@@ -89,7 +135,7 @@ async fn create_api_key(
         "api_key.create",
         "api_key",
         Some(&id),
-        json!({"name": meta.name, "prefix": meta.prefix}),
+        json!({"name": meta.name, "prefix": meta.prefix, "scopes": meta.scopes, "expires_at": meta.expires_at}),
     )
     .await;
     Ok((
@@ -97,6 +143,7 @@ async fn create_api_key(
         Json(json!({
             "id": meta.id, "name": meta.name, "prefix": meta.prefix, "key": key,
             "created_by": meta.created_by, "created_at": meta.created_at,
+            "scopes": meta.scopes, "expires_at": meta.expires_at,
         })),
     )
         .into_response())
@@ -105,7 +152,7 @@ async fn create_api_key(
 /// List the workspace's API keys, newest first, revoked ones included
 /// (metadata only: never a key).
 #[utoipa::path(get, path = "/api-keys", tag = "access",
-    responses((status = 200, description = "`items`: id, name, prefix, created_by, created_at, last_used_at, revoked_at", body = Object)))]
+    responses((status = 200, description = "`items`: id, name, prefix, created_by, created_at, last_used_at, revoked_at, scopes, expires_at", body = Object)))]
 async fn list_api_keys(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     let items = access_store::list_api_keys(&state.pool, &caller.workspace_id).await?;
     Ok(Json(json!({ "items": items })))

@@ -71,7 +71,7 @@ async fn connector_json(state: &AppState, c: &connectors::ConnectorVersion) -> A
         let latest = templates::get(&state.pool, slug, None)
             .await?
             .filter(|(t, _)| t.review_status == ReviewStatus::Approved)
-            .map(|(t, _)| t.latest_version);
+            .and_then(|(t, _)| t.approved_version);
         let available = latest
             .as_deref()
             .filter(|l| parse_version(l) > parse_version(installed));
@@ -477,16 +477,17 @@ async fn upgrade_connector(
             "this connector was not installed from a template",
         ));
     };
-    let (summary, definition) = templates::get(&state.pool, slug, None)
+    // The workspace's view: the approved version, never an unreviewed one.
+    let (_, definition) = templates::get(&state.pool, slug, Some(&caller.workspace_id))
         .await?
         .filter(|(t, _)| t.review_status == ReviewStatus::Approved)
         .ok_or_else(|| ApiError::conflict("its template is no longer available"))?;
-    if parse_version(&summary.latest_version) <= parse_version(current) {
+    let template = Template::parse(&definition).map_err(|e| ApiError::internal(&e))?;
+    if parse_version(&template.version) <= parse_version(current) {
         return Err(ApiError::conflict(format!(
             "already on the newest template version ({current})"
         )));
     }
-    let template = Template::parse(&definition).map_err(|e| ApiError::internal(&e))?;
     let upgraded = upgrade(&installed, &template).map_err(|e| {
         ApiError::validation(
             format!("cannot upgrade: {e}"),

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use conveyor_engine::marketplace::{InstallRequest, Template};
 use conveyor_engine::state::ReviewStatus;
-use conveyor_engine::store::templates::{self, Published, TemplateFilter};
+use conveyor_engine::store::templates::{self, Approval, Published, TemplateFilter};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -36,6 +36,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(admin_feature_template, admin_unfeature_template))
         .routes(routes!(admin_template_metrics))
 }
+
+/// Every community slug starts with this, so no submission can take a
+/// name an official template (present or future) needs.
+const COMMUNITY_PREFIX: &str = "community-";
 
 fn template_errors(e: conveyor_engine::connector::ValidationErrors) -> ApiError {
     ApiError::validation(
@@ -287,6 +291,15 @@ async fn submit_template(
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<Response> {
     let template = Template::parse(&body).map_err(template_errors)?;
+    if !template.slug.starts_with(COMMUNITY_PREFIX) {
+        let message = format!(
+            "community template slugs start with `{COMMUNITY_PREFIX}`; the others are reserved for official templates"
+        );
+        return Err(ApiError::validation(
+            format!("invalid template: slug: {message}"),
+            json!([{"path": "slug", "message": message}]),
+        ));
+    }
     match templates::publish(
         &state.pool,
         &template,
@@ -443,15 +456,50 @@ async fn review(
     Ok(Json(json!({"slug": slug, "review_status": status})))
 }
 
-/// Approve a community template (admins): it becomes visible to all.
+/// The body of an approval.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    /// The version that was reviewed: only it becomes installable, whatever
+    /// the author publishes later.
+    version: String,
+}
+
+/// Approve the reviewed version of a community template (admins): that
+/// version becomes visible to all and is what others install.
 #[utoipa::path(post, path = "/admin/templates/{slug}/approve", tag = "admin", params(("slug" = String, Path)),
-    responses((status = 200, body = Object), (status = 403), (status = 404)))]
+    request_body = ApproveBody,
+    responses((status = 200, body = Object), (status = 403), (status = 404),
+              (status = 422, description = "`version` is missing or not a version of this template")))]
 async fn admin_approve_template(
     State(state): State<AppState>,
     Admin(caller): Admin,
     ApiPath(slug): ApiPath<String>,
+    ApiJson(body): ApiJson<ApproveBody>,
 ) -> ApiResult<Json<Value>> {
-    review(&state, &caller, &slug, ReviewStatus::Approved).await
+    match templates::approve(&state.pool, &slug, &body.version).await? {
+        Approval::Approved => {}
+        Approval::NotFound => return Err(ApiError::not_found("template")),
+        Approval::NoSuchVersion => {
+            let message = format!("`{slug}` has no version {}", body.version);
+            return Err(ApiError::validation(
+                format!("version: {message}"),
+                json!([{"path": "version", "message": message}]),
+            ));
+        }
+    }
+    audit(
+        &state,
+        &caller,
+        "template.approved",
+        "template",
+        Some(&slug),
+        json!({"version": body.version}),
+    )
+    .await;
+    Ok(Json(
+        json!({"slug": slug, "review_status": "approved", "approved_version": body.version}),
+    ))
 }
 
 /// Reject a community template (admins).

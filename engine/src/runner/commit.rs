@@ -86,18 +86,9 @@ impl GroupCommitter {
             tokio::spawn(async move {
                 let (commits, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
                 metrics::histogram!("conveyor_group_commit_size").record(commits.len() as f64);
-                match executions::commit_steps(&pool, commits, Utc::now()).await {
-                    Ok(statuses) => {
-                        for (reply, status) in replies.into_iter().zip(statuses) {
-                            let _ = reply.send(Ok(status));
-                        }
-                    }
-                    Err(e) => {
-                        let message = e.to_string();
-                        for reply in replies {
-                            let _ = reply.send(Err(message.clone()));
-                        }
-                    }
+                let results = crate::store::group::commit_group(&pool, commits, Utc::now()).await;
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
                 }
                 drop(slot);
             });

@@ -9,8 +9,7 @@
 //! This module orchestrates; [`GroupCommitter`] (in `commit`) writes the
 //! step commits, and `observe` records what a run tells the metrics and traces.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -21,6 +20,7 @@ use tracing::{Instrument, info, info_span, warn};
 use uuid::Uuid;
 
 use crate::Result;
+use crate::cache::DefinitionCache;
 use crate::connector::Connector;
 use crate::crypto::Keyring;
 use crate::decide::{self, Decision, ExecutionError, Next, Policy, RunErrorKind, StepAttempt};
@@ -52,6 +52,9 @@ pub struct RunnerConfig {
     /// Label metrics with the workspace id
     /// (`CONVEYOR_METRICS_WORKSPACE_LABELS`; off: unbounded label values).
     pub metrics_workspace_labels: bool,
+    /// Bytes of connector definitions the definition cache may hold
+    /// (`CONVEYOR_DEFINITION_CACHE_BYTES`).
+    pub definition_cache_bytes: u64,
 }
 
 impl Default for RunnerConfig {
@@ -62,6 +65,7 @@ impl Default for RunnerConfig {
             max_context_bytes: 1024 * 1024,
             max_retry_after: Duration::from_secs(3600),
             metrics_workspace_labels: false,
+            definition_cache_bytes: crate::cache::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -83,7 +87,8 @@ pub enum RunOutcome {
     LeaseLost,
 }
 
-/// A connector version prepared for running: immutable, so cached forever.
+/// A connector version prepared for running: immutable, so it never goes
+/// stale in the (bounded) definition cache.
 struct Prepared {
     connector: Connector,
     credential_names: Vec<String>,
@@ -96,7 +101,7 @@ pub struct Runner {
     client: StepClient,
     keyring: Arc<Keyring>,
     config: RunnerConfig,
-    definitions: Mutex<HashMap<(Uuid, i32), Arc<Prepared>>>,
+    definitions: DefinitionCache<Prepared>,
 }
 
 impl Runner {
@@ -117,8 +122,8 @@ impl Runner {
             commits,
             client,
             keyring,
+            definitions: DefinitionCache::new(config.definition_cache_bytes),
             config,
-            definitions: Mutex::new(HashMap::new()),
         };
         (runner, committer)
     }
@@ -129,8 +134,8 @@ impl Runner {
     }
 
     async fn prepared(&self, id: Uuid, version: i32) -> Result<Option<Arc<Prepared>>, String> {
-        if let Some(p) = self.lock_definitions().get(&(id, version)) {
-            return Ok(Some(p.clone()));
+        if let Some(p) = self.definitions.get(id, version) {
+            return Ok(Some(p));
         }
         let Some(json) = store::connectors::definition(&self.pool, id, version)
             .await
@@ -138,6 +143,7 @@ impl Runner {
         else {
             return Ok(None);
         };
+        let bytes = serde_json::to_vec(&json).map_or(usize::MAX, |v| v.len());
         let connector: Connector = serde_json::from_value(json)
             .map_err(|e| format!("stored definition is invalid: {e}"))?;
         let (credential_names, _) = connector.names_used(self.client.renderer());
@@ -145,17 +151,9 @@ impl Runner {
             connector,
             credential_names,
         });
-        self.lock_definitions()
-            .insert((id, version), prepared.clone());
-        Ok(Some(prepared))
-    }
-
-    fn lock_definitions(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, i32), Arc<Prepared>>> {
-        // A poisoned lock only means another task panicked mid-insert; the
-        // map itself is still a valid cache.
         self.definitions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, version, prepared.clone(), bytes);
+        Ok(Some(prepared))
     }
 
     /// Runs `claimed` until it finishes, is rescheduled, is released at
@@ -356,7 +354,12 @@ impl Runner {
         token: i64,
         error: Option<&ExecutionError>,
     ) -> Result<RunOutcome> {
-        let error = error.map(ExecutionError::to_json);
+        // A message may quote a provider's value; U+0000 cannot be stored.
+        let error = error.map(|e| {
+            let mut json = e.to_json();
+            store::group::storable(&mut json);
+            json
+        });
         if !executions::finish(&self.pool, id, token, error.as_ref(), Utc::now()).await? {
             return Ok(RunOutcome::LeaseLost);
         }

@@ -26,6 +26,38 @@ pub struct ApiKeyMeta {
     pub last_used_at: Option<DateTime<Utc>>,
     /// When it was revoked.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// What it may do: `read`, `execute`, `manage`.
+    pub scopes: Vec<String>,
+    /// When it stops working, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A live API key that authenticated a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyAuth {
+    /// Key id.
+    pub id: Uuid,
+    /// Its workspace.
+    pub workspace_id: String,
+    /// What it may do.
+    pub scopes: Vec<String>,
+}
+
+/// A new API key's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewApiKey<'a> {
+    /// Label.
+    pub name: &'a str,
+    /// The key's first characters.
+    pub prefix: &'a str,
+    /// SHA-256 of the key.
+    pub digest: &'a [u8],
+    /// The creating user.
+    pub created_by: &'a str,
+    /// Scopes (`read`, `execute`, `manage`).
+    pub scopes: &'a [String],
+    /// Expiry, if any.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// Stores a new API key by its digest.
@@ -36,24 +68,23 @@ pub struct ApiKeyMeta {
 pub async fn create_api_key(
     pool: &PgPool,
     workspace_id: &str,
-    name: &str,
-    prefix: &str,
-    digest: &[u8],
-    created_by: &str,
+    key: &NewApiKey<'_>,
 ) -> Result<ApiKeyMeta> {
     let mut tx = pool.begin().await?;
     super::ensure_workspace(&mut *tx, workspace_id).await?;
     let meta = sqlx::query_as!(
         ApiKeyMeta,
-        "INSERT INTO workspace_api_keys (id, workspace_id, name, prefix, key_hash, created_by)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         RETURNING id, name, prefix, created_by, created_at, last_used_at, revoked_at",
+        "INSERT INTO workspace_api_keys (id, workspace_id, name, prefix, key_hash, created_by, scopes, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         RETURNING id, name, prefix, created_by, created_at, last_used_at, revoked_at, scopes, expires_at",
         Uuid::now_v7(),
         workspace_id,
-        name,
-        prefix,
-        digest,
-        created_by
+        key.name,
+        key.prefix,
+        key.digest,
+        key.created_by,
+        key.scopes,
+        key.expires_at
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -69,7 +100,7 @@ pub async fn create_api_key(
 pub async fn list_api_keys(pool: &PgPool, workspace_id: &str) -> Result<Vec<ApiKeyMeta>> {
     Ok(sqlx::query_as!(
         ApiKeyMeta,
-        "SELECT id, name, prefix, created_by, created_at, last_used_at, revoked_at
+        "SELECT id, name, prefix, created_by, created_at, last_used_at, revoked_at, scopes, expires_at
          FROM workspace_api_keys WHERE workspace_id = $1 ORDER BY created_at DESC, id DESC",
         workspace_id
     )
@@ -94,25 +125,26 @@ pub async fn revoke_api_key(pool: &PgPool, workspace_id: &str, id: Uuid) -> Resu
     Ok(done.rows_affected() == 1)
 }
 
-/// Finds the live key with this digest: `(key id, workspace id)`. Records
-/// use at most once a minute, in the same statement.
+/// Finds the live (not revoked, not expired) key with this digest.
+/// Records use at most once a minute, in the same statement.
 ///
 /// # Errors
 ///
 /// Database errors.
-pub async fn authenticate_api_key(pool: &PgPool, digest: &[u8]) -> Result<Option<(Uuid, String)>> {
-    let row = sqlx::query!(
+pub async fn authenticate_api_key(pool: &PgPool, digest: &[u8]) -> Result<Option<ApiKeyAuth>> {
+    Ok(sqlx::query_as!(
+        ApiKeyAuth,
         "WITH touched AS (
              UPDATE workspace_api_keys SET last_used_at = now()
-             WHERE key_hash = $1 AND revoked_at IS NULL
+             WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
                AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
          )
-         SELECT id, workspace_id FROM workspace_api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+         SELECT id, workspace_id, scopes FROM workspace_api_keys
+         WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
         digest
     )
     .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|r| (r.id, r.workspace_id)))
+    .await?)
 }
 
 /// Whether `user_id` is a SaaS admin.

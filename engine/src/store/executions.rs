@@ -9,6 +9,8 @@
 //! - each step commit is ONE statement (hence one transaction) that inserts
 //!   the step row and moves the execution on.
 
+use std::mem::take;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
@@ -330,7 +332,9 @@ pub struct StepRow {
     pub extracted: Option<Value>,
     /// The error, if the attempt failed.
     pub error: Option<Value>,
-    /// The worker that ran it.
+    /// The worker that ran it. Never serialised: worker ids name hosts
+    /// and processes, which tenants must not see.
+    #[serde(skip_serializing)]
     pub worker_id: String,
     /// Start time.
     pub started_at: DateTime<Utc>,
@@ -402,13 +406,13 @@ pub async fn commit_step(
     transition: &Transition,
     now: DateTime<Utc>,
 ) -> Result<Option<ExecutionStatus>> {
-    let commit = Commit {
+    let mut commit = [Commit {
         id,
         token,
         step: step.clone(),
         transition: transition.clone(),
-    };
-    let mut statuses = commit_steps(pool, vec![commit], now).await?;
+    }];
+    let mut statuses = commit_steps(pool, &mut commit, now).await?;
     Ok(statuses.pop().flatten())
 }
 
@@ -417,12 +421,16 @@ pub async fn commit_step(
 /// status, in order, or `None` where the lease was lost (nothing was
 /// written for that one).
 ///
+/// The commits' large values are moved into the statement and put back
+/// afterwards (also on error), so a failed batch can be retried without
+/// having been copied.
+///
 /// # Errors
 ///
 /// Database errors (then nothing was written for any of them).
 pub async fn commit_steps(
     pool: &PgPool,
-    commits: Vec<Commit>,
+    commits: &mut [Commit],
     now: DateTime<Utc>,
 ) -> Result<Vec<Option<ExecutionStatus>>> {
     let n = commits.len();
@@ -451,47 +459,55 @@ pub async fn commit_steps(
     let mut finished = Vec::with_capacity(n);
     let mut durations = Vec::with_capacity(n);
     // Moved, not cloned: request snapshots and bodies can be large.
-    for c in commits {
-        let s = c.step;
-        let (kind, context, next_step, lease_until, output, run_at, next_attempt, error) = match c
-            .transition
-        {
-            Transition::Continue {
-                context,
-                next_step,
-                lease_until,
-            } => (
-                "continue",
-                Some(context),
-                Some(next_step),
-                Some(lease_until),
-                None,
-                None,
-                None,
-                None,
-            ),
-            Transition::Succeed { context, output } => (
-                "succeed",
-                Some(context),
-                Some(s.step_index + 1),
-                None,
-                Some(output),
-                None,
-                None,
-                None,
-            ),
-            Transition::Retry { run_at, attempt } => (
-                "retry",
-                None,
-                None,
-                None,
-                None,
-                Some(run_at),
-                Some(attempt),
-                None,
-            ),
-            Transition::Fail { error } => ("fail", None, None, None, None, None, None, Some(error)),
-        };
+    for c in commits.iter_mut() {
+        let s = &mut c.step;
+        let (kind, context, next_step, lease_until, output, run_at, next_attempt, error) =
+            match &mut c.transition {
+                Transition::Continue {
+                    context,
+                    next_step,
+                    lease_until,
+                } => (
+                    "continue",
+                    Some(take(context)),
+                    Some(*next_step),
+                    Some(*lease_until),
+                    None,
+                    None,
+                    None,
+                    None,
+                ),
+                Transition::Succeed { context, output } => (
+                    "succeed",
+                    Some(take(context)),
+                    Some(s.step_index + 1),
+                    None,
+                    Some(take(output)),
+                    None,
+                    None,
+                    None,
+                ),
+                Transition::Retry { run_at, attempt } => (
+                    "retry",
+                    None,
+                    None,
+                    None,
+                    None,
+                    Some(*run_at),
+                    Some(*attempt),
+                    None,
+                ),
+                Transition::Fail { error } => (
+                    "fail",
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    Some(take(error)),
+                ),
+            };
         ids.push(c.id);
         tokens.push(c.token);
         kinds.push(kind.to_owned());
@@ -504,15 +520,15 @@ pub async fn commit_steps(
         errors.push(error);
         indexes.push(s.step_index);
         attempts.push(s.attempt);
-        names.push(s.step_name);
+        names.push(take(&mut s.step_name));
         outcomes.push(s.outcome.as_str().to_owned());
-        requests.push(s.request);
+        requests.push(take(&mut s.request));
         statuses.push(s.response_status);
-        headers.push(s.response_headers);
-        bodies.push(s.response_body);
-        extracted.push(s.extracted);
-        step_errors.push(s.error);
-        workers.push(s.worker_id);
+        headers.push(s.response_headers.take());
+        bodies.push(s.response_body.take());
+        extracted.push(s.extracted.take());
+        step_errors.push(s.error.take());
+        workers.push(take(&mut s.worker_id));
         started.push(s.started_at);
         finished.push(s.finished_at);
         durations.push(s.duration_ms);
@@ -606,9 +622,48 @@ pub async fn commit_steps(
         &durations
     )
     .fetch_all(pool)
-    .await?;
+    .await;
+    // Put the moved values back, so a caller can retry these commits.
+    let (mut contexts, mut outputs, mut errors) = (
+        contexts.into_iter(),
+        outputs.into_iter(),
+        errors.into_iter(),
+    );
+    let (mut names, mut requests, mut headers) =
+        (names.into_iter(), requests.into_iter(), headers.into_iter());
+    let (mut bodies, mut extracted, mut step_errors, mut workers) = (
+        bodies.into_iter(),
+        extracted.into_iter(),
+        step_errors.into_iter(),
+        workers.into_iter(),
+    );
+    for c in commits.iter_mut() {
+        let (context, output, error) = (contexts.next(), outputs.next(), errors.next());
+        match &mut c.transition {
+            Transition::Continue { context: slot, .. } => {
+                *slot = context.flatten().unwrap_or_default();
+            }
+            Transition::Succeed {
+                context: slot,
+                output: out,
+            } => {
+                *slot = context.flatten().unwrap_or_default();
+                *out = output.flatten().unwrap_or_default();
+            }
+            Transition::Retry { .. } => {}
+            Transition::Fail { error: slot } => *slot = error.flatten().unwrap_or_default(),
+        }
+        let s = &mut c.step;
+        s.step_name = names.next().unwrap_or_default();
+        s.request = requests.next().unwrap_or_default();
+        s.response_headers = headers.next().flatten();
+        s.response_body = bodies.next().flatten();
+        s.extracted = extracted.next().flatten();
+        s.error = step_errors.next().flatten();
+        s.worker_id = workers.next().unwrap_or_default();
+    }
     let mut by_id: std::collections::HashMap<Uuid, ExecutionStatus> =
-        rows.into_iter().map(|r| (r.id, r.status)).collect();
+        rows?.into_iter().map(|r| (r.id, r.status)).collect();
     Ok(ids.iter().map(|id| by_id.remove(id)).collect())
 }
 

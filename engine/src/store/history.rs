@@ -32,7 +32,10 @@ pub struct ExecutionView {
     pub claims: i32,
     /// Times taken back after a lease expired.
     pub reclaims: i32,
-    /// The worker holding it, while running.
+    /// The worker holding it, while running. Never serialised: worker ids
+    /// name hosts and processes, which tenants must not see (operators
+    /// find them in logs, traces and the database).
+    #[serde(skip_serializing)]
     pub lease_owner: Option<String>,
     /// Lease expiry, while running.
     pub lease_expires_at: Option<DateTime<Utc>>,
@@ -282,7 +285,7 @@ pub async fn events(
     execution_id: Uuid,
     after_id: i64,
 ) -> Result<Vec<EventRow>> {
-    Ok(sqlx::query_as!(
+    let mut rows = sqlx::query_as!(
         EventRow,
         "SELECT id, execution_id, at, kind, details FROM execution_events
          WHERE execution_id = $1 AND workspace_id = $2 AND id > $3
@@ -292,7 +295,15 @@ pub async fn events(
         after_id
     )
     .fetch_all(pool)
-    .await?)
+    .await?;
+    // Claim and rescue events record the worker for operators; tenants
+    // must not learn worker host names or process ids.
+    for row in &mut rows {
+        if let Some(details) = row.details.as_object_mut() {
+            details.remove("worker");
+        }
+    }
+    Ok(rows)
 }
 
 /// Ready executions waiting for a worker, and the age of the oldest in

@@ -8,6 +8,7 @@ pub mod channels;
 pub mod connectors;
 pub mod credentials;
 pub mod executions;
+pub mod group;
 pub mod history;
 pub mod templates;
 

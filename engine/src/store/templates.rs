@@ -36,6 +36,9 @@ pub struct TemplateSummary {
     pub featured: bool,
     /// Newest version.
     pub latest_version: String,
+    /// The version an admin approved (official templates: the newest);
+    /// what other workspaces see and install.
+    pub approved_version: Option<String>,
     /// Installs so far.
     pub install_count: i64,
     /// Average stars, when rated.
@@ -117,8 +120,8 @@ pub async fn publish(
         None => {
             sqlx::query!(
                 "INSERT INTO connector_templates (slug, name, description, category, provider, docs_url, official,
-                     review_status, submitted_by_workspace, latest_version)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                     review_status, submitted_by_workspace, latest_version, approved_version)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $8 = 'approved' THEN $10 END)",
                 t.slug,
                 t.name,
                 t.description,
@@ -146,7 +149,8 @@ pub async fn publish(
         Some(_) => {
             sqlx::query!(
                 "UPDATE connector_templates SET name = $2, description = $3, category = $4, provider = $5,
-                     docs_url = $6, latest_version = $7, review_status = $8, updated_at = now()
+                     docs_url = $6, latest_version = $7, review_status = $8, updated_at = now(),
+                     approved_version = CASE WHEN $8 = 'approved' THEN $7 ELSE approved_version END
                  WHERE slug = $1",
                 t.slug,
                 t.name,
@@ -217,7 +221,7 @@ pub async fn list(pool: &PgPool, f: &TemplateFilter) -> Result<Vec<TemplateSumma
         TemplateSummary,
         r#"SELECT t.slug, t.name, t.description, t.category, t.provider, t.docs_url, t.official,
                   t.review_status AS "review_status: ReviewStatus",
-                  t.featured, t.latest_version, t.install_count,
+                  t.featured, t.latest_version, t.approved_version, t.install_count,
                   r.average AS rating_average, COALESCE(r.count, 0) AS "rating_count!",
                   t.created_at, t.updated_at
            FROM connector_templates t
@@ -248,8 +252,9 @@ pub async fn list(pool: &PgPool, f: &TemplateFilter) -> Result<Vec<TemplateSumma
     .await?)
 }
 
-/// One template visible to `viewer` (`None`: admins see all), with its
-/// latest version's definition.
+/// One template visible to `viewer` (`None`: admins see all), with a
+/// definition, in one query: admins get the newest version, workspaces
+/// the approved one (its author, while none is approved, the newest).
 ///
 /// # Errors
 ///
@@ -259,21 +264,93 @@ pub async fn get(
     slug: &str,
     viewer: Option<&str>,
 ) -> Result<Option<(TemplateSummary, Value)>> {
-    let f = TemplateFilter {
-        viewer: viewer.map(str::to_owned),
-        sort: "name".into(),
-        limit: 1_000_000,
-        ..TemplateFilter::default()
-    };
-    // A slug-specific query would duplicate the visibility rules; the
-    // marketplace is small, so reuse the listing's.
-    let Some(summary) = list(pool, &f).await?.into_iter().find(|t| t.slug == slug) else {
-        return Ok(None);
-    };
-    let definition = version(pool, slug, &summary.latest_version)
-        .await?
-        .unwrap_or(Value::Null);
-    Ok(Some((summary, definition)))
+    let row = sqlx::query!(
+        r#"SELECT t.slug, t.name, t.description, t.category, t.provider, t.docs_url, t.official,
+                  t.review_status AS "review_status: ReviewStatus",
+                  t.featured, t.latest_version, t.approved_version, t.install_count,
+                  r.average AS rating_average, COALESCE(r.count, 0) AS "rating_count!",
+                  t.created_at, t.updated_at, v.definition AS "definition?"
+           FROM connector_templates t
+           LEFT JOIN LATERAL (SELECT avg(stars)::float8 AS average, count(*) AS count
+                              FROM connector_template_ratings WHERE slug = t.slug) r ON true
+           LEFT JOIN connector_template_versions v ON v.slug = t.slug AND v.version =
+               CASE WHEN $2::text IS NULL THEN t.latest_version
+                    ELSE COALESCE(t.approved_version, t.latest_version) END
+           WHERE t.slug = $1
+             AND ($2::text IS NULL
+                  OR (t.review_status = 'approved')
+                  OR (t.submitted_by_workspace = $2 AND t.review_status <> 'retired'))"#,
+        slug,
+        viewer
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| {
+        (
+            TemplateSummary {
+                slug: r.slug,
+                name: r.name,
+                description: r.description,
+                category: r.category,
+                provider: r.provider,
+                docs_url: r.docs_url,
+                official: r.official,
+                review_status: r.review_status,
+                featured: r.featured,
+                latest_version: r.latest_version,
+                approved_version: r.approved_version,
+                install_count: r.install_count,
+                rating_average: r.rating_average,
+                rating_count: r.rating_count,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+            },
+            r.definition.unwrap_or(Value::Null),
+        )
+    }))
+}
+
+/// What [`approve`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Approval {
+    /// The version is approved.
+    Approved,
+    /// No such template.
+    NotFound,
+    /// The template has no such version.
+    NoSuchVersion,
+}
+
+/// Approves `version` of a template: that version, the one reviewed, is
+/// what other workspaces see and install, whatever is published later.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn approve(pool: &PgPool, slug: &str, version: &str) -> Result<Approval> {
+    let done = sqlx::query!(
+        "UPDATE connector_templates SET review_status = 'approved', approved_version = $2, updated_at = now()
+         WHERE slug = $1
+           AND EXISTS (SELECT 1 FROM connector_template_versions WHERE slug = $1 AND version = $2)",
+        slug,
+        version
+    )
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 1 {
+        return Ok(Approval::Approved);
+    }
+    let exists = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM connector_templates WHERE slug = $1) AS "exists!""#,
+        slug
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(if exists {
+        Approval::NoSuchVersion
+    } else {
+        Approval::NotFound
+    })
 }
 
 /// A stored template version.

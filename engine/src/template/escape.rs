@@ -187,6 +187,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::template::Renderer;
 
     /// The URL part after each character of `url`, one letter per
     /// character: `s` scheme and authority, `p` path, `q` query, `f`

@@ -1,0 +1,218 @@
+//! One tenant or one provider must not hurt another: values PostgreSQL
+//! cannot store, group commits with one bad row, worker identities.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use chrono::Utc;
+use conveyor_engine::state::{ExecutionStatus, StepOutcome};
+use conveyor_engine::store::executions::{self, Commit, StepRow, Transition};
+use conveyor_engine::store::group::commit_group;
+use conveyor_tests::api::TestApi;
+use conveyor_tests::{Harness, WS, test_worker_config};
+use serde_json::json;
+use sqlx::PgPool;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_nul_in_a_response_is_stored_as_a_replacement_character(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/json"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(
+            br#"{"note":"a\u0000b","k\u0000":1}"#.to_vec(),
+            "application/json",
+        ))
+        .mount(&stub)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/text"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(b"x\0y".to_vec(), "text/plain"))
+        .mount(&stub)
+        .await;
+    let base = stub.uri();
+    let c = h
+        .connector(json!({"name": "nul", "steps": [
+            {"name": "read", "method": "GET", "url": format!("{base}/json"),
+             "extract": {"note": "$.note"}},
+            {"name": "echo", "method": "POST", "url": format!("{base}/text"),
+             "body": {"type": "json", "content": {"note": "<<steps.read.extract.note>>"}}}],
+            "output": {"note": "<<steps.read.extract.note>>"}}))
+        .await;
+    let id = h.enqueue(c, json!({})).await;
+    let e = h.run_until_final(id, Duration::from_secs(20)).await;
+    assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
+    assert_eq!(e.output, Some(json!({"note": "a\u{FFFD}b"})));
+    let steps = h.steps(id).await;
+    assert_eq!(steps.len(), 2);
+    assert_eq!(
+        steps[0].response_body,
+        Some(json!({"note": "a\u{FFFD}b", "k\u{FFFD}": 1}))
+    );
+    assert_eq!(steps[0].extracted, Some(json!({"note": "a\u{FFFD}b"})));
+    assert_eq!(steps[1].request["body"]["note"], "a\u{FFFD}b");
+    assert_eq!(steps[1].response_body, Some(json!("x\u{FFFD}y")));
+}
+
+fn row(index: i32) -> StepRow {
+    let now = Utc::now();
+    StepRow {
+        step_index: index,
+        attempt: 1,
+        step_name: "x".into(),
+        outcome: StepOutcome::Succeeded,
+        request: json!({"url": "https://api.example.com/x"}),
+        response_status: Some(200),
+        response_headers: None,
+        response_body: Some(json!({"big": "body"})),
+        extracted: None,
+        error: None,
+        worker_id: "worker-a".into(),
+        started_at: now,
+        finished_at: now,
+        duration_ms: 1,
+    }
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_row_postgres_refuses_fails_only_its_own_execution_in_a_group_commit(pool: PgPool) {
+    let h = Harness::new(pool);
+    let c = h
+        .connector(json!({"name": "one", "steps": [
+            {"name": "x", "method": "GET", "url": "https://api.example.com/x"}]}))
+        .await;
+    let ids = [
+        h.enqueue(c, json!({"n": 1})).await,
+        h.enqueue(c, json!({"n": 2})).await,
+        h.enqueue(c, json!({"n": 3})).await,
+    ];
+    let now = Utc::now();
+    let claimed = executions::claim(&h.pool, "worker-a", 3, Duration::from_secs(30), now)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 3);
+    let commits: Vec<Commit> = claimed
+        .iter()
+        .map(|e| Commit {
+            id: e.id,
+            token: e.fencing_token,
+            // A negative index breaks a CHECK constraint: PostgreSQL
+            // refuses that row, and with it the one group statement.
+            step: row(if e.id == ids[1] { -1 } else { 0 }),
+            transition: Transition::Succeed {
+                context: json!({"steps": {}}),
+                output: json!({"ok": "\u{0}"}),
+            },
+        })
+        .collect();
+    let order: Vec<_> = claimed.iter().map(|e| e.id).collect();
+    let results = commit_group(&h.pool, commits, now).await;
+    assert_eq!(results.len(), 3);
+    for (id, result) in order.iter().zip(&results) {
+        if *id == ids[1] {
+            let err = result.as_ref().expect_err("the bad row fails");
+            assert!(err.contains("execution_steps_index_non_negative"), "{err}");
+        } else {
+            assert_eq!(
+                *result.as_ref().expect("committed"),
+                Some(ExecutionStatus::Succeeded)
+            );
+        }
+    }
+    for id in [ids[0], ids[2]] {
+        let e = h.execution(id).await;
+        assert_eq!(e.status, ExecutionStatus::Succeeded);
+        assert_eq!(e.output, Some(json!({"ok": "\u{FFFD}"})));
+        assert_eq!(h.steps(id).await.len(), 1);
+    }
+    let bad = h.execution(ids[1]).await;
+    assert_eq!(
+        bad.status,
+        ExecutionStatus::Running,
+        "nothing was written for the bad one"
+    );
+    assert!(h.steps(ids[1]).await.is_empty());
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn the_api_refuses_a_nul_character_naming_the_field(pool: PgPool) {
+    let api = TestApi::new(pool);
+    let token = api.token("ws_nul", "alice");
+    let connector = api
+        .create_connector(
+            &token,
+            json!({"name": "n", "steps": [
+                {"name": "x", "method": "GET", "url": "https://api.example.com/x"}]}),
+        )
+        .await;
+    let reply = api
+        .post(
+            &format!("/api/v1/connectors/{connector}/execute"),
+            &token,
+            json!({"input": {"a": ["ok", "x\u{0}"]}}),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        reply.json["error"]["details"]["errors"][0]["path"],
+        "input.a[1]"
+    );
+    let reply = api
+        .post(
+            "/api/v1/connectors",
+            &token,
+            json!({"name": "bad\u{0}name", "steps": []}),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text
+    );
+    assert_eq!(reply.json["error"]["details"]["errors"][0]["path"], "name");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn tenants_never_see_worker_host_names_or_process_ids(pool: PgPool) {
+    let h = Harness::with_config(pool.clone(), test_worker_config("host-7.internal-pid-4242"));
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true})))
+        .mount(&stub)
+        .await;
+    let c = h
+        .connector(json!({"name": "w", "steps": [
+            {"name": "x", "method": "GET", "url": format!("{}/x", stub.uri())}]}))
+        .await;
+    let id = h.enqueue(c, json!({})).await;
+    assert_eq!(
+        h.run_until_final(id, Duration::from_secs(20)).await.status,
+        ExecutionStatus::Succeeded
+    );
+    assert_eq!(h.steps(id).await[0].worker_id, "host-7.internal-pid-4242");
+
+    let api = TestApi::new(pool);
+    let token = api.token(WS, "alice");
+    let one = api.get(&format!("/api/v1/executions/{id}"), &token).await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.text);
+    assert_eq!(one.json["steps"].as_array().map(Vec::len), Some(1));
+    let list = api.get("/api/v1/executions", &token).await;
+    let events = api
+        .get(&format!("/api/v1/executions/{id}/events"), &token)
+        .await;
+    assert!(events.text.contains("claimed"), "{}", events.text);
+    for reply in [&one, &list, &events] {
+        assert!(!reply.text.contains("host-7"), "{}", reply.text);
+        assert!(!reply.text.contains("pid-4242"), "{}", reply.text);
+    }
+    assert!(one.json.get("lease_owner").is_none());
+    assert!(one.json["steps"][0].get("worker_id").is_none());
+}
