@@ -22,6 +22,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, HeaderValue, Method};
 use conveyor_engine::crypto::Keyring;
+use conveyor_engine::start::Starter;
 use sqlx::PgPool;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -66,6 +67,8 @@ pub struct AppState {
     pub limiter: Arc<RateLimiter>,
     /// Live execution updates for SSE subscribers.
     pub events: EventHub,
+    /// Starts executions (caches compiled input schemas).
+    pub starter: Arc<Starter>,
     /// Settings.
     pub config: Arc<ApiConfig>,
     /// Renders `/metrics` (the process-wide Prometheus recorder).
@@ -85,6 +88,7 @@ impl AppState {
     ) -> Self {
         Self {
             events: EventHub::new(),
+            starter: Arc::new(Starter::new()),
             pool,
             keyring,
             auth: Arc::new(auth),

@@ -1,14 +1,14 @@
 //! `conveyor-api`: the HTTP API server and operator commands.
 
 use std::io::Read;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
 use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
 
 use conveyor_api::auth::{Authenticator, DEFAULT_MAX_TOKEN_LIFETIME, TokenPolicy};
 use conveyor_api::{ApiConfig, AppState, app};
@@ -16,30 +16,39 @@ use conveyor_engine::crypto::Key;
 use conveyor_engine::http::StepClient;
 use conveyor_engine::runner::Runner;
 use conveyor_worker::Worker;
-use conveyor_worker::settings::{self, Settings};
+use conveyor_worker::settings::{self, ApiSettings, Settings};
 use conveyor_worker::telemetry::{self, Telemetry};
+use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+/// `conveyor-api [serve] [--embedded-workers N]`: without a command it
+/// serves, taking `serve`'s options.
 #[derive(Parser)]
 #[command(
     name = "conveyor-api",
     version,
-    about = "Conveyor: durable execution of declarative HTTP connectors"
+    about = "Conveyor: durable execution of declarative HTTP connectors",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Args, Debug, Clone, Copy, PartialEq, Eq)]
+struct ServeArgs {
+    /// Worker loops to run inside the API process (one-machine setups).
+    #[arg(long, default_value_t = 0)]
+    embedded_workers: usize,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API (the default command).
-    Serve {
-        /// Worker loops to run inside the API process (one-machine setups).
-        #[arg(long, default_value_t = 0)]
-        embedded_workers: usize,
-    },
+    Serve(ServeArgs),
     /// Apply pending database migrations and exit.
     Migrate,
     /// Validate connector definition or template files; prints every
@@ -95,17 +104,15 @@ enum AdminAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Serve {
-        embedded_workers: 0,
-    }) {
+    let result = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Validate { files } => Ok(validate(&files)),
         Command::Jsonpath { query } => Ok(jsonpath(&query)),
         Command::GenerateKey => {
             println!("{}", Key::generate().to_base64());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { embedded_workers } => {
-            runtime().and_then(|(_t, rt)| rt.block_on(serve(embedded_workers)))
+        Command::Serve(args) => {
+            runtime().and_then(|(_t, rt)| rt.block_on(serve(args.embedded_workers)))
         }
         Command::Migrate => runtime().and_then(|(_t, rt)| rt.block_on(migrate())),
         Command::RotateCredentials => runtime().and_then(|(_t, rt)| rt.block_on(rotate())),
@@ -135,10 +142,9 @@ fn runtime() -> anyhow::Result<(Telemetry, tokio::runtime::Runtime)> {
 
 async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_env()?;
-    let listen: SocketAddr =
-        settings::parse("CONVEYOR_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
-    let auth = authenticator()?;
-    let api_config = api_config()?;
+    let listen = settings.api.listen;
+    let auth = authenticator(&settings.api)?;
+    let api_config = api_config(&settings.api);
     let pool = settings.pool()?;
     if settings.auto_migrate {
         settings::migrate(&pool).await?;
@@ -215,43 +221,27 @@ async fn rotate() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn authenticator() -> anyhow::Result<Authenticator> {
-    let secret = settings::var("CONVEYOR_JWT_SECRET")?
-        .context("CONVEYOR_JWT_SECRET is not set: it must be at least 32 bytes")?;
+fn authenticator(api: &ApiSettings) -> anyhow::Result<Authenticator> {
     let policy = TokenPolicy {
-        issuer: settings::var("CONVEYOR_JWT_ISSUER")?.filter(|v| !v.is_empty()),
-        audience: settings::var("CONVEYOR_JWT_AUDIENCE")?.filter(|v| !v.is_empty()),
-        max_lifetime: Duration::from_secs(settings::parse(
-            "CONVEYOR_JWT_MAX_LIFETIME_SECS",
-            DEFAULT_MAX_TOKEN_LIFETIME.as_secs(),
-        )?),
+        issuer: api.jwt_issuer.clone(),
+        audience: api.jwt_audience.clone(),
+        max_lifetime: api
+            .jwt_max_lifetime_secs
+            .map_or(DEFAULT_MAX_TOKEN_LIFETIME, Duration::from_secs),
     };
-    Authenticator::with_policy(&secret, policy)
+    Authenticator::with_policy(api.jwt_secret()?.expose_secret(), policy)
 }
 
-fn api_config() -> anyhow::Result<ApiConfig> {
+/// The API's settings: what is set, else the API's defaults.
+fn api_config(api: &ApiSettings) -> ApiConfig {
     let defaults = ApiConfig::default();
-    let mut cors_origins = Vec::new();
-    if let Some(list) = settings::var("CONVEYOR_CORS_ORIGINS")? {
-        for origin in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
-            cors_origins.push(
-                origin
-                    .parse()
-                    .with_context(|| format!("CONVEYOR_CORS_ORIGINS: invalid origin `{origin}`"))?,
-            );
-        }
+    ApiConfig {
+        rate_limit_per_sec: api
+            .rate_limit_per_sec
+            .unwrap_or(defaults.rate_limit_per_sec),
+        max_request_bytes: api.max_request_bytes.unwrap_or(defaults.max_request_bytes),
+        cors_origins: api.cors_origins.clone(),
     }
-    Ok(ApiConfig {
-        rate_limit_per_sec: settings::parse(
-            "CONVEYOR_RATE_LIMIT_PER_SEC",
-            defaults.rate_limit_per_sec,
-        )?,
-        max_request_bytes: settings::parse(
-            "CONVEYOR_MAX_REQUEST_BYTES",
-            defaults.max_request_bytes,
-        )?,
-        cors_origins,
-    })
 }
 
 fn parse_ttl(text: &str) -> anyhow::Result<Duration> {
@@ -272,7 +262,7 @@ fn parse_ttl(text: &str) -> anyhow::Result<Duration> {
 }
 
 fn token(workspace: &str, user: &str, ttl: &str) -> anyhow::Result<ExitCode> {
-    let token = authenticator()?.mint(workspace, user, parse_ttl(ttl)?)?;
+    let token = authenticator(&ApiSettings::from_env()?)?.mint(workspace, user, parse_ttl(ttl)?)?;
     println!("{token}");
     Ok(ExitCode::SUCCESS)
 }
@@ -373,5 +363,43 @@ fn jsonpath(query: &str) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> Option<ServeArgs> {
+        let cli = Cli::try_parse_from(args).ok()?;
+        match cli.command {
+            None => Some(cli.serve),
+            Some(Command::Serve(a)) => Some(a),
+            Some(_) => None,
+        }
+    }
+
+    #[test]
+    fn serve_is_the_default_command_with_its_options() {
+        let two = Some(ServeArgs {
+            embedded_workers: 2,
+        });
+        assert_eq!(
+            serve_args(&["conveyor-api", "--embedded-workers", "2"]),
+            two
+        );
+        assert_eq!(
+            serve_args(&["conveyor-api", "serve", "--embedded-workers", "2"]),
+            two
+        );
+        assert_eq!(
+            serve_args(&["conveyor-api"]),
+            Some(ServeArgs {
+                embedded_workers: 0
+            })
+        );
+        assert!(
+            Cli::try_parse_from(["conveyor-api", "--embedded-workers", "2", "migrate"]).is_err()
+        );
     }
 }

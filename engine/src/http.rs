@@ -1,4 +1,4 @@
-//! The HTTP step runner: renders a step against the execution context,
+//! The step client: renders a step against the execution context,
 //! sends it, and maps the outcome to a [`StepResult`] whose error, if any,
 //! says whether a retry may help ([`Retry`]).
 //!
@@ -21,7 +21,7 @@ use crate::net::{self, GuardedResolver, PrivateNetworkRefused};
 use crate::redact::{Credentials, Redactor};
 use crate::template::{Dest, Renderer};
 
-/// Settings of the HTTP step runner.
+/// Settings of the step client.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     /// Allow loopback, private, link-local and metadata destinations.
@@ -716,8 +716,8 @@ fn classify_send_error(e: &reqwest::Error) -> StepError {
         }
         source = err.source();
     }
-    // reqwest's messages name the URL; it is redacted from stored output by
-    // using `without_url`.
+    // reqwest's own message names the URL, which may carry a credential in
+    // its query: only the message of its source is kept.
     let text = match e.source() {
         Some(inner) => inner.to_string(),
         None => "request failed".to_owned(),

@@ -9,6 +9,8 @@
 //! - [`template`]: `<<...>>` templates (minijinja with custom delimiters),
 //!   typed substitution and escaping by destination.
 //! - [`extract`]: RFC 9535 JSONPath extraction of response fields.
+//! - [`credential_rules`]: what a stored credential may hold (name, field
+//!   names, value sizes).
 //! - [`crypto`]: AES-256-GCM sealing of workspace credentials.
 //! - [`decide`]: what follows a step attempt (continue, succeed, retry at a
 //!   time, fail with a typed error) and the output: pure, table-tested.
@@ -22,18 +24,21 @@
 //! - [`retry`]: pure backoff delays.
 //! - [`runner`]: runs one claimed execution, step by step, fenced, and
 //!   group-commits the steps.
+//! - [`start`]: starts executions (input check against a cached compiled
+//!   schema, enqueue, counters) for execute, batch and rerun.
 //! - [`state`]: the stored states (execution status, step outcome, review
 //!   status) as enums.
 //! - [`telemetry`]: trace-context propagation through the queue.
 //! - [`store`]: all SQL, and the LISTEN/NOTIFY channel names. Nothing
 //!   outside this crate writes to the database.
 //!
-//! IO happens in four places: [`http`] and [`net`] (outbound requests, DNS),
-//! [`store`] (the database) and [`runner`], which drives both. Every other
-//! module is pure.
+//! IO happens in [`http`] and [`net`] (outbound requests, DNS), [`store`]
+//! (the database), and [`runner`] and [`start`], which drive them. Every
+//! other module is pure.
 
 pub mod cache;
 pub mod connector;
+pub mod credential_rules;
 pub mod crypto;
 pub mod decide;
 pub mod error;
@@ -44,6 +49,7 @@ pub mod net;
 pub mod redact;
 pub mod retry;
 pub mod runner;
+pub mod start;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -1,4 +1,4 @@
-//! The HTTP step runner against real loopback servers (wiremock): bodies,
+//! The step client against real loopback servers (wiremock): bodies,
 //! auth, status classification, extraction, redaction, the private-network
 //! policy, URL and header escaping, idempotency keys and body limits.
 

@@ -34,7 +34,8 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// A harness whose worker uses `lease` and a fast poll.
+    /// A harness with the test worker settings ([`test_worker_config`]:
+    /// a 3 s lease, a fast poll) and worker id `worker-a`.
     pub fn new(pool: PgPool) -> Self {
         Self::with_config(pool, test_worker_config("worker-a"))
     }

@@ -36,14 +36,11 @@ async fn run() -> anyhow::Result<()> {
     let committing = tokio::spawn(committer.run());
     let shutdown = CancellationToken::new();
     tokio::spawn(conveyor_worker::shutdown_on_signal(shutdown.clone()));
-    if let Some(addr) = settings::var("CONVEYOR_METRICS_LISTEN")? {
-        let addr: std::net::SocketAddr = addr
-            .trim()
-            .parse()
-            .with_context(|| format!("CONVEYOR_METRICS_LISTEN: invalid address `{addr}`"))?;
+    let mut background = tokio::task::JoinSet::new();
+    if let Some(addr) = settings.metrics_listen {
         let handle = telemetry::metrics_handle()?;
         let listener = telemetry::serve_metrics(addr, handle, shutdown.clone());
-        tokio::spawn(async move {
+        background.spawn(async move {
             if let Err(e) = listener.await {
                 tracing::error!(error = %format!("{e:#}"), "metrics endpoint stopped");
             }
@@ -55,5 +52,6 @@ async fn run() -> anyhow::Result<()> {
     // The worker and its runner are gone: the committer ends once every
     // commit they sent is written.
     committing.await.context("the group committer panicked")?;
+    background.join_all().await;
     Ok(())
 }

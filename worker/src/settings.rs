@@ -1,10 +1,14 @@
-//! Settings shared by both binaries, read from `CONVEYOR_*` variables and
-//! `DATABASE_URL`. Every variable is documented in README.md.
+//! The settings of both binaries, read from `CONVEYOR_*` variables and
+//! `DATABASE_URL` in one place ([`Settings::from_env`]; the API's own
+//! variables in [`ApiSettings::from_env`]). Every variable is documented in
+//! README.md.
 
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use axum::http::HeaderValue;
 use conveyor_engine::crypto::{Key, Keyring};
 use conveyor_engine::http::HttpConfig;
 use conveyor_engine::runner::RunnerConfig;
@@ -38,6 +42,75 @@ pub struct Settings {
     pub runner: RunnerConfig,
     /// HTTP client settings.
     pub http: HttpConfig,
+    /// Where `conveyor-worker` serves `/metrics` (`CONVEYOR_METRICS_LISTEN`;
+    /// `None`: not served).
+    pub metrics_listen: Option<SocketAddr>,
+    /// The API server's settings (used by `conveyor-api serve`).
+    pub api: ApiSettings,
+}
+
+/// The API server's settings. Unset values are `None`: the API's own
+/// defaults (`ApiConfig::default`) apply.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// `CONVEYOR_LISTEN` (default `127.0.0.1:8080`).
+    pub listen: SocketAddr,
+    /// `CONVEYOR_JWT_SECRET`: required to serve or mint tokens.
+    pub jwt_secret: Option<SecretString>,
+    /// `CONVEYOR_RATE_LIMIT_PER_SEC`.
+    pub rate_limit_per_sec: Option<u32>,
+    /// `CONVEYOR_MAX_REQUEST_BYTES`.
+    pub max_request_bytes: Option<usize>,
+    /// `CONVEYOR_CORS_ORIGINS`, comma-separated.
+    pub cors_origins: Vec<HeaderValue>,
+    /// `CONVEYOR_JWT_ISSUER`: the `iss` every token must carry (unset or
+    /// empty: not checked).
+    pub jwt_issuer: Option<String>,
+    /// `CONVEYOR_JWT_AUDIENCE`: the `aud` every token must carry (unset or
+    /// empty: not checked).
+    pub jwt_audience: Option<String>,
+    /// `CONVEYOR_JWT_MAX_LIFETIME_SECS`: the longest `exp - iat` accepted
+    /// (`None`: the API's default).
+    pub jwt_max_lifetime_secs: Option<u64>,
+}
+
+impl ApiSettings {
+    /// Reads the API's variables alone (commands that need nothing else).
+    ///
+    /// # Errors
+    ///
+    /// An unparsable value; the message names the variable.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let mut cors_origins = Vec::new();
+        if let Some(list) = var("CONVEYOR_CORS_ORIGINS")? {
+            for origin in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+                cors_origins.push(origin.parse().with_context(|| {
+                    format!("CONVEYOR_CORS_ORIGINS: invalid origin `{origin}`")
+                })?);
+            }
+        }
+        Ok(Self {
+            listen: parse("CONVEYOR_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            jwt_secret: var("CONVEYOR_JWT_SECRET")?.map(SecretString::from),
+            rate_limit_per_sec: parse_opt("CONVEYOR_RATE_LIMIT_PER_SEC")?,
+            max_request_bytes: parse_opt("CONVEYOR_MAX_REQUEST_BYTES")?,
+            cors_origins,
+            jwt_issuer: var("CONVEYOR_JWT_ISSUER")?.filter(|v| !v.is_empty()),
+            jwt_audience: var("CONVEYOR_JWT_AUDIENCE")?.filter(|v| !v.is_empty()),
+            jwt_max_lifetime_secs: parse_opt("CONVEYOR_JWT_MAX_LIFETIME_SECS")?,
+        })
+    }
+
+    /// The JWT secret.
+    ///
+    /// # Errors
+    ///
+    /// When `CONVEYOR_JWT_SECRET` is unset.
+    pub fn jwt_secret(&self) -> anyhow::Result<&SecretString> {
+        self.jwt_secret
+            .as_ref()
+            .context("CONVEYOR_JWT_SECRET is not set: it must be at least 32 bytes")
+    }
 }
 
 /// Reads an optional variable.
@@ -71,6 +144,25 @@ where
             .parse()
             .map_err(|e| anyhow::anyhow!("{name}: invalid value `{v}`: {e}")),
     }
+}
+
+/// Reads and parses an optional variable.
+///
+/// # Errors
+///
+/// When it is set but does not parse; the message names the variable.
+pub fn parse_opt<T>(name: &str) -> anyhow::Result<Option<T>>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    var(name)?
+        .map(|v| {
+            v.trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{name}: invalid value `{v}`: {e}"))
+        })
+        .transpose()
 }
 
 /// Reads a boolean variable (`true`/`false`, `1`/`0`, `yes`/`no`).
@@ -150,6 +242,8 @@ impl Settings {
     /// A missing `DATABASE_URL` or encryption key, or an unparsable value.
     pub fn from_env() -> anyhow::Result<Self> {
         let defaults = WorkerConfig::default();
+        let metrics_listen: Option<SocketAddr> = parse_opt("CONVEYOR_METRICS_LISTEN")?;
+        let retention_days = defaults.retention.map_or(0, |r| r.as_secs() / 86_400);
         let worker = WorkerConfig {
             worker_id: var("CONVEYOR_WORKER_ID")?.unwrap_or_else(crate::default_worker_id),
             concurrency: parse("CONVEYOR_WORKER_CONCURRENCY", defaults.concurrency)?,
@@ -164,11 +258,11 @@ impl Settings {
             )?),
             max_reclaims: parse("CONVEYOR_MAX_RECLAIMS", defaults.max_reclaims)?,
             claim_batch: parse("CONVEYOR_CLAIM_BATCH", defaults.claim_batch)?,
-            retention: match parse::<u64>("CONVEYOR_RETENTION_DAYS", 30)? {
+            retention: match parse::<u64>("CONVEYOR_RETENTION_DAYS", retention_days)? {
                 0 => None,
                 days => Some(Duration::from_secs(days * 86_400)),
             },
-            observe_queue: var("CONVEYOR_METRICS_LISTEN")?.is_some(),
+            observe_queue: metrics_listen.is_some(),
         };
         if worker.concurrency == 0 {
             bail!("CONVEYOR_WORKER_CONCURRENCY must be at least 1");
@@ -221,6 +315,8 @@ impl Settings {
             worker,
             runner,
             http,
+            metrics_listen,
+            api: ApiSettings::from_env()?,
         })
     }
 

@@ -7,8 +7,9 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use conveyor_engine::connector::{self, Connector};
 use conveyor_engine::marketplace::{Template, parse_version, upgrade};
+use conveyor_engine::start::StartError;
 use conveyor_engine::state::ReviewStatus;
-use conveyor_engine::store::executions::{self, NewExecution};
+use conveyor_engine::store::executions::NewExecution;
 use conveyor_engine::store::{connectors, history, templates};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -204,52 +205,6 @@ struct ExecuteRequest {
     run_at: Option<DateTime<Utc>>,
 }
 
-/// Checks `input` against the connector's schema; `prefix` locates it in
-/// the request body.
-fn check_input(connector: &Connector, input: &Value, prefix: &str) -> Result<(), Vec<Value>> {
-    if !input.is_object() {
-        return Err(vec![
-            json!({"path": prefix, "message": "must be a JSON object"}),
-        ]);
-    }
-    let Some(schema) = &connector.input_schema else {
-        return Ok(());
-    };
-    let Ok(validator) = jsonschema::validator_for(schema) else {
-        return Err(vec![
-            json!({"path": "input_schema", "message": "the connector's input_schema is invalid"}),
-        ]);
-    };
-    let errors: Vec<Value> = validator
-        .iter_errors(input)
-        .map(|e| {
-            let at = pointer_to_path(prefix, &e.instance_path().to_string());
-            json!({"path": at, "message": e.to_string()})
-        })
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
-}
-
-/// A JSON Pointer (`/items/0/name`) under `prefix`, in the API's path
-/// notation (`input.items[0].name`).
-fn pointer_to_path(prefix: &str, pointer: &str) -> String {
-    let mut path = prefix.to_owned();
-    for token in pointer.split('/').skip(1) {
-        let token = token.replace("~1", "/").replace("~0", "~");
-        if token.parse::<usize>().is_ok() {
-            path.push_str(&format!("[{token}]"));
-        } else {
-            path.push('.');
-            path.push_str(&token);
-        }
-    }
-    path
-}
-
 fn reused_key(path: &str) -> ApiError {
     ApiError::conflict(format!(
         "{path}: this key was already used for a different request (another connector or input)"
@@ -278,12 +233,15 @@ async fn execute(
 ) -> ApiResult<Response> {
     let (found, definition) = live_connector(&state, &caller, id).await?;
     let input = body.input.unwrap_or_else(|| json!({}));
-    check_input(&definition, &input, "input").map_err(|errors| {
-        ApiError::validation(
-            "the input does not match the connector's input_schema",
-            Value::Array(errors),
-        )
-    })?;
+    state
+        .starter
+        .check_input(id, found.version, &definition, &input, "input")
+        .map_err(|errors| {
+            ApiError::validation(
+                "the input does not match the connector's input_schema",
+                json!(errors),
+            )
+        })?;
     let header_key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -306,15 +264,11 @@ async fn execute(
         rerun_of: None,
         trace_context: conveyor_engine::telemetry::current_context(),
     };
-    let mut conn = state.pool.acquire().await?;
-    let enqueued = executions::enqueue(&mut conn, &new, Utc::now()).await?;
-    drop(conn);
-    if !enqueued.same_request {
-        return Err(reused_key("idempotency_key"));
-    }
-    if enqueued.created {
-        metrics::counter!("conveyor_executions_enqueued_total").increment(1);
-    }
+    let enqueued = match state.starter.start_one(&state.pool, &new, Utc::now()).await {
+        Ok(enqueued) => enqueued,
+        Err(StartError::ReusedKey { .. }) => return Err(reused_key("idempotency_key")),
+        Err(StartError::Store(e)) => return Err(e.into()),
+    };
     let view = history::get(&state.pool, &caller.workspace_id, enqueued.id)
         .await?
         .ok_or_else(|| ApiError::not_found("execution"))?;
@@ -367,8 +321,12 @@ async fn execute_batch(
     let mut news = Vec::with_capacity(body.items.len());
     for (i, item) in body.items.into_iter().enumerate() {
         let input = item.input.unwrap_or_else(|| json!({}));
-        if let Err(mut e) = check_input(&definition, &input, &format!("items[{i}].input")) {
-            errors.append(&mut e);
+        let prefix = format!("items[{i}].input");
+        if let Err(e) = state
+            .starter
+            .check_input(id, found.version, &definition, &input, &prefix)
+        {
+            errors.extend(e.into_iter().map(|e| json!(e)));
         }
         errors.extend(key_error(
             item.idempotency_key.as_deref(),
@@ -392,21 +350,13 @@ async fn execute_batch(
             Value::Array(errors),
         ));
     }
-    let now = Utc::now();
-    let mut tx = state.pool.begin().await?;
-    let mut ids = Vec::with_capacity(news.len());
-    let mut created = 0;
-    for (i, new) in news.iter().enumerate() {
-        let enqueued = executions::enqueue(&mut tx, new, now).await?;
-        if !enqueued.same_request {
-            // Dropping the transaction rolls every item back.
-            return Err(reused_key(&format!("items[{i}].idempotency_key")));
+    let ids: Vec<Uuid> = match state.starter.start(&state.pool, &news, Utc::now()).await {
+        Ok(enqueued) => enqueued.iter().map(|e| e.id).collect(),
+        Err(StartError::ReusedKey { index }) => {
+            return Err(reused_key(&format!("items[{index}].idempotency_key")));
         }
-        created += u64::from(enqueued.created);
-        ids.push(enqueued.id);
-    }
-    tx.commit().await?;
-    metrics::counter!("conveyor_executions_enqueued_total").increment(created);
+        Err(StartError::Store(e)) => return Err(e.into()),
+    };
     Ok((StatusCode::ACCEPTED, Json(json!({"ids": ids}))).into_response())
 }
 
@@ -515,20 +465,4 @@ async fn upgrade_connector(
     Ok(Json(
         json!({"id": id, "version": version, "template_slug": slug, "template_version": template.version}),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schema_pointers_become_api_paths() {
-        assert_eq!(pointer_to_path("input", ""), "input");
-        assert_eq!(pointer_to_path("input", "/o/n"), "input.o.n");
-        assert_eq!(
-            pointer_to_path("items[0].input", "/xs/1"),
-            "items[0].input.xs[1]"
-        );
-        assert_eq!(pointer_to_path("input", "/a~1b/c~0d"), "input.a/b.c~d");
-    }
 }

@@ -2,13 +2,12 @@
 //! response carries metadata only (name, auth kind, field names,
 //! timestamps, last use), and no error message quotes a submitted value.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use conveyor_engine::connector::is_credential_name;
+use conveyor_engine::credential_rules;
 use conveyor_engine::store::credentials::{self, CredentialError};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -21,11 +20,6 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
-
-/// Largest value of one credential field, in bytes.
-pub const MAX_FIELD_BYTES: usize = 8 * 1024;
-/// Most fields in one credential.
-pub const MAX_FIELDS: usize = 32;
 
 /// This group's routes.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -45,52 +39,6 @@ struct PutCredentialRequest {
     // is refused without serde quoting it back in the error message.
     #[schema(value_type = BTreeMap<String, String>, example = json!({"token": "s3cr3t"}))]
     data: Value,
-}
-
-fn is_field_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-/// The credential's fields, or every problem as `{path, message}`. No
-/// message contains a submitted value.
-fn check_data(data: Value) -> Result<BTreeMap<String, String>, Vec<Value>> {
-    let Value::Object(map) = data else {
-        return Err(vec![
-            json!({"path": "data", "message": "must be an object of string fields"}),
-        ]);
-    };
-    let mut errors = Vec::new();
-    if map.is_empty() {
-        errors.push(json!({"path": "data", "message": "must hold at least one field"}));
-    }
-    if map.len() > MAX_FIELDS {
-        errors.push(
-            json!({"path": "data", "message": format!("must hold at most {MAX_FIELDS} fields")}),
-        );
-    }
-    let mut fields = BTreeMap::new();
-    for (name, value) in map {
-        if !is_field_name(&name) {
-            // The name may be mistyped data: do not echo it either.
-            errors.push(json!({"path": "data", "message": "field names must be 1 to 64 characters of A-Z, a-z, 0-9 and _"}));
-            continue;
-        }
-        let path = format!("data.{name}");
-        match value {
-            Value::String(s) if s.len() > MAX_FIELD_BYTES => errors.push(
-                json!({"path": path, "message": format!("must be at most {MAX_FIELD_BYTES} bytes")}),
-            ),
-            Value::String(s) => {
-                fields.insert(name, s);
-            }
-            _ => errors.push(json!({"path": path, "message": "must be a string"})),
-        }
-    }
-    if errors.is_empty() {
-        Ok(fields)
-    } else {
-        Err(errors)
-    }
 }
 
 fn credential_error(e: CredentialError) -> ApiError {
@@ -141,35 +89,14 @@ async fn put_credential(
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<PutCredentialRequest>,
 ) -> ApiResult<Response> {
-    let mut errors = Vec::new();
-    if !is_credential_name(&name) {
-        errors.push(
-            json!({"path": "name", "message": "must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"}),
-        );
-    }
-    let fields = match check_data(body.data) {
-        Ok(fields) => Some(fields),
-        Err(mut e) => {
-            errors.append(&mut e);
-            None
-        }
-    };
-    let Some(fields) = fields.filter(|_| errors.is_empty()) else {
+    let fields = credential_rules::check(&name, body.data).map_err(|errors| {
         let first = errors
+            .0
             .first()
-            .map(|e| {
-                format!(
-                    "{}: {}",
-                    e["path"].as_str().unwrap_or(""),
-                    e["message"].as_str().unwrap_or("")
-                )
-            })
+            .map(ToString::to_string)
             .unwrap_or_default();
-        return Err(ApiError::validation(
-            format!("invalid credential: {first}"),
-            Value::Array(errors),
-        ));
-    };
+        ApiError::validation(format!("invalid credential: {first}"), json!(errors.0))
+    })?;
     let meta = credentials::put(
         &state.pool,
         &state.keyring,
@@ -222,33 +149,4 @@ async fn delete_credential(
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn data_errors_name_the_field_and_never_quote_a_value() {
-        let secret = "planted-secret-value";
-        let cases = [
-            (json!(secret), "data"),
-            (json!({}), "data"),
-            (json!({"token": 5}), "data.token"),
-            (json!({"token": [secret]}), "data.token"),
-            (
-                json!({"token": "x".repeat(MAX_FIELD_BYTES + 1)}),
-                "data.token",
-            ),
-            (json!({ secret: "x", "bad-name": "y" }), "data"),
-        ];
-        for (data, path) in cases {
-            let errors = check_data(data.clone()).expect_err("invalid");
-            assert_eq!(errors[0]["path"], json!(path), "{data}");
-            assert!(!Value::Array(errors).to_string().contains(secret));
-        }
-        let ok = check_data(json!({"token": "t", "api_key_2": "k"})).expect("valid");
-        assert_eq!(ok.len(), 2);
-        assert!(check_data(json!({"token": "x".repeat(MAX_FIELD_BYTES)})).is_ok());
-    }
 }

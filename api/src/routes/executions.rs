@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use conveyor_engine::start::StartError;
 use conveyor_engine::state::ExecutionStatus;
 use conveyor_engine::store::executions::{self, CancelOutcome, NewExecution};
 use conveyor_engine::store::history;
@@ -133,10 +134,14 @@ async fn rerun_execution(
         rerun_of: Some(id),
         trace_context: conveyor_engine::telemetry::current_context(),
     };
-    let mut conn = state.pool.acquire().await?;
-    let enqueued = executions::enqueue(&mut conn, &new, Utc::now()).await?;
-    drop(conn);
-    metrics::counter!("conveyor_executions_enqueued_total").increment(1);
+    let enqueued = state
+        .starter
+        .start_one(&state.pool, &new, Utc::now())
+        .await
+        .map_err(|e| match e {
+            StartError::Store(e) => ApiError::from(e),
+            e @ StartError::ReusedKey { .. } => ApiError::internal(&e),
+        })?;
     audit(
         &state,
         &caller,

@@ -105,7 +105,7 @@ struct Validator {
 
 /// Which earlier steps a template may name.
 enum Scope<'a> {
-    /// Inside step `index`: only steps before it.
+    /// Inside a step: only the steps before it (the slice given).
     Step(&'a [Step]),
     /// The output template: every step.
     Output(&'a [Step]),

@@ -1,0 +1,9 @@
+//! The API's tests: one binary (one build, one link) with a module per
+//! area, over the harness in `conveyor-tests` (`tests/src/api.rs`).
+
+mod admin_and_credentials;
+mod bad_input;
+mod http_api;
+mod marketplace;
+mod observability;
+mod resilience;
