@@ -188,9 +188,9 @@ fn in_prefix(addr: u128, net: u128, len: u32) -> bool {
 }
 
 /// Request headers a step may not set (lower case): `Host`, the message
-/// framing headers and the hop-by-hop headers of RFC 9110 section 7.6.1
-/// (with the legacy `Keep-Alive` and `Proxy-Connection`). The HTTP client
-/// sets the ones a request needs.
+/// framing headers, and the hop-by-hop headers of RFC 9110 section 7.6.1
+/// and RFC 2616 section 13.5.1 (with the legacy `Proxy-Connection`). The
+/// HTTP client sets the ones a request needs.
 pub const FORBIDDEN_REQUEST_HEADERS: &[&str] = &[
     "connection",
     "content-length",

@@ -656,6 +656,110 @@ mod tests {
     }
 
     #[test]
+    fn url_rules() {
+        let cases = [
+            ("https://api.example.com/a?b=<<input.c>>#d", None),
+            ("http://127.0.0.1:8080/<<input.c>>", None),
+            ("https://<<settings.host>>/v1", None),
+            ("<<settings.base_url>>", None),
+            ("  <<settings.base_url>>/x", None),
+            (
+                "ftp://x.example/a",
+                Some("must be an absolute http:// or https:// URL"),
+            ),
+            (
+                "mailto:a@<<input.c>>",
+                Some("must be an absolute http:// or https:// URL"),
+            ),
+            (
+                "https://x.example:99999/",
+                Some("is not a valid URL: invalid port number"),
+            ),
+            (
+                "/relative/<<input.c>>",
+                Some("is not a valid URL: relative URL without a base"),
+            ),
+            ("https://x.example/<<input.c", Some("template error")),
+        ];
+        for (url, want) in cases {
+            let errors = errors_of(with(valid(), "/steps/0/url", json!(url)));
+            match want {
+                None => assert_eq!(errors, vec![], "{url}"),
+                Some(message) => assert!(
+                    errors.len() == 1
+                        && errors[0].0 == "steps[0].url"
+                        && errors[0].1.starts_with(message),
+                    "{url}: {errors:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn url_probe_replaces_each_placeholder_and_keeps_the_rest() {
+        for (template, want) in [
+            ("", ""),
+            ("<<a>>", "x"),
+            ("https://h/<<a>>/b<<c.d>>e", "https://h/x/bxe"),
+            ("<<a>><<b>>", "xx"),
+            ("a>>b<<c>>", "a>>bx"),
+            ("a<<b", "a<<b"),
+            ("a<<b>>c<<d", "axc<<d"),
+        ] {
+            assert_eq!(replace_placeholders(template, "x"), want, "{template}");
+        }
+    }
+
+    #[test]
+    fn step_limits_are_inclusive() {
+        let ok = [
+            ("/steps/0/timeout_ms", json!(1)),
+            ("/steps/0/timeout_ms", json!(MAX_STEP_TIMEOUT_MS)),
+            ("/steps/0/expect", json!([100, 599])),
+            ("/steps/0/extract", json!({"A_1": "$.a"})),
+            (
+                "/steps/0/body",
+                json!({"type": "raw", "content": "x", "content_type": "text/plain"}),
+            ),
+        ];
+        for (pointer, value) in ok {
+            assert_eq!(
+                errors_of(with(valid(), pointer, value.clone())),
+                vec![],
+                "{pointer} {value}"
+            );
+        }
+        let bad = [
+            (
+                "/steps/0/timeout_ms",
+                json!(MAX_STEP_TIMEOUT_MS + 1),
+                "steps[0].timeout_ms",
+            ),
+            ("/steps/0/expect", json!([600]), "steps[0].expect[0]"),
+            (
+                "/steps/0/extract",
+                json!({"a-b": "$.a"}),
+                "steps[0].extract.a-b",
+            ),
+            (
+                "/steps/0/body",
+                json!({"type": "raw", "content": "x", "content_type": " "}),
+                "steps[0].body.content_type",
+            ),
+            (
+                "/steps/0/body",
+                json!({"type": "raw", "content": "x", "content_type": "a\nb"}),
+                "steps[0].body.content_type",
+            ),
+        ];
+        for (pointer, value, path) in bad {
+            let errors = errors_of(with(valid(), pointer, value.clone()));
+            assert_eq!(errors.len(), 1, "{pointer} {value}: {errors:?}");
+            assert_eq!(errors[0].0, path, "{pointer} {value}");
+        }
+    }
+
+    #[test]
     fn credential_names_follow_the_table_rule() {
         for ok in ["crm", "slack.bot", "a-b_c", "_x", "A1"] {
             assert!(is_credential_name(ok), "{ok}");

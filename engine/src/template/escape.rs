@@ -389,5 +389,19 @@ mod tests {
             r.render_str("https://h.test/<<input.dots>>", &ctx, Dest::Url),
             Err(TemplateError::UrlDotSegment)
         );
+        // Literal dot segments after a value are the author's, whether they
+        // end the template or follow a base URL ending in `/`.
+        let ctx = json!({"input": {"a": "x"}, "settings": {"base": "https://h.test/api/"}});
+        for (template, want) in [
+            ("https://h.test/<<input.a>>/..", "https://h.test/x/.."),
+            ("<<settings.base>>..", "https://h.test/api/.."),
+            ("<<settings.base>>../<<input.a>>", "https://h.test/api/../x"),
+        ] {
+            assert_eq!(
+                r.render_str(template, &ctx, Dest::Url).as_deref(),
+                Ok(want),
+                "{template}"
+            );
+        }
     }
 }
