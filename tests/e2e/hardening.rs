@@ -211,3 +211,124 @@ async fn tenants_never_see_worker_host_names_or_process_ids(pool: PgPool) {
     assert!(one.json.get("lease_owner").is_none());
     assert!(one.json["steps"][0].get("worker_id").is_none());
 }
+
+#[test]
+fn credentials_and_untrusted_hosts_are_refused_where_they_do_not_belong() {
+    let step = |extra: serde_json::Value| {
+        let mut s = json!({"name": "x", "method": "POST", "url": "https://api.example.com/x"});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            s[k] = v.clone();
+        }
+        json!({"name": "c", "steps": [s]})
+    };
+    let refused = [
+        (
+            step(json!({"url": "https://api.example.com<<input.p>>"})),
+            "steps[0].url",
+        ),
+        (
+            step(json!({"url": "https://<<input.host>>/x"})),
+            "steps[0].url",
+        ),
+        (step(json!({"url": "<<input.base>>/x"})), "steps[0].url"),
+        (
+            step(json!({"url": "https://<<credentials.c.user>>@api.example.com/x"})),
+            "steps[0].url",
+        ),
+        (
+            step(json!({"headers": {"X-Key": "Bearer <<credentials.c.token ~ ''>>"}})),
+            "steps[0].headers.X-Key",
+        ),
+        (
+            step(json!({"headers": {"X-Key": "<<'>>' ~ credentials.c.token | reverse>>"}})),
+            "steps[0].headers.X-Key",
+        ),
+        (
+            step(json!({"query": {"k": "<<credentials.c.token | reverse>>"}})),
+            "steps[0].query.k",
+        ),
+        (
+            step(
+                json!({"body": {"type": "json", "content": {"a": "<<credentials.c.token[1:]>>"}}}),
+            ),
+            "steps[0].body.content.a",
+        ),
+        (
+            step(json!({"body": {"type": "json", "content": {"<<credentials.c.token>>": 1}}})),
+            "steps[0].body.content.<<credentials.c.token>>",
+        ),
+        (
+            step(
+                json!({"body": {"type": "form", "content": {"n": "<<credentials.c.pin | int>>"}}}),
+            ),
+            "steps[0].body.content.n",
+        ),
+        (
+            step(
+                json!({"body": {"type": "raw", "content_type": "text/plain", "content": "key=<<credentials.c.token | upper>>"}}),
+            ),
+            "steps[0].body.content",
+        ),
+        (
+            {
+                let mut c = step(json!({}));
+                c["output"] = json!({"t": "<<credentials.c.token>>"});
+                c
+            },
+            "output.t",
+        ),
+    ];
+    for (definition, path) in refused {
+        let errors = conveyor_engine::connector::parse_and_validate(&definition)
+            .expect_err(&definition.to_string())
+            .0;
+        assert!(
+            errors.iter().any(|e| e.path == path),
+            "{definition}: {errors:?}"
+        );
+    }
+    let accepted = [
+        step(json!({"url": "<<settings.base_url>>/x/<<input.id>>", "query": {"q": "<<input.q>>"}})),
+        step(json!({"url": "<<credentials.hook.url>>"})),
+        step(
+            json!({"url": "https://api.example.com/bot<<credentials.c.token>>/send",
+                    "headers": {"Authorization": "Bearer <<credentials.c.token>>"},
+                    "body": {"type": "raw", "content_type": "text/plain", "content": "key=<<credentials.c.token>>"}}),
+        ),
+        step(
+            json!({"headers": {"X-Key": "<<credentials.c.token>>"}, "query": {"k": "<<credentials.c.key>>"},
+                    "body": {"type": "json", "content": {"a": "<<credentials.c.token>>", "b": "<<input.b | upper>>"}}}),
+        ),
+    ];
+    for definition in accepted {
+        conveyor_engine::connector::parse_and_validate(&definition)
+            .unwrap_or_else(|e| panic!("{definition}: {e}"));
+    }
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_stored_definition_breaking_the_placement_rules_is_refused_at_send_time(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&stub)
+        .await;
+    // Saved before the rules existed: stored without validation.
+    let connector: conveyor_engine::connector::Connector = serde_json::from_value(json!({
+        "name": "old", "steps": [{"name": "x", "method": "GET",
+            "url": format!("{}<<input.p>>", stub.uri())}]}))
+    .expect("shape");
+    let c = conveyor_tests::connector_create(&h.pool, &connector).await;
+    let id = h.enqueue(c, json!({"p": "/x"})).await;
+    let e = h.run_until_final(id, Duration::from_secs(20)).await;
+    assert_eq!(e.status, "failed");
+    let steps = h.steps(id).await;
+    let error = steps[0].error.as_ref().expect("step error");
+    assert_eq!(error["kind"], "credential", "{error}");
+    assert!(
+        error["message"].as_str().unwrap_or("").contains("step.url"),
+        "{error}"
+    );
+}
