@@ -641,6 +641,12 @@ mod tests {
     }
 
     #[test]
+    fn the_debug_form_never_shows_the_secret() {
+        let auth = Authenticator::new(SECRET).expect("auth");
+        assert_eq!(format!("{auth:?}"), "Authenticator(<secret>)");
+    }
+
+    #[test]
     fn secrets_and_policies_are_checked_at_construction() {
         assert!(Authenticator::new(&SECRET[..31]).is_err());
         assert!(Authenticator::new(SECRET).is_ok());

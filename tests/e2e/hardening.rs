@@ -1,16 +1,20 @@
 //! One tenant or one provider must not hurt another: values PostgreSQL
-//! cannot store, group commits with one bad row, worker identities.
+//! cannot store, group commits with one bad row, worker identities,
+//! credential placement, and leases that can no longer be extended.
 
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::Utc;
+use conveyor_engine::http::{HttpConfig, StepClient};
+use conveyor_engine::runner::{RunOutcome, Runner, RunnerConfig};
 use conveyor_engine::store::executions::{self, Commit, StepRow, Transition};
 use conveyor_engine::store::group::commit_group;
 use conveyor_tests::api::TestApi;
 use conveyor_tests::{Harness, WS, test_worker_config};
 use serde_json::json;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -330,5 +334,67 @@ async fn a_stored_definition_breaking_the_placement_rules_is_refused_at_send_tim
     assert!(
         error["message"].as_str().unwrap_or("").contains("step.url"),
         "{error}"
+    );
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_step_whose_lease_cannot_be_extended_is_aborted_before_the_lease_passes(pool: PgPool) {
+    let h = Harness::new(pool.clone());
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(20)))
+        .mount(&stub)
+        .await;
+    let c = h
+        .connector(json!({"name": "slow", "steps": [
+            {"name": "x", "method": "GET", "url": format!("{}/x", stub.uri())}]}))
+        .await;
+    h.enqueue(c, json!({})).await;
+    let lease = Duration::from_secs(3);
+    let claimed = executions::claim(&pool, "worker-a", 1, lease, Utc::now())
+        .await
+        .expect("claim")
+        .remove(0);
+    let client = StepClient::new(HttpConfig {
+        allow_private_networks: true,
+        ..HttpConfig::default()
+    })
+    .expect("client");
+    let runner = Runner::new(
+        pool.clone(),
+        client,
+        h.keyring.clone(),
+        RunnerConfig {
+            worker_id: "worker-a".into(),
+            lease,
+            ..RunnerConfig::default()
+        },
+    );
+    let started = std::time::Instant::now();
+    let run = tokio::spawn(async move { runner.run(claimed, &CancellationToken::new()).await });
+    while stub
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the step was never sent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The database goes away: every heartbeat fails from now on.
+    pool.close().await;
+    let outcome = tokio::time::timeout(Duration::from_secs(8), run)
+        .await
+        .expect("aborted long before the 20 s response")
+        .expect("task")
+        .expect("no database error: it stopped on its own");
+    assert_eq!(outcome, RunOutcome::LeaseLost);
+    assert!(
+        started.elapsed() < lease,
+        "stopped within the lease, after {:?}",
+        started.elapsed()
     );
 }
