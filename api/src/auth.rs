@@ -641,6 +641,12 @@ mod tests {
     }
 
     #[test]
+    fn the_debug_form_never_shows_the_secret() {
+        let auth = Authenticator::new(SECRET).expect("auth");
+        assert_eq!(format!("{auth:?}"), "Authenticator(<secret>)");
+    }
+
+    #[test]
     fn secrets_and_policies_are_checked_at_construction() {
         assert!(Authenticator::new(&SECRET[..31]).is_err());
         assert!(Authenticator::new(SECRET).is_ok());
@@ -676,5 +682,35 @@ mod tests {
         assert_eq!(key.len(), API_KEY_PREFIX.len() + 43);
         assert_eq!(prefix, key[..API_KEY_PREFIX.len() + 6]);
         assert_eq!(digest, Sha256::digest(key.as_bytes()).to_vec());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any text is refused with 401, never a panic.
+        #[test]
+        fn arbitrary_tokens_are_refused_without_panicking(token in proptest::prelude::any::<String>()) {
+            let auth = Authenticator::new(SECRET).expect("auth");
+            let err = auth.verify(&token).expect_err("garbage is refused");
+            proptest::prop_assert_eq!(err.status(), StatusCode::UNAUTHORIZED);
+        }
+
+        /// A valid token with one byte changed is refused, or (when the
+        /// change does not alter what it decodes to) yields the same claims.
+        #[test]
+        fn a_tampered_token_never_yields_other_claims(at in 0usize..400, byte in 0x21u8..0x7f) {
+            let auth = Authenticator::new(SECRET).expect("auth");
+            let token = auth.mint("w", "u", Duration::from_secs(60)).expect("mint");
+            let mut bytes = token.clone().into_bytes();
+            let at = at % bytes.len();
+            bytes[at] = byte;
+            let tampered = String::from_utf8(bytes).expect("ascii");
+            match auth.verify(&tampered) {
+                Ok(claims) => {
+                    proptest::prop_assert_eq!((claims.sub.as_str(), claims.workspace_id.as_str()), ("u", "w"));
+                }
+                Err(err) => proptest::prop_assert_eq!(err.status(), StatusCode::UNAUTHORIZED),
+            }
+        }
     }
 }

@@ -370,6 +370,14 @@ impl StepClient {
                 .map_err(|e| StepError::fatal(StepErrorKind::Render, format!("{field}: {e}")))
         };
 
+        // Definitions saved before the placement rules are held to them too.
+        if let Some(p) = crate::connector::placement::step_problems(&self.renderer, "step", step)
+            .into_iter()
+            .next()
+        {
+            let e = StepError::fatal(StepErrorKind::Credential, p.to_string());
+            return Err(fail(&snapshot, e));
+        }
         let url_text = render("url", &step.url, Dest::Url).map_err(|e| fail(&snapshot, e))?;
         let mut url = url::Url::parse(&url_text)
             .ok()

@@ -62,6 +62,11 @@ impl Redactor {
                     .map(|(k, v)| (self.text(&k), self.value(v)))
                     .collect(),
             ),
+            // A numeric secret (a PIN, an account number) reads back as a
+            // number once a provider echoes it as one.
+            Value::Number(n) if self.needles.contains(&n.to_string()) => {
+                Value::String(REDACTED.to_owned())
+            }
             other => other,
         }
     }
@@ -106,6 +111,20 @@ mod tests {
         assert_eq!(
             r.value(json!({"k": ["s3cr et/+"]})),
             json!({"k": [REDACTED]})
+        );
+    }
+
+    #[test]
+    fn numeric_secrets_are_redacted_as_numbers_too() {
+        let mut creds = Credentials::new();
+        creds.insert(
+            "c".into(),
+            BTreeMap::from([("pin".to_owned(), "482913".to_owned())]),
+        );
+        let r = Redactor::new(&creds);
+        assert_eq!(
+            r.value(json!({"pin": 482_913, "other": 482_914, "s": "482913"})),
+            json!({"pin": REDACTED, "other": 482_914, "s": REDACTED})
         );
     }
 }

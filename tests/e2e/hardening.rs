@@ -1,10 +1,13 @@
 //! One tenant or one provider must not hurt another: values PostgreSQL
-//! cannot store, group commits with one bad row, worker identities.
+//! cannot store, group commits with one bad row, worker identities,
+//! credential placement, and leases that can no longer be extended.
 
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::Utc;
+use conveyor_engine::http::{HttpConfig, StepClient};
+use conveyor_engine::runner::{RunOutcome, Runner, RunnerConfig};
 use conveyor_engine::state::{ExecutionStatus, StepOutcome};
 use conveyor_engine::store::executions::{self, Commit, StepRow, Transition};
 use conveyor_engine::store::group::commit_group;
@@ -12,6 +15,7 @@ use conveyor_tests::api::TestApi;
 use conveyor_tests::{Harness, WS, test_worker_config};
 use serde_json::json;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -215,4 +219,188 @@ async fn tenants_never_see_worker_host_names_or_process_ids(pool: PgPool) {
     }
     assert!(one.json.get("lease_owner").is_none());
     assert!(one.json["steps"][0].get("worker_id").is_none());
+}
+
+#[test]
+fn credentials_and_untrusted_hosts_are_refused_where_they_do_not_belong() {
+    let step = |extra: serde_json::Value| {
+        let mut s = json!({"name": "x", "method": "POST", "url": "https://api.example.com/x"});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            s[k] = v.clone();
+        }
+        json!({"name": "c", "steps": [s]})
+    };
+    let refused = [
+        (
+            step(json!({"url": "https://api.example.com<<input.p>>"})),
+            "steps[0].url",
+        ),
+        (
+            step(json!({"url": "https://<<input.host>>/x"})),
+            "steps[0].url",
+        ),
+        (step(json!({"url": "<<input.base>>/x"})), "steps[0].url"),
+        (
+            step(json!({"url": "https://<<credentials.c.user>>@api.example.com/x"})),
+            "steps[0].url",
+        ),
+        (
+            step(json!({"headers": {"X-Key": "Bearer <<credentials.c.token ~ ''>>"}})),
+            "steps[0].headers.X-Key",
+        ),
+        (
+            step(json!({"headers": {"X-Key": "<<'>>' ~ credentials.c.token | reverse>>"}})),
+            "steps[0].headers.X-Key",
+        ),
+        (
+            step(json!({"query": {"k": "<<credentials.c.token | reverse>>"}})),
+            "steps[0].query.k",
+        ),
+        (
+            step(
+                json!({"body": {"type": "json", "content": {"a": "<<credentials.c.token[1:]>>"}}}),
+            ),
+            "steps[0].body.content.a",
+        ),
+        (
+            step(json!({"body": {"type": "json", "content": {"<<credentials.c.token>>": 1}}})),
+            "steps[0].body.content.<<credentials.c.token>>",
+        ),
+        (
+            step(
+                json!({"body": {"type": "form", "content": {"n": "<<credentials.c.pin | int>>"}}}),
+            ),
+            "steps[0].body.content.n",
+        ),
+        (
+            step(
+                json!({"body": {"type": "raw", "content_type": "text/plain", "content": "key=<<credentials.c.token | upper>>"}}),
+            ),
+            "steps[0].body.content",
+        ),
+        (
+            {
+                let mut c = step(json!({}));
+                c["output"] = json!({"t": "<<credentials.c.token>>"});
+                c
+            },
+            "output.t",
+        ),
+    ];
+    for (definition, path) in refused {
+        let errors = conveyor_engine::connector::parse_and_validate(&definition)
+            .expect_err(&definition.to_string())
+            .0;
+        assert!(
+            errors.iter().any(|e| e.path == path),
+            "{definition}: {errors:?}"
+        );
+    }
+    let accepted = [
+        step(json!({"url": "<<settings.base_url>>/x/<<input.id>>", "query": {"q": "<<input.q>>"}})),
+        step(json!({"url": "<<credentials.hook.url>>"})),
+        step(
+            json!({"url": "https://api.example.com/bot<<credentials.c.token>>/send",
+                    "headers": {"Authorization": "Bearer <<credentials.c.token>>"},
+                    "body": {"type": "raw", "content_type": "text/plain", "content": "key=<<credentials.c.token>>"}}),
+        ),
+        step(
+            json!({"headers": {"X-Key": "<<credentials.c.token>>"}, "query": {"k": "<<credentials.c.key>>"},
+                    "body": {"type": "json", "content": {"a": "<<credentials.c.token>>", "b": "<<input.b | upper>>"}}}),
+        ),
+    ];
+    for definition in accepted {
+        conveyor_engine::connector::parse_and_validate(&definition)
+            .unwrap_or_else(|e| panic!("{definition}: {e}"));
+    }
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_stored_definition_breaking_the_placement_rules_is_refused_at_send_time(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&stub)
+        .await;
+    // Saved before the rules existed: stored without validation.
+    let connector: conveyor_engine::connector::Connector = serde_json::from_value(json!({
+        "name": "old", "steps": [{"name": "x", "method": "GET",
+            "url": format!("{}<<input.p>>", stub.uri())}]}))
+    .expect("shape");
+    let c = conveyor_tests::connector_create(&h.pool, &connector).await;
+    let id = h.enqueue(c, json!({"p": "/x"})).await;
+    let e = h.run_until_final(id, Duration::from_secs(20)).await;
+    assert_eq!(e.status, ExecutionStatus::Failed);
+    let steps = h.steps(id).await;
+    let error = steps[0].error.as_ref().expect("step error");
+    assert_eq!(error["kind"], "credential", "{error}");
+    assert!(
+        error["message"].as_str().unwrap_or("").contains("step.url"),
+        "{error}"
+    );
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_step_whose_lease_cannot_be_extended_is_aborted_before_the_lease_passes(pool: PgPool) {
+    let h = Harness::new(pool.clone());
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(20)))
+        .mount(&stub)
+        .await;
+    let c = h
+        .connector(json!({"name": "slow", "steps": [
+            {"name": "x", "method": "GET", "url": format!("{}/x", stub.uri())}]}))
+        .await;
+    h.enqueue(c, json!({})).await;
+    let lease = Duration::from_secs(3);
+    let claimed = executions::claim(&pool, "worker-a", 1, lease, Utc::now())
+        .await
+        .expect("claim")
+        .remove(0);
+    let client = StepClient::new(HttpConfig {
+        allow_private_networks: true,
+        ..HttpConfig::default()
+    })
+    .expect("client");
+    let (runner, committer) = Runner::new(
+        pool.clone(),
+        client,
+        h.keyring.clone(),
+        RunnerConfig {
+            worker_id: "worker-a".into(),
+            lease,
+            ..RunnerConfig::default()
+        },
+    );
+    tokio::spawn(committer.run());
+    let started = std::time::Instant::now();
+    let run = tokio::spawn(async move { runner.run(claimed, &CancellationToken::new()).await });
+    while stub
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the step was never sent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The database goes away: every heartbeat fails from now on.
+    pool.close().await;
+    let outcome = tokio::time::timeout(Duration::from_secs(8), run)
+        .await
+        .expect("aborted long before the 20 s response")
+        .expect("task")
+        .expect("no database error: it stopped on its own");
+    assert_eq!(outcome, RunOutcome::LeaseLost);
+    assert!(
+        started.elapsed() < lease,
+        "stopped within the lease, after {:?}",
+        started.elapsed()
+    );
 }

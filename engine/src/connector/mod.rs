@@ -4,6 +4,7 @@
 //! rejected) and [`validate`] checks everything a save must refuse, each
 //! problem with the JSON path of the offending field.
 
+pub mod placement;
 mod validate;
 
 use std::collections::BTreeMap;

@@ -160,8 +160,12 @@ impl Validator {
                 );
             }
             self.step(&path, step, &c.steps[..i]);
+            let placement = super::placement::step_problems(&self.renderer, &path, step);
+            self.errors.extend(placement);
         }
         self.json_templates("output", &c.output, &Scope::Output(&c.steps));
+        let placement = super::placement::output_problems(&self.renderer, &c.output);
+        self.errors.extend(placement);
     }
 
     fn retry(&mut self, path: &str, r: &RetryPolicy) {

@@ -225,6 +225,9 @@ impl Runner {
         });
         let claimed_labels = observe::labels(&claimed, self.config.metrics_workspace_labels);
         let first = usize::try_from(claimed.next_step).unwrap_or(0);
+        // When the lease was last set (by the claim just before this run,
+        // then by each heartbeat and step commit).
+        let mut extended_at = tokio::time::Instant::now();
         for (index, step) in connector.steps.iter().enumerate().skip(first) {
             if index > first && shutdown.is_cancelled() {
                 executions::release(&self.pool, id, token, Utc::now()).await?;
@@ -262,7 +265,7 @@ impl Runner {
                 traceparent: traceparent.as_deref(),
             };
             let sent = self
-                .send_with_heartbeat(id, token, step, &ctx, &credentials, &call)
+                .send_with_heartbeat(id, token, step, &ctx, &credentials, &call, &mut extended_at)
                 .instrument(span.clone())
                 .await?;
             let result = match sent {
@@ -293,6 +296,7 @@ impl Runner {
                 Next::Fail(_) => Some(RunOutcome::Failed),
             };
             let (row, transition) = self.step_commit(&step_attempt, decision, now);
+            let committing = tokio::time::Instant::now();
             let status = self
                 .commits
                 .commit(executions::Commit {
@@ -311,7 +315,7 @@ impl Runner {
                     info!("cancelled at a step boundary");
                     return Ok(RunOutcome::Cancelled);
                 }
-                Some(_) => {}
+                Some(_) => extended_at = committing,
             }
             if let Some(outcome) = outcome {
                 info!(?outcome, "execution left the worker");
@@ -372,6 +376,12 @@ impl Runner {
         })
     }
 
+    /// Sends the step while extending the lease every third of it. When
+    /// the lease cannot be extended (the database is away), the request is
+    /// aborted once five sixths of the lease have passed since it was last
+    /// set, before another worker can take the execution over and send the
+    /// same attempt.
+    #[allow(clippy::too_many_arguments)]
     async fn send_with_heartbeat(
         &self,
         id: Uuid,
@@ -380,18 +390,26 @@ impl Runner {
         ctx: &Value,
         credentials: &Credentials,
         call: &Attempt<'_>,
+        extended_at: &mut tokio::time::Instant,
     ) -> Result<InFlight> {
         let send = self.client.run_attempt(step, ctx, credentials, call);
         tokio::pin!(send);
         let every = self.config.lease / 3;
+        let valid_for = self.config.lease * 5 / 6;
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
                 result = &mut send => return Ok(InFlight::Done(Box::new(result))),
+                () = tokio::time::sleep_until(*extended_at + valid_for) => {
+                    warn!("the lease could not be extended and is about to pass; aborting the request");
+                    metrics::counter!("conveyor_steps_aborted_lease_total").increment(1);
+                    return Ok(InFlight::LeaseLost);
+                }
                 _ = beat.tick() => {
+                    let asked = tokio::time::Instant::now();
                     let until = Utc::now() + self.config.lease;
                     match executions::heartbeat(&self.pool, id, token, until).await {
-                        Ok(Some(false)) => {}
+                        Ok(Some(false)) => *extended_at = asked,
                         Ok(Some(true)) => {
                             info!("cancel requested while a step was in flight");
                             return Ok(InFlight::CancelRequested);
@@ -400,9 +418,9 @@ impl Runner {
                             warn!("lease lost while a step was in flight");
                             return Ok(InFlight::LeaseLost);
                         }
-                        // The database may be briefly away; the lease has
-                        // two more beats of slack, and fencing protects the
-                        // rest.
+                        // The database may be briefly away: the next beat may
+                        // succeed; past five sixths of the lease the request
+                        // is aborted (above), and fencing protects the rest.
                         Err(e) => warn!(error = %e, "heartbeat failed"),
                     }
                 }

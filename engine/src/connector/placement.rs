@@ -1,0 +1,398 @@
+//! Where credentials and untrusted values may go in a request.
+//!
+//! Two rules, checked when a connector is saved and again before every
+//! send (definitions saved before the rules existed are refused too):
+//!
+//! - **The host is fixed by the connector.** Everything a URL template
+//!   renders before the path (scheme, user info, host, port) is literal
+//!   text or a bare `<<settings.NAME>>`: a value from the input or a
+//!   response cannot move the request, with its credentials, to another
+//!   host (`https://api.x.com<<input.p>>` with `@evil.com/`). The one
+//!   exception is a URL that is wholly one credential field (a webhook URL
+//!   whose path is the secret): its owner chose that host.
+//! - **Credentials cannot be read back.** A credential may be named only
+//!   in an `auth` block or as a bare `<<credentials.NAME.FIELD>>` (no
+//!   filter, slice or operator) in a header value, a query value, the URL
+//!   after its host, a JSON body leaf, a form field or an XML/raw body. A
+//!   transformed secret (`| reverse`, a slice, `| int`) would defeat
+//!   redaction and read back from step history; a JSON key and the output
+//!   may name no credential at all.
+
+use serde_json::Value;
+
+use super::{Body, Step, ValidationError};
+use crate::template::Renderer;
+
+/// The placement problems of one step, with paths under `path`
+/// (`steps[0]`).
+pub fn step_problems(renderer: &Renderer, path: &str, step: &Step) -> Vec<ValidationError> {
+    let mut out = Vec::new();
+    url(renderer, &format!("{path}.url"), &step.url, &mut out);
+    for (name, value) in &step.headers {
+        whole_value(renderer, &format!("{path}.headers.{name}"), value, &mut out);
+    }
+    for (name, value) in &step.query {
+        whole_value(renderer, &format!("{path}.query.{name}"), value, &mut out);
+    }
+    match &step.body {
+        None => {}
+        Some(Body::Json { content }) => {
+            json(renderer, &format!("{path}.body.content"), content, &mut out);
+        }
+        Some(Body::Form { content }) => {
+            for (name, value) in content {
+                whole_value(
+                    renderer,
+                    &format!("{path}.body.content.{name}"),
+                    value,
+                    &mut out,
+                );
+            }
+        }
+        Some(Body::Xml { content } | Body::Raw { content, .. }) => {
+            whole_value(renderer, &format!("{path}.body.content"), content, &mut out);
+        }
+    }
+    out
+}
+
+/// The placement problems of a connector's output template: it may name
+/// no credential at all (outputs are read back by every member).
+pub fn output_problems(renderer: &Renderer, output: &Value) -> Vec<ValidationError> {
+    let mut out = Vec::new();
+    super::visit_json("output", output, &mut |path, template| {
+        if names_credentials(renderer, template) {
+            out.push(problem(path, "the output may not name a credential"));
+        }
+    });
+    out
+}
+
+fn problem(path: &str, message: &str) -> ValidationError {
+    ValidationError {
+        path: path.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+fn refs(renderer: &Renderer, template: &str) -> Vec<String> {
+    // Syntax errors are the validator's to report.
+    renderer.references(template).unwrap_or_default()
+}
+
+/// The `<<...>>` spans of a template as the scanner sees them: `(start,
+/// end)` byte offsets, delimiters included.
+fn placeholder_spans(template: &str) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut from = 0;
+    while let Some(start) = template[from..].find("<<").map(|i| from + i) {
+        let Some(end) = template[start + 2..].find(">>").map(|i| start + 2 + i + 2) else {
+            break;
+        };
+        spans.push((start, end));
+        from = end;
+    }
+    spans
+}
+
+/// Byte offsets of the word `credentials` (not part of a longer name).
+fn credential_words(template: &str) -> Vec<usize> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    template
+        .match_indices("credentials")
+        .map(|(i, _)| i)
+        .filter(|&i| {
+            let before = template[..i].chars().next_back();
+            let after = template[i + "credentials".len()..].chars().next();
+            !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+        })
+        .collect()
+}
+
+/// Whether a template names a credential: the word inside a placeholder,
+/// or a reference the template engine reports.
+fn names_credentials(renderer: &Renderer, template: &str) -> bool {
+    if !template.contains("<<") {
+        return false;
+    }
+    let spans = placeholder_spans(template);
+    credential_words(template)
+        .iter()
+        .any(|&i| spans.iter().any(|&(s, e)| s <= i && i < e))
+        || refs(renderer, template)
+            .iter()
+            .any(|r| r.split('.').next() == Some("credentials"))
+}
+
+/// Whether every mention of `credentials` lies in a bare
+/// `<<credentials.NAME.FIELD>>` placeholder.
+fn credentials_are_bare(template: &str) -> bool {
+    let bare: Vec<(usize, usize)> = placeholder_spans(template)
+        .into_iter()
+        .filter(|&(s, e)| is_credential_field(&template[s..e]))
+        .collect();
+    credential_words(template)
+        .iter()
+        .all(|&i| bare.iter().any(|&(s, e)| s <= i && i < e))
+}
+
+/// A value naming a credential must name it bare.
+fn whole_value(renderer: &Renderer, path: &str, template: &str, out: &mut Vec<ValidationError>) {
+    if names_credentials(renderer, template) && !credentials_are_bare(template) {
+        out.push(problem(
+            path,
+            "a credential may only appear as a bare <<credentials.NAME.FIELD>>, without filters, slices or operators (or use the step's auth block)",
+        ));
+    }
+}
+
+fn json(renderer: &Renderer, path: &str, value: &Value, out: &mut Vec<ValidationError>) {
+    match value {
+        Value::String(s) => whole_value(renderer, path, s, out),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                json(renderer, &format!("{path}[{i}]"), item, out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                let child = format!("{path}.{k}");
+                if names_credentials(renderer, k) {
+                    out.push(problem(&child, "a JSON key may not name a credential"));
+                }
+                json(renderer, &child, item, out);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+fn url(renderer: &Renderer, path: &str, template: &str, out: &mut Vec<ValidationError>) {
+    if is_credential_field(template) {
+        return;
+    }
+    whole_value(renderer, path, template, out);
+    if !before_path(template).iter().all(|p| is_setting(p)) {
+        out.push(problem(
+            path,
+            "only literal text and bare <<settings.NAME>> may come before the URL's path (scheme, host, port): a value from the input or a response could send the request to another host",
+        ));
+    }
+}
+
+/// Whether a placeholder is exactly `<<settings.NAME>>` (dotted names).
+fn is_setting(placeholder: &str) -> bool {
+    let Some(inner) = placeholder
+        .strip_prefix("<<")
+        .and_then(|t| t.strip_suffix(">>"))
+    else {
+        return false;
+    };
+    let inner = inner.trim_matches(['-', '+']).trim();
+    inner.strip_prefix("settings.").is_some_and(|names| {
+        names.split('.').all(|n| {
+            n.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    })
+}
+
+/// The placeholders (`<<...>>`, whole) of a URL template that render
+/// before its path: up to the first literal `/`, `?` or `#` after the
+/// scheme's `//` (or from the start, without a literal scheme).
+pub fn before_path(template: &str) -> Vec<String> {
+    // Literal text with every placeholder replaced by one marker, and
+    // where each placeholder starts in that probe.
+    let mut probe = String::new();
+    let mut placeholders = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("<<") {
+        probe.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find(">>") else {
+            rest = &rest[start..];
+            break;
+        };
+        placeholders.push((probe.len(), rest[start..start + end + 2].to_owned()));
+        probe.push('\u{1}');
+        rest = &rest[start + end + 2..];
+    }
+    probe.push_str(rest);
+    let authority_start = probe.find("://").map_or(0, |i| i + 3);
+    let path_start = probe[authority_start..]
+        .find(['/', '?', '#'])
+        .map_or(probe.len(), |i| authority_start + i);
+    placeholders
+        .into_iter()
+        .filter(|(at, _)| *at < path_start)
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// Whether `template` is exactly `<<credentials.NAME.FIELD>>` (names as
+/// `.ident` or `["quoted"]`), with optional whitespace and whitespace
+/// control, and nothing else.
+pub fn is_credential_field(template: &str) -> bool {
+    let Some(inner) = template
+        .trim()
+        .strip_prefix("<<")
+        .and_then(|t| t.strip_suffix(">>"))
+    else {
+        return false;
+    };
+    let inner = inner.trim_start_matches(['-', '+']);
+    let inner = inner.trim_end_matches(['-', '+']).trim();
+    let Some(mut rest) = inner.strip_prefix("credentials") else {
+        return false;
+    };
+    let mut accessors = 0;
+    while !rest.is_empty() {
+        rest = match accessor(rest) {
+            Some(next) => next,
+            None => return false,
+        };
+        accessors += 1;
+    }
+    accessors == 2
+}
+
+/// Consumes one `.ident` or `["name"]`/`['name']`; the rest, or `None`.
+fn accessor(text: &str) -> Option<&str> {
+    if let Some(after) = text.strip_prefix('.') {
+        let len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        let ident = &after[..len];
+        let starts_well = ident
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        return starts_well.then_some(&after[len..]);
+    }
+    let after = text.strip_prefix('[')?;
+    let quote = after.chars().next().filter(|c| matches!(c, '"' | '\''))?;
+    let body = &after[1..];
+    let close = body.find(quote)?;
+    let name = &body[..close];
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    let tail = body[close + 1..].strip_prefix(']')?;
+    valid.then_some(tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_bare_credential_field_is_a_whole_value() {
+        let cases = [
+            ("<<credentials.hook.url>>", true),
+            ("  << credentials.hook.url >>  ", true),
+            ("<<- credentials.hook.url ->>", true),
+            ("<<credentials['my-hook'].url>>", true),
+            ("<<credentials[\"my.hook\"][\"url\"]>>", true),
+            ("<<credentials.hook>>", false),
+            ("<<credentials>>", false),
+            ("<<credentials.hook.url.x>>", false),
+            ("<<credentials.hook.url | reverse>>", false),
+            ("<<credentials.hook.url[1:]>>", false),
+            ("<<credentials.hook.url ~ 'x'>>", false),
+            ("<<credentials.hook.url-1>>", false),
+            ("<<credentials.hook.url>>x", false),
+            ("x<<credentials.hook.url>>", false),
+            ("<<credentials.hook.url>><<credentials.hook.url>>", false),
+            ("<<credentials[hook].url>>", false),
+            ("<<credentials['a'b].url>>", false),
+            ("<<credentials.1a.url>>", false),
+            ("<<input.url>>", false),
+            ("credentials.hook.url", false),
+        ];
+        for (template, want) in cases {
+            assert_eq!(is_credential_field(template), want, "{template}");
+        }
+    }
+
+    #[test]
+    fn placeholders_before_the_path_are_found() {
+        let cases: [(&str, &[&str]); 8] = [
+            ("https://api.x.com/<<input.p>>", &[]),
+            ("https://api.x.com<<input.p>>", &["<<input.p>>"]),
+            (
+                "<<settings.base_url>>/v1/<<input.id>>",
+                &["<<settings.base_url>>"],
+            ),
+            (
+                "https://<<settings.host>>:<<input.port>>/x",
+                &["<<settings.host>>", "<<input.port>>"],
+            ),
+            ("https://api.x.com?q=<<input.q>>", &[]),
+            ("<<steps.a.body.next>>", &["<<steps.a.body.next>>"]),
+            ("https://<<input.user>>@api.x.com/", &["<<input.user>>"]),
+            ("https://api.x.com#<<input.f>>", &[]),
+        ];
+        for (template, want) in cases {
+            assert_eq!(before_path(template), want, "{template}");
+        }
+    }
+
+    #[test]
+    fn credentials_must_be_bare_wherever_they_appear() {
+        let cases = [
+            ("Bearer <<credentials.c.token>>", true),
+            ("<<credentials.c.a>>:<<credentials.c.b>>", true),
+            ("<<credentials.c.token | upper>>", false),
+            ("x <<credentials.c.token ~ ''>>", false),
+            ("<<'>>' ~ credentials.c.token | reverse>>", false),
+            ("<<input.x>> <<credentials.c>>", false),
+        ];
+        for (template, want) in cases {
+            assert_eq!(credentials_are_bare(template), want, "{template}");
+        }
+        assert_eq!(
+            credential_words("credentials my_credentials credentialsx"),
+            [0]
+        );
+        // The word in literal text names nothing.
+        let mut out = Vec::new();
+        whole_value(
+            &Renderer::new(),
+            "p",
+            "your credentials: <<input.x>>",
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        whole_value(
+            &Renderer::new(),
+            "p",
+            "<<credentials.c.t | lower>>",
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn only_bare_settings_may_render_before_the_path() {
+        let renderer = Renderer::new();
+        let cases = [
+            ("https://api.x.com/<<input.id>>", true),
+            ("<<settings.base_url>>/<<input.id>>", true),
+            ("<<- settings.base_url >>/x", true),
+            ("https://<<settings.sub>>.x.com:<<settings.port>>/x", true),
+            ("<<credentials.hook.url>>", true),
+            ("<<settings.base_url | lower>>/x", false),
+            ("<<settings.base_url ~ input.p>>/x", false),
+            ("https://api.x.com<<input.p>>", false),
+            ("<<steps.a.body.next>>", false),
+            ("https://<<credentials.c.user>>@api.x.com/", false),
+        ];
+        for (template, ok) in cases {
+            let mut out = Vec::new();
+            url(&renderer, "url", template, &mut out);
+            assert_eq!(out.is_empty(), ok, "{template}: {out:?}");
+        }
+    }
+}
