@@ -672,7 +672,7 @@ mod tests {
                 Some("must be an absolute http:// or https:// URL"),
             ),
             (
-                "mailto:a@<<input.c>>",
+                "mailto:a@example.com",
                 Some("must be an absolute http:// or https:// URL"),
             ),
             (
