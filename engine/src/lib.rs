@@ -10,6 +10,8 @@
 //! - [`extract`]: RFC 9535 JSONPath extraction of response fields.
 //! - [`crypto`]: AES-256-GCM sealing of workspace credentials.
 //! - [`http`]: the HTTP step runner (render, send, classify, redact).
+//! - [`json`]: reading JSON into typed values (whole floats as integers,
+//!   no structs written as arrays).
 //! - [`marketplace`]: connector templates: validation, install, upgrade.
 //! - [`net`]: the outbound address policy (no private networks by default).
 //! - [`retry`]: pure backoff delays.
@@ -24,6 +26,7 @@ pub mod crypto;
 pub mod error;
 pub mod extract;
 pub mod http;
+pub mod json;
 pub mod marketplace;
 pub mod net;
 mod redact;

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::Result;
 
 /// An execution as the history shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ExecutionView {
     /// Id.
     pub id: Uuid,
@@ -61,7 +61,7 @@ pub struct ExecutionView {
 }
 
 /// One stored step attempt as the history shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct StepView {
     /// Position in the connector.
     pub step_index: i32,
@@ -187,7 +187,7 @@ pub async fn list_executions(pool: &PgPool, f: &ExecutionFilter) -> Result<Vec<E
 }
 
 /// Statistics of one connector's executions over a window.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConnectorStats {
     /// Executions created in the window, by status.
     pub by_status: Value,
@@ -283,7 +283,7 @@ pub async fn unwatch(pool: &PgPool, execution_id: Uuid, watcher: Uuid) -> Result
 }
 
 /// One entry of an execution's event log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EventRow {
     /// Sequence number (increasing).
     pub id: i64,
