@@ -234,7 +234,7 @@ struct ExecuteRequest {
     /// The execution input (validated against the connector's `input_schema`;
     /// default `{}`).
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<std::collections::HashMap<String, Value>>)]
     input: Option<Value>,
     /// A second execute with the same key returns the first execution
     /// (1 to 255 characters).
@@ -389,7 +389,7 @@ struct BatchRequest {
 struct BatchItem {
     /// The input (default `{}`).
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<std::collections::HashMap<String, Value>>)]
     input: Option<Value>,
     /// Idempotency key of this item (1 to 255 characters).
     #[schema(min_length = 1, max_length = 255)]

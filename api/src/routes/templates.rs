@@ -170,7 +170,7 @@ struct InstallBody {
     name: Option<String>,
     /// Setting values overriding the template's defaults.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = std::collections::HashMap<String, Value>)]
     settings: serde_json::Map<String, Value>,
     /// Template credential name → workspace credential name.
     #[serde(default)]

@@ -59,7 +59,7 @@ pub struct Connector {
     /// Values steps read as `<<settings.x>>` (a template's base URL, a
     /// default channel, ...).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = std::collections::HashMap<String, Value>)]
     pub settings: serde_json::Map<String, Value>,
     /// Which workspace credential each credential name used by the steps
     /// stands for (`{"slack": "acme-slack-bot"}`); a name not listed is
@@ -249,13 +249,14 @@ impl Step {
 /// `input_schema` as validation accepts it: a JSON Schema is an object or a
 /// boolean.
 fn input_schema_schema() -> utoipa::openapi::schema::ObjectBuilder {
-    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, SchemaType, Type};
     ObjectBuilder::new()
         .schema_type(SchemaType::from_iter([
             Type::Object,
             Type::Boolean,
             Type::Null,
         ]))
+        .additional_properties(Some(AdditionalProperties::FreeForm(true)))
         .examples([serde_json::json!({"type": "object", "required": ["email"]})])
 }
 
