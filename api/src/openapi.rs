@@ -45,7 +45,7 @@ use crate::routes;
     ),
     components(schemas(ErrorBody)),
     modifiers(&SecuritySchemes),
-    security(("jwt" = []), ("api_key" = []))
+    security(("bearer" = []), ("api_key" = []))
 )]
 pub struct ApiDoc;
 
@@ -56,7 +56,7 @@ impl Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut OpenApiDoc) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
-            "jwt",
+            "bearer",
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
@@ -415,10 +415,10 @@ mod tests {
                 assert!(responses.contains_key("403"), "{at}: no 403");
             }
             let security = op.get("security").unwrap_or(&doc["security"]);
-            assert_eq!(security, &json!([{"jwt": []}, {"api_key": []}]), "{at}");
+            assert_eq!(security, &json!([{"bearer": []}, {"api_key": []}]), "{at}");
         }
         let schemes = &doc["components"]["securitySchemes"];
-        assert_eq!(schemes["jwt"]["bearerFormat"], "JWT");
+        assert_eq!(schemes["bearer"]["bearerFormat"], "JWT");
         assert_eq!(schemes["api_key"]["scheme"], "bearer");
     }
 
