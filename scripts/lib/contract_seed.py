@@ -155,6 +155,9 @@ def toml_value(value):
 def write(name, token, operations):
     lines = [
         f"headers = {toml_value({'Authorization': 'Bearer ' + token})}",
+        # One worker: with Schemathesis' worker threads, Hypothesis on
+        # CPython 3.11 (Debian 12's) intermittently dies with "SystemError:
+        # AST constructor recursion depth mismatch", a CPython bug.
         "workers = 1",
         "[generation]",
         f"max-examples = {int(EXAMPLES)}",
