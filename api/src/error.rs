@@ -4,9 +4,66 @@
 //! objects are 404 exactly like missing ones; anything else is a 500 whose
 //! body says nothing more, while the cause is logged.
 
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+
+/// Every `code` an error body can carry.
+pub const ERROR_CODES: [&str; 14] = [
+    "malformed_json",
+    "bad_request",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "conflict",
+    "payload_too_large",
+    "unsupported_media_type",
+    "validation_failed",
+    "rate_limited",
+    "internal",
+    "database_unavailable",
+    "migrations_pending",
+    "metrics_unavailable",
+];
+
+/// Seconds a 429 asks the caller to wait (`Retry-After`): the workspace's
+/// token bucket refills within a second.
+pub const RATE_LIMIT_RETRY_AFTER_SECS: u32 = 1;
+/// Seconds a 503 asks the caller to wait (`Retry-After`).
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u32 = 5;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"error": {"code": "validation_failed", "message": "invalid connector: steps[0].url: must be an absolute http:// or https:// URL", "details": {"errors": [{"path": "steps[0].url", "message": "must be an absolute http:// or https:// URL"}]}}}))]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The error itself.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDetail {
+    /// Machine-readable; one of a fixed set.
+    #[schema(schema_with = error_code_schema)]
+    pub code: &'static str,
+    /// For people; never quotes a secret.
+    pub message: String,
+    /// Structured details, or null: for `validation_failed`, `errors`
+    /// lists every invalid field as `{path, message}`.
+    pub details: Value,
+}
+
+fn error_code_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(ERROR_CODES))
+}
 
 /// An error answered to an API caller.
 #[derive(Debug)]
@@ -134,8 +191,24 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            json!({"error": {"code": self.code, "message": self.message, "details": self.details}});
-        (self.status, axum::Json(body)).into_response()
+        let retry_after = match self.status {
+            StatusCode::TOO_MANY_REQUESTS => Some(RATE_LIMIT_RETRY_AFTER_SECS),
+            StatusCode::SERVICE_UNAVAILABLE => Some(UNAVAILABLE_RETRY_AFTER_SECS),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                details: self.details,
+            },
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }

@@ -10,8 +10,9 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -20,7 +21,7 @@ use crate::error::ApiError;
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned + Serialize, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
@@ -56,86 +57,65 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 /// Deserialises JSON bytes: syntax errors are 400, shape errors 422 naming
-/// the field.
+/// the field. A whole number written with a fraction (`3.0`) is read as
+/// the integer it is where an integer is expected, and a struct written as
+/// an array is refused (see [`conveyor_engine::json`]).
 ///
 /// # Errors
 ///
-/// As above.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// As above; also 422 for a string or key holding the NUL character
+/// (`\u0000`), which PostgreSQL cannot store.
+pub fn parse_json<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, ApiError> {
     // Syntax first: a shape error before a syntax error must not hide that
     // the body is not JSON at all.
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            format!("the request body is not valid JSON: {e}"),
-        ));
-    }
-    if let Some(path) = nul_at(bytes) {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| malformed(&e))?;
+    if let Some(path) = nul_at(&value, "") {
+        let message = "must not contain the NUL character (\\u0000)";
         return Err(ApiError::validation(
-            format!("invalid request body: {}", message_at(&path, NUL_MESSAGE)),
-            json!([{"path": path, "message": NUL_MESSAGE}]),
+            format!("invalid request body: {}", message_at(&path, message)),
+            json!([{"path": path, "message": message}]),
         ));
     }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    match serde_path_to_error::deserialize(&mut de) {
-        Ok(v) => Ok(v),
-        Err(e) => {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if inner.is_syntax() || inner.is_eof() {
-                Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "malformed_json",
-                    format!("the request body is not valid JSON: {inner}"),
-                ))
-            } else {
-                let path = if path == "." { String::new() } else { path };
-                Err(ApiError::validation(
-                    format!(
-                        "invalid request body: {}",
-                        message_at(&path, &inner.to_string())
-                    ),
-                    json!([{"path": path, "message": inner.to_string()}]),
-                ))
-            }
+    conveyor_engine::json::from_value(&value).map_err(|e| {
+        ApiError::validation(
+            format!("invalid request body: {e}"),
+            json!([{"path": e.path, "message": e.message}]),
+        )
+    })
+}
+
+fn malformed(e: &serde_json::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+        format!("the request body is not valid JSON: {e}"),
+    )
+}
+
+/// The path (in the API's notation) of the first string or key holding a
+/// NUL character.
+fn nul_at(value: &Value, path: &str) -> Option<String> {
+    let child = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
         }
-    }
-}
-
-const NUL_MESSAGE: &str = "must not contain the character U+0000 (NUL)";
-
-/// The path of the first string or key holding U+0000, which PostgreSQL
-/// cannot store. Raw NUL bytes are invalid JSON, so only bodies with a
-/// `\u0000` escape are parsed a second time.
-fn nul_at(bytes: &[u8]) -> Option<String> {
-    if !bytes.windows(6).any(|w| w == br"\u0000") {
-        return None;
-    }
-    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    nul_path(&value, String::new())
-}
-
-fn nul_path(value: &serde_json::Value, path: String) -> Option<String> {
+    };
     match value {
-        serde_json::Value::String(s) => s.contains('\0').then_some(path),
-        serde_json::Value::Array(items) => items
+        Value::String(s) => s.contains('\0').then(|| path.to_owned()),
+        Value::Array(items) => items
             .iter()
             .enumerate()
-            .find_map(|(i, v)| nul_path(v, format!("{path}[{i}]"))),
-        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
-            let at = if path.is_empty() {
-                k.clone()
+            .find_map(|(i, item)| nul_at(item, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            if key.contains('\0') {
+                Some(path.to_owned())
             } else {
-                format!("{path}.{k}")
-            };
-            if k.contains('\0') {
-                Some(at)
-            } else {
-                nul_path(v, at)
+                nul_at(item, &child(key))
             }
         }),
-        _ => None,
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
     }
 }
 
@@ -240,12 +220,12 @@ mod tests {
 
     #[test]
     fn shape_errors_name_the_field_and_syntax_errors_are_400() {
-        #[derive(Debug, serde::Deserialize)]
+        #[derive(Debug, serde::Deserialize, Serialize)]
         #[serde(deny_unknown_fields)]
         struct Body {
             items: Vec<Item>,
         }
-        #[derive(Debug, serde::Deserialize)]
+        #[derive(Debug, serde::Deserialize, Serialize)]
         #[serde(deny_unknown_fields)]
         struct Item {
             n: u32,
@@ -264,28 +244,27 @@ mod tests {
     }
 
     #[test]
-    fn a_nul_character_is_refused_with_the_path_of_its_field() {
-        let cases: [(&[u8], Option<&str>); 5] = [
-            (br#"{"input":{"a":["ok","x\u0000"]}}"#, Some("input.a[1]")),
-            (br#"{"input":{"k\u0000":1}}"#, Some("input.k\u{0}")),
-            (br#"{"name":"\u0000"}"#, Some("name")),
-            (br#"{"name":"\\u0000"}"#, None),
-            (br#"{"name":"\u0001"}"#, None),
-        ];
-        for (body, want) in cases {
-            let got = parse_json::<serde_json::Value>(body);
-            match want {
-                Some(path) => {
-                    let err = got.expect_err("422");
-                    assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
-                    let message = err.to_string();
-                    assert!(message.contains(&format!(": {path}: must not")), "{err}");
-                    assert!(message.contains("U+0000"), "{err}");
-                }
-                None => {
-                    got.expect("a body without NUL is accepted");
-                }
-            }
+    fn whole_floats_are_integers_and_nul_characters_are_refused() {
+        #[derive(Debug, serde::Deserialize, Serialize)]
+        struct Body {
+            n: u32,
+            data: Value,
         }
+        let ok = parse_json::<Body>(br#"{"n": 7.0, "data": {"x": 1.0}}"#).expect("7.0 is 7");
+        assert_eq!(ok.n, 7);
+        let err = parse_json::<Body>(br#"{"n": 7.5, "data": null}"#).expect_err("422");
+        assert!(err.to_string().contains("n: invalid type"), "{err}");
+        let err =
+            parse_json::<Body>(br#"{"n": 1, "data": {"a": ["ok", "b\u0000"]}}"#).expect_err("NUL");
+        assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            err.to_string().contains("data.a[1]: must not contain"),
+            "{err}"
+        );
+        let err = parse_json::<Body>(br#"{"n": 1, "data": {"k\u0000": 1}}"#).expect_err("NUL key");
+        assert!(err.to_string().contains("data: must not contain"), "{err}");
+        let ok = parse_json::<Body>(br#"{"n": 1, "data": "a\\u0000"}"#)
+            .expect("an escaped backslash before u0000 is no NUL");
+        assert_eq!(ok.data, Value::String("a\\u0000".into()));
     }
 }

@@ -13,6 +13,7 @@ pub mod extract;
 pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
+pub mod schemas;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -102,7 +103,7 @@ impl AppState {
 /// The API router with its middleware: request ids (`X-Request-Id` echoed
 /// or generated), request tracing, CORS, and the request body limit.
 pub fn app(state: AppState) -> Router {
-    let (api, openapi) = openapi::router().split_for_parts();
+    let (api, openapi) = openapi::split();
     let openapi = Arc::new(openapi);
     let request_id = HeaderName::from_static("x-request-id");
     let cors = CorsLayer::new()

@@ -69,6 +69,8 @@ enum Command {
     RotateCredentials,
     /// Print a new random encryption key (base64 of 32 bytes).
     GenerateKey,
+    /// Print the OpenAPI document (JSON), as served at /api/v1/openapi.json.
+    Openapi,
     /// Print a signed development JWT (HS256, CONVEYOR_JWT_SECRET).
     Token {
         /// The workspace id (the calling product's own).
@@ -111,6 +113,13 @@ fn main() -> ExitCode {
             println!("{}", Key::generate().to_base64());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Openapi => conveyor_api::openapi::document()
+            .to_pretty_json()
+            .map(|json| {
+                println!("{json}");
+                ExitCode::SUCCESS
+            })
+            .context("serialising the OpenAPI document"),
         Command::Serve(args) => {
             runtime().and_then(|(_t, rt)| rt.block_on(serve(args.embedded_workers)))
         }

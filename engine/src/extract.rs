@@ -246,6 +246,41 @@ impl Extraction {
     }
 }
 
+// Written by hand: serde's custom (de)serialisation above takes either a
+// bare query string or the object form, which a derive cannot see.
+impl utoipa::PartialSchema for Extraction {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
+        let query = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .description(Some("An RFC 9535 JSONPath query over the response body"))
+                .examples([Value::from("$.id")])
+        };
+        let object = ObjectBuilder::new()
+            .property("path", query())
+            .required("path")
+            .property(
+                "required",
+                ObjectBuilder::new()
+                    .schema_type(Type::Boolean)
+                    .default(Some(Value::Bool(false)))
+                    .description(Some("Whether selecting nothing fails the step")),
+            )
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        OneOfBuilder::new()
+            .item(query())
+            .item(object)
+            .description(Some(
+                "A JSONPath query, or `{\"path\", \"required\"}`: a singular query yields the value (null when absent), any other the array of matches",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Extraction {}
+
 /// The object form of an [`Extraction`].
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

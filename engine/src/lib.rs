@@ -16,6 +16,8 @@
 //!   time, fail with a typed error) and the output: pure, table-tested.
 //! - [`http`]: the step client: renders one step, sends it, classifies the
 //!   outcome and redacts what it stores.
+//! - [`json`]: reading JSON into typed values (whole floats as integers,
+//!   no structs written as arrays).
 //! - [`marketplace`]: connector templates: validation, install, upgrade.
 //! - [`net`]: the outbound address policy (no private networks by default)
 //!   and the DNS resolver that enforces it.
@@ -44,6 +46,7 @@ pub mod decide;
 pub mod error;
 pub mod extract;
 pub mod http;
+pub mod json;
 pub mod marketplace;
 pub mod net;
 pub mod redact;

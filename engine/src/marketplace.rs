@@ -48,22 +48,31 @@ pub const CATEGORIES: [&str; 8] = [
 ];
 
 /// A connector template.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Template {
     /// Unique id, `[a-z0-9][a-z0-9-]{0,63}`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,63}$", example = "slack-post-message")]
     pub slug: String,
     /// Display name.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub name: String,
     /// What it does, in a sentence or two.
     pub description: String,
     /// One of [`CATEGORIES`].
+    #[schema(example = "communication")]
     pub category: String,
     /// The third party, e.g. `hubspot`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,63}$")]
     pub provider: String,
     /// The provider's API documentation the requests follow.
+    #[schema(pattern = "^https?://")]
     pub docs_url: String,
     /// Semantic version (`MAJOR.MINOR.PATCH`).
+    #[schema(
+        pattern = r"^(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})$",
+        example = "1.0.0"
+    )]
     pub version: String,
     /// Credentials the steps use.
     #[serde(default)]
@@ -76,7 +85,7 @@ pub struct Template {
 }
 
 /// A credential a template needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateCredential {
     /// The name the steps use.
@@ -90,7 +99,7 @@ pub struct TemplateCredential {
 }
 
 /// A setting a template accepts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSetting {
     /// The name steps read as `<<settings.name>>`.
@@ -150,13 +159,8 @@ impl Template {
     /// Every problem, each with its JSON path (connector problems under
     /// `connector.`).
     pub fn parse(json: &Value) -> Result<Template, ValidationErrors> {
-        let template: Template = serde_path_to_error::deserialize(json).map_err(|e| {
-            let path = e.path().to_string();
-            ValidationErrors(vec![err(
-                if path == "." { String::new() } else { path },
-                e.into_inner().to_string(),
-            )])
-        })?;
+        let template: Template = crate::json::from_value(json)
+            .map_err(|e| ValidationErrors(vec![err(e.path, e.message)]))?;
         template.validate()?;
         Ok(template)
     }
@@ -332,10 +336,14 @@ impl Template {
                 ));
             }
         }
-        if let Some(name) = &request.name
-            && name.trim().is_empty()
-        {
-            errors.push(err("name", "must not be empty"));
+        if let Some(name) = &request.name {
+            // The connector's own limits: an installed connector must stay
+            // one that a save would accept.
+            if name.trim().is_empty() {
+                errors.push(err("name", "must not be empty"));
+            } else if name.chars().count() > 200 {
+                errors.push(err("name", "must be at most 200 characters"));
+            }
         }
         if !errors.is_empty() {
             return Err(ValidationErrors(errors));
@@ -421,6 +429,24 @@ mod tests {
             .0;
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["settings.channel", "credentials.slack"]);
+    }
+
+    #[test]
+    fn install_refuses_a_name_a_connector_could_not_have() {
+        let t = Template::parse(&template()).expect("valid");
+        let request = |name: String| InstallRequest {
+            name: Some(name),
+            settings: Map::from_iter([("channel".to_owned(), json!("#team"))]),
+            credentials: BTreeMap::from([("slack".to_owned(), "bot".to_owned())]),
+        };
+        for bad in [" ".to_owned(), "é".repeat(201)] {
+            let errors = t.install(&request(bad)).expect_err("invalid name").0;
+            assert_eq!(errors[0].path, "name");
+        }
+        let installed = t
+            .install(&request("é".repeat(200)))
+            .expect("200 characters");
+        assert_eq!(installed.name.chars().count(), 200);
     }
 
     #[test]

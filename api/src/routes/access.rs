@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use conveyor_engine::store::access::{self as access_store, AuditFilter};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -18,6 +18,7 @@ use crate::AppState;
 use crate::auth::{Caller, Scope, new_api_key};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::schemas::{ApiKeyCreated, ApiKeyList, AuditPage};
 
 /// Longest API key name (the `workspace_api_keys_name_length` CHECK).
 pub const MAX_KEY_NAME_CHARS: usize = 200;
@@ -43,10 +44,16 @@ fn require_user(caller: &Caller) -> ApiResult<()> {
 }
 
 /// The body of `POST /api-keys`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateApiKeyRequest {
-    /// A label to recognise the key by (1 to 200 characters).
+    /// A label to recognise the key by (1 to 200 printable characters,
+    /// surrounding blanks trimmed).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     name: String,
     /// What the key may do: any of `read`, `execute`, `manage` (default:
     /// all three).
@@ -86,10 +93,10 @@ fn parse_scopes(asked: Option<Vec<String>>) -> ApiResult<Vec<String>> {
 
 /// Create a workspace API key (user tokens only). The key is in this
 /// response and nowhere else: only its SHA-256 is stored.
-#[utoipa::path(post, path = "/api-keys", tag = "access",
-    request_body = CreateApiKeyRequest,
-    responses((status = 201, description = "`id`, `name`, `prefix`, `key` (shown once), `created_by`, `created_at`, `scopes`, `expires_at`", body = Object),
-              (status = 403, description = "Called with an API key"),
+#[utoipa::path(post, path = "/api-keys", tag = "access", operation_id = "create_api_key",
+    request_body(content = CreateApiKeyRequest, example = json!({"name": "ci pipeline"})),
+    responses((status = 201, description = "The key, shown this once", body = ApiKeyCreated),
+              (status = 403, description = "Called with an API key: keys are managed with user tokens"),
               (status = 422, description = "Invalid name; `details.errors` lists `{path, message}`")))]
 async fn create_api_key(
     State(state): State<AppState>,
@@ -151,17 +158,18 @@ async fn create_api_key(
 
 /// List the workspace's API keys, newest first, revoked ones included
 /// (metadata only: never a key).
-#[utoipa::path(get, path = "/api-keys", tag = "access",
-    responses((status = 200, description = "`items`: id, name, prefix, created_by, created_at, last_used_at, revoked_at, scopes, expires_at", body = Object)))]
+#[utoipa::path(get, path = "/api-keys", tag = "access", operation_id = "list_api_keys",
+    responses((status = 200, description = "Every key's metadata, newest first (never a key)", body = ApiKeyList)))]
 async fn list_api_keys(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     let items = access_store::list_api_keys(&state.pool, &caller.workspace_id).await?;
     Ok(Json(json!({ "items": items })))
 }
 
 /// Revoke an API key (user tokens only): it answers 401 from then on.
-#[utoipa::path(delete, path = "/api-keys/{id}", tag = "access", params(("id" = Uuid, Path)),
+#[utoipa::path(delete, path = "/api-keys/{id}", tag = "access", operation_id = "revoke_api_key",
+    params(("id" = Uuid, Path, description = "The key")),
     responses((status = 204, description = "Revoked"),
-              (status = 403, description = "Called with an API key"),
+              (status = 403, description = "Called with an API key: keys are managed with user tokens"),
               (status = 404, description = "No live key with this id in this workspace")))]
 async fn revoke_api_key(
     State(state): State<AppState>,
@@ -196,6 +204,7 @@ struct AuditQuery {
     /// Entries older than this one: the previous page's `next_before_id`.
     before_id: Option<i64>,
     /// Page size (default 50, at most 200).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
@@ -231,8 +240,8 @@ pub(crate) async fn audit_page(
 
 /// The workspace's audit log, newest first: every mutating call with who,
 /// what, which object and which request (never a secret).
-#[utoipa::path(get, path = "/audit", tag = "access", params(AuditQuery),
-    responses((status = 200, description = "`items` and `next_before_id`", body = Object), (status = 400)))]
+#[utoipa::path(get, path = "/audit", tag = "access", operation_id = "list_audit", params(AuditQuery),
+    responses((status = 200, description = "One page of the workspace's audit log, newest first", body = AuditPage)))]
 async fn list_audit(
     State(state): State<AppState>,
     caller: Caller,

@@ -15,11 +15,12 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::access::audit_page;
-use super::{ExecutionPageQuery, execution_page};
+use super::{ExecutionPageQuery, execution_page, execution_status_schema};
 use crate::AppState;
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiPath, ApiQuery};
+use crate::schemas::{AdminStats, AuditPage, ExecutionPage, WorkspaceUsage};
 
 /// Default usage window, in days.
 pub const DEFAULT_USAGE_DAYS: u32 = 30;
@@ -41,6 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 struct StatsQuery {
     /// Window in hours for the finished counts (default 24, at most 8760).
+    #[param(minimum = 1, maximum = 8760)]
     window_hours: Option<u32>,
 }
 
@@ -50,8 +52,8 @@ struct StatsQuery {
 /// for later), `oldest_ready_age_seconds`, and `workers_last_minute`
 /// (distinct workers holding a lease or finishing a step in the last
 /// minute).
-#[utoipa::path(get, path = "/admin/stats", tag = "admin", params(StatsQuery),
-    responses((status = 200, body = Object), (status = 400), (status = 403, description = "Not an admin")))]
+#[utoipa::path(get, path = "/admin/stats", tag = "admin", operation_id = "admin_stats", params(StatsQuery),
+    responses((status = 200, description = "Queue health across workspaces", body = AdminStats)))]
 async fn admin_stats(
     State(state): State<AppState>,
     _admin: Admin,
@@ -80,16 +82,17 @@ async fn admin_stats(
 struct UsageQuery {
     /// Days counted back from today, today included (UTC; default 30, at
     /// most 366).
+    #[param(minimum = 1, maximum = 366)]
     days: Option<u32>,
 }
 
 /// One workspace's usage: executions created per UTC day (every day of
 /// the window, zeros included) and per connector with its failure rate
 /// (failed / (succeeded + failed)), most used first.
-#[utoipa::path(get, path = "/admin/workspaces/{id}/usage", tag = "admin",
+#[utoipa::path(get, path = "/admin/workspaces/{id}/usage", tag = "admin", operation_id = "admin_workspace_usage",
     params(("id" = String, Path, description = "The workspace id"), UsageQuery),
-    responses((status = 200, description = "`days` and `connectors`", body = Object), (status = 400),
-              (status = 403, description = "Not an admin"), (status = 404, description = "No such workspace")))]
+    responses((status = 200, description = "Executions per day and per connector", body = WorkspaceUsage),
+              (status = 404, description = "No such workspace")))]
 async fn workspace_usage(
     State(state): State<AppState>,
     _admin: Admin,
@@ -131,7 +134,8 @@ async fn workspace_usage(
 struct AdminExecutionQuery {
     /// Only this workspace.
     workspace_id: Option<String>,
-    /// Only this status (`queued`, `running`, `succeeded`, `failed`, `cancelled`).
+    /// Only this status.
+    #[param(schema_with = execution_status_schema)]
     status: Option<String>,
     /// Only this connector.
     connector_id: Option<Uuid>,
@@ -140,16 +144,17 @@ struct AdminExecutionQuery {
     /// Created before (RFC 3339).
     created_before: Option<DateTime<Utc>>,
     /// The `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
     /// Page size (default 50, at most 200).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
 /// Executions of every workspace, newest first, with the filters of
 /// `/executions` (and `workspace_id`) and a cursor.
-#[utoipa::path(get, path = "/admin/executions", tag = "admin", params(AdminExecutionQuery),
-    responses((status = 200, description = "`items` and `next_cursor`", body = Object), (status = 400),
-              (status = 403, description = "Not an admin")))]
+#[utoipa::path(get, path = "/admin/executions", tag = "admin", operation_id = "admin_list_executions", params(AdminExecutionQuery),
+    responses((status = 200, description = "One page of every workspace's executions, newest first", body = ExecutionPage)))]
 async fn admin_executions(
     State(state): State<AppState>,
     _admin: Admin,
@@ -180,14 +185,14 @@ struct AdminAuditQuery {
     /// Entries older than this one: the previous page's `next_before_id`.
     before_id: Option<i64>,
     /// Page size (default 50, at most 200).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
 /// The audit log of every workspace (and of global admin actions), newest
 /// first.
-#[utoipa::path(get, path = "/admin/audit", tag = "admin", params(AdminAuditQuery),
-    responses((status = 200, description = "`items` and `next_before_id`", body = Object), (status = 400),
-              (status = 403, description = "Not an admin")))]
+#[utoipa::path(get, path = "/admin/audit", tag = "admin", operation_id = "admin_list_audit", params(AdminAuditQuery),
+    responses((status = 200, description = "One page of every audit entry, newest first", body = AuditPage)))]
 async fn admin_audit(
     State(state): State<AppState>,
     _admin: Admin,

@@ -10,8 +10,9 @@ use conveyor_engine::marketplace::{Template, parse_version, upgrade};
 use conveyor_engine::start::StartError;
 use conveyor_engine::state::ReviewStatus;
 use conveyor_engine::store::executions::NewExecution;
+use conveyor_engine::store::history::ExecutionView;
 use conveyor_engine::store::{connectors, history, templates};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -23,6 +24,10 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::schemas::{
+    BatchAccepted, ConnectorDetail, ConnectorList, ConnectorStatsReport, ConnectorVersionRef,
+    ExecutionPage, InstalledConnector,
+};
 
 /// Most items in one batch execute.
 pub const MAX_BATCH_ITEMS: usize = 1000;
@@ -82,18 +87,32 @@ async fn connector_json(state: &AppState, c: &connectors::ConnectorVersion) -> A
 }
 
 /// List the workspace's connectors.
-#[utoipa::path(get, path = "/connectors", tag = "connectors",
-    responses((status = 200, description = "Connectors, newest first", body = Object)))]
+#[utoipa::path(get, path = "/connectors", tag = "connectors", operation_id = "list_connectors",
+    responses((status = 200, description = "Live connectors, newest first", body = ConnectorList)))]
 async fn list_connectors(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     let items = connectors::list(&state.pool, &caller.workspace_id).await?;
     Ok(Json(json!({ "items": items })))
 }
 
 /// Create a connector from a definition (version 1).
-#[utoipa::path(post, path = "/connectors", tag = "connectors",
-    request_body(content = Object, description = "A connector definition"),
-    responses((status = 201, description = "Created: `id` and `version`", body = Object),
-              (status = 422, description = "Invalid definition; `details.errors` lists `{path, message}`")))]
+#[utoipa::path(post, path = "/connectors", tag = "connectors", operation_id = "create_connector",
+    request_body(content = Connector, description = "A connector definition", example = json!({
+        "name": "Create contact and notify",
+        "input_schema": {"type": "object", "required": ["email"]},
+        "steps": [
+            {"name": "create", "method": "POST", "url": "https://api.example.com/contacts",
+             "auth": {"type": "bearer", "credential": "crm"},
+             "body": {"type": "json", "content": {"email": "<<input.email>>"}},
+             "extract": {"id": "$.id"}},
+            {"name": "notify", "method": "POST", "url": "https://hooks.example.com/notify",
+             "body": {"type": "form", "content": {"text": "Created <<steps.create.extract.id>>"}},
+             "on_error": "continue"}
+        ],
+        "output": {"contact_id": "<<steps.create.extract.id>>"}
+    })),
+    responses((status = 201, description = "Created: the connector's `id` and `version` 1", body = ConnectorVersionRef,
+               example = json!({"id": "0193a4a8-7c1e-7d2a-9b51-2f4f0b1c9e77", "version": 1})),
+              (status = 422, description = "Invalid definition; `details.errors` lists `{path, message}` for every problem")))]
 async fn create_connector(
     State(state): State<AppState>,
     caller: Caller,
@@ -120,14 +139,18 @@ async fn create_connector(
 /// `?version=N`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct VersionQuery {
     /// A specific version (default: the latest).
+    #[param(minimum = 1, maximum = 2_147_483_647)]
     version: Option<i32>,
 }
 
 /// Read a connector: the latest version, or `?version=N`.
-#[utoipa::path(get, path = "/connectors/{id}", tag = "connectors", params(("id" = Uuid, Path), VersionQuery),
-    responses((status = 200, body = Object), (status = 404, description = "No such connector in this workspace")))]
+#[utoipa::path(get, path = "/connectors/{id}", tag = "connectors", operation_id = "get_connector",
+    params(("id" = Uuid, Path, description = "The connector"), VersionQuery),
+    responses((status = 200, description = "The version asked for (deleted connectors stay readable)", body = ConnectorDetail),
+              (status = 404, description = "No such connector or version in this workspace")))]
 async fn get_connector(
     State(state): State<AppState>,
     caller: Caller,
@@ -141,9 +164,25 @@ async fn get_connector(
 }
 
 /// Store a new version of a connector.
-#[utoipa::path(put, path = "/connectors/{id}", tag = "connectors", params(("id" = Uuid, Path)),
-    request_body(content = Object, description = "The new definition"),
-    responses((status = 200, description = "`id` and the new `version`", body = Object), (status = 404), (status = 422)))]
+#[utoipa::path(put, path = "/connectors/{id}", tag = "connectors", operation_id = "update_connector",
+    params(("id" = Uuid, Path, description = "The connector")),
+    request_body(content = Connector, description = "The new definition", example = json!({
+        "name": "Create contact and notify",
+        "input_schema": {"type": "object", "required": ["email"]},
+        "steps": [
+            {"name": "create", "method": "POST", "url": "https://api.example.com/contacts",
+             "auth": {"type": "bearer", "credential": "crm"},
+             "body": {"type": "json", "content": {"email": "<<input.email>>"}},
+             "extract": {"id": "$.id"}},
+            {"name": "notify", "method": "POST", "url": "https://hooks.example.com/notify",
+             "body": {"type": "form", "content": {"text": "Created <<steps.create.extract.id>>"}},
+             "on_error": "continue"}
+        ],
+        "output": {"contact_id": "<<steps.create.extract.id>>"}
+    })),
+    responses((status = 200, description = "Stored: `id` and the new `version`", body = ConnectorVersionRef),
+              (status = 404, description = "No such live connector in this workspace"),
+              (status = 422, description = "Invalid definition; `details.errors` lists `{path, message}` for every problem")))]
 async fn update_connector(
     State(state): State<AppState>,
     caller: Caller,
@@ -167,8 +206,9 @@ async fn update_connector(
 }
 
 /// Delete a connector (soft: its versions and executions stay readable).
-#[utoipa::path(delete, path = "/connectors/{id}", tag = "connectors", params(("id" = Uuid, Path)),
-    responses((status = 204), (status = 404)))]
+#[utoipa::path(delete, path = "/connectors/{id}", tag = "connectors", operation_id = "delete_connector",
+    params(("id" = Uuid, Path, description = "The connector")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "No such live connector in this workspace")))]
 async fn delete_connector(
     State(state): State<AppState>,
     caller: Caller,
@@ -190,16 +230,20 @@ async fn delete_connector(
 }
 
 /// The body of `execute`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExecuteRequest {
-    /// The execution input (validated against the connector's `input_schema`).
+    /// The execution input (validated against the connector's `input_schema`;
+    /// default `{}`).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<std::collections::HashMap<String, Value>>)]
     input: Option<Value>,
-    /// A second execute with the same key returns the first execution.
+    /// A second execute with the same key returns the first execution
+    /// (1 to 255 characters).
+    #[schema(min_length = 1, max_length = 255)]
     idempotency_key: Option<String>,
     /// Higher runs first (default 0).
+    #[schema(minimum = -32768, maximum = 32767)]
     priority: Option<i16>,
     /// Do not start before this time.
     run_at: Option<DateTime<Utc>>,
@@ -214,16 +258,21 @@ fn reused_key(path: &str) -> ApiError {
 
 /// The `{path, message}` problem of an idempotency key, if any.
 fn key_error(key: Option<&str>, path: &str) -> Option<Value> {
-    key.filter(|k| k.is_empty() || k.len() > 255)
+    // Characters, as the database's CHECK and JSON Schema's maxLength count.
+    key.filter(|k| k.is_empty() || k.chars().count() > 255)
         .map(|_| json!({"path": path, "message": "must be 1 to 255 characters"}))
 }
 
 /// Start an execution. The key may also come as an `Idempotency-Key` header.
-#[utoipa::path(post, path = "/connectors/{id}/execute", tag = "executions", params(("id" = Uuid, Path)),
-    request_body = ExecuteRequest,
-    responses((status = 202, description = "Enqueued: the execution", body = Object),
-              (status = 200, description = "An execution with this idempotency key already existed", body = Object),
-              (status = 404), (status = 422, description = "Input does not match the connector's input_schema")))]
+#[utoipa::path(post, path = "/connectors/{id}/execute", tag = "executions", operation_id = "execute_connector",
+    params(("id" = Uuid, Path, description = "The connector"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Same as `idempotency_key` in the body (the body wins); 1 to 255 characters")),
+    request_body(content = ExecuteRequest, example = json!({"input": {"email": "ada@example.com"}, "idempotency_key": "signup-1042"})),
+    responses((status = 202, description = "Enqueued: the execution", body = ExecutionView),
+              (status = 200, description = "An execution with this idempotency key already existed: that one", body = ExecutionView),
+              (status = 404, description = "No such live connector in this workspace"),
+              (status = 409, description = "The idempotency key was used for another connector or input"),
+              (status = 422, description = "The input does not match the connector's `input_schema`, or a bad idempotency key")))]
 async fn execute(
     State(state): State<AppState>,
     caller: Caller,
@@ -281,29 +330,35 @@ async fn execute(
 }
 
 /// The body of a batch execute.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchRequest {
     /// Up to 1,000 items, enqueued in one transaction.
+    #[schema(min_items = 1, max_items = 1000)]
     items: Vec<BatchItem>,
 }
 
 /// One item of a batch execute.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchItem {
-    /// The input.
+    /// The input (default `{}`).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<std::collections::HashMap<String, Value>>)]
     input: Option<Value>,
-    /// Idempotency key of this item.
+    /// Idempotency key of this item (1 to 255 characters).
+    #[schema(min_length = 1, max_length = 255)]
     idempotency_key: Option<String>,
 }
 
 /// Start many executions in one transaction; ids come back in order.
-#[utoipa::path(post, path = "/connectors/{id}/execute/batch", tag = "executions", params(("id" = Uuid, Path)),
-    request_body = BatchRequest,
-    responses((status = 202, description = "`ids` in item order", body = Object), (status = 404), (status = 422)))]
+#[utoipa::path(post, path = "/connectors/{id}/execute/batch", tag = "executions", operation_id = "execute_connector_batch",
+    params(("id" = Uuid, Path, description = "The connector")),
+    request_body(content = BatchRequest, example = json!({"items": [{"input": {"email": "ada@example.com"}}, {"input": {"email": "grace@example.com"}, "idempotency_key": "signup-1043"}]})),
+    responses((status = 202, description = "Enqueued: `ids` in item order", body = BatchAccepted),
+              (status = 404, description = "No such live connector in this workspace"),
+              (status = 409, description = "An item's idempotency key was used for another connector or input (nothing is enqueued)"),
+              (status = 422, description = "Invalid items, each by path (nothing is enqueued)")))]
 async fn execute_batch(
     State(state): State<AppState>,
     caller: Caller,
@@ -363,14 +418,18 @@ async fn execute_batch(
 /// `?window_hours=N`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct StatsQuery {
     /// Window in hours, counted back from now (default 24, at most 8760).
+    #[param(minimum = 1, maximum = 8760)]
     window_hours: Option<u32>,
 }
 
 /// Counts by status, success rate and p50/p95 duration over a window.
-#[utoipa::path(get, path = "/connectors/{id}/stats", tag = "connectors", params(("id" = Uuid, Path), StatsQuery),
-    responses((status = 200, body = Object), (status = 404)))]
+#[utoipa::path(get, path = "/connectors/{id}/stats", tag = "connectors", operation_id = "get_connector_stats",
+    params(("id" = Uuid, Path, description = "The connector"), StatsQuery),
+    responses((status = 200, description = "Counts by status, success rate and p50/p95 duration", body = ConnectorStatsReport),
+              (status = 404, description = "No such connector in this workspace")))]
 async fn connector_stats(
     State(state): State<AppState>,
     caller: Caller,
@@ -394,8 +453,10 @@ async fn connector_stats(
 }
 
 /// A connector's executions, newest first (keyset pagination).
-#[utoipa::path(get, path = "/connectors/{id}/executions", tag = "executions", params(("id" = Uuid, Path), ExecutionPageQuery),
-    responses((status = 200, description = "`items` and `next_cursor`", body = Object), (status = 400), (status = 404)))]
+#[utoipa::path(get, path = "/connectors/{id}/executions", tag = "executions", operation_id = "list_connector_executions",
+    params(("id" = Uuid, Path, description = "The connector"), ExecutionPageQuery),
+    responses((status = 200, description = "One page of the connector's executions, newest first", body = ExecutionPage),
+              (status = 404, description = "No such connector in this workspace")))]
 async fn connector_executions(
     State(state): State<AppState>,
     caller: Caller,
@@ -412,9 +473,11 @@ async fn connector_executions(
 /// Move a connector installed from a template to the template's newest
 /// version: a new connector version, keeping its name, settings and
 /// credential mappings (new settings take their defaults).
-#[utoipa::path(post, path = "/connectors/{id}/upgrade", tag = "connectors", params(("id" = Uuid, Path)),
-    responses((status = 200, description = "`id`, new `version`, `template_version`", body = Object),
-              (status = 404), (status = 409, description = "Not installed from a template, or already current"),
+#[utoipa::path(post, path = "/connectors/{id}/upgrade", tag = "connectors", operation_id = "upgrade_connector",
+    params(("id" = Uuid, Path, description = "The connector")),
+    responses((status = 200, description = "Upgraded: the new connector version and template version", body = InstalledConnector),
+              (status = 404, description = "No such live connector in this workspace"),
+              (status = 409, description = "Not installed from a template, its template is gone, or already current"),
               (status = 422, description = "The new version needs a setting or credential the connector lacks")))]
 async fn upgrade_connector(
     State(state): State<AppState>,

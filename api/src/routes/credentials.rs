@@ -7,9 +7,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use conveyor_engine::connector::is_credential_name;
-use conveyor_engine::credential_rules;
-use conveyor_engine::store::credentials::{self, CredentialError};
-use serde::Deserialize;
+use conveyor_engine::credential_rules::{self, MAX_FIELD_BYTES, MAX_FIELDS};
+use conveyor_engine::store::credentials::{self, CredentialError, CredentialMeta};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -20,6 +20,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
+use crate::schemas::CredentialList;
 
 /// This group's routes.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -29,7 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// The body of `PUT /credentials/{name}`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PutCredentialRequest {
     /// The secret fields: at least one, names `[A-Za-z0-9_]{1,64}`, string
@@ -37,8 +38,28 @@ struct PutCredentialRequest {
     /// key, `username` + `password` basic auth; anything else is custom.
     // Read as a raw value and checked here, so that a wrongly typed secret
     // is refused without serde quoting it back in the error message.
-    #[schema(value_type = BTreeMap<String, String>, example = json!({"token": "s3cr3t"}))]
+    #[schema(schema_with = credential_data_schema)]
     data: Value,
+}
+
+/// `data` as [`check_data`] accepts it.
+fn credential_data_schema() -> utoipa::openapi::schema::ObjectBuilder {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .min_properties(Some(1))
+        .max_properties(Some(MAX_FIELDS))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[A-Za-z0-9_]{1,64}$")),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(MAX_FIELD_BYTES))
+                .description(Some("At most 8 KiB (UTF-8 bytes)")),
+        ))
+        .examples([json!({"token": "s3cr3t"})])
 }
 
 fn credential_error(e: CredentialError) -> ApiError {
@@ -49,8 +70,8 @@ fn credential_error(e: CredentialError) -> ApiError {
 }
 
 /// List the workspace's credentials (metadata only, by name).
-#[utoipa::path(get, path = "/credentials", tag = "credentials",
-    responses((status = 200, description = "`items`: name, auth_kind, fields (names only), key_id, created_at, updated_at, last_used_at", body = Object)))]
+#[utoipa::path(get, path = "/credentials", tag = "credentials", operation_id = "list_credentials",
+    responses((status = 200, description = "Metadata of every credential (never a value)", body = CredentialList)))]
 async fn list_credentials(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     let items = credentials::list(&state.pool, &caller.workspace_id).await?;
     Ok(Json(json!({ "items": items })))
@@ -58,8 +79,8 @@ async fn list_credentials(State(state): State<AppState>, caller: Caller) -> ApiR
 
 /// Read a credential's metadata (never its values): whether it exists,
 /// which fields it holds, when it changed and was last used.
-#[utoipa::path(get, path = "/credentials/{name}", tag = "credentials", params(("name" = String, Path)),
-    responses((status = 200, description = "The credential's metadata", body = Object),
+#[utoipa::path(get, path = "/credentials/{name}", tag = "credentials", operation_id = "get_credential", params(("name" = String, Path, description = "The credential: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}`", pattern = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")),
+    responses((status = 200, description = "The credential's metadata", body = CredentialMeta),
               (status = 404, description = "No such credential in this workspace")))]
 async fn get_credential(
     State(state): State<AppState>,
@@ -77,12 +98,11 @@ async fn get_credential(
 
 /// Create or replace a credential. The values are sealed (AES-256-GCM)
 /// and never returned; the response is the metadata.
-#[utoipa::path(put, path = "/credentials/{name}", tag = "credentials",
-    params(("name" = String, Path, description = "`[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}`")),
-    request_body = PutCredentialRequest,
-    responses((status = 201, description = "Created: the metadata", body = Object),
-              (status = 200, description = "Replaced: the metadata", body = Object),
-              (status = 422, description = "Invalid name or data; `details.errors` lists `{path, message}`")))]
+#[utoipa::path(put, path = "/credentials/{name}", tag = "credentials", operation_id = "put_credential", params(("name" = String, Path, description = "The credential: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}`", pattern = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")),
+    request_body(content = PutCredentialRequest, example = json!({"data": {"token": "s3cr3t-token"}})),
+    responses((status = 201, description = "Created: the metadata", body = CredentialMeta),
+              (status = 200, description = "Replaced: the metadata", body = CredentialMeta),
+              (status = 422, description = "Invalid name or data; `details.errors` lists `{path, message}` (never a submitted value)")))]
 async fn put_credential(
     State(state): State<AppState>,
     caller: Caller,
@@ -127,7 +147,7 @@ async fn put_credential(
 }
 
 /// Delete a credential. Steps that use it fail from then on, naming it.
-#[utoipa::path(delete, path = "/credentials/{name}", tag = "credentials", params(("name" = String, Path)),
+#[utoipa::path(delete, path = "/credentials/{name}", tag = "credentials", operation_id = "delete_credential", params(("name" = String, Path, description = "The credential: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}`", pattern = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")),
     responses((status = 204, description = "Deleted"), (status = 404, description = "No such credential in this workspace")))]
 async fn delete_credential(
     State(state): State<AppState>,

@@ -26,6 +26,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiPath, ApiQuery};
+use crate::schemas::{CancelResult, EventList, ExecutionDetail, ExecutionEvent, ExecutionPage};
 
 /// How long a watcher row lives without renewal (renewed while streaming).
 const WATCH_TTL: Duration = Duration::from_secs(120);
@@ -47,8 +48,8 @@ async fn find(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<Executio
 }
 
 /// The workspace's executions, newest first, with filters and a cursor.
-#[utoipa::path(get, path = "/executions", tag = "executions", params(ExecutionPageQuery),
-    responses((status = 200, description = "`items` and `next_cursor`", body = Object), (status = 400)))]
+#[utoipa::path(get, path = "/executions", tag = "executions", operation_id = "list_executions", params(ExecutionPageQuery),
+    responses((status = 200, description = "One page of the workspace's executions, newest first", body = ExecutionPage)))]
 async fn list_executions(
     State(state): State<AppState>,
     caller: Caller,
@@ -58,8 +59,10 @@ async fn list_executions(
 }
 
 /// One execution with every attempt of every step.
-#[utoipa::path(get, path = "/executions/{id}", tag = "executions", params(("id" = Uuid, Path)),
-    responses((status = 200, description = "The execution and its `steps`", body = Object), (status = 404)))]
+#[utoipa::path(get, path = "/executions/{id}", tag = "executions", operation_id = "get_execution",
+    params(("id" = Uuid, Path, description = "The execution")),
+    responses((status = 200, description = "The execution and its `steps`", body = ExecutionDetail),
+              (status = 404, description = "No such execution in this workspace")))]
 async fn get_execution(
     State(state): State<AppState>,
     caller: Caller,
@@ -74,10 +77,12 @@ async fn get_execution(
 
 /// Cancel: a queued execution ends at once; a running one stops at the next
 /// step boundary at the latest; a finished one is left as it is.
-#[utoipa::path(post, path = "/executions/{id}/cancel", tag = "executions", params(("id" = Uuid, Path)),
-    responses((status = 200, description = "Cancelled, or already finished (nothing changed)", body = Object),
-              (status = 202, description = "Cancellation requested; the worker stops at the next step boundary", body = Object),
-              (status = 404)))]
+#[utoipa::path(post, path = "/executions/{id}/cancel", tag = "executions", operation_id = "cancel_execution",
+    params(("id" = Uuid, Path, description = "The execution")),
+    responses((status = 200, description = "Cancelled (it was queued), or already finished (nothing changed)", body = CancelResult,
+               example = json!({"id": "0193a4a8-7c1e-7d2a-9b51-2f4f0b1c9e77", "status": "cancelled", "message": "cancelled"})),
+              (status = 202, description = "Cancellation requested; the worker stops at the next step boundary at the latest", body = CancelResult),
+              (status = 404, description = "No such execution in this workspace")))]
 async fn cancel_execution(
     State(state): State<AppState>,
     caller: Caller,
@@ -115,8 +120,10 @@ async fn cancel_execution(
 
 /// Run again: a new execution of the same connector version and input,
 /// linked to the original by `rerun_of`.
-#[utoipa::path(post, path = "/executions/{id}/rerun", tag = "executions", params(("id" = Uuid, Path)),
-    responses((status = 202, description = "The new execution", body = Object), (status = 404)))]
+#[utoipa::path(post, path = "/executions/{id}/rerun", tag = "executions", operation_id = "rerun_execution",
+    params(("id" = Uuid, Path, description = "The execution to run again")),
+    responses((status = 202, description = "The new execution (`rerun_of` names the original)", body = ExecutionView),
+              (status = 404, description = "No such execution in this workspace")))]
 async fn rerun_execution(
     State(state): State<AppState>,
     caller: Caller,
@@ -161,7 +168,14 @@ async fn rerun_execution(
 #[into_params(parameter_in = Query)]
 struct EventsQuery {
     /// `json` for the stored list; default: a Server-Sent-Events stream.
+    #[param(schema_with = events_format_schema)]
     format: Option<String>,
+}
+
+fn events_format_schema() -> utoipa::openapi::schema::ObjectBuilder {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["json"]))
 }
 
 /// The execution's event log. As Server-Sent Events (the default) it
@@ -171,9 +185,11 @@ struct EventsQuery {
 /// `cancel_requested`, `cancelled`, `finished`), plus a `status` event per
 /// status change; the stream ends after the final status. Live updates are
 /// driven by LISTEN/NOTIFY, not by polling.
-#[utoipa::path(get, path = "/executions/{id}/events", tag = "executions", params(("id" = Uuid, Path), EventsQuery),
-    responses((status = 200, description = "text/event-stream, or with ?format=json `{\"items\": [...]}`", content_type = "text/event-stream"),
-              (status = 400), (status = 404)))]
+#[utoipa::path(get, path = "/executions/{id}/events", tag = "executions", operation_id = "get_execution_events",
+    params(("id" = Uuid, Path, description = "The execution"), EventsQuery),
+    responses((status = 200, description = "A Server-Sent-Events stream (each event's data is an event row, or for `status` events `{id, status, output, error}`); with `?format=json` the stored list",
+               content((ExecutionEvent = "text/event-stream"), (EventList = "application/json"))),
+              (status = 404, description = "No such execution in this workspace")))]
 async fn execution_events(
     State(state): State<AppState>,
     caller: Caller,

@@ -58,7 +58,8 @@ pub async fn audit(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ExecutionPageQuery {
-    /// Only this status (`queued`, `running`, `succeeded`, `failed`, `cancelled`).
+    /// Only this status.
+    #[param(schema_with = execution_status_schema)]
     pub status: Option<String>,
     /// Only this connector.
     pub connector_id: Option<Uuid>,
@@ -67,9 +68,19 @@ pub struct ExecutionPageQuery {
     /// Created before (RFC 3339).
     pub created_before: Option<DateTime<Utc>>,
     /// The `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     pub cursor: Option<String>,
     /// Page size (default 50, at most 200).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+}
+
+/// The `status` filter of execution listings: one of the execution
+/// statuses.
+pub fn execution_status_schema() -> utoipa::openapi::schema::ObjectBuilder {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(ExecutionStatus::ALL.iter().map(|s| s.as_str())))
 }
 
 /// One page of executions, newest first, with the cursor of the next page.

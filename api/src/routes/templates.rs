@@ -10,7 +10,7 @@ use chrono::Utc;
 use conveyor_engine::marketplace::{InstallRequest, Template};
 use conveyor_engine::state::ReviewStatus;
 use conveyor_engine::store::templates::{self, Approval, Published, TemplateFilter};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -21,6 +21,10 @@ use crate::AppState;
 use crate::auth::{Admin, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::schemas::{
+    FeatureResult, InstalledConnector, RatingResult, ReviewResult, TemplateDetail,
+    TemplateMetricsReport, TemplatePage, TemplateSubmitted, TemplateVersionRef, template_example,
+};
 
 /// This group's routes.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -58,15 +62,33 @@ struct ListQuery {
     /// Only this category.
     category: Option<String>,
     /// `official` or `community`.
+    #[param(schema_with = source_schema)]
     source: Option<String>,
     /// Only featured (`true`) or not featured (`false`).
     featured: Option<bool>,
     /// `installs`, `rating` or `name` (default).
+    #[param(schema_with = sort_schema)]
     sort: Option<String>,
     /// Page size (default 50, at most 200).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
-    /// Rows to skip (default 0).
+    /// Rows to skip (default 0): the previous page's `next_offset`.
+    #[param(minimum = 0)]
     offset: Option<i64>,
+}
+
+fn string_enum(values: &[&str]) -> utoipa::openapi::schema::ObjectBuilder {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(values.iter().copied()))
+}
+
+fn source_schema() -> utoipa::openapi::schema::ObjectBuilder {
+    string_enum(&["official", "community"])
+}
+
+fn sort_schema() -> utoipa::openapi::schema::ObjectBuilder {
+    string_enum(&["installs", "rating", "name"])
 }
 
 fn filter(q: ListQuery, viewer: Option<String>) -> ApiResult<TemplateFilter> {
@@ -117,8 +139,8 @@ async fn page(state: &AppState, f: TemplateFilter) -> ApiResult<Json<Value>> {
 }
 
 /// Browse the marketplace: approved templates and your own submissions.
-#[utoipa::path(get, path = "/templates", tag = "templates", params(ListQuery),
-    responses((status = 200, description = "`items` and `next_offset`", body = Object), (status = 400)))]
+#[utoipa::path(get, path = "/templates", tag = "templates", operation_id = "list_templates", params(ListQuery),
+    responses((status = 200, description = "Approved templates and your own submissions", body = TemplatePage)))]
 async fn list_templates(
     State(state): State<AppState>,
     caller: Caller,
@@ -128,8 +150,9 @@ async fn list_templates(
 }
 
 /// One template with its latest definition, ratings and install count.
-#[utoipa::path(get, path = "/templates/{slug}", tag = "templates", params(("slug" = String, Path)),
-    responses((status = 200, body = Object), (status = 404)))]
+#[utoipa::path(get, path = "/templates/{slug}", tag = "templates", operation_id = "get_template", params(("slug" = String, Path, description = "The template")),
+    responses((status = 200, description = "The template with its latest definition", body = TemplateDetail),
+              (status = 404, description = "No such template visible to this workspace")))]
 async fn get_template(
     State(state): State<AppState>,
     caller: Caller,
@@ -144,26 +167,28 @@ async fn get_template(
 }
 
 /// The body of an install.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct InstallBody {
     /// The connector's name (default: the template's).
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: Option<String>,
     /// Setting values overriding the template's defaults.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = std::collections::HashMap<String, Value>)]
     settings: serde_json::Map<String, Value>,
     /// Template credential name → workspace credential name.
     #[serde(default)]
-    #[schema(value_type = Object)]
     credentials: std::collections::BTreeMap<String, String>,
 }
 
 /// Install a template: creates a connector in your workspace.
-#[utoipa::path(post, path = "/templates/{slug}/install", tag = "templates", params(("slug" = String, Path)),
-    request_body = InstallBody,
-    responses((status = 201, description = "The new connector: `id`, `version`, `template_slug`, `template_version`", body = Object),
-              (status = 404), (status = 422, description = "Each missing setting or credential mapping, by path")))]
+#[utoipa::path(post, path = "/templates/{slug}/install", tag = "templates", operation_id = "install_template", params(("slug" = String, Path, description = "The template")),
+    request_body(content = InstallBody, example = json!({"settings": {"channel": "#general"}, "credentials": {"slack": "slack-bot"}})),
+    responses((status = 201, description = "The new connector", body = InstalledConnector),
+              (status = 404, description = "No such template visible to this workspace"),
+              (status = 409, description = "The template is not approved yet"),
+              (status = 422, description = "Each missing setting or credential mapping, by path")))]
 async fn install_template(
     State(state): State<AppState>,
     caller: Caller,
@@ -216,19 +241,22 @@ async fn install_template(
 }
 
 /// The body of a rating.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RatingBody {
     /// 1 to 5.
+    #[schema(minimum = 1, maximum = 5)]
     stars: i16,
     /// A short review (up to 2,000 characters).
+    #[schema(max_length = 2000)]
     review: Option<String>,
 }
 
 /// Rate a template (one rating per workspace; rating again replaces it).
-#[utoipa::path(post, path = "/templates/{slug}/ratings", tag = "templates", params(("slug" = String, Path)),
-    request_body = RatingBody,
-    responses((status = 200, description = "The template's new average and count", body = Object), (status = 404), (status = 422)))]
+#[utoipa::path(post, path = "/templates/{slug}/ratings", tag = "templates", operation_id = "rate_template", params(("slug" = String, Path, description = "The template")),
+    request_body(content = RatingBody, example = json!({"stars": 5, "review": "Worked first time"})),
+    responses((status = 200, description = "The template's new average and count", body = RatingResult),
+              (status = 404, description = "No such approved template")))]
 async fn rate_template(
     State(state): State<AppState>,
     caller: Caller,
@@ -282,9 +310,11 @@ async fn rate_template(
 
 /// Submit a community template: validated like a connector, then
 /// `pending` and visible only to your workspace until an admin approves it.
-#[utoipa::path(post, path = "/templates", tag = "templates",
-    request_body(content = Object, description = "A template: metadata, credentials, settings and the connector"),
-    responses((status = 201, description = "Submitted (pending review)", body = Object), (status = 409, description = "The slug is taken"), (status = 422)))]
+#[utoipa::path(post, path = "/templates", tag = "templates", operation_id = "submit_template",
+    request_body(content = Template, description = "A template: metadata, credentials, settings and the connector", example = template_example),
+    responses((status = 201, description = "Submitted: pending review, visible only to this workspace", body = TemplateSubmitted),
+              (status = 409, description = "The slug is taken, or this version (or a newer one) exists"),
+              (status = 422, description = "Invalid template; `details.errors` lists `{path, message}`")))]
 async fn submit_template(
     State(state): State<AppState>,
     caller: Caller,
@@ -333,8 +363,8 @@ async fn submit_template(
 }
 
 /// Every template, whatever its review status (admins).
-#[utoipa::path(get, path = "/admin/templates", tag = "admin", params(ListQuery),
-    responses((status = 200, body = Object), (status = 403)))]
+#[utoipa::path(get, path = "/admin/templates", tag = "admin", operation_id = "admin_list_templates", params(ListQuery),
+    responses((status = 200, description = "Every template, whatever its review status", body = TemplatePage)))]
 async fn admin_list_templates(
     State(state): State<AppState>,
     _admin: Admin,
@@ -344,9 +374,11 @@ async fn admin_list_templates(
 }
 
 /// Publish a new official template (admins).
-#[utoipa::path(post, path = "/admin/templates", tag = "admin",
-    request_body(content = Object, description = "A template"),
-    responses((status = 201, body = Object), (status = 403), (status = 409), (status = 422)))]
+#[utoipa::path(post, path = "/admin/templates", tag = "admin", operation_id = "admin_create_template",
+    request_body(content = Template, description = "A new official template", example = template_example),
+    responses((status = 201, description = "Published", body = TemplateVersionRef),
+              (status = 409, description = "The slug exists: update it instead"),
+              (status = 422, description = "Invalid template; `details.errors` lists `{path, message}`")))]
 async fn admin_create_template(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -379,9 +411,12 @@ async fn admin_create_template(
 
 /// Publish a new version of an official template (admins); the version
 /// must be higher than the current one.
-#[utoipa::path(put, path = "/admin/templates/{slug}", tag = "admin", params(("slug" = String, Path)),
-    request_body(content = Object, description = "The template's new version"),
-    responses((status = 200, body = Object), (status = 403), (status = 404), (status = 409), (status = 422)))]
+#[utoipa::path(put, path = "/admin/templates/{slug}", tag = "admin", operation_id = "admin_update_template", params(("slug" = String, Path, description = "The template")),
+    request_body(content = Template, description = "The template's new version (same slug, higher version)"),
+    responses((status = 200, description = "Published", body = TemplateVersionRef),
+              (status = 404, description = "No such template"),
+              (status = 409, description = "A community template, or the version is not newer"),
+              (status = 422, description = "Invalid template, or its slug differs from the URL's")))]
 async fn admin_update_template(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -423,8 +458,8 @@ async fn admin_update_template(
 
 /// Retire a template (admins): hidden from the marketplace; installed
 /// connectors keep working and its history stays.
-#[utoipa::path(delete, path = "/admin/templates/{slug}", tag = "admin", params(("slug" = String, Path)),
-    responses((status = 204), (status = 403), (status = 404)))]
+#[utoipa::path(delete, path = "/admin/templates/{slug}", tag = "admin", operation_id = "admin_retire_template", params(("slug" = String, Path, description = "The template")),
+    responses((status = 204, description = "Retired"), (status = 404, description = "No such template")))]
 async fn admin_retire_template(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -457,7 +492,7 @@ async fn review(
 }
 
 /// The body of an approval.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ApproveBody {
     /// The version that was reviewed: only it becomes installable, whatever
@@ -467,9 +502,10 @@ struct ApproveBody {
 
 /// Approve the reviewed version of a community template (admins): that
 /// version becomes visible to all and is what others install.
-#[utoipa::path(post, path = "/admin/templates/{slug}/approve", tag = "admin", params(("slug" = String, Path)),
-    request_body = ApproveBody,
-    responses((status = 200, body = Object), (status = 403), (status = 404),
+#[utoipa::path(post, path = "/admin/templates/{slug}/approve", tag = "admin", operation_id = "admin_approve_template", params(("slug" = String, Path, description = "The template")),
+    request_body(content = ApproveBody, example = json!({"version": "1.0.0"})),
+    responses((status = 200, description = "Approved: the reviewed version is what workspaces see and install", body = ReviewResult),
+              (status = 404, description = "No such template"),
               (status = 422, description = "`version` is missing or not a version of this template")))]
 async fn admin_approve_template(
     State(state): State<AppState>,
@@ -503,8 +539,8 @@ async fn admin_approve_template(
 }
 
 /// Reject a community template (admins).
-#[utoipa::path(post, path = "/admin/templates/{slug}/reject", tag = "admin", params(("slug" = String, Path)),
-    responses((status = 200, body = Object), (status = 403), (status = 404)))]
+#[utoipa::path(post, path = "/admin/templates/{slug}/reject", tag = "admin", operation_id = "admin_reject_template", params(("slug" = String, Path, description = "The template")),
+    responses((status = 200, description = "Rejected", body = ReviewResult), (status = 404, description = "No such template")))]
 async fn admin_reject_template(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -532,8 +568,8 @@ async fn feature(
 }
 
 /// Feature a template (admins).
-#[utoipa::path(post, path = "/admin/templates/{slug}/feature", tag = "admin", params(("slug" = String, Path)),
-    responses((status = 200, body = Object), (status = 403), (status = 404)))]
+#[utoipa::path(post, path = "/admin/templates/{slug}/feature", tag = "admin", operation_id = "admin_feature_template", params(("slug" = String, Path, description = "The template")),
+    responses((status = 200, description = "Featured", body = FeatureResult), (status = 404, description = "No such template")))]
 async fn admin_feature_template(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -543,8 +579,8 @@ async fn admin_feature_template(
 }
 
 /// Stop featuring a template (admins).
-#[utoipa::path(delete, path = "/admin/templates/{slug}/feature", tag = "admin", params(("slug" = String, Path)),
-    responses((status = 200, body = Object), (status = 403), (status = 404)))]
+#[utoipa::path(delete, path = "/admin/templates/{slug}/feature", tag = "admin", operation_id = "admin_unfeature_template", params(("slug" = String, Path, description = "The template")),
+    responses((status = 200, description = "No longer featured", body = FeatureResult), (status = 404, description = "No such template")))]
 async fn admin_unfeature_template(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -559,13 +595,15 @@ async fn admin_unfeature_template(
 #[into_params(parameter_in = Query)]
 struct WindowQuery {
     /// Window in hours (default 168, at most 8760).
+    #[param(minimum = 1, maximum = 8760)]
     window_hours: Option<u32>,
 }
 
 /// Installs, executions of installed connectors, success rate and p50/p95
 /// duration over a window (admins).
-#[utoipa::path(get, path = "/admin/templates/{slug}/metrics", tag = "admin", params(("slug" = String, Path), WindowQuery),
-    responses((status = 200, body = Object), (status = 403), (status = 404)))]
+#[utoipa::path(get, path = "/admin/templates/{slug}/metrics", tag = "admin", operation_id = "admin_template_metrics", params(("slug" = String, Path, description = "The template"), WindowQuery),
+    responses((status = 200, description = "Installs, executions, success rate and p50/p95 duration", body = TemplateMetricsReport),
+              (status = 404, description = "No such template")))]
 async fn admin_template_metrics(
     State(state): State<AppState>,
     _admin: Admin,

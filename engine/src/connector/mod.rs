@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::extract::Extraction;
 
@@ -24,31 +25,42 @@ pub const DEFAULT_RUN_TIMEOUT_MS: u64 = 300_000;
 pub const DEFAULT_STEP_TIMEOUT_MS: u64 = 30_000;
 
 /// A connector definition (one immutable version of it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Connector {
-    /// Human-readable name.
+    /// Human-readable name (up to 200 characters, not blank).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"\S",
+        example = "Create contact and notify"
+    )]
     pub name: String,
     /// What the connector does.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// JSON Schema the execution input must satisfy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = input_schema_schema)]
     pub input_schema: Option<Value>,
-    /// The steps, run in order.
+    /// The steps, run in order (1 to 100).
+    #[schema(min_items = 1, max_items = 100)]
     pub steps: Vec<Step>,
-    /// Template tree rendered at the end into the execution's output.
+    /// Template tree rendered at the end into the execution's output;
+    /// without one, the output is every step's extracted fields by step name.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub output: Value,
     /// Retry policy for every step without its own.
     #[serde(default)]
     pub retry: RetryPolicy,
-    /// Whole-run deadline in milliseconds.
+    /// Whole-run deadline in milliseconds (1 to 86,400,000; default 300,000).
     #[serde(default = "default_run_timeout")]
+    #[schema(minimum = 1, maximum = 86_400_000)]
     pub timeout_ms: u64,
     /// Values steps read as `<<settings.x>>` (a template's base URL, a
     /// default channel, ...).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    #[schema(value_type = std::collections::HashMap<String, Value>)]
     pub settings: serde_json::Map<String, Value>,
     /// Which workspace credential each credential name used by the steps
     /// stands for (`{"slack": "acme-slack-bot"}`); a name not listed is
@@ -116,16 +128,21 @@ impl Connector {
 
 /// How failed attempts of a step are retried. Delays grow as
 /// `initial_delay_ms * multiplier^(attempt-1)`, capped at `max_delay_ms`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryPolicy {
-    /// Attempts per step, the first one included.
+    /// Attempts per step, the first one included (1 to 100).
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: u32,
-    /// Delay before the second attempt.
+    /// Delay before the second attempt; at most `max_delay_ms`.
+    #[schema(maximum = 86_400_000)]
     pub initial_delay_ms: u64,
-    /// Upper bound for any delay.
+    /// Upper bound for any delay (at most 86,400,000: a day, the longest
+    /// run deadline).
+    #[schema(maximum = 86_400_000)]
     pub max_delay_ms: u64,
-    /// Growth factor between attempts.
+    /// Growth factor between attempts (1 to 100).
+    #[schema(minimum = 1, maximum = 100)]
     pub multiplier: f64,
 }
 
@@ -141,7 +158,7 @@ impl Default for RetryPolicy {
 }
 
 /// The kind of a step. Only HTTP exists today.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
     /// One HTTP request.
@@ -150,18 +167,20 @@ pub enum StepKind {
 }
 
 /// One HTTP call of a connector.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// Unique within the connector, `[a-z0-9_]+`; names the step in
     /// templates (`steps.<name>`).
+    #[schema(pattern = "^[a-z0-9_]{1,64}$", example = "create")]
     pub name: String,
     /// The step kind (`http`, the default).
     #[serde(default)]
     pub kind: StepKind,
     /// HTTP method.
     pub method: Method,
-    /// URL template.
+    /// URL template; absolute `http://` or `https://` once rendered.
+    #[schema(example = "https://api.example.com/contacts")]
     pub url: String,
     /// Header templates.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -175,13 +194,15 @@ pub struct Step {
     /// How the request authenticates.
     #[serde(default)]
     pub auth: Auth,
-    /// Per-attempt timeout in milliseconds.
+    /// Per-attempt timeout in milliseconds (1 to 900,000; default 30,000).
     #[serde(default = "default_step_timeout")]
+    #[schema(minimum = 1, maximum = 900_000)]
     pub timeout_ms: u64,
-    /// Accepted status codes; empty means any 2xx.
+    /// Accepted status codes (100 to 599); empty means any 2xx.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(schema_with = status_codes_schema)]
     pub expect: Vec<u16>,
-    /// Response fields to extract: name → JSONPath.
+    /// Response fields to extract: name (`[A-Za-z0-9_]{1,64}`) → JSONPath.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extract: BTreeMap<String, Extraction>,
     /// What a failure (after retries) does to the execution.
@@ -226,6 +247,31 @@ impl Step {
     }
 }
 
+/// `input_schema` as validation accepts it: a JSON Schema is an object or a
+/// boolean.
+fn input_schema_schema() -> utoipa::openapi::schema::ObjectBuilder {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([
+            Type::Object,
+            Type::Boolean,
+            Type::Null,
+        ]))
+        .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+        .examples([serde_json::json!({"type": "object", "required": ["email"]})])
+}
+
+/// `expect` as validation accepts it: HTTP status codes.
+fn status_codes_schema() -> utoipa::openapi::schema::ArrayBuilder {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new().items(
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(100))
+            .maximum(Some(599)),
+    )
+}
+
 /// Calls `f(path, template)` for every string (keys included) of a JSON
 /// template tree.
 pub fn visit_json(path: &str, value: &Value, f: &mut impl FnMut(&str, &str)) {
@@ -248,7 +294,7 @@ pub fn visit_json(path: &str, value: &Value, f: &mut impl FnMut(&str, &str)) {
 }
 
 /// HTTP methods a step may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 #[allow(missing_docs)]
 pub enum Method {
@@ -277,7 +323,7 @@ impl Method {
 }
 
 /// A request body. Strings inside are templates.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Body {
     /// Any JSON; a string leaf that is exactly one `<<expr>>` keeps the
@@ -306,7 +352,7 @@ pub enum Body {
 }
 
 /// How a step authenticates, naming a stored credential of the workspace.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Auth {
     /// No authentication.
@@ -315,12 +361,14 @@ pub enum Auth {
     /// `Authorization: Bearer <token>` from the credential's `token` field.
     Bearer {
         /// Credential name.
+        #[schema(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")]
         credential: String,
     },
     /// An API key (the credential's `key` field) in a header or query
     /// parameter named `name`.
     ApiKey {
         /// Credential name.
+        #[schema(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")]
         credential: String,
         /// Where the key goes.
         #[serde(rename = "in")]
@@ -331,6 +379,7 @@ pub enum Auth {
     /// HTTP basic auth from the credential's `username` and `password`.
     Basic {
         /// Credential name.
+        #[schema(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")]
         credential: String,
     },
 }
@@ -348,7 +397,7 @@ impl Auth {
 }
 
 /// Where an API key is placed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ApiKeyLocation {
     /// A request header.
@@ -358,7 +407,7 @@ pub enum ApiKeyLocation {
 }
 
 /// What a step failure does to the execution.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
     /// The execution fails.

@@ -19,6 +19,8 @@ const MAX_RUN_TIMEOUT_MS: u64 = 86_400_000;
 const MAX_STEP_TIMEOUT_MS: u64 = 900_000;
 /// Most attempts a retry policy may ask for.
 const MAX_ATTEMPTS: u32 = 100;
+/// Longest retry delay: no run outlives its deadline, which is at most a day.
+const MAX_RETRY_DELAY_MS: u64 = MAX_RUN_TIMEOUT_MS;
 /// Most steps in one connector.
 const MAX_STEPS: usize = 100;
 /// Why a header in [`net::FORBIDDEN_REQUEST_HEADERS`] is refused.
@@ -26,7 +28,7 @@ const FORBIDDEN_HEADER: &str = "may not be set by a step: Host, Content-Length, 
      Connection and the other hop-by-hop headers are set by the HTTP client";
 
 /// One problem in a connector definition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ValidationError {
     /// JSON path of the offending field, e.g. `steps[1].url`.
     pub path: String,
@@ -69,11 +71,10 @@ impl fmt::Display for ValidationErrors {
 /// structural one (unknown key, wrong type) if the JSON does not have the
 /// connector's shape, otherwise all semantic ones.
 pub fn parse_and_validate(json: &Value) -> Result<Connector, ValidationErrors> {
-    let connector: Connector = serde_path_to_error::deserialize(json).map_err(|e| {
-        let path = e.path().to_string();
+    let connector: Connector = crate::json::from_value(json).map_err(|e| {
         ValidationErrors(vec![ValidationError {
-            path: if path == "." { String::new() } else { path },
-            message: e.into_inner().to_string(),
+            path: e.path,
+            message: e.message,
         }])
     })?;
     validate(&connector)?;
@@ -177,6 +178,12 @@ impl Validator {
         }
         if !(r.multiplier.is_finite() && (1.0..=100.0).contains(&r.multiplier)) {
             self.err(format!("{path}.multiplier"), "must be between 1 and 100");
+        }
+        if r.max_delay_ms > MAX_RETRY_DELAY_MS {
+            self.err(
+                format!("{path}.max_delay_ms"),
+                format!("must be at most {MAX_RETRY_DELAY_MS}"),
+            );
         }
         if r.initial_delay_ms > r.max_delay_ms {
             self.err(
@@ -561,6 +568,11 @@ mod tests {
                 with(valid(), "/retry", json!({"max_attempts": 0})),
                 "retry.max_attempts",
                 "between",
+            ),
+            (
+                with(valid(), "/retry", json!({"max_delay_ms": 86_400_001})),
+                "retry.max_delay_ms",
+                "at most 86400000",
             ),
             (
                 with(valid(), "/steps/1/auth/credential", json!("-bad")),

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::Result;
 
 /// An API key's metadata (never the key).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApiKeyMeta {
     /// Key id.
     pub id: Uuid,
@@ -230,7 +230,7 @@ pub async fn audit(pool: &PgPool, e: &AuditEntry<'_>) -> Result<()> {
 }
 
 /// A stored audit entry.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditRow {
     /// Sequence number (also the pagination cursor).
     pub id: i64,

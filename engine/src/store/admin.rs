@@ -17,7 +17,7 @@ use crate::Result;
 /// Executions counted by status. Queued and running are every such
 /// execution now; the final statuses count those that finished since the
 /// window's start (counting every finished row would scan the whole table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StatusCounts {
     /// Waiting for a worker, ready or scheduled later.
     pub queued: i64,
@@ -32,7 +32,7 @@ pub struct StatusCounts {
 }
 
 /// The state of the whole queue, across workspaces.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct QueueStats {
     /// Executions by status.
     pub by_status: StatusCounts,
@@ -126,7 +126,7 @@ pub async fn workspace_exists(pool: &PgPool, workspace_id: &str) -> Result<bool>
 }
 
 /// One UTC day of a workspace's executions (by creation time).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DailyUsage {
     /// The UTC day.
     pub day: NaiveDate,
@@ -141,7 +141,7 @@ pub struct DailyUsage {
 }
 
 /// One connector's executions over the usage window.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ConnectorUsage {
     /// The connector.
     pub connector_id: Uuid,

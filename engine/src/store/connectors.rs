@@ -184,7 +184,7 @@ pub async fn definition(pool: &PgPool, id: Uuid, version: i32) -> Result<Option<
 }
 
 /// A connector in a listing.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ConnectorSummary {
     /// Id.
     pub id: Uuid,

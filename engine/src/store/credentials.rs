@@ -33,7 +33,7 @@ impl From<sqlx::Error> for CredentialError {
 }
 
 /// What the API may show of a credential: never its values.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CredentialMeta {
     /// Credential name, unique per workspace.
     pub name: String,

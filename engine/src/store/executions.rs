@@ -310,7 +310,7 @@ pub async fn heartbeat(
 }
 
 /// One attempt of one step, as stored and as the history shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct StepRow {
     /// Position of the step in the connector.
     pub step_index: i32,

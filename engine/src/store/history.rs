@@ -12,7 +12,7 @@ use crate::state::{ExecutionStatus, StepOutcome};
 use crate::store::executions::StepRow;
 
 /// An execution as the history shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ExecutionView {
     /// Id.
     pub id: Uuid,
@@ -162,7 +162,7 @@ pub async fn list_executions(pool: &PgPool, f: &ExecutionFilter) -> Result<Vec<E
 }
 
 /// Statistics of one connector's executions over a window.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConnectorStats {
     /// Executions created in the window, by status.
     pub by_status: Value,
@@ -258,7 +258,7 @@ pub async fn unwatch(pool: &PgPool, execution_id: Uuid, watcher: Uuid) -> Result
 }
 
 /// One entry of an execution's event log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EventRow {
     /// Sequence number (increasing).
     pub id: i64,

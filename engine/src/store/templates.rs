@@ -14,7 +14,7 @@ use crate::marketplace::{Template, parse_version};
 use crate::state::ReviewStatus;
 
 /// A template as the marketplace lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TemplateSummary {
     /// Unique id.
     pub slug: String,
@@ -482,7 +482,7 @@ pub async fn set_featured(pool: &PgPool, slug: &str, featured: bool) -> Result<b
 }
 
 /// How a template performs across the workspaces that installed it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TemplateMetrics {
     /// Installs so far.
     pub installs: i64,

@@ -1,0 +1,196 @@
+"""Seeds a live Conveyor API for scripts/contract and writes the Schemathesis
+configuration that points every operation needing an id at a real one.
+
+usage: contract_seed.py BASE_URL USER_TOKEN ADMIN_TOKEN MAX_EXAMPLES OUT_DIR
+
+Writes OUT_DIR/user.toml (every non-admin operation, user token) and
+OUT_DIR/admin.toml (the admin operations, admin token), with fixed ids for
+the examples, coverage and fuzzing phases, and the same without fixed ids
+for the stateful phase (user-stateful.toml, admin-stateful.toml).
+Operations that delete or replace get objects of their own, so the others
+keep a live one.
+"""
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+
+BASE, USER, ADMIN, EXAMPLES, OUT = sys.argv[1:6]
+API = BASE + "/api/v1"
+# An official template with defaults for every setting (synced at migrate).
+OFFICIAL_SLUG = "slack-post-message"
+
+
+def call(method, path, token, body=None, expect=(200, 201, 202, 204)):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(API + path, data=data, method=method)
+    request.add_header("Authorization", "Bearer " + token)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        status, text = e.code, e.read().decode()
+    if status not in expect:
+        sys.exit(f"seeding: {method} {path} answered {status}: {text}")
+    return json.loads(text) if text else None
+
+
+def connector(name):
+    return {
+        "name": name,
+        "input_schema": {"type": "object"},
+        "steps": [
+            {
+                "name": "health",
+                "method": "GET",
+                "url": BASE + "/healthz",
+                "extract": {"status": "$.status"},
+            }
+        ],
+    }
+
+
+def community_template(slug):
+    with open(f"templates/{OFFICIAL_SLUG}.json") as f:
+        template = json.load(f)
+    template.update(slug=slug, name="Contract check submission")
+    return template
+
+
+def wait_finished(execution_id):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        execution = call("GET", f"/executions/{execution_id}", USER)
+        if execution["status"] in ("succeeded", "failed", "cancelled"):
+            if execution["status"] != "succeeded":
+                sys.exit(f"seeding: the seeded execution ended {execution['status']}: {execution}")
+            return
+        time.sleep(0.2)
+    sys.exit("seeding: the seeded execution did not finish within 60 s")
+
+
+kept = call("POST", "/connectors", USER, connector("Contract: executions"))["id"]
+replaced = call("POST", "/connectors", USER, connector("Contract: replaced"))["id"]
+deleted = call("POST", "/connectors", USER, connector("Contract: deleted"))["id"]
+first = call("POST", f"/connectors/{kept}/execute", USER, {"input": {"n": 1}})["id"]
+call("POST", f"/connectors/{kept}/execute", USER, {"input": {"n": 2}})
+wait_finished(first)
+cursor = call("GET", "/executions?limit=1", USER)["next_cursor"]
+if not cursor:
+    sys.exit("seeding: two executions gave no next_cursor")
+call("PUT", "/credentials/contract-cred", USER, {"data": {"token": "contract-token"}})
+call("PUT", "/credentials/contract-doomed", USER, {"data": {"token": "contract-token"}})
+api_key = call("POST", "/api-keys", USER, {"name": "contract: revoked"})["id"]
+call("GET", f"/templates/{OFFICIAL_SLUG}", USER)
+for slug in ("contract-reviewed", "contract-retired"):
+    call("POST", "/templates", USER, community_template(slug))
+
+
+def operation(names, **parameters):
+    """Fixed parameter values for the operations named `METHOD /path`."""
+    return {"include-name": [f"{n.split()[0]} /api/v1{n.split()[1]}" for n in names],
+            "parameters": parameters}
+
+
+user_operations = [
+    {"include-tag": "admin", "enabled": False},
+    operation(["GET /connectors/{id}", "POST /connectors/{id}/execute",
+               "POST /connectors/{id}/execute/batch", "GET /connectors/{id}/stats",
+               "POST /connectors/{id}/upgrade"], id=kept),
+    operation(["PUT /connectors/{id}"], id=replaced),
+    operation(["DELETE /connectors/{id}"], id=deleted),
+    operation(["GET /connectors/{id}/executions"], id=kept, cursor=cursor),
+    operation(["GET /executions"], cursor=cursor),
+    operation(["GET /executions/{id}", "POST /executions/{id}/cancel",
+               "POST /executions/{id}/rerun", "GET /executions/{id}/events"], id=first),
+    operation(["GET /credentials/{name}", "PUT /credentials/{name}"], name="contract-cred"),
+    operation(["DELETE /credentials/{name}"], name="contract-doomed"),
+    operation(["DELETE /api-keys/{id}"], id=api_key),
+    operation(["GET /templates/{slug}", "POST /templates/{slug}/install",
+               "POST /templates/{slug}/ratings"], slug=OFFICIAL_SLUG),
+]
+admin_operations = [
+    {"exclude-tag": "admin", "enabled": False},
+    operation(["GET /admin/executions"], cursor=cursor),
+    operation(["GET /admin/workspaces/{id}/usage"], id="contract"),
+    operation(["PUT /admin/templates/{slug}", "POST /admin/templates/{slug}/feature",
+               "DELETE /admin/templates/{slug}/feature", "GET /admin/templates/{slug}/metrics"],
+              slug=OFFICIAL_SLUG),
+    operation(["POST /admin/templates/{slug}/approve", "POST /admin/templates/{slug}/reject"],
+              slug="contract-reviewed"),
+    operation(["DELETE /admin/templates/{slug}"], slug="contract-retired"),
+]
+
+# Where a static schema cannot say what the API checks, a schema-valid body
+# may still be refused with 422 naming the field, and only there: what a
+# definition means (its templates, URLs, JSONPath, JSON Schema, retry
+# delays against each other), which settings and credentials a template
+# needs, and whether an input matches its connector's own input_schema
+# (which other operations of the run may change).
+SEMANTIC_422 = [
+    "create_connector", "update_connector", "submit_template", "install_template",
+    "admin_create_template", "admin_update_template",
+    "execute_connector", "execute_connector_batch",
+]
+default_accepted = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
+# A cursor is opaque: only a `next_cursor` the API handed out is one (the
+# fixed-id phases pass a real one; the stateful phase may not).
+CURSOR_400 = ["list_executions", "list_connector_executions", "admin_list_executions"]
+
+
+def toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+def write(name, token, operations):
+    lines = [
+        f"headers = {toml_value({'Authorization': 'Bearer ' + token})}",
+        # One worker: with Schemathesis' worker threads, Hypothesis on
+        # CPython 3.11 (Debian 12's) intermittently dies with "SystemError:
+        # AST constructor recursion depth mismatch", a CPython bug.
+        "workers = 1",
+        "[generation]",
+        f"max-examples = {int(EXAMPLES)}",
+        'database = "none"',
+        # PostgreSQL cannot store NUL, so every JSON body refuses it (422,
+        # README.md); the document cannot say so for free-form values.
+        "allow-x00 = false",
+        "",
+    ]
+    for op in operations + [
+        {"include-operation-id": SEMANTIC_422,
+         "checks": {"positive_data_acceptance": {"expected-statuses": default_accepted + ["422"]}}},
+        {"include-operation-id": CURSOR_400,
+         "checks": {"positive_data_acceptance": {"expected-statuses": default_accepted + ["400"]}}},
+    ]:
+        lines.append("[[operations]]")
+        for key, value in op.items():
+            lines.append(f"{key} = {toml_value(value)}")
+        lines.append("")
+    with open(f"{OUT}/{name}.toml", "w") as f:
+        f.write("\n".join(lines))
+
+
+# Fixed ids for the examples, coverage and fuzzing phases; the stateful
+# phase follows links from what it creates, so fixed ids would only
+# contradict them (a "created" object that is the seeded one).
+def selection(operations):
+    return [op for op in operations if "enabled" in op]
+
+
+write("user", USER, user_operations)
+write("user-stateful", USER, selection(user_operations))
+write("admin", ADMIN, admin_operations)
+write("admin-stateful", ADMIN, selection(admin_operations))
+print(f"seeded: connector {kept}, execution {first}, credential contract-cred, "
+      f"API key {api_key}, templates {OFFICIAL_SLUG}, contract-reviewed, contract-retired")
