@@ -86,7 +86,7 @@ call("PUT", "/credentials/contract-cred", USER, {"data": {"token": "contract-tok
 call("PUT", "/credentials/contract-doomed", USER, {"data": {"token": "contract-token"}})
 api_key = call("POST", "/api-keys", USER, {"name": "contract: revoked"})["id"]
 call("GET", f"/templates/{OFFICIAL_SLUG}", USER)
-for slug in ("contract-reviewed", "contract-retired"):
+for slug in ("community-contract-reviewed", "community-contract-retired"):
     call("POST", "/templates", USER, community_template(slug))
 
 
@@ -121,8 +121,8 @@ admin_operations = [
                "DELETE /admin/templates/{slug}/feature", "GET /admin/templates/{slug}/metrics"],
               slug=OFFICIAL_SLUG),
     operation(["POST /admin/templates/{slug}/approve", "POST /admin/templates/{slug}/reject"],
-              slug="contract-reviewed"),
-    operation(["DELETE /admin/templates/{slug}"], slug="contract-retired"),
+              slug="community-contract-reviewed"),
+    operation(["DELETE /admin/templates/{slug}"], slug="community-contract-retired"),
 ]
 
 # Where a static schema cannot say what the API checks, a schema-valid body
@@ -193,4 +193,4 @@ write("user-stateful", USER, selection(user_operations))
 write("admin", ADMIN, admin_operations)
 write("admin-stateful", ADMIN, selection(admin_operations))
 print(f"seeded: connector {kept}, execution {first}, credential contract-cred, "
-      f"API key {api_key}, templates {OFFICIAL_SLUG}, contract-reviewed, contract-retired")
+      f"API key {api_key}, templates {OFFICIAL_SLUG}, community-contract-reviewed, community-contract-retired")
