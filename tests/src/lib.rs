@@ -65,6 +65,16 @@ impl Harness {
     /// Runs ready executions with the worker until `id` reaches a final
     /// status or `timeout` passes; returns the execution.
     pub async fn run_until_final(&self, id: Uuid, timeout: Duration) -> ExecutionView {
+        self.poll_final(id, timeout, true).await
+    }
+
+    /// Waits, running nothing itself (other processes or tasks run the
+    /// workers), until `id` reaches a final status or `timeout` passes.
+    pub async fn wait_final(&self, id: Uuid, timeout: Duration) -> ExecutionView {
+        self.poll_final(id, timeout, false).await
+    }
+
+    async fn poll_final(&self, id: Uuid, timeout: Duration, run: bool) -> ExecutionView {
         let started = std::time::Instant::now();
         loop {
             let e = self.execution(id).await;
@@ -76,7 +86,7 @@ impl Harness {
                 "execution {id} still {} after {timeout:?}",
                 e.status
             );
-            if self.worker.run_next().await.expect("run_next").is_none() {
+            if !run || self.worker.run_next().await.expect("run_next").is_none() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -18,7 +18,6 @@ use chrono::Utc;
 use conveyor_engine::crypto::Key;
 use conveyor_engine::state::ExecutionStatus;
 use conveyor_engine::store::executions::{self, NewExecution};
-use conveyor_engine::store::history::ExecutionView;
 use conveyor_tests::{Harness, WS};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -170,24 +169,6 @@ async fn wait_all_succeeded(pool: &PgPool, n: i64, timeout: Duration) {
         assert!(
             started.elapsed() < timeout,
             "only {counts:?} after {timeout:?}; expected {n} succeeded"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits (without running anything itself) until the execution reaches a
-/// final status.
-async fn wait_final(h: &Harness, id: Uuid, timeout: Duration) -> ExecutionView {
-    let started = Instant::now();
-    loop {
-        let e = h.execution(id).await;
-        if e.status.is_final() {
-            return e;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "execution {id} still {} after {timeout:?}",
-            e.status
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -363,7 +344,7 @@ async fn a_killed_worker_s_execution_is_finished_by_another_without_resending_fi
     a.kill();
     let _b = WorkerProcess::start(&url, "worker-b", &[]);
 
-    let e = wait_final(&h, id, Duration::from_secs(30)).await;
+    let e = h.wait_final(id, Duration::from_secs(30)).await;
     assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
     assert_eq!(e.reclaims, 1, "A's lease expired once and B took it back");
 
@@ -465,7 +446,7 @@ async fn sigterm_mid_step_completes_and_persists_the_step_and_leaves_nothing_lea
     );
 
     let _next = WorkerProcess::start(&url, "worker-u", &[]);
-    let e = wait_final(&h, id, Duration::from_secs(30)).await;
+    let e = h.wait_final(id, Duration::from_secs(30)).await;
     assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
     let by_path = requests_by_path(&stub).await;
     assert_eq!(by_path[&s1].len(), 1, "finished step 1 re-sent");

@@ -422,12 +422,6 @@ impl InProcess {
         }
     }
 
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
-        let method = axum::http::Method::from_bytes(method.as_bytes()).expect("method");
-        let reply = self.api.call(method, path, Some(&self.token), body).await;
-        (reply.status.as_u16(), reply.text)
-    }
-
     async fn connector(&self, definition: Value) -> String {
         self.api.create_connector(&self.token, definition).await
     }
@@ -547,9 +541,9 @@ async fn metrics_count_a_retry_and_a_failure(pool: PgPool) {
         ExecutionStatus::Failed
     );
 
-    let (status, text) = app.call("GET", "/metrics", None).await;
-    assert_eq!(status, 200);
-    let samples = parse_exposition(&text);
+    let metrics = app.api.get("/metrics", &app.token).await;
+    assert_eq!(metrics.status.as_u16(), 200, "{}", metrics.text);
+    let samples = parse_exposition(&metrics.text);
     let f = flaky.as_str();
     let x = broken.as_str();
     assert_eq!(
@@ -674,16 +668,13 @@ async fn a_late_subscriber_receives_the_whole_event_history(pool: PgPool) {
         "step_finished",
         "finished",
     ];
-    let (status, body) = app
-        .call(
-            "GET",
-            &format!("/api/v1/executions/{id}/events?format=json"),
-            None,
-        )
+    let events = format!("/api/v1/executions/{id}/events");
+    let stored = app
+        .api
+        .get(&format!("{events}?format=json"), &app.token)
         .await;
-    assert_eq!(status, 200, "{body}");
-    let stored: Value = serde_json::from_str(&body).expect("json");
-    let kinds: Vec<&str> = stored["items"]
+    assert_eq!(stored.status.as_u16(), 200, "{}", stored.text);
+    let kinds: Vec<&str> = stored.json["items"]
         .as_array()
         .expect("items")
         .iter()
@@ -692,10 +683,9 @@ async fn a_late_subscriber_receives_the_whole_event_history(pool: PgPool) {
     assert_eq!(kinds, expected);
 
     // The stream replays the same history, then the final status, and ends.
-    let (status, stream) = app
-        .call("GET", &format!("/api/v1/executions/{id}/events"), None)
-        .await;
-    assert_eq!(status, 200);
+    let reply = app.api.get(&events, &app.token).await;
+    assert_eq!(reply.status.as_u16(), 200);
+    let stream = reply.text;
     let names: Vec<&str> = stream
         .lines()
         .filter_map(|l| l.strip_prefix("event: "))
