@@ -227,6 +227,14 @@ fn credentials_and_untrusted_hosts_are_refused_where_they_do_not_belong() {
     };
     let refused = [
         (
+            {
+                let mut c = step(json!({}));
+                c["retry"] = json!({"max_delay_ms": u64::MAX, "initial_delay_ms": 1});
+                c
+            },
+            "retry.max_delay_ms",
+        ),
+        (
             step(json!({"url": "https://api.example.com<<input.p>>"})),
             "steps[0].url",
         ),

@@ -166,7 +166,7 @@ impl Settings {
             claim_batch: parse("CONVEYOR_CLAIM_BATCH", defaults.claim_batch)?,
             retention: match parse::<u64>("CONVEYOR_RETENTION_DAYS", 30)? {
                 0 => None,
-                days => Some(Duration::from_secs(days * 86_400)),
+                days => Some(Duration::from_secs(days.saturating_mul(86_400))),
             },
             observe_queue: var("CONVEYOR_METRICS_LISTEN")?.is_some(),
         };
@@ -181,6 +181,23 @@ impl Settings {
         }
         if worker.claim_batch == 0 {
             bail!("CONVEYOR_CLAIM_BATCH must be at least 1");
+        }
+        // Durations become timestamps (`now + lease`): a huge value would
+        // overflow them and panic a task, so each has a sane ceiling.
+        let day = Duration::from_secs(86_400);
+        for (name, value, max) in [
+            ("CONVEYOR_LEASE_SECS", worker.lease, day),
+            ("CONVEYOR_POLL_INTERVAL_MS", worker.poll_interval, day),
+            ("CONVEYOR_SHUTDOWN_GRACE_SECS", worker.shutdown_grace, day),
+            (
+                "CONVEYOR_RETENTION_DAYS",
+                worker.retention.unwrap_or_default(),
+                day * 36_500,
+            ),
+        ] {
+            if value > max {
+                bail!("{name} is too large: at most {} seconds", max.as_secs());
+            }
         }
         let http_defaults = HttpConfig::default();
         let http = HttpConfig {
@@ -213,6 +230,9 @@ impl Settings {
                 runner_defaults.definition_cache_bytes,
             )?,
         };
+        if runner.max_retry_after > Duration::from_secs(86_400) {
+            bail!("CONVEYOR_MAX_RETRY_AFTER_SECS must be at most 86400");
+        }
         Ok(Self {
             database_url: database_url()?,
             db_max_connections: parse("CONVEYOR_DB_MAX_CONNECTIONS", 20)?,

@@ -174,6 +174,12 @@ impl Validator {
         if !(r.multiplier.is_finite() && (1.0..=100.0).contains(&r.multiplier)) {
             self.err(format!("{path}.multiplier"), "must be between 1 and 100");
         }
+        if r.max_delay_ms > MAX_RUN_TIMEOUT_MS {
+            self.err(
+                format!("{path}.max_delay_ms"),
+                format!("must be at most {MAX_RUN_TIMEOUT_MS} (a day, the longest run)"),
+            );
+        }
         if r.initial_delay_ms > r.max_delay_ms {
             self.err(
                 format!("{path}.initial_delay_ms"),
