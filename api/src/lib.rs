@@ -29,7 +29,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::Authenticator;
 use crate::events::EventHub;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{InvalidKeyGuard, RateLimiter};
 
 /// API settings (each from a `CONVEYOR_*` variable; see README.md).
 #[derive(Debug, Clone)]
@@ -64,6 +64,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Per-workspace rate limits.
     pub limiter: Arc<RateLimiter>,
+    /// Keeps floods of invalid API keys off the database.
+    pub key_guard: Arc<InvalidKeyGuard>,
     /// Live execution updates for SSE subscribers.
     pub events: EventHub,
     /// Settings.
@@ -86,6 +88,7 @@ impl AppState {
             keyring,
             auth: Arc::new(auth),
             limiter: Arc::new(RateLimiter::new(config.rate_limit_per_sec)),
+            key_guard: Arc::new(InvalidKeyGuard::new(config.rate_limit_per_sec)),
             config: Arc::new(config),
             metrics: conveyor_worker::telemetry::metrics_handle().ok(),
         }
