@@ -240,6 +240,10 @@ fn api_config() -> anyhow::Result<ApiConfig> {
             defaults.max_request_bytes,
         )?,
         cors_origins,
+        max_streams_per_workspace: settings::parse(
+            "CONVEYOR_MAX_STREAMS_PER_WORKSPACE",
+            defaults.max_streams_per_workspace,
+        )?,
     })
 }
 

@@ -152,6 +152,65 @@ impl InvalidKeyGuard {
     }
 }
 
+/// Open event streams per workspace, capped so one workspace cannot hold
+/// every connection of an API process (`CONVEYOR_MAX_STREAMS_PER_WORKSPACE`).
+#[derive(Debug, Default)]
+pub struct StreamSlots {
+    open: Mutex<HashMap<String, usize>>,
+}
+
+/// One open stream; frees its slot when dropped.
+#[derive(Debug)]
+pub struct StreamSlot {
+    slots: std::sync::Arc<StreamSlots>,
+    workspace: String,
+}
+
+impl StreamSlots {
+    /// A slot for `workspace` when it holds fewer than `max` streams.
+    pub fn acquire(self: &std::sync::Arc<Self>, workspace: &str, max: usize) -> Option<StreamSlot> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(workspace.to_owned()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            slots: self.clone(),
+            workspace: workspace.to_owned(),
+        })
+    }
+
+    /// Streams `workspace` holds now.
+    pub fn open(&self, workspace: &str) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(workspace)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.workspace) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.workspace);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -198,5 +257,22 @@ mod tests {
             "valid keys are remembered ten minutes"
         );
         assert!(InvalidKeyGuard::new(0).may_look_up(bad), "0 disables");
+    }
+
+    #[test]
+    fn stream_slots_are_capped_per_workspace_and_freed_on_drop() {
+        let slots = std::sync::Arc::new(StreamSlots::default());
+        let a1 = slots.acquire("a", 2).expect("first");
+        let a2 = slots.acquire("a", 2).expect("second");
+        assert!(slots.acquire("a", 2).is_none(), "third over the cap");
+        let b = slots
+            .acquire("b", 2)
+            .expect("another workspace is not affected");
+        assert_eq!((slots.open("a"), slots.open("b")), (2, 1));
+        drop(a1);
+        assert_eq!(slots.open("a"), 1);
+        let a3 = slots.acquire("a", 2).expect("a freed slot is reused");
+        drop((a2, a3, b));
+        assert_eq!((slots.open("a"), slots.open("b")), (0, 0));
     }
 }

@@ -406,3 +406,78 @@ async fn a_step_whose_lease_cannot_be_extended_is_aborted_before_the_lease_passe
         started.elapsed()
     );
 }
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_workspace_cannot_hold_more_event_streams_than_its_cap(pool: PgPool) {
+    use tower::ServiceExt;
+    let api = TestApi::with_config(
+        pool,
+        conveyor_api::ApiConfig {
+            max_streams_per_workspace: 1,
+            ..conveyor_api::ApiConfig::default()
+        },
+    );
+    let token = api.token("ws_streams", "alice");
+    let other = api.token("ws_other", "bob");
+    let connector = api
+        .create_connector(
+            &token,
+            json!({"name": "s", "steps": [
+                {"name": "x", "method": "GET", "url": "https://api.example.com/x"}]}),
+        )
+        .await;
+    // Queued, never run here: its stream stays open.
+    let id = api.execute(&token, &connector, json!({})).await;
+    let other_connector = api
+        .create_connector(
+            &other,
+            json!({"name": "s", "steps": [
+                {"name": "x", "method": "GET", "url": "https://api.example.com/x"}]}),
+        )
+        .await;
+    let other_id = api.execute(&other, &other_connector, json!({})).await;
+    let open = |token: &str, id: &str| {
+        axum::http::Request::builder()
+            .uri(format!("/api/v1/executions/{id}/events"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(axum::body::Body::empty())
+            .expect("request")
+    };
+    let first = api
+        .router
+        .clone()
+        .oneshot(open(&token, &id))
+        .await
+        .expect("response");
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = api
+        .router
+        .clone()
+        .oneshot(open(&token, &id))
+        .await
+        .expect("response");
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    let elsewhere = api
+        .router
+        .clone()
+        .oneshot(open(&other, &other_id))
+        .await
+        .expect("response");
+    assert_eq!(
+        elsewhere.status(),
+        StatusCode::OK,
+        "other workspaces are not affected"
+    );
+    drop(first);
+    let again = api
+        .router
+        .clone()
+        .oneshot(open(&token, &id))
+        .await
+        .expect("response");
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "a closed stream frees its slot"
+    );
+}
