@@ -481,3 +481,31 @@ async fn a_workspace_cannot_hold_more_event_streams_than_its_cap(pool: PgPool) {
         "a closed stream frees its slot"
     );
 }
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_database_error_reading_the_definition_never_fails_the_execution(pool: PgPool) {
+    let h = Harness::new(pool.clone());
+    let c = h
+        .connector(json!({"name": "d", "steps": [
+            {"name": "x", "method": "GET", "url": "https://api.example.com/x"}]}))
+        .await;
+    let id = h.enqueue(c, json!({})).await;
+    // The definition query fails (as it does while the database restarts
+    // or the pool times out); finishing the execution would still work.
+    sqlx::query("ALTER TABLE connector_versions RENAME TO connector_versions_away")
+        .execute(&pool)
+        .await
+        .expect("rename");
+    let outcome = h.worker.run_next().await;
+    assert!(
+        outcome.is_err(),
+        "the database error is the run's: {outcome:?}"
+    );
+    sqlx::query("ALTER TABLE connector_versions_away RENAME TO connector_versions")
+        .execute(&pool)
+        .await
+        .expect("rename back");
+    let e = h.execution(id).await;
+    assert_eq!(e.status, "running", "not failed: {:?}", e.error);
+    assert_eq!(e.error, None);
+}
