@@ -335,11 +335,22 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::to_owned);
         let caller = if token.starts_with(API_KEY_PREFIX) {
             let digest = Sha256::digest(token.as_bytes());
-            let key = conveyor_engine::store::access::authenticate_api_key(&state.pool, &digest)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::unauthorized("the API key is invalid, revoked or expired")
-                })?;
+            if !state.key_guard.may_look_up(&digest) {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many invalid API keys from this API process; retry shortly",
+                ));
+            }
+            let Some(key) =
+                conveyor_engine::store::access::authenticate_api_key(&state.pool, &digest).await?
+            else {
+                state.key_guard.failed();
+                return Err(ApiError::unauthorized(
+                    "the API key is invalid, revoked or expired",
+                ));
+            };
+            state.key_guard.succeeded(&digest);
             let route = parts
                 .extensions
                 .get::<MatchedPath>()

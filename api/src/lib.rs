@@ -31,7 +31,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::Authenticator;
 use crate::events::EventHub;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{InvalidKeyGuard, RateLimiter, StreamSlots};
 
 /// API settings (each from a `CONVEYOR_*` variable; see README.md).
 #[derive(Debug, Clone)]
@@ -43,6 +43,9 @@ pub struct ApiConfig {
     pub max_request_bytes: usize,
     /// Allowed CORS origins (`CONVEYOR_CORS_ORIGINS`, comma-separated).
     pub cors_origins: Vec<HeaderValue>,
+    /// Open event streams per workspace and API process
+    /// (`CONVEYOR_MAX_STREAMS_PER_WORKSPACE`).
+    pub max_streams_per_workspace: usize,
 }
 
 impl Default for ApiConfig {
@@ -51,6 +54,7 @@ impl Default for ApiConfig {
             rate_limit_per_sec: 100,
             max_request_bytes: 4 * 1024 * 1024,
             cors_origins: Vec::new(),
+            max_streams_per_workspace: 50,
         }
     }
 }
@@ -66,6 +70,10 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Per-workspace rate limits.
     pub limiter: Arc<RateLimiter>,
+    /// Keeps floods of invalid API keys off the database.
+    pub key_guard: Arc<InvalidKeyGuard>,
+    /// Open event streams by workspace.
+    pub streams: Arc<StreamSlots>,
     /// Live execution updates for SSE subscribers.
     pub events: EventHub,
     /// Starts executions (caches compiled input schemas).
@@ -94,6 +102,8 @@ impl AppState {
             keyring,
             auth: Arc::new(auth),
             limiter: Arc::new(RateLimiter::new(config.rate_limit_per_sec)),
+            key_guard: Arc::new(InvalidKeyGuard::new(config.rate_limit_per_sec)),
+            streams: Arc::new(StreamSlots::default()),
             config: Arc::new(config),
             metrics,
         }

@@ -250,6 +250,9 @@ fn api_config(api: &ApiSettings) -> ApiConfig {
             .unwrap_or(defaults.rate_limit_per_sec),
         max_request_bytes: api.max_request_bytes.unwrap_or(defaults.max_request_bytes),
         cors_origins: api.cors_origins.clone(),
+        max_streams_per_workspace: api
+            .max_streams_per_workspace
+            .unwrap_or(defaults.max_streams_per_workspace),
     }
 }
 

@@ -9,6 +9,10 @@ use crate::connector::RetryPolicy;
 /// executions that failed together spread out, and never exceed the cap.
 pub const JITTER_FRACTION: f64 = 0.2;
 
+/// No delay is longer than a day, the longest run deadline: whatever a
+/// policy, a server or a setting says, `now + delay` stays representable.
+pub const MAX_DELAY: Duration = Duration::from_secs(86_400);
+
 /// The delay after failed attempt `attempt` (1-based) before the next one:
 /// `initial_delay_ms * multiplier^(attempt-1)`, capped at `max_delay_ms`,
 /// then reduced by up to [`JITTER_FRACTION`] according to `jitter` in
@@ -26,10 +30,11 @@ pub fn next_delay(
     let capped = raw.min(policy.max_delay_ms as f64);
     let jittered = capped * (1.0 - JITTER_FRACTION * jitter.clamp(0.0, 1.0));
     let backoff = Duration::from_millis(jittered.max(0.0) as u64);
-    match retry_after {
+    let delay = match retry_after {
         Some(server) => backoff.max(server.min(max_retry_after)),
         None => backoff,
-    }
+    };
+    delay.min(MAX_DELAY)
 }
 
 #[cfg(test)]
@@ -42,6 +47,37 @@ mod tests {
             initial_delay_ms: 1_000,
             max_delay_ms: 5_000,
             multiplier: 2.0,
+        }
+    }
+
+    #[test]
+    fn huge_policies_and_servers_are_capped_at_a_day() {
+        let huge = RetryPolicy {
+            max_attempts: 100,
+            initial_delay_ms: u64::MAX,
+            max_delay_ms: u64::MAX,
+            multiplier: 100.0,
+        };
+        let cases = [
+            (next_delay(&huge, 100, 0.0, None, Duration::MAX), MAX_DELAY),
+            (
+                next_delay(&policy(), 1, 0.0, Some(Duration::MAX), Duration::MAX),
+                MAX_DELAY,
+            ),
+            (
+                next_delay(
+                    &policy(),
+                    1,
+                    0.0,
+                    Some(Duration::from_secs(7)),
+                    Duration::MAX,
+                ),
+                Duration::from_secs(7),
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+            let _ = chrono::Utc::now() + got;
         }
     }
 

@@ -155,3 +155,57 @@ async fn expired_keys_are_refused_and_bad_settings_name_their_field(pool: PgPool
         );
     }
 }
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_flood_of_invalid_keys_is_held_off_before_the_database(pool: PgPool) {
+    let api = TestApi::with_config(
+        pool.clone(),
+        conveyor_api::ApiConfig {
+            rate_limit_per_sec: 1,
+            ..conveyor_api::ApiConfig::default()
+        },
+    );
+    let user = api.token("ws_keys", "alice");
+    let (_, created) = key(&api, &user, json!({"name": "good"})).await;
+    let good = created["key"].as_str().expect("key").to_owned();
+    assert_eq!(
+        api.get("/api/v1/connectors", &good).await.status,
+        StatusCode::OK
+    );
+    let statuses: Vec<StatusCode> = {
+        let mut out = Vec::new();
+        for i in 0..4 {
+            out.push(
+                api.get("/api/v1/connectors", &format!("cvk_forged{i}"))
+                    .await
+                    .status,
+            );
+        }
+        out
+    };
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    // A second later the workspace and the guard have each refilled one
+    // token: one forged key is looked up, the next is held off, and the
+    // key that authenticated before the flood still gets through.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let forged = |i: u32| format!("cvk_forged{i}");
+    assert_eq!(
+        api.get("/api/v1/connectors", &forged(5)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let held = api.get("/api/v1/connectors", &forged(6)).await;
+    assert_eq!(held.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(held.text.contains("invalid API keys"), "{}", held.text);
+    assert_eq!(
+        api.get("/api/v1/connectors", &good).await.status,
+        StatusCode::OK
+    );
+}

@@ -232,6 +232,14 @@ fn credentials_and_untrusted_hosts_are_refused_where_they_do_not_belong() {
     };
     let refused = [
         (
+            {
+                let mut c = step(json!({}));
+                c["retry"] = json!({"max_delay_ms": u64::MAX, "initial_delay_ms": 1});
+                c
+            },
+            "retry.max_delay_ms",
+        ),
+        (
             step(json!({"url": "https://api.example.com<<input.p>>"})),
             "steps[0].url",
         ),
@@ -403,4 +411,107 @@ async fn a_step_whose_lease_cannot_be_extended_is_aborted_before_the_lease_passe
         "stopped within the lease, after {:?}",
         started.elapsed()
     );
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_workspace_cannot_hold_more_event_streams_than_its_cap(pool: PgPool) {
+    use tower::ServiceExt;
+    let api = TestApi::with_config(
+        pool,
+        conveyor_api::ApiConfig {
+            max_streams_per_workspace: 1,
+            ..conveyor_api::ApiConfig::default()
+        },
+    );
+    let token = api.token("ws_streams", "alice");
+    let other = api.token("ws_other", "bob");
+    let connector = api
+        .create_connector(
+            &token,
+            json!({"name": "s", "steps": [
+                {"name": "x", "method": "GET", "url": "https://api.example.com/x"}]}),
+        )
+        .await;
+    // Queued, never run here: its stream stays open.
+    let id = api.execute(&token, &connector, json!({})).await;
+    let other_connector = api
+        .create_connector(
+            &other,
+            json!({"name": "s", "steps": [
+                {"name": "x", "method": "GET", "url": "https://api.example.com/x"}]}),
+        )
+        .await;
+    let other_id = api.execute(&other, &other_connector, json!({})).await;
+    let open = |token: &str, id: &str| {
+        axum::http::Request::builder()
+            .uri(format!("/api/v1/executions/{id}/events"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(axum::body::Body::empty())
+            .expect("request")
+    };
+    let first = api
+        .router
+        .clone()
+        .oneshot(open(&token, &id))
+        .await
+        .expect("response");
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = api
+        .router
+        .clone()
+        .oneshot(open(&token, &id))
+        .await
+        .expect("response");
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    let elsewhere = api
+        .router
+        .clone()
+        .oneshot(open(&other, &other_id))
+        .await
+        .expect("response");
+    assert_eq!(
+        elsewhere.status(),
+        StatusCode::OK,
+        "other workspaces are not affected"
+    );
+    drop(first);
+    let again = api
+        .router
+        .clone()
+        .oneshot(open(&token, &id))
+        .await
+        .expect("response");
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "a closed stream frees its slot"
+    );
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_database_error_reading_the_definition_never_fails_the_execution(pool: PgPool) {
+    let h = Harness::new(pool.clone());
+    let c = h
+        .connector(json!({"name": "d", "steps": [
+            {"name": "x", "method": "GET", "url": "https://api.example.com/x"}]}))
+        .await;
+    let id = h.enqueue(c, json!({})).await;
+    // The definition query fails (as it does while the database restarts
+    // or the pool times out); finishing the execution would still work.
+    sqlx::query("ALTER TABLE connector_versions RENAME TO connector_versions_away")
+        .execute(&pool)
+        .await
+        .expect("rename");
+    let outcome = h.worker.run_next().await;
+    assert!(
+        outcome.is_err(),
+        "the database error is the run's: {outcome:?}"
+    );
+    sqlx::query("ALTER TABLE connector_versions_away RENAME TO connector_versions")
+        .execute(&pool)
+        .await
+        .expect("rename back");
+    let e = h.execution(id).await;
+    assert_eq!(e.status, "running", "not failed: {:?}", e.error);
+    assert_eq!(e.error, None);
 }

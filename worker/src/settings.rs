@@ -72,6 +72,9 @@ pub struct ApiSettings {
     /// `CONVEYOR_JWT_MAX_LIFETIME_SECS`: the longest `exp - iat` accepted
     /// (`None`: the API's default).
     pub jwt_max_lifetime_secs: Option<u64>,
+    /// `CONVEYOR_MAX_STREAMS_PER_WORKSPACE`: open event streams one
+    /// workspace may hold on one API process.
+    pub max_streams_per_workspace: Option<usize>,
 }
 
 impl ApiSettings {
@@ -98,6 +101,7 @@ impl ApiSettings {
             jwt_issuer: var("CONVEYOR_JWT_ISSUER")?.filter(|v| !v.is_empty()),
             jwt_audience: var("CONVEYOR_JWT_AUDIENCE")?.filter(|v| !v.is_empty()),
             jwt_max_lifetime_secs: parse_opt("CONVEYOR_JWT_MAX_LIFETIME_SECS")?,
+            max_streams_per_workspace: parse_opt("CONVEYOR_MAX_STREAMS_PER_WORKSPACE")?,
         })
     }
 
@@ -260,7 +264,7 @@ impl Settings {
             claim_batch: parse("CONVEYOR_CLAIM_BATCH", defaults.claim_batch)?,
             retention: match parse::<u64>("CONVEYOR_RETENTION_DAYS", retention_days)? {
                 0 => None,
-                days => Some(Duration::from_secs(days * 86_400)),
+                days => Some(Duration::from_secs(days.saturating_mul(86_400))),
             },
             observe_queue: metrics_listen.is_some(),
         };
@@ -275,6 +279,23 @@ impl Settings {
         }
         if worker.claim_batch == 0 {
             bail!("CONVEYOR_CLAIM_BATCH must be at least 1");
+        }
+        // Durations become timestamps (`now + lease`): a huge value would
+        // overflow them and panic a task, so each has a sane ceiling.
+        let day = Duration::from_secs(86_400);
+        for (name, value, max) in [
+            ("CONVEYOR_LEASE_SECS", worker.lease, day),
+            ("CONVEYOR_POLL_INTERVAL_MS", worker.poll_interval, day),
+            ("CONVEYOR_SHUTDOWN_GRACE_SECS", worker.shutdown_grace, day),
+            (
+                "CONVEYOR_RETENTION_DAYS",
+                worker.retention.unwrap_or_default(),
+                day * 36_500,
+            ),
+        ] {
+            if value > max {
+                bail!("{name} is too large: at most {} seconds", max.as_secs());
+            }
         }
         let http_defaults = HttpConfig::default();
         let http = HttpConfig {
@@ -307,6 +328,9 @@ impl Settings {
                 runner_defaults.definition_cache_bytes,
             )?,
         };
+        if runner.max_retry_after > Duration::from_secs(86_400) {
+            bail!("CONVEYOR_MAX_RETRY_AFTER_SECS must be at most 86400");
+        }
         Ok(Self {
             database_url: database_url()?,
             db_max_connections: parse("CONVEYOR_DB_MAX_CONNECTIONS", 20)?,

@@ -269,10 +269,16 @@ async fn a_kill_storm_loses_nothing_and_never_resends_a_finished_step() {
     drop(workers);
 
     let c = counts(&h.pool).await;
+    let failures: Vec<(serde_json::Value, i32)> = sqlx::query_as(
+        "SELECT error, reclaims FROM connector_executions WHERE status <> 'succeeded' LIMIT 5",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .expect("failures");
     assert_eq!(
         c.get("succeeded").copied(),
         Some(i64::try_from(n).unwrap_or(i64::MAX)),
-        "every execution succeeds: {c:?}"
+        "every execution succeeds: {c:?}; for example {failures:?}"
     );
     assert!(restarted, "PostgreSQL was restarted");
 

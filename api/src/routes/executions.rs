@@ -26,6 +26,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiPath, ApiQuery};
+use crate::ratelimit::StreamSlot;
 use crate::schemas::{CancelResult, EventList, ExecutionDetail, ExecutionEvent, ExecutionPage};
 
 /// How long a watcher row lives without renewal (renewed while streaming).
@@ -209,22 +210,35 @@ async fn execution_events(
         }
         None => {}
     }
+    let max = state.config.max_streams_per_workspace;
+    let slot = state
+        .streams
+        .acquire(&caller.workspace_id, max)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_streams",
+                format!("this workspace already has {max} open event streams (CONVEYOR_MAX_STREAMS_PER_WORKSPACE); close one or use ?format=json"),
+            )
+        })?;
     let watcher = Uuid::now_v7();
     // Subscribe before reading so no change between the read and the
     // subscription is missed.
     let rx = state.events.subscribe();
     history::watch(&state.pool, id, watcher, Utc::now() + WATCH_TTL).await?;
-    let stream = event_stream(state, caller.workspace_id, id, watcher, rx);
+    let stream = event_stream(state, caller.workspace_id, id, (watcher, slot), rx);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
 }
 
-/// Removes the watcher row when the stream ends or the client goes away.
+/// Removes the watcher row and frees the stream slot when the stream ends
+/// or the client goes away.
 struct Unwatch {
     pool: sqlx::PgPool,
     id: Uuid,
     watcher: Uuid,
+    _slot: StreamSlot,
 }
 
 impl Drop for Unwatch {
@@ -248,13 +262,14 @@ fn event_stream(
     state: AppState,
     workspace_id: String,
     id: Uuid,
-    watcher: Uuid,
+    (watcher, slot): (Uuid, StreamSlot),
     rx: broadcast::Receiver<Uuid>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let guard = Unwatch {
         pool: state.pool.clone(),
         id,
         watcher,
+        _slot: slot,
     };
     let progress = Progress {
         status: None,

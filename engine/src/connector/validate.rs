@@ -182,7 +182,7 @@ impl Validator {
         if r.max_delay_ms > MAX_RETRY_DELAY_MS {
             self.err(
                 format!("{path}.max_delay_ms"),
-                format!("must be at most {MAX_RETRY_DELAY_MS}"),
+                format!("must be at most {MAX_RETRY_DELAY_MS} (a day, the longest run)"),
             );
         }
         if r.initial_delay_ms > r.max_delay_ms {

@@ -133,19 +133,21 @@ impl Runner {
         &self.config
     }
 
-    async fn prepared(&self, id: Uuid, version: i32) -> Result<Option<Arc<Prepared>>, String> {
+    /// The prepared connector version, or why it cannot run (the inner
+    /// error). A database error is the outer one: the execution must not
+    /// fail for it; its lease expires and another worker tries again.
+    async fn prepared(&self, id: Uuid, version: i32) -> Result<Result<Arc<Prepared>, String>> {
         if let Some(p) = self.definitions.get(id, version) {
-            return Ok(Some(p));
+            return Ok(Ok(p));
         }
-        let Some(json) = store::connectors::definition(&self.pool, id, version)
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            return Ok(None);
+        let Some(json) = store::connectors::definition(&self.pool, id, version).await? else {
+            return Ok(Err("the connector version no longer exists".to_owned()));
         };
         let bytes = serde_json::to_vec(&json).map_or(usize::MAX, |v| v.len());
-        let connector: Connector = serde_json::from_value(json)
-            .map_err(|e| format!("stored definition is invalid: {e}"))?;
+        let connector: Connector = match serde_json::from_value(json) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(format!("stored definition is invalid: {e}"))),
+        };
         let (credential_names, _) = connector.names_used(self.client.renderer());
         let prepared = Arc::new(Prepared {
             connector,
@@ -153,7 +155,7 @@ impl Runner {
         });
         self.definitions
             .insert(id, version, prepared.clone(), bytes);
-        Ok(Some(prepared))
+        Ok(Ok(prepared))
     }
 
     /// Runs `claimed` until it finishes, is rescheduled, is released at
@@ -186,16 +188,9 @@ impl Runner {
         let (id, token) = (claimed.id, claimed.fencing_token);
         let prepared = match self
             .prepared(claimed.connector_id, claimed.connector_version)
-            .await
+            .await?
         {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                let error = ExecutionError::run(
-                    RunErrorKind::Definition,
-                    "the connector version no longer exists",
-                );
-                return self.end(id, token, Some(&error)).await;
-            }
+            Ok(p) => p,
             Err(message) => {
                 let error = ExecutionError::run(RunErrorKind::Definition, message);
                 return self.end(id, token, Some(&error)).await;
