@@ -512,6 +512,11 @@ async fn a_database_error_reading_the_definition_never_fails_the_execution(pool:
         .await
         .expect("rename back");
     let e = h.execution(id).await;
-    assert_eq!(e.status, ExecutionStatus::Running, "not failed: {:?}", e.error);
+    assert_eq!(
+        e.status,
+        ExecutionStatus::Running,
+        "not failed: {:?}",
+        e.error
+    );
     assert_eq!(e.error, None);
 }
