@@ -63,6 +63,48 @@ pub enum ExtractError {
         /// The field's query.
         path: String,
     },
+    /// A field selected more than [`MAX_EXTRACTED_NODES`] nodes or about
+    /// [`MAX_EXTRACTED_BYTES`] of JSON (`$..*` on a large body).
+    #[error(
+        "field `{field}`: `{path}` selects more than {MAX_EXTRACTED_NODES} nodes or {MAX_EXTRACTED_BYTES} bytes; select less"
+    )]
+    TooLarge {
+        /// The name of the field in the `extract` map.
+        field: String,
+        /// The field's query.
+        path: String,
+    },
+}
+
+/// Most nodes one extracted field may select.
+pub const MAX_EXTRACTED_NODES: usize = 10_000;
+/// Most JSON (roughly, in bytes) one extracted field may select.
+pub const MAX_EXTRACTED_BYTES: usize = 1024 * 1024;
+
+/// Roughly the serialised size of `v`, giving up past `budget`: whether it
+/// fits in `budget`, and what is left of it.
+fn fits(v: &Value, budget: usize) -> Option<usize> {
+    let own = match v {
+        Value::String(s) => s.len() + 2,
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+        Value::Array(_) | Value::Object(_) => 2,
+    };
+    let mut left = budget.checked_sub(own)?;
+    match v {
+        Value::Array(items) => {
+            for item in items {
+                left = fits(item, left)?;
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                left = left.checked_sub(k.len() + 4)?;
+                left = fits(item, left)?;
+            }
+        }
+        _ => {}
+    }
+    Some(left)
 }
 
 /// A parsed RFC 9535 JSONPath query.
@@ -231,8 +273,22 @@ impl Extraction {
     /// # Errors
     ///
     /// [`ExtractError::MissingRequired`] (naming `field`) if the field is
-    /// required and the query selected nothing.
+    /// required and the query selected nothing; [`ExtractError::TooLarge`]
+    /// if it selected too much.
     pub fn apply(&self, field: &str, doc: &Value) -> Result<Value, ExtractError> {
+        // Measured on the borrowed nodes, before anything is cloned.
+        let nodes = self.path.path.query(doc);
+        let too_large = nodes.len() > MAX_EXTRACTED_NODES
+            || nodes
+                .iter()
+                .try_fold(MAX_EXTRACTED_BYTES, |left, node| fits(node, left))
+                .is_none();
+        if too_large {
+            return Err(ExtractError::TooLarge {
+                field: field.to_owned(),
+                path: self.path.text.clone(),
+            });
+        }
         if self.required {
             self.path
                 .extract_present(doc)
@@ -587,5 +643,31 @@ mod tests {
         assert_eq!(serde_json::to_value(&q).unwrap(), json!("$.a['b'] [0]"));
         assert_eq!(q.to_string(), "$.a['b'] [0]");
         assert_eq!("$.a".parse::<Query>().unwrap().as_str(), "$.a");
+    }
+
+    #[test]
+    fn a_field_selecting_too_much_is_refused_before_anything_is_cloned() {
+        let wide = Value::Array((0..MAX_EXTRACTED_NODES + 1).map(Value::from).collect());
+        let big = json!({"s": "x".repeat(MAX_EXTRACTED_BYTES)});
+        let small = json!({"a": [1, 2, {"b": "c"}]});
+        let all = Extraction::optional(Query::parse("$..*").expect("query"));
+        let whole = Extraction::optional(Query::parse("$").expect("query"));
+        for (doc, extraction, ok) in [
+            (&wide, &all, false),
+            (&big, &whole, false),
+            (&big, &all, false),
+            (&small, &all, true),
+            (&small, &whole, true),
+        ] {
+            let got = extraction.apply("f", doc);
+            match got {
+                Ok(_) => assert!(ok, "{}", extraction.path),
+                Err(e) => {
+                    assert!(!ok, "{e}");
+                    assert!(matches!(e, ExtractError::TooLarge { .. }), "{e}");
+                    assert!(e.to_string().contains("field `f`"), "{e}");
+                }
+            }
+        }
     }
 }
