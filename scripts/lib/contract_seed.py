@@ -129,12 +129,13 @@ admin_operations = [
 # may still be refused with 422 naming the field, and only there: what a
 # definition means (its templates, URLs, JSONPath, JSON Schema, retry
 # delays against each other), which settings and credentials a template
-# needs, and whether an input matches its connector's own input_schema
-# (which other operations of the run may change).
+# needs, whether an input matches its connector's own input_schema
+# (which other operations of the run may change), and whether an API key's
+# expires_at lies in the future (a time relative to now).
 SEMANTIC_422 = [
     "create_connector", "update_connector", "submit_template", "install_template",
     "admin_create_template", "admin_update_template",
-    "execute_connector", "execute_connector_batch",
+    "execute_connector", "execute_connector_batch", "create_api_key",
 ]
 default_accepted = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 # A cursor is opaque: only a `next_cursor` the API handed out is one (the
