@@ -12,9 +12,11 @@ use axum::http::Method;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine as _;
+use conveyor_engine::state::StartedBy;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -306,8 +308,21 @@ pub struct Caller {
     pub actor: String,
     /// The user id when authenticated by JWT (API keys are not users).
     pub user_id: Option<String>,
+    /// The key's id when authenticated by API key.
+    pub api_key_id: Option<Uuid>,
     /// The request id, for the audit log.
     pub request_id: Option<String>,
+}
+
+impl Caller {
+    /// What an execution this caller starts records as its starter.
+    pub fn started_by(&self) -> StartedBy {
+        // A JWT caller's actor is its user id.
+        match self.api_key_id {
+            Some(key) => StartedBy::ApiKey(key),
+            None => StartedBy::User(self.actor.clone()),
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -355,6 +370,7 @@ impl FromRequestParts<AppState> for Caller {
                 workspace_id: key.workspace_id,
                 actor: format!("api-key:{}", key.id),
                 user_id: None,
+                api_key_id: Some(key.id),
                 request_id,
             }
         } else {
@@ -363,6 +379,7 @@ impl FromRequestParts<AppState> for Caller {
                 workspace_id: claims.workspace_id,
                 actor: claims.sub.clone(),
                 user_id: Some(claims.sub),
+                api_key_id: None,
                 request_id,
             }
         };

@@ -123,9 +123,40 @@ stored_state! {
     }
 }
 
+/// What started an execution, stored in `started_by` as `<kind>:<id>`
+/// (the column's CHECK also admits the `schedule:` and `trigger:` kinds
+/// reserved for schedules and triggers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartedBy {
+    /// A user, by JWT: `user:<user id>`.
+    User(String),
+    /// A workspace API key: `api_key:<key id>`.
+    ApiKey(uuid::Uuid),
+    /// A re-run of another execution: `rerun_of:<execution id>`.
+    RerunOf(uuid::Uuid),
+}
+
+impl fmt::Display for StartedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::User(id) => write!(f, "user:{id}"),
+            Self::ApiKey(id) => write!(f, "api_key:{id}"),
+            Self::RerunOf(id) => write!(f, "rerun_of:{id}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn started_by_is_kind_colon_id() {
+        let id = uuid::Uuid::nil();
+        assert_eq!(StartedBy::User("u-1".into()).to_string(), "user:u-1");
+        assert_eq!(StartedBy::ApiKey(id).to_string(), format!("api_key:{id}"));
+        assert_eq!(StartedBy::RerunOf(id).to_string(), format!("rerun_of:{id}"));
+    }
 
     #[test]
     fn text_json_and_parsing_agree() {

@@ -4,9 +4,11 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use conveyor_engine::store::access::AuditFilter;
 use conveyor_engine::store::admin as admin_store;
+use conveyor_engine::store::history::{self, Located};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::IntoParams;
@@ -15,6 +17,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::access::audit_page;
+use super::executions::{EventsQuery, events_response};
 use super::{ExecutionPageQuery, execution_page};
 use crate::AppState;
 use crate::auth::Admin;
@@ -32,6 +35,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(admin_stats))
         .routes(routes!(workspace_usage))
         .routes(routes!(admin_executions))
+        .routes(routes!(admin_execution))
+        .routes(routes!(admin_execution_events))
         .routes(routes!(admin_audit))
 }
 
@@ -164,6 +169,54 @@ async fn admin_executions(
         limit: q.limit,
     };
     execution_page(&state, q.workspace_id, page).await
+}
+
+async fn locate(state: &AppState, id: Uuid) -> ApiResult<Located> {
+    history::locate(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("execution"))
+}
+
+/// One execution of any workspace: the execution (with its
+/// `workspace_id` and `started_by`), `trace_id` (of the request that
+/// enqueued it, when traced), every attempt of every step, and the stored
+/// events.
+#[utoipa::path(get, path = "/admin/executions/{id}", tag = "admin", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "The execution with `trace_id`, `steps` and `events`", body = Object),
+              (status = 400), (status = 403, description = "Not an admin"), (status = 404)))]
+async fn admin_execution(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<Value>> {
+    let found = locate(&state, id).await?;
+    let ws = &found.workspace_id;
+    let execution = history::get(&state.pool, ws, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("execution"))?;
+    let steps = history::steps(&state.pool, ws, id).await?;
+    let events = history::events(&state.pool, ws, id, 0).await?;
+    let mut body = serde_json::to_value(&execution).map_err(|e| ApiError::internal(&e))?;
+    body["trace_id"] = json!(found.trace_id);
+    body["steps"] = serde_json::to_value(&steps).map_err(|e| ApiError::internal(&e))?;
+    body["events"] = serde_json::to_value(&events).map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(body))
+}
+
+/// The event log of one execution of any workspace, as
+/// `/executions/{id}/events` serves it: Server-Sent Events by default,
+/// the stored list with `?format=json`.
+#[utoipa::path(get, path = "/admin/executions/{id}/events", tag = "admin", params(("id" = Uuid, Path), EventsQuery),
+    responses((status = 200, description = "text/event-stream, or with ?format=json `{\"items\": [...]}`", content_type = "text/event-stream"),
+              (status = 400), (status = 403, description = "Not an admin"), (status = 404)))]
+async fn admin_execution_events(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> ApiResult<Response> {
+    let found = locate(&state, id).await?;
+    events_response(state, found.workspace_id, id, q).await
 }
 
 /// Filters and pagination of `GET /admin/audit`.

@@ -10,7 +10,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use conveyor_engine::start::StartError;
-use conveyor_engine::state::ExecutionStatus;
+use conveyor_engine::state::{ExecutionStatus, StartedBy};
 use conveyor_engine::store::executions::{self, CancelOutcome, NewExecution};
 use conveyor_engine::store::history;
 use conveyor_engine::store::history::ExecutionView;
@@ -133,6 +133,7 @@ async fn rerun_execution(
         run_at: None,
         rerun_of: Some(id),
         trace_context: conveyor_engine::telemetry::current_context(),
+        started_by: StartedBy::RerunOf(id),
     };
     let enqueued = state
         .starter
@@ -159,7 +160,7 @@ async fn rerun_execution(
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct EventsQuery {
+pub(super) struct EventsQuery {
     /// `json` for the stored list; default: a Server-Sent-Events stream.
     format: Option<String>,
 }
@@ -181,9 +182,20 @@ async fn execution_events(
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> ApiResult<Response> {
     find(&state, &caller, id).await?;
+    events_response(state, caller.workspace_id, id, q).await
+}
+
+/// The event log of execution `id` of workspace `ws` (known to exist), as
+/// the stored list or a stream per `q`.
+pub(super) async fn events_response(
+    state: AppState,
+    ws: String,
+    id: Uuid,
+    q: EventsQuery,
+) -> ApiResult<Response> {
     match q.format.as_deref() {
         Some("json") => {
-            let items = history::events(&state.pool, &caller.workspace_id, id, 0).await?;
+            let items = history::events(&state.pool, &ws, id, 0).await?;
             return Ok(Json(json!({"items": items})).into_response());
         }
         Some(other) => {
@@ -198,7 +210,7 @@ async fn execution_events(
     // subscription is missed.
     let rx = state.events.subscribe();
     history::watch(&state.pool, id, watcher, Utc::now() + WATCH_TTL).await?;
-    let stream = event_stream(state, caller.workspace_id, id, watcher, rx);
+    let stream = event_stream(state, ws, id, watcher, rx);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())

@@ -580,6 +580,8 @@ async fn the_openapi_document_lists_these_routes(pool: PgPool) {
         ("/api/v1/admin/stats", &["get"][..]),
         ("/api/v1/admin/workspaces/{id}/usage", &["get"][..]),
         ("/api/v1/admin/executions", &["get"][..]),
+        ("/api/v1/admin/executions/{id}", &["get"][..]),
+        ("/api/v1/admin/executions/{id}/events", &["get"][..]),
         ("/api/v1/admin/audit", &["get"][..]),
     ] {
         for method in methods {

@@ -1,6 +1,7 @@
 //! The API's tests: one binary (one build, one link) with a module per
 //! area, over the harness in `conveyor-tests` (`tests/src/api.rs`).
 
+mod accountability;
 mod admin_and_credentials;
 mod bad_input;
 mod http_api;

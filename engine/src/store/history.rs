@@ -51,6 +51,9 @@ pub struct ExecutionView {
     pub error: Option<Value>,
     /// The execution this one re-runs.
     pub rerun_of: Option<Uuid>,
+    /// What started it (`user:<id>`, `api_key:<id>`, `rerun_of:<id>`);
+    /// `None` for executions enqueued before this was recorded.
+    pub started_by: Option<String>,
     /// First unfinished step.
     pub next_step: i32,
     /// Attempt of that step.
@@ -76,11 +79,38 @@ pub async fn get(pool: &PgPool, workspace_id: &str, id: Uuid) -> Result<Option<E
         r#"SELECT id, workspace_id, connector_id, connector_version,
                 status AS "status: ExecutionStatus", priority, run_at, claims,
                 reclaims, lease_owner, lease_expires_at, cancel_requested_at, idempotency_key, input,
-                output, error, rerun_of, next_step, step_attempt, created_at, started_at, finished_at,
+                output, error, rerun_of, started_by, next_step, step_attempt, created_at, started_at, finished_at,
                 updated_at
          FROM connector_executions WHERE id = $1 AND workspace_id = $2"#,
         id,
         workspace_id
+    )
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Where an execution lives, for admins who open one by id alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// The owning workspace.
+    pub workspace_id: String,
+    /// The trace id of the request that enqueued it (from the stored
+    /// `traceparent`), when there was one.
+    pub trace_id: Option<String>,
+}
+
+/// Finds execution `id` in any workspace (admins only).
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn locate(pool: &PgPool, id: Uuid) -> Result<Option<Located>> {
+    Ok(sqlx::query_as!(
+        Located,
+        r#"SELECT workspace_id,
+                  NULLIF(split_part(trace_context->>'traceparent', '-', 2), '') AS trace_id
+           FROM connector_executions WHERE id = $1"#,
+        id
     )
     .fetch_optional(pool)
     .await?)
@@ -137,7 +167,7 @@ pub async fn list_executions(pool: &PgPool, f: &ExecutionFilter) -> Result<Vec<E
         r#"SELECT id, workspace_id, connector_id, connector_version,
                 status AS "status: ExecutionStatus", priority, run_at, claims,
                 reclaims, lease_owner, lease_expires_at, cancel_requested_at, idempotency_key, input,
-                output, error, rerun_of, next_step, step_attempt, created_at, started_at, finished_at,
+                output, error, rerun_of, started_by, next_step, step_attempt, created_at, started_at, finished_at,
                 updated_at
          FROM connector_executions
          WHERE ($1::text IS NULL OR workspace_id = $1)
