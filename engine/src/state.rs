@@ -123,6 +123,33 @@ stored_state! {
     }
 }
 
+stored_state! {
+    /// What a SaaS admin may do; each role includes the ones before it.
+    pub enum AdminRole {
+        /// Reads every admin view.
+        Viewer = "viewer",
+        /// Also cancels and re-runs any execution and manages templates.
+        Operator = "operator",
+        /// Also manages admins.
+        Owner = "owner",
+    }
+}
+
+impl AdminRole {
+    /// Whether this role may do what `needed` may.
+    pub fn covers(self, needed: AdminRole) -> bool {
+        self.rank() >= needed.rank()
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Self::Viewer => 0,
+            Self::Operator => 1,
+            Self::Owner => 2,
+        }
+    }
+}
+
 /// What started an execution, stored in `started_by` as `<kind>:<id>`
 /// (the column's CHECK also admits the `schedule:` and `trigger:` kinds
 /// reserved for schedules and triggers).
@@ -149,6 +176,25 @@ impl fmt::Display for StartedBy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_admin_role_covers_the_ones_before_it() {
+        use AdminRole::{Operator, Owner, Viewer};
+        for (role, covered) in [
+            (Viewer, &[Viewer][..]),
+            (Operator, &[Viewer, Operator][..]),
+            (Owner, &[Viewer, Operator, Owner][..]),
+        ] {
+            for needed in AdminRole::ALL {
+                assert_eq!(
+                    role.covers(*needed),
+                    covered.contains(needed),
+                    "{role} {needed}"
+                );
+            }
+        }
+        assert_eq!("owner".parse(), Ok(Owner));
+    }
 
     #[test]
     fn started_by_is_kind_colon_id() {

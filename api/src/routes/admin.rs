@@ -4,9 +4,11 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use conveyor_engine::store::access::AuditFilter;
+use conveyor_engine::state::AdminRole;
+use conveyor_engine::store::access::{self as access_store, AuditFilter};
 use conveyor_engine::store::admin as admin_store;
 use conveyor_engine::store::history::{self, Located};
 use serde::Deserialize;
@@ -17,12 +19,12 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::access::audit_page;
-use super::executions::{EventsQuery, events_response};
-use super::{ExecutionPageQuery, execution_page};
+use super::executions::{EventsQuery, cancel_execution, events_response, rerun_execution};
+use super::{ExecutionPageQuery, audit, execution_page};
 use crate::AppState;
-use crate::auth::Admin;
+use crate::auth::{Admin, Caller, Operator, Owner};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiPath, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 
 /// Default usage window, in days.
 pub const DEFAULT_USAGE_DAYS: u32 = 30;
@@ -37,6 +39,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(admin_executions))
         .routes(routes!(admin_execution))
         .routes(routes!(admin_execution_events))
+        .routes(routes!(admin_cancel_execution))
+        .routes(routes!(admin_rerun_execution))
+        .routes(routes!(list_admins))
+        .routes(routes!(put_admin, delete_admin))
         .routes(routes!(admin_audit))
 }
 
@@ -56,7 +62,7 @@ struct StatsQuery {
 /// (distinct workers holding a lease or finishing a step in the last
 /// minute).
 #[utoipa::path(get, path = "/admin/stats", tag = "admin", params(StatsQuery),
-    responses((status = 200, body = Object), (status = 400), (status = 403, description = "Not an admin")))]
+    responses((status = 200, body = Object), (status = 400), (status = 403, description = "Needs the admin role `viewer` or above")))]
 async fn admin_stats(
     State(state): State<AppState>,
     _admin: Admin,
@@ -94,7 +100,7 @@ struct UsageQuery {
 #[utoipa::path(get, path = "/admin/workspaces/{id}/usage", tag = "admin",
     params(("id" = String, Path, description = "The workspace id"), UsageQuery),
     responses((status = 200, description = "`days` and `connectors`", body = Object), (status = 400),
-              (status = 403, description = "Not an admin"), (status = 404, description = "No such workspace")))]
+              (status = 403, description = "Needs the admin role `viewer` or above"), (status = 404, description = "No such workspace")))]
 async fn workspace_usage(
     State(state): State<AppState>,
     _admin: Admin,
@@ -154,7 +160,7 @@ struct AdminExecutionQuery {
 /// `/executions` (and `workspace_id`) and a cursor.
 #[utoipa::path(get, path = "/admin/executions", tag = "admin", params(AdminExecutionQuery),
     responses((status = 200, description = "`items` and `next_cursor`", body = Object), (status = 400),
-              (status = 403, description = "Not an admin")))]
+              (status = 403, description = "Needs the admin role `viewer` or above")))]
 async fn admin_executions(
     State(state): State<AppState>,
     _admin: Admin,
@@ -183,7 +189,7 @@ async fn locate(state: &AppState, id: Uuid) -> ApiResult<Located> {
 /// events.
 #[utoipa::path(get, path = "/admin/executions/{id}", tag = "admin", params(("id" = Uuid, Path)),
     responses((status = 200, description = "The execution with `trace_id`, `steps` and `events`", body = Object),
-              (status = 400), (status = 403, description = "Not an admin"), (status = 404)))]
+              (status = 400), (status = 403, description = "Needs the admin role `viewer` or above"), (status = 404)))]
 async fn admin_execution(
     State(state): State<AppState>,
     _admin: Admin,
@@ -208,7 +214,7 @@ async fn admin_execution(
 /// the stored list with `?format=json`.
 #[utoipa::path(get, path = "/admin/executions/{id}/events", tag = "admin", params(("id" = Uuid, Path), EventsQuery),
     responses((status = 200, description = "text/event-stream, or with ?format=json `{\"items\": [...]}`", content_type = "text/event-stream"),
-              (status = 400), (status = 403, description = "Not an admin"), (status = 404)))]
+              (status = 400), (status = 403, description = "Needs the admin role `viewer` or above"), (status = 404)))]
 async fn admin_execution_events(
     State(state): State<AppState>,
     _admin: Admin,
@@ -217,6 +223,144 @@ async fn admin_execution_events(
 ) -> ApiResult<Response> {
     let found = locate(&state, id).await?;
     events_response(state, found.workspace_id, id, q).await
+}
+
+/// The admin acting in the execution's workspace, so the tenant's own
+/// audit log shows what an operator did to its execution.
+fn acting_in(admin: Caller, found: Located) -> Caller {
+    Caller {
+        workspace_id: found.workspace_id,
+        ..admin
+    }
+}
+
+/// Cancel any workspace's execution, as `/executions/{id}/cancel` does;
+/// audited in that workspace with the operator as actor.
+#[utoipa::path(post, path = "/admin/executions/{id}/cancel", tag = "admin", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "Cancelled, or already finished (nothing changed)", body = Object),
+              (status = 202, description = "Cancellation requested", body = Object),
+              (status = 403, description = "Needs the admin role `operator` or above"), (status = 404)))]
+async fn admin_cancel_execution(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Response> {
+    let found = locate(&state, id).await?;
+    cancel_execution(State(state), acting_in(caller, found), ApiPath(id)).await
+}
+
+/// Re-run any workspace's execution, as `/executions/{id}/rerun` does;
+/// audited in that workspace with the operator as actor.
+#[utoipa::path(post, path = "/admin/executions/{id}/rerun", tag = "admin", params(("id" = Uuid, Path)),
+    responses((status = 202, description = "The new execution", body = Object),
+              (status = 403, description = "Needs the admin role `operator` or above"), (status = 404)))]
+async fn admin_rerun_execution(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Response> {
+    let found = locate(&state, id).await?;
+    rerun_execution(State(state), acting_in(caller, found), ApiPath(id)).await
+}
+
+/// Every SaaS admin with their `role` and since when.
+#[utoipa::path(get, path = "/admin/admins", tag = "admin",
+    responses((status = 200, description = "`items`", body = Object),
+              (status = 403, description = "Needs the admin role `owner`")))]
+async fn list_admins(State(state): State<AppState>, _owner: Owner) -> ApiResult<Json<Value>> {
+    let items = access_store::list_admins(&state.pool).await?;
+    Ok(Json(json!({ "items": items })))
+}
+
+/// The body of `PUT /admin/admins/{user_id}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct AdminBody {
+    /// `viewer`, `operator` or `owner`.
+    role: String,
+}
+
+/// An owner may not change or remove their own entry: the last owner
+/// would otherwise be able to lock everyone out.
+fn not_self(caller: &Caller, user_id: &str) -> ApiResult<()> {
+    if caller.user_id.as_deref() == Some(user_id) {
+        return Err(ApiError::conflict(
+            "an owner cannot change or remove their own admin entry; ask another owner",
+        ));
+    }
+    Ok(())
+}
+
+/// Make a user an admin with `role`, or change an admin's role: 201 when
+/// new, 200 when changed.
+#[utoipa::path(put, path = "/admin/admins/{user_id}", tag = "admin",
+    params(("user_id" = String, Path, description = "The user id (a token's `sub`)")), request_body = AdminBody,
+    responses((status = 200, description = "Role changed", body = Object), (status = 201, description = "Added", body = Object),
+              (status = 403, description = "Needs the admin role `owner`"),
+              (status = 409, description = "Your own entry"), (status = 422, description = "`role` or `user_id` is invalid")))]
+async fn put_admin(
+    State(state): State<AppState>,
+    Owner(caller): Owner,
+    ApiPath(user_id): ApiPath<String>,
+    ApiJson(body): ApiJson<AdminBody>,
+) -> ApiResult<Response> {
+    let Ok(role) = body.role.parse::<AdminRole>() else {
+        let message = "must be one of viewer, operator, owner";
+        return Err(ApiError::validation(
+            format!("role: {message}"),
+            json!([{"path": "role", "message": message}]),
+        ));
+    };
+    if user_id.trim().is_empty() || user_id.len() > 128 {
+        let message = "must be 1 to 128 characters";
+        return Err(ApiError::validation(
+            format!("user_id: {message}"),
+            json!([{"path": "user_id", "message": message}]),
+        ));
+    }
+    not_self(&caller, &user_id)?;
+    let before = access_store::set_admin_role(&state.pool, &user_id, role).await?;
+    audit(
+        &state,
+        &caller,
+        "admin.put",
+        "admin",
+        Some(&user_id),
+        json!({"role": role, "previous_role": before}),
+    )
+    .await;
+    let status = if before.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(json!({"user_id": user_id, "role": role}))).into_response())
+}
+
+/// Remove a user from the admins.
+#[utoipa::path(delete, path = "/admin/admins/{user_id}", tag = "admin",
+    params(("user_id" = String, Path, description = "The user id")),
+    responses((status = 204), (status = 403, description = "Needs the admin role `owner`"),
+              (status = 404, description = "Not an admin"), (status = 409, description = "Your own entry")))]
+async fn delete_admin(
+    State(state): State<AppState>,
+    Owner(caller): Owner,
+    ApiPath(user_id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    not_self(&caller, &user_id)?;
+    if !access_store::remove_admin(&state.pool, &user_id).await? {
+        return Err(ApiError::not_found("admin"));
+    }
+    audit(
+        &state,
+        &caller,
+        "admin.delete",
+        "admin",
+        Some(&user_id),
+        json!({}),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Filters and pagination of `GET /admin/audit`.
@@ -240,7 +384,7 @@ struct AdminAuditQuery {
 /// first.
 #[utoipa::path(get, path = "/admin/audit", tag = "admin", params(AdminAuditQuery),
     responses((status = 200, description = "`items` and `next_before_id`", body = Object), (status = 400),
-              (status = 403, description = "Not an admin")))]
+              (status = 403, description = "Needs the admin role `viewer` or above")))]
 async fn admin_audit(
     State(state): State<AppState>,
     _admin: Admin,

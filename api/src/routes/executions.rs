@@ -78,7 +78,7 @@ async fn get_execution(
     responses((status = 200, description = "Cancelled, or already finished (nothing changed)", body = Object),
               (status = 202, description = "Cancellation requested; the worker stops at the next step boundary", body = Object),
               (status = 404)))]
-async fn cancel_execution(
+pub(super) async fn cancel_execution(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
@@ -117,7 +117,7 @@ async fn cancel_execution(
 /// linked to the original by `rerun_of`.
 #[utoipa::path(post, path = "/executions/{id}/rerun", tag = "executions", params(("id" = Uuid, Path)),
     responses((status = 202, description = "The new execution", body = Object), (status = 404)))]
-async fn rerun_execution(
+pub(super) async fn rerun_execution(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,

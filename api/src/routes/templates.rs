@@ -18,7 +18,7 @@ use utoipa_axum::routes;
 
 use super::audit;
 use crate::AppState;
-use crate::auth::{Admin, Caller};
+use crate::auth::{Admin, Caller, Operator};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 
@@ -334,7 +334,7 @@ async fn submit_template(
 
 /// Every template, whatever its review status (admins).
 #[utoipa::path(get, path = "/admin/templates", tag = "admin", params(ListQuery),
-    responses((status = 200, body = Object), (status = 403)))]
+    responses((status = 200, body = Object), (status = 403, description = "Needs the admin role `viewer` or above")))]
 async fn admin_list_templates(
     State(state): State<AppState>,
     _admin: Admin,
@@ -346,10 +346,10 @@ async fn admin_list_templates(
 /// Publish a new official template (admins).
 #[utoipa::path(post, path = "/admin/templates", tag = "admin",
     request_body(content = Object, description = "A template"),
-    responses((status = 201, body = Object), (status = 403), (status = 409), (status = 422)))]
+    responses((status = 201, body = Object), (status = 403, description = "Needs the admin role `operator` or above"), (status = 409), (status = 422)))]
 async fn admin_create_template(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Operator(caller): Operator,
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<Response> {
     let template = Template::parse(&body).map_err(template_errors)?;
@@ -381,10 +381,10 @@ async fn admin_create_template(
 /// must be higher than the current one.
 #[utoipa::path(put, path = "/admin/templates/{slug}", tag = "admin", params(("slug" = String, Path)),
     request_body(content = Object, description = "The template's new version"),
-    responses((status = 200, body = Object), (status = 403), (status = 404), (status = 409), (status = 422)))]
+    responses((status = 200, body = Object), (status = 403, description = "Needs the admin role `operator` or above"), (status = 404), (status = 409), (status = 422)))]
 async fn admin_update_template(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<Json<Value>> {
@@ -424,10 +424,10 @@ async fn admin_update_template(
 /// Retire a template (admins): hidden from the marketplace; installed
 /// connectors keep working and its history stays.
 #[utoipa::path(delete, path = "/admin/templates/{slug}", tag = "admin", params(("slug" = String, Path)),
-    responses((status = 204), (status = 403), (status = 404)))]
+    responses((status = 204), (status = 403, description = "Needs the admin role `operator` or above"), (status = 404)))]
 async fn admin_retire_template(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     review(&state, &caller, &slug, ReviewStatus::Retired)
@@ -469,11 +469,11 @@ struct ApproveBody {
 /// version becomes visible to all and is what others install.
 #[utoipa::path(post, path = "/admin/templates/{slug}/approve", tag = "admin", params(("slug" = String, Path)),
     request_body = ApproveBody,
-    responses((status = 200, body = Object), (status = 403), (status = 404),
+    responses((status = 200, body = Object), (status = 403, description = "Needs the admin role `operator` or above"), (status = 404),
               (status = 422, description = "`version` is missing or not a version of this template")))]
 async fn admin_approve_template(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
     ApiJson(body): ApiJson<ApproveBody>,
 ) -> ApiResult<Json<Value>> {
@@ -504,10 +504,10 @@ async fn admin_approve_template(
 
 /// Reject a community template (admins).
 #[utoipa::path(post, path = "/admin/templates/{slug}/reject", tag = "admin", params(("slug" = String, Path)),
-    responses((status = 200, body = Object), (status = 403), (status = 404)))]
+    responses((status = 200, body = Object), (status = 403, description = "Needs the admin role `operator` or above"), (status = 404)))]
 async fn admin_reject_template(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     review(&state, &caller, &slug, ReviewStatus::Rejected).await
@@ -533,10 +533,10 @@ async fn feature(
 
 /// Feature a template (admins).
 #[utoipa::path(post, path = "/admin/templates/{slug}/feature", tag = "admin", params(("slug" = String, Path)),
-    responses((status = 200, body = Object), (status = 403), (status = 404)))]
+    responses((status = 200, body = Object), (status = 403, description = "Needs the admin role `operator` or above"), (status = 404)))]
 async fn admin_feature_template(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     feature(&state, &caller, &slug, true).await
@@ -544,10 +544,10 @@ async fn admin_feature_template(
 
 /// Stop featuring a template (admins).
 #[utoipa::path(delete, path = "/admin/templates/{slug}/feature", tag = "admin", params(("slug" = String, Path)),
-    responses((status = 200, body = Object), (status = 403), (status = 404)))]
+    responses((status = 200, body = Object), (status = 403, description = "Needs the admin role `operator` or above"), (status = 404)))]
 async fn admin_unfeature_template(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     feature(&state, &caller, &slug, false).await
@@ -565,7 +565,7 @@ struct WindowQuery {
 /// Installs, executions of installed connectors, success rate and p50/p95
 /// duration over a window (admins).
 #[utoipa::path(get, path = "/admin/templates/{slug}/metrics", tag = "admin", params(("slug" = String, Path), WindowQuery),
-    responses((status = 200, body = Object), (status = 403), (status = 404)))]
+    responses((status = 200, body = Object), (status = 403, description = "Needs the admin role `viewer` or above"), (status = 404)))]
 async fn admin_template_metrics(
     State(state): State<AppState>,
     _admin: Admin,

@@ -3,6 +3,7 @@
 
 mod accountability;
 mod admin_and_credentials;
+mod admin_roles;
 mod bad_input;
 mod http_api;
 mod marketplace;
