@@ -9,3 +9,4 @@ mod http_api;
 mod marketplace;
 mod observability;
 mod resilience;
+mod usage;
