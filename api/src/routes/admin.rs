@@ -18,7 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::access::audit_page;
+use super::access::audit_response;
 use super::executions::{EventsQuery, cancel_execution, events_response, rerun_execution};
 use super::{ExecutionPageQuery, audit, execution_page};
 use crate::AppState;
@@ -374,28 +374,43 @@ struct AdminAuditQuery {
     action: Option<String>,
     /// Only this actor (a user id or `api-key:<id>`).
     actor: Option<String>,
+    /// Only this target kind (`execution`, `connector`, `credential`, ...).
+    object_type: Option<String>,
+    /// Only this target id.
+    object_id: Option<String>,
+    /// Entries at or after this time (RFC 3339).
+    since: Option<DateTime<Utc>>,
+    /// Entries before this time (RFC 3339).
+    until: Option<DateTime<Utc>>,
     /// Entries older than this one: the previous page's `next_before_id`.
     before_id: Option<i64>,
     /// Page size (default 50, at most 200).
     limit: Option<i64>,
+    /// `json` (default: one page) or `ndjson` (every matching entry, one
+    /// JSON object a line, newest first, streamed).
+    format: Option<String>,
 }
 
 /// The audit log of every workspace (and of global admin actions), newest
 /// first.
 #[utoipa::path(get, path = "/admin/audit", tag = "admin", params(AdminAuditQuery),
-    responses((status = 200, description = "`items` and `next_before_id`", body = Object), (status = 400),
-              (status = 403, description = "Needs the admin role `viewer` or above")))]
+    responses((status = 200, description = "`items` and `next_before_id`, or with ?format=ndjson one entry a line", body = Object),
+              (status = 400), (status = 403, description = "Needs the admin role `viewer` or above")))]
 async fn admin_audit(
     State(state): State<AppState>,
     _admin: Admin,
     ApiQuery(q): ApiQuery<AdminAuditQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let filter = AuditFilter {
         workspace_id: q.workspace_id,
         action: q.action,
         actor: q.actor,
+        object_type: q.object_type,
+        object_id: q.object_id,
+        since: q.since,
+        until: q.until,
         before_id: q.before_id,
         limit: 0,
     };
-    audit_page(&state, filter, q.limit).await
+    audit_response(&state, filter, q.limit, q.format.as_deref()).await
 }

@@ -4,6 +4,7 @@
 mod accountability;
 mod admin_and_credentials;
 mod admin_roles;
+mod audit_log;
 mod bad_input;
 mod http_api;
 mod marketplace;

@@ -313,6 +313,14 @@ pub struct AuditFilter {
     pub action: Option<String>,
     /// Only this actor.
     pub actor: Option<String>,
+    /// Only this target kind (`execution`, `connector`, ...).
+    pub object_type: Option<String>,
+    /// Only this target id.
+    pub object_id: Option<String>,
+    /// Entries at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Entries before this time.
+    pub until: Option<DateTime<Utc>>,
     /// Entries with an id below this one (the previous page's last id).
     pub before_id: Option<i64>,
     /// Page size.
@@ -333,12 +341,20 @@ pub async fn list_audit(pool: &PgPool, f: &AuditFilter) -> Result<Vec<AuditRow>>
            AND ($2::text IS NULL OR action = $2)
            AND ($3::text IS NULL OR actor = $3)
            AND ($4::bigint IS NULL OR id < $4)
+           AND ($6::text IS NULL OR object_type = $6)
+           AND ($7::text IS NULL OR object_id = $7)
+           AND ($8::timestamptz IS NULL OR at >= $8)
+           AND ($9::timestamptz IS NULL OR at < $9)
          ORDER BY id DESC LIMIT $5",
         f.workspace_id,
         f.action,
         f.actor,
         f.before_id,
-        f.limit
+        f.limit,
+        f.object_type,
+        f.object_id,
+        f.since,
+        f.until
     )
     .fetch_all(pool)
     .await?)
