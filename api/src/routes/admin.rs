@@ -42,6 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(admin_cancel_execution))
         .routes(routes!(admin_rerun_execution))
         .routes(routes!(list_admins))
+        .routes(routes!(put_retention))
         .routes(routes!(put_admin, delete_admin))
         .routes(routes!(admin_audit))
 }
@@ -361,6 +362,73 @@ async fn delete_admin(
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The body of `PUT /admin/workspaces/{id}/retention`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RetentionBody {
+    /// `free` (90 days), `pro` (365 days), `custom` (with
+    /// `retention_days`), or null for the global default.
+    plan: Option<String>,
+    /// Days to keep finished executions, 1 to 3650; only with `custom`.
+    retention_days: Option<i32>,
+}
+
+/// Set how long a workspace's finished executions are kept: a plan (`free`
+/// 90 days, `pro` 365), `custom` days, or null for the worker's
+/// `CONVEYOR_RETENTION_DAYS`. The worker's retention loop applies it.
+#[utoipa::path(put, path = "/admin/workspaces/{id}/retention", tag = "admin",
+    params(("id" = String, Path, description = "The workspace id")), request_body = RetentionBody,
+    responses((status = 200, description = "`workspace_id`, `plan`, `retention_days` (the effective days, null for the default)", body = Object),
+              (status = 403, description = "Needs the admin role `operator` or above"),
+              (status = 422, description = "`plan` or `retention_days` is invalid")))]
+async fn put_retention(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<RetentionBody>,
+) -> ApiResult<Json<Value>> {
+    let invalid = |path: &str, message: &str| {
+        ApiError::validation(
+            format!("{path}: {message}"),
+            json!([{"path": path, "message": message}]),
+        )
+    };
+    let days = match (body.plan.as_deref(), body.retention_days) {
+        (Some("custom"), Some(days)) if (1..=3650).contains(&days) => Some(days),
+        (Some("custom"), _) => {
+            return Err(invalid(
+                "retention_days",
+                "must be 1 to 3650 with plan custom",
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(invalid("retention_days", "only goes with plan custom"));
+        }
+        (Some("free"), None) => Some(90),
+        (Some("pro"), None) => Some(365),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid("plan", "must be free, pro, custom or null"));
+        }
+    };
+    if id.trim().is_empty() || id.len() > 128 {
+        return Err(invalid("id", "must be 1 to 128 characters"));
+    }
+    admin_store::set_retention(&state.pool, &id, body.plan.as_deref(), body.retention_days).await?;
+    audit(
+        &state,
+        &caller,
+        "workspace.retention",
+        "workspace",
+        Some(&id),
+        json!({"plan": body.plan, "retention_days": days}),
+    )
+    .await;
+    Ok(Json(
+        json!({"workspace_id": id, "plan": body.plan, "retention_days": days}),
+    ))
 }
 
 /// Filters and pagination of `GET /admin/audit`.

@@ -10,4 +10,5 @@ mod http_api;
 mod marketplace;
 mod observability;
 mod resilience;
+mod retention;
 mod usage;
