@@ -1,7 +1,7 @@
 //! Admin roles through the HTTP API (in-process router, real PostgreSQL):
 //! each role is refused where it must be (403, audited as `admin.denied`),
 //! operators act on any workspace's executions (audited in that
-//! workspace), and only owners manage admins.
+//! workspace), and only owners manage admins (or `conveyor-api admin add`).
 
 use axum::http::{Method, StatusCode};
 use conveyor_engine::state::AdminRole;
@@ -212,4 +212,40 @@ async fn owners_manage_admins_but_not_themselves(pool: PgPool) {
             &json!("admin.put")
         ]
     );
+}
+
+/// Runs `conveyor-api admin add ...` against the test's database.
+fn admin_add(pool: &PgPool, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_conveyor-api"))
+        .args(["admin", "add"])
+        .args(args)
+        .env("DATABASE_URL", conveyor_tests::database_url(pool))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run conveyor-api")
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn the_cli_adds_admins_with_a_role_defaulting_to_owner(pool: PgPool) {
+    let api = TestApi::new(pool);
+    let carl = api.token("ws_ops", "carl");
+    let added = admin_add(&api.pool, &["carl", "--role", "viewer"]);
+    assert!(added.status.success(), "{added:?}");
+    assert_eq!(
+        api.get("/api/v1/admin/stats", &carl).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.get("/api/v1/admin/admins", &carl).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let refused = admin_add(&api.pool, &["carl", "--role", "boss"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("viewer, operator or owner"));
+    let promoted = admin_add(&api.pool, &["carl"]);
+    assert!(promoted.status.success(), "{promoted:?}");
+    assert!(String::from_utf8_lossy(&promoted.stdout).contains("(owner; was viewer)"));
+    let listed = api.get("/api/v1/admin/admins", &carl).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert_eq!(listed.items()[0]["role"], "owner");
 }
