@@ -12,9 +12,11 @@ use axum::http::Method;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine as _;
+use conveyor_engine::state::{AdminRole, StartedBy};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -306,8 +308,21 @@ pub struct Caller {
     pub actor: String,
     /// The user id when authenticated by JWT (API keys are not users).
     pub user_id: Option<String>,
+    /// The key's id when authenticated by API key.
+    pub api_key_id: Option<Uuid>,
     /// The request id, for the audit log.
     pub request_id: Option<String>,
+}
+
+impl Caller {
+    /// What an execution this caller starts records as its starter.
+    pub fn started_by(&self) -> StartedBy {
+        // A JWT caller's actor is its user id.
+        match self.api_key_id {
+            Some(key) => StartedBy::ApiKey(key),
+            None => StartedBy::User(self.actor.clone()),
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -366,6 +381,7 @@ impl FromRequestParts<AppState> for Caller {
                 workspace_id: key.workspace_id,
                 actor: format!("api-key:{}", key.id),
                 user_id: None,
+                api_key_id: Some(key.id),
                 request_id,
             }
         } else {
@@ -374,6 +390,7 @@ impl FromRequestParts<AppState> for Caller {
                 workspace_id: claims.workspace_id,
                 actor: claims.sub.clone(),
                 user_id: Some(claims.sub),
+                api_key_id: None,
                 request_id,
             }
         };
@@ -388,25 +405,85 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// A caller who is a SaaS admin (listed in `saas_admin_users`).
+/// A caller who is a SaaS admin (listed in `saas_admin_users`) of any
+/// role: what the read-only admin routes need.
 #[derive(Debug, Clone)]
 pub struct Admin(pub Caller);
+
+/// An admin with the `operator` or `owner` role: cancel and re-run any
+/// execution, manage templates.
+#[derive(Debug, Clone)]
+pub struct Operator(pub Caller);
+
+/// An admin with the `owner` role: manage admins.
+#[derive(Debug, Clone)]
+pub struct Owner(pub Caller);
+
+/// The caller, when a SaaS admin whose role covers `needed`; otherwise
+/// 403, recorded in the audit log as `admin.denied` with the route.
+async fn admin_caller(
+    parts: &mut Parts,
+    state: &AppState,
+    needed: AdminRole,
+) -> Result<Caller, ApiError> {
+    let caller = Caller::from_request_parts(parts, state).await?;
+    let role = match caller.user_id.as_deref() {
+        Some(user) => conveyor_engine::store::access::admin_role(&state.pool, user).await?,
+        None => None,
+    };
+    if role.is_some_and(|r| r.covers(needed)) {
+        return Ok(caller);
+    }
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map_or_else(|| parts.uri.path(), MatchedPath::as_str);
+    let target = format!("{} {route}", parts.method);
+    crate::routes::audit(
+        state,
+        &caller,
+        "admin.denied",
+        "route",
+        Some(&target),
+        serde_json::json!({"needed": needed, "role": role}),
+    )
+    .await;
+    Err(match (caller.user_id.is_some(), role) {
+        (false, _) => ApiError::forbidden("admin routes need a user token, not an API key"),
+        (true, None) => ApiError::forbidden("this route is for admins"),
+        (true, Some(role)) => ApiError::forbidden(format!(
+            "this route needs the admin role `{needed}` or above; yours is `{role}`"
+        )),
+    })
+}
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let caller = Caller::from_request_parts(parts, state).await?;
-        let Some(user) = caller.user_id.as_deref() else {
-            return Err(ApiError::forbidden(
-                "admin routes need a user token, not an API key",
-            ));
-        };
-        if conveyor_engine::store::access::is_admin(&state.pool, user).await? {
-            Ok(Admin(caller))
-        } else {
-            Err(ApiError::forbidden("this route is for admins"))
-        }
+        admin_caller(parts, state, AdminRole::Viewer)
+            .await
+            .map(Admin)
+    }
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        admin_caller(parts, state, AdminRole::Operator)
+            .await
+            .map(Operator)
+    }
+}
+
+impl FromRequestParts<AppState> for Owner {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        admin_caller(parts, state, AdminRole::Owner)
+            .await
+            .map(Owner)
     }
 }
 

@@ -15,6 +15,7 @@ use conveyor_api::{ApiConfig, AppState, app};
 use conveyor_engine::crypto::Key;
 use conveyor_engine::http::StepClient;
 use conveyor_engine::runner::Runner;
+use conveyor_engine::state::AdminRole;
 use conveyor_worker::Worker;
 use conveyor_worker::settings::{self, ApiSettings, Settings};
 use conveyor_worker::telemetry::{self, Telemetry};
@@ -92,10 +93,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AdminAction {
-    /// Make a user an admin.
+    /// Make a user an admin, or change an admin's role.
     Add {
         /// The user id (a token's `sub`).
         user_id: String,
+        /// `viewer` (read-only), `operator` (also cancel and re-run any
+        /// execution, manage templates) or `owner` (also manage admins).
+        #[arg(long, default_value = "owner", value_parser = parse_role)]
+        role: AdminRole,
     },
     /// Remove a user from the admins.
     Remove {
@@ -282,14 +287,17 @@ fn token(workspace: &str, user: &str, ttl: &str) -> anyhow::Result<ExitCode> {
 async fn admin(action: AdminAction) -> anyhow::Result<ExitCode> {
     let pool = Settings::pool_for(&settings::database_url()?, 2)?;
     match action {
-        AdminAction::Add { user_id } => {
-            let added = conveyor_engine::store::access::add_admin(&pool, &user_id).await?;
+        AdminAction::Add { user_id, role } => {
+            let before =
+                conveyor_engine::store::access::set_admin_role(&pool, &user_id, role).await?;
             println!(
                 "{}",
-                if added {
-                    format!("{user_id} is now an admin")
-                } else {
-                    format!("{user_id} was already an admin")
+                match before {
+                    None => format!("{user_id} is now an admin ({role})"),
+                    Some(before) if before == role => {
+                        format!("{user_id} was already an admin ({role})")
+                    }
+                    Some(before) => format!("{user_id} is now an admin ({role}; was {before})"),
                 }
             );
         }
@@ -306,6 +314,11 @@ async fn admin(action: AdminAction) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_role(s: &str) -> Result<AdminRole, String> {
+    s.parse()
+        .map_err(|_| format!("`{s}` is not a role: expected viewer, operator or owner"))
 }
 
 fn validate(files: &[PathBuf]) -> ExitCode {

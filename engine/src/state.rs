@@ -125,9 +125,86 @@ stored_state! {
     }
 }
 
+stored_state! {
+    /// What a SaaS admin may do; each role includes the ones before it.
+    pub enum AdminRole {
+        /// Reads every admin view.
+        Viewer = "viewer",
+        /// Also cancels and re-runs any execution and manages templates.
+        Operator = "operator",
+        /// Also manages admins.
+        Owner = "owner",
+    }
+}
+
+impl AdminRole {
+    /// Whether this role may do what `needed` may.
+    pub fn covers(self, needed: AdminRole) -> bool {
+        self.rank() >= needed.rank()
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Self::Viewer => 0,
+            Self::Operator => 1,
+            Self::Owner => 2,
+        }
+    }
+}
+
+/// What started an execution, stored in `started_by` as `<kind>:<id>`
+/// (the column's CHECK also admits the `schedule:` and `trigger:` kinds
+/// reserved for schedules and triggers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartedBy {
+    /// A user, by JWT: `user:<user id>`.
+    User(String),
+    /// A workspace API key: `api_key:<key id>`.
+    ApiKey(uuid::Uuid),
+    /// A re-run of another execution: `rerun_of:<execution id>`.
+    RerunOf(uuid::Uuid),
+}
+
+impl fmt::Display for StartedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::User(id) => write!(f, "user:{id}"),
+            Self::ApiKey(id) => write!(f, "api_key:{id}"),
+            Self::RerunOf(id) => write!(f, "rerun_of:{id}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_admin_role_covers_the_ones_before_it() {
+        use AdminRole::{Operator, Owner, Viewer};
+        for (role, covered) in [
+            (Viewer, &[Viewer][..]),
+            (Operator, &[Viewer, Operator][..]),
+            (Owner, &[Viewer, Operator, Owner][..]),
+        ] {
+            for needed in AdminRole::ALL {
+                assert_eq!(
+                    role.covers(*needed),
+                    covered.contains(needed),
+                    "{role} {needed}"
+                );
+            }
+        }
+        assert_eq!("owner".parse(), Ok(Owner));
+    }
+
+    #[test]
+    fn started_by_is_kind_colon_id() {
+        let id = uuid::Uuid::nil();
+        assert_eq!(StartedBy::User("u-1".into()).to_string(), "user:u-1");
+        assert_eq!(StartedBy::ApiKey(id).to_string(), format!("api_key:{id}"));
+        assert_eq!(StartedBy::RerunOf(id).to_string(), format!("rerun_of:{id}"));
+    }
 
     #[test]
     fn text_json_and_parsing_agree() {

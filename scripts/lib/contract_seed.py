@@ -131,11 +131,14 @@ admin_operations = [
 # delays against each other), which settings and credentials a template
 # needs, whether an input matches its connector's own input_schema
 # (which other operations of the run may change), and whether an API key's
-# expires_at lies in the future (a time relative to now).
+# expires_at lies in the future (a time relative to now), and whether a
+# retention plan and its days go together (`custom` needs days, the others
+# refuse them).
 SEMANTIC_422 = [
     "create_connector", "update_connector", "submit_template", "install_template",
     "admin_create_template", "admin_update_template",
     "execute_connector", "execute_connector_batch", "create_api_key",
+    "put_retention",
 ]
 default_accepted = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 # A cursor is opaque: only a `next_cursor` the API handed out is one (the

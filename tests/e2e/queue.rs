@@ -420,14 +420,19 @@ async fn retention_prunes_finished_executions_with_their_steps_and_events(pool: 
     .await;
     let history = conveyor_engine::store::history::prune_finished;
     assert_eq!(
-        history(&h.pool, Utc::now() - Duration::from_secs(60), 10)
-            .await
-            .expect("prune"),
+        history(
+            &h.pool,
+            Utc::now(),
+            Utc::now() - Duration::from_secs(60),
+            10
+        )
+        .await
+        .expect("prune"),
         0,
         "too recent"
     );
     assert_eq!(
-        history(&h.pool, Utc::now() + Duration::from_secs(1), 10)
+        history(&h.pool, Utc::now(), Utc::now() + Duration::from_secs(1), 10)
             .await
             .expect("prune"),
         1

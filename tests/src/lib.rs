@@ -12,6 +12,7 @@ use conveyor_engine::connector;
 use conveyor_engine::crypto::{Key, Keyring};
 use conveyor_engine::http::{HttpConfig, StepClient};
 use conveyor_engine::runner::{Runner, RunnerConfig};
+use conveyor_engine::state::StartedBy;
 use conveyor_engine::store::executions::StepRow;
 use conveyor_engine::store::executions::{self, NewExecution};
 use conveyor_engine::store::history::{self, ExecutionView};
@@ -177,6 +178,7 @@ pub fn new_execution((connector_id, connector_version): (Uuid, i32), input: Valu
         run_at: None,
         rerun_of: None,
         trace_context: None,
+        started_by: StartedBy::User("test".to_owned()),
     }
 }
 

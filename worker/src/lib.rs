@@ -320,14 +320,17 @@ pub async fn observe_queue(pool: PgPool, shutdown: CancellationToken) {
     }
 }
 
-/// Deletes finished executions older than `retention` (with their steps
-/// and events) in small batches, so it never holds long locks.
+/// Deletes finished executions past their workspace's retention (its plan
+/// or custom days, else `retention`) with their steps and events, in small
+/// batches, so it never holds long locks.
 pub async fn prune(pool: PgPool, retention: Duration, shutdown: CancellationToken) {
     loop {
-        let cutoff = Utc::now() - retention;
+        let now = Utc::now();
+        let cutoff = now - retention;
         let mut total = 0;
         loop {
-            match conveyor_engine::store::history::prune_finished(&pool, cutoff, PRUNE_BATCH).await
+            match conveyor_engine::store::history::prune_finished(&pool, now, cutoff, PRUNE_BATCH)
+                .await
             {
                 Ok(n) => {
                     total += n;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use conveyor_engine::crypto::Key;
-use conveyor_engine::state::ExecutionStatus;
+use conveyor_engine::state::{ExecutionStatus, StartedBy};
 use conveyor_engine::store::executions::{self, NewExecution};
 use conveyor_tests::{Harness, WS};
 use serde_json::{Value, json};
@@ -201,6 +201,7 @@ async fn enqueue_many(pool: &PgPool, (connector_id, connector_version): (Uuid, i
                 run_at: None,
                 rerun_of: None,
                 trace_context: None,
+                started_by: StartedBy::User("test".to_owned()),
             },
             Utc::now(),
         )

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use conveyor_engine::crypto::Key;
+use conveyor_engine::state::StartedBy;
 use conveyor_engine::store::executions::{self, NewExecution};
 use conveyor_tests::{Harness, WS};
 use serde_json::json;
@@ -177,6 +178,7 @@ async fn enqueue(pool: &PgPool, (connector_id, connector_version): (Uuid, i32), 
             run_at: None,
             rerun_of: None,
             trace_context: None,
+            started_by: StartedBy::User("soak".to_owned()),
         };
         executions::enqueue(&mut tx, &new, Utc::now())
             .await

@@ -2,9 +2,12 @@
 //! audit log.
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use conveyor_engine::store::access::{self as access_store, AuditFilter};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -201,11 +204,22 @@ struct AuditQuery {
     action: Option<String>,
     /// Only this actor (a user id or `api-key:<id>`).
     actor: Option<String>,
+    /// Only this target kind (`execution`, `connector`, `credential`, ...).
+    object_type: Option<String>,
+    /// Only this target id.
+    object_id: Option<String>,
+    /// Entries at or after this time (RFC 3339).
+    since: Option<DateTime<Utc>>,
+    /// Entries before this time (RFC 3339).
+    until: Option<DateTime<Utc>>,
     /// Entries older than this one: the previous page's `next_before_id`.
     before_id: Option<i64>,
     /// Page size (default 50, at most 200).
     #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// `json` (default: one page) or `ndjson` (every matching entry, one
+    /// JSON object a line, newest first, streamed).
+    format: Option<String>,
 }
 
 /// One page of the audit log, newest first: `{"items", "next_before_id"}`,
@@ -238,21 +252,80 @@ pub(crate) async fn audit_page(
     Ok(Json(json!({"items": items, "next_before_id": next})))
 }
 
+/// Rows one export statement reads.
+const EXPORT_PAGE: i64 = 1000;
+
+/// The audit log per `format`: one page as JSON, or every matching entry
+/// as NDJSON, read in keyset pages of [`EXPORT_PAGE`] while streaming.
+///
+/// # Errors
+///
+/// 400 for a bad limit or format; database errors.
+pub(crate) async fn audit_response(
+    state: &AppState,
+    filter: AuditFilter,
+    limit: Option<i64>,
+    format: Option<&str>,
+) -> ApiResult<Response> {
+    match format {
+        None | Some("json") => Ok(audit_page(state, filter, limit).await?.into_response()),
+        Some("ndjson") => {
+            let stream = futures_util::stream::unfold(
+                Some((state.pool.clone(), filter)),
+                |next| async move {
+                    let (pool, mut filter) = next?;
+                    filter.limit = EXPORT_PAGE;
+                    match access_store::list_audit(&pool, &filter).await {
+                        Ok(rows) => {
+                            let mut lines = String::new();
+                            for row in &rows {
+                                lines.push_str(&json!(row).to_string());
+                                lines.push('\n');
+                            }
+                            let more = rows.len() == EXPORT_PAGE as usize;
+                            filter.before_id = rows.last().map(|r| r.id);
+                            Some((Ok(lines), more.then_some((pool, filter))))
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "the audit export stopped");
+                            Some((Err(std::io::Error::other("the audit export stopped")), None))
+                        }
+                    }
+                },
+            );
+            Ok((
+                [(CONTENT_TYPE, "application/x-ndjson")],
+                Body::from_stream(stream),
+            )
+                .into_response())
+        }
+        Some(other) => Err(ApiError::bad_request(format!(
+            "invalid `format` `{other}`: expected json or ndjson"
+        ))),
+    }
+}
+
 /// The workspace's audit log, newest first: every mutating call with who,
-/// what, which object and which request (never a secret).
+/// what, which object and which request (never a secret); filterable by
+/// actor, action, target and time, keyset-paged, exportable as NDJSON.
 #[utoipa::path(get, path = "/audit", tag = "access", operation_id = "list_audit", params(AuditQuery),
-    responses((status = 200, description = "One page of the workspace's audit log, newest first", body = AuditPage)))]
+    responses((status = 200, description = "One page of the workspace's audit log, newest first; with `format=ndjson` every matching entry, one a line",
+               content((AuditPage = "application/json"), (conveyor_engine::store::access::AuditRow = "application/x-ndjson")))))]
 async fn list_audit(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<AuditQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let filter = AuditFilter {
         workspace_id: Some(caller.workspace_id),
         action: q.action,
         actor: q.actor,
+        object_type: q.object_type,
+        object_id: q.object_id,
+        since: q.since,
+        until: q.until,
         before_id: q.before_id,
         limit: 0,
     };
-    audit_page(&state, filter, q.limit).await
+    audit_response(&state, filter, q.limit, q.format.as_deref()).await
 }

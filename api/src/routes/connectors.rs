@@ -312,6 +312,7 @@ async fn execute(
         run_at: body.run_at,
         rerun_of: None,
         trace_context: conveyor_engine::telemetry::current_context(),
+        started_by: caller.started_by(),
     };
     let enqueued = match state.starter.start_one(&state.pool, &new, Utc::now()).await {
         Ok(enqueued) => enqueued,
@@ -322,6 +323,15 @@ async fn execute(
         .await?
         .ok_or_else(|| ApiError::not_found("execution"))?;
     let status = if enqueued.created {
+        audit(
+            &state,
+            &caller,
+            "execution.start",
+            "execution",
+            Some(&enqueued.id.to_string()),
+            json!({"connector_id": id}),
+        )
+        .await;
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
@@ -397,6 +407,7 @@ async fn execute_batch(
             run_at: None,
             rerun_of: None,
             trace_context: conveyor_engine::telemetry::current_context(),
+            started_by: caller.started_by(),
         });
     }
     if !errors.is_empty() {
@@ -405,13 +416,24 @@ async fn execute_batch(
             Value::Array(errors),
         ));
     }
-    let ids: Vec<Uuid> = match state.starter.start(&state.pool, &news, Utc::now()).await {
-        Ok(enqueued) => enqueued.iter().map(|e| e.id).collect(),
+    let enqueued = match state.starter.start(&state.pool, &news, Utc::now()).await {
+        Ok(enqueued) => enqueued,
         Err(StartError::ReusedKey { index }) => {
             return Err(reused_key(&format!("items[{index}].idempotency_key")));
         }
         Err(StartError::Store(e)) => return Err(e.into()),
     };
+    let created = enqueued.iter().filter(|e| e.created).count();
+    audit(
+        &state,
+        &caller,
+        "execution.start_batch",
+        "connector",
+        Some(&id.to_string()),
+        json!({"count": enqueued.len(), "created": created}),
+    )
+    .await;
+    let ids: Vec<Uuid> = enqueued.iter().map(|e| e.id).collect();
     Ok((StatusCode::ACCEPTED, Json(json!({"ids": ids}))).into_response())
 }
 

@@ -10,7 +10,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use conveyor_engine::start::StartError;
-use conveyor_engine::state::ExecutionStatus;
+use conveyor_engine::state::{ExecutionStatus, StartedBy};
 use conveyor_engine::store::executions::{self, CancelOutcome, NewExecution};
 use conveyor_engine::store::history;
 use conveyor_engine::store::history::ExecutionView;
@@ -84,7 +84,7 @@ async fn get_execution(
                example = json!({"id": "0193a4a8-7c1e-7d2a-9b51-2f4f0b1c9e77", "status": "cancelled", "message": "cancelled"})),
               (status = 202, description = "Cancellation requested; the worker stops at the next step boundary at the latest", body = CancelResult),
               (status = 404, description = "No such execution in this workspace")))]
-async fn cancel_execution(
+pub(super) async fn cancel_execution(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
@@ -125,7 +125,7 @@ async fn cancel_execution(
     params(("id" = Uuid, Path, description = "The execution to run again")),
     responses((status = 202, description = "The new execution (`rerun_of` names the original)", body = ExecutionView),
               (status = 404, description = "No such execution in this workspace")))]
-async fn rerun_execution(
+pub(super) async fn rerun_execution(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
@@ -141,6 +141,7 @@ async fn rerun_execution(
         run_at: None,
         rerun_of: Some(id),
         trace_context: conveyor_engine::telemetry::current_context(),
+        started_by: StartedBy::RerunOf(id),
     };
     let enqueued = state
         .starter
@@ -167,7 +168,7 @@ async fn rerun_execution(
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct EventsQuery {
+pub(super) struct EventsQuery {
     /// `json` for the stored list; default: a Server-Sent-Events stream.
     #[param(schema_with = events_format_schema)]
     format: Option<String>,
@@ -198,9 +199,20 @@ async fn execution_events(
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> ApiResult<Response> {
     find(&state, &caller, id).await?;
+    events_response(state, caller.workspace_id, id, q).await
+}
+
+/// The event log of execution `id` of workspace `ws` (known to exist), as
+/// the stored list or a stream per `q`.
+pub(super) async fn events_response(
+    state: AppState,
+    ws: String,
+    id: Uuid,
+    q: EventsQuery,
+) -> ApiResult<Response> {
     match q.format.as_deref() {
         Some("json") => {
-            let items = history::events(&state.pool, &caller.workspace_id, id, 0).await?;
+            let items = history::events(&state.pool, &ws, id, 0).await?;
             return Ok(Json(json!({"items": items})).into_response());
         }
         Some(other) => {
@@ -213,7 +225,7 @@ async fn execution_events(
     let max = state.config.max_streams_per_workspace;
     let slot = state
         .streams
-        .acquire(&caller.workspace_id, max)
+        .acquire(&ws, max)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -226,7 +238,7 @@ async fn execution_events(
     // subscription is missed.
     let rx = state.events.subscribe();
     history::watch(&state.pool, id, watcher, Utc::now() + WATCH_TTL).await?;
-    let stream = event_stream(state, caller.workspace_id, id, (watcher, slot), rx);
+    let stream = event_stream(state, ws, id, (watcher, slot), rx);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())

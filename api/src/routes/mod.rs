@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod executions;
 pub mod ops;
 pub mod templates;
+pub mod usage;
 
 use axum::Json;
 use chrono::{DateTime, Utc};

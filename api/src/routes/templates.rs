@@ -18,7 +18,7 @@ use utoipa_axum::routes;
 
 use super::audit;
 use crate::AppState;
-use crate::auth::{Admin, Caller};
+use crate::auth::{Admin, Caller, Operator};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::schemas::{
@@ -364,7 +364,8 @@ async fn submit_template(
 
 /// Every template, whatever its review status (admins).
 #[utoipa::path(get, path = "/admin/templates", tag = "admin", operation_id = "admin_list_templates", params(ListQuery),
-    responses((status = 200, description = "Every template, whatever its review status", body = TemplatePage)))]
+    responses((status = 403, description = "Needs the admin role `viewer` or above"),
+              (status = 200, description = "Every template, whatever its review status", body = TemplatePage)))]
 async fn admin_list_templates(
     State(state): State<AppState>,
     _admin: Admin,
@@ -376,12 +377,13 @@ async fn admin_list_templates(
 /// Publish a new official template (admins).
 #[utoipa::path(post, path = "/admin/templates", tag = "admin", operation_id = "admin_create_template",
     request_body(content = Template, description = "A new official template", example = template_example),
-    responses((status = 201, description = "Published", body = TemplateVersionRef),
+    responses((status = 403, description = "Needs the admin role `operator` or above"),
+              (status = 201, description = "Published", body = TemplateVersionRef),
               (status = 409, description = "The slug exists: update it instead"),
               (status = 422, description = "Invalid template; `details.errors` lists `{path, message}`")))]
 async fn admin_create_template(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Operator(caller): Operator,
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<Response> {
     let template = Template::parse(&body).map_err(template_errors)?;
@@ -413,13 +415,14 @@ async fn admin_create_template(
 /// must be higher than the current one.
 #[utoipa::path(put, path = "/admin/templates/{slug}", tag = "admin", operation_id = "admin_update_template", params(("slug" = String, Path, description = "The template")),
     request_body(content = Template, description = "The template's new version (same slug, higher version)"),
-    responses((status = 200, description = "Published", body = TemplateVersionRef),
+    responses((status = 403, description = "Needs the admin role `operator` or above"),
+              (status = 200, description = "Published", body = TemplateVersionRef),
               (status = 404, description = "No such template"),
               (status = 409, description = "A community template, or the version is not newer"),
               (status = 422, description = "Invalid template, or its slug differs from the URL's")))]
 async fn admin_update_template(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<Json<Value>> {
@@ -459,10 +462,11 @@ async fn admin_update_template(
 /// Retire a template (admins): hidden from the marketplace; installed
 /// connectors keep working and its history stays.
 #[utoipa::path(delete, path = "/admin/templates/{slug}", tag = "admin", operation_id = "admin_retire_template", params(("slug" = String, Path, description = "The template")),
-    responses((status = 204, description = "Retired"), (status = 404, description = "No such template")))]
+    responses((status = 403, description = "Needs the admin role `operator` or above"),
+              (status = 204, description = "Retired"), (status = 404, description = "No such template")))]
 async fn admin_retire_template(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     review(&state, &caller, &slug, ReviewStatus::Retired)
@@ -504,12 +508,13 @@ struct ApproveBody {
 /// version becomes visible to all and is what others install.
 #[utoipa::path(post, path = "/admin/templates/{slug}/approve", tag = "admin", operation_id = "admin_approve_template", params(("slug" = String, Path, description = "The template")),
     request_body(content = ApproveBody, example = json!({"version": "1.0.0"})),
-    responses((status = 200, description = "Approved: the reviewed version is what workspaces see and install", body = ReviewResult),
+    responses((status = 403, description = "Needs the admin role `operator` or above"),
+              (status = 200, description = "Approved: the reviewed version is what workspaces see and install", body = ReviewResult),
               (status = 404, description = "No such template"),
               (status = 422, description = "`version` is missing or not a version of this template")))]
 async fn admin_approve_template(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
     ApiJson(body): ApiJson<ApproveBody>,
 ) -> ApiResult<Json<Value>> {
@@ -540,10 +545,11 @@ async fn admin_approve_template(
 
 /// Reject a community template (admins).
 #[utoipa::path(post, path = "/admin/templates/{slug}/reject", tag = "admin", operation_id = "admin_reject_template", params(("slug" = String, Path, description = "The template")),
-    responses((status = 200, description = "Rejected", body = ReviewResult), (status = 404, description = "No such template")))]
+    responses((status = 403, description = "Needs the admin role `operator` or above"),
+              (status = 200, description = "Rejected", body = ReviewResult), (status = 404, description = "No such template")))]
 async fn admin_reject_template(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     review(&state, &caller, &slug, ReviewStatus::Rejected).await
@@ -569,10 +575,11 @@ async fn feature(
 
 /// Feature a template (admins).
 #[utoipa::path(post, path = "/admin/templates/{slug}/feature", tag = "admin", operation_id = "admin_feature_template", params(("slug" = String, Path, description = "The template")),
-    responses((status = 200, description = "Featured", body = FeatureResult), (status = 404, description = "No such template")))]
+    responses((status = 403, description = "Needs the admin role `operator` or above"),
+              (status = 200, description = "Featured", body = FeatureResult), (status = 404, description = "No such template")))]
 async fn admin_feature_template(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     feature(&state, &caller, &slug, true).await
@@ -580,10 +587,11 @@ async fn admin_feature_template(
 
 /// Stop featuring a template (admins).
 #[utoipa::path(delete, path = "/admin/templates/{slug}/feature", tag = "admin", operation_id = "admin_unfeature_template", params(("slug" = String, Path, description = "The template")),
-    responses((status = 200, description = "No longer featured", body = FeatureResult), (status = 404, description = "No such template")))]
+    responses((status = 403, description = "Needs the admin role `operator` or above"),
+              (status = 200, description = "No longer featured", body = FeatureResult), (status = 404, description = "No such template")))]
 async fn admin_unfeature_template(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     feature(&state, &caller, &slug, false).await
@@ -602,7 +610,8 @@ struct WindowQuery {
 /// Installs, executions of installed connectors, success rate and p50/p95
 /// duration over a window (admins).
 #[utoipa::path(get, path = "/admin/templates/{slug}/metrics", tag = "admin", operation_id = "admin_template_metrics", params(("slug" = String, Path, description = "The template"), WindowQuery),
-    responses((status = 200, description = "Installs, executions, success rate and p50/p95 duration", body = TemplateMetricsReport),
+    responses((status = 403, description = "Needs the admin role `viewer` or above"),
+              (status = 200, description = "Installs, executions, success rate and p50/p95 duration", body = TemplateMetricsReport),
               (status = 404, description = "No such template")))]
 async fn admin_template_metrics(
     State(state): State<AppState>,

@@ -580,6 +580,14 @@ async fn the_openapi_document_lists_these_routes(pool: PgPool) {
         ("/api/v1/admin/stats", &["get"][..]),
         ("/api/v1/admin/workspaces/{id}/usage", &["get"][..]),
         ("/api/v1/admin/executions", &["get"][..]),
+        ("/api/v1/admin/executions/{id}", &["get"][..]),
+        ("/api/v1/admin/executions/{id}/events", &["get"][..]),
+        ("/api/v1/admin/executions/{id}/cancel", &["post"][..]),
+        ("/api/v1/admin/executions/{id}/rerun", &["post"][..]),
+        ("/api/v1/admin/admins", &["get"][..]),
+        ("/api/v1/usage", &["get"][..]),
+        ("/api/v1/admin/usage", &["get"][..]),
+        ("/api/v1/admin/admins/{user_id}", &["put", "delete"][..]),
         ("/api/v1/admin/audit", &["get"][..]),
     ] {
         for method in methods {

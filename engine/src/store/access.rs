@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::Result;
+use crate::state::AdminRole;
 
 /// An API key's metadata (never the key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -147,21 +148,72 @@ pub async fn authenticate_api_key(pool: &PgPool, digest: &[u8]) -> Result<Option
     .await?)
 }
 
-/// Whether `user_id` is a SaaS admin.
+/// The role of SaaS admin `user_id`, or `None` when not an admin.
 ///
 /// # Errors
 ///
 /// Database errors.
-pub async fn is_admin(pool: &PgPool, user_id: &str) -> Result<bool> {
+pub async fn admin_role(pool: &PgPool, user_id: &str) -> Result<Option<AdminRole>> {
     Ok(sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM saas_admin_users WHERE user_id = $1) AS "admin!""#,
+        r#"SELECT role AS "role: AdminRole" FROM saas_admin_users WHERE user_id = $1"#,
         user_id
     )
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await?)
 }
 
-/// Adds an admin; whether they were new.
+/// Makes `user_id` an admin with `role` (changing the role of an existing
+/// admin); the role they had before, if any.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn set_admin_role(
+    pool: &PgPool,
+    user_id: &str,
+    role: AdminRole,
+) -> Result<Option<AdminRole>> {
+    Ok(sqlx::query_scalar!(
+        r#"WITH before AS (SELECT role FROM saas_admin_users WHERE user_id = $1),
+                upsert AS (
+                    INSERT INTO saas_admin_users (user_id, role) VALUES ($1, $2)
+                    ON CONFLICT (user_id) DO UPDATE SET role = EXCLUDED.role)
+           SELECT role AS "role: AdminRole" FROM before"#,
+        user_id,
+        role.as_str()
+    )
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// A SaaS admin.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminRow {
+    /// The user id.
+    pub user_id: String,
+    /// The role.
+    pub role: AdminRole,
+    /// Since when.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Every SaaS admin, by user id.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn list_admins(pool: &PgPool) -> Result<Vec<AdminRow>> {
+    Ok(sqlx::query_as!(
+        AdminRow,
+        r#"SELECT user_id, role AS "role: AdminRole", created_at
+           FROM saas_admin_users ORDER BY user_id"#
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Adds an admin (an `owner`, the column's default); whether they were
+/// new.
 ///
 /// # Errors
 ///
@@ -261,6 +313,14 @@ pub struct AuditFilter {
     pub action: Option<String>,
     /// Only this actor.
     pub actor: Option<String>,
+    /// Only this target kind (`execution`, `connector`, ...).
+    pub object_type: Option<String>,
+    /// Only this target id.
+    pub object_id: Option<String>,
+    /// Entries at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Entries before this time.
+    pub until: Option<DateTime<Utc>>,
     /// Entries with an id below this one (the previous page's last id).
     pub before_id: Option<i64>,
     /// Page size.
@@ -281,12 +341,20 @@ pub async fn list_audit(pool: &PgPool, f: &AuditFilter) -> Result<Vec<AuditRow>>
            AND ($2::text IS NULL OR action = $2)
            AND ($3::text IS NULL OR actor = $3)
            AND ($4::bigint IS NULL OR id < $4)
+           AND ($6::text IS NULL OR object_type = $6)
+           AND ($7::text IS NULL OR object_id = $7)
+           AND ($8::timestamptz IS NULL OR at >= $8)
+           AND ($9::timestamptz IS NULL OR at < $9)
          ORDER BY id DESC LIMIT $5",
         f.workspace_id,
         f.action,
         f.actor,
         f.before_id,
-        f.limit
+        f.limit,
+        f.object_type,
+        f.object_id,
+        f.since,
+        f.until
     )
     .fetch_all(pool)
     .await?)

@@ -222,3 +222,28 @@ pub async fn workspace_usage(
     .await?;
     Ok((per_day, per_connector))
 }
+
+/// Sets a workspace's retention plan (`free`, `pro`, or `custom` with
+/// `retention_days`; `None` follows the global default), creating the
+/// workspace row if needed.
+///
+/// # Errors
+///
+/// Database errors, including a plan and days the schema's CHECKs refuse.
+pub async fn set_retention(
+    pool: &PgPool,
+    workspace_id: &str,
+    plan: Option<&str>,
+    retention_days: Option<i32>,
+) -> Result<()> {
+    sqlx::query!(
+        "INSERT INTO workspaces (id, plan, retention_days) VALUES ($1, $2, $3)
+         ON CONFLICT (id) DO UPDATE SET plan = EXCLUDED.plan, retention_days = EXCLUDED.retention_days",
+        workspace_id,
+        plan,
+        retention_days
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -17,7 +17,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::Result;
-use crate::state::{ExecutionStatus, StepOutcome};
+use crate::state::{ExecutionStatus, StartedBy, StepOutcome};
 
 /// What a caller asks to enqueue.
 #[derive(Debug, Clone)]
@@ -41,6 +41,8 @@ pub struct NewExecution {
     /// W3C trace context (`traceparent`, `tracestate`) of the request that
     /// enqueued it; the worker's execution span continues that trace.
     pub trace_context: Option<Value>,
+    /// What started it.
+    pub started_by: StartedBy,
 }
 
 /// The result of an enqueue.
@@ -71,8 +73,8 @@ pub async fn enqueue(
             r#"WITH ins AS (
                    INSERT INTO connector_executions
                        (id, workspace_id, connector_id, connector_version, input, idempotency_key,
-                        priority, run_at, rerun_of, trace_context, created_at, updated_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8::timestamptz, $9::timestamptz), $10, $11, $9, $9)
+                        priority, run_at, rerun_of, trace_context, started_by, created_at, updated_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8::timestamptz, $9::timestamptz), $10, $11, $12, $9, $9)
                    ON CONFLICT (workspace_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                    RETURNING id, workspace_id, run_at, priority, rerun_of
                ), ev AS (
@@ -92,7 +94,8 @@ pub async fn enqueue(
             new.run_at,
             now,
             new.rerun_of,
-            new.trace_context
+            new.trace_context,
+            new.started_by.to_string()
         )
         .fetch_optional(&mut *conn)
         .await?;

@@ -51,6 +51,9 @@ pub struct ExecutionView {
     pub error: Option<Value>,
     /// The execution this one re-runs.
     pub rerun_of: Option<Uuid>,
+    /// What started it (`user:<id>`, `api_key:<id>`, `rerun_of:<id>`);
+    /// `None` for executions enqueued before this was recorded.
+    pub started_by: Option<String>,
     /// First unfinished step.
     pub next_step: i32,
     /// Attempt of that step.
@@ -76,11 +79,38 @@ pub async fn get(pool: &PgPool, workspace_id: &str, id: Uuid) -> Result<Option<E
         r#"SELECT id, workspace_id, connector_id, connector_version,
                 status AS "status: ExecutionStatus", priority, run_at, claims,
                 reclaims, lease_owner, lease_expires_at, cancel_requested_at, idempotency_key, input,
-                output, error, rerun_of, next_step, step_attempt, created_at, started_at, finished_at,
+                output, error, rerun_of, started_by, next_step, step_attempt, created_at, started_at, finished_at,
                 updated_at
          FROM connector_executions WHERE id = $1 AND workspace_id = $2"#,
         id,
         workspace_id
+    )
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Where an execution lives, for admins who open one by id alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// The owning workspace.
+    pub workspace_id: String,
+    /// The trace id of the request that enqueued it (from the stored
+    /// `traceparent`), when there was one.
+    pub trace_id: Option<String>,
+}
+
+/// Finds execution `id` in any workspace (admins only).
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn locate(pool: &PgPool, id: Uuid) -> Result<Option<Located>> {
+    Ok(sqlx::query_as!(
+        Located,
+        r#"SELECT workspace_id,
+                  NULLIF(split_part(trace_context->>'traceparent', '-', 2), '') AS trace_id
+           FROM connector_executions WHERE id = $1"#,
+        id
     )
     .fetch_optional(pool)
     .await?)
@@ -137,7 +167,7 @@ pub async fn list_executions(pool: &PgPool, f: &ExecutionFilter) -> Result<Vec<E
         r#"SELECT id, workspace_id, connector_id, connector_version,
                 status AS "status: ExecutionStatus", priority, run_at, claims,
                 reclaims, lease_owner, lease_expires_at, cancel_requested_at, idempotency_key, input,
-                output, error, rerun_of, next_step, step_attempt, created_at, started_at, finished_at,
+                output, error, rerun_of, started_by, next_step, step_attempt, created_at, started_at, finished_at,
                 updated_at
          FROM connector_executions
          WHERE ($1::text IS NULL OR workspace_id = $1)
@@ -323,21 +353,42 @@ pub async fn queue_depth(pool: &PgPool, now: DateTime<Utc>) -> Result<(i64, f64)
     Ok((row.depth, row.oldest))
 }
 
-/// Deletes up to `batch` executions that finished before `cutoff`, with
-/// their steps and events, in one statement; returns how many executions.
+/// Deletes up to `batch` executions past their workspace's retention,
+/// with their steps and events, in one statement; returns how many
+/// executions. A workspace's retention is its `retention_days` (plan
+/// `custom`), else its plan's (`free` 90 days, `pro` 365), else
+/// `default_cutoff` applies. Only rows finished before the latest cutoff in
+/// use are visited, through the `finished_at` index, oldest first.
 /// Concurrent pruners skip each other's rows.
 ///
 /// # Errors
 ///
 /// Database errors.
-pub async fn prune_finished(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<u64> {
+pub async fn prune_finished(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    default_cutoff: DateTime<Utc>,
+    batch: i64,
+) -> Result<u64> {
     let deleted = sqlx::query_scalar!(
-        r#"WITH doomed AS (
-               SELECT id FROM connector_executions
-               WHERE finished_at < $1
-               ORDER BY finished_at
-               LIMIT $2
-               FOR UPDATE SKIP LOCKED
+        r#"WITH bound AS (
+               -- The latest cutoff in use: no row finished after it is due.
+               SELECT GREATEST($2::timestamptz, max($1::timestamptz - make_interval(days =>
+                          COALESCE(retention_days, CASE plan WHEN 'free' THEN 90 WHEN 'pro' THEN 365 END))))
+                      AS cutoff
+               FROM workspaces WHERE plan IS NOT NULL
+           ), doomed AS (
+               SELECT e.id FROM connector_executions e
+               LEFT JOIN workspaces w ON w.id = e.workspace_id
+               WHERE e.finished_at < (SELECT cutoff FROM bound)
+                 AND e.finished_at < CASE
+                         WHEN w.retention_days IS NOT NULL THEN $1 - make_interval(days => w.retention_days)
+                         WHEN w.plan = 'free' THEN $1 - interval '90 days'
+                         WHEN w.plan = 'pro' THEN $1 - interval '365 days'
+                         ELSE $2 END
+               ORDER BY e.finished_at
+               LIMIT $3
+               FOR UPDATE OF e SKIP LOCKED
            ), events AS (
                DELETE FROM execution_events WHERE execution_id IN (SELECT id FROM doomed)
            ), steps AS (
@@ -346,7 +397,8 @@ pub async fn prune_finished(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) ->
                DELETE FROM connector_executions WHERE id IN (SELECT id FROM doomed) RETURNING id
            )
            SELECT count(*) AS "deleted!" FROM gone"#,
-        cutoff,
+        now,
+        default_cutoff,
         batch
     )
     .fetch_one(pool)

@@ -11,6 +11,7 @@ pub mod executions;
 pub mod group;
 pub mod history;
 pub mod templates;
+pub mod usage;
 
 use sqlx::PgExecutor;
 

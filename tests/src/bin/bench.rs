@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use conveyor_engine::connector;
 use conveyor_engine::crypto::Key;
+use conveyor_engine::state::StartedBy;
 use conveyor_engine::store::{connectors, executions};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -185,6 +186,7 @@ async fn enqueue_many(
                 run_at: None,
                 rerun_of: None,
                 trace_context: None,
+                started_by: StartedBy::User("bench".to_owned()),
             };
             executions::enqueue(&mut tx, &new, Utc::now()).await?;
         }

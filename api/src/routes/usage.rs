@@ -1,0 +1,146 @@
+//! Usage metering: a workspace's own usage, and every workspace's for
+//! admins, per UTC day.
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{Days, NaiveDate, NaiveTime, Utc};
+use conveyor_engine::store::usage::{self, UsageDay};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::auth::{Admin, Caller};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiQuery;
+
+/// Default window, in days, ending today.
+const DEFAULT_DAYS: u64 = 30;
+/// Longest window, in days.
+const MAX_DAYS: u64 = 366;
+
+/// This group's routes.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(workspace_usage))
+        .routes(routes!(admin_usage))
+}
+
+/// `?from=&to=`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct UsageQuery {
+    /// First UTC day (`YYYY-MM-DD`; default 29 days before `to`).
+    from: Option<NaiveDate>,
+    /// Last UTC day, included (`YYYY-MM-DD`; default today).
+    to: Option<NaiveDate>,
+}
+
+/// `?from=&to=&workspace_id=`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct AdminUsageQuery {
+    /// First UTC day (`YYYY-MM-DD`; default 29 days before `to`).
+    from: Option<NaiveDate>,
+    /// Last UTC day, included (`YYYY-MM-DD`; default today).
+    to: Option<NaiveDate>,
+    /// Only this workspace.
+    workspace_id: Option<String>,
+}
+
+/// The window's days, first and last included; 400 naming the field when
+/// it is reversed or longer than [`MAX_DAYS`].
+fn window(from: Option<NaiveDate>, to: Option<NaiveDate>) -> ApiResult<(NaiveDate, NaiveDate)> {
+    let to = to.unwrap_or_else(|| Utc::now().date_naive());
+    let from = from.unwrap_or_else(|| to - Days::new(DEFAULT_DAYS - 1));
+    if from > to {
+        return Err(ApiError::bad_request("`from` must not be after `to`"));
+    }
+    if to - Days::new(MAX_DAYS - 1) > from {
+        return Err(ApiError::bad_request(format!(
+            "`from` must be at most {MAX_DAYS} days before `to`"
+        )));
+    }
+    Ok((from, to))
+}
+
+async fn read(
+    state: &AppState,
+    workspace_id: Option<&str>,
+    (from, to): (NaiveDate, NaiveDate),
+) -> ApiResult<Vec<UsageDay>> {
+    let start = from.and_time(NaiveTime::MIN).and_utc();
+    let end = (to + Days::new(1)).and_time(NaiveTime::MIN).and_utc();
+    Ok(usage::daily(&state.pool, workspace_id, start, end).await?)
+}
+
+fn totals(days: &[UsageDay]) -> Value {
+    let sum = |f: fn(&UsageDay) -> i64| days.iter().map(f).sum::<i64>();
+    json!({
+        "started": sum(|d| d.started), "succeeded": sum(|d| d.succeeded),
+        "failed": sum(|d| d.failed), "cancelled": sum(|d| d.cancelled),
+        "steps": sum(|d| d.steps), "retries": sum(|d| d.retries),
+    })
+}
+
+/// The caller's workspace usage per UTC day over `from`..=`to` (every day,
+/// zeros included): executions `started` (enqueued), executions finished
+/// as `succeeded`, `failed` or `cancelled`, and the `steps` and `retries`
+/// (attempts after a step's first) of the executions that finished; plus
+/// `totals`. Only history that retention has kept is counted.
+#[utoipa::path(get, path = "/usage", tag = "usage", params(UsageQuery),
+    responses((status = 200, description = "`from`, `to`, `days` and `totals`", body = Object), (status = 400)))]
+async fn workspace_usage(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<UsageQuery>,
+) -> ApiResult<Json<Value>> {
+    let (from, to) = window(q.from, q.to)?;
+    let active = read(&state, Some(&caller.workspace_id), (from, to)).await?;
+    let days: Vec<UsageDay> = from
+        .iter_days()
+        .take_while(|d| *d <= to)
+        .map(|day| {
+            active
+                .iter()
+                .find(|u| u.day == day)
+                .cloned()
+                .unwrap_or(UsageDay {
+                    workspace_id: caller.workspace_id.clone(),
+                    day,
+                    started: 0,
+                    succeeded: 0,
+                    failed: 0,
+                    cancelled: 0,
+                    steps: 0,
+                    retries: 0,
+                })
+        })
+        .collect();
+    Ok(Json(json!({
+        "workspace_id": caller.workspace_id, "from": from, "to": to,
+        "totals": totals(&days), "days": days,
+    })))
+}
+
+/// Usage of every workspace (or `workspace_id`'s) per UTC day over
+/// `from`..=`to`, as `/usage` counts it: `items` holds one row per
+/// workspace and day with any activity, by workspace then day.
+#[utoipa::path(get, path = "/admin/usage", tag = "admin", params(AdminUsageQuery),
+    responses((status = 200, description = "`from`, `to`, `items` and `totals`", body = Object), (status = 400),
+              (status = 403, description = "Needs the admin role `viewer` or above")))]
+async fn admin_usage(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiQuery(q): ApiQuery<AdminUsageQuery>,
+) -> ApiResult<Json<Value>> {
+    let (from, to) = window(q.from, q.to)?;
+    let items = read(&state, q.workspace_id.as_deref(), (from, to)).await?;
+    Ok(Json(json!({
+        "from": from, "to": to, "totals": totals(&items), "items": items,
+    })))
+}
