@@ -144,6 +144,9 @@ default_accepted = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 # A cursor is opaque: only a `next_cursor` the API handed out is one (the
 # fixed-id phases pass a real one; the stateful phase may not).
 CURSOR_400 = ["list_executions", "list_connector_executions", "admin_list_executions"]
+# A usage window is at most 366 days, `from` before `to`: a rule between two
+# parameters that a schema cannot state.
+WINDOW_400 = ["workspace_usage", "admin_usage"]
 
 
 def toml_value(value):
@@ -175,6 +178,8 @@ def write(name, token, operations):
         {"include-operation-id": SEMANTIC_422,
          "checks": {"positive_data_acceptance": {"expected-statuses": default_accepted + ["422"]}}},
         {"include-operation-id": CURSOR_400,
+         "checks": {"positive_data_acceptance": {"expected-statuses": default_accepted + ["400"]}}},
+        {"include-operation-id": WINDOW_400,
          "checks": {"positive_data_acceptance": {"expected-statuses": default_accepted + ["400"]}}},
     ]:
         lines.append("[[operations]]")

@@ -219,7 +219,15 @@ struct AuditQuery {
     limit: Option<i64>,
     /// `json` (default: one page) or `ndjson` (every matching entry, one
     /// JSON object a line, newest first, streamed).
+    #[param(schema_with = audit_format_schema)]
     format: Option<String>,
+}
+
+/// The `format` of audit listings: `json` or `ndjson`.
+pub(super) fn audit_format_schema() -> utoipa::openapi::schema::ObjectBuilder {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["json", "ndjson"]))
 }
 
 /// One page of the audit log, newest first: `{"items", "next_before_id"}`,

@@ -18,7 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::access::audit_response;
+use super::access::{audit_format_schema, audit_response};
 use super::executions::{EventsQuery, cancel_execution, events_response, rerun_execution};
 use super::{ExecutionPageQuery, audit, execution_page, execution_status_schema};
 use crate::AppState;
@@ -222,7 +222,8 @@ async fn admin_execution(
 /// `/executions/{id}/events` serves it: Server-Sent Events by default,
 /// the stored list with `?format=json`.
 #[utoipa::path(get, path = "/admin/executions/{id}/events", tag = "admin", params(("id" = Uuid, Path), EventsQuery),
-    responses((status = 200, description = "text/event-stream, or with ?format=json `{\"items\": [...]}`", content_type = "text/event-stream"),
+    responses((status = 200, description = "A Server-Sent-Events stream of the execution's events; with `?format=json` the stored list",
+               content((crate::schemas::ExecutionEvent = "text/event-stream"), (crate::schemas::EventList = "application/json"))),
               (status = 400), (status = 403, description = "Needs the admin role `viewer` or above"), (status = 404)))]
 async fn admin_execution_events(
     State(state): State<AppState>,
@@ -468,6 +469,7 @@ struct AdminAuditQuery {
     limit: Option<i64>,
     /// `json` (default: one page) or `ndjson` (every matching entry, one
     /// JSON object a line, newest first, streamed).
+    #[param(schema_with = audit_format_schema)]
     format: Option<String>,
 }
 
