@@ -392,7 +392,6 @@ fn unknown_filter_error_names_the_filter_and_placeholder() {
 
 #[test]
 fn fuel_bounds_expensive_templates() {
-    let start = std::time::Instant::now();
     let heavy = "<<range(100000) | join(',')>>".repeat(50);
     assert_eq!(
         r().render_str(&heavy, &ctx(), Dest::Text),
@@ -420,7 +419,6 @@ fn fuel_bounds_expensive_templates() {
         small.render_str(&"<<1>>".repeat(100), &ctx(), Dest::Text),
         Err(TemplateError::OutOfFuel)
     );
-    assert!(start.elapsed() < std::time::Duration::from_secs(10));
 }
 
 #[test]
