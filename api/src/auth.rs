@@ -457,35 +457,26 @@ async fn admin_caller(
     })
 }
 
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
+/// Implements an admin extractor: the caller must be an admin holding at
+/// least `$role`.
+macro_rules! admin_extractor {
+    ($name:ident, $role:expr) => {
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        admin_caller(parts, state, AdminRole::Viewer)
-            .await
-            .map(Admin)
-    }
+            async fn from_request_parts(
+                parts: &mut Parts,
+                state: &AppState,
+            ) -> Result<Self, ApiError> {
+                admin_caller(parts, state, $role).await.map($name)
+            }
+        }
+    };
 }
 
-impl FromRequestParts<AppState> for Operator {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        admin_caller(parts, state, AdminRole::Operator)
-            .await
-            .map(Operator)
-    }
-}
-
-impl FromRequestParts<AppState> for Owner {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        admin_caller(parts, state, AdminRole::Owner)
-            .await
-            .map(Owner)
-    }
-}
+admin_extractor!(Admin, AdminRole::Viewer);
+admin_extractor!(Operator, AdminRole::Operator);
+admin_extractor!(Owner, AdminRole::Owner);
 
 #[cfg(test)]
 mod tests {

@@ -94,9 +94,9 @@ async fn list_connectors(State(state): State<AppState>, caller: Caller) -> ApiRe
     Ok(Json(json!({ "items": items })))
 }
 
-/// Create a connector from a definition (version 1).
-#[utoipa::path(post, path = "/connectors", tag = "connectors", operation_id = "create_connector",
-    request_body(content = Connector, description = "A connector definition", example = json!({
+/// The example definition of the create and update operations.
+fn connector_example() -> Value {
+    json!({
         "name": "Create contact and notify",
         "input_schema": {"type": "object", "required": ["email"]},
         "steps": [
@@ -109,7 +109,12 @@ async fn list_connectors(State(state): State<AppState>, caller: Caller) -> ApiRe
              "on_error": "continue"}
         ],
         "output": {"contact_id": "<<steps.create.extract.id>>"}
-    })),
+    })
+}
+
+/// Create a connector from a definition (version 1).
+#[utoipa::path(post, path = "/connectors", tag = "connectors", operation_id = "create_connector",
+    request_body(content = Connector, description = "A connector definition", example = connector_example),
     responses((status = 201, description = "Created: the connector's `id` and `version` 1", body = ConnectorVersionRef,
                example = json!({"id": "0193a4a8-7c1e-7d2a-9b51-2f4f0b1c9e77", "version": 1})),
               (status = 422, description = "Invalid definition; `details.errors` lists `{path, message}` for every problem")))]
@@ -166,20 +171,7 @@ async fn get_connector(
 /// Store a new version of a connector.
 #[utoipa::path(put, path = "/connectors/{id}", tag = "connectors", operation_id = "update_connector",
     params(("id" = Uuid, Path, description = "The connector")),
-    request_body(content = Connector, description = "The new definition", example = json!({
-        "name": "Create contact and notify",
-        "input_schema": {"type": "object", "required": ["email"]},
-        "steps": [
-            {"name": "create", "method": "POST", "url": "https://api.example.com/contacts",
-             "auth": {"type": "bearer", "credential": "crm"},
-             "body": {"type": "json", "content": {"email": "<<input.email>>"}},
-             "extract": {"id": "$.id"}},
-            {"name": "notify", "method": "POST", "url": "https://hooks.example.com/notify",
-             "body": {"type": "form", "content": {"text": "Created <<steps.create.extract.id>>"}},
-             "on_error": "continue"}
-        ],
-        "output": {"contact_id": "<<steps.create.extract.id>>"}
-    })),
+    request_body(content = Connector, description = "The new definition", example = connector_example),
     responses((status = 200, description = "Stored: `id` and the new `version`", body = ConnectorVersionRef),
               (status = 404, description = "No such live connector in this workspace"),
               (status = 422, description = "Invalid definition; `details.errors` lists `{path, message}` for every problem")))]
