@@ -290,7 +290,8 @@ impl Runner {
                 Next::Retry { .. } => Some(RunOutcome::RetryScheduled),
                 Next::Fail(_) => Some(RunOutcome::Failed),
             };
-            let (row, transition) = self.step_commit(&step_attempt, decision, now);
+            let (row, transition) =
+                self.step_commit(&step.name, index, attempt, *result, decision, now);
             let committing = tokio::time::Instant::now();
             let status = self
                 .commits
@@ -434,26 +435,33 @@ impl Runner {
     }
 
     /// The stored row of a decided attempt and the execution's transition.
+    /// The attempt's result is moved into the row, not copied: it can be
+    /// megabytes of response.
+    #[allow(clippy::too_many_arguments)]
     fn step_commit(
         &self,
-        attempt: &StepAttempt<'_>,
+        step_name: &str,
+        index: usize,
+        attempt: u32,
+        result: StepResult,
         decision: Decision,
         now: chrono::DateTime<Utc>,
     ) -> (StepRow, Transition) {
-        let result = attempt.result;
+        let response_status = result.response.as_ref().map(|r| i32::from(r.status));
+        let (response_headers, response_body) = match result.response {
+            Some(r) => (Some(Value::Object(r.headers)), Some(r.body)),
+            None => (None, None),
+        };
         let row = StepRow {
-            step_index: i32::try_from(attempt.index).unwrap_or(i32::MAX),
-            attempt: i32::try_from(attempt.attempt).unwrap_or(i32::MAX),
-            step_name: attempt.connector.steps[attempt.index].name.clone(),
+            step_index: i32::try_from(index).unwrap_or(i32::MAX),
+            attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
+            step_name: step_name.to_owned(),
             outcome: decision.outcome,
-            request: result.request.clone(),
-            response_status: result.response.as_ref().map(|r| i32::from(r.status)),
-            response_headers: result
-                .response
-                .as_ref()
-                .map(|r| Value::Object(r.headers.clone())),
-            response_body: result.response.as_ref().map(|r| r.body.clone()),
-            extracted: Some(Value::Object(result.extracted.clone())),
+            request: result.request,
+            response_status,
+            response_headers,
+            response_body,
+            extracted: Some(Value::Object(result.extracted)),
             error: result.error.as_ref().map(|e| json!(e)),
             worker_id: self.config.worker_id.clone(),
             started_at: result.started_at,
