@@ -3,6 +3,7 @@
 //! ([`api`]), and loopback stub servers.
 
 pub mod api;
+pub mod cluster;
 
 use std::sync::Arc;
 use std::time::Duration;

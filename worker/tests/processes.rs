@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use chrono::Utc;
 use conveyor_engine::crypto::Key;
 use conveyor_engine::state::{ExecutionStatus, StartedBy};
 use conveyor_engine::store::executions::{self, NewExecution};
+use conveyor_tests::cluster::PgCluster;
 use conveyor_tests::{Harness, WS};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -456,80 +456,11 @@ async fn sigterm_mid_step_completes_and_persists_the_step_and_leaves_nothing_lea
     assert_eq!(workers, ["worker-t", "worker-u"]);
 }
 
-/// A private PostgreSQL cluster in the system's temporary folder (which the
-/// unprivileged `postgres` user can always reach, wherever the checkout
-/// lives), stopped and removed on drop.
-struct PgCluster {
-    dir: PathBuf,
-    port: u16,
-}
-
-impl PgCluster {
-    fn repo() -> PathBuf {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-    }
-
-    /// Runs `script` in bash with `scripts/lib/pg.sh` sourced.
-    fn pg_sh(script: &str) -> std::process::Output {
-        let lib = Self::repo().join("scripts/lib/pg.sh");
-        Command::new("bash")
-            .arg("-c")
-            .arg(format!("source '{}' && {script}", lib.display()))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run bash")
-    }
-
-    fn start() -> Self {
-        let port = conveyor_tests::free_port();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "conveyor-processes-test-{}-{nanos}",
-            std::process::id()
-        ));
-        let cluster = Self { dir, port };
-        cluster.up();
-        cluster
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://conveyor@127.0.0.1:{}/conveyor", self.port)
-    }
-
-    fn up(&self) {
-        let out = Self::pg_sh(&format!("pg_up '{}' {}", self.dir.display(), self.port));
-        assert!(
-            out.status.success(),
-            "cannot start a private PostgreSQL cluster with scripts/lib/pg.sh pg_up \
-             (this test needs the PostgreSQL server binaries: initdb, pg_ctl): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn down(&self) {
-        let out = Self::pg_sh(&format!("pg_down '{}'", self.dir.display()));
-        assert!(
-            out.status.success(),
-            "pg_down failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for PgCluster {
-    fn drop(&mut self) {
-        let _ = Self::pg_sh(&format!("pg_down '{}'", self.dir.display()));
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test]
 async fn executions_survive_a_database_restart() {
     const N: i64 = 50;
     // Restarting the shared cluster would break the other tests.
-    let cluster = PgCluster::start();
+    let cluster = PgCluster::start("processes-test", &[]);
     let url = cluster.url();
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)

@@ -14,7 +14,6 @@
 //! runs 10,000) and `CONVEYOR_SOAK_KILL_EVERY_MS` (default 2,000) size it.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use chrono::{DateTime, Utc};
 use conveyor_engine::crypto::Key;
 use conveyor_engine::state::StartedBy;
 use conveyor_engine::store::executions::{self, NewExecution};
+use conveyor_tests::cluster::PgCluster;
 use conveyor_tests::{Harness, WS};
 use serde_json::json;
 use sqlx::PgPool;
@@ -101,70 +101,6 @@ impl Drop for Worker {
     }
 }
 
-/// A private PostgreSQL cluster (it is restarted mid-run), removed on drop.
-struct Cluster {
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Cluster {
-    fn pg_sh(script: &str) {
-        let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/lib/pg.sh");
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(format!("source '{lib}' && {script}"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run bash");
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("conveyor-soak-{}", std::process::id()));
-        let cluster = Self {
-            dir,
-            port: conveyor_tests::free_port(),
-        };
-        cluster.up();
-        cluster
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://conveyor@127.0.0.1:{}/conveyor", self.port)
-    }
-
-    fn up(&self) {
-        // Soak data is throwaway: durability off, as in scripts/test.
-        Self::pg_sh(&format!(
-            "pg_up '{}' {} fsync=off synchronous_commit=off full_page_writes=off",
-            self.dir.display(),
-            self.port
-        ));
-    }
-
-    fn down(&self) {
-        Self::pg_sh(&format!("pg_down '{}'", self.dir.display()));
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/lib/pg.sh");
-        let _ = Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "source '{lib}' && pg_down '{}'",
-                self.dir.display()
-            ))
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 async fn enqueue(pool: &PgPool, (connector_id, connector_version): (Uuid, i32), n: u64) {
     let mut tx = pool.begin().await.expect("begin");
     for i in 0..n {
@@ -202,7 +138,15 @@ async fn counts(pool: &PgPool) -> HashMap<String, i64> {
 async fn a_kill_storm_loses_nothing_and_never_resends_a_finished_step() {
     let n = env_or("CONVEYOR_SOAK_EXECUTIONS", 1_000);
     let kill_every = Duration::from_millis(env_or("CONVEYOR_SOAK_KILL_EVERY_MS", 2_000));
-    let cluster = Cluster::start();
+    // Soak data is throwaway: durability off, as in scripts/test.
+    let cluster = PgCluster::start(
+        "soak",
+        &[
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+        ],
+    );
     let url = cluster.url();
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
