@@ -216,14 +216,22 @@ proptest! {
         }
     }
 
-    /// `Retry-After` parsing never panics, whatever the header holds.
+    /// `Retry-After` parsing never panics, whatever the header holds, and
+    /// delay-seconds are read as exactly that many seconds.
     #[test]
-    fn retry_after_never_panics(value in any::<String>()) {
+    fn retry_after_never_panics(value in prop_oneof![any::<String>(), (0u64..1_000_000).prop_map(|n| format!(" {n} "))]) {
         let mut headers = reqwest::header::HeaderMap::new();
-        if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {
-            headers.insert(reqwest::header::RETRY_AFTER, v);
+        let sendable = reqwest::header::HeaderValue::from_str(&value);
+        if let Ok(v) = &sendable {
+            headers.insert(reqwest::header::RETRY_AFTER, v.clone());
         }
-        let _ = retry_after(&headers, Utc::now());
+        let parsed = retry_after(&headers, Utc::now());
+        if sendable.is_err() {
+            prop_assert_eq!(parsed, None);
+        }
+        if let (Ok(_), Ok(secs)) = (&sendable, value.trim().parse::<u64>()) {
+            prop_assert_eq!(parsed, Some(Duration::from_secs(secs)));
+        }
     }
 
     /// Any response (status, content type, bytes) is handled without a
