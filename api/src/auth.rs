@@ -13,6 +13,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine as _;
 use conveyor_engine::state::{AdminRole, StartedBy};
+use conveyor_engine::store::members;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -228,7 +229,8 @@ fn check_lifetime(claims: &Claims, now: u64, max: Duration) -> Result<(), &'stat
     Ok(())
 }
 
-fn check_id(what: &str, id: &str) -> Result<(), String> {
+/// `Err` naming `what` unless `id` is 1 to 128 printable characters.
+pub(crate) fn check_id(what: &str, id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
         return Err(format!(
             "the {what} id must be 1 to {MAX_ID_LEN} printable characters"
@@ -328,7 +330,28 @@ impl Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
+    /// The authenticated caller; with `CONVEYOR_REQUIRE_MEMBERSHIP`, a
+    /// user token is also refused (403) unless its user is a member of its
+    /// workspace. Admin routes skip that check: the admin role is theirs.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::authenticate(parts, state).await?;
+        if state.config.require_membership
+            && let Some(user) = caller.user_id.as_deref()
+            && !members::is_member(&state.pool, &caller.workspace_id, user).await?
+        {
+            return Err(ApiError::forbidden(format!(
+                "user `{user}` is not a member of workspace `{}` (CONVEYOR_REQUIRE_MEMBERSHIP)",
+                caller.workspace_id
+            )));
+        }
+        Ok(caller)
+    }
+}
+
+impl Caller {
+    /// The caller named by the bearer token or API key, within the
+    /// workspace's request rate.
+    async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let header = parts
             .headers
             .get(AUTHORIZATION)
@@ -426,7 +449,7 @@ async fn admin_caller(
     state: &AppState,
     needed: AdminRole,
 ) -> Result<Caller, ApiError> {
-    let caller = Caller::from_request_parts(parts, state).await?;
+    let caller = Caller::authenticate(parts, state).await?;
     let role = match caller.user_id.as_deref() {
         Some(user) => conveyor_engine::store::access::admin_role(&state.pool, user).await?,
         None => None,

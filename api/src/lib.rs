@@ -46,6 +46,9 @@ pub struct ApiConfig {
     /// Open event streams per workspace and API process
     /// (`CONVEYOR_MAX_STREAMS_PER_WORKSPACE`).
     pub max_streams_per_workspace: usize,
+    /// Refuse user tokens whose user is not a member of the token's
+    /// workspace (`CONVEYOR_REQUIRE_MEMBERSHIP`).
+    pub require_membership: bool,
 }
 
 impl Default for ApiConfig {
@@ -55,6 +58,7 @@ impl Default for ApiConfig {
             max_request_bytes: 4 * 1024 * 1024,
             cors_origins: Vec::new(),
             max_streams_per_workspace: 50,
+            require_membership: false,
         }
     }
 }

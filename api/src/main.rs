@@ -89,6 +89,12 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// Manage workspace members (checked when CONVEYOR_REQUIRE_MEMBERSHIP
+    /// is true).
+    Member {
+        #[command(subcommand)]
+        action: MemberAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -106,6 +112,32 @@ enum AdminAction {
     Remove {
         /// The user id.
         user_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberAction {
+    /// Add a user to a workspace.
+    Add {
+        /// The workspace id.
+        #[arg(long)]
+        workspace: String,
+        /// The user id (a token's `sub`).
+        user_id: String,
+    },
+    /// Remove a user from a workspace.
+    Remove {
+        /// The workspace id.
+        #[arg(long)]
+        workspace: String,
+        /// The user id.
+        user_id: String,
+    },
+    /// List a workspace's members.
+    List {
+        /// The workspace id.
+        #[arg(long)]
+        workspace: String,
     },
 }
 
@@ -136,6 +168,7 @@ fn main() -> ExitCode {
             ttl,
         } => token(&workspace, &user, &ttl),
         Command::Admin { action } => runtime().and_then(|(_t, rt)| rt.block_on(admin(action))),
+        Command::Member { action } => runtime().and_then(|(_t, rt)| rt.block_on(member(action))),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -258,6 +291,7 @@ fn api_config(api: &ApiSettings) -> ApiConfig {
         max_streams_per_workspace: api
             .max_streams_per_workspace
             .unwrap_or(defaults.max_streams_per_workspace),
+        require_membership: api.require_membership,
     }
 }
 
@@ -311,6 +345,29 @@ async fn admin(action: AdminAction) -> anyhow::Result<ExitCode> {
                     format!("{user_id} was not an admin")
                 }
             );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn member(action: MemberAction) -> anyhow::Result<ExitCode> {
+    use conveyor_engine::store::members;
+    let pool = Settings::pool_for(&settings::database_url()?, 2)?;
+    match action {
+        MemberAction::Add { workspace, user_id } => {
+            let added = members::add(&pool, &workspace, &user_id, "cli").await?;
+            let what = if added { "is now" } else { "was already" };
+            println!("{user_id} {what} a member of {workspace}");
+        }
+        MemberAction::Remove { workspace, user_id } => {
+            let removed = members::remove(&pool, &workspace, &user_id).await?;
+            let what = if removed { "is no longer" } else { "was not" };
+            println!("{user_id} {what} a member of {workspace}");
+        }
+        MemberAction::List { workspace } => {
+            for m in members::list(&pool, &workspace).await? {
+                println!("{}\t{}\t{}", m.user_id, m.added_by, m.added_at.to_rfc3339());
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

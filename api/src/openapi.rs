@@ -216,6 +216,7 @@ fn router() -> OpenApiRouter<AppState> {
         .merge(routes::credentials::router())
         .merge(routes::access::router())
         .merge(routes::admin::router())
+        .merge(routes::workspaces::router())
         .merge(routes::templates::router())
         .merge(routes::usage::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1)

@@ -199,6 +199,14 @@ pub struct ApiKeyList {
     pub items: Vec<ApiKeyMeta>,
 }
 
+/// `GET /admin/workspaces/{id}/members`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberList {
+    /// Every member, in user id order.
+    pub items: Vec<conveyor_engine::store::members::Member>,
+}
+
 /// One page of the audit log, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]

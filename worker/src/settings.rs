@@ -75,6 +75,9 @@ pub struct ApiSettings {
     /// `CONVEYOR_MAX_STREAMS_PER_WORKSPACE`: open event streams one
     /// workspace may hold on one API process.
     pub max_streams_per_workspace: Option<usize>,
+    /// `CONVEYOR_REQUIRE_MEMBERSHIP`: refuse user tokens whose user is not
+    /// listed as a member of the token's workspace (default false).
+    pub require_membership: bool,
 }
 
 impl ApiSettings {
@@ -102,6 +105,7 @@ impl ApiSettings {
             jwt_audience: var("CONVEYOR_JWT_AUDIENCE")?.filter(|v| !v.is_empty()),
             jwt_max_lifetime_secs: parse_opt("CONVEYOR_JWT_MAX_LIFETIME_SECS")?,
             max_streams_per_workspace: parse_opt("CONVEYOR_MAX_STREAMS_PER_WORKSPACE")?,
+            require_membership: parse("CONVEYOR_REQUIRE_MEMBERSHIP", false)?,
         })
     }
 

@@ -49,7 +49,7 @@ fn require_user(caller: &Caller) -> ApiResult<()> {
 /// The body of `POST /api-keys`.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateApiKeyRequest {
+pub(super) struct CreateApiKeyRequest {
     /// A label to recognise the key by (1 to 200 printable characters,
     /// surrounding blanks trimmed).
     #[schema(
@@ -107,6 +107,16 @@ async fn create_api_key(
     ApiJson(body): ApiJson<CreateApiKeyRequest>,
 ) -> ApiResult<Response> {
     require_user(&caller)?;
+    issue_api_key(&state, &caller, body).await
+}
+
+/// Creates a key in the caller's workspace, created by the caller, and
+/// audits it: 201 with the key, shown this once.
+pub(super) async fn issue_api_key(
+    state: &AppState,
+    caller: &Caller,
+    body: CreateApiKeyRequest,
+) -> ApiResult<Response> {
     let name = body.name.trim();
     let chars = name.chars().count();
     if chars == 0 || chars > MAX_KEY_NAME_CHARS || name.chars().any(char::is_control) {
@@ -140,8 +150,8 @@ async fn create_api_key(
     .await?;
     let id = meta.id.to_string();
     audit(
-        &state,
-        &caller,
+        state,
+        caller,
         "api_key.create",
         "api_key",
         Some(&id),
@@ -180,12 +190,22 @@ async fn revoke_api_key(
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
     require_user(&caller)?;
+    withdraw_api_key(&state, &caller, id).await
+}
+
+/// Revokes a live key of the caller's workspace and audits it: 204, or
+/// 404 when there is none.
+pub(super) async fn withdraw_api_key(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+) -> ApiResult<StatusCode> {
     if !access_store::revoke_api_key(&state.pool, &caller.workspace_id, id).await? {
         return Err(ApiError::not_found("API key"));
     }
     audit(
-        &state,
-        &caller,
+        state,
+        caller,
         "api_key.revoke",
         "api_key",
         Some(&id.to_string()),

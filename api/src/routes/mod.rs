@@ -9,6 +9,7 @@ pub mod executions;
 pub mod ops;
 pub mod templates;
 pub mod usage;
+pub mod workspaces;
 
 use axum::Json;
 use chrono::{DateTime, Utc};
