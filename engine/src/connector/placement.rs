@@ -395,4 +395,125 @@ mod tests {
             assert_eq!(out.is_empty(), ok, "{template}: {out:?}");
         }
     }
+
+    /// The paths of a step's placement problems.
+    fn step_paths(step: serde_json::Value) -> Vec<String> {
+        let step: Step = serde_json::from_value(step).expect("a step");
+        step_problems(&Renderer::new(), "steps[2]", &step)
+            .into_iter()
+            .map(|e| e.path)
+            .collect()
+    }
+
+    #[test]
+    fn every_part_of_a_step_is_checked_under_its_own_path() {
+        let bad = "<<credentials.c.token | upper>>";
+        let good = "Bearer <<credentials.c.token>>";
+        let step = |extra: serde_json::Value| {
+            let mut step =
+                serde_json::json!({"name": "s", "method": "POST", "url": "https://api.x.com/v1"});
+            step.as_object_mut()
+                .expect("object")
+                .extend(extra.as_object().expect("object").clone());
+            step
+        };
+        let cases: Vec<(serde_json::Value, Vec<&str>)> = vec![
+            (serde_json::json!({}), vec![]),
+            (
+                serde_json::json!({"url": "https://api.x.com<<input.p>>"}),
+                vec!["steps[2].url"],
+            ),
+            (
+                serde_json::json!({"url": format!("https://api.x.com/{bad}")}),
+                vec!["steps[2].url"],
+            ),
+            (
+                serde_json::json!({"url": "<<credentials.hook.url>>"}),
+                vec![],
+            ),
+            (
+                serde_json::json!({"headers": {"A": good, "B": bad}, "query": {"q": bad, "r": good}}),
+                vec!["steps[2].headers.B", "steps[2].query.q"],
+            ),
+            (
+                serde_json::json!({"body": {"type": "json", "content":
+                    {"ok": good, "list": [1, null, true, bad], "<<credentials.c.k>>": "v"}}}),
+                vec![
+                    "steps[2].body.content.<<credentials.c.k>>",
+                    "steps[2].body.content.list[3]",
+                ],
+            ),
+            (
+                serde_json::json!({"body": {"type": "form", "content": {"a": good, "b": bad}}}),
+                vec!["steps[2].body.content.b"],
+            ),
+            (
+                serde_json::json!({"body": {"type": "xml", "content": format!("<a>{bad}</a>")}}),
+                vec!["steps[2].body.content"],
+            ),
+            (
+                serde_json::json!({"body": {"type": "raw", "content_type": "text/plain", "content": bad}}),
+                vec!["steps[2].body.content"],
+            ),
+            (
+                serde_json::json!({"body": {"type": "raw", "content_type": "text/plain", "content": good}}),
+                vec![],
+            ),
+        ];
+        for (extra, want) in cases {
+            assert_eq!(step_paths(step(extra.clone())), want, "{extra}");
+        }
+    }
+
+    #[test]
+    fn the_output_may_name_no_credential_at_all() {
+        let cases = [
+            (serde_json::json!({"id": "<<steps.a.extract.id>>"}), vec![]),
+            (
+                serde_json::json!({"id": "<<credentials.c.token>>", "n": 1,
+                                   "list": ["x", "<<credentials.c.k>>"]}),
+                vec!["output.id", "output.list[1]"],
+            ),
+            (
+                serde_json::json!({"<<credentials.c.k>>": 1}),
+                vec!["output.<<credentials.c.k>>"],
+            ),
+            (serde_json::json!("literal credentials"), vec![]),
+        ];
+        for (output, want) in cases {
+            let paths: Vec<String> = output_problems(&Renderer::new(), &output)
+                .into_iter()
+                .map(|e| e.path)
+                .collect();
+            assert_eq!(paths, want, "{output}");
+        }
+        let problem =
+            &output_problems(&Renderer::new(), &serde_json::json!("<<credentials.c.k>>"))[0];
+        assert_eq!(
+            (problem.path.as_str(), problem.message.as_str()),
+            ("output", "the output may not name a credential")
+        );
+    }
+
+    #[test]
+    fn a_credential_hidden_from_the_scanner_is_found_by_the_parser() {
+        let renderer = Renderer::new();
+        // The scanner ends the placeholder at the `>>` inside the string
+        // literal, leaving the word outside; the template engine sees it.
+        let hidden = "<<'>>' ~ credentials.c.token>>";
+        assert_eq!(placeholder_spans(hidden), [(0, 5)]);
+        assert!(names_credentials(&renderer, hidden));
+        assert_eq!(refs(&renderer, hidden), ["credentials.c.token"]);
+        assert!(!names_credentials(&renderer, "<<input.credentials_x>>"));
+        assert!(!names_credentials(&renderer, "no placeholder: credentials"));
+        assert!(refs(&renderer, "<<input.x").is_empty());
+        let mut out = Vec::new();
+        json(
+            &renderer,
+            "body",
+            &serde_json::json!({"k": hidden}),
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+    }
 }
