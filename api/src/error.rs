@@ -158,6 +158,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The message shown to the caller.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl From<conveyor_engine::Error> for ApiError {
