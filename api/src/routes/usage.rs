@@ -84,13 +84,15 @@ fn totals(days: &[UsageDay]) -> Value {
         "started": sum(|d| d.started), "succeeded": sum(|d| d.succeeded),
         "failed": sum(|d| d.failed), "cancelled": sum(|d| d.cancelled),
         "steps": sum(|d| d.steps), "retries": sum(|d| d.retries),
+        "rate_limited": sum(|d| d.rate_limited),
     })
 }
 
 /// The caller's workspace usage per UTC day over `from`..=`to` (every day,
 /// zeros included): executions `started` (enqueued), executions finished
-/// as `succeeded`, `failed` or `cancelled`, and the `steps` and `retries`
-/// (attempts after a step's first) of the executions that finished; plus
+/// as `succeeded`, `failed` or `cancelled`, and the `steps`, `retries`
+/// (attempts after a step's first) and `rate_limited` (attempts refused
+/// with 429 or 503 and rescheduled) of the executions that finished; plus
 /// `totals`. Only history that retention has kept is counted.
 #[utoipa::path(get, path = "/usage", tag = "usage", params(UsageQuery),
     responses((status = 200, description = "`from`, `to`, `days` and `totals`", body = Object), (status = 400)))]
@@ -118,6 +120,7 @@ async fn workspace_usage(
                     cancelled: 0,
                     steps: 0,
                     retries: 0,
+                    rate_limited: 0,
                 })
         })
         .collect();
