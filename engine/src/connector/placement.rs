@@ -318,8 +318,13 @@ mod tests {
 
     #[test]
     fn placeholders_before_the_path_are_found() {
-        let cases: [(&str, &[&str]); 8] = [
+        let cases: [(&str, &[&str]); 9] = [
             ("https://api.x.com/<<input.p>>", &[]),
+            // A `/` inside a placeholder is no path.
+            (
+                "https://<<input.a ~ '/'>><<input.b>>/x",
+                &["<<input.a ~ '/'>>", "<<input.b>>"],
+            ),
             ("https://api.x.com<<input.p>>", &["<<input.p>>"]),
             (
                 "<<settings.base_url>>/v1/<<input.id>>",
@@ -348,6 +353,8 @@ mod tests {
             ("x <<credentials.c.token ~ ''>>", false),
             ("<<'>>' ~ credentials.c.token | reverse>>", false),
             ("<<input.x>> <<credentials.c>>", false),
+            ("<<credentials.c.a>> <<credentials.c.b | upper>>", false),
+            ("<<credentials.c.a>>credentials", false),
         ];
         for (template, want) in cases {
             assert_eq!(credentials_are_bare(template), want, "{template}");
@@ -382,6 +389,9 @@ mod tests {
             ("<<settings.base_url>>/<<input.id>>", true),
             ("<<- settings.base_url >>/x", true),
             ("https://<<settings.sub>>.x.com:<<settings.port>>/x", true),
+            ("<<settings._base>>/x", true),
+            ("<<settings.9base>>/x", false),
+            ("<<settings.base.9>>/x", false),
             ("<<credentials.hook.url>>", true),
             ("<<settings.base_url | lower>>/x", false),
             ("<<settings.base_url ~ input.p>>/x", false),
@@ -506,6 +516,12 @@ mod tests {
         assert_eq!(refs(&renderer, hidden), ["credentials.c.token"]);
         assert!(!names_credentials(&renderer, "<<input.credentials_x>>"));
         assert!(!names_credentials(&renderer, "no placeholder: credentials"));
+        // The word right after a placeholder, or further on, is literal text.
+        assert!(!names_credentials(&renderer, "<<input.x>>credentials"));
+        assert!(!names_credentials(
+            &renderer,
+            "<<input.x>> your credentials"
+        ));
         assert!(refs(&renderer, "<<input.x").is_empty());
         let mut out = Vec::new();
         json(
