@@ -308,6 +308,11 @@ impl Settings {
                 "CONVEYOR_MAX_STORED_BODY_BYTES",
                 http_defaults.max_stored_body_bytes,
             )?,
+            max_parsed_body_bytes: parse(
+                "CONVEYOR_MAX_PARSED_BODY_BYTES",
+                http_defaults.max_parsed_body_bytes,
+            )?,
+            max_request_bytes: http_defaults.max_request_bytes,
             user_agent: http_defaults.user_agent,
         };
         let runner_defaults = RunnerConfig::default();
