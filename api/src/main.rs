@@ -208,6 +208,15 @@ async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
             .clone()
             .listen(pool, shutdown.clone().cancelled_owned()),
     );
+    if let Some(addr) = settings.metrics_listen {
+        let serving =
+            telemetry::serve_metrics(addr, telemetry::metrics_handle()?, shutdown.clone());
+        workers.spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::error!(error = %format!("{e:#}"), "metrics endpoint stopped");
+            }
+        });
+    }
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
@@ -258,6 +267,7 @@ fn api_config(api: &ApiSettings) -> ApiConfig {
         max_streams_per_workspace: api
             .max_streams_per_workspace
             .unwrap_or(defaults.max_streams_per_workspace),
+        metrics_token: api.metrics_token.clone(),
     }
 }
 

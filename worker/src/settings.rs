@@ -42,7 +42,8 @@ pub struct Settings {
     pub runner: RunnerConfig,
     /// HTTP client settings.
     pub http: HttpConfig,
-    /// Where `conveyor-worker` serves `/metrics` (`CONVEYOR_METRICS_LISTEN`;
+    /// Where `conveyor-worker` and `conveyor-api` serve `/metrics`, apart
+    /// from the API (`CONVEYOR_METRICS_LISTEN`;
     /// `None`: not served).
     pub metrics_listen: Option<SocketAddr>,
     /// The API server's settings (used by `conveyor-api serve`).
@@ -75,6 +76,9 @@ pub struct ApiSettings {
     /// `CONVEYOR_MAX_STREAMS_PER_WORKSPACE`: open event streams one
     /// workspace may hold on one API process.
     pub max_streams_per_workspace: Option<usize>,
+    /// `CONVEYOR_METRICS_TOKEN`: serve `/metrics` on the API's own port to
+    /// requests bearing it (unset: only on `CONVEYOR_METRICS_LISTEN`).
+    pub metrics_token: Option<SecretString>,
 }
 
 impl ApiSettings {
@@ -102,6 +106,7 @@ impl ApiSettings {
             jwt_audience: var("CONVEYOR_JWT_AUDIENCE")?.filter(|v| !v.is_empty()),
             jwt_max_lifetime_secs: parse_opt("CONVEYOR_JWT_MAX_LIFETIME_SECS")?,
             max_streams_per_workspace: parse_opt("CONVEYOR_MAX_STREAMS_PER_WORKSPACE")?,
+            metrics_token: var("CONVEYOR_METRICS_TOKEN")?.map(SecretString::from),
         })
     }
 

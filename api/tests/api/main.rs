@@ -8,6 +8,7 @@ mod audit_log;
 mod bad_input;
 mod http_api;
 mod marketplace;
+mod metrics;
 mod observability;
 mod resilience;
 mod retention;
