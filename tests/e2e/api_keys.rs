@@ -204,20 +204,10 @@ async fn a_flood_of_invalid_keys_is_held_off_before_the_database(pool: PgPool) {
             StatusCode::TOO_MANY_REQUESTS
         ]
     );
-    // A second later the workspace and the guard have each refilled one
-    // token: one forged key is looked up, the next is held off, and the
-    // key that authenticated before the flood still gets through.
-    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
-    let forged = |i: u32| format!("cvk_forged{i}");
-    assert_eq!(
-        api.get("/api/v1/connectors", &forged(5)).await.status,
-        StatusCode::UNAUTHORIZED
-    );
-    let held = api.get("/api/v1/connectors", &forged(6)).await;
+    // The refusal names the cause. Refilling over time, and the pass kept
+    // by keys that authenticated recently, are checked with an injected
+    // clock in `ratelimit`'s own tests (no real-time wait here).
+    let held = api.get("/api/v1/connectors", "cvk_forged_again").await;
     assert_eq!(held.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(held.text.contains("invalid API keys"), "{}", held.text);
-    assert_eq!(
-        api.get("/api/v1/connectors", &good).await.status,
-        StatusCode::OK
-    );
 }
