@@ -16,12 +16,11 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::connector::{ApiKeyLocation, Auth, Body, Step};
-use crate::extract;
-
-mod body;
 use crate::net::{self, GuardedResolver, PrivateNetworkRefused};
 use crate::redact::{Credentials, Redactor};
 use crate::template::{Dest, Renderer};
+
+mod body;
 
 /// Settings of the step client.
 #[derive(Debug, Clone)]
@@ -345,9 +344,10 @@ impl StepClient {
             Err(e) => return finish(snapshot, None, Map::new(), Some(e)),
         };
         let config = self.config.clone();
-        let handled =
-            off_thread(move || handle_response(&config, &step, &redactor, status, &headers, bytes))
-                .await;
+        let handled = off_thread(move || {
+            body::handle_response(&config, &step, &redactor, status, &headers, bytes)
+        })
+        .await;
         match handled {
             Ok((record, extracted, error)) => finish(snapshot, Some(record), extracted, error),
             Err(e) => finish(snapshot, None, Map::new(), Some(e)),
@@ -616,70 +616,6 @@ async fn off_thread<T: Send + 'static>(
             StepErrorKind::Transport,
             "the worker is shutting down",
         )),
-    }
-}
-
-/// Judges a read response: its stored record, the extracted fields (when
-/// `expect` accepts the status) and the attempt's error, if any. The body
-/// is parsed only when something needs it (it is stored whole, or fields
-/// are extracted from it), and moved, not copied, into the record after
-/// extraction.
-fn handle_response(
-    config: &HttpConfig,
-    step: &Step,
-    redactor: &Redactor,
-    status: u16,
-    headers: &HeaderMap,
-    bytes: Vec<u8>,
-) -> (ResponseRecord, Map<String, Value>, Option<StepError>) {
-    let accepted = step.accepts(status);
-    let max_stored = config.max_stored_body_bytes;
-    let needed = bytes.len() <= max_stored || (accepted && !step.extract.is_empty());
-    let parsed = if needed {
-        body::parse(headers, &bytes, config.max_parsed_body_bytes)
-    } else {
-        Ok(Value::Null)
-    };
-    let record = |body: Value| ResponseRecord {
-        status,
-        headers: redactor.headers(headers, &[]),
-        body: redactor.value(body),
-    };
-    let parsed = match parsed {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            let body = body::truncated(&bytes, max_stored);
-            let error = if accepted {
-                e
-            } else {
-                status_error(step, status, headers)
-            };
-            return (record(body), Map::new(), Some(error));
-        }
-    };
-    if !accepted {
-        let error = status_error(step, status, headers);
-        return (
-            record(body::stored(parsed, &bytes, max_stored)),
-            Map::new(),
-            Some(error),
-        );
-    }
-    let extracted = extract::extract_all(&step.extract, &parsed);
-    let record = record(body::stored(parsed, &bytes, max_stored));
-    match extracted {
-        Ok(extracted) => {
-            let extracted = match redactor.value(Value::Object(extracted)) {
-                Value::Object(m) => m,
-                _ => Map::new(),
-            };
-            (record, extracted, None)
-        }
-        Err(e) => (
-            record,
-            Map::new(),
-            Some(StepError::fatal(StepErrorKind::Extract, e.to_string())),
-        ),
     }
 }
 

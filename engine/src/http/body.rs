@@ -1,18 +1,88 @@
-//! Response bodies: read under a byte limit, parsed under a memory limit,
-//! stored truncated past a size.
+//! Responses: bodies read under a byte limit, parsed under a memory limit
+//! and stored truncated past a size; fields extracted; the attempt judged.
 //!
-//! Parsing is CPU work proportional to the body: the step client runs
-//! [`parse`] on the blocking pool, never on an async worker thread.
+//! Parsing and extraction are CPU work proportional to the body: the step
+//! client runs [`handle_response`] on the blocking pool, never on an async
+//! worker thread.
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use super::{StepError, StepErrorKind, classify_send_error};
+use super::{
+    HttpConfig, ResponseRecord, StepError, StepErrorKind, classify_send_error, status_error,
+};
+use crate::connector::Step;
+use crate::extract;
+use crate::redact::Redactor;
 
 /// What one parsed JSON value is reckoned to cost in memory beyond its text:
 /// a `serde_json::Value` is 32 bytes, an object entry adds its key and map
 /// slot.
 pub(super) const BYTES_PER_VALUE: usize = 64;
+
+/// Judges a read response: its stored record, the extracted fields (when
+/// `expect` accepts the status) and the attempt's error, if any. The body
+/// is parsed only when something needs it (it is stored whole, or fields
+/// are extracted from it), and moved, not copied, into the record after
+/// extraction.
+pub(super) fn handle_response(
+    config: &HttpConfig,
+    step: &Step,
+    redactor: &Redactor,
+    status: u16,
+    headers: &HeaderMap,
+    bytes: Vec<u8>,
+) -> (ResponseRecord, Map<String, Value>, Option<StepError>) {
+    let accepted = step.accepts(status);
+    let max_stored = config.max_stored_body_bytes;
+    let needed = bytes.len() <= max_stored || (accepted && !step.extract.is_empty());
+    let parsed = if needed {
+        parse(headers, &bytes, config.max_parsed_body_bytes)
+    } else {
+        Ok(Value::Null)
+    };
+    let record = |body: Value| ResponseRecord {
+        status,
+        headers: redactor.headers(headers, &[]),
+        body: redactor.value(body),
+    };
+    let parsed = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            let body = truncated(&bytes, max_stored);
+            let error = if accepted {
+                e
+            } else {
+                status_error(step, status, headers)
+            };
+            return (record(body), Map::new(), Some(error));
+        }
+    };
+    if !accepted {
+        let error = status_error(step, status, headers);
+        return (
+            record(stored(parsed, &bytes, max_stored)),
+            Map::new(),
+            Some(error),
+        );
+    }
+    let extracted = extract::extract_all(&step.extract, &parsed);
+    let record = record(stored(parsed, &bytes, max_stored));
+    match extracted {
+        Ok(extracted) => {
+            let extracted = match redactor.value(Value::Object(extracted)) {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            };
+            (record, extracted, None)
+        }
+        Err(e) => (
+            record,
+            Map::new(),
+            Some(StepError::fatal(StepErrorKind::Extract, e.to_string())),
+        ),
+    }
+}
 
 /// Reads the body, failing once it exceeds `max` bytes.
 pub(super) async fn read_limited(
