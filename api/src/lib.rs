@@ -24,6 +24,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, HeaderValue, Method};
 use conveyor_engine::crypto::Keyring;
 use conveyor_engine::start::Starter;
+use secrecy::SecretString;
 use sqlx::PgPool;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -49,6 +50,10 @@ pub struct ApiConfig {
     /// Refuse user tokens whose user is not a member of the token's
     /// workspace (`CONVEYOR_REQUIRE_MEMBERSHIP`).
     pub require_membership: bool,
+    /// The bearer token `/metrics` on the API's own port requires
+    /// (`CONVEYOR_METRICS_TOKEN`); `None`: not served there (404), only on
+    /// `CONVEYOR_METRICS_LISTEN`.
+    pub metrics_token: Option<SecretString>,
 }
 
 impl Default for ApiConfig {
@@ -59,6 +64,7 @@ impl Default for ApiConfig {
             cors_origins: Vec::new(),
             max_streams_per_workspace: 50,
             require_membership: false,
+            metrics_token: None,
         }
     }
 }
@@ -193,21 +199,39 @@ fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
     span
 }
 
-/// `conveyor_http_request_duration_seconds{route, method, status}`.
+/// `conveyor_http_request_duration_seconds{route, method, status}`. Every
+/// label has a bounded set of values: the route template (`unmatched` for
+/// any path no route matches), a standard method (`other` for the rest) and
+/// the status class (`2xx`).
 async fn http_metrics(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let route = route_of(&req);
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let started = std::time::Instant::now();
     let response = next.run(req).await;
     let labels = [
         ("route", route),
-        ("method", method),
-        ("status", response.status().as_u16().to_string()),
+        ("method", method.to_owned()),
+        ("status", format!("{}xx", response.status().as_u16() / 100)),
     ];
     metrics::histogram!("conveyor_http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The metric label of a request method: the standard ones by name, any
+/// other (clients may send any token) as `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }

@@ -241,6 +241,15 @@ async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
             .clone()
             .listen(pool, shutdown.clone().cancelled_owned()),
     );
+    if let Some(addr) = settings.metrics_listen {
+        let serving =
+            telemetry::serve_metrics(addr, telemetry::metrics_handle()?, shutdown.clone());
+        workers.spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::error!(error = %format!("{e:#}"), "metrics endpoint stopped");
+            }
+        });
+    }
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
@@ -292,6 +301,7 @@ fn api_config(api: &ApiSettings) -> ApiConfig {
             .max_streams_per_workspace
             .unwrap_or(defaults.max_streams_per_workspace),
         require_membership: api.require_membership,
+        metrics_token: api.metrics_token.clone(),
     }
 }
 

@@ -63,10 +63,11 @@ pub enum ExtractError {
         /// The field's query.
         path: String,
     },
-    /// A field selected more than [`MAX_EXTRACTED_NODES`] nodes or about
-    /// [`MAX_EXTRACTED_BYTES`] of JSON (`$..*` on a large body).
+    /// The fields of one step selected more than [`MAX_EXTRACTED_NODES`]
+    /// nodes or about [`MAX_EXTRACTED_BYTES`] of JSON together (`$..*` on a
+    /// large body); `field` is the one that went past the limit.
     #[error(
-        "field `{field}`: `{path}` selects more than {MAX_EXTRACTED_NODES} nodes or {MAX_EXTRACTED_BYTES} bytes; select less"
+        "field `{field}`: `{path}` takes the step's extracted fields past {MAX_EXTRACTED_NODES} nodes or {MAX_EXTRACTED_BYTES} bytes; select less"
     )]
     TooLarge {
         /// The name of the field in the `extract` map.
@@ -76,10 +77,35 @@ pub enum ExtractError {
     },
 }
 
-/// Most nodes one extracted field may select.
+/// Most nodes the extracted fields of one step may select together.
 pub const MAX_EXTRACTED_NODES: usize = 10_000;
-/// Most JSON (roughly, in bytes) one extracted field may select.
+/// Most JSON (roughly, in bytes) the extracted fields of one step may
+/// select together.
 pub const MAX_EXTRACTED_BYTES: usize = 1024 * 1024;
+
+/// What the fields of one step may still select.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    const FULL: Budget = Budget {
+        nodes: MAX_EXTRACTED_NODES,
+        bytes: MAX_EXTRACTED_BYTES,
+    };
+
+    /// Pays for `nodes`, or `None` when they do not fit.
+    fn pay(self, nodes: &[&Value]) -> Option<Budget> {
+        Some(Budget {
+            nodes: self.nodes.checked_sub(nodes.len())?,
+            bytes: nodes
+                .iter()
+                .try_fold(self.bytes, |left, node| fits(node, left))?,
+        })
+    }
+}
 
 /// Roughly the serialised size of `v`, giving up past `budget`: whether it
 /// fits in `budget`, and what is left of it.
@@ -276,19 +302,23 @@ impl Extraction {
     /// required and the query selected nothing; [`ExtractError::TooLarge`]
     /// if it selected too much.
     pub fn apply(&self, field: &str, doc: &Value) -> Result<Value, ExtractError> {
+        let mut budget = Budget::FULL;
+        self.apply_within(field, doc, &mut budget)
+    }
+
+    /// [`Extraction::apply`], paying the selected nodes from `budget`.
+    fn apply_within(
+        &self,
+        field: &str,
+        doc: &Value,
+        budget: &mut Budget,
+    ) -> Result<Value, ExtractError> {
         // Measured on the borrowed nodes, before anything is cloned.
-        let nodes = self.path.path.query(doc);
-        let too_large = nodes.len() > MAX_EXTRACTED_NODES
-            || nodes
-                .iter()
-                .try_fold(MAX_EXTRACTED_BYTES, |left, node| fits(node, left))
-                .is_none();
-        if too_large {
-            return Err(ExtractError::TooLarge {
-                field: field.to_owned(),
-                path: self.path.text.clone(),
-            });
-        }
+        let nodes = self.path.path.query(doc).all();
+        *budget = budget.pay(&nodes).ok_or_else(|| ExtractError::TooLarge {
+            field: field.to_owned(),
+            path: self.path.text.clone(),
+        })?;
         if self.required {
             self.path
                 .extract_present(doc)
@@ -391,19 +421,23 @@ impl<'de> Deserialize<'de> for Extraction {
     }
 }
 
-/// Extracts every field of an `extract` map from `doc`.
+/// Extracts every field of an `extract` map from `doc`; together the
+/// fields may select [`MAX_EXTRACTED_NODES`] nodes and about
+/// [`MAX_EXTRACTED_BYTES`] of JSON.
 ///
 /// # Errors
 ///
 /// [`ExtractError::MissingRequired`] for the first (by field name) required
-/// field that selected nothing.
+/// field that selected nothing; [`ExtractError::TooLarge`] for the field
+/// that went past the limits.
 pub fn extract_all(
     specs: &BTreeMap<String, Extraction>,
     doc: &Value,
 ) -> Result<Map<String, Value>, ExtractError> {
+    let mut budget = Budget::FULL;
     specs
         .iter()
-        .map(|(field, spec)| Ok((field.clone(), spec.apply(field, doc)?)))
+        .map(|(field, spec)| Ok((field.clone(), spec.apply_within(field, doc, &mut budget)?)))
         .collect()
 }
 
@@ -669,5 +703,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_fields_of_a_step_share_one_extraction_limit() {
+        let half = "x".repeat(MAX_EXTRACTED_BYTES * 2 / 3);
+        let doc = json!({"a": half, "b": half});
+        let field = |path: &str| Extraction::optional(Query::parse(path).expect("query"));
+        let one = BTreeMap::from([("a".to_owned(), field("$.a"))]);
+        assert!(extract_all(&one, &doc).is_ok());
+        let both = BTreeMap::from([
+            ("a".to_owned(), field("$.a")),
+            ("b".to_owned(), field("$.b")),
+        ]);
+        match extract_all(&both, &doc) {
+            Err(ExtractError::TooLarge { field, .. }) => assert_eq!(field, "b"),
+            other => panic!("expected the second field to be refused, got {other:?}"),
+        }
+        let nodes = Value::Array((0..MAX_EXTRACTED_NODES * 2 / 3).map(Value::from).collect());
+        let doc = json!({"a": nodes, "b": nodes});
+        let wide = BTreeMap::from([
+            ("a".to_owned(), field("$.a[*]")),
+            ("b".to_owned(), field("$.b[*]")),
+        ]);
+        assert!(matches!(
+            extract_all(&wide, &doc),
+            Err(ExtractError::TooLarge { .. })
+        ));
     }
 }

@@ -16,10 +16,11 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::connector::{ApiKeyLocation, Auth, Body, Step};
-use crate::extract;
 use crate::net::{self, GuardedResolver, PrivateNetworkRefused};
 use crate::redact::{Credentials, Redactor};
 use crate::template::{Dest, Renderer};
+
+mod body;
 
 /// Settings of the step client.
 #[derive(Debug, Clone)]
@@ -28,6 +29,13 @@ pub struct HttpConfig {
     pub allow_private_networks: bool,
     /// Largest response body read; a larger one fails the step.
     pub max_response_bytes: usize,
+    /// Largest reckoned memory of a parsed JSON response body (its bytes
+    /// plus 64 per value); a larger one fails the step
+    /// (`parsed_body_too_large`) before it is parsed.
+    pub max_parsed_body_bytes: usize,
+    /// Largest rendered request of a step: URL, header values and body
+    /// together; a larger one fails the step (`render`) unsent.
+    pub max_request_bytes: usize,
     /// Largest response body stored (and kept in the context); larger ones
     /// are truncated with a marker and their original size.
     pub max_stored_body_bytes: usize,
@@ -40,6 +48,8 @@ impl Default for HttpConfig {
         Self {
             allow_private_networks: false,
             max_response_bytes: 10 * 1024 * 1024,
+            max_parsed_body_bytes: 64 * 1024 * 1024,
+            max_request_bytes: 8 * 1024 * 1024,
             max_stored_body_bytes: 64 * 1024,
             user_agent: concat!("conveyor/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
@@ -77,6 +87,9 @@ pub enum StepErrorKind {
     NetworkPolicy,
     /// The response body exceeds the configured maximum.
     ResponseTooLarge,
+    /// The parsed form of the JSON response body would exceed the
+    /// configured maximum.
+    ParsedBodyTooLarge,
     /// A required extracted field is absent.
     Extract,
     /// The request failed while in flight for another reason.
@@ -278,7 +291,6 @@ impl StepClient {
     ) -> StepResult {
         let started_at = Utc::now();
         let clock = Instant::now();
-        let redactor = Redactor::new(credentials);
         let finish = |request: Value,
                       response: Option<ResponseRecord>,
                       extracted: Map<String, Value>,
@@ -290,9 +302,35 @@ impl StepClient {
             duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
             error,
         };
-        let prepared = match self.prepare(step, context, credentials, attempt, &redactor) {
-            Ok(p) => p,
-            Err((snapshot, e)) => return finish(snapshot, None, Map::new(), Some(e)),
+        let step = Arc::new(step.clone());
+        let redactor = Arc::new(Redactor::new(credentials));
+        // Rendering walks the context and every template of the step, and
+        // parsing and extraction walk the whole body: all three run on the
+        // blocking pool, so the async threads (and the lease heartbeat
+        // beside this future) never wait for them.
+        let prepared = {
+            let (this, step, redactor) = (self.clone(), step.clone(), redactor.clone());
+            let (context, credentials) = (context.clone(), credentials.clone());
+            let key = attempt.idempotency_key.to_owned();
+            let traceparent = attempt.traceparent.map(str::to_owned);
+            let timeout = attempt.timeout;
+            off_thread(move || {
+                let attempt = Attempt {
+                    idempotency_key: &key,
+                    timeout,
+                    traceparent: traceparent.as_deref(),
+                };
+                this.prepare(&step, context, &credentials, &attempt, &redactor)
+            })
+            .await
+        };
+        let prepared = match prepared {
+            Ok(Ok(p)) => p,
+            Ok(Err((snapshot, e))) => return finish(snapshot, None, Map::new(), Some(e)),
+            Err(e) => {
+                let snapshot = json!({"method": step.method.as_str(), "url": Value::Null});
+                return finish(snapshot, None, Map::new(), Some(e));
+            }
         };
         let snapshot = prepared.snapshot;
         let response = match self.client.execute(prepared.request).await {
@@ -301,73 +339,61 @@ impl StepClient {
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let bytes = match read_limited(response, self.config.max_response_bytes).await {
+        let bytes = match body::read_limited(response, self.config.max_response_bytes).await {
             Ok(b) => b,
             Err(e) => return finish(snapshot, None, Map::new(), Some(e)),
         };
-        let parsed = parse_body(&headers, &bytes);
-        let record = ResponseRecord {
-            status,
-            headers: redactor.headers(&headers, &[]),
-            body: redactor.value(self.stored_body(parsed.clone(), &bytes)),
-        };
-        if !step.accepts(status) {
-            let error = status_error(step, status, &headers);
-            return finish(snapshot, Some(record), Map::new(), Some(error));
+        let config = self.config.clone();
+        let handled = off_thread(move || {
+            body::handle_response(&config, &step, &redactor, status, &headers, bytes)
+        })
+        .await;
+        match handled {
+            Ok((record, extracted, error)) => finish(snapshot, Some(record), extracted, error),
+            Err(e) => finish(snapshot, None, Map::new(), Some(e)),
         }
-        match extract::extract_all(&step.extract, &parsed) {
-            Ok(extracted) => {
-                let extracted = match redactor.value(Value::Object(extracted)) {
-                    Value::Object(m) => m,
-                    _ => Map::new(),
-                };
-                finish(snapshot, Some(record), extracted, None)
-            }
-            Err(e) => finish(
-                snapshot,
-                Some(record),
-                Map::new(),
-                Some(StepError::fatal(StepErrorKind::Extract, e.to_string())),
-            ),
-        }
-    }
-
-    /// The body as stored: whole when small enough, else the marker with
-    /// the original size and a preview of the original bytes.
-    fn stored_body(&self, body: Value, bytes: &[u8]) -> Value {
-        let max = self.config.max_stored_body_bytes;
-        if bytes.len() <= max {
-            return body;
-        }
-        let preview = String::from_utf8_lossy(&bytes[..max]);
-        // A multi-byte character cut in half decodes as U+FFFD; drop it.
-        let preview = preview.trim_end_matches('\u{FFFD}');
-        json!({"truncated": true, "original_size": bytes.len(), "preview": preview})
     }
 
     fn prepare(
         &self,
         step: &Step,
-        context: &Value,
+        mut context: Value,
         credentials: &Credentials,
         attempt: &Attempt<'_>,
         redactor: &Redactor,
     ) -> Result<Prepared, (Value, StepError)> {
         let mut snapshot = json!({"method": step.method.as_str(), "url": Value::Null});
         let fail = |snapshot: &Value, e: StepError| (snapshot.clone(), e);
-        let mut with_credentials = context.clone();
-        if let Value::Object(map) = &mut with_credentials {
+        if let Value::Object(map) = &mut context {
             map.insert(
                 "credentials".to_owned(),
                 serde_json::to_value(credentials).unwrap_or(Value::Null),
             );
         }
         // Converted once per step, shared by every template of the step.
-        let ctx = crate::template::Context::new(&with_credentials);
+        let ctx = crate::template::Context::new(&context);
+        // Every rendered value counts towards one cap for the whole request.
+        let rendered = std::cell::Cell::new(0usize);
+        let count = |field: &str, len: usize| {
+            rendered.set(rendered.get().saturating_add(len));
+            if rendered.get() > self.config.max_request_bytes {
+                return Err(StepError::fatal(
+                    StepErrorKind::Render,
+                    format!(
+                        "{field}: the rendered request exceeds {} bytes",
+                        self.config.max_request_bytes
+                    ),
+                ));
+            }
+            Ok(())
+        };
         let render = |field: &str, template: &str, dest: Dest| {
-            self.renderer
+            let text = self
+                .renderer
                 .render_str_in(template, &ctx, dest)
-                .map_err(|e| StepError::fatal(StepErrorKind::Render, format!("{field}: {e}")))
+                .map_err(|e| StepError::fatal(StepErrorKind::Render, format!("{field}: {e}")))?;
+            count(field, text.len())?;
+            Ok(text)
         };
 
         // Definitions saved before the placement rules are held to them too.
@@ -511,8 +537,10 @@ impl StepClient {
                         StepError::fatal(StepErrorKind::Render, format!("body.content: {e}")),
                     )
                 })?;
+                let bytes = value.to_string().into_bytes();
+                count("body.content", bytes.len()).map_err(|e| fail(&snapshot, e))?;
                 set_default_content_type(&mut headers, "application/json");
-                (Some(value.to_string().into_bytes()), redactor.value(value))
+                (Some(bytes), redactor.value(value))
             }
             Some(Body::Form { content }) => {
                 let mut form = url::form_urlencoded::Serializer::new(String::new());
@@ -576,6 +604,21 @@ impl StepClient {
     }
 }
 
+/// Runs CPU-bound work of an attempt on the blocking pool. A panic in it
+/// resumes here; a runtime shutting down fails the attempt retryably.
+async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StepError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => Ok(value),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(StepError::retryable(
+            StepErrorKind::Transport,
+            "the worker is shutting down",
+        )),
+    }
+}
+
 fn secret_field<'a>(
     credentials: &'a Credentials,
     credential: &str,
@@ -627,54 +670,6 @@ fn set_default_content_type(headers: &mut HeaderMap, content_type: &'static str)
     headers
         .entry(CONTENT_TYPE)
         .or_insert(HeaderValue::from_static(content_type));
-}
-
-async fn read_limited(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, StepError> {
-    let too_large = || {
-        StepError::fatal(
-            StepErrorKind::ResponseTooLarge,
-            format!("the response body exceeds {max} bytes"),
-        )
-    };
-    if response
-        .content_length()
-        .is_some_and(|len| len > max as u64)
-    {
-        return Err(too_large());
-    }
-    let mut bytes = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if bytes.len() + chunk.len() > max {
-                    return Err(too_large());
-                }
-                bytes.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(bytes),
-            Err(e) => return Err(classify_send_error(&e)),
-        }
-    }
-}
-
-fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Value {
-    if bytes.is_empty() {
-        return Value::Null;
-    }
-    let is_json = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.contains("json"));
-    let looks_json = matches!(
-        bytes.iter().find(|b| !b.is_ascii_whitespace()),
-        Some(b'{' | b'[')
-    );
-    if (is_json || looks_json)
-        && let Ok(v) = serde_json::from_slice(bytes)
-    {
-        return v;
-    }
-    Value::String(String::from_utf8_lossy(bytes).into_owned())
 }
 
 fn status_error(step: &Step, status: u16, headers: &HeaderMap) -> StepError {
@@ -766,23 +761,5 @@ mod tests {
         assert_eq!(retry_after(&h, now), Some(Duration::ZERO));
         h.insert("retry-after", HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h, now), None);
-    }
-
-    #[test]
-    fn large_bodies_are_stored_truncated_with_their_size() {
-        let client = StepClient::new(HttpConfig {
-            max_stored_body_bytes: 4,
-            ..HttpConfig::default()
-        })
-        .expect("client");
-        let stored = client.stored_body(Value::String("abcdefgh".into()), b"abcdefgh");
-        assert_eq!(
-            stored,
-            json!({"truncated": true, "original_size": 8, "preview": "abcd"})
-        );
-        assert_eq!(
-            client.stored_body(Value::String("abc".into()), b"abc"),
-            json!("abc")
-        );
     }
 }

@@ -1,17 +1,12 @@
 //! API keys with scopes and expiry, through the in-process API.
 
 use axum::http::{Method, StatusCode};
-use conveyor_tests::api::TestApi;
+use conveyor_tests::api::{Reply, TestApi};
 use serde_json::json;
 use sqlx::PgPool;
 
-async fn key(
-    api: &TestApi,
-    user: &str,
-    body: serde_json::Value,
-) -> (StatusCode, serde_json::Value) {
-    api.send(Method::POST, "/api/v1/api-keys", user, Some(body))
-        .await
+async fn key(api: &TestApi, user: &str, body: serde_json::Value) -> Reply {
+    api.post("/api/v1/api-keys", user, body).await
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
@@ -25,17 +20,22 @@ async fn an_api_key_may_do_only_what_its_scopes_allow(pool: PgPool) {
                 {"name": "x", "method": "GET", "url": "https://api.example.com/x"}]}),
         )
         .await;
-    let (status, all) = key(&api, &user, json!({"name": "all"})).await;
+    let Reply {
+        status, json: all, ..
+    } = key(&api, &user, json!({"name": "all"})).await;
     assert_eq!(status, StatusCode::CREATED, "{all}");
     assert_eq!(all["scopes"], json!(["read", "execute", "manage"]));
     assert_eq!(all["expires_at"], json!(null));
-    let (_, reader) = key(&api, &user, json!({"name": "r", "scopes": ["read"]})).await;
-    let (_, runner) = key(
+    let reader = key(&api, &user, json!({"name": "r", "scopes": ["read"]}))
+        .await
+        .json;
+    let runner = key(
         &api,
         &user,
         json!({"name": "x", "scopes": ["execute", "read", "execute"]}),
     )
-    .await;
+    .await
+    .json;
     assert_eq!(runner["scopes"], json!(["read", "execute"]));
     let reader = reader["key"].as_str().expect("key").to_owned();
     let runner = runner["key"].as_str().expect("key").to_owned();
@@ -103,7 +103,11 @@ async fn an_api_key_may_do_only_what_its_scopes_allow(pool: PgPool) {
         ),
     ];
     for (token, method, path, body, want) in cases {
-        let (status, reply) = api.send(method.clone(), &path, token, body).await;
+        let Reply {
+            status,
+            json: reply,
+            ..
+        } = api.call(method.clone(), &path, Some(token), body).await;
         assert_eq!(status, want, "{method} {path}: {reply}");
         if want == StatusCode::FORBIDDEN {
             assert!(
@@ -122,7 +126,11 @@ async fn expired_keys_are_refused_and_bad_settings_name_their_field(pool: PgPool
     let api = TestApi::new(pool.clone());
     let user = api.token("ws_keys", "alice");
     let soon = chrono::Utc::now() + chrono::Duration::hours(1);
-    let (status, created) = key(&api, &user, json!({"name": "soon", "expires_at": soon})).await;
+    let Reply {
+        status,
+        json: created,
+        ..
+    } = key(&api, &user, json!({"name": "soon", "expires_at": soon})).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert!(created["expires_at"].is_string());
     let token = created["key"].as_str().expect("key").to_owned();
@@ -147,7 +155,11 @@ async fn expired_keys_are_refused_and_bad_settings_name_their_field(pool: PgPool
         ),
         (json!({"name": "e", "scopes": []}), "scopes"),
     ] {
-        let (status, reply) = key(&api, &user, body).await;
+        let Reply {
+            status,
+            json: reply,
+            ..
+        } = key(&api, &user, body).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reply}");
         assert_eq!(
             reply["error"]["details"]["errors"][0]["path"], path,
@@ -166,7 +178,7 @@ async fn a_flood_of_invalid_keys_is_held_off_before_the_database(pool: PgPool) {
         },
     );
     let user = api.token("ws_keys", "alice");
-    let (_, created) = key(&api, &user, json!({"name": "good"})).await;
+    let created = key(&api, &user, json!({"name": "good"})).await.json;
     let good = created["key"].as_str().expect("key").to_owned();
     assert_eq!(
         api.get("/api/v1/connectors", &good).await.status,
@@ -192,20 +204,10 @@ async fn a_flood_of_invalid_keys_is_held_off_before_the_database(pool: PgPool) {
             StatusCode::TOO_MANY_REQUESTS
         ]
     );
-    // A second later the workspace and the guard have each refilled one
-    // token: one forged key is looked up, the next is held off, and the
-    // key that authenticated before the flood still gets through.
-    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
-    let forged = |i: u32| format!("cvk_forged{i}");
-    assert_eq!(
-        api.get("/api/v1/connectors", &forged(5)).await.status,
-        StatusCode::UNAUTHORIZED
-    );
-    let held = api.get("/api/v1/connectors", &forged(6)).await;
+    // The refusal names the cause. Refilling over time, and the pass kept
+    // by keys that authenticated recently, are checked with an injected
+    // clock in `ratelimit`'s own tests (no real-time wait here).
+    let held = api.get("/api/v1/connectors", "cvk_forged_again").await;
     assert_eq!(held.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(held.text.contains("invalid API keys"), "{}", held.text);
-    assert_eq!(
-        api.get("/api/v1/connectors", &good).await.status,
-        StatusCode::OK
-    );
 }

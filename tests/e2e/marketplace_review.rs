@@ -1,8 +1,8 @@
 //! Marketplace hardening: official slugs are reserved, and an approval
 //! covers the version an admin reviewed, not one published after it.
 
-use axum::http::{Method, StatusCode};
-use conveyor_tests::api::TestApi;
+use axum::http::StatusCode;
+use conveyor_tests::api::{Reply, TestApi};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -23,23 +23,21 @@ async fn community_submissions_cannot_take_a_name_reserved_for_official_template
     let api = TestApi::new(pool);
     let author = api.token("ws_author", "writer");
     for slug in ["slack-post-message-v2", "notion-create-page", "communityx"] {
-        let (status, body) = api
-            .send(
-                Method::POST,
-                "/api/v1/templates",
-                &author,
-                Some(template(slug, "1.0.0", "hi")),
-            )
+        let Reply {
+            status, json: body, ..
+        } = api
+            .post("/api/v1/templates", &author, template(slug, "1.0.0", "hi"))
             .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{slug}: {body}");
         assert_eq!(body["error"]["details"]["errors"][0]["path"], "slug");
     }
-    let (status, body) = api
-        .send(
-            Method::POST,
+    let Reply {
+        status, json: body, ..
+    } = api
+        .post(
             "/api/v1/templates",
             &author,
-            Some(template("community-notion-page", "1.0.0", "hi")),
+            template("community-notion-page", "1.0.0", "hi"),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -56,73 +54,64 @@ async fn an_approval_covers_only_the_reviewed_version(pool: PgPool) {
     let other = api.token("ws_other", "reader");
     let (api_ref, author_ref) = (&api, author.as_str());
     let submit = move |version: &str, greeting: &str| {
-        api_ref.send(
-            Method::POST,
+        api_ref.post(
             "/api/v1/templates",
             author_ref,
-            Some(template("community-echo", version, greeting)),
+            template("community-echo", version, greeting),
         )
     };
-    assert_eq!(submit("1.0.0", "reviewed").await.0, StatusCode::CREATED);
+    assert_eq!(
+        submit("1.0.0", "reviewed").await.status,
+        StatusCode::CREATED
+    );
     // The author slips in a new version while the admin reviews 1.0.0.
-    assert_eq!(submit("1.1.0", "not reviewed").await.0, StatusCode::CREATED);
+    assert_eq!(
+        submit("1.1.0", "not reviewed").await.status,
+        StatusCode::CREATED
+    );
     let approve = "/api/v1/admin/templates/community-echo/approve";
-    let (status, body) = api
-        .send(Method::POST, approve, &admin, Some(json!({})))
-        .await;
+    let Reply {
+        status, json: body, ..
+    } = api.post(approve, &admin, json!({})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body.to_string().contains("version"), "{body}");
-    let (status, body) = api
-        .send(
-            Method::POST,
-            approve,
-            &admin,
-            Some(json!({"version": "9.9.9"})),
-        )
-        .await;
+    let Reply {
+        status, json: body, ..
+    } = api.post(approve, &admin, json!({"version": "9.9.9"})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["details"]["errors"][0]["path"], "version");
-    let (status, body) = api
-        .send(
-            Method::POST,
-            approve,
-            &admin,
-            Some(json!({"version": "1.0.0"})),
-        )
-        .await;
+    let Reply {
+        status, json: body, ..
+    } = api.post(approve, &admin, json!({"version": "1.0.0"})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    let (status, shown) = api
-        .send(
-            Method::GET,
-            "/api/v1/templates/community-echo",
-            &other,
-            None,
-        )
-        .await;
+    let Reply {
+        status,
+        json: shown,
+        ..
+    } = api.get("/api/v1/templates/community-echo", &other).await;
     assert_eq!(status, StatusCode::OK, "{shown}");
     assert_eq!(shown["approved_version"], "1.0.0");
     assert_eq!(shown["template"]["version"], "1.0.0");
     assert!(!shown.to_string().contains("not reviewed"), "{shown}");
-    let (status, installed) = api
-        .send(
-            Method::POST,
+    let Reply {
+        status,
+        json: installed,
+        ..
+    } = api
+        .post(
             "/api/v1/templates/community-echo/install",
             &other,
-            Some(json!({"credentials": {"echo": "e"}})),
+            json!({"credentials": {"echo": "e"}}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{installed}");
     assert_eq!(installed["template_version"], "1.0.0");
     let id = installed["id"].as_str().expect("id");
-    let (_, connector) = api
-        .send(
-            Method::GET,
-            &format!("/api/v1/connectors/{id}"),
-            &other,
-            None,
-        )
-        .await;
+    let connector = api
+        .get(&format!("/api/v1/connectors/{id}"), &other)
+        .await
+        .json;
     assert_eq!(
         connector["definition"]["steps"][0]["body"]["content"]["text"],
         "reviewed"

@@ -162,18 +162,6 @@ impl TestApi {
         self.call(Method::POST, path, Some(token), Some(body)).await
     }
 
-    /// A request with `token`, answered as `(status, JSON body)`.
-    pub async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let reply = self.call(method, path, Some(token), body).await;
-        (reply.status, reply.json)
-    }
-
     /// Creates a connector; its id.
     pub async fn create_connector(&self, token: &str, definition: Value) -> String {
         let reply = self.post("/api/v1/connectors", token, definition).await;

@@ -42,7 +42,8 @@ pub struct Settings {
     pub runner: RunnerConfig,
     /// HTTP client settings.
     pub http: HttpConfig,
-    /// Where `conveyor-worker` serves `/metrics` (`CONVEYOR_METRICS_LISTEN`;
+    /// Where `conveyor-worker` and `conveyor-api` serve `/metrics`, apart
+    /// from the API (`CONVEYOR_METRICS_LISTEN`;
     /// `None`: not served).
     pub metrics_listen: Option<SocketAddr>,
     /// The API server's settings (used by `conveyor-api serve`).
@@ -78,6 +79,9 @@ pub struct ApiSettings {
     /// `CONVEYOR_REQUIRE_MEMBERSHIP`: refuse user tokens whose user is not
     /// listed as a member of the token's workspace (default false).
     pub require_membership: bool,
+    /// `CONVEYOR_METRICS_TOKEN`: serve `/metrics` on the API's own port to
+    /// requests bearing it (unset: only on `CONVEYOR_METRICS_LISTEN`).
+    pub metrics_token: Option<SecretString>,
 }
 
 impl ApiSettings {
@@ -106,6 +110,7 @@ impl ApiSettings {
             jwt_max_lifetime_secs: parse_opt("CONVEYOR_JWT_MAX_LIFETIME_SECS")?,
             max_streams_per_workspace: parse_opt("CONVEYOR_MAX_STREAMS_PER_WORKSPACE")?,
             require_membership: parse("CONVEYOR_REQUIRE_MEMBERSHIP", false)?,
+            metrics_token: var("CONVEYOR_METRICS_TOKEN")?.map(SecretString::from),
         })
     }
 
@@ -312,6 +317,11 @@ impl Settings {
                 "CONVEYOR_MAX_STORED_BODY_BYTES",
                 http_defaults.max_stored_body_bytes,
             )?,
+            max_parsed_body_bytes: parse(
+                "CONVEYOR_MAX_PARSED_BODY_BYTES",
+                http_defaults.max_parsed_body_bytes,
+            )?,
+            max_request_bytes: http_defaults.max_request_bytes,
             user_agent: http_defaults.user_agent,
         };
         let runner_defaults = RunnerConfig::default();

@@ -240,8 +240,20 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
     Ok(METRICS.get().cloned().unwrap_or(handle))
 }
 
-/// Serves `GET /metrics` (Prometheus text format) on `addr` until
-/// `shutdown`; for workers (`CONVEYOR_METRICS_LISTEN`).
+/// `GET /metrics` (Prometheus text format) and nothing else, unauthenticated:
+/// for an address only the scraper can reach.
+pub fn metrics_router(handle: PrometheusHandle) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    )
+}
+
+/// Serves [`metrics_router`] on `addr` until `shutdown`: for workers and
+/// the API (`CONVEYOR_METRICS_LISTEN`).
 ///
 /// # Errors
 ///
@@ -255,14 +267,7 @@ pub async fn serve_metrics(
         .await
         .with_context(|| format!("binding CONVEYOR_METRICS_LISTEN {addr}"))?;
     tracing::info!(address = %addr, "serving metrics at /metrics");
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let handle = handle.clone();
-            async move { handle.render() }
-        }),
-    );
-    axum::serve(listener, app)
+    axum::serve(listener, metrics_router(handle))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .context("serving metrics")

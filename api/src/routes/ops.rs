@@ -1,10 +1,14 @@
-//! Operations: liveness, readiness and metrics (no authentication).
+//! Operations: liveness and readiness (no authentication), and metrics
+//! (on this port only with `CONVEYOR_METRICS_TOKEN`, as a bearer token).
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use secrecy::ExposeSecret;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -17,8 +21,28 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-/// Prometheus text format (metric names in README.md).
-async fn metrics(State(state): State<AppState>) -> Response {
+/// Prometheus text format (metric names in docs/observability.md). On the
+/// API's own port only when `CONVEYOR_METRICS_TOKEN` is set (else 404, as
+/// if absent: scrape `CONVEYOR_METRICS_LISTEN` instead), and then only with
+/// `Authorization: Bearer <that token>` (else 401).
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(token) = &state.config.metrics_token else {
+        return ApiError::not_found("route").into_response();
+    };
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compared as digests: the time taken says nothing about the token.
+    let matches = presented.is_some_and(|p| {
+        Sha256::digest(p.as_bytes()) == Sha256::digest(token.expose_secret().as_bytes())
+    });
+    if !matches {
+        return ApiError::unauthorized(
+            "`/metrics` needs `Authorization: Bearer` with the metrics token",
+        )
+        .into_response();
+    }
     match &state.metrics {
         Some(handle) => (
             [(

@@ -12,7 +12,7 @@ use conveyor_tests::api::TestApi;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::http_api::{PLANTED, api, assert_no_planted, config, row_counts, simple_connector};
+use crate::support::{PLANTED, api, assert_no_planted, config, row_counts, simple_connector};
 
 /// A workspace with a typed connector and a credential, and the row
 /// counts every rejected request must leave as they are.
@@ -501,4 +501,60 @@ async fn bodies_over_the_limit_are_413(pool: PgPool) {
     assert_eq!(fine.status, StatusCode::OK);
 
     s.assert_nothing_written().await;
+}
+
+/// Malformed JSON is 400 even when the part before the syntax error already
+/// has the wrong shape (an unknown field, a wrong type): the body is not
+/// JSON, so nothing about its fields can be said.
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn malformed_json_is_400_whatever_comes_before_the_error(pool: PgPool) {
+    let api = api(pool.clone());
+    let a = api.token("ws_a", "alice");
+    let connector = api
+        .create_connector(&a, simple_connector("http://127.0.0.1:9"))
+        .await;
+    let before = row_counts(&pool).await;
+    for (uri, body) in [
+        (
+            format!("/api/v1/connectors/{connector}/execute"),
+            r#"{"name": "x", "#,
+        ),
+        (
+            format!("/api/v1/connectors/{connector}/execute"),
+            r#"{"priority": "high", "#,
+        ),
+        (format!("/api/v1/connectors/{connector}/execute"), "[1, 2"),
+        (
+            format!("/api/v1/connectors/{connector}/execute/batch"),
+            r#"{"items": 5, "#,
+        ),
+        ("/api/v1/credentials/crm".to_owned(), r#"{"token": "x", "#),
+        ("/api/v1/api-keys".to_owned(), r#"{"name": 5, "#),
+    ] {
+        let verb = if uri.contains("credentials") {
+            Method::PUT
+        } else {
+            Method::POST
+        };
+        let request = Request::builder()
+            .method(verb)
+            .uri(&uri)
+            .header("authorization", format!("Bearer {a}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("request");
+        let reply = api.send_request(request).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{uri} {body:?}: {}",
+            reply.text
+        );
+        assert_eq!(
+            reply.json["error"]["code"], "malformed_json",
+            "{}",
+            reply.text
+        );
+    }
+    assert_eq!(row_counts(&pool).await, before);
 }

@@ -1,15 +1,24 @@
 //! The API's tests: one binary (one build, one link) with a module per
-//! area, over the harness in `conveyor-tests` (`tests/src/api.rs`).
+//! area, over the harness in `conveyor-tests` (`tests/src/api.rs`); what
+//! the modules share beyond it is in `support`.
 
 mod accountability;
 mod admin_and_credentials;
 mod admin_roles;
 mod audit_log;
+mod authentication;
 mod bad_input;
-mod http_api;
+mod end_to_end;
+mod idempotency;
+mod isolation;
 mod marketplace;
 mod membership;
+mod metrics;
 mod observability;
+mod openapi_document;
+mod pagination;
 mod resilience;
 mod retention;
+mod secrets;
+mod support;
 mod usage;

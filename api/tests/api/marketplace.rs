@@ -3,7 +3,7 @@
 //! admin rights and the upgrade path.
 
 use axum::http::{Method, StatusCode};
-use conveyor_tests::api::TestApi;
+use conveyor_tests::api::{Reply, TestApi};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -31,23 +31,16 @@ async fn install_names_each_missing_setting_and_credential_and_changes_nothing(p
     let api = TestApi::new(pool.clone());
     make_admin(&pool, "root").await;
     let admin = api.token("ops", "root");
-    let (status, _) = api
-        .send(
-            Method::POST,
-            "/api/v1/admin/templates",
-            &admin,
-            Some(template("echo", "1.0.0")),
-        )
-        .await;
+    let status = api
+        .post("/api/v1/admin/templates", &admin, template("echo", "1.0.0"))
+        .await
+        .status;
     assert_eq!(status, StatusCode::CREATED);
     let user = api.token("ws_a", "u1");
-    let (status, body) = api
-        .send(
-            Method::POST,
-            "/api/v1/templates/echo/install",
-            &user,
-            Some(json!({})),
-        )
+    let Reply {
+        status, json: body, ..
+    } = api
+        .post("/api/v1/templates/echo/install", &user, json!({}))
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let paths: Vec<&str> = body["error"]["details"]["errors"]
@@ -62,9 +55,7 @@ async fn install_names_each_missing_setting_and_credential_and_changes_nothing(p
         .await
         .expect("count");
     assert_eq!(connectors, 0);
-    let (_, t) = api
-        .send(Method::GET, "/api/v1/templates/echo", &user, None)
-        .await;
+    let t = api.get("/api/v1/templates/echo", &user).await.json;
     assert_eq!(t["install_count"], json!(0));
 }
 
@@ -73,55 +64,43 @@ async fn installs_are_counted_and_upgrades_keep_settings(pool: PgPool) {
     let api = TestApi::new(pool.clone());
     make_admin(&pool, "root").await;
     let admin = api.token("ops", "root");
-    api.send(
-        Method::POST,
-        "/api/v1/admin/templates",
-        &admin,
-        Some(template("echo", "1.0.0")),
-    )
-    .await;
+    api.post("/api/v1/admin/templates", &admin, template("echo", "1.0.0"))
+        .await;
     let user = api.token("ws_a", "u1");
     let install = json!({"name": "Team echo", "settings": {"greeting": "hello"}, "credentials": {"echo": "my-echo"}});
-    let (status, installed) = api
-        .send(
-            Method::POST,
-            "/api/v1/templates/echo/install",
-            &user,
-            Some(install.clone()),
-        )
+    let Reply {
+        status,
+        json: installed,
+        ..
+    } = api
+        .post("/api/v1/templates/echo/install", &user, install.clone())
         .await;
     assert_eq!(status, StatusCode::CREATED, "{installed}");
     assert_eq!(installed["template_version"], json!("1.0.0"));
     let id = installed["id"].as_str().expect("id").to_owned();
-    api.send(
-        Method::POST,
+    api.post(
         "/api/v1/templates/echo/install",
         &api.token("ws_b", "u2"),
-        Some(install),
+        install,
     )
     .await;
-    let (_, t) = api
-        .send(Method::GET, "/api/v1/templates/echo", &user, None)
-        .await;
+    let t = api.get("/api/v1/templates/echo", &user).await.json;
     assert_eq!(t["install_count"], json!(2));
 
-    let (_, c) = api
-        .send(
-            Method::GET,
-            &format!("/api/v1/connectors/{id}"),
-            &user,
-            None,
-        )
-        .await;
+    let c = api
+        .get(&format!("/api/v1/connectors/{id}"), &user)
+        .await
+        .json;
     assert_eq!(c["update_available"], Value::Null);
-    let (status, _) = api
-        .send(
+    let status = api
+        .call(
             Method::POST,
             &format!("/api/v1/connectors/{id}/upgrade"),
-            &user,
+            Some(&user),
             None,
         )
-        .await;
+        .await
+        .status;
     assert_eq!(status, StatusCode::CONFLICT, "already current");
 
     let mut v2 = template("echo", "1.1.0");
@@ -130,42 +109,38 @@ async fn installs_are_counted_and_upgrades_keep_settings(pool: PgPool) {
         .expect("list")
         .push(json!({"name": "suffix", "description": "Appended", "default": "!"}));
     v2["connector"]["steps"][0]["body"]["content"]["suffix"] = json!("<<settings.suffix>>");
-    let (status, body) = api
-        .send(
+    let Reply {
+        status, json: body, ..
+    } = api
+        .call(
             Method::PUT,
             "/api/v1/admin/templates/echo",
-            &admin,
+            Some(&admin),
             Some(v2),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (_, c) = api
-        .send(
-            Method::GET,
-            &format!("/api/v1/connectors/{id}"),
-            &user,
-            None,
-        )
-        .await;
+    let c = api
+        .get(&format!("/api/v1/connectors/{id}"), &user)
+        .await
+        .json;
     assert_eq!(c["update_available"], json!("1.1.0"));
-    let (status, up) = api
-        .send(
+    let Reply {
+        status, json: up, ..
+    } = api
+        .call(
             Method::POST,
             &format!("/api/v1/connectors/{id}/upgrade"),
-            &user,
+            Some(&user),
             None,
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{up}");
     assert_eq!(up["version"], json!(2));
-    let (_, c) = api
-        .send(
-            Method::GET,
-            &format!("/api/v1/connectors/{id}"),
-            &user,
-            None,
-        )
-        .await;
+    let c = api
+        .get(&format!("/api/v1/connectors/{id}"), &user)
+        .await
+        .json;
     assert_eq!(c["template_version"], json!("1.1.0"));
     assert_eq!(c["update_available"], Value::Null);
     assert_eq!(c["definition"]["name"], json!("Team echo"));
@@ -183,66 +158,52 @@ async fn installs_are_counted_and_upgrades_keep_settings(pool: PgPool) {
 async fn ratings_are_one_per_workspace_and_bounded(pool: PgPool) {
     let api = TestApi::new(pool.clone());
     make_admin(&pool, "root").await;
-    api.send(
-        Method::POST,
+    api.post(
         "/api/v1/admin/templates",
         &api.token("ops", "root"),
-        Some(template("echo", "1.0.0")),
+        template("echo", "1.0.0"),
     )
     .await;
     let a = api.token("ws_a", "u1");
     let b = api.token("ws_b", "u2");
     for stars in [0, 6] {
-        let (status, _) = api
-            .send(
-                Method::POST,
+        let status = api
+            .post(
                 "/api/v1/templates/echo/ratings",
                 &a,
-                Some(json!({"stars": stars})),
+                json!({"stars": stars}),
             )
-            .await;
+            .await
+            .status;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{stars} stars");
     }
-    api.send(
-        Method::POST,
-        "/api/v1/templates/echo/ratings",
-        &a,
-        Some(json!({"stars": 2})),
-    )
-    .await;
-    let (_, r) = api
-        .send(
-            Method::POST,
+    api.post("/api/v1/templates/echo/ratings", &a, json!({"stars": 2}))
+        .await;
+    let r = api
+        .post(
             "/api/v1/templates/echo/ratings",
             &a,
-            Some(json!({"stars": 4, "review": "good"})),
+            json!({"stars": 4, "review": "good"}),
         )
-        .await;
+        .await
+        .json;
     assert_eq!(
         (r["rating_count"].clone(), r["rating_average"].clone()),
         (json!(1), json!(4.0)),
         "re-rating replaces"
     );
-    let (_, r) = api
-        .send(
-            Method::POST,
-            "/api/v1/templates/echo/ratings",
-            &b,
-            Some(json!({"stars": 5})),
-        )
-        .await;
+    let r = api
+        .post("/api/v1/templates/echo/ratings", &b, json!({"stars": 5}))
+        .await
+        .json;
     assert_eq!(
         (r["rating_count"].clone(), r["rating_average"].clone()),
         (json!(2), json!(4.5))
     );
-    let (status, _) = api
-        .send(
-            Method::POST,
-            "/api/v1/templates/nope/ratings",
-            &b,
-            Some(json!({"stars": 5})),
-        )
-        .await;
+    let status = api
+        .post("/api/v1/templates/nope/ratings", &b, json!({"stars": 5}))
+        .await
+        .status;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
@@ -252,104 +213,86 @@ async fn community_templates_stay_private_until_an_admin_approves(pool: PgPool) 
     make_admin(&pool, "root").await;
     let author = api.token("ws_author", "writer");
     let other = api.token("ws_other", "reader");
-    let (status, body) = api
-        .send(
-            Method::POST,
+    let Reply {
+        status, json: body, ..
+    } = api
+        .post(
             "/api/v1/templates",
             &author,
-            Some(template("community-echo", "0.1.0")),
+            template("community-echo", "0.1.0"),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["review_status"], json!("pending"));
 
-    let (status, _) = api
-        .send(
-            Method::GET,
-            "/api/v1/templates/community-echo",
-            &other,
-            None,
-        )
-        .await;
+    let status = api
+        .get("/api/v1/templates/community-echo", &other)
+        .await
+        .status;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (_, list) = api
-        .send(
-            Method::GET,
-            "/api/v1/templates?source=community",
-            &other,
-            None,
-        )
-        .await;
+    let list = api
+        .get("/api/v1/templates?source=community", &other)
+        .await
+        .json;
     assert_eq!(list["items"], json!([]));
-    let (status, _) = api
-        .send(
-            Method::GET,
-            "/api/v1/templates/community-echo",
-            &author,
-            None,
-        )
-        .await;
+    let status = api
+        .get("/api/v1/templates/community-echo", &author)
+        .await
+        .status;
     assert_eq!(status, StatusCode::OK, "the author sees its submission");
     let install = json!({"settings": {"greeting": "x"}, "credentials": {"echo": "e"}});
-    let (status, _) = api
-        .send(
-            Method::POST,
+    let status = api
+        .post(
             "/api/v1/templates/community-echo/install",
             &author,
-            Some(install.clone()),
+            install.clone(),
         )
-        .await;
+        .await
+        .status;
     assert_eq!(
         status,
         StatusCode::CONFLICT,
         "pending templates cannot be installed"
     );
 
-    let (status, _) = api
-        .send(
+    let status = api
+        .call(
             Method::POST,
             "/api/v1/admin/templates/community-echo/approve",
-            &other,
+            Some(&other),
             None,
         )
-        .await;
+        .await
+        .status;
     assert_eq!(status, StatusCode::FORBIDDEN, "non-admins cannot approve");
-    let (status, _) = api
-        .send(
-            Method::POST,
+    let status = api
+        .post(
             "/api/v1/admin/templates/community-echo/approve",
             &api.token("ops", "root"),
-            Some(json!({"version": "0.1.0"})),
+            json!({"version": "0.1.0"}),
         )
-        .await;
+        .await
+        .status;
     assert_eq!(status, StatusCode::OK);
-    let (_, list) = api
-        .send(
-            Method::GET,
-            "/api/v1/templates?source=community",
-            &other,
-            None,
-        )
-        .await;
+    let list = api
+        .get("/api/v1/templates?source=community", &other)
+        .await
+        .json;
     assert_eq!(list["items"][0]["slug"], json!("community-echo"));
-    let (status, _) = api
-        .send(
-            Method::POST,
-            "/api/v1/templates/community-echo/install",
-            &other,
-            Some(install),
-        )
-        .await;
+    let status = api
+        .post("/api/v1/templates/community-echo/install", &other, install)
+        .await
+        .status;
     assert_eq!(status, StatusCode::CREATED);
 
-    let (status, _) = api
-        .send(
-            Method::POST,
+    let status = api
+        .post(
             "/api/v1/templates",
             &other,
-            Some(template("community-echo", "0.2.0")),
+            template("community-echo", "0.2.0"),
         )
-        .await;
+        .await
+        .status;
     assert_eq!(
         status,
         StatusCode::CONFLICT,
@@ -364,13 +307,10 @@ async fn official_templates_sync_and_can_be_searched_and_featured(pool: PgPool) 
         .expect("sync");
     let api = TestApi::new(pool.clone());
     let user = api.token("ws_a", "u1");
-    let (status, list) = api
-        .send(
-            Method::GET,
-            "/api/v1/templates?source=official&q=slack",
-            &user,
-            None,
-        )
+    let Reply {
+        status, json: list, ..
+    } = api
+        .get("/api/v1/templates?source=official&q=slack", &user)
         .await;
     assert_eq!(status, StatusCode::OK);
     let slugs: Vec<&str> = list["items"]
@@ -380,28 +320,28 @@ async fn official_templates_sync_and_can_be_searched_and_featured(pool: PgPool) 
         .filter_map(|t| t["slug"].as_str())
         .collect();
     assert!(slugs.contains(&"slack-post-message"), "{slugs:?}");
-    let (status, _) = api
-        .send(
+    let status = api
+        .call(
             Method::POST,
             "/api/v1/admin/templates/slack-post-message/feature",
-            &user,
+            Some(&user),
             None,
         )
-        .await;
+        .await
+        .status;
     assert_eq!(status, StatusCode::FORBIDDEN);
     make_admin(&pool, "root").await;
-    let (status, _) = api
-        .send(
+    let status = api
+        .call(
             Method::POST,
             "/api/v1/admin/templates/slack-post-message/feature",
-            &api.token("ops", "root"),
+            Some(&api.token("ops", "root")),
             None,
         )
-        .await;
+        .await
+        .status;
     assert_eq!(status, StatusCode::OK);
-    let (_, list) = api
-        .send(Method::GET, "/api/v1/templates?featured=true", &user, None)
-        .await;
+    let list = api.get("/api/v1/templates?featured=true", &user).await.json;
     assert_eq!(list["items"][0]["slug"], json!("slack-post-message"));
     // A second sync changes nothing.
     conveyor_worker::settings::sync_templates(&pool)
@@ -414,13 +354,9 @@ async fn official_templates_sync_and_can_be_searched_and_featured(pool: PgPool) 
     .await
     .expect("count");
     assert_eq!(versions, 1);
-    let (status, _) = api
-        .send(
-            Method::GET,
-            "/api/v1/templates?sort=popularity",
-            &user,
-            None,
-        )
-        .await;
+    let status = api
+        .get("/api/v1/templates?sort=popularity", &user)
+        .await
+        .status;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }

@@ -276,13 +276,15 @@ impl Runner {
                 result: &result,
                 deadline,
             };
-            let decision = decide::decide(
-                &step_attempt,
-                &mut ctx,
-                &self.policy(),
-                now,
-                rand::random::<f64>,
-            );
+            let decision = cpu_bound(|| {
+                decide::decide(
+                    &step_attempt,
+                    &mut ctx,
+                    &self.policy(),
+                    now,
+                    rand::random::<f64>,
+                )
+            });
             observe::observe_step(&span, &claimed_labels, step, &result, decision.outcome);
             let outcome = match &decision.next {
                 Next::Continue { .. } => None,
@@ -319,7 +321,7 @@ impl Runner {
             }
         }
         // Only reachable when no step was left to run (an empty tail).
-        let output = decide::render_output(connector, self.client.renderer(), &ctx);
+        let output = cpu_bound(|| decide::render_output(connector, self.client.renderer(), &ctx));
         self.end(id, token, output.err().as_ref()).await
     }
 
@@ -488,6 +490,18 @@ impl Runner {
             },
         };
         (row, transition)
+    }
+}
+
+/// Runs CPU-bound work between steps (rendering the output, sizing the
+/// context) so that it does not hold up the other executions' tasks on
+/// this thread: on a multi-threaded runtime they move to another thread
+/// meanwhile. (The step itself renders, parses and extracts on the
+/// blocking pool: see the step client.)
+fn cpu_bound<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 

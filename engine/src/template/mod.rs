@@ -115,9 +115,12 @@
 //!
 //! # Limits
 //!
-//! Every render and every typed evaluation gets a fuel budget
-//! ([`DEFAULT_FUEL`], see [`minijinja::Environment::set_fuel`]): instructions,
-//! bytes produced and items visited all cost fuel, and running out is
+//! Renders and typed evaluations share one fuel budget per [`Context`]
+//! ([`DEFAULT_FUEL`], see [`minijinja::Environment::set_fuel`]): the step
+//! client prepares one context per step, so a step's URL, headers and every
+//! body leaf draw on one budget, not one each. Instructions, bytes produced
+//! and items visited all cost fuel (what a render used is read from the
+//! engine's own meter as it emits values), and running out is
 //! [`TemplateError::OutOfFuel`]. The recursion limit is lowered too.
 //!
 //! # Errors never carry values
@@ -125,8 +128,10 @@
 //! Values may be secrets, so error messages name template paths and quote
 //! template text, never rendered values.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::Serde;
@@ -134,7 +139,8 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value as Json;
 
-/// The default fuel budget of one render or typed evaluation.
+/// The default fuel budget of one [`Context`]: every render and typed
+/// evaluation made with it (a step's URL, query, headers and body) together.
 ///
 /// One fuel pays for about one instruction or 64 bytes of produced data, so
 /// this allows roughly half a million instructions or 32 MB of data.
@@ -295,9 +301,14 @@ pub struct JsonReferences {
 /// once when rendering many templates (URL, headers, body) against the same
 /// context, and use the `*_in` methods of [`Renderer`].
 ///
+/// It also carries the fuel its renders have used: they share one budget.
+///
 /// Its `Debug` output is redacted: the context holds secrets.
-#[derive(Clone)]
-pub struct Context(Value);
+pub struct Context {
+    root: Value,
+    /// Fuel used by the renders and evaluations made with this context.
+    spent: AtomicU64,
+}
 
 impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -309,7 +320,10 @@ impl Context {
     /// Converts a JSON context (normally an object with `input`, `steps`,
     /// `credentials`, ...).
     pub fn new(ctx: &Json) -> Self {
-        Context(Value::from(Serde(ctx)))
+        Context {
+            root: Value::from(Serde(ctx)),
+            spent: AtomicU64::new(0),
+        }
     }
 }
 
@@ -350,8 +364,8 @@ impl Renderer {
         Self::with_fuel(DEFAULT_FUEL)
     }
 
-    /// A renderer whose renders and typed evaluations each get `fuel` (at
-    /// least 1).
+    /// A renderer whose [`Context`]s each get `fuel` (at least 1) for all
+    /// the renders and typed evaluations made with them.
     pub fn with_fuel(fuel: u64) -> Self {
         let fuel = fuel.max(1);
         let mut env = Environment::new();
@@ -468,7 +482,7 @@ impl Renderer {
         if is_literal(template) {
             return finish_literal(template, dest);
         }
-        self.render_with_root(template, &Context::new(ctx).0, dest)
+        self.render_with_root(template, &Context::new(ctx), dest)
     }
 
     /// [`render_str`](Self::render_str) with a prepared [`Context`].
@@ -478,7 +492,7 @@ impl Renderer {
         ctx: &Context,
         dest: Dest,
     ) -> Result<String, TemplateError> {
-        self.render_with_root(template, &ctx.0, dest)
+        self.render_with_root(template, ctx, dest)
     }
 
     /// Typed render: a template that is exactly one placeholder evaluates to
@@ -488,12 +502,12 @@ impl Renderer {
         if is_literal(template) {
             return Ok(Json::String(template.to_owned()));
         }
-        self.value_with_root(template, &Context::new(ctx).0)
+        self.value_with_root(template, &Context::new(ctx))
     }
 
     /// [`render_value`](Self::render_value) with a prepared [`Context`].
     pub fn render_value_in(&self, template: &str, ctx: &Context) -> Result<Json, TemplateError> {
-        self.value_with_root(template, &ctx.0)
+        self.value_with_root(template, ctx)
     }
 
     /// Renders every string leaf of a JSON tree with
@@ -507,13 +521,13 @@ impl Renderer {
     /// [`render_json`](Self::render_json) with a prepared [`Context`].
     pub fn render_json_in(&self, value: &Json, ctx: &Context) -> Result<Json, TemplateError> {
         let mut path = String::new();
-        self.render_json_at(value, &ctx.0, &mut path, 0)
+        self.render_json_at(value, ctx, &mut path, 0)
     }
 
     fn render_json_at(
         &self,
         value: &Json,
-        root: &Value,
+        root: &Context,
         path: &mut String,
         depth: usize,
     ) -> Result<Json, TemplateError> {
@@ -559,71 +573,108 @@ impl Renderer {
         }
     }
 
-    fn value_with_root(&self, template: &str, root: &Value) -> Result<Json, TemplateError> {
+    /// The fuel `ctx` has left, or [`TemplateError::OutOfFuel`] when none.
+    fn fuel_left(&self, ctx: &Context) -> Result<u64, TemplateError> {
+        match self.fuel.saturating_sub(ctx.spent.load(Ordering::Relaxed)) {
+            0 => Err(TemplateError::OutOfFuel),
+            left => Ok(left),
+        }
+    }
+
+    /// The environment, with its fuel lowered to `left` when less is left.
+    fn env_for(&self, left: u64) -> Cow<'_, Environment<'static>> {
+        if left >= self.fuel {
+            return Cow::Borrowed(&self.env);
+        }
+        let mut env = self.env.clone();
+        env.set_fuel(Some(left));
+        Cow::Owned(env)
+    }
+
+    /// Charges `fuel` to `ctx`.
+    fn charge(ctx: &Context, fuel: u64) {
+        ctx.spent.fetch_add(fuel, Ordering::Relaxed);
+    }
+
+    fn value_with_root(&self, template: &str, ctx: &Context) -> Result<Json, TemplateError> {
         if is_literal(template) {
             return Ok(Json::String(template.to_owned()));
         }
         check_reserved(template)?;
-        if let Some((expr, offset)) = single_placeholder(template) {
-            let env: &Environment<'_> = &self.env;
+        let root = &ctx.root;
+        if let Some((expr, _)) = single_placeholder(template) {
             // If the inside does not parse as one expression, the string is
             // not a single placeholder (`<<a>> and <<b>>`) or is invalid; the
             // text render below tells which.
-            if let Ok(compiled) = env.compile_expression(expr) {
-                let value = compiled
-                    .eval(root.clone())
-                    .map_err(|e| self.convert_error(&e, template, offset, root))?;
-                if value.is_undefined() {
-                    // `eval` does not apply strict undefined handling; the
-                    // text render does and names the missing path. If it
-                    // renders (an inline `if` without `else`), it is null.
-                    return self
-                        .render_with_root(template, root, Dest::Text)
-                        .map(|_| Json::Null);
-                }
-                let mut budget = self.fuel.saturating_mul(UNITS_PER_FUEL);
-                return to_json(&value, &mut budget, 0).map_err(|e| match e {
+            if self.env.compile_expression(expr).is_ok() {
+                // Rendered, not `eval`ed, with the emitted value captured:
+                // the render applies strict undefined handling and meters
+                // its fuel, which `eval` does neither of.
+                let left = self.fuel_left(ctx)?;
+                let env = self.env_for(left);
+                let compiled = env
+                    .template_from_str(template)
+                    .map_err(|e| convert_error(&e, template, 0, |_| None))?;
+                meter::start(true);
+                let rendered = compiled.render(root.clone());
+                let (used, value) = meter::finish();
+                Self::charge(ctx, used);
+                rendered.map_err(|e| self.convert_error(&e, template, 0, root))?;
+                // An inline `if` without `else` that is false emits an
+                // undefined value: null.
+                let Some(value) = value.filter(|v| !v.is_undefined()) else {
+                    return Ok(Json::Null);
+                };
+                let start = self.fuel_left(ctx)?.saturating_mul(UNITS_PER_FUEL);
+                let mut budget = start;
+                let converted = to_json(&value, &mut budget, 0);
+                Self::charge(ctx, (start - budget).div_ceil(UNITS_PER_FUEL));
+                return converted.map_err(|e| match e {
                     ConvError::Undefined => TemplateError::Undefined {
                         path: self
                             .missing_path(template, root)
                             .unwrap_or_else(|| quote(expr.trim())),
                     },
                     ConvError::OutOfFuel => TemplateError::OutOfFuel,
-                    ConvError::Invalid(e) => self.convert_error(&e, template, offset, root),
+                    ConvError::Invalid(e) => self.convert_error(&e, template, 0, root),
                     ConvError::Unsupported(what) => {
                         TemplateError::Render(format!("{what} (in `{}`)", quote(template)))
                     }
                 });
             }
         }
-        self.render_with_root(template, root, Dest::Text)
+        self.render_with_root(template, ctx, Dest::Text)
             .map(Json::String)
     }
 
     fn render_with_root(
         &self,
         template: &str,
-        root: &Value,
+        ctx: &Context,
         dest: Dest,
     ) -> Result<String, TemplateError> {
         if is_literal(template) {
             return finish_literal(template, dest);
         }
         check_reserved(template)?;
-        let env: &Environment<'_> = &self.env;
+        let root = &ctx.root;
+        let left = self.fuel_left(ctx)?;
+        let env = self.env_for(left);
         let compiled = env
             .template_from_str(template)
             .map_err(|e| convert_error(&e, template, 0, |_| None))?;
-        let out = match dest {
-            Dest::Text | Dest::Header => compiled
-                .render(root.clone())
-                .map_err(|e| self.convert_error(&e, template, 0, root))?,
-            Dest::Url | Dest::Xml => {
-                let (out, spans) = compiled
-                    .render_with_spans(root.clone())
-                    .map_err(|e| self.convert_error(&e, template, 0, root))?;
-                assemble(&out, &spans, dest)?
-            }
+        meter::start(false);
+        let rendered = match dest {
+            Dest::Text | Dest::Header => compiled.render(root.clone()).map(|out| (out, None)),
+            Dest::Url | Dest::Xml => compiled
+                .render_with_spans(root.clone())
+                .map(|(out, spans)| (out, Some(spans))),
+        };
+        let (used, _) = meter::finish();
+        Self::charge(ctx, used);
+        let out = match rendered.map_err(|e| self.convert_error(&e, template, 0, root))? {
+            (out, None) => out,
+            (out, Some(spans)) => assemble(&out, &spans, dest)?,
         };
         finish_literal_owned(out, dest)
     }
@@ -672,6 +723,7 @@ fn first_missing(root: &Value, path: &str) -> Option<String> {
 
 mod escape;
 mod inspect;
+mod meter;
 mod values;
 
 use escape::assemble;

@@ -673,3 +673,33 @@ proptest! {
         prop_assert_eq!(unescaped, v);
     }
 }
+
+#[test]
+fn one_context_is_one_fuel_budget_shared_by_every_render() {
+    let r = Renderer::with_fuel(5_000);
+    let leaf = "<<range(600) | join(',')>>";
+    // One leaf fits the budget with room to spare...
+    let alone = Context::new(&ctx());
+    assert!(r.render_value_in(leaf, &alone).is_ok());
+    assert!(r.render_str_in(leaf, &alone, Dest::Text).is_ok());
+    // ...but the leaves of one context draw on one budget, not one each.
+    let body: Json = (0..20)
+        .map(|i| (format!("k{i}"), json!(leaf)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    let shared = Context::new(&ctx());
+    assert_eq!(
+        r.render_json_in(&body, &shared)
+            .map(|_| ())
+            .map_err(|e| e.innermost().clone()),
+        Err(TemplateError::OutOfFuel)
+    );
+    let texts = Context::new(&ctx());
+    let failed = (0..20).find(|_| r.render_str_in(leaf, &texts, Dest::Text).is_err());
+    assert!(
+        failed.is_some_and(|n| n > 1),
+        "text renders share the budget too: {failed:?}"
+    );
+    // A fresh context (the next step) has the whole budget again.
+    assert!(r.render_value_in(leaf, &Context::new(&ctx())).is_ok());
+}

@@ -167,6 +167,9 @@ pub(super) fn format_value(
     state: &mut State,
     value: &Value,
 ) -> Result<(), minijinja::Error> {
+    if super::meter::emitted(state, value) {
+        return Ok(());
+    }
     if let Some(s) = value.as_str() {
         return out.write_str(s).map_err(minijinja::Error::from);
     }

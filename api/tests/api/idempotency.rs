@@ -1,0 +1,167 @@
+//! Idempotency keys and batches: concurrent executes with one key make one
+//! execution.
+
+use std::collections::BTreeSet;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use conveyor_tests::api::Reply;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::support::{api, simple_connector};
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn two_concurrent_executes_with_the_same_key_make_one_execution(pool: PgPool) {
+    let api = api(pool.clone());
+    let a = api.token("ws_a", "alice");
+    let b = api.token("ws_b", "bob");
+    let connector = api
+        .create_connector(&a, simple_connector("http://127.0.0.1:9"))
+        .await;
+    let execute = format!("/api/v1/connectors/{connector}/execute");
+
+    let by_header = |key: &'static str| {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(&execute)
+            .header("authorization", format!("Bearer {a}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(json!({"input": {"n": 1}}).to_string()))
+            .expect("request");
+        api.send_request(request)
+    };
+    let by_body = |key: &'static str| {
+        api.post(
+            &execute,
+            &a,
+            json!({"input": {"n": 1}, "idempotency_key": key}),
+        )
+    };
+
+    let (one, two) = tokio::join!(by_header("k-header"), by_header("k-header"));
+    let (three, four) = tokio::join!(by_body("k-body"), by_body("k-body"));
+    // The same key by header and by body is the same key.
+    let (five, six) = tokio::join!(by_header("k-mixed"), by_body("k-mixed"));
+    for (x, y) in [(&one, &two), (&three, &four), (&five, &six)] {
+        let mut statuses = [x.status, y.status];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::OK, StatusCode::ACCEPTED],
+            "{} / {}",
+            x.text,
+            y.text
+        );
+        assert_eq!(x.id(), y.id(), "the same key names the same execution");
+    }
+    assert_ne!(one.id(), three.id());
+    assert_ne!(three.id(), five.id());
+    assert_eq!(one.json["idempotency_key"], "k-header");
+    assert_eq!(three.json["idempotency_key"], "k-body");
+
+    // Many at once still make one.
+    let many = futures_util::future::join_all((0..8).map(|_| by_header("k-many"))).await;
+    let ids: BTreeSet<String> = many.iter().map(Reply::id).collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(
+        many.iter()
+            .filter(|r| r.status == StatusCode::ACCEPTED)
+            .count(),
+        1
+    );
+
+    let count = |key: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM connector_executions WHERE idempotency_key = $1",
+            )
+            .bind(key)
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+        }
+    };
+    for key in ["k-header", "k-body", "k-mixed", "k-many"] {
+        assert_eq!(count(key).await, 1, "{key}");
+    }
+    assert_eq!(api.get("/api/v1/executions", &a).await.items().len(), 4);
+
+    // A key is the workspace's own: another workspace's key is unrelated.
+    let other = api
+        .create_connector(&b, simple_connector("http://127.0.0.1:9"))
+        .await;
+    let theirs = api
+        .post(
+            &format!("/api/v1/connectors/{other}/execute"),
+            &b,
+            json!({"idempotency_key": "k-header"}),
+        )
+        .await;
+    assert_eq!(theirs.status, StatusCode::ACCEPTED, "{}", theirs.text);
+    assert_ne!(theirs.id(), one.id());
+
+    // A key reused for another input is a conflict, and the whole batch is
+    // refused.
+    let before = api.get("/api/v1/executions", &a).await.items().len();
+    let reused = api
+        .post(
+            &format!("{execute}/batch"),
+            &a,
+            json!({"items": [{"input": {"n": 20}}, {"input": {"n": 99}, "idempotency_key": "k-body"}]}),
+        )
+        .await;
+    assert_eq!(reused.status, StatusCode::CONFLICT, "{}", reused.text);
+    assert_eq!(
+        reused.json["error"]["details"]["path"],
+        "items[1].idempotency_key"
+    );
+    assert_eq!(
+        api.get("/api/v1/executions", &a).await.items().len(),
+        before
+    );
+    let single = api
+        .post(
+            &execute,
+            &a,
+            json!({"input": {"n": 99}, "idempotency_key": "k-body"}),
+        )
+        .await;
+    assert_eq!(single.status, StatusCode::CONFLICT, "{}", single.text);
+
+    // A batch answers ids in item order; keyed items reuse executions.
+    let batch = api
+        .post(
+            &format!("{execute}/batch"),
+            &a,
+            json!({"items": [
+                {"input": {"n": 10}},
+                {"input": {"n": 1}, "idempotency_key": "k-body"},
+                {"input": {"n": 12}},
+                {"input": {"n": 13}, "idempotency_key": "k-batch"},
+                {"input": {"n": 13}, "idempotency_key": "k-batch"}
+            ]}),
+        )
+        .await;
+    assert_eq!(batch.status, StatusCode::ACCEPTED, "{}", batch.text);
+    let ids: Vec<String> = batch.json["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 5);
+    assert_eq!(ids[1], three.id(), "a key already used names its execution");
+    assert_eq!(
+        ids[3], ids[4],
+        "a key repeated in the batch makes one execution"
+    );
+    for (id, n) in [(&ids[0], 10), (&ids[2], 12), (&ids[3], 13)] {
+        let e = api.get(&format!("/api/v1/executions/{id}"), &a).await;
+        assert_eq!(e.json["input"], json!({"n": n}), "{}", e.text);
+        assert_eq!(e.json["connector_id"], json!(connector));
+    }
+    assert_eq!(api.get("/api/v1/executions", &a).await.items().len(), 7);
+}
