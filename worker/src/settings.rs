@@ -75,6 +75,9 @@ pub struct ApiSettings {
     /// `CONVEYOR_MAX_STREAMS_PER_WORKSPACE`: open event streams one
     /// workspace may hold on one API process.
     pub max_streams_per_workspace: Option<usize>,
+    /// `CONVEYOR_PUBLIC_URL` (default `http://127.0.0.1:8080`): where
+    /// people reach the API; OAuth providers redirect to it.
+    pub public_url: String,
 }
 
 impl ApiSettings {
@@ -102,6 +105,7 @@ impl ApiSettings {
             jwt_audience: var("CONVEYOR_JWT_AUDIENCE")?.filter(|v| !v.is_empty()),
             jwt_max_lifetime_secs: parse_opt("CONVEYOR_JWT_MAX_LIFETIME_SECS")?,
             max_streams_per_workspace: parse_opt("CONVEYOR_MAX_STREAMS_PER_WORKSPACE")?,
+            public_url: public_url()?,
         })
     }
 
@@ -115,6 +119,29 @@ impl ApiSettings {
             .as_ref()
             .context("CONVEYOR_JWT_SECRET is not set: it must be at least 32 bytes")
     }
+}
+
+/// `CONVEYOR_PUBLIC_URL`: an absolute http(s) URL without query or
+/// fragment, trailing `/` dropped.
+///
+/// # Errors
+///
+/// Anything else.
+fn public_url() -> anyhow::Result<String> {
+    let Some(text) = var("CONVEYOR_PUBLIC_URL")? else {
+        return Ok("http://127.0.0.1:8080".to_owned());
+    };
+    let text = text.trim().trim_end_matches('/');
+    let valid = url::Url::parse(text).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.has_host()
+            && u.query().is_none()
+            && u.fragment().is_none()
+    });
+    if !valid {
+        bail!("CONVEYOR_PUBLIC_URL: `{text}` is not an absolute http(s) URL without query");
+    }
+    Ok(text.to_owned())
 }
 
 /// Reads an optional variable.
@@ -327,7 +354,14 @@ impl Settings {
                 "CONVEYOR_DEFINITION_CACHE_BYTES",
                 runner_defaults.definition_cache_bytes,
             )?,
+            oauth_refresh_margin: Duration::from_secs(parse(
+                "CONVEYOR_OAUTH_REFRESH_MARGIN_SECS",
+                runner_defaults.oauth_refresh_margin.as_secs(),
+            )?),
         };
+        if runner.oauth_refresh_margin > Duration::from_secs(86_400) {
+            bail!("CONVEYOR_OAUTH_REFRESH_MARGIN_SECS must be at most 86400");
+        }
         if runner.max_retry_after > Duration::from_secs(86_400) {
             bail!("CONVEYOR_MAX_RETRY_AFTER_SECS must be at most 86400");
         }
