@@ -217,7 +217,8 @@ fn router() -> OpenApiRouter<AppState> {
         .merge(routes::access::router())
         .merge(routes::admin::router())
         .merge(routes::templates::router())
-        .merge(routes::usage::router());
+        .merge(routes::usage::router())
+        .merge(routes::oauth::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1)
 }
 

@@ -84,6 +84,9 @@ if not cursor:
     sys.exit("seeding: two executions gave no next_cursor")
 call("PUT", "/credentials/contract-cred", USER, {"data": {"token": "contract-token"}})
 call("PUT", "/credentials/contract-doomed", USER, {"data": {"token": "contract-token"}})
+call("PUT", "/credentials/contract-oauth", USER,
+     {"kind": "oauth2_authorization_code", "data": {"client_id": "contract-client"},
+      "oauth": {"provider": "hubspot"}})
 api_key = call("POST", "/api-keys", USER, {"name": "contract: revoked"})["id"]
 call("GET", f"/templates/{OFFICIAL_SLUG}", USER)
 for slug in ("community-contract-reviewed", "community-contract-retired"):
@@ -109,6 +112,7 @@ user_operations = [
                "POST /executions/{id}/rerun", "GET /executions/{id}/events"], id=first),
     operation(["GET /credentials/{name}", "PUT /credentials/{name}"], name="contract-cred"),
     operation(["DELETE /credentials/{name}"], name="contract-doomed"),
+    operation(["POST /credentials/{name}/oauth/start"], name="contract-oauth"),
     operation(["DELETE /api-keys/{id}"], id=api_key),
     operation(["GET /templates/{slug}", "POST /templates/{slug}/install",
                "POST /templates/{slug}/ratings"], slug=OFFICIAL_SLUG),
@@ -139,6 +143,9 @@ SEMANTIC_422 = [
     "admin_create_template", "admin_update_template",
     "execute_connector", "execute_connector_batch", "create_api_key",
     "put_retention",
+    # A credential's kind decides which `data` fields and `oauth` settings
+    # it needs (client_id for OAuth, a known preset for its grant, ...).
+    "put_credential",
 ]
 default_accepted = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 # A cursor is opaque: only a `next_cursor` the API handed out is one (the
