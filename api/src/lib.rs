@@ -34,6 +34,9 @@ use crate::auth::Authenticator;
 use crate::events::EventHub;
 use crate::ratelimit::{InvalidKeyGuard, RateLimiter, StreamSlots};
 
+/// The default of `CONVEYOR_PUBLIC_URL`.
+pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
+
 /// API settings (each from a `CONVEYOR_*` variable; see README.md).
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -54,6 +57,22 @@ pub struct ApiConfig {
     /// (`CONVEYOR_METRICS_TOKEN`); `None`: not served there (404), only on
     /// `CONVEYOR_METRICS_LISTEN`.
     pub metrics_token: Option<SecretString>,
+    /// Where people reach this API (`CONVEYOR_PUBLIC_URL`): the OAuth
+    /// redirect URI is this + `/api/v1/oauth/callback`.
+    pub public_url: String,
+    /// Token endpoints may be private addresses
+    /// (`CONVEYOR_ALLOW_PRIVATE_NETWORKS`, as for steps).
+    pub allow_private_networks: bool,
+}
+
+impl ApiConfig {
+    /// The OAuth redirect URI to register with providers.
+    pub fn oauth_redirect_uri(&self) -> String {
+        format!(
+            "{}/api/v1/oauth/callback",
+            self.public_url.trim_end_matches('/')
+        )
+    }
 }
 
 impl Default for ApiConfig {
@@ -65,6 +84,8 @@ impl Default for ApiConfig {
             max_streams_per_workspace: 50,
             require_membership: false,
             metrics_token: None,
+            public_url: DEFAULT_PUBLIC_URL.to_owned(),
+            allow_private_networks: false,
         }
     }
 }

@@ -191,7 +191,7 @@ async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_env()?;
     let listen = settings.api.listen;
     let auth = authenticator(&settings.api)?;
-    let api_config = api_config(&settings.api);
+    let api_config = api_config(&settings.api, settings.http.allow_private_networks);
     let pool = settings.pool()?;
     if settings.auto_migrate {
         settings::migrate(&pool).await?;
@@ -289,7 +289,7 @@ fn authenticator(api: &ApiSettings) -> anyhow::Result<Authenticator> {
 }
 
 /// The API's settings: what is set, else the API's defaults.
-fn api_config(api: &ApiSettings) -> ApiConfig {
+fn api_config(api: &ApiSettings, allow_private_networks: bool) -> ApiConfig {
     let defaults = ApiConfig::default();
     ApiConfig {
         rate_limit_per_sec: api
@@ -302,6 +302,8 @@ fn api_config(api: &ApiSettings) -> ApiConfig {
             .unwrap_or(defaults.max_streams_per_workspace),
         require_membership: api.require_membership,
         metrics_token: api.metrics_token.clone(),
+        public_url: api.public_url.clone(),
+        allow_private_networks,
     }
 }
 

@@ -218,7 +218,8 @@ fn router() -> OpenApiRouter<AppState> {
         .merge(routes::admin::router())
         .merge(routes::workspaces::router())
         .merge(routes::templates::router())
-        .merge(routes::usage::router());
+        .merge(routes::usage::router())
+        .merge(routes::oauth::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1)
 }
 
@@ -417,7 +418,14 @@ mod tests {
                 assert!(responses.contains_key("403"), "{at}: no 403");
             }
             let security = op.get("security").unwrap_or(&doc["security"]);
-            assert_eq!(security, &json!([{"bearer": []}, {"api_key": []}]), "{at}");
+            // The OAuth callback is the one route without a bearer token:
+            // its single-use state authenticates it.
+            let expected = if at == "get /api/v1/oauth/callback" {
+                json!([{}])
+            } else {
+                json!([{"bearer": []}, {"api_key": []}])
+            };
+            assert_eq!(security, &expected, "{at}");
         }
         let schemes = &doc["components"]["securitySchemes"];
         assert_eq!(schemes["bearer"]["bearerFormat"], "JWT");
@@ -456,7 +464,7 @@ mod tests {
             .iter()
             .map(|v| &v["properties"]["type"]["enum"][0])
             .collect();
-        assert_eq!(auth_kinds, ["none", "bearer", "api_key", "basic"]);
+        assert_eq!(auth_kinds, ["none", "bearer", "api_key", "basic", "oauth2"]);
         let codes = &schemas["ErrorDetail"]["properties"]["code"]["enum"];
         assert_eq!(codes, &json!(ERROR_CODES));
         let ops = operations(&doc);

@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 
 use crate::connector::{ApiKeyLocation, Auth, Body, Step};
 use crate::net::{self, GuardedResolver, PrivateNetworkRefused};
+use crate::oauth::token::{TOKEN_TIMEOUT, TokenClient};
 use crate::redact::{Credentials, Redactor};
 use crate::template::{Dest, Renderer};
 
@@ -94,6 +95,12 @@ pub enum StepErrorKind {
     Extract,
     /// The request failed while in flight for another reason.
     Transport,
+    /// The OAuth provider revoked the grant (`invalid_grant`): the
+    /// credential needs to be connected again.
+    CredentialRevoked,
+    /// The OAuth token endpoint (or Nango) failed: retried for 5xx and
+    /// timeouts, not for a refusal.
+    TokenEndpoint,
 }
 
 /// A failed step attempt.
@@ -200,6 +207,7 @@ pub struct StepClient {
     client: reqwest::Client,
     config: Arc<HttpConfig>,
     renderer: Arc<Renderer>,
+    tokens: TokenClient,
 }
 
 /// A rendered request, ready to send, with its redacted snapshot.
@@ -250,9 +258,15 @@ impl StepClient {
         }
         Ok(Self {
             client: builder.build()?,
+            tokens: TokenClient::new(allow_private, TOKEN_TIMEOUT)?,
             config: Arc::new(config),
             renderer: Arc::new(Renderer::new()),
         })
+    }
+
+    /// The OAuth token client, under the same address policy.
+    pub fn tokens(&self) -> &TokenClient {
+        &self.tokens
     }
 
     /// The template renderer this client uses.
@@ -427,9 +441,10 @@ impl StepClient {
         let mut secret_headers: Vec<HeaderName> = vec![AUTHORIZATION];
         match &step.auth {
             Auth::None => {}
-            Auth::Bearer { credential } => {
-                let token = secret_field(credentials, credential, "token")
-                    .map_err(|e| fail(&snapshot, e))?;
+            Auth::Bearer { credential } | Auth::OAuth2 { credential } => {
+                let field = step.auth.bearer_field(credentials.get(credential));
+                let token =
+                    secret_field(credentials, credential, field).map_err(|e| fail(&snapshot, e))?;
                 insert_header(
                     &mut headers,
                     AUTHORIZATION,

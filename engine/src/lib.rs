@@ -21,6 +21,8 @@
 //! - [`marketplace`]: connector templates: validation, install, upgrade.
 //! - [`net`]: the outbound address policy (no private networks by default)
 //!   and the DNS resolver that enforces it.
+//! - [`oauth`]: OAuth2 and Nango credentials: provider presets (data),
+//!   PKCE, the token endpoint client and the refresh that never races.
 //! - [`redact`]: decrypted [`Credentials`](redact::Credentials) and their
 //!   redaction from everything stored or shown.
 //! - [`retry`]: pure backoff delays.
@@ -49,6 +51,7 @@ pub mod http;
 pub mod json;
 pub mod marketplace;
 pub mod net;
+pub mod oauth;
 pub mod redact;
 pub mod retry;
 pub mod runner;

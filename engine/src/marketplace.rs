@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::connector::{self, Connector, ValidationError, ValidationErrors, is_credential_name};
+use crate::oauth::{self, CredentialKind};
 use crate::template::Renderer;
 
 include!(concat!(env!("OUT_DIR"), "/official_templates.rs"));
@@ -90,12 +91,24 @@ pub struct Template {
 pub struct TemplateCredential {
     /// The name the steps use.
     pub name: String,
-    /// `bearer`, `api_key`, `basic` or `custom`.
+    /// `bearer`, `api_key`, `basic`, `custom` or `oauth2`.
     pub auth: String,
     /// The fields the credential holds (e.g. `token`).
     pub fields: Vec<String>,
     /// Where to get it, in one line.
     pub hint: String,
+    /// The credential kinds it accepts (`static`, `oauth2_authorization_code`,
+    /// `oauth2_client_credentials`, `nango`); `["static"]` when absent. A
+    /// `bearer` step sends an OAuth credential's access token.
+    #[serde(default = "static_kind")]
+    pub kinds: Vec<String>,
+    /// The OAuth provider preset to connect it with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+}
+
+fn static_kind() -> Vec<String> {
+    vec!["static".to_owned()]
 }
 
 /// A setting a template accepts.
@@ -218,10 +231,29 @@ impl Template {
                     "is not a valid credential name",
                 ));
             }
-            if !matches!(c.auth.as_str(), "bearer" | "api_key" | "basic" | "custom") {
+            if !matches!(
+                c.auth.as_str(),
+                "bearer" | "api_key" | "basic" | "custom" | "oauth2"
+            ) {
                 errors.push(err(
                     format!("credentials[{i}].auth"),
-                    "must be bearer, api_key, basic or custom",
+                    "must be bearer, api_key, basic, custom or oauth2",
+                ));
+            }
+            let known = |k: &String| CredentialKind::ALL.iter().any(|c| c.as_str() == k);
+            if c.kinds.is_empty() || !c.kinds.iter().all(known) {
+                errors.push(err(
+                    format!("credentials[{i}].kinds"),
+                    "must list credential kinds: static, oauth2_authorization_code, oauth2_client_credentials, nango",
+                ));
+            }
+            if c.provider
+                .as_deref()
+                .is_some_and(|p| oauth::preset(p).is_none())
+            {
+                errors.push(err(
+                    format!("credentials[{i}].provider"),
+                    "is not a known OAuth provider preset",
                 ));
             }
             if c.fields.is_empty() {

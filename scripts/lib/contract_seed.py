@@ -57,7 +57,8 @@ def connector(name):
 def community_template(slug):
     with open(f"templates/{OFFICIAL_SLUG}.json") as f:
         template = json.load(f)
-    template.update(slug=slug, name="Contract check submission")
+    # The version the approve example names, whatever the official one is at.
+    template.update(slug=slug, name="Contract check submission", version="1.0.0")
     return template
 
 
@@ -84,6 +85,9 @@ if not cursor:
     sys.exit("seeding: two executions gave no next_cursor")
 call("PUT", "/credentials/contract-cred", USER, {"data": {"token": "contract-token"}})
 call("PUT", "/credentials/contract-doomed", USER, {"data": {"token": "contract-token"}})
+call("PUT", "/credentials/contract-oauth", USER,
+     {"kind": "oauth2_authorization_code", "data": {"client_id": "contract-client"},
+      "oauth": {"provider": "hubspot"}})
 api_key = call("POST", "/api-keys", USER, {"name": "contract: revoked"})["id"]
 call("GET", f"/templates/{OFFICIAL_SLUG}", USER)
 for slug in ("community-contract-reviewed", "community-contract-retired"):
@@ -109,6 +113,7 @@ user_operations = [
                "POST /executions/{id}/rerun", "GET /executions/{id}/events"], id=first),
     operation(["GET /credentials/{name}", "PUT /credentials/{name}"], name="contract-cred"),
     operation(["DELETE /credentials/{name}"], name="contract-doomed"),
+    operation(["POST /credentials/{name}/oauth/start"], name="contract-oauth"),
     operation(["DELETE /api-keys/{id}"], id=api_key),
     operation(["GET /templates/{slug}", "POST /templates/{slug}/install",
                "POST /templates/{slug}/ratings"], slug=OFFICIAL_SLUG),
@@ -139,6 +144,12 @@ SEMANTIC_422 = [
     "admin_create_template", "admin_update_template",
     "execute_connector", "execute_connector_batch", "create_api_key",
     "put_retention",
+    # A credential's kind decides which `data` fields and `oauth` settings
+    # it needs (client_id for OAuth, a known preset for its grant, ...).
+    "put_credential",
+    # Whether `version` is a version of that template is data, not schema
+    # (official templates move on; the stateful phase approves those too).
+    "admin_approve_template",
 ]
 default_accepted = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 # A cursor is opaque: only a `next_cursor` the API handed out is one (the
@@ -147,6 +158,10 @@ CURSOR_400 = ["list_executions", "list_connector_executions", "admin_list_execut
 # A usage window is at most 366 days, `from` before `to`: a rule between two
 # parameters that a schema cannot state.
 WINDOW_400 = ["workspace_usage", "admin_usage"]
+# The OAuth callback is authenticated by a single-use `state` that only
+# POST /credentials/{name}/oauth/start hands out: any other is refused with
+# 400 (and a page saying why), whatever its shape.
+OAUTH_400 = ["oauth_callback"]
 
 
 def toml_value(value):
@@ -180,6 +195,8 @@ def write(name, token, operations):
         {"include-operation-id": CURSOR_400,
          "checks": {"positive_data_acceptance": {"expected-statuses": default_accepted + ["400"]}}},
         {"include-operation-id": WINDOW_400,
+         "checks": {"positive_data_acceptance": {"expected-statuses": default_accepted + ["400"]}}},
+        {"include-operation-id": OAUTH_400,
          "checks": {"positive_data_acceptance": {"expected-statuses": default_accepted + ["400"]}}},
     ]:
         lines.append("[[operations]]")

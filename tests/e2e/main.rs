@@ -5,6 +5,7 @@ mod api_keys;
 mod hardening;
 mod marketplace_review;
 mod multi_step;
+mod oauth;
 mod queue;
 mod retries;
 mod templates;

@@ -6,7 +6,9 @@
 //! cases: `tests/template_cases/<slug>.json`.
 //!
 //! A case file holds `input`, `settings` (`$STUB` stands for the stub's
-//! base URL), `credentials` (name → fields), `requests` (in order: `method`,
+//! base URL), `credentials` (name → fields), optional `credential_kinds`
+//! (name → `kind` and `oauth` settings, for OAuth credentials whose token
+//! request is the first stub request), `requests` (in order: `method`,
 //! `path`, optional `query`, `headers`, `json` (partial match), `form`
 //! (fields that must be present with these values), `body` (exact text),
 //! and `respond` with `status` and `json` or `body`), and the expected
@@ -17,8 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use conveyor_engine::marketplace::{InstallRequest, Template};
+use conveyor_engine::oauth::CredentialKind;
 use conveyor_engine::state::ExecutionStatus;
-use conveyor_engine::store::credentials;
+use conveyor_engine::store::credentials::{self, NewCredential};
 use conveyor_tests::{Harness, WS, connector_create};
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
@@ -173,7 +176,19 @@ async fn execute_case(
         let stored = format!("{slug}-{name}");
         let fields: BTreeMap<String, String> = serde_json::from_value(fields.clone())
             .map_err(|e| format!("{slug}: credentials.{name}: {e}"))?;
-        credentials::put(&h.pool, &h.keyring, WS, &stored, &fields)
+        // A case may store the credential as another kind, with its OAuth
+        // settings (`credential_kinds.<name>`: `kind`, `oauth`).
+        let how = &case["credential_kinds"][name];
+        let new = NewCredential {
+            kind: how["kind"]
+                .as_str()
+                .map_or(CredentialKind::Static, CredentialKind::parse),
+            fields: &fields,
+            oauth: how.get("oauth").cloned(),
+            status: "connected",
+            status_reason: None,
+        };
+        credentials::put_kind(&h.pool, &h.keyring, WS, &stored, &new)
             .await
             .map_err(|e| e.to_string())?;
         bindings.insert(name.clone(), stored);

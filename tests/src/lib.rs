@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod oauth_server;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -82,6 +82,9 @@ pub struct ApiSettings {
     /// `CONVEYOR_METRICS_TOKEN`: serve `/metrics` on the API's own port to
     /// requests bearing it (unset: only on `CONVEYOR_METRICS_LISTEN`).
     pub metrics_token: Option<SecretString>,
+    /// `CONVEYOR_PUBLIC_URL` (default `http://127.0.0.1:8080`): where
+    /// people reach the API; OAuth providers redirect to it.
+    pub public_url: String,
 }
 
 impl ApiSettings {
@@ -111,6 +114,7 @@ impl ApiSettings {
             max_streams_per_workspace: parse_opt("CONVEYOR_MAX_STREAMS_PER_WORKSPACE")?,
             require_membership: parse("CONVEYOR_REQUIRE_MEMBERSHIP", false)?,
             metrics_token: var("CONVEYOR_METRICS_TOKEN")?.map(SecretString::from),
+            public_url: public_url()?,
         })
     }
 
@@ -124,6 +128,29 @@ impl ApiSettings {
             .as_ref()
             .context("CONVEYOR_JWT_SECRET is not set: it must be at least 32 bytes")
     }
+}
+
+/// `CONVEYOR_PUBLIC_URL`: an absolute http(s) URL without query or
+/// fragment, trailing `/` dropped.
+///
+/// # Errors
+///
+/// Anything else.
+fn public_url() -> anyhow::Result<String> {
+    let Some(text) = var("CONVEYOR_PUBLIC_URL")? else {
+        return Ok("http://127.0.0.1:8080".to_owned());
+    };
+    let text = text.trim().trim_end_matches('/');
+    let valid = url::Url::parse(text).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.has_host()
+            && u.query().is_none()
+            && u.fragment().is_none()
+    });
+    if !valid {
+        bail!("CONVEYOR_PUBLIC_URL: `{text}` is not an absolute http(s) URL without query");
+    }
+    Ok(text.to_owned())
 }
 
 /// Reads an optional variable.
@@ -341,7 +368,14 @@ impl Settings {
                 "CONVEYOR_DEFINITION_CACHE_BYTES",
                 runner_defaults.definition_cache_bytes,
             )?,
+            oauth_refresh_margin: Duration::from_secs(parse(
+                "CONVEYOR_OAUTH_REFRESH_MARGIN_SECS",
+                runner_defaults.oauth_refresh_margin.as_secs(),
+            )?),
         };
+        if runner.oauth_refresh_margin > Duration::from_secs(86_400) {
+            bail!("CONVEYOR_OAUTH_REFRESH_MARGIN_SECS must be at most 86400");
+        }
         if runner.max_retry_after > Duration::from_secs(86_400) {
             bail!("CONVEYOR_MAX_RETRY_AFTER_SECS must be at most 86400");
         }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod connectors;
 pub mod credentials;
 pub mod executions;
+pub mod oauth;
 pub mod ops;
 pub mod templates;
 pub mod usage;

@@ -382,16 +382,40 @@ pub enum Auth {
         #[schema(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")]
         credential: String,
     },
+    /// `Authorization: Bearer <access token>` of an OAuth2 or Nango
+    /// credential, renewed before it expires and once after a 401.
+    #[serde(rename = "oauth2")]
+    #[schema(rename = "oauth2")]
+    OAuth2 {
+        /// Credential name.
+        #[schema(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")]
+        credential: String,
+    },
 }
 
 impl Auth {
+    /// The credential field a bearer kind sends, given the credential's
+    /// fields: an OAuth credential's `access_token` (also under `bearer`,
+    /// so a template's bearer step accepts an OAuth credential), else
+    /// `token`.
+    pub fn bearer_field(&self, fields: Option<&BTreeMap<String, String>>) -> &'static str {
+        let oauth_fields =
+            fields.is_some_and(|f| !f.contains_key("token") && f.contains_key("access_token"));
+        if matches!(self, Auth::OAuth2 { .. }) || oauth_fields {
+            "access_token"
+        } else {
+            "token"
+        }
+    }
+
     /// The credential this auth uses, if any.
     pub fn credential(&self) -> Option<&str> {
         match self {
             Auth::None => None,
             Auth::Bearer { credential }
             | Auth::ApiKey { credential, .. }
-            | Auth::Basic { credential } => Some(credential),
+            | Auth::Basic { credential }
+            | Auth::OAuth2 { credential } => Some(credential),
         }
     }
 }

@@ -172,12 +172,35 @@ fn url(renderer: &Renderer, path: &str, template: &str, out: &mut Vec<Validation
         return;
     }
     whole_value(renderer, path, template, out);
-    if !before_path(template).iter().all(|p| is_setting(p)) {
+    if !before_path(template)
+        .iter()
+        .all(|p| is_setting(p) || is_public_credential_field(p))
+    {
         out.push(problem(
             path,
-            "only literal text and bare <<settings.NAME>> may come before the URL's path (scheme, host, port): a value from the input or a response could send the request to another host",
+            "only literal text, bare <<settings.NAME>> and a bare public OAuth credential field (<<credentials.NAME.instance_url>>, <<credentials.NAME.api_domain>>) may come before the URL's path (scheme, host, port): a value from the input or a response could send the request to another host",
         ));
     }
+}
+
+/// Whether a placeholder is exactly `<<credentials.NAME.FIELD>>` where
+/// FIELD is a public token response field (an instance URL, an API
+/// domain): the provider, not the input, chose that host.
+fn is_public_credential_field(placeholder: &str) -> bool {
+    if !is_credential_field(placeholder) {
+        return false;
+    }
+    let inner = placeholder
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim_matches(['-', '+'])
+        .trim();
+    crate::oauth::public_fields().iter().any(|f| {
+        inner.ends_with(&format!(".{f}"))
+            || inner.ends_with(&format!("['{f}']"))
+            || inner.ends_with(&format!("[\"{f}\"]"))
+    })
 }
 
 /// Whether a placeholder is exactly `<<settings.NAME>>` (dotted names).
@@ -243,18 +266,12 @@ pub fn is_credential_field(template: &str) -> bool {
     };
     let inner = inner.trim_start_matches(['-', '+']);
     let inner = inner.trim_end_matches(['-', '+']).trim();
-    let Some(mut rest) = inner.strip_prefix("credentials") else {
-        return false;
-    };
-    let mut accessors = 0;
-    while !rest.is_empty() {
-        rest = match accessor(rest) {
-            Some(next) => next,
-            None => return false,
-        };
-        accessors += 1;
-    }
-    accessors == 2
+    // Exactly two accessors (name, field), and nothing after them.
+    inner
+        .strip_prefix("credentials")
+        .and_then(accessor)
+        .and_then(accessor)
+        .is_some_and(str::is_empty)
 }
 
 /// Consumes one `.ident` or `["name"]`/`['name']`; the rest, or `None`.
@@ -307,6 +324,8 @@ mod tests {
             ("<<credentials.hook.url>><<credentials.hook.url>>", false),
             ("<<credentials[hook].url>>", false),
             ("<<credentials['a'b].url>>", false),
+            ("<<credentials[''].url>>", false),
+            ("<<credentials['a b'].url>>", false),
             ("<<credentials.1a.url>>", false),
             ("<<input.url>>", false),
             ("credentials.hook.url", false),
@@ -398,6 +417,10 @@ mod tests {
             ("https://api.x.com<<input.p>>", false),
             ("<<steps.a.body.next>>", false),
             ("https://<<credentials.c.user>>@api.x.com/", false),
+            ("<<credentials.sf.instance_url>>/services/data", true),
+            ("<<credentials.zoho['api_domain']>>/crm/v2/Leads", true),
+            ("<<credentials.sf.token>>/services/data", false),
+            ("<<credentials.sf.instance_url | lower>>/x", false),
         ];
         for (template, ok) in cases {
             let mut out = Vec::new();

@@ -25,17 +25,18 @@ use crate::connector::Connector;
 use crate::crypto::Keyring;
 use crate::decide::{self, Decision, ExecutionError, Next, Policy, RunErrorKind, StepAttempt};
 use crate::http::{Attempt, StepClient, StepResult, idempotency_key};
-use crate::redact::Credentials;
 use crate::state::ExecutionStatus;
 use crate::store;
 use crate::store::credentials;
 use crate::store::executions::{self, Claimed, StepRow, Transition};
 
 mod commit;
+mod oauth;
 mod observe;
 
 use commit::Committer;
 pub use commit::GroupCommitter;
+use oauth::RunCredentials;
 
 /// Settings of a runner.
 #[derive(Debug, Clone)]
@@ -55,6 +56,9 @@ pub struct RunnerConfig {
     /// Bytes of connector definitions the definition cache may hold
     /// (`CONVEYOR_DEFINITION_CACHE_BYTES`).
     pub definition_cache_bytes: u64,
+    /// An OAuth access token expiring within this margin is renewed before
+    /// a step uses it (`CONVEYOR_OAUTH_REFRESH_MARGIN_SECS`).
+    pub oauth_refresh_margin: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -66,6 +70,7 @@ impl Default for RunnerConfig {
             max_retry_after: Duration::from_secs(3600),
             metrics_workspace_labels: false,
             definition_cache_bytes: crate::cache::DEFAULT_CACHE_BYTES,
+            oauth_refresh_margin: Duration::from_secs(60),
         }
     }
 }
@@ -198,7 +203,7 @@ impl Runner {
         };
         let connector = &prepared.connector;
         let deadline = claimed.started_at + Duration::from_millis(connector.timeout_ms);
-        let credentials = match self
+        let mut credentials = match self
             .load_credentials(&claimed.workspace_id, &prepared)
             .await
         {
@@ -260,7 +265,15 @@ impl Runner {
                 traceparent: traceparent.as_deref(),
             };
             let sent = self
-                .send_with_heartbeat(id, token, step, &ctx, &credentials, &call, &mut extended_at)
+                .send_step(
+                    id,
+                    token,
+                    step,
+                    &ctx,
+                    &mut credentials,
+                    &call,
+                    &mut extended_at,
+                )
                 .instrument(span.clone())
                 .await?;
             let result = match sent {
@@ -331,18 +344,23 @@ impl Runner {
         &self,
         workspace_id: &str,
         prepared: &Prepared,
-    ) -> Result<Credentials, credentials::CredentialError> {
+    ) -> Result<RunCredentials, credentials::CredentialError> {
         let connector = &prepared.connector;
         let bound: Vec<String> = prepared
             .credential_names
             .iter()
             .map(|n| connector.bound_credential(n).to_owned())
             .collect();
-        let loaded = credentials::load(&self.pool, &self.keyring, workspace_id, &bound).await?;
-        let mut out = Credentials::new();
+        let (loaded, states) =
+            credentials::load_for_run(&self.pool, &self.keyring, workspace_id, &bound).await?;
+        let mut out = RunCredentials::new(workspace_id);
         for name in &prepared.credential_names {
-            if let Some(fields) = loaded.get(connector.bound_credential(name)) {
-                out.insert(name.clone(), fields.clone());
+            let target = connector.bound_credential(name);
+            if let Some(fields) = loaded.get(target) {
+                out.fields.insert(name.clone(), fields.clone());
+            }
+            if let Some(state) = states.get(target) {
+                out.add_state(name, target, state.clone());
             }
         }
         Ok(out)
@@ -386,7 +404,7 @@ impl Runner {
         token: i64,
         step: &crate::connector::Step,
         ctx: &Value,
-        credentials: &Credentials,
+        credentials: &crate::redact::Credentials,
         call: &Attempt<'_>,
         extended_at: &mut tokio::time::Instant,
     ) -> Result<InFlight> {

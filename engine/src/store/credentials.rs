@@ -8,6 +8,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::crypto::{CryptoError, Keyring, Sealed};
+use crate::oauth::CredentialKind;
 use crate::redact::Credentials;
 
 /// Errors of the credential store.
@@ -37,7 +38,8 @@ impl From<sqlx::Error> for CredentialError {
 pub struct CredentialMeta {
     /// Credential name, unique per workspace.
     pub name: String,
-    /// `bearer`, `api_key`, `basic` or `custom`, inferred from the fields.
+    /// `bearer`, `api_key`, `basic` or `custom`, inferred from the fields;
+    /// `oauth2` for the OAuth and Nango kinds.
     pub auth_kind: String,
     /// The field names it holds (not their values).
     pub fields: Vec<String>,
@@ -49,9 +51,55 @@ pub struct CredentialMeta {
     pub updated_at: DateTime<Utc>,
     /// Last time a worker loaded it (at most once a minute is recorded).
     pub last_used_at: Option<DateTime<Utc>>,
+    /// `static`, `oauth2_client_credentials`, `oauth2_authorization_code`
+    /// or `nango`.
+    pub kind: String,
+    /// `connected`; `expiring` (an OAuth access token expires within five
+    /// minutes; it is renewed when next used); `needs_reconnect` (the
+    /// provider revoked the grant, or the authorization was never
+    /// completed: start it again); `error` (the token endpoint refused the
+    /// client, see `status_reason`).
+    #[schema(pattern = "^(connected|expiring|needs_reconnect|error)$")]
+    pub status: String,
+    /// Why the status is `needs_reconnect` or `error` (never a secret).
+    pub status_reason: Option<String>,
+    /// The OAuth provider preset, when it came from one.
+    pub provider: Option<String>,
+    /// When the current OAuth access token expires (`null`: unknown, or
+    /// not an OAuth credential).
+    pub access_token_expires_at: Option<DateTime<Utc>>,
+    /// When a token was last fetched or refreshed.
+    pub last_refreshed_at: Option<DateTime<Utc>>,
 }
 
-/// Infers the auth kind from the field names a credential holds.
+/// A credential to store: its kind, fields and (for OAuth kinds) the
+/// provider settings.
+#[derive(Debug, Clone)]
+pub struct NewCredential<'a> {
+    /// How it gets its token.
+    pub kind: CredentialKind,
+    /// The sealed fields.
+    pub fields: &'a BTreeMap<String, String>,
+    /// The provider settings (`OAuthConfig` as JSON), OAuth kinds only.
+    pub oauth: Option<serde_json::Value>,
+    /// `connected`, or `needs_reconnect` for an authorization that has not
+    /// been completed yet.
+    pub status: &'a str,
+    /// Why, for a status other than `connected`.
+    pub status_reason: Option<&'a str>,
+}
+
+/// How a run sees one credential besides its fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenState {
+    /// Its kind.
+    pub kind: CredentialKind,
+    /// When its access token expires, if known.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Infers the auth kind from the field names a static credential holds
+/// (OAuth and Nango credentials are `oauth2`).
 pub fn auth_kind(fields: &BTreeMap<String, String>) -> &'static str {
     if fields.contains_key("token") {
         "bearer"
@@ -64,7 +112,7 @@ pub fn auth_kind(fields: &BTreeMap<String, String>) -> &'static str {
     }
 }
 
-/// Creates or replaces a credential.
+/// Creates or replaces a static credential.
 ///
 /// # Errors
 ///
@@ -76,6 +124,30 @@ pub async fn put(
     name: &str,
     fields: &BTreeMap<String, String>,
 ) -> Result<CredentialMeta, CredentialError> {
+    let new = NewCredential {
+        kind: CredentialKind::Static,
+        fields,
+        oauth: None,
+        status: "connected",
+        status_reason: None,
+    };
+    put_kind(pool, keyring, workspace_id, name, &new).await
+}
+
+/// Creates or replaces a credential of any kind. A replacement starts
+/// over: tokens, expiry and status are the new ones.
+///
+/// # Errors
+///
+/// Database or sealing errors.
+pub async fn put_kind(
+    pool: &PgPool,
+    keyring: &Keyring,
+    workspace_id: &str,
+    name: &str,
+    new: &NewCredential<'_>,
+) -> Result<CredentialMeta, CredentialError> {
+    let fields = new.fields;
     let plaintext = serde_json::to_vec(fields).unwrap_or_default();
     let sealed = keyring
         .seal(workspace_id, name, &plaintext)
@@ -88,20 +160,35 @@ pub async fn put(
     super::ensure_workspace(&mut *tx, workspace_id).await?;
     let meta = sqlx::query_as!(
         CredentialMeta,
-        "INSERT INTO workspace_api_credentials
-             (workspace_id, name, auth_kind, fields, key_id, nonce, ciphertext)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+        r#"INSERT INTO workspace_api_credentials
+             (workspace_id, name, auth_kind, fields, key_id, nonce, ciphertext, kind, oauth,
+              status, status_reason)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (workspace_id, name) DO UPDATE SET
              auth_kind = EXCLUDED.auth_kind, fields = EXCLUDED.fields, key_id = EXCLUDED.key_id,
-             nonce = EXCLUDED.nonce, ciphertext = EXCLUDED.ciphertext, updated_at = now()
-         RETURNING name, auth_kind, fields, key_id, created_at, updated_at, last_used_at",
+             nonce = EXCLUDED.nonce, ciphertext = EXCLUDED.ciphertext, updated_at = now(),
+             kind = EXCLUDED.kind, oauth = EXCLUDED.oauth, status = EXCLUDED.status,
+             status_reason = EXCLUDED.status_reason, access_token_expires_at = NULL,
+             last_refreshed_at = NULL
+         RETURNING name, auth_kind, fields, key_id, created_at, updated_at, last_used_at, kind,
+             CASE WHEN status = 'connected' AND access_token_expires_at < now() + interval '5 minutes'
+                  THEN 'expiring' ELSE status END AS "status!",
+             status_reason, oauth->>'provider' AS provider, access_token_expires_at,
+             last_refreshed_at"#,
         workspace_id,
         name,
-        auth_kind(fields),
+        match new.kind {
+            CredentialKind::Static => auth_kind(fields),
+            _ => "oauth2",
+        },
         &field_names,
         sealed.key_id,
         sealed.nonce,
-        sealed.ciphertext
+        sealed.ciphertext,
+        new.kind.as_str(),
+        new.oauth,
+        new.status,
+        new.status_reason,
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -121,8 +208,12 @@ pub async fn get(
 ) -> crate::Result<Option<CredentialMeta>> {
     Ok(sqlx::query_as!(
         CredentialMeta,
-        "SELECT name, auth_kind, fields, key_id, created_at, updated_at, last_used_at
-         FROM workspace_api_credentials WHERE workspace_id = $1 AND name = $2",
+        r#"SELECT name, auth_kind, fields, key_id, created_at, updated_at, last_used_at, kind,
+             CASE WHEN status = 'connected' AND access_token_expires_at < now() + interval '5 minutes'
+                  THEN 'expiring' ELSE status END AS "status!",
+             status_reason, oauth->>'provider' AS provider, access_token_expires_at,
+             last_refreshed_at
+         FROM workspace_api_credentials WHERE workspace_id = $1 AND name = $2"#,
         workspace_id,
         name
     )
@@ -138,8 +229,12 @@ pub async fn get(
 pub async fn list(pool: &PgPool, workspace_id: &str) -> crate::Result<Vec<CredentialMeta>> {
     Ok(sqlx::query_as!(
         CredentialMeta,
-        "SELECT name, auth_kind, fields, key_id, created_at, updated_at, last_used_at
-         FROM workspace_api_credentials WHERE workspace_id = $1 ORDER BY name",
+        r#"SELECT name, auth_kind, fields, key_id, created_at, updated_at, last_used_at, kind,
+             CASE WHEN status = 'connected' AND access_token_expires_at < now() + interval '5 minutes'
+                  THEN 'expiring' ELSE status END AS "status!",
+             status_reason, oauth->>'provider' AS provider, access_token_expires_at,
+             last_refreshed_at
+         FROM workspace_api_credentials WHERE workspace_id = $1 ORDER BY name"#,
         workspace_id
     )
     .fetch_all(pool)
@@ -175,8 +270,22 @@ pub async fn load(
     workspace_id: &str,
     names: &[String],
 ) -> Result<Credentials, CredentialError> {
+    Ok(load_for_run(pool, keyring, workspace_id, names).await?.0)
+}
+
+/// [`load`], with each credential's kind and access token expiry.
+///
+/// # Errors
+///
+/// Database errors, or a row that does not decrypt.
+pub async fn load_for_run(
+    pool: &PgPool,
+    keyring: &Keyring,
+    workspace_id: &str,
+    names: &[String],
+) -> Result<(Credentials, BTreeMap<String, TokenState>), CredentialError> {
     if names.is_empty() {
-        return Ok(Credentials::new());
+        return Ok((Credentials::new(), BTreeMap::new()));
     }
     let rows = sqlx::query!(
         "WITH touched AS (
@@ -184,7 +293,8 @@ pub async fn load(
              WHERE workspace_id = $1 AND name = ANY($2)
                AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
          )
-         SELECT name, key_id, nonce, ciphertext FROM workspace_api_credentials
+         SELECT name, key_id, nonce, ciphertext, kind, access_token_expires_at
+         FROM workspace_api_credentials
          WHERE workspace_id = $1 AND name = ANY($2)",
         workspace_id,
         names
@@ -192,24 +302,43 @@ pub async fn load(
     .fetch_all(pool)
     .await?;
     let mut out = Credentials::new();
+    let mut states = BTreeMap::new();
     for row in rows {
         let sealed = Sealed {
             key_id: row.key_id,
             nonce: row.nonce,
             ciphertext: row.ciphertext,
         };
-        let crypto = |source| CredentialError::Crypto {
-            name: row.name.clone(),
-            source,
-        };
-        let plaintext = keyring
-            .open(workspace_id, &row.name, &sealed)
-            .map_err(crypto)?;
-        let fields: BTreeMap<String, String> =
-            serde_json::from_slice(&plaintext).map_err(|_| crypto(CryptoError::Decrypt))?;
+        let fields = open(keyring, workspace_id, &row.name, &sealed)?;
+        states.insert(
+            row.name.clone(),
+            TokenState {
+                kind: CredentialKind::parse(&row.kind),
+                expires_at: row.access_token_expires_at,
+            },
+        );
         out.insert(row.name, fields);
     }
-    Ok(out)
+    Ok((out, states))
+}
+
+/// Opens a sealed credential into its fields.
+///
+/// # Errors
+///
+/// A row that does not decrypt.
+pub fn open(
+    keyring: &Keyring,
+    workspace_id: &str,
+    name: &str,
+    sealed: &Sealed,
+) -> Result<BTreeMap<String, String>, CredentialError> {
+    let crypto = |source| CredentialError::Crypto {
+        name: name.to_owned(),
+        source,
+    };
+    let plaintext = keyring.open(workspace_id, name, sealed).map_err(crypto)?;
+    serde_json::from_slice(&plaintext).map_err(|_| crypto(CryptoError::Decrypt))
 }
 
 /// Re-seals every credential not sealed with the keyring's current key;

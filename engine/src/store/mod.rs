@@ -11,6 +11,7 @@ pub mod executions;
 pub mod group;
 pub mod history;
 pub mod members;
+pub mod oauth;
 pub mod templates;
 pub mod usage;
 
