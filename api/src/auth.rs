@@ -231,7 +231,8 @@ fn check_lifetime(claims: &Claims, now: u64, max: Duration) -> Result<(), &'stat
 
 /// `Err` naming `what` unless `id` is 1 to 128 printable characters.
 pub(crate) fn check_id(what: &str, id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+    // Characters, as the database's `length()` counts them.
+    if id.is_empty() || id.chars().count() > MAX_ID_LEN || id.chars().any(char::is_control) {
         return Err(format!(
             "the {what} id must be 1 to {MAX_ID_LEN} printable characters"
         ));

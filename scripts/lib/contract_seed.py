@@ -142,7 +142,7 @@ admin_operations = [
 SEMANTIC_422 = [
     "create_connector", "update_connector", "submit_template", "install_template",
     "admin_create_template", "admin_update_template",
-    "execute_connector", "execute_connector_batch", "create_api_key",
+    "execute_connector", "execute_connector_batch", "create_api_key", "create_workspace_key",
     "put_retention",
     # A credential's kind decides which `data` fields and `oauth` settings
     # it needs (client_id for OAuth, a known preset for its grant, ...).

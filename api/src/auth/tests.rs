@@ -261,9 +261,14 @@ fn secrets_and_policies_are_checked_at_construction() {
 fn ids_must_be_short_and_printable() {
     let long = "x".repeat(MAX_ID_LEN + 1);
     let max = "x".repeat(MAX_ID_LEN);
+    let wide = "é".repeat(MAX_ID_LEN);
+    let too_wide = "é".repeat(MAX_ID_LEN + 1);
     for (id, ok) in [
         ("w", true),
         (max.as_str(), true),
+        (wide.as_str(), true),
+        (too_wide.as_str(), false),
+        ("a\u{85}b", false),
         ("", false),
         (long.as_str(), false),
         ("a\nb", false),

@@ -8,7 +8,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use conveyor_engine::store::access as access_store;
 use conveyor_engine::store::members;
+use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -28,6 +30,54 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(put_member, delete_member))
         .routes(routes!(list_workspace_keys, create_workspace_key))
         .routes(routes!(revoke_workspace_key))
+}
+
+/// `/admin/workspaces/{id}/...`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct WorkspacePath {
+    /// The workspace id: 1 to 128 printable characters.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
+    id: String,
+}
+
+/// `/admin/workspaces/{id}/members/{user_id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct MemberPath {
+    /// The workspace id: 1 to 128 printable characters.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
+    id: String,
+    /// The user id (a token's `sub`): 1 to 128 printable characters.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
+    user_id: String,
+}
+
+/// `/admin/workspaces/{id}/api-keys/{key_id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct KeyPath {
+    /// The workspace id: 1 to 128 printable characters.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
+    id: String,
+    /// The key.
+    key_id: Uuid,
 }
 
 /// 422 naming `field` unless `id` is a valid workspace or user id.
@@ -50,14 +100,14 @@ fn acting_in(owner: Caller, workspace_id: String) -> Caller {
 
 /// The workspace's members, in user id order.
 #[utoipa::path(get, path = "/admin/workspaces/{id}/members", tag = "admin",
-    params(("id" = String, Path, description = "The workspace id")),
+    params(WorkspacePath),
     responses((status = 200, description = "`items`: every member", body = MemberList),
               (status = 403, description = "Needs the admin role `owner`"),
               (status = 422, description = "`id` is invalid")))]
 async fn list_members(
     State(state): State<AppState>,
     _owner: Owner,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(WorkspacePath { id }): ApiPath<WorkspacePath>,
 ) -> ApiResult<Json<Value>> {
     valid_id("id", "workspace", &id)?;
     let items = members::list(&state.pool, &id).await?;
@@ -67,8 +117,7 @@ async fn list_members(
 /// Add a user to a workspace's members: 201 when added, 200 when they
 /// already were one.
 #[utoipa::path(put, path = "/admin/workspaces/{id}/members/{user_id}", tag = "admin",
-    params(("id" = String, Path, description = "The workspace id"),
-           ("user_id" = String, Path, description = "The user id (a token's `sub`)")),
+    params(MemberPath),
     responses((status = 200, description = "Already a member", body = Object),
               (status = 201, description = "Added", body = Object),
               (status = 403, description = "Needs the admin role `owner`"),
@@ -76,7 +125,7 @@ async fn list_members(
 async fn put_member(
     State(state): State<AppState>,
     Owner(owner): Owner,
-    ApiPath((id, user_id)): ApiPath<(String, String)>,
+    ApiPath(MemberPath { id, user_id }): ApiPath<MemberPath>,
 ) -> ApiResult<Response> {
     valid_id("id", "workspace", &id)?;
     valid_id("user_id", "user", &user_id)?;
@@ -104,15 +153,14 @@ async fn put_member(
 
 /// Remove a user from a workspace's members.
 #[utoipa::path(delete, path = "/admin/workspaces/{id}/members/{user_id}", tag = "admin",
-    params(("id" = String, Path, description = "The workspace id"),
-           ("user_id" = String, Path, description = "The user id")),
+    params(MemberPath),
     responses((status = 204, description = "Removed"),
               (status = 403, description = "Needs the admin role `owner`"),
               (status = 404, description = "Not a member of this workspace")))]
 async fn delete_member(
     State(state): State<AppState>,
     Owner(owner): Owner,
-    ApiPath((id, user_id)): ApiPath<(String, String)>,
+    ApiPath(MemberPath { id, user_id }): ApiPath<MemberPath>,
 ) -> ApiResult<StatusCode> {
     if !members::remove(&state.pool, &id, &user_id).await? {
         return Err(ApiError::not_found("member"));
@@ -131,14 +179,14 @@ async fn delete_member(
 
 /// Any workspace's API keys, newest first (metadata only: never a key).
 #[utoipa::path(get, path = "/admin/workspaces/{id}/api-keys", tag = "admin",
-    params(("id" = String, Path, description = "The workspace id")),
+    params(WorkspacePath),
     responses((status = 200, description = "Every key's metadata, newest first", body = ApiKeyList),
               (status = 403, description = "Needs the admin role `owner`"),
               (status = 422, description = "`id` is invalid")))]
 async fn list_workspace_keys(
     State(state): State<AppState>,
     _owner: Owner,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(WorkspacePath { id }): ApiPath<WorkspacePath>,
 ) -> ApiResult<Json<Value>> {
     valid_id("id", "workspace", &id)?;
     let items = access_store::list_api_keys(&state.pool, &id).await?;
@@ -148,7 +196,7 @@ async fn list_workspace_keys(
 /// Create an API key for any workspace, as `POST /api-keys` does there;
 /// the key is in this response and nowhere else.
 #[utoipa::path(post, path = "/admin/workspaces/{id}/api-keys", tag = "admin",
-    params(("id" = String, Path, description = "The workspace id")),
+    params(WorkspacePath),
     request_body(content = CreateApiKeyRequest, example = json!({"name": "support tooling", "scopes": ["read"]})),
     responses((status = 201, description = "The key, shown this once", body = ApiKeyCreated),
               (status = 403, description = "Needs the admin role `owner`"),
@@ -156,7 +204,7 @@ async fn list_workspace_keys(
 async fn create_workspace_key(
     State(state): State<AppState>,
     Owner(owner): Owner,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(WorkspacePath { id }): ApiPath<WorkspacePath>,
     ApiJson(body): ApiJson<CreateApiKeyRequest>,
 ) -> ApiResult<Response> {
     valid_id("id", "workspace", &id)?;
@@ -165,15 +213,14 @@ async fn create_workspace_key(
 
 /// Revoke any workspace's API key.
 #[utoipa::path(delete, path = "/admin/workspaces/{id}/api-keys/{key_id}", tag = "admin",
-    params(("id" = String, Path, description = "The workspace id"),
-           ("key_id" = Uuid, Path, description = "The key")),
+    params(KeyPath),
     responses((status = 204, description = "Revoked"),
               (status = 403, description = "Needs the admin role `owner`"),
               (status = 404, description = "No live key with this id in this workspace")))]
 async fn revoke_workspace_key(
     State(state): State<AppState>,
     Owner(owner): Owner,
-    ApiPath((id, key_id)): ApiPath<(String, Uuid)>,
+    ApiPath(KeyPath { id, key_id }): ApiPath<KeyPath>,
 ) -> ApiResult<StatusCode> {
     withdraw_api_key(&state, &acting_in(owner, id), key_id).await
 }
