@@ -179,6 +179,8 @@ async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
         for i in 0..embedded_workers {
             let mut config = settings.worker.clone();
             config.worker_id = format!("{}-{i}", config.worker_id);
+            // One scheduler loop per process is enough.
+            config.scheduler &= i == 0;
             let mut runner_config = settings.runner.clone();
             runner_config.worker_id.clone_from(&config.worker_id);
             let (runner, committer) =

@@ -42,6 +42,7 @@ use crate::routes;
         (name = "access", description = "Workspace API keys and the audit log"),
         (name = "templates", description = "The template marketplace"),
         (name = "admin", description = "Cross-workspace operations (SaaS admins, user tokens only)"),
+        (name = "schedules", description = "Cron schedules that start a connector"),
     ),
     components(schemas(ErrorBody)),
     modifiers(&SecuritySchemes),
@@ -217,7 +218,8 @@ fn router() -> OpenApiRouter<AppState> {
         .merge(routes::access::router())
         .merge(routes::admin::router())
         .merge(routes::templates::router())
-        .merge(routes::usage::router());
+        .merge(routes::usage::router())
+        .merge(routes::schedules::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1)
 }
 

@@ -26,6 +26,8 @@
 //! - [`retry`]: pure backoff delays.
 //! - [`runner`]: runs one claimed execution, step by step, fenced, and
 //!   group-commits the steps.
+//! - [`schedule`]: cron expressions in IANA zones and their fire times
+//!   (DST by the wall clock): pure, table-tested.
 //! - [`start`]: starts executions (input check against a cached compiled
 //!   schema, enqueue, counters) for execute, batch and rerun.
 //! - [`state`]: the stored states (execution status, step outcome, review
@@ -52,6 +54,7 @@ pub mod net;
 pub mod redact;
 pub mod retry;
 pub mod runner;
+pub mod schedule;
 pub mod start;
 pub mod state;
 pub mod store;

@@ -88,6 +88,8 @@ api_key = call("POST", "/api-keys", USER, {"name": "contract: revoked"})["id"]
 call("GET", f"/templates/{OFFICIAL_SLUG}", USER)
 for slug in ("community-contract-reviewed", "community-contract-retired"):
     call("POST", "/templates", USER, community_template(slug))
+schedule = call("POST", f"/connectors/{kept}/schedules", USER, {"cron": "@yearly"})["id"]
+doomed_schedule = call("POST", f"/connectors/{kept}/schedules", USER, {"cron": "@yearly"})["id"]
 
 
 def operation(names, **parameters):
@@ -101,6 +103,10 @@ user_operations = [
     operation(["GET /connectors/{id}", "POST /connectors/{id}/execute",
                "POST /connectors/{id}/execute/batch", "GET /connectors/{id}/stats",
                "POST /connectors/{id}/upgrade"], id=kept),
+    operation(["POST /connectors/{id}/schedules", "GET /connectors/{id}/schedules"], id=kept),
+    operation(["GET /schedules/{id}", "PATCH /schedules/{id}", "POST /schedules/{id}/pause",
+               "POST /schedules/{id}/resume"], id=schedule),
+    operation(["DELETE /schedules/{id}"], id=doomed_schedule),
     operation(["PUT /connectors/{id}"], id=replaced),
     operation(["DELETE /connectors/{id}"], id=deleted),
     operation(["GET /connectors/{id}/executions"], id=kept, cursor=cursor),
@@ -133,12 +139,14 @@ admin_operations = [
 # (which other operations of the run may change), and whether an API key's
 # expires_at lies in the future (a time relative to now), and whether a
 # retention plan and its days go together (`custom` needs days, the others
-# refuse them).
+# refuse them), and whether a schedule's cron expression and time zone
+# parse and its end_at lies in the future.
 SEMANTIC_422 = [
     "create_connector", "update_connector", "submit_template", "install_template",
     "admin_create_template", "admin_update_template",
     "execute_connector", "execute_connector_batch", "create_api_key",
     "put_retention",
+    "create_schedule", "update_schedule",
 ]
 default_accepted = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 # A cursor is opaque: only a `next_cursor` the API handed out is one (the

@@ -51,7 +51,7 @@ fn definition_errors(e: connector::ValidationErrors) -> ApiError {
     )
 }
 
-async fn live_connector(
+pub(super) async fn live_connector(
     state: &AppState,
     caller: &Caller,
     id: Uuid,

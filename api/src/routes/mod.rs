@@ -7,6 +7,7 @@ pub mod connectors;
 pub mod credentials;
 pub mod executions;
 pub mod ops;
+pub mod schedules;
 pub mod templates;
 pub mod usage;
 

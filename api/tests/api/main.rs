@@ -11,4 +11,5 @@ mod marketplace;
 mod observability;
 mod resilience;
 mod retention;
+mod schedules;
 mod usage;

@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod executions;
 pub mod group;
 pub mod history;
+pub mod schedules;
 pub mod templates;
 pub mod usage;
 
