@@ -149,6 +149,7 @@ pub fn app(state: AppState) -> Router {
         .merge(api)
         .merge(openapi::docs_routes(openapi))
         .merge(routes::ops::router())
+        .merge(routes::hooks::router())
         .layer(axum::middleware::from_fn(http_metrics))
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
         .layer(cors)

@@ -43,6 +43,7 @@ use crate::routes;
         (name = "templates", description = "The template marketplace"),
         (name = "admin", description = "Cross-workspace operations (SaaS admins, user tokens only)"),
         (name = "schedules", description = "Cron schedules that start a connector"),
+        (name = "triggers", description = "Inbound webhook triggers (deliveries arrive at POST /hooks/{id}, outside this document)"),
     ),
     components(schemas(ErrorBody)),
     modifiers(&SecuritySchemes),
@@ -219,7 +220,8 @@ fn router() -> OpenApiRouter<AppState> {
         .merge(routes::admin::router())
         .merge(routes::templates::router())
         .merge(routes::usage::router())
-        .merge(routes::schedules::router());
+        .merge(routes::schedules::router())
+        .merge(routes::triggers::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1)
 }
 

@@ -33,6 +33,9 @@
 //! - [`state`]: the stored states (execution status, step outcome, review
 //!   status) as enums.
 //! - [`telemetry`]: trace-context propagation through the queue.
+//! - [`webhook`]: webhook signatures: verifying providers' schemes
+//!   (Stripe, Shopify, Slack, GitHub, Standard Webhooks, generic HMAC) in
+//!   constant time, signing per Standard Webhooks. Pure.
 //! - [`store`]: all SQL, and the LISTEN/NOTIFY channel names. Nothing
 //!   outside this crate writes to the database.
 //!
@@ -60,6 +63,7 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod template;
+pub mod webhook;
 
 pub use error::{Error, Result};
 

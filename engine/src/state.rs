@@ -166,7 +166,7 @@ pub enum StartedBy {
     /// A tick of a schedule: `schedule:<schedule id>`.
     Schedule(uuid::Uuid),
     /// A delivery to an inbound webhook trigger: `trigger:<trigger id>`.
-    Trigger(uuid::Uuid),
+    Trigger(String),
 }
 
 impl fmt::Display for StartedBy {
@@ -214,7 +214,10 @@ mod tests {
             StartedBy::Schedule(id).to_string(),
             format!("schedule:{id}")
         );
-        assert_eq!(StartedBy::Trigger(id).to_string(), format!("trigger:{id}"));
+        assert_eq!(
+            StartedBy::Trigger("a1b2".into()).to_string(),
+            "trigger:a1b2"
+        );
     }
 
     #[test]

@@ -90,6 +90,8 @@ for slug in ("community-contract-reviewed", "community-contract-retired"):
     call("POST", "/templates", USER, community_template(slug))
 schedule = call("POST", f"/connectors/{kept}/schedules", USER, {"cron": "@yearly"})["id"]
 doomed_schedule = call("POST", f"/connectors/{kept}/schedules", USER, {"cron": "@yearly"})["id"]
+hook = call("POST", f"/connectors/{kept}/triggers", USER, {"verification": {"type": "none"}})["id"]
+doomed_hook = call("POST", f"/connectors/{kept}/triggers", USER, {"verification": {"type": "none"}})["id"]
 
 
 def operation(names, **parameters):
@@ -107,6 +109,9 @@ user_operations = [
     operation(["GET /schedules/{id}", "PATCH /schedules/{id}", "POST /schedules/{id}/pause",
                "POST /schedules/{id}/resume"], id=schedule),
     operation(["DELETE /schedules/{id}"], id=doomed_schedule),
+    operation(["POST /connectors/{id}/triggers", "GET /connectors/{id}/triggers"], id=kept),
+    operation(["GET /triggers/{id}", "GET /triggers/{id}/deliveries"], id=hook),
+    operation(["DELETE /triggers/{id}"], id=doomed_hook),
     operation(["PUT /connectors/{id}"], id=replaced),
     operation(["DELETE /connectors/{id}"], id=deleted),
     operation(["GET /connectors/{id}/executions"], id=kept, cursor=cursor),
@@ -140,13 +145,14 @@ admin_operations = [
 # expires_at lies in the future (a time relative to now), and whether a
 # retention plan and its days go together (`custom` needs days, the others
 # refuse them), and whether a schedule's cron expression and time zone
-# parse and its end_at lies in the future.
+# parse and its end_at lies in the future, and whether a trigger's secret
+# suits its verification type and its input mapping parses.
 SEMANTIC_422 = [
     "create_connector", "update_connector", "submit_template", "install_template",
     "admin_create_template", "admin_update_template",
     "execute_connector", "execute_connector_batch", "create_api_key",
     "put_retention",
-    "create_schedule", "update_schedule",
+    "create_schedule", "update_schedule", "create_trigger",
 ]
 default_accepted = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 # A cursor is opaque: only a `next_cursor` the API handed out is one (the

@@ -6,9 +6,11 @@ pub mod admin;
 pub mod connectors;
 pub mod credentials;
 pub mod executions;
+pub mod hooks;
 pub mod ops;
 pub mod schedules;
 pub mod templates;
+pub mod triggers;
 pub mod usage;
 
 use axum::Json;

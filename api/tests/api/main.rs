@@ -12,4 +12,5 @@ mod observability;
 mod resilience;
 mod retention;
 mod schedules;
+mod triggers;
 mod usage;

@@ -12,6 +12,7 @@ pub mod group;
 pub mod history;
 pub mod schedules;
 pub mod templates;
+pub mod triggers;
 pub mod usage;
 
 use sqlx::PgExecutor;
