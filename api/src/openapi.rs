@@ -43,6 +43,7 @@ use crate::routes;
         (name = "templates", description = "The template marketplace"),
         (name = "admin", description = "Cross-workspace operations (SaaS admins, user tokens only)"),
         (name = "schedules", description = "Cron schedules that start a connector"),
+        (name = "webhooks", description = "Signed completion callbacks and the workspace signing secret"),
         (name = "triggers", description = "Inbound webhook triggers (deliveries arrive at POST /hooks/{id}, outside this document)"),
     ),
     components(schemas(ErrorBody)),
@@ -221,7 +222,8 @@ fn router() -> OpenApiRouter<AppState> {
         .merge(routes::templates::router())
         .merge(routes::usage::router())
         .merge(routes::schedules::router())
-        .merge(routes::triggers::router());
+        .merge(routes::triggers::router())
+        .merge(routes::webhooks::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1)
 }
 

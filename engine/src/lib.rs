@@ -4,6 +4,8 @@
 //! # Layout
 //!
 //! - [`cache`]: the bounded, size-aware cache of connector definitions.
+//! - [`callback`]: completion callbacks: the URL rule, the payload, the
+//!   Standard Webhooks signature headers and the 24-hour retry schedule.
 //! - [`connector`]: the connector definition model and its save-time
 //!   validation (errors carry the JSON path of the offending field).
 //! - [`template`]: `<<...>>` templates (minijinja with custom delimiters),
@@ -44,6 +46,7 @@
 //! other module is pure.
 
 pub mod cache;
+pub mod callback;
 pub mod connector;
 pub mod credential_rules;
 pub mod crypto;

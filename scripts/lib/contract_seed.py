@@ -112,6 +112,7 @@ user_operations = [
     operation(["POST /connectors/{id}/triggers", "GET /connectors/{id}/triggers"], id=kept),
     operation(["GET /triggers/{id}", "GET /triggers/{id}/deliveries"], id=hook),
     operation(["DELETE /triggers/{id}"], id=doomed_hook),
+    operation(["GET /executions/{id}/callbacks"], id=first),
     operation(["PUT /connectors/{id}"], id=replaced),
     operation(["DELETE /connectors/{id}"], id=deleted),
     operation(["GET /connectors/{id}/executions"], id=kept, cursor=cursor),

@@ -181,6 +181,7 @@ pub fn new_execution((connector_id, connector_version): (Uuid, i32), input: Valu
         rerun_of: None,
         trace_context: None,
         started_by: StartedBy::User("test".to_owned()),
+        callback_url: None,
     }
 }
 

@@ -6,6 +6,7 @@
 //! on `LISTEN` (enqueue NOTIFYs) and poll on a slow interval so a lost
 //! notification delays nothing for long.
 
+pub mod callbacks;
 pub mod scheduler;
 pub mod settings;
 pub mod telemetry;

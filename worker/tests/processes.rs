@@ -205,6 +205,7 @@ async fn enqueue_many(pool: &PgPool, (connector_id, connector_version): (Uuid, i
                 rerun_of: None,
                 trace_context: None,
                 started_by: StartedBy::User("test".to_owned()),
+                callback_url: None,
             },
             Utc::now(),
         )

@@ -240,6 +240,7 @@ async fn start(
         rerun_of: None,
         trace_context: conveyor_engine::telemetry::current_context(),
         started_by: StartedBy::Trigger(t.meta.id.clone()),
+        callback_url: None,
     };
     let (execution_id, duplicate, error) =
         match state.starter.start_one(&state.pool, &new, now).await {

@@ -12,6 +12,7 @@ pub mod schedules;
 pub mod templates;
 pub mod triggers;
 pub mod usage;
+pub mod webhooks;
 
 use axum::Json;
 use chrono::{DateTime, Utc};

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod callbacks;
 pub mod channels;
 pub mod connectors;
 pub mod credentials;

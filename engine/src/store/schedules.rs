@@ -456,6 +456,7 @@ async fn start_tick(
         rerun_of: None,
         trace_context: None,
         started_by: StartedBy::Schedule(d.id),
+        callback_url: None,
     };
     let enqueued = executions::enqueue(tx, &new, now).await?;
     // A held-back tick already has its row; a fresh one was just claimed.

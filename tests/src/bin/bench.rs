@@ -187,6 +187,7 @@ async fn enqueue_many(
                 rerun_of: None,
                 trace_context: None,
                 started_by: StartedBy::User("bench".to_owned()),
+                callback_url: None,
             };
             executions::enqueue(&mut tx, &new, Utc::now()).await?;
         }
