@@ -134,10 +134,11 @@ pub fn check_settings(scheme: Scheme, settings: &Settings) -> Vec<(&'static str,
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
     };
-    if matches!(scheme, Scheme::Header | Scheme::HmacSha256) && !header_ok(&settings.header) {
+    let needs_header = matches!(scheme, Scheme::Header | Scheme::HmacSha256);
+    if (needs_header || settings.header.is_some()) && !header_ok(&settings.header) {
         out.push((
             "verification.header",
-            "required for this type: a header name of letters, digits, `-` and `_`".to_owned(),
+            "a header name of 1 to 128 letters, digits, `-` and `_` (required for `header` and `hmac_sha256`)".to_owned(),
         ));
     }
     if settings.id_header.is_some() && !header_ok(&settings.id_header) {

@@ -147,13 +147,16 @@ admin_operations = [
 # retention plan and its days go together (`custom` needs days, the others
 # refuse them), and whether a schedule's cron expression and time zone
 # parse and its end_at lies in the future, and whether a trigger's secret
-# suits its verification type and its input mapping parses.
+# suits its verification type and its input mapping parses, and whether
+# the version an admin approves is one of the template's stored versions
+# (the stateful phase reaches approve with versions it made up).
 SEMANTIC_422 = [
     "create_connector", "update_connector", "submit_template", "install_template",
     "admin_create_template", "admin_update_template",
     "execute_connector", "execute_connector_batch", "create_api_key",
     "put_retention",
     "create_schedule", "update_schedule", "create_trigger",
+    "admin_approve_template",
 ]
 default_accepted = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 # A cursor is opaque: only a `next_cursor` the API handed out is one (the

@@ -121,6 +121,10 @@ async fn a_trigger_is_created_without_ever_showing_its_secret_and_bad_ones_name_
             "verification.header",
         ),
         (
+            json!({"verification": {"type": "github", "secret": "x", "header": ""}}),
+            "verification.header",
+        ),
+        (
             json!({"verification": {"type": "standard_webhooks", "secret": "whsec_???"}}),
             "verification.secret",
         ),
