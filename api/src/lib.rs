@@ -149,7 +149,13 @@ pub fn app(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(state.config.cors_origins.clone()))
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
         .allow_headers([
             axum::http::header::AUTHORIZATION,
             axum::http::header::CONTENT_TYPE,
@@ -174,6 +180,7 @@ pub fn app(state: AppState) -> Router {
         .merge(api)
         .merge(openapi::docs_routes(openapi))
         .merge(routes::ops::router())
+        .merge(routes::hooks::router())
         .layer(axum::middleware::from_fn(http_metrics))
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
         .layer(cors)

@@ -209,9 +209,18 @@ async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
     if embedded_workers > 0 {
         let client = StepClient::new(settings.http.clone()).context("building the HTTP client")?;
         let keyring = Arc::new(settings.keyring.clone());
+        let sender = conveyor_worker::callbacks::CallbackSender::new(
+            pool.clone(),
+            keyring.clone(),
+            settings.http.allow_private_networks,
+        )
+        .context("building the callback HTTP client")?;
+        workers.spawn(sender.run(shutdown.clone()));
         for i in 0..embedded_workers {
             let mut config = settings.worker.clone();
             config.worker_id = format!("{}-{i}", config.worker_id);
+            // One scheduler loop per process is enough.
+            config.scheduler &= i == 0;
             let mut runner_config = settings.runner.clone();
             runner_config.worker_id.clone_from(&config.worker_id);
             let (runner, committer) =

@@ -42,6 +42,9 @@ use crate::routes;
         (name = "access", description = "Workspace API keys and the audit log"),
         (name = "templates", description = "The template marketplace"),
         (name = "admin", description = "Cross-workspace operations (SaaS admins, user tokens only)"),
+        (name = "schedules", description = "Cron schedules that start a connector"),
+        (name = "webhooks", description = "Signed completion callbacks and the workspace signing secret"),
+        (name = "triggers", description = "Inbound webhook triggers (deliveries arrive at POST /hooks/{id}, outside this document)"),
     ),
     components(schemas(ErrorBody)),
     modifiers(&SecuritySchemes),
@@ -219,7 +222,10 @@ fn router() -> OpenApiRouter<AppState> {
         .merge(routes::workspaces::router())
         .merge(routes::templates::router())
         .merge(routes::usage::router())
-        .merge(routes::oauth::router());
+        .merge(routes::oauth::router())
+        .merge(routes::schedules::router())
+        .merge(routes::triggers::router())
+        .merge(routes::webhooks::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1)
 }
 

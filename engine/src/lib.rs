@@ -4,6 +4,8 @@
 //! # Layout
 //!
 //! - [`cache`]: the bounded, size-aware cache of connector definitions.
+//! - [`callback`]: completion callbacks: the URL rule, the payload, the
+//!   Standard Webhooks signature headers and the 24-hour retry schedule.
 //! - [`connector`]: the connector definition model and its save-time
 //!   validation (errors carry the JSON path of the offending field).
 //! - [`template`]: `<<...>>` templates (minijinja with custom delimiters),
@@ -28,11 +30,16 @@
 //! - [`retry`]: pure backoff delays.
 //! - [`runner`]: runs one claimed execution, step by step, fenced, and
 //!   group-commits the steps.
+//! - [`schedule`]: cron expressions in IANA zones and their fire times
+//!   (DST by the wall clock): pure, table-tested.
 //! - [`start`]: starts executions (input check against a cached compiled
 //!   schema, enqueue, counters) for execute, batch and rerun.
 //! - [`state`]: the stored states (execution status, step outcome, review
 //!   status) as enums.
 //! - [`telemetry`]: trace-context propagation through the queue.
+//! - [`webhook`]: webhook signatures: verifying providers' schemes
+//!   (Stripe, Shopify, Slack, GitHub, Standard Webhooks, generic HMAC) in
+//!   constant time, signing per Standard Webhooks. Pure.
 //! - [`store`]: all SQL, and the LISTEN/NOTIFY channel names. Nothing
 //!   outside this crate writes to the database.
 //!
@@ -41,6 +48,7 @@
 //! other module is pure.
 
 pub mod cache;
+pub mod callback;
 pub mod connector;
 pub mod credential_rules;
 pub mod crypto;
@@ -55,11 +63,13 @@ pub mod oauth;
 pub mod redact;
 pub mod retry;
 pub mod runner;
+pub mod schedule;
 pub mod start;
 pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod template;
+pub mod webhook;
 
 pub use error::{Error, Result};
 

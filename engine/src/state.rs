@@ -163,6 +163,10 @@ pub enum StartedBy {
     ApiKey(uuid::Uuid),
     /// A re-run of another execution: `rerun_of:<execution id>`.
     RerunOf(uuid::Uuid),
+    /// A tick of a schedule: `schedule:<schedule id>`.
+    Schedule(uuid::Uuid),
+    /// A delivery to an inbound webhook trigger: `trigger:<trigger id>`.
+    Trigger(String),
 }
 
 impl fmt::Display for StartedBy {
@@ -171,6 +175,8 @@ impl fmt::Display for StartedBy {
             Self::User(id) => write!(f, "user:{id}"),
             Self::ApiKey(id) => write!(f, "api_key:{id}"),
             Self::RerunOf(id) => write!(f, "rerun_of:{id}"),
+            Self::Schedule(id) => write!(f, "schedule:{id}"),
+            Self::Trigger(id) => write!(f, "trigger:{id}"),
         }
     }
 }
@@ -204,6 +210,14 @@ mod tests {
         assert_eq!(StartedBy::User("u-1".into()).to_string(), "user:u-1");
         assert_eq!(StartedBy::ApiKey(id).to_string(), format!("api_key:{id}"));
         assert_eq!(StartedBy::RerunOf(id).to_string(), format!("rerun_of:{id}"));
+        assert_eq!(
+            StartedBy::Schedule(id).to_string(),
+            format!("schedule:{id}")
+        );
+        assert_eq!(
+            StartedBy::Trigger("a1b2".into()).to_string(),
+            "trigger:a1b2"
+        );
     }
 
     #[test]

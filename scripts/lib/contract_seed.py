@@ -92,6 +92,10 @@ api_key = call("POST", "/api-keys", USER, {"name": "contract: revoked"})["id"]
 call("GET", f"/templates/{OFFICIAL_SLUG}", USER)
 for slug in ("community-contract-reviewed", "community-contract-retired"):
     call("POST", "/templates", USER, community_template(slug))
+schedule = call("POST", f"/connectors/{kept}/schedules", USER, {"cron": "@yearly"})["id"]
+doomed_schedule = call("POST", f"/connectors/{kept}/schedules", USER, {"cron": "@yearly"})["id"]
+hook = call("POST", f"/connectors/{kept}/triggers", USER, {"verification": {"type": "none"}})["id"]
+doomed_hook = call("POST", f"/connectors/{kept}/triggers", USER, {"verification": {"type": "none"}})["id"]
 
 
 def operation(names, **parameters):
@@ -105,6 +109,14 @@ user_operations = [
     operation(["GET /connectors/{id}", "POST /connectors/{id}/execute",
                "POST /connectors/{id}/execute/batch", "GET /connectors/{id}/stats",
                "POST /connectors/{id}/upgrade"], id=kept),
+    operation(["POST /connectors/{id}/schedules", "GET /connectors/{id}/schedules"], id=kept),
+    operation(["GET /schedules/{id}", "PATCH /schedules/{id}", "POST /schedules/{id}/pause",
+               "POST /schedules/{id}/resume"], id=schedule),
+    operation(["DELETE /schedules/{id}"], id=doomed_schedule),
+    operation(["POST /connectors/{id}/triggers", "GET /connectors/{id}/triggers"], id=kept),
+    operation(["GET /triggers/{id}", "GET /triggers/{id}/deliveries"], id=hook),
+    operation(["DELETE /triggers/{id}"], id=doomed_hook),
+    operation(["GET /executions/{id}/callbacks"], id=first),
     operation(["PUT /connectors/{id}"], id=replaced),
     operation(["DELETE /connectors/{id}"], id=deleted),
     operation(["GET /connectors/{id}/executions"], id=kept, cursor=cursor),
@@ -138,7 +150,11 @@ admin_operations = [
 # (which other operations of the run may change), and whether an API key's
 # expires_at lies in the future (a time relative to now), and whether a
 # retention plan and its days go together (`custom` needs days, the others
-# refuse them).
+# refuse them), and whether a schedule's cron expression and time zone
+# parse and its end_at lies in the future, and whether a trigger's secret
+# suits its verification type and its input mapping parses, and whether
+# the version an admin approves is one of the template's stored versions
+# (the stateful phase reaches approve with versions it made up).
 SEMANTIC_422 = [
     "create_connector", "update_connector", "submit_template", "install_template",
     "admin_create_template", "admin_update_template",
@@ -147,6 +163,7 @@ SEMANTIC_422 = [
     # A credential's kind decides which `data` fields and `oauth` settings
     # it needs (client_id for OAuth, a known preset for its grant, ...).
     "put_credential",
+    "create_schedule", "update_schedule", "create_trigger",
     # Whether `version` is a version of that template is data, not schema
     # (official templates move on; the stateful phase approves those too).
     "admin_approve_template",

@@ -121,6 +121,7 @@ pub fn test_worker_config(id: &str) -> WorkerConfig {
         claim_batch: 8,
         retention: None,
         observe_queue: false,
+        scheduler: false,
     }
 }
 
@@ -181,6 +182,7 @@ pub fn new_execution((connector_id, connector_version): (Uuid, i32), input: Valu
         rerun_of: None,
         trace_context: None,
         started_by: StartedBy::User("test".to_owned()),
+        callback_url: None,
     }
 }
 

@@ -6,6 +6,8 @@
 //! on `LISTEN` (enqueue NOTIFYs) and poll on a slow interval so a lost
 //! notification delays nothing for long.
 
+pub mod callbacks;
+pub mod scheduler;
 pub mod settings;
 pub mod telemetry;
 
@@ -48,6 +50,9 @@ pub struct WorkerConfig {
     pub retention: Option<Duration>,
     /// Refresh the queue depth gauges (when metrics are served).
     pub observe_queue: bool,
+    /// Run the scheduler pass loop that fires due schedule ticks
+    /// (`CONVEYOR_SCHEDULER`).
+    pub scheduler: bool,
 }
 
 impl Default for WorkerConfig {
@@ -62,6 +67,7 @@ impl Default for WorkerConfig {
             claim_batch: 64,
             retention: Some(Duration::from_secs(30 * 86_400)),
             observe_queue: false,
+            scheduler: true,
         }
     }
 }
@@ -175,6 +181,9 @@ impl Worker {
         }
         if cfg.observe_queue {
             background.spawn(observe_queue(self.pool.clone(), shutdown.clone()));
+        }
+        if cfg.scheduler {
+            background.spawn(scheduler::run(self.pool.clone(), shutdown.clone()));
         }
 
         while !shutdown.is_cancelled() {

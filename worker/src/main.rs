@@ -46,6 +46,13 @@ async fn run() -> anyhow::Result<()> {
             }
         });
     }
+    let sender = conveyor_worker::callbacks::CallbackSender::new(
+        pool.clone(),
+        Arc::new(settings.keyring.clone()),
+        settings.http.allow_private_networks,
+    )
+    .context("building the callback HTTP client")?;
+    background.spawn(sender.run(shutdown.clone()));
     Worker::new(pool, Arc::new(runner), settings.worker.clone())
         .run(shutdown)
         .await;

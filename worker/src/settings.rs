@@ -303,6 +303,7 @@ impl Settings {
                 days => Some(Duration::from_secs(days.saturating_mul(86_400))),
             },
             observe_queue: metrics_listen.is_some(),
+            scheduler: flag("CONVEYOR_SCHEDULER", defaults.scheduler)?,
         };
         if worker.concurrency == 0 {
             bail!("CONVEYOR_WORKER_CONCURRENCY must be at least 1");

@@ -115,6 +115,7 @@ async fn fifty_executions_in_four_processes_share_one_refresh(pool: PgPool) {
             rerun_of: None,
             trace_context: None,
             started_by: StartedBy::User("test".to_owned()),
+            callback_url: None,
         };
         executions::enqueue(&mut tx, &new, Utc::now())
             .await

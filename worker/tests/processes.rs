@@ -2,7 +2,8 @@
 //! several processes drain one queue without re-sending a finished step, a
 //! killed worker's execution is finished by another, SIGTERM finishes the
 //! step in flight and hands the rest back, and a database restart is
-//! survived.
+//! survived, and a schedule firing every second starts one execution per
+//! tick whichever process fires it.
 //!
 //! Every child is killed when its guard drops, and every wait polls the
 //! database or the stub with a timeout.
@@ -15,8 +16,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use conveyor_engine::crypto::Key;
+use conveyor_engine::schedule::CronSchedule;
 use conveyor_engine::state::{ExecutionStatus, StartedBy};
 use conveyor_engine::store::executions::{self, NewExecution};
+use conveyor_engine::store::schedules;
 use conveyor_tests::cluster::PgCluster;
 use conveyor_tests::{Harness, WS};
 use serde_json::{Value, json};
@@ -202,6 +205,7 @@ async fn enqueue_many(pool: &PgPool, (connector_id, connector_version): (Uuid, i
                 rerun_of: None,
                 trace_context: None,
                 started_by: StartedBy::User("test".to_owned()),
+                callback_url: None,
             },
             Utc::now(),
         )
@@ -548,4 +552,87 @@ async fn executions_survive_a_database_restart() {
         resent += requests.len() - 1;
     }
     eprintln!("{resent} in-flight steps re-sent after the restart");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_schedule_firing_every_second_across_three_processes_starts_one_execution_per_tick(
+    pool: PgPool,
+) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    answer_at_once(&stub, "^/s1/").await;
+    let (connector_id, _) = h.connector(connector(&stub.uri(), 1)).await;
+    let spec = schedules::ScheduleSpec {
+        cron: "* * * * * *".to_owned(),
+        timezone: "Europe/Paris".to_owned(),
+        input: json!({}),
+        overlap: schedules::Overlap::Allow,
+        end_at: None,
+    };
+    let now = Utc::now();
+    let first = CronSchedule::parse(&spec.cron, &spec.timezone)
+        .expect("valid")
+        .next_after(now + chrono::Duration::seconds(1));
+    let schedule = schedules::create(&h.pool, WS, connector_id, &spec, first, now)
+        .await
+        .expect("schedule");
+
+    let url = conveyor_tests::database_url(&h.pool);
+    let mut workers: Vec<WorkerProcess> = (1..=3)
+        .map(|i| WorkerProcess::start(&url, &format!("sched-{i}"), &[]))
+        .collect();
+    let ticks = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM schedule_ticks")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap_or(0)
+    };
+    wait_until("six ticks", Duration::from_secs(60), || async {
+        ticks().await >= 6
+    })
+    .await;
+    sqlx::query("UPDATE connector_schedules SET paused = true")
+        .execute(&h.pool)
+        .await
+        .expect("pause");
+    let fired = ticks().await;
+    wait_all_succeeded(&h.pool, fired, Duration::from_secs(60)).await;
+    for w in &mut workers {
+        w.assert_running();
+    }
+
+    // Every tick started exactly one execution, and every execution the
+    // schedule started belongs to exactly one tick.
+    let per_tick: Vec<(chrono::DateTime<Utc>, String, i64)> = sqlx::query_as(
+        "SELECT t.tick_at, t.outcome, count(e.id) FROM schedule_ticks t
+         LEFT JOIN connector_executions e ON e.id = t.execution_id
+         GROUP BY t.tick_at, t.outcome ORDER BY t.tick_at",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .expect("ticks");
+    assert_eq!(per_tick.len() as i64, fired);
+    for (at, outcome, executions) in &per_tick {
+        assert_eq!((outcome.as_str(), *executions), ("started", 1), "tick {at}");
+        assert_eq!(
+            at.timestamp_subsec_nanos(),
+            0,
+            "tick {at} is not on a second"
+        );
+    }
+    let started_by = format!("schedule:{}", schedule.id);
+    let (executions, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT t.tick_at) FROM connector_executions e
+         JOIN schedule_ticks t ON t.execution_id = e.id WHERE e.started_by = $1",
+    )
+    .bind(&started_by)
+    .fetch_one(&h.pool)
+    .await
+    .expect("executions");
+    assert_eq!((executions, distinct), (fired, fired));
+    let all: i64 = sqlx::query_scalar("SELECT count(*) FROM connector_executions")
+        .fetch_one(&h.pool)
+        .await
+        .expect("count");
+    assert_eq!(all, fired, "an execution without a tick was started");
 }

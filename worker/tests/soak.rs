@@ -115,6 +115,7 @@ async fn enqueue(pool: &PgPool, (connector_id, connector_version): (Uuid, i32), 
             rerun_of: None,
             trace_context: None,
             started_by: StartedBy::User("soak".to_owned()),
+            callback_url: None,
         };
         executions::enqueue(&mut tx, &new, Utc::now())
             .await

@@ -51,7 +51,7 @@ fn definition_errors(e: connector::ValidationErrors) -> ApiError {
     )
 }
 
-async fn live_connector(
+pub(super) async fn live_connector(
     state: &AppState,
     caller: &Caller,
     id: Uuid,
@@ -239,6 +239,27 @@ struct ExecuteRequest {
     priority: Option<i16>,
     /// Do not start before this time.
     run_at: Option<DateTime<Utc>>,
+    /// POSTed the signed execution summary when it ends (default: the
+    /// connector's `callback_url`); http or https, up to 2048 characters.
+    #[schema(max_length = 2048)]
+    callback_url: Option<String>,
+}
+
+/// The callback URL of an execution: its own, else the connector's;
+/// 422 naming `path` when invalid.
+fn callback_url(
+    given: Option<String>,
+    connector: &Connector,
+    path: &str,
+) -> ApiResult<Option<String>> {
+    let url = given.or_else(|| connector.callback_url.clone());
+    if let Some(Err(message)) = url.as_deref().map(conveyor_engine::callback::check_url) {
+        return Err(ApiError::validation(
+            format!("{path}: {message}"),
+            json!([{"path": path, "message": message}]),
+        ));
+    }
+    Ok(url)
 }
 
 fn reused_key(path: &str) -> ApiError {
@@ -283,6 +304,7 @@ async fn execute(
                 json!(errors),
             )
         })?;
+    let callback_url = callback_url(body.callback_url, &definition, "callback_url")?;
     let header_key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -305,6 +327,7 @@ async fn execute(
         rerun_of: None,
         trace_context: conveyor_engine::telemetry::current_context(),
         started_by: caller.started_by(),
+        callback_url,
     };
     let enqueued = match state.starter.start_one(&state.pool, &new, Utc::now()).await {
         Ok(enqueued) => enqueued,
@@ -338,6 +361,9 @@ struct BatchRequest {
     /// Up to 1,000 items, enqueued in one transaction.
     #[schema(min_items = 1, max_items = 1000)]
     items: Vec<BatchItem>,
+    /// Callback URL of every item (default: the connector's).
+    #[schema(max_length = 2048)]
+    callback_url: Option<String>,
 }
 
 /// One item of a batch execute.
@@ -374,6 +400,7 @@ async fn execute_batch(
             json!([{"path": "items", "message": format!("must hold 1 to {MAX_BATCH_ITEMS} items")}]),
         ));
     }
+    let callback_url = callback_url(body.callback_url, &definition, "callback_url")?;
     let mut errors = Vec::new();
     let mut news = Vec::with_capacity(body.items.len());
     for (i, item) in body.items.into_iter().enumerate() {
@@ -400,6 +427,7 @@ async fn execute_batch(
             rerun_of: None,
             trace_context: conveyor_engine::telemetry::current_context(),
             started_by: caller.started_by(),
+            callback_url: callback_url.clone(),
         });
     }
     if !errors.is_empty() {

@@ -142,6 +142,7 @@ pub(super) async fn rerun_execution(
         rerun_of: Some(id),
         trace_context: conveyor_engine::telemetry::current_context(),
         started_by: StartedBy::RerunOf(id),
+        callback_url: None,
     };
     let enqueued = state
         .starter

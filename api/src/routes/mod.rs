@@ -6,10 +6,14 @@ pub mod admin;
 pub mod connectors;
 pub mod credentials;
 pub mod executions;
+pub mod hooks;
 pub mod oauth;
 pub mod ops;
+pub mod schedules;
 pub mod templates;
+pub mod triggers;
 pub mod usage;
+pub mod webhooks;
 pub mod workspaces;
 
 use axum::Json;

@@ -67,6 +67,11 @@ pub struct Connector {
     /// looked up as is. Lets an installed template keep its own names.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub credential_bindings: BTreeMap<String, String>,
+    /// Where executions without their own `callback_url` report their
+    /// final state (http or https, up to 2048 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 2048)]
+    pub callback_url: Option<String>,
 }
 
 fn default_run_timeout() -> u64 {

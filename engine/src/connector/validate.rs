@@ -92,6 +92,13 @@ pub fn validate(connector: &Connector) -> Result<(), ValidationErrors> {
         errors: Vec::new(),
     };
     v.connector(connector);
+    if let Some(Err(message)) = connector
+        .callback_url
+        .as_deref()
+        .map(crate::callback::check_url)
+    {
+        v.err("callback_url", message);
+    }
     if v.errors.is_empty() {
         Ok(())
     } else {

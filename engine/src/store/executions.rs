@@ -43,6 +43,9 @@ pub struct NewExecution {
     pub trace_context: Option<Value>,
     /// What started it.
     pub started_by: StartedBy,
+    /// Where to POST the summary when it reaches a final state (a
+    /// `callback_deliveries` row is created by the finalizing UPDATE).
+    pub callback_url: Option<String>,
 }
 
 /// The result of an enqueue.
@@ -73,8 +76,8 @@ pub async fn enqueue(
             r#"WITH ins AS (
                    INSERT INTO connector_executions
                        (id, workspace_id, connector_id, connector_version, input, idempotency_key,
-                        priority, run_at, rerun_of, trace_context, started_by, created_at, updated_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8::timestamptz, $9::timestamptz), $10, $11, $12, $9, $9)
+                        priority, run_at, rerun_of, trace_context, started_by, callback_url, created_at, updated_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8::timestamptz, $9::timestamptz), $10, $11, $12, $13, $9, $9)
                    ON CONFLICT (workspace_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                    RETURNING id, workspace_id, run_at, priority, rerun_of
                ), ev AS (
@@ -95,7 +98,8 @@ pub async fn enqueue(
             now,
             new.rerun_of,
             new.trace_context,
-            new.started_by.to_string()
+            new.started_by.to_string(),
+            new.callback_url
         )
         .fetch_optional(&mut *conn)
         .await?;

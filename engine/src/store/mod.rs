@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod callbacks;
 pub mod channels;
 pub mod connectors;
 pub mod credentials;
@@ -12,7 +13,9 @@ pub mod group;
 pub mod history;
 pub mod members;
 pub mod oauth;
+pub mod schedules;
 pub mod templates;
+pub mod triggers;
 pub mod usage;
 
 use sqlx::PgExecutor;

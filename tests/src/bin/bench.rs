@@ -13,6 +13,9 @@
 //!   arriving one at a time into idle workers;
 //! - the 1-step rate at 2 worker processes with trace export on (to a local
 //!   OTLP receiver that discards) against the same run with it off.
+//! - webhook deliveries/s through `POST /hooks/{id}` of an in-process API
+//!   on loopback: GitHub-signed, each verified, deduplicated by its own
+//!   delivery id and enqueued (no worker runs meanwhile).
 //!
 //! The last line printed is one JSON object with every figure.
 
@@ -22,10 +25,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use conveyor_api::auth::Authenticator;
+use conveyor_api::{ApiConfig, AppState, app};
 use conveyor_engine::connector;
 use conveyor_engine::crypto::Key;
+use conveyor_engine::crypto::Keyring;
 use conveyor_engine::state::StartedBy;
-use conveyor_engine::store::{connectors, executions};
+use conveyor_engine::store::{connectors, executions, triggers};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -110,6 +116,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "idle latency over {latency_samples} executions: enqueue->start p50 {:.2} ms, p99 {:.2} ms; enqueue->finish p50 {:.2} ms, p99 {:.2} ms",
         start.0, start.1, finish.0, finish.1
     );
+    let deliveries = env_usize("BENCH_DELIVERIES", 5_000);
+    let hooks = webhook_rate(&pool, one, deliveries).await?;
+    println!("webhook deliveries through /hooks/{{id}}: {hooks:.0}/s over {deliveries}");
     let one_4 = one_step.get("4").and_then(Value::as_f64).unwrap_or(0.0);
     let summary = json!({
         "raw_limit_per_s": raw.round(),
@@ -121,6 +130,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "traced_one_step_per_s": traced.round(),
         "tracing_throughput_ratio": round2(tracing_ratio),
         "executions": executions,
+        "webhook_deliveries_per_s": hooks.round(),
     });
     println!("{summary}");
     Ok(())
@@ -187,6 +197,7 @@ async fn enqueue_many(
                 rerun_of: None,
                 trace_context: None,
                 started_by: StartedBy::User("bench".to_owned()),
+                callback_url: None,
             };
             executions::enqueue(&mut tx, &new, Utc::now()).await?;
         }
@@ -428,4 +439,67 @@ async fn raw_limit(pool: &PgPool, n: usize) -> Result<f64, Box<dyn std::error::E
         .execute(pool)
         .await?;
     Ok(done.load(Ordering::Relaxed) as f64 / elapsed)
+}
+
+/// Deliveries/s through `POST /hooks/{id}` of an in-process API served on
+/// loopback: `n` GitHub-signed deliveries, 32 in flight, each with its own
+/// `X-GitHub-Delivery`; every one must be answered 202.
+async fn webhook_rate(
+    pool: &PgPool,
+    conn: (Uuid, i32),
+    n: usize,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    use conveyor_engine::webhook::{Scheme, Settings, hmac_sha256, to_hex};
+    reset(pool).await?;
+    let keyring = Arc::new(Keyring::new(Key::generate(), []));
+    let secret = "bench-webhook-secret";
+    let trigger = triggers::create(
+        pool,
+        &keyring,
+        WS,
+        conn.0,
+        (Scheme::Github, &Settings::default()),
+        None,
+        Some(secret),
+    )
+    .await?;
+    let auth = Authenticator::new("conveyor-bench-jwt-secret-0123456789abcdef")?;
+    let state = AppState::new(pool.clone(), keyring, auth, ApiConfig::default(), None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hooks/{}", listener.local_addr()?, trigger.id);
+    tokio::spawn(async move { axum::serve(listener, app(state)).await });
+    let client = reqwest::Client::new();
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (client, url, next) = (client.clone(), url.clone(), next.clone());
+        senders.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n as u64 {
+                    return Ok::<(), String>(());
+                }
+                let body = format!(r#"{{"n": {i}, "action": "opened"}}"#);
+                let signature = to_hex(&hmac_sha256(secret.as_bytes(), &[body.as_bytes()]));
+                let status = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("x-hub-signature-256", format!("sha256={signature}"))
+                    .header("x-github-delivery", format!("bench-{i}"))
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .status();
+                if status != reqwest::StatusCode::ACCEPTED {
+                    return Err(format!("delivery {i} answered {status}"));
+                }
+            }
+        });
+    }
+    while let Some(r) = senders.join_next().await {
+        r??;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
 }

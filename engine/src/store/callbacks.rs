@@ -1,0 +1,369 @@
+//! The completion-callback outbox and the workspace signing secret.
+//!
+//! A `callback_deliveries` row is created by the row trigger on the UPDATE
+//! that finalizes an execution with a `callback_url` (see the migration),
+//! so a final state never loses its callback. Workers claim due rows with
+//! a lease (`FOR UPDATE SKIP LOCKED`), send outside any transaction, and
+//! record each attempt; failures are retried with exponential backoff for
+//! up to 24 hours.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::crypto::{CryptoError, Keyring, Sealed};
+use crate::webhook::WHSEC_PREFIX;
+
+/// The associated-data names of the current and previous secret.
+const CURRENT: &str = "signing-secret";
+const PREVIOUS: &str = "signing-secret:previous";
+/// How long the previous secret keeps signing after a rotation.
+pub const ROTATION_OVERLAP: Duration = Duration::hours(24);
+
+/// Why the signing secret could not be read or made.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// Sealing or opening failed.
+    #[error("the signing secret could not be sealed or opened: {0}")]
+    Crypto(#[from] CryptoError),
+    /// A database error.
+    #[error(transparent)]
+    Store(#[from] crate::Error),
+}
+
+impl From<sqlx::Error> for SecretError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+fn new_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("{WHSEC_PREFIX}{}", STANDARD.encode(bytes))
+}
+
+fn open(keyring: &Keyring, ws: &str, name: &str, sealed: Sealed) -> Result<String, SecretError> {
+    let plain = keyring.open(ws, name, &sealed)?;
+    Ok(String::from_utf8_lossy(&plain).into_owned())
+}
+
+/// The workspace's `whsec_...` signing secret, created on first use.
+///
+/// # Errors
+///
+/// Sealing, opening or database errors.
+pub async fn secret(pool: &PgPool, keyring: &Keyring, ws: &str) -> Result<String, SecretError> {
+    super::ensure_workspace(pool, ws).await?;
+    let fresh = new_secret();
+    let sealed = keyring.seal(ws, CURRENT, fresh.as_bytes())?;
+    // Insert if absent; either way read back the row that won.
+    sqlx::query!(
+        "INSERT INTO workspace_signing_secrets (workspace_id, key_id, nonce, ciphertext, created_at)
+         VALUES ($1, $2, $3, $4, now()) ON CONFLICT (workspace_id) DO NOTHING",
+        ws,
+        sealed.key_id,
+        sealed.nonce,
+        sealed.ciphertext
+    )
+    .execute(pool)
+    .await?;
+    let row = sqlx::query!(
+        "SELECT key_id, nonce, ciphertext FROM workspace_signing_secrets WHERE workspace_id = $1",
+        ws
+    )
+    .fetch_one(pool)
+    .await?;
+    open(
+        keyring,
+        ws,
+        CURRENT,
+        Sealed {
+            key_id: row.key_id,
+            nonce: row.nonce,
+            ciphertext: row.ciphertext,
+        },
+    )
+}
+
+/// Replaces the signing secret; the old one keeps signing beside it for
+/// [`ROTATION_OVERLAP`]. Returns the new secret.
+///
+/// # Errors
+///
+/// Sealing, opening or database errors.
+pub async fn rotate(
+    pool: &PgPool,
+    keyring: &Keyring,
+    ws: &str,
+    now: DateTime<Utc>,
+) -> Result<String, SecretError> {
+    let old = secret(pool, keyring, ws).await?;
+    let fresh = new_secret();
+    let current = keyring.seal(ws, CURRENT, fresh.as_bytes())?;
+    let previous = keyring.seal(ws, PREVIOUS, old.as_bytes())?;
+    sqlx::query!(
+        "UPDATE workspace_signing_secrets SET key_id = $2, nonce = $3, ciphertext = $4,
+             previous_key_id = $5, previous_nonce = $6, previous_ciphertext = $7,
+             previous_until = $8, rotated_at = $9
+         WHERE workspace_id = $1",
+        ws,
+        current.key_id,
+        current.nonce,
+        current.ciphertext,
+        previous.key_id,
+        previous.nonce,
+        previous.ciphertext,
+        now + ROTATION_OVERLAP,
+        now
+    )
+    .execute(pool)
+    .await?;
+    Ok(fresh)
+}
+
+/// The keys a callback of workspace `ws` is signed with at `now`: the
+/// current secret's, then the previous one's during a rotation.
+///
+/// # Errors
+///
+/// Sealing, opening or database errors.
+pub async fn signing_keys(
+    pool: &PgPool,
+    keyring: &Keyring,
+    ws: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<Vec<u8>>, SecretError> {
+    let current = secret(pool, keyring, ws).await?;
+    let mut secrets = vec![current];
+    let row = sqlx::query!(
+        "SELECT previous_key_id, previous_nonce, previous_ciphertext FROM workspace_signing_secrets
+         WHERE workspace_id = $1 AND previous_until > $2",
+        ws,
+        now
+    )
+    .fetch_optional(pool)
+    .await?;
+    if let Some(r) = row
+        && let (Some(key_id), Some(nonce), Some(ciphertext)) =
+            (r.previous_key_id, r.previous_nonce, r.previous_ciphertext)
+    {
+        secrets.push(open(
+            keyring,
+            ws,
+            PREVIOUS,
+            Sealed {
+                key_id,
+                nonce,
+                ciphertext,
+            },
+        )?);
+    }
+    Ok(secrets
+        .iter()
+        .filter_map(|s| crate::webhook::key_of(crate::webhook::Scheme::StandardWebhooks, s).ok())
+        .collect())
+}
+
+/// A callback due for an attempt, leased to the caller.
+#[derive(Debug, Clone)]
+pub struct Due {
+    /// The delivery id (also the `webhook-id`).
+    pub id: Uuid,
+    /// Its workspace.
+    pub workspace_id: String,
+    /// Where to POST.
+    pub url: String,
+    /// `execution.succeeded`, `execution.failed` or `execution.cancelled`.
+    pub event: String,
+    /// This attempt's number.
+    pub attempts: i32,
+    /// When the execution ended.
+    pub created_at: DateTime<Utc>,
+    /// The execution summary (`null` when retention already removed it).
+    pub execution: Option<Value>,
+}
+
+/// Leases up to `limit` due callbacks until `now + lease`, counting the
+/// attempt.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn claim(
+    pool: &PgPool,
+    limit: i64,
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> crate::Result<Vec<Due>> {
+    Ok(sqlx::query_as!(
+        Due,
+        r#"WITH due AS (
+               SELECT id FROM callback_deliveries
+               WHERE status = 'pending' AND next_attempt_at <= $2
+                 AND (lease_expires_at IS NULL OR lease_expires_at <= $2)
+               ORDER BY next_attempt_at
+               LIMIT $1
+               FOR UPDATE SKIP LOCKED
+           ), leased AS (
+               UPDATE callback_deliveries d SET attempts = d.attempts + 1, lease_expires_at = $3
+               FROM due WHERE d.id = due.id
+               RETURNING d.id, d.workspace_id, d.url, d.event, d.attempts, d.created_at, d.execution_id
+           )
+           SELECT l.id AS "id!", l.workspace_id AS "workspace_id!", l.url AS "url!",
+                  l.event AS "event!", l.attempts AS "attempts!", l.created_at AS "created_at!",
+                  (SELECT jsonb_build_object(
+                       'id', e.id, 'connector_id', e.connector_id,
+                       'connector_version', e.connector_version, 'status', e.status,
+                       'output', e.output, 'error', e.error, 'started_by', e.started_by,
+                       'created_at', e.created_at, 'started_at', e.started_at,
+                       'finished_at', e.finished_at)
+                   FROM connector_executions e WHERE e.id = l.execution_id) AS execution
+           FROM leased l"#,
+        limit,
+        now,
+        now + lease
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// 2xx: done.
+    Delivered,
+    /// Try again at this time.
+    RetryAt(DateTime<Utc>),
+    /// Out of time: given up.
+    GiveUp,
+}
+
+/// Records attempt `attempt` of delivery `id` and moves the delivery on.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn finish_attempt(
+    pool: &PgPool,
+    id: Uuid,
+    (attempt, at): (i32, DateTime<Utc>),
+    (status_code, error, duration_ms): (Option<u16>, Option<&str>, i32),
+    next: Next,
+) -> crate::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query!(
+        "INSERT INTO callback_attempts (delivery_id, attempt, at, status_code, error, duration_ms)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        id,
+        attempt,
+        at,
+        status_code.and_then(|c| i16::try_from(c).ok()),
+        error,
+        duration_ms
+    )
+    .execute(&mut *tx)
+    .await?;
+    let (status, next_at) = match next {
+        Next::Delivered => ("delivered", None),
+        Next::RetryAt(t) => ("pending", Some(t)),
+        Next::GiveUp => ("failed", None),
+    };
+    sqlx::query!(
+        "UPDATE callback_deliveries SET status = $2, lease_expires_at = NULL,
+             next_attempt_at = COALESCE($3, next_attempt_at),
+             finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE $4::timestamptz END
+         WHERE id = $1",
+        id,
+        status,
+        next_at,
+        at
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// One attempt as shown.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Attempt {
+    /// 1, 2, ...
+    pub attempt: i32,
+    /// When it was sent.
+    pub at: DateTime<Utc>,
+    /// The receiver's status (none: no response).
+    pub status_code: Option<i16>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// How long it took.
+    pub duration_ms: i32,
+}
+
+/// A callback as shown, with its attempts.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CallbackView {
+    /// Id (the `webhook-id` header).
+    pub id: Uuid,
+    /// Where it goes.
+    pub url: String,
+    /// The event.
+    pub event: String,
+    /// `pending`, `delivered` or `failed` (given up after 24 hours).
+    pub status: String,
+    /// When the next attempt is due (pending ones).
+    pub next_attempt_at: DateTime<Utc>,
+    /// Created (when the execution ended).
+    pub created_at: DateTime<Utc>,
+    /// Delivered or given up.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<Attempt>,
+}
+
+/// The callbacks of an execution of `ws`, with their attempts.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn for_execution(
+    pool: &PgPool,
+    ws: &str,
+    execution_id: Uuid,
+) -> crate::Result<Vec<CallbackView>> {
+    let rows = sqlx::query!(
+        "SELECT id, url, event, status, next_attempt_at, created_at, finished_at
+         FROM callback_deliveries WHERE workspace_id = $1 AND execution_id = $2
+         ORDER BY created_at, id",
+        ws,
+        execution_id
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let attempts = sqlx::query_as!(
+            Attempt,
+            "SELECT attempt, at, status_code, error, duration_ms FROM callback_attempts
+             WHERE delivery_id = $1 ORDER BY attempt",
+            r.id
+        )
+        .fetch_all(pool)
+        .await?;
+        out.push(CallbackView {
+            id: r.id,
+            url: r.url,
+            event: r.event,
+            status: r.status,
+            next_attempt_at: r.next_attempt_at,
+            created_at: r.created_at,
+            finished_at: r.finished_at,
+            attempts,
+        });
+    }
+    Ok(out)
+}

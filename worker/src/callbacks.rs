@@ -1,0 +1,171 @@
+//! The completion-callback sender: drains `callback_deliveries` (leased,
+//! `SKIP LOCKED`, any number of processes), POSTs each execution summary
+//! signed per Standard Webhooks with the workspace's secret (and the
+//! previous one during a rotation), records every attempt, and retries
+//! failures with exponential backoff for up to 24 hours. The outbound
+//! address policy of steps applies: no private, loopback or metadata
+//! addresses unless `CONVEYOR_ALLOW_PRIVATE_NETWORKS`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use conveyor_engine::callback;
+use conveyor_engine::crypto::Keyring;
+use conveyor_engine::net::{self, GuardedResolver};
+use conveyor_engine::store::callbacks::{self, Due, Next};
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// Callbacks one pass claims.
+const BATCH: i64 = 32;
+/// How long a claimed callback stays leased (longer than a request).
+const LEASE: chrono::Duration = chrono::Duration::seconds(60);
+/// One attempt's timeout.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// The pause when nothing is due.
+const IDLE: Duration = Duration::from_millis(500);
+
+/// Sends completion callbacks.
+#[derive(Clone)]
+pub struct CallbackSender {
+    pool: PgPool,
+    keyring: Arc<Keyring>,
+    client: reqwest::Client,
+    allow_private: bool,
+}
+
+impl CallbackSender {
+    /// A sender over `pool`; `allow_private` lifts the address policy (for
+    /// development and tests).
+    ///
+    /// # Errors
+    ///
+    /// The HTTP client could not be built.
+    pub fn new(
+        pool: PgPool,
+        keyring: Arc<Keyring>,
+        allow_private: bool,
+    ) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(TIMEOUT)
+            .user_agent(concat!("conveyor-callbacks/", env!("CARGO_PKG_VERSION")));
+        if !allow_private {
+            builder = builder.dns_resolver(Arc::new(GuardedResolver));
+        }
+        Ok(Self {
+            pool,
+            keyring,
+            client: builder.build()?,
+            allow_private,
+        })
+    }
+
+    /// Sends what is due once; how many attempts were made.
+    ///
+    /// # Errors
+    ///
+    /// Database errors while claiming.
+    pub async fn run_once(&self) -> conveyor_engine::Result<usize> {
+        let due = callbacks::claim(&self.pool, BATCH, LEASE, Utc::now()).await?;
+        let n = due.len();
+        let mut sends = JoinSet::new();
+        for d in due {
+            let me = self.clone();
+            sends.spawn(async move { me.attempt(d).await });
+        }
+        while sends.join_next().await.is_some() {}
+        Ok(n)
+    }
+
+    /// Runs passes until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let busy = match self.run_once().await {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    warn!(error = %e, "claiming callbacks failed; retrying");
+                    false
+                }
+            };
+            if busy {
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(IDLE) => {}
+            }
+        }
+    }
+
+    async fn attempt(&self, d: Due) {
+        let at = Utc::now();
+        let started = Instant::now();
+        let result = self.send(&d).await;
+        let duration_ms = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
+        let (status, error) = match &result {
+            Ok(status) if (200..300).contains(status) => (Some(*status), None),
+            Ok(status) => (
+                Some(*status),
+                Some(format!("the receiver answered {status}")),
+            ),
+            Err(e) => (None, Some(e.clone())),
+        };
+        let next = if error.is_none() {
+            Next::Delivered
+        } else {
+            callback::next_attempt(d.attempts, d.created_at, at).map_or(Next::GiveUp, Next::RetryAt)
+        };
+        metrics::counter!("conveyor_callback_attempts_total",
+            "result" => if error.is_none() { "delivered" } else { "failed" })
+        .increment(1);
+        if let Err(e) = callbacks::finish_attempt(
+            &self.pool,
+            d.id,
+            (d.attempts, at),
+            (status, error.as_deref(), duration_ms),
+            next,
+        )
+        .await
+        {
+            warn!(callback.id = %d.id, error = %e, "could not record a callback attempt; its lease will expire and it is sent again");
+        }
+    }
+
+    /// One POST; the receiver's status, or why there was none.
+    async fn send(&self, d: &Due) -> Result<u16, String> {
+        let url = url::Url::parse(&d.url).map_err(|e| format!("invalid URL: {e}"))?;
+        if !self.allow_private
+            && let Some(host) = url.host()
+        {
+            net::check_host(&host).map_err(|e| e.to_string())?;
+        }
+        let now = Utc::now();
+        let payload = callback::payload(
+            &d.event,
+            now,
+            d.execution.clone().unwrap_or(serde_json::Value::Null),
+        );
+        let body = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;
+        let keys = callbacks::signing_keys(&self.pool, &self.keyring, &d.workspace_id, now)
+            .await
+            .map_err(|e| format!("signing secret unavailable: {e}"))?;
+        let id = format!("msg_{}", d.id.simple());
+        let mut request = self
+            .client
+            .post(url)
+            .header("content-type", "application/json");
+        for (name, value) in callback::signature_headers(&id, now.timestamp(), &body, &keys) {
+            request = request.header(name, value);
+        }
+        let response = request.body(body).send().await.map_err(|e| {
+            // reqwest's message names the URL, never a secret.
+            format!("request failed: {e}")
+        })?;
+        Ok(response.status().as_u16())
+    }
+}
