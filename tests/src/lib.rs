@@ -120,6 +120,7 @@ pub fn test_worker_config(id: &str) -> WorkerConfig {
         claim_batch: 8,
         retention: None,
         observe_queue: false,
+        workspace_max_running: executions::DEFAULT_WORKSPACE_MAX_RUNNING,
     }
 }
 

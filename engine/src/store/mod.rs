@@ -5,9 +5,11 @@
 pub mod access;
 pub mod admin;
 pub mod channels;
+mod claim;
 pub mod connectors;
 pub mod credentials;
 pub mod executions;
+pub mod flow;
 pub mod group;
 pub mod history;
 pub mod members;
