@@ -454,6 +454,9 @@ mod tests {
             "TemplateSummary",
             "Template",
             "ErrorBody",
+            "RateLimit",
+            "Concurrency",
+            "WaitingFor",
         ] {
             assert!(schemas[name].is_object(), "no schema {name}");
         }

@@ -8,6 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use conveyor_engine::connector::Connector;
+use conveyor_engine::flow::WaitingFor;
 use conveyor_engine::marketplace::Template;
 use conveyor_engine::store::access::{ApiKeyMeta, AuditRow};
 use conveyor_engine::store::admin::{ConnectorUsage, DailyUsage, QueueStats};
@@ -122,6 +123,9 @@ pub struct ExecutionDetail {
     pub execution: ExecutionView,
     /// Every attempt of every step so far (requests redacted).
     pub steps: Vec<StepRow>,
+    /// While queued: why it is not running yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<WaitingFor>,
 }
 
 /// What a cancel did.
@@ -150,7 +154,7 @@ pub struct EventList {
 pub struct ExecutionEvent {
     /// The kind: a stored event's (`enqueued`, `claimed`, `step_started`,
     /// `step_finished`, `retry_scheduled`, `lease_lost`, `released`,
-    /// `cancel_requested`, `cancelled`, `finished`), `status` on each status
+    /// `parked`, `cancel_requested`, `cancelled`, `finished`), `status` on each status
     /// change, or `error` when the stream stops early.
     pub event: String,
     /// A stored event's sequence number.

@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::connector::{Connector, OnError, Step};
+use crate::flow::provider_wait;
 use crate::http::{Retry, StepErrorKind, StepResult};
 use crate::retry::next_delay;
 use crate::state::StepOutcome;
@@ -66,6 +67,8 @@ pub enum RunErrorKind {
     Output,
     /// The persisted context would exceed its size limit.
     ContextTooLarge,
+    /// A step's `rate_limit` or `concurrency` key failed to render.
+    FlowControl,
     /// Its lease expired more often than the reclaim cap allows (written by
     /// the store's rescue, listed here for completeness).
     Poisoned,
@@ -118,6 +121,9 @@ pub struct StepAttempt<'a> {
     pub index: usize,
     /// The attempt number, from 1.
     pub attempt: u32,
+    /// Earlier attempts of this step a provider refused with a rate-limit
+    /// signal: the retry policy does not count them.
+    pub throttled: u32,
     /// What the attempt gave.
     pub result: &'a StepResult,
     /// The run's deadline (start plus `timeout_ms`).
@@ -158,6 +164,10 @@ pub enum Next {
         run_at: DateTime<Utc>,
         /// The retry's attempt number.
         attempt: u32,
+        /// The provider refused with a rate-limit signal (429 or 503 with
+        /// `Retry-After` or `RateLimit` headers): the wait is the
+        /// provider's, and the attempt is not charged to the retry policy.
+        throttled: bool,
     },
     /// The execution failed.
     Fail(ExecutionError),
@@ -177,6 +187,7 @@ pub fn decide(
         connector,
         index,
         attempt: number,
+        throttled,
         result,
         deadline,
     } = *attempt;
@@ -195,11 +206,25 @@ pub fn decide(
             Retry::RetryAfter(d) => Some(Some(d)),
         };
         let mut why = error.message.clone();
-        if let Some(retry_after) = retry_after {
-            if number < retry_policy.max_attempts {
+        if let Some(wait) = provider_throttle(error.retry, result, now) {
+            let run_at = now + wait.min(policy.max_retry_after);
+            if run_at < deadline {
+                return Decision {
+                    outcome: StepOutcome::RetryScheduled,
+                    next: Next::Retry {
+                        run_at,
+                        attempt: number + 1,
+                        throttled: true,
+                    },
+                };
+            }
+            why = format!("{why}; the provider's rate-limit wait would pass the run deadline");
+        } else if let Some(retry_after) = retry_after {
+            let counted = number.saturating_sub(throttled).max(1);
+            if counted < retry_policy.max_attempts {
                 let delay = next_delay(
                     retry_policy,
-                    number,
+                    counted,
                     jitter(),
                     retry_after,
                     policy.max_retry_after,
@@ -211,12 +236,13 @@ pub fn decide(
                         next: Next::Retry {
                             run_at,
                             attempt: number + 1,
+                            throttled: false,
                         },
                     };
                 }
                 why = format!("{why}; a retry would pass the run deadline");
             } else {
-                why = format!("{why}; gave up after {number} attempts");
+                why = format!("{why}; gave up after {counted} attempts");
             }
         }
         let failure = ExecutionError {
@@ -269,6 +295,19 @@ pub fn decide(
         },
         Err(error) => fail(StepOutcome::Failed, error),
     }
+}
+
+/// A provider's wait when a retryable attempt was refused with 429 or 503
+/// and a rate-limit signal ([`provider_wait`]); `None` otherwise.
+fn provider_throttle(retry: Retry, result: &StepResult, now: DateTime<Utc>) -> Option<Duration> {
+    if retry == Retry::Fatal {
+        return None;
+    }
+    let response = result.response.as_ref()?;
+    if !matches!(response.status, 429 | 503) {
+        return None;
+    }
+    provider_wait(&response.headers, now)
 }
 
 /// The error that ends a run whose deadline has come before step `index`

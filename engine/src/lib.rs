@@ -11,6 +11,8 @@
 //! - [`template`]: `<<...>>` templates (minijinja with custom delimiters),
 //!   typed substitution and escaping by destination.
 //! - [`extract`]: RFC 9535 JSONPath extraction of response fields.
+//! - [`flow`]: flow control, pure: GCRA arithmetic, providers' rate-limit
+//!   signals, and why a queued execution waits.
 //! - [`credential_rules`]: what a stored credential may hold (name, field
 //!   names, value sizes).
 //! - [`crypto`]: AES-256-GCM sealing of workspace credentials.
@@ -55,6 +57,7 @@ pub mod crypto;
 pub mod decide;
 pub mod error;
 pub mod extract;
+pub mod flow;
 pub mod http;
 pub mod json;
 pub mod marketplace;

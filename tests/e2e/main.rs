@@ -2,6 +2,7 @@
 //! runner and worker, and loopback stub servers.
 
 mod api_keys;
+mod flow;
 mod hardening;
 mod marketplace_review;
 mod multi_step;

@@ -122,6 +122,7 @@ pub fn test_worker_config(id: &str) -> WorkerConfig {
         retention: None,
         observe_queue: false,
         scheduler: false,
+        workspace_max_running: executions::DEFAULT_WORKSPACE_MAX_RUNNING,
     }
 }
 

@@ -53,6 +53,9 @@ pub struct WorkerConfig {
     /// Run the scheduler pass loop that fires due schedule ticks
     /// (`CONVEYOR_SCHEDULER`).
     pub scheduler: bool,
+    /// Executions of one workspace running at once across every worker
+    /// (`CONVEYOR_WORKSPACE_MAX_RUNNING`); claims skip a workspace at it.
+    pub workspace_max_running: i64,
 }
 
 impl Default for WorkerConfig {
@@ -68,6 +71,7 @@ impl Default for WorkerConfig {
             retention: Some(Duration::from_secs(30 * 86_400)),
             observe_queue: false,
             scheduler: true,
+            workspace_max_running: executions::DEFAULT_WORKSPACE_MAX_RUNNING,
         }
     }
 }
@@ -114,11 +118,12 @@ impl Worker {
     ///
     /// Database errors.
     pub async fn run_next(&self) -> conveyor_engine::Result<Option<RunOutcome>> {
-        let claimed = executions::claim(
+        let claimed = executions::claim_capped(
             &self.pool,
             &self.config.worker_id,
             1,
             self.config.lease,
+            self.config.workspace_max_running,
             Utc::now(),
         )
         .await?;
@@ -205,9 +210,16 @@ impl Worker {
             if free >= low_water {
                 let want = free.min(cfg.claim_batch);
                 let limit = i64::try_from(want).unwrap_or(i64::MAX);
-                match executions::claim(&self.pool, &cfg.worker_id, limit, cfg.lease, Utc::now())
-                    .await
-                {
+                let cap = cfg.workspace_max_running;
+                let claimed = executions::claim_capped(
+                    &self.pool,
+                    &cfg.worker_id,
+                    limit,
+                    cfg.lease,
+                    cap,
+                    Utc::now(),
+                );
+                match claimed.await {
                     Ok(rows) => {
                         if !rows.is_empty() {
                             metrics::histogram!("conveyor_claim_batch_size")

@@ -304,6 +304,10 @@ impl Settings {
             },
             observe_queue: metrics_listen.is_some(),
             scheduler: flag("CONVEYOR_SCHEDULER", defaults.scheduler)?,
+            workspace_max_running: parse(
+                "CONVEYOR_WORKSPACE_MAX_RUNNING",
+                defaults.workspace_max_running,
+            )?,
         };
         if worker.concurrency == 0 {
             bail!("CONVEYOR_WORKER_CONCURRENCY must be at least 1");
@@ -316,6 +320,9 @@ impl Settings {
         }
         if worker.claim_batch == 0 {
             bail!("CONVEYOR_CLAIM_BATCH must be at least 1");
+        }
+        if worker.workspace_max_running < 1 {
+            bail!("CONVEYOR_WORKSPACE_MAX_RUNNING must be at least 1");
         }
         // Durations become timestamps (`now + lease`): a huge value would
         // overflow them and panic a task, so each has a sane ceiling.

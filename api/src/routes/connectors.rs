@@ -234,8 +234,9 @@ struct ExecuteRequest {
     /// (1 to 255 characters).
     #[schema(min_length = 1, max_length = 255)]
     idempotency_key: Option<String>,
-    /// Higher runs first (default 0).
-    #[schema(minimum = -32768, maximum = 32767)]
+    /// Higher runs first, within the workspace only (-100 to 100, default
+    /// 0).
+    #[schema(minimum = -100, maximum = 100)]
     priority: Option<i16>,
     /// Do not start before this time.
     run_at: Option<DateTime<Utc>>,
@@ -285,7 +286,7 @@ fn key_error(key: Option<&str>, path: &str) -> Option<Value> {
               (status = 200, description = "An execution with this idempotency key already existed: that one", body = ExecutionView),
               (status = 404, description = "No such live connector in this workspace"),
               (status = 409, description = "The idempotency key was used for another connector or input"),
-              (status = 422, description = "The input does not match the connector's `input_schema`, or a bad idempotency key")))]
+              (status = 422, description = "The input does not match the connector's `input_schema`, a bad idempotency key, or a priority outside -100 to 100")))]
 async fn execute(
     State(state): State<AppState>,
     caller: Caller,
@@ -314,6 +315,14 @@ async fn execute(
         return Err(ApiError::validation(
             "idempotency_key: must be 1 to 255 characters",
             json!([e]),
+        ));
+    }
+    let range = conveyor_engine::store::executions::PRIORITY_RANGE;
+    if body.priority.is_some_and(|p| !range.contains(&p)) {
+        let message = format!("must be between {} and {}", range.start(), range.end());
+        return Err(ApiError::validation(
+            format!("priority: {message}"),
+            json!([{"path": "priority", "message": message}]),
         ));
     }
     let new = NewExecution {

@@ -73,6 +73,9 @@ async fn get_execution(
     let steps = history::steps(&state.pool, &caller.workspace_id, id).await?;
     let mut body = serde_json::to_value(&execution).map_err(|e| ApiError::internal(&e))?;
     body["steps"] = serde_json::to_value(&steps).map_err(|e| ApiError::internal(&e))?;
+    if let Some(waiting) = execution.waiting_for(Utc::now()) {
+        body["waiting_for"] = serde_json::to_value(waiting).map_err(|e| ApiError::internal(&e))?;
+    }
     Ok(Json(body))
 }
 
@@ -184,7 +187,7 @@ fn events_format_schema() -> utoipa::openapi::schema::ObjectBuilder {
 /// The execution's event log. As Server-Sent Events (the default) it
 /// replays every stored event first, then streams live ones, each as an SSE
 /// event named by its kind (`enqueued`, `claimed`, `step_started`,
-/// `step_finished`, `retry_scheduled`, `lease_lost`, `released`,
+/// `step_finished`, `retry_scheduled`, `lease_lost`, `released`, `parked`,
 /// `cancel_requested`, `cancelled`, `finished`), plus a `status` event per
 /// status change; the stream ends after the final status. Live updates are
 /// driven by LISTEN/NOTIFY, not by polling.

@@ -104,6 +104,7 @@ async fn usage_counts_each_workspace_per_day_and_only_admins_see_all(pool: PgPoo
     let retry = Transition::Retry {
         run_at: Utc::now(),
         attempt: 2,
+        throttled: false,
     };
     commit(
         &api,

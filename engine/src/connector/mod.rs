@@ -4,6 +4,7 @@
 //! rejected) and [`validate`] checks everything a save must refuse, each
 //! problem with the JSON path of the offending field.
 
+pub mod flow;
 pub mod placement;
 mod validate;
 
@@ -216,6 +217,14 @@ pub struct Step {
     /// Overrides the connector's retry policy for this step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// At most `limit` sends of a key per `per_ms`, across every worker;
+    /// over it the execution is parked until a send is allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<flow::RateLimit>,
+    /// At most `limit` requests of a key in flight at once, across every
+    /// worker; when full the execution is parked until a slot frees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<flow::Concurrency>,
 }
 
 impl Step {

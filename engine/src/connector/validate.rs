@@ -170,6 +170,8 @@ impl Validator {
             self.step(&path, step, &c.steps[..i]);
             let placement = super::placement::step_problems(&self.renderer, &path, step);
             self.errors.extend(placement);
+            let flow = super::flow::problems(&self.renderer, &path, step);
+            self.errors.extend(flow);
         }
         self.json_templates("output", &c.output, &Scope::Output(&c.steps));
         let placement = super::placement::output_problems(&self.renderer, &c.output);

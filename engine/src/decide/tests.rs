@@ -133,6 +133,7 @@ fn every_branch_decides_as_the_table_says() {
             want: Want::Next(Next::Retry {
                 run_at: now() + SECOND,
                 attempt: 2,
+                throttled: false,
             }),
             ..case(
                 "a retryable failure with attempts left is retried after the backoff",
@@ -146,6 +147,7 @@ fn every_branch_decides_as_the_table_says() {
             want: Want::Next(Next::Retry {
                 run_at: now() + 10 * SECOND,
                 attempt: 3,
+                throttled: false,
             }),
             ..case(
                 "a longer Retry-After wins over the backoff",
@@ -231,6 +233,7 @@ fn every_branch_decides_as_the_table_says() {
             connector: &c.connector,
             index: c.index,
             attempt: c.attempt,
+            throttled: 0,
             result: &c.result,
             deadline: c.deadline,
         };
@@ -275,6 +278,7 @@ fn a_continuing_failure_records_its_error_and_moves_on() {
         connector: &connector_continue,
         index: 0,
         attempt: 1,
+        throttled: 0,
         result: &result,
         deadline: now() + SECOND,
     };
@@ -309,6 +313,7 @@ fn jitter_is_drawn_only_for_a_retry() {
         connector: &connector,
         index: 0,
         attempt: 2,
+        throttled: 0,
         result: &retryable,
         deadline,
     };
@@ -318,7 +323,8 @@ fn jitter_is_drawn_only_for_a_retry() {
         got.next,
         Next::Retry {
             run_at: want,
-            attempt: 3
+            attempt: 3,
+            throttled: false,
         }
     );
     let success = ok(200, json!({}));
@@ -375,5 +381,87 @@ fn execution_level_errors_name_only_their_kind_and_message() {
             ExecutionError::run(kind, "m").to_json(),
             json!({"kind": text, "message": "m"})
         );
+    }
+}
+
+#[test]
+fn provider_rate_limit_signals_wait_without_spending_attempts() {
+    let renderer = Renderer::new();
+    let policy = Policy {
+        renderer: &renderer,
+        max_context_bytes: 1024 * 1024,
+        max_retry_after: 3600 * SECOND,
+        lease: SECOND,
+    };
+    let connector = connector(json!({}));
+    let deadline = now() + Duration::from_secs(300);
+    let with_headers = |status: u16, headers: Value| {
+        let mut r = failed(Some(status), StepErrorKind::HttpStatus, Retry::Retryable);
+        if let Some(response) = r.response.as_mut() {
+            response.headers = headers.as_object().cloned().unwrap_or_default();
+        }
+        r
+    };
+    let cases = [
+        // 429 with an HTTP-date Retry-After on the 5th attempt of a policy of
+        // 3: the provider's wait, not charged.
+        (
+            with_headers(429, json!({"retry-after": "Thu, 01 Jan 2026 00:00:30 GMT"})),
+            5,
+            4,
+            Some(Next::Retry {
+                run_at: now() + 30 * SECOND,
+                attempt: 6,
+                throttled: true,
+            }),
+        ),
+        (
+            with_headers(
+                503,
+                json!({"x-ratelimit-remaining": "0", "x-ratelimit-reset": "20"}),
+            ),
+            1,
+            0,
+            Some(Next::Retry {
+                run_at: now() + 20 * SECOND,
+                attempt: 2,
+                throttled: true,
+            }),
+        ),
+        // Past the deadline: the run fails.
+        (with_headers(429, json!({"retry-after": "400"})), 1, 0, None),
+        // Without a signal a 429 is an ordinary retry; two earlier throttled
+        // attempts leave this third one the second counted.
+        (
+            with_headers(429, json!({})),
+            3,
+            2,
+            Some(Next::Retry {
+                run_at: now() + SECOND,
+                attempt: 4,
+                throttled: false,
+            }),
+        ),
+        // A 500 with Retry-After is no rate-limit signal: charged, and the
+        // policy's 3 attempts are spent.
+        (with_headers(500, json!({"retry-after": "5"})), 3, 0, None),
+    ];
+    for (result, attempt, throttled, want) in cases {
+        let step = StepAttempt {
+            connector: &connector,
+            index: 0,
+            attempt,
+            throttled,
+            result: &result,
+            deadline,
+        };
+        let got = decide(&step, &mut json!({}), &policy, now(), || 0.0);
+        match want {
+            Some(next) => assert_eq!(got.next, next, "attempt {attempt}"),
+            None => assert!(
+                matches!(got.next, Next::Fail(_)),
+                "attempt {attempt}: {got:?}"
+            ),
+        }
     }
 }

@@ -31,6 +31,7 @@ use crate::store::credentials;
 use crate::store::executions::{self, Claimed, StepRow, Transition};
 
 mod commit;
+mod flow;
 mod oauth;
 mod observe;
 
@@ -90,6 +91,9 @@ pub enum RunOutcome {
     Released,
     /// Another worker holds the lease now; nothing was written.
     LeaseLost,
+    /// Flow control parked it before a step was sent (a rate-limit or
+    /// concurrency key was full); the row is queued again.
+    Parked,
 }
 
 /// A connector version prepared for running: immutable, so it never goes
@@ -258,6 +262,13 @@ impl Runner {
                 http.response.status_code = tracing::field::Empty,
                 conveyor.retry = tracing::field::Empty,
             );
+            let ws = claimed.workspace_id.as_str();
+            let slot = match self.gate((id, token), ws, (step, index), &ctx).await? {
+                flow::Gate::Go(slot) => slot,
+                flow::Gate::Parked => return Ok(RunOutcome::Parked),
+                flow::Gate::LeaseLost => return Ok(RunOutcome::LeaseLost),
+                flow::Gate::Broken(error) => return self.end(id, token, Some(&error)).await,
+            };
             let traceparent = span.in_scope(crate::telemetry::current_traceparent);
             let call = Attempt {
                 idempotency_key: &key,
@@ -276,6 +287,7 @@ impl Runner {
                 )
                 .instrument(span.clone())
                 .await?;
+            self.release_slot(slot.as_deref(), id).await?;
             let result = match sent {
                 InFlight::Done(result) => result,
                 InFlight::LeaseLost => return Ok(RunOutcome::LeaseLost),
@@ -286,6 +298,11 @@ impl Runner {
                 connector,
                 index,
                 attempt,
+                throttled: if index == first {
+                    u32::try_from(claimed.throttled_attempts).unwrap_or(0)
+                } else {
+                    0
+                },
                 result: &result,
                 deadline,
             };
@@ -299,6 +316,16 @@ impl Runner {
                 )
             });
             observe::observe_step(&span, &claimed_labels, step, &result, decision.outcome);
+            if let Next::Retry {
+                run_at,
+                throttled: true,
+                ..
+            } = decision.next
+                && let Some(key) = self.rate_key(ws, step, &ctx)
+            {
+                // The provider's wait slows every execution of the key.
+                store::flow::push_back(&self.pool, &key, run_at, now).await?;
+            }
             let outcome = match &decision.next {
                 Next::Continue { .. } => None,
                 Next::Succeed { .. } => Some(RunOutcome::Succeeded),
@@ -499,9 +526,14 @@ impl Runner {
                 lease_until,
             },
             Next::Succeed { context, output } => Transition::Succeed { context, output },
-            Next::Retry { run_at, attempt } => Transition::Retry {
+            Next::Retry {
+                run_at,
+                attempt,
+                throttled,
+            } => Transition::Retry {
                 run_at,
                 attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
+                throttled,
             },
             Next::Fail(error) => Transition::Fail {
                 error: error.to_json(),

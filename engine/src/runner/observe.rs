@@ -21,7 +21,10 @@ pub(super) fn observe_run(mut labels: Vec<(&'static str, String)>, outcome: RunO
         RunOutcome::Succeeded => "succeeded",
         RunOutcome::Failed => "failed",
         RunOutcome::Cancelled => "cancelled",
-        RunOutcome::RetryScheduled | RunOutcome::Released | RunOutcome::LeaseLost => return,
+        RunOutcome::RetryScheduled
+        | RunOutcome::Released
+        | RunOutcome::LeaseLost
+        | RunOutcome::Parked => return,
     };
     labels.push(("status", status.to_owned()));
     metrics::counter!("conveyor_executions_finished_total", &labels).increment(1);

@@ -19,6 +19,10 @@ use uuid::Uuid;
 use crate::Result;
 use crate::state::{ExecutionStatus, StartedBy, StepOutcome};
 
+pub use super::claim::{
+    Claimed, DEFAULT_WORKSPACE_MAX_RUNNING, PRIORITY_RANGE, claim, claim_capped,
+};
+
 /// What a caller asks to enqueue.
 #[derive(Debug, Clone)]
 pub struct NewExecution {
@@ -130,88 +134,6 @@ pub async fn enqueue(
             });
         }
     }
-}
-
-/// A row a worker has leased.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    /// Execution id.
-    pub id: Uuid,
-    /// Owning workspace.
-    pub workspace_id: String,
-    /// Connector id.
-    pub connector_id: Uuid,
-    /// Pinned version.
-    pub connector_version: i32,
-    /// The token every later write must present.
-    pub fencing_token: i64,
-    /// The input.
-    pub input: Value,
-    /// The context persisted so far (`{}` on first claim).
-    pub context: Value,
-    /// First unfinished step.
-    pub next_step: i32,
-    /// Attempt number of that step.
-    pub step_attempt: i32,
-    /// When the execution first started (the run deadline counts from it).
-    pub started_at: DateTime<Utc>,
-    /// How many times the row has been claimed, this claim included.
-    pub claims: i32,
-    /// The trace context stored at enqueue, if any.
-    pub trace_context: Option<Value>,
-}
-
-/// Leases up to `limit` ready executions (priority first, then `run_at`,
-/// then id) to `worker_id` until `now + lease`.
-///
-/// # Errors
-///
-/// Database errors.
-pub async fn claim(
-    pool: &PgPool,
-    worker_id: &str,
-    limit: i64,
-    lease: std::time::Duration,
-    now: DateTime<Utc>,
-) -> Result<Vec<Claimed>> {
-    let lease_until = now + lease;
-    let rows = sqlx::query_as!(
-        Claimed,
-        r#"WITH ready AS (
-               SELECT id FROM connector_executions
-               WHERE status = 'queued' AND run_at <= $3
-               ORDER BY priority DESC, run_at, id
-               LIMIT $2
-               FOR UPDATE SKIP LOCKED
-           ), claimed AS (
-               UPDATE connector_executions e SET
-                   status = 'running', lease_owner = $1, lease_expires_at = $4,
-                   fencing_token = e.fencing_token + 1, claims = e.claims + 1,
-                   started_at = COALESCE(e.started_at, $3), updated_at = $3
-               FROM ready WHERE e.id = ready.id
-               RETURNING e.id, e.workspace_id, e.connector_id, e.connector_version, e.fencing_token,
-                         e.input, e.context, e.next_step, e.step_attempt, e.started_at, e.claims,
-                         e.trace_context
-           ), ev AS (
-               INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
-               SELECT id, workspace_id, $3, 'claimed',
-                      jsonb_build_object('worker', $1::text, 'claim', claims, 'next_step', next_step)
-               FROM claimed
-           )
-           SELECT id AS "id!", workspace_id AS "workspace_id!", connector_id AS "connector_id!",
-                  connector_version AS "connector_version!", fencing_token AS "fencing_token!",
-                  input AS "input!", context AS "context!", next_step AS "next_step!",
-                  step_attempt AS "step_attempt!", started_at AS "started_at!", claims AS "claims!",
-                  trace_context
-           FROM claimed"#,
-        worker_id,
-        limit,
-        now,
-        lease_until
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows)
 }
 
 /// What [`rescue_expired`] did.
@@ -377,6 +299,8 @@ pub enum Transition {
         run_at: DateTime<Utc>,
         /// The attempt number of the retry.
         attempt: i32,
+        /// A provider's rate-limit signal: not charged to the retry policy.
+        throttled: bool,
     },
     /// The execution failed.
     Fail {
@@ -494,8 +418,12 @@ pub async fn commit_steps(
                     None,
                     None,
                 ),
-                Transition::Retry { run_at, attempt } => (
-                    "retry",
+                Transition::Retry {
+                    run_at,
+                    attempt,
+                    throttled,
+                } => (
+                    if *throttled { "throttle" } else { "retry" },
                     None,
                     None,
                     None,
@@ -558,7 +486,8 @@ pub async fn commit_steps(
                UPDATE connector_executions e SET
                    context = COALESCE(x.context, e.context),
                    next_step = COALESCE(x.next_step, e.next_step),
-                   step_attempt = CASE x.kind WHEN 'continue' THEN 1 WHEN 'retry' THEN x.next_attempt ELSE e.step_attempt END,
+                   step_attempt = CASE WHEN x.kind = 'continue' THEN 1 WHEN x.kind IN ('retry', 'throttle') THEN x.next_attempt ELSE e.step_attempt END,
+                   throttled_attempts = CASE x.kind WHEN 'throttle' THEN e.throttled_attempts + 1 WHEN 'retry' THEN e.throttled_attempts ELSE 0 END,
                    output = CASE WHEN x.kind = 'succeed' THEN x.output ELSE e.output END,
                    error = CASE WHEN x.kind = 'fail' THEN x.error ELSE e.error END,
                    run_at = COALESCE(x.run_at, e.run_at),
@@ -566,7 +495,7 @@ pub async fn commit_steps(
                        WHEN x.kind = 'succeed' THEN 'succeeded'
                        WHEN x.kind = 'fail' THEN 'failed'
                        WHEN e.cancel_requested_at IS NOT NULL THEN 'cancelled'
-                       WHEN x.kind = 'retry' THEN 'queued'
+                       WHEN x.kind IN ('retry', 'throttle') THEN 'queued'
                        ELSE 'running' END,
                    lease_owner = CASE WHEN x.kind = 'continue' AND e.cancel_requested_at IS NULL THEN e.lease_owner END,
                    lease_expires_at = CASE WHEN x.kind = 'continue' AND e.cancel_requested_at IS NULL THEN x.lease_until END,
@@ -590,7 +519,7 @@ pub async fn commit_steps(
                FROM upd JOIN x ON x.id = upd.id CROSS JOIN LATERAL (VALUES
                    (x.started_at, 'step_started',
                     jsonb_build_object('step', x.step_name, 'index', x.step_index, 'attempt', x.attempt)),
-                   ($11::timestamptz, CASE WHEN x.kind = 'retry' THEN 'retry_scheduled' ELSE 'step_finished' END,
+                   ($11::timestamptz, CASE WHEN x.kind IN ('retry', 'throttle') THEN 'retry_scheduled' ELSE 'step_finished' END,
                     jsonb_strip_nulls(jsonb_build_object('step', x.step_name, 'index', x.step_index, 'attempt', x.attempt,
                         'outcome', x.outcome, 'status', x.response_status, 'duration_ms', x.duration_ms,
                         'run_at', x.run_at, 'next_attempt', x.next_attempt))),

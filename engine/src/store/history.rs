@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::Result;
+use crate::flow::{WaitReason, WaitingFor, waiting_for};
 use crate::state::{ExecutionStatus, StepOutcome};
 use crate::store::executions::StepRow;
 
@@ -66,6 +67,32 @@ pub struct ExecutionView {
     pub finished_at: Option<DateTime<Utc>>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// Why flow control parked it (`rate_limit`, `concurrency`); shown
+    /// through [`waiting_for`](Self::waiting_for).
+    #[serde(skip_serializing)]
+    pub waiting_reason: Option<String>,
+    /// The workspace-prefixed flow-control key it was parked on.
+    #[serde(skip_serializing)]
+    pub waiting_key: Option<String>,
+}
+
+impl ExecutionView {
+    /// Why it is not running yet, while it is queued.
+    pub fn waiting_for(&self, now: DateTime<Utc>) -> Option<WaitingFor> {
+        if self.status != ExecutionStatus::Queued {
+            return None;
+        }
+        let reason = match self.waiting_reason.as_deref() {
+            Some("rate_limit") => Some(WaitReason::RateLimit),
+            Some("concurrency") => Some(WaitReason::Concurrency),
+            _ => None,
+        };
+        let prefix = format!("{}:", self.workspace_id);
+        let parked = reason
+            .zip(self.waiting_key.as_deref())
+            .map(|(r, k)| (r, k.strip_prefix(&prefix).unwrap_or(k).to_owned()));
+        Some(waiting_for(parked, self.run_at, self.step_attempt, now))
+    }
 }
 
 /// Reads one execution of a workspace.
@@ -80,7 +107,8 @@ pub async fn get(pool: &PgPool, workspace_id: &str, id: Uuid) -> Result<Option<E
                 status AS "status: ExecutionStatus", priority, run_at, claims,
                 reclaims, lease_owner, lease_expires_at, cancel_requested_at, idempotency_key, input,
                 output, error, rerun_of, started_by, next_step, step_attempt, created_at, started_at, finished_at,
-                updated_at
+                updated_at,
+                waiting_reason, waiting_key
          FROM connector_executions WHERE id = $1 AND workspace_id = $2"#,
         id,
         workspace_id
@@ -168,7 +196,8 @@ pub async fn list_executions(pool: &PgPool, f: &ExecutionFilter) -> Result<Vec<E
                 status AS "status: ExecutionStatus", priority, run_at, claims,
                 reclaims, lease_owner, lease_expires_at, cancel_requested_at, idempotency_key, input,
                 output, error, rerun_of, started_by, next_step, step_attempt, created_at, started_at, finished_at,
-                updated_at
+                updated_at,
+                waiting_reason, waiting_key
          FROM connector_executions
          WHERE ($1::text IS NULL OR workspace_id = $1)
            AND ($2::text IS NULL OR status = $2)
@@ -297,8 +326,8 @@ pub struct EventRow {
     /// When it happened.
     pub at: DateTime<Utc>,
     /// `enqueued`, `claimed`, `step_started`, `step_finished`,
-    /// `retry_scheduled`, `lease_lost`, `released`, `cancel_requested`,
-    /// `cancelled` or `finished`.
+    /// `retry_scheduled`, `lease_lost`, `released`, `parked`,
+    /// `cancel_requested`, `cancelled` or `finished`.
     pub kind: String,
     /// Small structured details; never a secret.
     pub details: Value,

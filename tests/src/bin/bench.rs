@@ -37,6 +37,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 const WS: &str = "ws_bench";
+/// The limit of the rate-limited key, in sends per second.
+const RATE_LIMIT: usize = 50;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -93,6 +95,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    // Flow control: a key limited to RATE_LIMIT sends a second (the rate
+    // should equal it), and a key whose limit is never reached (the cost
+    // of the GCRA row on every step, against the plain 1-step figure).
+    let limited = flow_connector(
+        &pool,
+        &stub,
+        json!({"key": "bench-limited", "limit": RATE_LIMIT, "per_ms": 1000}),
+    )
+    .await?;
+    let limited_n = executions.min(RATE_LIMIT * 5);
+    let limited_rate =
+        throughput(&pool, &url, &key, &worker_bin, limited, limited_n, 2, None).await?;
+    println!(
+        "1-step, rate limit {RATE_LIMIT}/s on one key, 2 processes: {limited_rate:.1} executions/s"
+    );
+    let open = flow_connector(
+        &pool,
+        &stub,
+        json!({"key": "bench-open", "limit": 1_000_000, "per_ms": 1}),
+    )
+    .await?;
+    let open_rate = throughput(&pool, &url, &key, &worker_bin, open, executions, 2, None).await?;
+    let plain = one_step.get("2").and_then(Value::as_f64).unwrap_or(0.0);
+    let flow_ratio = open_rate / plain.max(1e-6);
+    println!(
+        "1-step with a rate limit never reached, 2 processes: {open_rate:.0} executions/s ({flow_ratio:.2} of the plain 1-step figure)"
+    );
+
     let collector = start_collector().await?;
     let traced = throughput(
         &pool,
@@ -131,6 +161,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tracing_throughput_ratio": round2(tracing_ratio),
         "executions": executions,
         "webhook_deliveries_per_s": hooks.round(),
+        "rate_limit_per_s": RATE_LIMIT,
+        "rate_limited_per_s": round2(limited_rate),
+        "flow_control_per_s": open_rate.round(),
+        "flow_control_ratio": round2(flow_ratio),
     });
     println!("{summary}");
     Ok(())
@@ -175,6 +209,20 @@ async fn connector_for(
         .collect();
     let c = connector::parse_and_validate(&json!({"name": "bench", "steps": steps}))
         .map_err(|e| e.to_string())?;
+    Ok(connectors::create(pool, WS, &c).await?)
+}
+
+/// A 1-step connector whose step carries `rate_limit`.
+async fn flow_connector(
+    pool: &PgPool,
+    stub: &str,
+    rate_limit: Value,
+) -> Result<(Uuid, i32), Box<dyn std::error::Error>> {
+    let c = connector::parse_and_validate(&json!({"name": "bench flow", "steps": [
+        {"name": "s0", "method": "POST", "url": format!("{stub}/s0"),
+         "body": {"type": "json", "content": {"n": "<<input.n>>"}},
+         "extract": {"id": "$.id"}, "rate_limit": rate_limit}]}))
+    .map_err(|e| e.to_string())?;
     Ok(connectors::create(pool, WS, &c).await?)
 }
 

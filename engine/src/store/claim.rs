@@ -1,0 +1,170 @@
+//! The claim: one statement that leases ready executions fairly across
+//! workspaces.
+//!
+//! Workspaces with queued rows are found with a loose index scan (one
+//! probe per workspace, however deep its backlog); each offers a few
+//! batches of its own best rows (priority, then `run_at`: priority
+//! orders only within a workspace), fewer when it is near its running
+//! cap; the batch then takes every workspace's first row before any
+//! workspace's second. `FOR UPDATE SKIP LOCKED` keeps concurrent claimers
+//! apart.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::Result;
+
+/// Default of `CONVEYOR_WORKSPACE_MAX_RUNNING`: executions of one
+/// workspace running at once across every worker.
+pub const DEFAULT_WORKSPACE_MAX_RUNNING: i64 = 1000;
+
+/// The priorities an execution may have (higher runs first, and only
+/// ahead of its own workspace's executions).
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i16> = -100..=100;
+
+/// A row a worker has leased.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Execution id.
+    pub id: Uuid,
+    /// Owning workspace.
+    pub workspace_id: String,
+    /// Connector id.
+    pub connector_id: Uuid,
+    /// Pinned version.
+    pub connector_version: i32,
+    /// The token every later write must present.
+    pub fencing_token: i64,
+    /// The input.
+    pub input: Value,
+    /// The context persisted so far (`{}` on first claim).
+    pub context: Value,
+    /// First unfinished step.
+    pub next_step: i32,
+    /// Attempt number of that step.
+    pub step_attempt: i32,
+    /// When the execution first started (the run deadline counts from it).
+    pub started_at: DateTime<Utc>,
+    /// How many times the row has been claimed, this claim included.
+    pub claims: i32,
+    /// The trace context stored at enqueue, if any.
+    pub trace_context: Option<Value>,
+    /// Attempts of the current step a provider refused with a rate-limit
+    /// signal; the retry policy does not count them.
+    pub throttled_attempts: i32,
+}
+
+/// [`claim_capped`] with the default per-workspace running cap.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn claim(
+    pool: &PgPool,
+    worker_id: &str,
+    limit: i64,
+    lease: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Result<Vec<Claimed>> {
+    claim_capped(
+        pool,
+        worker_id,
+        limit,
+        lease,
+        DEFAULT_WORKSPACE_MAX_RUNNING,
+        now,
+    )
+    .await
+}
+
+/// Leases up to `limit` ready executions to `worker_id` until
+/// `now + lease`, round-robin across workspaces, none of a workspace that
+/// already runs `max_running`.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn claim_capped(
+    pool: &PgPool,
+    worker_id: &str,
+    limit: i64,
+    lease: std::time::Duration,
+    max_running: i64,
+    now: DateTime<Utc>,
+) -> Result<Vec<Claimed>> {
+    let lease_until = now + lease;
+    let rows = sqlx::query_as!(
+        Claimed,
+        r#"WITH RECURSIVE ws AS (
+               (SELECT workspace_id FROM connector_executions
+                WHERE status = 'queued' ORDER BY workspace_id LIMIT 1)
+               UNION ALL
+               SELECT (SELECT q.workspace_id FROM connector_executions q
+                       WHERE q.status = 'queued' AND q.workspace_id > ws.workspace_id
+                       ORDER BY q.workspace_id LIMIT 1)
+               FROM ws WHERE ws.workspace_id IS NOT NULL
+           ), candidates AS (
+               SELECT ws.workspace_id, c.id, c.priority, c.run_at
+               FROM ws
+               CROSS JOIN LATERAL (
+                   SELECT count(*) AS n FROM connector_executions r
+                   WHERE r.workspace_id = ws.workspace_id AND r.status = 'running'
+               ) running
+               CROSS JOIN LATERAL (
+                   SELECT q.id, q.priority, q.run_at FROM connector_executions q
+                   WHERE q.workspace_id = ws.workspace_id AND q.status = 'queued' AND q.run_at <= $3
+                   ORDER BY q.priority DESC, q.run_at, q.id
+                   -- Four times the batch: concurrent claimers read the same
+                   -- best rows and skip each other's locked ones.
+                   LIMIT GREATEST(LEAST($2::int8 * 4, $5 - running.n), 0)
+               ) c
+               WHERE ws.workspace_id IS NOT NULL
+           ), ranked AS (
+               SELECT array_agg(id ORDER BY turn, run_at, id) AS ids FROM (
+                   SELECT id, run_at,
+                          row_number() OVER (PARTITION BY workspace_id ORDER BY priority DESC, run_at, id) AS turn
+                   FROM candidates) t
+           ), ready AS (
+               -- `lease_owner IS NULL AND finished_at IS NULL` is `status =
+               -- 'queued'` (the table's CHECKs tie both to the status),
+               -- spelled so that the rows are fetched by primary key, not
+               -- by scanning the whole queue index.
+               SELECT e.id FROM connector_executions e, ranked
+               WHERE e.id = ANY (ranked.ids) AND e.lease_owner IS NULL AND e.finished_at IS NULL
+               ORDER BY array_position(ranked.ids, e.id)
+               LIMIT $2
+               FOR UPDATE OF e SKIP LOCKED
+           ), claimed AS (
+               UPDATE connector_executions e SET
+                   status = 'running', lease_owner = $1, lease_expires_at = $4,
+                   fencing_token = e.fencing_token + 1, claims = e.claims + 1,
+                   started_at = COALESCE(e.started_at, $3), updated_at = $3,
+                   waiting_reason = NULL, waiting_key = NULL
+               FROM ready WHERE e.id = ready.id
+               RETURNING e.id, e.workspace_id, e.connector_id, e.connector_version, e.fencing_token,
+                         e.input, e.context, e.next_step, e.step_attempt, e.started_at, e.claims,
+                         e.trace_context, e.throttled_attempts
+           ), ev AS (
+               INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
+               SELECT id, workspace_id, $3, 'claimed',
+                      jsonb_build_object('worker', $1::text, 'claim', claims, 'next_step', next_step)
+               FROM claimed
+           )
+           SELECT id AS "id!", workspace_id AS "workspace_id!", connector_id AS "connector_id!",
+                  connector_version AS "connector_version!", fencing_token AS "fencing_token!",
+                  input AS "input!", context AS "context!", next_step AS "next_step!",
+                  step_attempt AS "step_attempt!", started_at AS "started_at!", claims AS "claims!",
+                  trace_context, throttled_attempts AS "throttled_attempts!"
+           FROM claimed"#,
+        worker_id,
+        limit,
+        now,
+        lease_until,
+        max_running
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}

@@ -1,0 +1,230 @@
+//! Flow control in one process: provider signals park without spending
+//! attempts, rate-limit and concurrency parks explain themselves, and a
+//! crashed holder's concurrency slot frees with its lease.
+
+use std::time::Duration;
+
+use chrono::{SubsecRound, Utc};
+use conveyor_engine::flow::WaitReason;
+use conveyor_engine::runner::RunOutcome;
+use conveyor_engine::state::{ExecutionStatus, StepOutcome};
+use conveyor_engine::store::executions;
+use conveyor_engine::store::flow;
+use conveyor_tests::{Harness, WS};
+use serde_json::json;
+use sqlx::PgPool;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_429_with_an_http_date_retry_after_is_respected_and_costs_no_attempt(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    // Whole seconds: an HTTP date has no fraction.
+    let until = chrono::DateTime::from_timestamp(Utc::now().timestamp() + 3, 0).expect("time");
+    let date = until.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", date.as_str()))
+        .up_to_n_times(2)
+        .mount(&stub)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&stub)
+        .await;
+    // One attempt only: a charged 429 would fail the run.
+    let c = h
+        .connector(json!({"name": "limited",
+            "retry": {"max_attempts": 1},
+            "steps": [{"name": "get", "method": "GET", "url": format!("{}/x", stub.uri()),
+                       "rate_limit": {"key": "stub", "limit": 1000, "per_ms": 1000}}]}))
+        .await;
+    let id = h.enqueue(c, json!({})).await;
+    let e = h.run_until_final(id, Duration::from_secs(30)).await;
+    assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
+    let steps = h.steps(id).await;
+    let outcomes: Vec<(i32, StepOutcome, Option<i32>)> = steps
+        .iter()
+        .map(|s| (s.attempt, s.outcome, s.response_status))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (1, StepOutcome::RetryScheduled, Some(429)),
+            (2, StepOutcome::RetryScheduled, Some(429)),
+            (3, StepOutcome::Succeeded, Some(200)),
+        ]
+    );
+    assert!(
+        steps[2].started_at >= until,
+        "sent at {} before the provider's {until}",
+        steps[2].started_at
+    );
+    // The provider's wait was pushed onto the key for every execution.
+    let tat: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT tat FROM flow_rate_limits WHERE key = $1")
+            .bind(format!("{WS}:stub"))
+            .fetch_one(&h.pool)
+            .await
+            .expect("the key's row");
+    assert!(tat >= until, "tat {tat} before {until}");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_full_rate_limit_parks_the_execution_and_says_why(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&stub)
+        .await;
+    let c = h
+        .connector(json!({"name": "slow",
+            "settings": {"portal": "p1"},
+            "steps": [{"name": "get", "method": "GET", "url": format!("{}/x", stub.uri()),
+                       "rate_limit": {"key": "hub:<<settings.portal>>", "limit": 1, "per_ms": 2000}}]}))
+        .await;
+    let first = h.enqueue(c, json!({})).await;
+    let second = h.enqueue(c, json!({})).await;
+    assert_eq!(
+        h.worker.run_next().await.expect("run"),
+        Some(RunOutcome::Succeeded)
+    );
+    assert_eq!(
+        h.worker.run_next().await.expect("run"),
+        Some(RunOutcome::Parked)
+    );
+    assert_eq!(h.execution(first).await.status, ExecutionStatus::Succeeded);
+    let parked = h.execution(second).await;
+    assert_eq!(parked.status, ExecutionStatus::Queued);
+    assert_eq!(parked.step_attempt, 1, "parking costs no attempt");
+    let waiting = parked.waiting_for(Utc::now()).expect("queued");
+    assert_eq!(waiting.reason, WaitReason::RateLimit);
+    assert_eq!(waiting.key.as_deref(), Some("hub:p1"));
+    let until = waiting.until.expect("until");
+    assert!(until > Utc::now() + chrono::Duration::milliseconds(1500));
+    let done = h.run_until_final(second, Duration::from_secs(20)).await;
+    assert_eq!(done.status, ExecutionStatus::Succeeded);
+    let steps = h.steps(second).await;
+    assert_eq!(steps.len(), 1, "one stored attempt: the park sent nothing");
+    assert!(steps[0].started_at >= until);
+    assert_eq!(stub.received_requests().await.expect("rec").len(), 2);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_crashed_holders_concurrency_slot_frees_when_its_lease_expires(pool: PgPool) {
+    let h = Harness::new(pool);
+    let c = h
+        .connector(json!({"name": "c",
+            "steps": [{"name": "get", "method": "GET", "url": "http://127.0.0.1:9/x"}]}))
+        .await;
+    let (a, b) = (h.enqueue(c, json!({})).await, h.enqueue(c, json!({})).await);
+    // Microseconds, as stored.
+    let now = Utc::now().trunc_subsecs(6);
+    let lease = Duration::from_secs(1);
+    let claimed = executions::claim(&h.pool, "w", 2, lease, now)
+        .await
+        .expect("claim");
+    let token = |id| {
+        claimed
+            .iter()
+            .find(|x| x.id == id)
+            .expect("claimed")
+            .fencing_token
+    };
+    let key = format!("{WS}:k");
+    assert!(
+        flow::acquire(&h.pool, &key, 1, a, token(a), now)
+            .await
+            .expect("a")
+    );
+    assert!(
+        !flow::acquire(&h.pool, &key, 1, b, token(b), now)
+            .await
+            .expect("b")
+    );
+    // `a`'s worker vanished: once its lease passed, the slot no longer counts.
+    let later = now + chrono::Duration::seconds(2);
+    assert!(
+        flow::acquire(&h.pool, &key, 1, b, token(b), later)
+            .await
+            .expect("b later")
+    );
+    // A release wakes the execution parked longest on the key.
+    assert!(
+        flow::park(
+            &h.pool,
+            a,
+            token(a),
+            later + chrono::Duration::seconds(60),
+            WaitReason::Concurrency,
+            &key,
+            later
+        )
+        .await
+        .expect("park")
+    );
+    flow::release(&h.pool, &key, b, later)
+        .await
+        .expect("release");
+    let woken = h.execution(a).await;
+    assert_eq!(woken.run_at, later);
+    assert_eq!(
+        woken
+            .waiting_for(later - chrono::Duration::seconds(1))
+            .map(|w| w.reason),
+        Some(WaitReason::Concurrency)
+    );
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn claims_take_turns_across_workspaces_and_respect_the_running_cap(pool: PgPool) {
+    let h = Harness::new(pool);
+    let definition = json!({"name": "c",
+        "steps": [{"name": "get", "method": "GET", "url": "http://127.0.0.1:9/x"}]});
+    let busy = h.connector(definition.clone()).await;
+    // A deep backlog at the highest priority...
+    for _ in 0..50 {
+        let new = executions::NewExecution {
+            priority: 100,
+            ..conveyor_tests::new_execution(busy, json!({}))
+        };
+        conveyor_tests::enqueue_new(&h.pool, &new).await;
+    }
+    // ...and, later, one execution of another workspace at the lowest.
+    let other = "ws_other";
+    conveyor_engine::store::ensure_workspace(&h.pool, other)
+        .await
+        .expect("workspace");
+    let parsed = conveyor_engine::connector::parse_and_validate(&definition).expect("valid");
+    let quiet = conveyor_engine::store::connectors::create(&h.pool, other, &parsed)
+        .await
+        .expect("connector");
+    let lone = conveyor_tests::enqueue_new(
+        &h.pool,
+        &executions::NewExecution {
+            workspace_id: other.to_owned(),
+            priority: -100,
+            ..conveyor_tests::new_execution(quiet, json!({}))
+        },
+    )
+    .await;
+    let lease = Duration::from_secs(30);
+    let first = executions::claim_capped(&h.pool, "w", 4, lease, 3, Utc::now())
+        .await
+        .expect("claim");
+    assert_eq!(first.len(), 4);
+    assert!(
+        first.iter().any(|c| c.id == lone),
+        "the other workspace's execution is in the first batch"
+    );
+    // The busy workspace runs 3, its cap: a claim gives it nothing more.
+    let second = executions::claim_capped(&h.pool, "w", 4, lease, 3, Utc::now())
+        .await
+        .expect("claim");
+    assert!(second.is_empty(), "claimed {} past the cap", second.len());
+    let third = executions::claim_capped(&h.pool, "w", 4, lease, 5, Utc::now())
+        .await
+        .expect("claim");
+    assert_eq!(third.len(), 2, "a higher cap lets two more run");
+}
