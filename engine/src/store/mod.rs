@@ -6,6 +6,7 @@ pub mod access;
 pub mod admin;
 pub mod channels;
 pub mod connectors;
+pub mod console;
 pub mod credentials;
 pub mod executions;
 pub mod group;
