@@ -158,6 +158,16 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The message for people.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The structured details (null when none).
+    pub fn details(&self) -> &Value {
+        &self.details
+    }
 }
 
 impl From<conveyor_engine::Error> for ApiError {

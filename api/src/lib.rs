@@ -7,6 +7,7 @@
 //! the caller's workspace: another workspace's objects answer 404.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -33,6 +34,9 @@ use crate::auth::Authenticator;
 use crate::events::EventHub;
 use crate::ratelimit::{InvalidKeyGuard, RateLimiter, StreamSlots};
 
+/// Where the API is reached when `CONVEYOR_PUBLIC_URL` is unset.
+pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
+
 /// API settings (each from a `CONVEYOR_*` variable; see README.md).
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -46,6 +50,10 @@ pub struct ApiConfig {
     /// Open event streams per workspace and API process
     /// (`CONVEYOR_MAX_STREAMS_PER_WORKSPACE`).
     pub max_streams_per_workspace: usize,
+    /// The URL people reach this API at (`CONVEYOR_PUBLIC_URL`): console
+    /// sign-in links start with it, and an `https` one marks the console's
+    /// session cookie `Secure`.
+    pub public_url: String,
 }
 
 impl Default for ApiConfig {
@@ -55,6 +63,7 @@ impl Default for ApiConfig {
             max_request_bytes: 4 * 1024 * 1024,
             cors_origins: Vec::new(),
             max_streams_per_workspace: 50,
+            public_url: DEFAULT_PUBLIC_URL.to_owned(),
         }
     }
 }
@@ -143,6 +152,7 @@ pub fn app(state: AppState) -> Router {
         .merge(api)
         .merge(openapi::docs_routes(openapi))
         .merge(routes::ops::router())
+        .merge(console::router())
         .layer(axum::middleware::from_fn(http_metrics))
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
         .layer(cors)

@@ -75,6 +75,9 @@ pub struct ApiSettings {
     /// `CONVEYOR_MAX_STREAMS_PER_WORKSPACE`: open event streams one
     /// workspace may hold on one API process.
     pub max_streams_per_workspace: Option<usize>,
+    /// `CONVEYOR_PUBLIC_URL`: where people reach the API (console sign-in
+    /// links; an `https` URL makes the console cookie `Secure`).
+    pub public_url: Option<String>,
 }
 
 impl ApiSettings {
@@ -102,6 +105,9 @@ impl ApiSettings {
             jwt_audience: var("CONVEYOR_JWT_AUDIENCE")?.filter(|v| !v.is_empty()),
             jwt_max_lifetime_secs: parse_opt("CONVEYOR_JWT_MAX_LIFETIME_SECS")?,
             max_streams_per_workspace: parse_opt("CONVEYOR_MAX_STREAMS_PER_WORKSPACE")?,
+            public_url: var("CONVEYOR_PUBLIC_URL")?
+                .map(|url| public_url(&url))
+                .transpose()?,
         })
     }
 
@@ -115,6 +121,23 @@ impl ApiSettings {
             .as_ref()
             .context("CONVEYOR_JWT_SECRET is not set: it must be at least 32 bytes")
     }
+}
+
+/// A `CONVEYOR_PUBLIC_URL` value: an absolute `http` or `https` URL with
+/// no query or fragment, returned without a trailing slash.
+///
+/// # Errors
+///
+/// Any other value; the message names the variable.
+pub fn public_url(text: &str) -> anyhow::Result<String> {
+    let trimmed = text.trim().trim_end_matches('/');
+    let (scheme, rest) = trimmed.split_once("://").unwrap_or(("", ""));
+    if !matches!(scheme, "http" | "https") || rest.is_empty() || rest.contains(['?', '#', ' ']) {
+        bail!(
+            "CONVEYOR_PUBLIC_URL: `{trimmed}` must be an absolute http:// or https:// URL without query or fragment"
+        );
+    }
+    Ok(trimmed.to_owned())
 }
 
 /// Reads an optional variable.

@@ -32,7 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The body of `PUT /credentials/{name}`.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PutCredentialRequest {
+pub(crate) struct PutCredentialRequest {
     /// The secret fields: at least one, names `[A-Za-z0-9_]{1,64}`, string
     /// values up to 8 KiB. `token` makes a bearer credential, `key` an API
     /// key, `username` + `password` basic auth; anything else is custom.
@@ -103,7 +103,7 @@ async fn get_credential(
     responses((status = 201, description = "Created: the metadata", body = CredentialMeta),
               (status = 200, description = "Replaced: the metadata", body = CredentialMeta),
               (status = 422, description = "Invalid name or data; `details.errors` lists `{path, message}` (never a submitted value)")))]
-async fn put_credential(
+pub(crate) async fn put_credential(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,
@@ -149,7 +149,7 @@ async fn put_credential(
 /// Delete a credential. Steps that use it fail from then on, naming it.
 #[utoipa::path(delete, path = "/credentials/{name}", tag = "credentials", operation_id = "delete_credential", params(("name" = String, Path, description = "The credential: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}`", pattern = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")),
     responses((status = 204, description = "Deleted"), (status = 404, description = "No such credential in this workspace")))]
-async fn delete_credential(
+pub(crate) async fn delete_credential(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,

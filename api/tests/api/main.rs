@@ -6,6 +6,7 @@ mod admin_and_credentials;
 mod admin_roles;
 mod audit_log;
 mod bad_input;
+mod console;
 mod http_api;
 mod marketplace;
 mod observability;
