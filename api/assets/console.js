@@ -15,6 +15,9 @@
         var here = document.getElementById("live");
         if (!next || !here) { return null; }
         var focused = document.activeElement && document.activeElement.id;
+        // Keep what the person opened: the n-th <details> stays open.
+        var opened = Array.prototype.map.call(here.querySelectorAll("details"), function (d) { return d.open; });
+        next.querySelectorAll("details").forEach(function (d, i) { if (opened[i]) { d.open = true; } });
         here.replaceWith(next);
         if (focused && document.getElementById(focused)) { document.getElementById(focused).focus(); }
         return next;

@@ -152,7 +152,7 @@ pub fn app(state: AppState) -> Router {
         .merge(api)
         .merge(openapi::docs_routes(openapi))
         .merge(routes::ops::router())
-        .merge(console::router())
+        .merge(console::router(&state.config.public_url))
         .layer(axum::middleware::from_fn(http_metrics))
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
         .layer(cors)

@@ -436,3 +436,30 @@ pub async fn sync_templates(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::public_url;
+
+    #[test]
+    fn public_urls_are_absolute_web_urls_without_a_trailing_slash() {
+        assert_eq!(
+            public_url(" https://conveyor.example.com/ ").expect("https"),
+            "https://conveyor.example.com"
+        );
+        assert_eq!(
+            public_url("http://127.0.0.1:8080").expect("http"),
+            "http://127.0.0.1:8080"
+        );
+        for bad in [
+            "conveyor.example.com",
+            "ftp://conveyor.example.com",
+            "https://",
+            "https://conveyor.example.com/?a=1",
+            "https://conveyor.example.com/#x",
+        ] {
+            let e = public_url(bad).expect_err(bad).to_string();
+            assert!(e.contains("CONVEYOR_PUBLIC_URL"), "{e}");
+        }
+    }
+}

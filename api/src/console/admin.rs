@@ -1,6 +1,7 @@
-//! The admin page (SaaS admins only): queue health, every workspace's
-//! recent executions with drill-down, the community review queue with its
-//! actions, and the audit log.
+//! The admin page (SaaS admins only): queue health, usage per workspace
+//! over the last week, every workspace's recent executions with
+//! drill-down, the community review queue with its actions, and the audit
+//! log.
 
 use askama::Template;
 use axum::Form;
@@ -11,6 +12,7 @@ use conveyor_engine::store::access::{self, AuditFilter};
 use conveyor_engine::store::admin as admin_store;
 use conveyor_engine::store::history::{self, ExecutionFilter};
 use conveyor_engine::store::templates::{self, TemplateFilter};
+use conveyor_engine::store::usage as usage_store;
 use serde_json::json;
 
 use super::executions::{parse_id, show};
@@ -46,6 +48,42 @@ struct Review {
     installs: i64,
 }
 
+impl Review {
+    /// The review actions that change something, as `(action, label)`.
+    fn actions(&self) -> Vec<(&'static str, &'static str)> {
+        let mut actions = Vec::new();
+        if self.status == "pending" || self.status == "rejected" {
+            actions.push(("approve", "Approve"));
+        }
+        if self.status == "pending" {
+            actions.push(("reject", "Reject"));
+        }
+        if self.status == "approved" {
+            actions.push(if self.featured {
+                ("unfeature", "Unfeature")
+            } else {
+                ("feature", "Feature")
+            });
+        }
+        if self.status != "retired" {
+            actions.push(("retire", "Retire"));
+        }
+        actions
+    }
+}
+
+/// One workspace's usage over the last week.
+#[derive(Debug, Default)]
+struct Usage {
+    workspace: String,
+    started: i64,
+    succeeded: i64,
+    failed: i64,
+    cancelled: i64,
+    steps: i64,
+    retries: i64,
+}
+
 /// One audit entry.
 #[derive(Debug)]
 struct Entry {
@@ -63,6 +101,7 @@ struct AdminPage {
     role: String,
     operator: bool,
     stats: Vec<(&'static str, String)>,
+    usage: Vec<Usage>,
     executions: Vec<Execution>,
     reviews: Vec<Review>,
     audit: Vec<Entry>,
@@ -87,6 +126,24 @@ pub(super) async fn page(State(state): State<AppState>, session: Session) -> Pag
         ),
         ("workers (last minute)", s.workers_last_minute.to_string()),
     ];
+    let mut usage: Vec<Usage> = Vec::new();
+    for day in usage_store::daily(&state.pool, None, now - chrono::Duration::days(7), now).await? {
+        if usage.last().is_none_or(|u| u.workspace != day.workspace_id) {
+            usage.push(Usage {
+                workspace: day.workspace_id.clone(),
+                ..Usage::default()
+            });
+        }
+        if let Some(u) = usage.last_mut() {
+            u.started += day.started;
+            u.succeeded += day.succeeded;
+            u.failed += day.failed;
+            u.cancelled += day.cancelled;
+            u.steps += day.steps;
+            u.retries += day.retries;
+        }
+    }
+    usage.sort_by_key(|u| std::cmp::Reverse(u.started));
     let filter = ExecutionFilter {
         limit: 25,
         ..ExecutionFilter::default()
@@ -147,6 +204,7 @@ pub(super) async fn page(State(state): State<AppState>, session: Session) -> Pag
         role: role.to_string(),
         operator: role.covers(AdminRole::Operator),
         stats,
+        usage,
         executions,
         reviews,
         audit,

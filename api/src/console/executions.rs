@@ -170,7 +170,11 @@ fn row(e: &Value, names: &HashMap<String, String>) -> Row {
         _ => "—".to_owned(),
     };
     Row {
-        short_id: id.chars().take(8).collect(),
+        // UUIDv7 ids start with their timestamp; the random tail tells rows apart.
+        short_id: id
+            .get(id.len().saturating_sub(8)..)
+            .unwrap_or_default()
+            .to_owned(),
         connector: names
             .get(connector_id)
             .cloned()

@@ -241,7 +241,11 @@ async fn show(
         layout: session.layout(text(&body, "name"), Nav::Marketplace),
         name: text(&body, "name"),
         description: text(&body, "description"),
-        docs_url: text(&body, "docs_url"),
+        // Only web links: a `javascript:` URL in a community template
+        // must not become a link (the CSP would block it anyway).
+        docs_url: Some(text(&body, "docs_url"))
+            .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+            .unwrap_or_default(),
         category: text(&body, "category"),
         provider: text(&body, "provider"),
         version: body["approved_version"]

@@ -16,7 +16,7 @@ mod executions;
 mod marketplace;
 mod session;
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use askama::Template;
 use axum::Router;
@@ -68,8 +68,10 @@ static ASSETS: LazyLock<[Asset; 2]> = LazyLock::new(|| {
 });
 
 /// The console's routes (kept out of the OpenAPI document: they serve
-/// HTML to people, not JSON to programs).
-pub fn router() -> Router<AppState> {
+/// HTML to people, not JSON to programs). A form may come from a page of
+/// this host or of `public_url` (what a reverse proxy serves it as).
+pub fn router(public_url: &str) -> Router<AppState> {
+    let public: Arc<str> = Arc::from(public_url.trim_end_matches('/'));
     Router::new()
         .route("/console", get(executions::list))
         .route("/console/", get(|| async { Redirect::to("/console") }))
@@ -111,13 +113,15 @@ pub fn router() -> Router<AppState> {
         .route("/console/login/link", get(session::link))
         .route("/console/logout", post(session::logout))
         .route("/console/assets/{file}", get(serve_asset))
-        .layer(middleware::from_fn(guard))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            guard(Arc::clone(&public), req, next)
+        }))
 }
 
 /// Refuses cross-site state changes (the `Origin` and `Sec-Fetch-Site`
 /// headers browsers send), and sets the console's security headers.
-async fn guard(req: Request, next: Next) -> Response {
-    if !matches!(*req.method(), Method::GET | Method::HEAD) && is_cross_site(&req) {
+async fn guard(public_url: Arc<str>, req: Request, next: Next) -> Response {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) && is_cross_site(&req, &public_url) {
         return page_error(
             StatusCode::FORBIDDEN,
             "This form was sent from another site and was refused.",
@@ -144,7 +148,7 @@ async fn guard(req: Request, next: Next) -> Response {
     response
 }
 
-fn is_cross_site(req: &Request) -> bool {
+fn is_cross_site(req: &Request, public_url: &str) -> bool {
     let headers = req.headers();
     if headers
         .get("sec-fetch-site")
@@ -156,6 +160,12 @@ fn is_cross_site(req: &Request) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return false;
     };
+    if origin
+        .to_str()
+        .is_ok_and(|o| o.eq_ignore_ascii_case(public_url))
+    {
+        return false;
+    }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     let origin_host = origin
         .to_str()

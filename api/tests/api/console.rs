@@ -539,7 +539,16 @@ async fn https_public_urls_make_the_cookie_secure_and_api_keys_need_every_scope(
         .await;
     assert_eq!(full.status, StatusCode::CREATED, "{}", full.text);
     let key = full.json["key"].as_str().expect("key");
-    let reply = post_form(&api, "/console/login", None, form_body(&[("token", key)])).await;
+    // Behind a reverse proxy: the Host is internal, the Origin the public URL.
+    let proxied = Request::builder()
+        .method(Method::POST)
+        .uri("/console/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::HOST, "10.0.0.5:8080")
+        .header(header::ORIGIN, "https://conveyor.example.com")
+        .body(Body::from(form_body(&[("token", key)])))
+        .expect("request");
+    let reply = api.send_request(proxied).await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text);
     let set = reply.headers[header::SET_COOKIE].to_str().expect("cookie");
     assert!(set.contains("; Secure"), "{set}");
