@@ -499,9 +499,12 @@ async fn walk(browser: &WebDriver, base: &str, token: &str, stub: &str) -> WebDr
     submitted["name"] = json!("Community Echo");
     api_call(base, &other, reqwest::Method::POST, "/templates", submitted).await;
     browser.goto(format!("{base}/console/admin")).await?;
-    let queue = wait_for(browser, By::Css("#review-queue tbody"), "review queue", |t| {
-        t.contains("Community Echo")
-    })
+    let queue = wait_for(
+        browser,
+        By::Css("#review-queue tbody"),
+        "review queue",
+        |t| t.contains("Community Echo"),
+    )
     .await;
     assert!(queue.contains("PENDING"), "{queue}");
     click(browser, "button[aria-label='Approve Community Echo']").await;
