@@ -185,7 +185,12 @@ impl Authenticator {
         )?)
     }
 
-    fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+    /// The claims of `token`, once its signature, lifetime and ids check.
+    ///
+    /// # Errors
+    ///
+    /// 401 naming what is wrong with the token.
+    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
@@ -366,44 +371,15 @@ impl Caller {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let caller = if token.starts_with(API_KEY_PREFIX) {
-            let digest = Sha256::digest(token.as_bytes());
-            if !state.key_guard.may_look_up(&digest) {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many invalid API keys from this API process; retry shortly",
-                ));
-            }
-            let Some(key) =
-                conveyor_engine::store::access::authenticate_api_key(&state.pool, &digest).await?
-            else {
-                state.key_guard.failed();
-                return Err(ApiError::unauthorized(
-                    "the API key is invalid, revoked or expired",
-                ));
-            };
-            state.key_guard.succeeded(&digest);
+            let (caller, scopes) = api_key_caller(state, token, request_id).await?;
             let route = parts
                 .extensions
                 .get::<MatchedPath>()
                 .map_or_else(|| parts.uri.path(), MatchedPath::as_str);
-            key_allows(&key.scopes, &parts.method, route)?;
-            Caller {
-                workspace_id: key.workspace_id,
-                actor: format!("api-key:{}", key.id),
-                user_id: None,
-                api_key_id: Some(key.id),
-                request_id,
-            }
+            key_allows(&scopes, &parts.method, route)?;
+            caller
         } else {
-            let claims = state.auth.verify(token)?;
-            Caller {
-                workspace_id: claims.workspace_id,
-                actor: claims.sub.clone(),
-                user_id: Some(claims.sub),
-                api_key_id: None,
-                request_id,
-            }
+            jwt_caller(state, token, request_id)?
         };
         if !state.limiter.allow(&caller.workspace_id) {
             return Err(ApiError::new(
@@ -424,17 +400,86 @@ impl FromRequestParts<AppState> for Caller {
     /// workspace. Admin routes skip that check: the admin role is theirs.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let caller = Caller::authenticate(parts, state).await?;
-        if state.config.require_membership
-            && let Some(user) = caller.user_id.as_deref()
-            && !members::is_member(&state.pool, &caller.workspace_id, user).await?
-        {
-            return Err(ApiError::forbidden(format!(
-                "user `{user}` is not a member of workspace `{}` (CONVEYOR_REQUIRE_MEMBERSHIP)",
-                caller.workspace_id
-            )));
-        }
+        check_membership(state, &caller).await?;
         Ok(caller)
     }
+}
+
+/// The caller behind API key `token`, with the key's scopes.
+///
+/// # Errors
+///
+/// 401 for an unknown, revoked or expired key; 429 while invalid keys
+/// flood this process; database errors.
+pub(crate) async fn api_key_caller(
+    state: &AppState,
+    token: &str,
+    request_id: Option<String>,
+) -> Result<(Caller, Vec<String>), ApiError> {
+    let digest = Sha256::digest(token.as_bytes());
+    if !state.key_guard.may_look_up(&digest) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many invalid API keys from this API process; retry shortly",
+        ));
+    }
+    let Some(key) =
+        conveyor_engine::store::access::authenticate_api_key(&state.pool, &digest).await?
+    else {
+        state.key_guard.failed();
+        return Err(ApiError::unauthorized(
+            "the API key is invalid, revoked or expired",
+        ));
+    };
+    state.key_guard.succeeded(&digest);
+    let caller = Caller {
+        workspace_id: key.workspace_id,
+        actor: format!("api-key:{}", key.id),
+        user_id: None,
+        api_key_id: Some(key.id),
+        request_id,
+    };
+    Ok((caller, key.scopes))
+}
+
+/// The caller behind JWT `token`.
+///
+/// # Errors
+///
+/// 401 for a token that does not verify.
+pub(crate) fn jwt_caller(
+    state: &AppState,
+    token: &str,
+    request_id: Option<String>,
+) -> Result<Caller, ApiError> {
+    let claims = state.auth.verify(token)?;
+    Ok(Caller {
+        workspace_id: claims.workspace_id,
+        actor: claims.sub.clone(),
+        user_id: Some(claims.sub),
+        api_key_id: None,
+        request_id,
+    })
+}
+
+/// With `CONVEYOR_REQUIRE_MEMBERSHIP`, 403 unless a user caller is a
+/// member of its workspace (API keys belong to their workspace).
+///
+/// # Errors
+///
+/// 403 for a non-member; database errors.
+pub(crate) async fn check_membership(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    if state.config.require_membership
+        && let Some(user) = caller.user_id.as_deref()
+        && !members::is_member(&state.pool, &caller.workspace_id, user).await?
+    {
+        return Err(ApiError::forbidden(format!(
+            "user `{user}` is not a member of workspace `{}` (CONVEYOR_REQUIRE_MEMBERSHIP)",
+            caller.workspace_id
+        )));
+    }
+    Ok(())
 }
 
 /// A caller who is a SaaS admin (listed in `saas_admin_users`) of any

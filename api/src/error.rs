@@ -159,9 +159,14 @@ impl ApiError {
         self.status
     }
 
-    /// The message shown to the caller.
+    /// The message for people.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The structured details (null when none).
+    pub fn details(&self) -> &Value {
+        &self.details
     }
 }
 

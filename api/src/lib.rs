@@ -7,6 +7,7 @@
 //! the caller's workspace: another workspace's objects answer 404.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -181,6 +182,7 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::docs_routes(openapi))
         .merge(routes::ops::router())
         .merge(routes::hooks::router())
+        .merge(console::router(&state.config.public_url))
         .layer(axum::middleware::from_fn(http_metrics))
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
         .layer(cors)

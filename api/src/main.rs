@@ -84,6 +84,20 @@ enum Command {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+    /// Print a one-time sign-in URL for the web console, built from
+    /// CONVEYOR_PUBLIC_URL (default http://127.0.0.1:8080).
+    ConsoleLink {
+        /// The workspace id.
+        #[arg(long)]
+        workspace: String,
+        /// The user id.
+        #[arg(long)]
+        user: String,
+        /// How long the link works: a number with s, m or h, at most 1h
+        /// (default 10m).
+        #[arg(long, default_value = "10m")]
+        ttl: String,
+    },
     /// Manage SaaS admins (users allowed on /api/v1/admin routes).
     Admin {
         #[command(subcommand)]
@@ -167,6 +181,11 @@ fn main() -> ExitCode {
             user,
             ttl,
         } => token(&workspace, &user, &ttl),
+        Command::ConsoleLink {
+            workspace,
+            user,
+            ttl,
+        } => console_link(&workspace, &user, &ttl),
         Command::Admin { action } => runtime().and_then(|(_t, rt)| rt.block_on(admin(action))),
         Command::Member { action } => runtime().and_then(|(_t, rt)| rt.block_on(member(action))),
     };
@@ -336,6 +355,24 @@ fn parse_ttl(text: &str) -> anyhow::Result<Duration> {
 fn token(workspace: &str, user: &str, ttl: &str) -> anyhow::Result<ExitCode> {
     let token = authenticator(&ApiSettings::from_env()?)?.mint(workspace, user, parse_ttl(ttl)?)?;
     println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The longest a console sign-in link may work.
+const MAX_LINK_TTL: Duration = Duration::from_secs(3600);
+
+fn console_link(workspace: &str, user: &str, ttl: &str) -> anyhow::Result<ExitCode> {
+    let ttl = parse_ttl(ttl)?;
+    anyhow::ensure!(
+        !ttl.is_zero() && ttl <= MAX_LINK_TTL,
+        "--ttl: a sign-in link works for at most 1h"
+    );
+    let api = ApiSettings::from_env()?;
+    let token = authenticator(&api)?.mint(workspace, user, ttl)?;
+    println!(
+        "{}",
+        conveyor_api::console::link_url(&api.public_url, &token)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -114,7 +114,7 @@ impl ApiSettings {
             max_streams_per_workspace: parse_opt("CONVEYOR_MAX_STREAMS_PER_WORKSPACE")?,
             require_membership: parse("CONVEYOR_REQUIRE_MEMBERSHIP", false)?,
             metrics_token: var("CONVEYOR_METRICS_TOKEN")?.map(SecretString::from),
-            public_url: public_url()?,
+            public_url: public_url_setting()?,
         })
     }
 
@@ -130,16 +130,26 @@ impl ApiSettings {
     }
 }
 
-/// `CONVEYOR_PUBLIC_URL`: an absolute http(s) URL without query or
-/// fragment, trailing `/` dropped.
+/// `CONVEYOR_PUBLIC_URL` (default `http://127.0.0.1:8080`), checked by
+/// [`public_url`].
 ///
 /// # Errors
 ///
-/// Anything else.
-fn public_url() -> anyhow::Result<String> {
-    let Some(text) = var("CONVEYOR_PUBLIC_URL")? else {
-        return Ok("http://127.0.0.1:8080".to_owned());
-    };
+/// An invalid value.
+fn public_url_setting() -> anyhow::Result<String> {
+    match var("CONVEYOR_PUBLIC_URL")? {
+        None => Ok("http://127.0.0.1:8080".to_owned()),
+        Some(text) => public_url(&text),
+    }
+}
+
+/// A `CONVEYOR_PUBLIC_URL` value: an absolute `http` or `https` URL with
+/// no query or fragment, returned without a trailing slash.
+///
+/// # Errors
+///
+/// Any other value; the message names the variable.
+pub fn public_url(text: &str) -> anyhow::Result<String> {
     let text = text.trim().trim_end_matches('/');
     let valid = url::Url::parse(text).is_ok_and(|u| {
         matches!(u.scheme(), "http" | "https")
@@ -148,7 +158,9 @@ fn public_url() -> anyhow::Result<String> {
             && u.fragment().is_none()
     });
     if !valid {
-        bail!("CONVEYOR_PUBLIC_URL: `{text}` is not an absolute http(s) URL without query");
+        bail!(
+            "CONVEYOR_PUBLIC_URL: `{text}` is not an absolute http(s) URL without query or fragment"
+        );
     }
     Ok(text.to_owned())
 }
@@ -468,4 +480,31 @@ pub async fn sync_templates(pool: &sqlx::PgPool) -> anyhow::Result<()> {
         "official templates synced"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::public_url;
+
+    #[test]
+    fn public_urls_are_absolute_web_urls_without_a_trailing_slash() {
+        assert_eq!(
+            public_url(" https://conveyor.example.com/ ").expect("https"),
+            "https://conveyor.example.com"
+        );
+        assert_eq!(
+            public_url("http://127.0.0.1:8080").expect("http"),
+            "http://127.0.0.1:8080"
+        );
+        for bad in [
+            "conveyor.example.com",
+            "ftp://conveyor.example.com",
+            "https://",
+            "https://conveyor.example.com/?a=1",
+            "https://conveyor.example.com/#x",
+        ] {
+            let e = public_url(bad).expect_err(bad).to_string();
+            assert!(e.contains("CONVEYOR_PUBLIC_URL"), "{e}");
+        }
+    }
 }

@@ -67,7 +67,10 @@ pub(super) async fn live_connector(
 
 /// The connector as shown; an installed one says which template version
 /// it runs and whether a newer one is available.
-async fn connector_json(state: &AppState, c: &connectors::ConnectorVersion) -> ApiResult<Value> {
+pub(crate) async fn connector_json(
+    state: &AppState,
+    c: &connectors::ConnectorVersion,
+) -> ApiResult<Value> {
     let mut body = json!({
         "id": c.id, "version": c.version, "latest_version": c.latest_version,
         "definition": c.definition, "created_at": c.created_at, "deleted_at": c.deleted_at,
@@ -175,7 +178,7 @@ async fn get_connector(
     responses((status = 200, description = "Stored: `id` and the new `version`", body = ConnectorVersionRef),
               (status = 404, description = "No such live connector in this workspace"),
               (status = 422, description = "Invalid definition; `details.errors` lists `{path, message}` for every problem")))]
-async fn update_connector(
+pub(crate) async fn update_connector(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
@@ -224,7 +227,7 @@ async fn delete_connector(
 /// The body of `execute`.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ExecuteRequest {
+pub(crate) struct ExecuteRequest {
     /// The execution input (validated against the connector's `input_schema`;
     /// default `{}`).
     #[serde(default)]
@@ -287,7 +290,7 @@ fn key_error(key: Option<&str>, path: &str) -> Option<Value> {
               (status = 404, description = "No such live connector in this workspace"),
               (status = 409, description = "The idempotency key was used for another connector or input"),
               (status = 422, description = "The input does not match the connector's `input_schema`, a bad idempotency key, or a priority outside -100 to 100")))]
-async fn execute(
+pub(crate) async fn execute(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
@@ -530,7 +533,7 @@ async fn connector_executions(
               (status = 404, description = "No such live connector in this workspace"),
               (status = 409, description = "Not installed from a template, its template is gone, or already current"),
               (status = 422, description = "The new version needs a setting or credential the connector lacks")))]
-async fn upgrade_connector(
+pub(crate) async fn upgrade_connector(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,

@@ -37,7 +37,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The body of `PUT /credentials/{name}`.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PutCredentialRequest {
+pub(crate) struct PutCredentialRequest {
     /// How the credential gets its secret: `static` (default: the fields
     /// as given), `oauth2_client_credentials` (needs `client_id`,
     /// `client_secret` and `oauth`), `oauth2_authorization_code` (needs
@@ -123,7 +123,7 @@ async fn get_credential(
     responses((status = 201, description = "Created: the metadata", body = CredentialMeta),
               (status = 200, description = "Replaced: the metadata", body = CredentialMeta),
               (status = 422, description = "Invalid name or data; `details.errors` lists `{path, message}` (never a submitted value)")))]
-async fn put_credential(
+pub(crate) async fn put_credential(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,
@@ -189,7 +189,7 @@ async fn put_credential(
 /// Delete a credential. Steps that use it fail from then on, naming it.
 #[utoipa::path(delete, path = "/credentials/{name}", tag = "credentials", operation_id = "delete_credential", params(("name" = String, Path, description = "The credential: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}`", pattern = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")),
     responses((status = 204, description = "Deleted"), (status = 404, description = "No such credential in this workspace")))]
-async fn delete_credential(
+pub(crate) async fn delete_credential(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,

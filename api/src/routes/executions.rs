@@ -87,7 +87,7 @@ async fn get_execution(
                example = json!({"id": "0193a4a8-7c1e-7d2a-9b51-2f4f0b1c9e77", "status": "cancelled", "message": "cancelled"})),
               (status = 202, description = "Cancellation requested; the worker stops at the next step boundary at the latest", body = CancelResult),
               (status = 404, description = "No such execution in this workspace")))]
-pub(super) async fn cancel_execution(
+pub(crate) async fn cancel_execution(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
@@ -128,7 +128,7 @@ pub(super) async fn cancel_execution(
     params(("id" = Uuid, Path, description = "The execution to run again")),
     responses((status = 202, description = "The new execution (`rerun_of` names the original)", body = ExecutionView),
               (status = 404, description = "No such execution in this workspace")))]
-pub(super) async fn rerun_execution(
+pub(crate) async fn rerun_execution(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
@@ -172,7 +172,7 @@ pub(super) async fn rerun_execution(
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub(super) struct EventsQuery {
+pub(crate) struct EventsQuery {
     /// `json` for the stored list; default: a Server-Sent-Events stream.
     #[param(schema_with = events_format_schema)]
     format: Option<String>,
@@ -208,7 +208,7 @@ async fn execution_events(
 
 /// The event log of execution `id` of workspace `ws` (known to exist), as
 /// the stored list or a stream per `q`.
-pub(super) async fn events_response(
+pub(crate) async fn events_response(
     state: AppState,
     ws: String,
     id: Uuid,

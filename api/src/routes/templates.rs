@@ -56,7 +56,7 @@ fn template_errors(e: conveyor_engine::connector::ValidationErrors) -> ApiError 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     /// Text searched in name, description, provider and slug.
     q: Option<String>,
     /// Only this category.
@@ -141,7 +141,7 @@ async fn page(state: &AppState, f: TemplateFilter) -> ApiResult<Json<Value>> {
 /// Browse the marketplace: approved templates and your own submissions.
 #[utoipa::path(get, path = "/templates", tag = "templates", operation_id = "list_templates", params(ListQuery),
     responses((status = 200, description = "Approved templates and your own submissions", body = TemplatePage)))]
-async fn list_templates(
+pub(crate) async fn list_templates(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -153,7 +153,7 @@ async fn list_templates(
 #[utoipa::path(get, path = "/templates/{slug}", tag = "templates", operation_id = "get_template", params(("slug" = String, Path, description = "The template")),
     responses((status = 200, description = "The template with its latest definition", body = TemplateDetail),
               (status = 404, description = "No such template visible to this workspace")))]
-async fn get_template(
+pub(crate) async fn get_template(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(slug): ApiPath<String>,
@@ -169,7 +169,7 @@ async fn get_template(
 /// The body of an install.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct InstallBody {
+pub(crate) struct InstallBody {
     /// The connector's name (default: the template's).
     #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: Option<String>,
@@ -189,7 +189,7 @@ struct InstallBody {
               (status = 404, description = "No such template visible to this workspace"),
               (status = 409, description = "The template is not approved yet"),
               (status = 422, description = "Each missing setting or credential mapping, by path")))]
-async fn install_template(
+pub(crate) async fn install_template(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(slug): ApiPath<String>,
@@ -243,7 +243,7 @@ async fn install_template(
 /// The body of a rating.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RatingBody {
+pub(crate) struct RatingBody {
     /// 1 to 5.
     #[schema(minimum = 1, maximum = 5)]
     stars: i16,
@@ -257,7 +257,7 @@ struct RatingBody {
     request_body(content = RatingBody, example = json!({"stars": 5, "review": "Worked first time"})),
     responses((status = 200, description = "The template's new average and count", body = RatingResult),
               (status = 404, description = "No such approved template")))]
-async fn rate_template(
+pub(crate) async fn rate_template(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(slug): ApiPath<String>,
@@ -464,7 +464,7 @@ async fn admin_update_template(
 #[utoipa::path(delete, path = "/admin/templates/{slug}", tag = "admin", operation_id = "admin_retire_template", params(("slug" = String, Path, description = "The template")),
     responses((status = 403, description = "Needs the admin role `operator` or above"),
               (status = 204, description = "Retired"), (status = 404, description = "No such template")))]
-async fn admin_retire_template(
+pub(crate) async fn admin_retire_template(
     State(state): State<AppState>,
     Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
@@ -498,7 +498,7 @@ async fn review(
 /// The body of an approval.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ApproveBody {
+pub(crate) struct ApproveBody {
     /// The version that was reviewed: only it becomes installable, whatever
     /// the author publishes later.
     version: String,
@@ -512,7 +512,7 @@ struct ApproveBody {
               (status = 200, description = "Approved: the reviewed version is what workspaces see and install", body = ReviewResult),
               (status = 404, description = "No such template"),
               (status = 422, description = "`version` is missing or not a version of this template")))]
-async fn admin_approve_template(
+pub(crate) async fn admin_approve_template(
     State(state): State<AppState>,
     Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
@@ -547,7 +547,7 @@ async fn admin_approve_template(
 #[utoipa::path(post, path = "/admin/templates/{slug}/reject", tag = "admin", operation_id = "admin_reject_template", params(("slug" = String, Path, description = "The template")),
     responses((status = 403, description = "Needs the admin role `operator` or above"),
               (status = 200, description = "Rejected", body = ReviewResult), (status = 404, description = "No such template")))]
-async fn admin_reject_template(
+pub(crate) async fn admin_reject_template(
     State(state): State<AppState>,
     Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
@@ -577,7 +577,7 @@ async fn feature(
 #[utoipa::path(post, path = "/admin/templates/{slug}/feature", tag = "admin", operation_id = "admin_feature_template", params(("slug" = String, Path, description = "The template")),
     responses((status = 403, description = "Needs the admin role `operator` or above"),
               (status = 200, description = "Featured", body = FeatureResult), (status = 404, description = "No such template")))]
-async fn admin_feature_template(
+pub(crate) async fn admin_feature_template(
     State(state): State<AppState>,
     Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
@@ -589,7 +589,7 @@ async fn admin_feature_template(
 #[utoipa::path(delete, path = "/admin/templates/{slug}/feature", tag = "admin", operation_id = "admin_unfeature_template", params(("slug" = String, Path, description = "The template")),
     responses((status = 403, description = "Needs the admin role `operator` or above"),
               (status = 200, description = "No longer featured", body = FeatureResult), (status = 404, description = "No such template")))]
-async fn admin_unfeature_template(
+pub(crate) async fn admin_unfeature_template(
     State(state): State<AppState>,
     Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,

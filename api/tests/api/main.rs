@@ -9,6 +9,7 @@ mod audit_log;
 mod authentication;
 mod bad_input;
 mod callbacks;
+mod console;
 mod end_to_end;
 mod idempotency;
 mod isolation;

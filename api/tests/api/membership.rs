@@ -245,3 +245,32 @@ async fn owners_manage_members_and_any_workspaces_keys(pool: PgPool) {
     let elsewhere = api.get("/api/v1/audit?actor=own", &owner).await;
     assert!(elsewhere.items().is_empty(), "{}", elsewhere.text);
 }
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn the_console_signs_in_only_members_when_membership_is_required(pool: PgPool) {
+    use axum::body::Body;
+    use axum::http::{Request, header};
+    let api = TestApi::with_config(pool, requiring_membership());
+    members::add(&api.pool, "ws_a", "alice", "test")
+        .await
+        .expect("member");
+    let sign_in = |token: String| {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/console/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("token={token}")))
+            .expect("request");
+        api.send_request(request)
+    };
+    let member = sign_in(api.token("ws_a", "alice")).await;
+    assert_eq!(member.status, StatusCode::SEE_OTHER, "{}", member.text);
+    let stranger = sign_in(api.token("ws_a", "mallory")).await;
+    assert_eq!(stranger.status, StatusCode::FORBIDDEN, "{}", stranger.text);
+    assert!(
+        stranger.text.contains("not a member of workspace"),
+        "{}",
+        stranger.text
+    );
+    assert!(stranger.headers.get(header::SET_COOKIE).is_none());
+}

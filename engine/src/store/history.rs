@@ -244,24 +244,24 @@ pub async fn connector_stats(
     connector_id: Uuid,
     since: DateTime<Utc>,
 ) -> Result<ConnectorStats> {
+    // One pass over the window's rows (the CTE is read once and reused):
+    // the console's connector list asks this for every connector.
     let row = sqlx::query!(
-        r#"SELECT
+        r#"WITH w AS MATERIALIZED (
+               SELECT status,
+                      EXTRACT(EPOCH FROM finished_at - started_at) * 1000 AS ms
+               FROM connector_executions
+               WHERE workspace_id = $1 AND connector_id = $2 AND created_at >= $3)
+           SELECT
                COALESCE((SELECT jsonb_object_agg(status, n) FROM (
-                   SELECT status, count(*) AS n FROM connector_executions
-                   WHERE workspace_id = $1 AND connector_id = $2 AND created_at >= $3
-                   GROUP BY status) s), '{}'::jsonb) AS "by_status!",
+                   SELECT status, count(*) AS n FROM w GROUP BY status) s), '{}'::jsonb) AS "by_status!",
                (SELECT count(*) FILTER (WHERE status = 'succeeded')::float8
                        / NULLIF(count(*) FILTER (WHERE status IN ('succeeded', 'failed')), 0)
-                FROM connector_executions
-                WHERE workspace_id = $1 AND connector_id = $2 AND created_at >= $3) AS success_rate,
-               (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM finished_at - started_at) * 1000)
-                FROM connector_executions
-                WHERE workspace_id = $1 AND connector_id = $2 AND created_at >= $3
-                  AND finished_at IS NOT NULL AND started_at IS NOT NULL) AS p50,
-               (SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM finished_at - started_at) * 1000)
-                FROM connector_executions
-                WHERE workspace_id = $1 AND connector_id = $2 AND created_at >= $3
-                  AND finished_at IS NOT NULL AND started_at IS NOT NULL) AS p95"#,
+                FROM w) AS success_rate,
+               p[1]::float8 AS p50,
+               p[2]::float8 AS p95
+           FROM (SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY ms) AS p
+                 FROM w WHERE ms IS NOT NULL) q"#,
         workspace_id,
         connector_id,
         since

@@ -8,6 +8,7 @@ pub mod callbacks;
 pub mod channels;
 mod claim;
 pub mod connectors;
+pub mod console;
 pub mod credentials;
 pub mod executions;
 pub mod flow;

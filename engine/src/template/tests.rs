@@ -477,15 +477,18 @@ fn json_references_report_paths_for_refs_and_errors() {
         "bad": "<<input.",
     });
     let found = r().json_references(&body);
-    assert_eq!(
-        found.references,
-        vec![
-            ("[\"<<input.key>>\"]".to_owned(), "input.key".to_owned()),
-            ("[\"content-type\"]".to_owned(), "settings.ct".to_owned()),
-            (".user.email".to_owned(), "input.email".to_owned()),
-            (".user.tags[0]".to_owned(), "input.tags".to_owned()),
-        ]
-    );
+    // Sorted: the order follows the map's, and a dependency enabling
+    // serde_json's `preserve_order` (thirtyfour, in test builds) changes it.
+    let mut references = found.references.clone();
+    references.sort();
+    let mut expected = vec![
+        ("[\"<<input.key>>\"]".to_owned(), "input.key".to_owned()),
+        ("[\"content-type\"]".to_owned(), "settings.ct".to_owned()),
+        (".user.email".to_owned(), "input.email".to_owned()),
+        (".user.tags[0]".to_owned(), "input.tags".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(references, expected);
     assert_eq!(found.errors.len(), 1);
     assert_eq!(found.errors[0].0, ".bad");
     assert!(matches!(found.errors[0].1, TemplateError::Syntax { .. }));

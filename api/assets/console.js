@@ -1,0 +1,66 @@
+// Conveyor console: refreshes a page's live region (#live) in place.
+// data-sse="URL": follow an execution's event stream; each event re-reads
+// the page and swaps the region, until the execution is final.
+// data-poll="MS": re-read the page every MS milliseconds while visible.
+// Pages work without this script; it only saves the reload.
+(function () {
+  "use strict";
+  var FINAL = ["succeeded", "failed", "cancelled"];
+
+  function refresh() {
+    return fetch(location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+      .then(function (html) {
+        var next = new DOMParser().parseFromString(html, "text/html").getElementById("live");
+        var here = document.getElementById("live");
+        if (!next || !here) { return null; }
+        var focused = document.activeElement && document.activeElement.id;
+        // Keep what the person opened: the n-th <details> stays open.
+        var opened = Array.prototype.map.call(here.querySelectorAll("details"), function (d) { return d.open; });
+        next.querySelectorAll("details").forEach(function (d, i) { if (opened[i]) { d.open = true; } });
+        here.replaceWith(next);
+        if (focused && document.getElementById(focused)) { document.getElementById(focused).focus(); }
+        return next;
+      });
+  }
+
+  function follow(url) {
+    var source = new EventSource(url);
+    var pending = null;
+    function later() {
+      if (pending) { return; }
+      pending = setTimeout(function () { pending = null; refresh(); }, 100);
+    }
+    ["claimed", "step_started", "step_finished", "retry_scheduled", "cancel_requested", "released", "lease_lost"]
+      .forEach(function (kind) { source.addEventListener(kind, later); });
+    source.addEventListener("status", function (event) {
+      var status = "";
+      try { status = JSON.parse(event.data).status; } catch (e) { status = ""; }
+      if (FINAL.indexOf(status) >= 0) {
+        source.close();
+        if (pending) { clearTimeout(pending); pending = null; }
+        refresh();
+      } else {
+        later();
+      }
+    });
+    source.onerror = function () {
+      // The stream ended or broke: one re-read shows the latest state.
+      source.close();
+      refresh();
+    };
+  }
+
+  function poll(every) {
+    setInterval(function () {
+      if (document.visibilityState === "visible") { refresh(); }
+    }, every);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var live = document.getElementById("live");
+    if (!live || !window.fetch) { return; }
+    if (live.dataset.sse && window.EventSource) { follow(live.dataset.sse); }
+    if (live.dataset.poll) { poll(Math.max(1000, parseInt(live.dataset.poll, 10) || 3000)); }
+  });
+})();

@@ -1,0 +1,174 @@
+//! Credentials: names, kinds, field names, key ids and last use; a form
+//! per kind to create or replace one; delete. Secret values go from the
+//! form to the JSON API's handler and are never rendered back.
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use conveyor_engine::store::credentials;
+use serde_json::{Map, Value, json};
+
+use super::session::Session;
+use super::{
+    Fields, Layout, Nav, PageResult, Problem, handler_body, problems, render, see_other, when,
+    when_opt,
+};
+use crate::AppState;
+use crate::extract::{ApiJson, ApiPath};
+use crate::routes::credentials::{delete_credential, put_credential};
+
+/// One credential's metadata.
+#[derive(Debug)]
+struct Row {
+    name: String,
+    kind: String,
+    fields: String,
+    key_id: String,
+    updated: String,
+    last_used: String,
+}
+
+/// A kind of credential and the secret fields its form asks for.
+#[derive(Debug)]
+struct Kind {
+    id: &'static str,
+    label: &'static str,
+    fields: &'static [&'static str],
+}
+
+const KINDS: [Kind; 3] = [
+    Kind {
+        id: "bearer",
+        label: "Bearer token",
+        fields: &["token"],
+    },
+    Kind {
+        id: "api_key",
+        label: "API key",
+        fields: &["key"],
+    },
+    Kind {
+        id: "basic",
+        label: "Basic auth",
+        fields: &["username", "password"],
+    },
+];
+
+/// Free-form field pairs the custom form offers.
+const CUSTOM_FIELDS: [usize; 3] = [1, 2, 3];
+
+#[derive(Template)]
+#[template(path = "console/credentials.html")]
+struct ListPage {
+    layout: Layout,
+    rows: Vec<Row>,
+    kinds: &'static [Kind],
+    custom_fields: &'static [usize],
+    problems: Vec<Problem>,
+    notice: Option<String>,
+}
+
+async fn show(
+    state: &AppState,
+    session: &Session,
+    status: StatusCode,
+    problems: Vec<Problem>,
+    notice: Option<String>,
+) -> PageResult {
+    let rows = credentials::list(&state.pool, &session.caller.workspace_id)
+        .await?
+        .into_iter()
+        .map(|c| Row {
+            name: c.name,
+            kind: c.auth_kind,
+            fields: c.fields.join(", "),
+            key_id: c.key_id,
+            updated: when(&c.updated_at),
+            last_used: when_opt(c.last_used_at.as_ref()),
+        })
+        .collect();
+    let mut response = render(&ListPage {
+        layout: session.layout("Credentials", Nav::Credentials),
+        rows,
+        kinds: &KINDS,
+        custom_fields: &CUSTOM_FIELDS,
+        problems,
+        notice,
+    })?;
+    *response.status_mut() = status;
+    Ok(response)
+}
+
+/// `GET /console/credentials`.
+pub(super) async fn list(State(state): State<AppState>, session: Session) -> PageResult {
+    show(&state, &session, StatusCode::OK, Vec::new(), None).await
+}
+
+/// The secret fields of a submitted form: `data.<field>` inputs, and the
+/// custom form's `custom.<n>.name` / `custom.<n>.value` pairs.
+fn data(form: &Fields) -> Map<String, Value> {
+    let mut data: Map<String, Value> = form
+        .with_prefix("data.")
+        .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
+        .collect();
+    for n in CUSTOM_FIELDS {
+        if let Some(name) = form.text(&format!("custom.{n}.name")) {
+            let value = form.get(&format!("custom.{n}.value")).unwrap_or_default();
+            data.insert(name.to_owned(), Value::String(value.to_owned()));
+        }
+    }
+    data
+}
+
+/// `POST /console/credentials`: create or replace a credential.
+pub(super) async fn put(
+    State(state): State<AppState>,
+    session: Session,
+    Form(form): Form<Fields>,
+) -> PageResult {
+    session.check(&form)?;
+    let name = form.text("name").unwrap_or_default().to_owned();
+    let stored = match handler_body(&json!({"data": data(&form)})) {
+        Ok(body) => put_credential(
+            State(state.clone()),
+            session.caller.clone(),
+            ApiPath(name.clone()),
+            ApiJson(body),
+        )
+        .await
+        .map(drop),
+        Err(e) => Err(e),
+    };
+    match stored {
+        Ok(()) => see_other("/console/credentials"),
+        Err(e) if e.status().is_client_error() => {
+            show(&state, &session, e.status(), problems(&e), None).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `POST /console/credentials/{name}/delete`.
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<Fields>,
+) -> PageResult {
+    session.check(&form)?;
+    delete_credential(
+        State(state.clone()),
+        session.caller.clone(),
+        ApiPath(name.clone()),
+    )
+    .await?;
+    show(
+        &state,
+        &session,
+        StatusCode::OK,
+        Vec::new(),
+        Some(format!("Deleted credential {name}.")),
+    )
+    .await
+}

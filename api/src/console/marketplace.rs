@@ -1,0 +1,363 @@
+//! The marketplace: browse, search, filter and sort templates; one
+//! template's page with what it needs, its ratings, an install form
+//! (re-shown with the API's 422 problems by field) and a rating form.
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use conveyor_engine::store::credentials;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::session::Session;
+use super::{
+    Fields, Layout, Nav, PageResult, Problem, body_json, handler_body, problems, render, see_other,
+};
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::routes::templates::{get_template, install_template, list_templates, rate_template};
+
+/// The browse form.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct BrowseQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    category: String,
+    #[serde(default)]
+    provider: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    sort: String,
+}
+
+/// One template in the list.
+#[derive(Debug)]
+struct Card {
+    slug: String,
+    name: String,
+    description: String,
+    category: String,
+    provider: String,
+    official: bool,
+    featured: bool,
+    installs: i64,
+    rating: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/marketplace.html")]
+struct ListPage {
+    layout: Layout,
+    q: BrowseQuery,
+    cards: Vec<Card>,
+}
+
+fn rating(summary: &Value) -> String {
+    match summary["rating_average"].as_f64() {
+        Some(avg) => format!(
+            "{avg:.1} ★ ({})",
+            summary["rating_count"].as_i64().unwrap_or(0)
+        ),
+        None => "no ratings".to_owned(),
+    }
+}
+
+fn text(value: &Value, key: &str) -> String {
+    value[key].as_str().unwrap_or_default().to_owned()
+}
+
+/// `GET /console/marketplace`.
+pub(super) async fn list(
+    State(state): State<AppState>,
+    session: Session,
+    Query(q): Query<BrowseQuery>,
+) -> PageResult {
+    let mut query = Map::new();
+    for (key, value) in [
+        ("q", &q.q),
+        ("category", &q.category),
+        ("source", &q.source),
+        ("sort", &q.sort),
+    ] {
+        if !value.trim().is_empty() {
+            query.insert(key.to_owned(), json!(value.trim()));
+        }
+    }
+    query.insert("limit".to_owned(), json!(200));
+    let query = serde_json::from_value(Value::Object(query))
+        .map_err(|e| ApiError::bad_request(format!("invalid filter: {e}")))?;
+    let page = list_templates(State(state), session.caller.clone(), ApiQuery(query))
+        .await?
+        .0;
+    let provider = q.provider.trim().to_lowercase();
+    let cards = page["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| provider.is_empty() || text(t, "provider").to_lowercase() == provider)
+        .map(|t| Card {
+            slug: text(t, "slug"),
+            name: text(t, "name"),
+            description: text(t, "description"),
+            category: text(t, "category"),
+            provider: text(t, "provider"),
+            official: t["official"].as_bool().unwrap_or(false),
+            featured: t["featured"].as_bool().unwrap_or(false),
+            installs: t["install_count"].as_i64().unwrap_or(0),
+            rating: rating(t),
+        })
+        .collect();
+    render(&ListPage {
+        layout: session.layout("Marketplace", Nav::Marketplace),
+        q,
+        cards,
+    })
+}
+
+/// A setting the install form asks for.
+#[derive(Debug)]
+struct Setting {
+    name: String,
+    description: String,
+    value: String,
+    problem: Option<String>,
+}
+
+/// A credential the template needs, mapped to one of the workspace's.
+#[derive(Debug)]
+struct Need {
+    name: String,
+    auth: String,
+    fields: String,
+    hint: String,
+    chosen: String,
+    problem: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "console/template.html")]
+struct TemplatePage {
+    layout: Layout,
+    slug: String,
+    name: String,
+    description: String,
+    docs_url: String,
+    category: String,
+    provider: String,
+    version: String,
+    review_status: String,
+    installs: i64,
+    rating: String,
+    settings: Vec<Setting>,
+    needs: Vec<Need>,
+    workspace_credentials: Vec<String>,
+    connector_name: String,
+    problems: Vec<Problem>,
+}
+
+fn problem_at(found: &[Problem], path: &str) -> Option<String> {
+    found
+        .iter()
+        .find(|p| p.path == path)
+        .map(|p| p.message.clone())
+}
+
+async fn show(
+    state: &AppState,
+    session: &Session,
+    slug: String,
+    form: Option<&Fields>,
+    found: Vec<Problem>,
+    status: StatusCode,
+) -> PageResult {
+    let body = get_template(
+        State(state.clone()),
+        session.caller.clone(),
+        ApiPath(slug.clone()),
+    )
+    .await?
+    .0;
+    let definition = &body["template"];
+    let field = |name: &str| form.and_then(|f| f.get(name)).map(str::to_owned);
+    let settings = definition["settings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let name = text(s, "name");
+            let default = match &s["default"] {
+                Value::Null => String::new(),
+                Value::String(v) => v.clone(),
+                other => other.to_string(),
+            };
+            Setting {
+                value: field(&format!("settings.{name}")).unwrap_or(default),
+                problem: problem_at(&found, &format!("settings.{name}")),
+                description: text(s, "description"),
+                name,
+            }
+        })
+        .collect();
+    let workspace_credentials: Vec<String> =
+        credentials::list(&state.pool, &session.caller.workspace_id)
+            .await?
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+    let needs = definition["credentials"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let name = text(c, "name");
+            Need {
+                // Suggest the workspace's credential of the same name.
+                chosen: field(&format!("credentials.{name}")).unwrap_or_else(|| {
+                    if workspace_credentials.contains(&name) {
+                        name.clone()
+                    } else {
+                        String::new()
+                    }
+                }),
+                problem: problem_at(&found, &format!("credentials.{name}")),
+                auth: text(c, "auth"),
+                fields: c["fields"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                hint: text(c, "hint"),
+                name,
+            }
+        })
+        .collect();
+    let mut response = render(&TemplatePage {
+        layout: session.layout(text(&body, "name"), Nav::Marketplace),
+        name: text(&body, "name"),
+        description: text(&body, "description"),
+        // Only web links: a `javascript:` URL in a community template
+        // must not become a link (the CSP would block it anyway).
+        docs_url: Some(text(&body, "docs_url"))
+            .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+            .unwrap_or_default(),
+        category: text(&body, "category"),
+        provider: text(&body, "provider"),
+        version: body["approved_version"]
+            .as_str()
+            .map_or_else(|| text(&body, "latest_version"), str::to_owned),
+        review_status: text(&body, "review_status"),
+        installs: body["install_count"].as_i64().unwrap_or(0),
+        rating: rating(&body),
+        settings,
+        needs,
+        workspace_credentials,
+        connector_name: field("name").unwrap_or_default(),
+        problems: found,
+        slug,
+    })?;
+    *response.status_mut() = status;
+    Ok(response)
+}
+
+/// `GET /console/marketplace/{slug}`.
+pub(super) async fn template(
+    State(state): State<AppState>,
+    session: Session,
+    Path(slug): Path<String>,
+) -> PageResult {
+    show(&state, &session, slug, None, Vec::new(), StatusCode::OK).await
+}
+
+/// `POST /console/marketplace/{slug}/install`: installs, then shows the
+/// new connector; the API's 422 problems are shown at their fields.
+pub(super) async fn install(
+    State(state): State<AppState>,
+    session: Session,
+    Path(slug): Path<String>,
+    Form(form): Form<Fields>,
+) -> PageResult {
+    session.check(&form)?;
+    let settings: Map<String, Value> = form
+        .with_prefix("settings.")
+        .filter(|(_, v)| !v.trim().is_empty())
+        .map(|(k, v)| (k.to_owned(), json!(v)))
+        .collect();
+    let mapped: Map<String, Value> = form
+        .with_prefix("credentials.")
+        .filter(|(_, v)| !v.trim().is_empty())
+        .map(|(k, v)| (k.to_owned(), json!(v.trim())))
+        .collect();
+    let mut request = json!({"settings": settings, "credentials": mapped});
+    if let Some(name) = form.text("name") {
+        request["name"] = json!(name);
+    }
+    let installed = match handler_body(&request) {
+        Ok(body) => {
+            install_template(
+                State(state.clone()),
+                session.caller.clone(),
+                ApiPath(slug.clone()),
+                ApiJson(body),
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    match installed {
+        Ok(response) => {
+            let created = body_json(response).await?;
+            see_other(&format!(
+                "/console/connectors/{}",
+                created["id"].as_str().unwrap_or_default()
+            ))
+        }
+        Err(e) if e.status().is_client_error() && e.status() != StatusCode::NOT_FOUND => {
+            show(
+                &state,
+                &session,
+                slug,
+                Some(&form),
+                problems(&e),
+                e.status(),
+            )
+            .await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `POST /console/marketplace/{slug}/rate`.
+pub(super) async fn rate(
+    State(state): State<AppState>,
+    session: Session,
+    Path(slug): Path<String>,
+    Form(form): Form<Fields>,
+) -> PageResult {
+    session.check(&form)?;
+    let stars: i64 = form.text("stars").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut request = json!({"stars": stars});
+    if let Some(review) = form.text("review") {
+        request["review"] = json!(review);
+    }
+    let body = handler_body(&request)?;
+    match rate_template(
+        State(state.clone()),
+        session.caller.clone(),
+        ApiPath(slug.clone()),
+        ApiJson(body),
+    )
+    .await
+    {
+        Ok(_) => see_other(&format!("/console/marketplace/{slug}")),
+        Err(e) if e.status().is_client_error() && e.status() != StatusCode::NOT_FOUND => {
+            show(&state, &session, slug, None, problems(&e), e.status()).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}

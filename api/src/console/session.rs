@@ -1,0 +1,303 @@
+//! Console sign-in, sessions and CSRF tokens. The browser holds a random
+//! token in an `HttpOnly; SameSite=Strict` cookie (`Secure` when the
+//! public URL is https); the database holds only its SHA-256 beside the
+//! session's CSRF token, which every state-changing form carries.
+
+use std::time::Duration;
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::header::{COOKIE, SET_COOKIE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine as _;
+use chrono::Utc;
+use conveyor_engine::state::AdminRole;
+use conveyor_engine::store::access;
+use conveyor_engine::store::console::{self as store, ConsoleSession};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{Fields, Layout, Nav, PageError, PageResult, render};
+use crate::AppState;
+use crate::auth::{API_KEY_PREFIX, Caller, Scope, api_key_caller, check_membership, jwt_caller};
+use crate::error::ApiError;
+
+/// The session cookie's name.
+pub const COOKIE_NAME: &str = "conveyor_console";
+/// How long a console session lasts after sign-in.
+pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+
+/// The sign-in URL printed by `conveyor-api console-link`.
+pub fn link_url(public_url: &str, token: &str) -> String {
+    format!(
+        "{}/console/login/link?token={token}",
+        public_url.trim_end_matches('/')
+    )
+}
+
+/// A signed-in console user: who, the CSRF token, the admin role.
+#[derive(Debug, Clone)]
+pub(crate) struct Session {
+    pub caller: Caller,
+    pub csrf: String,
+    pub admin: Option<AdminRole>,
+}
+
+impl Session {
+    /// The page frame for a page titled `title` under `nav`.
+    pub fn layout(&self, title: impl Into<String>, nav: Nav) -> Layout {
+        let (css, js) = Layout::assets();
+        Layout {
+            title: title.into(),
+            nav,
+            workspace: self.caller.workspace_id.clone(),
+            actor: self.caller.actor.clone(),
+            csrf: self.csrf.clone(),
+            admin: self.admin.is_some(),
+            css,
+            js,
+        }
+    }
+
+    /// Refuses a form whose `csrf` field is not this session's token.
+    ///
+    /// # Errors
+    ///
+    /// 403 when the field is missing or wrong.
+    pub fn check(&self, form: &Fields) -> Result<(), PageError> {
+        let sent = form.get("csrf").unwrap_or_default();
+        if bool::from(sent.as_bytes().ct_eq(self.csrf.as_bytes())) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "this form lacks a valid CSRF token (field `csrf`); reload the page and try again",
+            )
+            .into())
+        }
+    }
+
+    /// The admin role, or 403.
+    ///
+    /// # Errors
+    ///
+    /// 403 for a non-admin, or an admin whose role is below `needed`.
+    pub fn admin(&self, needed: AdminRole) -> Result<AdminRole, PageError> {
+        match self.admin {
+            Some(role) if role.covers(needed) => Ok(role),
+            Some(role) => Err(ApiError::forbidden(format!(
+                "this needs the admin role `{needed}` or above; yours is `{role}`"
+            ))
+            .into()),
+            None => Err(ApiError::forbidden("this page is for admins").into()),
+        }
+    }
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE_NAME)
+        .map(|(_, value)| value.to_owned())
+}
+
+fn digest(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+impl FromRequestParts<AppState> for Session {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let to_login = || Redirect::to("/console/login").into_response();
+        let token = cookie_token(&parts.headers).ok_or_else(to_login)?;
+        let found = store::find_session(&state.pool, &digest(&token), Utc::now())
+            .await
+            .map_err(|e| PageError::from(e).into_response())?
+            .ok_or_else(to_login)?;
+        if !state.limiter.allow(&found.workspace_id) {
+            return Err(PageError::from(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "this workspace exceeds its request rate; retry shortly",
+            ))
+            .into_response());
+        }
+        let admin = match found.user_id.as_deref() {
+            Some(user) => access::admin_role(&state.pool, user)
+                .await
+                .map_err(|e| PageError::from(e).into_response())?,
+            None => None,
+        };
+        let request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Self {
+            caller: Caller {
+                workspace_id: found.workspace_id,
+                actor: found.actor,
+                user_id: found.user_id,
+                api_key_id: found.api_key_id,
+                request_id,
+            },
+            csrf: found.csrf_token,
+            admin,
+        })
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/login.html")]
+struct LoginPage<'a> {
+    error: Option<&'a str>,
+    css: &'a str,
+}
+
+fn login_form(status: StatusCode, error: Option<&str>) -> PageResult {
+    let page = LoginPage {
+        error,
+        css: Layout::assets().0,
+    };
+    let mut response = render(&page)?;
+    *response.status_mut() = status;
+    Ok(response)
+}
+
+/// `GET /console/login`: paste a token.
+pub(super) async fn login_page() -> PageResult {
+    login_form(StatusCode::OK, None)
+}
+
+/// `POST /console/login`: a JWT, or an API key holding every scope.
+pub(super) async fn login(State(state): State<AppState>, Form(form): Form<Fields>) -> PageResult {
+    let Some(token) = form.text("token") else {
+        return login_form(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("token: paste a JWT or an API key"),
+        );
+    };
+    let caller = if token.starts_with(API_KEY_PREFIX) {
+        match api_key_caller(&state, token, None).await {
+            Ok((caller, scopes))
+                if Scope::ALL
+                    .iter()
+                    .all(|s| scopes.iter().any(|k| k == s.as_str())) =>
+            {
+                caller
+            }
+            Ok(_) => {
+                return login_form(
+                    StatusCode::FORBIDDEN,
+                    Some(
+                        "token: the console needs an API key with the read, execute and manage scopes",
+                    ),
+                );
+            }
+            Err(e) => return login_form(e.status(), Some(&format!("token: {}", e.message()))),
+        }
+    } else {
+        match jwt_caller(&state, token, None) {
+            Ok(caller) => caller,
+            Err(e) => return login_form(e.status(), Some(&format!("token: {}", e.message()))),
+        }
+    };
+    start(&state, caller).await
+}
+
+/// `?token=` of a sign-in link.
+#[derive(Debug, Deserialize)]
+pub(super) struct LinkQuery {
+    token: String,
+}
+
+/// `GET /console/login/link?token=`: a one-time link from
+/// `conveyor-api console-link`.
+pub(super) async fn link(State(state): State<AppState>, Query(q): Query<LinkQuery>) -> PageResult {
+    let claims = match state.auth.verify(&q.token) {
+        Ok(claims) => claims,
+        Err(e) => {
+            return login_form(
+                e.status(),
+                Some(&format!("this sign-in link does not work: {}", e.message())),
+            );
+        }
+    };
+    let expires = i64::try_from(claims.exp)
+        .ok()
+        .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+        .unwrap_or_else(Utc::now);
+    if !store::use_link(&state.pool, &digest(&q.token), expires).await? {
+        return login_form(
+            StatusCode::GONE,
+            Some("this sign-in link was already used; ask for a new one"),
+        );
+    }
+    let caller = jwt_caller(&state, &q.token, None)?;
+    start(&state, caller).await
+}
+
+/// Opens a session for `caller` (a member of its workspace, when
+/// `CONVEYOR_REQUIRE_MEMBERSHIP` asks) and lands on the executions list.
+async fn start(state: &AppState, caller: Caller) -> PageResult {
+    if let Err(e) = check_membership(state, &caller).await {
+        return login_form(e.status(), Some(&format!("token: {}", e.message())));
+    }
+    let random =
+        || base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let token = random();
+    let now = Utc::now();
+    let session = ConsoleSession {
+        workspace_id: caller.workspace_id,
+        actor: caller.actor,
+        user_id: caller.user_id,
+        api_key_id: caller.api_key_id,
+        csrf_token: random(),
+        expires_at: now + SESSION_TTL,
+    };
+    store::create_session(&state.pool, &digest(&token), &session, now).await?;
+    let secure = if state.config.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{COOKIE_NAME}={token}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        SESSION_TTL.as_secs()
+    );
+    let mut response = Redirect::to("/console").into_response();
+    response.headers_mut().insert(
+        SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal(&e))?,
+    );
+    Ok(response)
+}
+
+/// `POST /console/logout`: ends the session and clears the cookie.
+pub(super) async fn logout(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    Form(form): Form<Fields>,
+) -> PageResult {
+    session.check(&form)?;
+    if let Some(token) = cookie_token(&headers) {
+        store::delete_session(&state.pool, &digest(&token)).await?;
+    }
+    let mut response = Redirect::to("/console/login").into_response();
+    response.headers_mut().insert(
+        SET_COOKIE,
+        HeaderValue::from_static(
+            "conveyor_console=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    Ok(response)
+}
