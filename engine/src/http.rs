@@ -161,6 +161,17 @@ pub struct StepResult {
     pub duration_ms: u64,
     /// Set when the attempt failed.
     pub error: Option<StepError>,
+    /// Body bytes sent and received.
+    pub traffic: Traffic,
+}
+
+/// Body bytes of one attempt, for usage metering.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Traffic {
+    /// Request body bytes sent (0 when nothing was sent).
+    pub sent: u64,
+    /// Response body bytes received (as read, up to the response cap).
+    pub received: u64,
 }
 
 impl StepResult {
@@ -308,13 +319,15 @@ impl StepClient {
         let finish = |request: Value,
                       response: Option<ResponseRecord>,
                       extracted: Map<String, Value>,
-                      error: Option<StepError>| StepResult {
+                      error: Option<StepError>,
+                      traffic: Traffic| StepResult {
             request,
             response,
             extracted,
             started_at,
             duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
             error,
+            traffic,
         };
         let step = Arc::new(step.clone());
         let redactor = Arc::new(Redactor::new(credentials));
@@ -340,31 +353,45 @@ impl StepClient {
         };
         let prepared = match prepared {
             Ok(Ok(p)) => p,
-            Ok(Err((snapshot, e))) => return finish(snapshot, None, Map::new(), Some(e)),
+            Ok(Err((snapshot, e))) => {
+                return finish(snapshot, None, Map::new(), Some(e), Traffic::default());
+            }
             Err(e) => {
                 let snapshot = json!({"method": step.method.as_str(), "url": Value::Null});
-                return finish(snapshot, None, Map::new(), Some(e));
+                return finish(snapshot, None, Map::new(), Some(e), Traffic::default());
             }
         };
         let snapshot = prepared.snapshot;
+        let sent = prepared
+            .request
+            .body()
+            .and_then(reqwest::Body::as_bytes)
+            .map_or(0, |b| b.len() as u64);
+        let mut traffic = Traffic { sent, received: 0 };
         let response = match self.client.execute(prepared.request).await {
             Ok(r) => r,
-            Err(e) => return finish(snapshot, None, Map::new(), Some(classify_send_error(&e))),
+            Err(e) => {
+                let error = Some(classify_send_error(&e));
+                return finish(snapshot, None, Map::new(), error, traffic);
+            }
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let bytes = match body::read_limited(response, self.config.max_response_bytes).await {
             Ok(b) => b,
-            Err(e) => return finish(snapshot, None, Map::new(), Some(e)),
+            Err(e) => return finish(snapshot, None, Map::new(), Some(e), traffic),
         };
+        traffic.received = bytes.len() as u64;
         let config = self.config.clone();
         let handled = off_thread(move || {
             body::handle_response(&config, &step, &redactor, status, &headers, bytes)
         })
         .await;
         match handled {
-            Ok((record, extracted, error)) => finish(snapshot, Some(record), extracted, error),
-            Err(e) => finish(snapshot, None, Map::new(), Some(e)),
+            Ok((record, extracted, error)) => {
+                finish(snapshot, Some(record), extracted, error, traffic)
+            }
+            Err(e) => finish(snapshot, None, Map::new(), Some(e), traffic),
         }
     }
 

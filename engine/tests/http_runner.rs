@@ -1080,3 +1080,33 @@ async fn secrets_are_redacted_in_url_paths_and_xml_bodies() {
     }
     assert!(leaks.is_empty(), "{leaks:#?}");
 }
+
+#[tokio::test]
+async fn an_attempt_counts_the_body_bytes_it_sent_and_received() {
+    let server = MockServer::start().await;
+    let reply = "x".repeat(1234);
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200).set_body_string(reply.clone()))
+        .mount(&server)
+        .await;
+    let s = step(
+        json!({"method": "POST", "url": format!("{}/items", server.uri()),
+                        "body": {"type": "raw", "content_type": "text/plain", "content": "<<input.text>>"}}),
+    );
+    let result = run(&s, json!({"text": "héllo"}), &Credentials::new()).await;
+    assert!(result.error.is_none(), "{:?}", result.error);
+    let sent = only_request(&server).await.body.len();
+    assert_eq!(sent, "héllo".len());
+    assert_eq!(result.traffic.sent, sent as u64);
+    assert_eq!(result.traffic.received, reply.len() as u64);
+
+    // Nothing is sent to an unreachable address, and nothing comes back.
+    let closed = TcpListener::bind("127.0.0.1:0").expect("port");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let s = step(json!({"method": "GET", "url": format!("http://127.0.0.1:{port}/")}));
+    let result = run(&s, json!({}), &Credentials::new()).await;
+    assert!(result.error.is_some());
+    assert_eq!(result.traffic.sent, 0);
+    assert_eq!(result.traffic.received, 0);
+}

@@ -77,6 +77,8 @@ fn row(index: i32) -> StepRow {
         started_at: now,
         finished_at: now,
         duration_ms: 1,
+        request_bytes: 0,
+        response_bytes: 0,
     }
 }
 

@@ -136,6 +136,8 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
         started_at: later,
         finished_at: later,
         duration_ms: 1,
+        request_bytes: 0,
+        response_bytes: 0,
     };
     let stale = Transition::Continue {
         context: json!({"steps": {"a": {"stale": true}}}),

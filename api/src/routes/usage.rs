@@ -85,14 +85,16 @@ fn totals(days: &[UsageDay]) -> Value {
         "failed": sum(|d| d.failed), "cancelled": sum(|d| d.cancelled),
         "steps": sum(|d| d.steps), "retries": sum(|d| d.retries),
         "rate_limited": sum(|d| d.rate_limited),
+        "bytes_out": sum(|d| d.bytes_out), "bytes_in": sum(|d| d.bytes_in),
     })
 }
 
 /// The caller's workspace usage per UTC day over `from`..=`to` (every day,
 /// zeros included): executions `started` (enqueued), executions finished
 /// as `succeeded`, `failed` or `cancelled`, and the `steps`, `retries`
-/// (attempts after a step's first) and `rate_limited` (attempts refused
-/// with 429 or 503 and rescheduled) of the executions that finished; plus
+/// (attempts after a step's first), `rate_limited` (attempts refused with
+/// 429 or 503 and rescheduled), `bytes_out` and `bytes_in` (request and
+/// response body bytes) of the executions that finished; plus
 /// `totals`. Only history that retention has kept is counted.
 #[utoipa::path(get, path = "/usage", tag = "usage", params(UsageQuery),
     responses((status = 200, description = "`from`, `to`, `days` and `totals`", body = Object), (status = 400)))]
@@ -121,6 +123,8 @@ async fn workspace_usage(
                     steps: 0,
                     retries: 0,
                     rate_limited: 0,
+                    bytes_out: 0,
+                    bytes_in: 0,
                 })
         })
         .collect();

@@ -149,6 +149,8 @@ fn step() -> StepRow {
         started_at: now,
         finished_at: now,
         duration_ms: 1,
+        request_bytes: 0,
+        response_bytes: 0,
     }
 }
 

@@ -430,12 +430,15 @@ mod tests {
     }
 
     /// The paths of a step's placement problems.
+    /// (Sorted: JSON object order depends on serde_json's features.)
     fn step_paths(step: serde_json::Value) -> Vec<String> {
         let step: Step = serde_json::from_value(step).expect("a step");
-        step_problems(&Renderer::new(), "steps[2]", &step)
+        let mut paths: Vec<String> = step_problems(&Renderer::new(), "steps[2]", &step)
             .into_iter()
             .map(|e| e.path)
-            .collect()
+            .collect();
+        paths.sort();
+        paths
     }
 
     #[test]
@@ -514,10 +517,11 @@ mod tests {
             (serde_json::json!("literal credentials"), vec![]),
         ];
         for (output, want) in cases {
-            let paths: Vec<String> = output_problems(&Renderer::new(), &output)
+            let mut paths: Vec<String> = output_problems(&Renderer::new(), &output)
                 .into_iter()
                 .map(|e| e.path)
                 .collect();
+            paths.sort();
             assert_eq!(paths, want, "{output}");
         }
         let problem =

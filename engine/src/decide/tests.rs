@@ -1,7 +1,7 @@
 use serde_json::Map;
 
 use super::*;
-use crate::http::{ResponseRecord, StepError};
+use crate::http::{ResponseRecord, StepError, Traffic};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -39,6 +39,7 @@ fn ok(status: u16, extracted: Value) -> StepResult {
         started_at: now(),
         duration_ms: 5,
         error: None,
+        traffic: Traffic::default(),
     }
 }
 

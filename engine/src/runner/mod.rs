@@ -514,6 +514,8 @@ impl Runner {
             started_at: result.started_at,
             finished_at: now,
             duration_ms: i32::try_from(result.duration_ms).unwrap_or(i32::MAX),
+            request_bytes: i32::try_from(result.traffic.sent).unwrap_or(i32::MAX),
+            response_bytes: i32::try_from(result.traffic.received).unwrap_or(i32::MAX),
         };
         let transition = match decision.next {
             Next::Continue {

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::{InFlight, Runner};
 use crate::Result;
 use crate::connector::{Auth, Step};
-use crate::http::{Attempt, Retry, StepError, StepErrorKind, StepResult};
+use crate::http::{Attempt, Retry, StepError, StepErrorKind, StepResult, Traffic};
 use crate::oauth::refresh::{RefreshError, Refresher};
 use crate::redact::Credentials;
 use crate::store::credentials::TokenState;
@@ -190,6 +190,7 @@ impl Runner {
                         message: e.to_string(),
                         retry,
                     }),
+                    traffic: Traffic::default(),
                 }))
             }
         }

@@ -271,6 +271,10 @@ pub struct StepRow {
     pub finished_at: DateTime<Utc>,
     /// Duration in milliseconds.
     pub duration_ms: i32,
+    /// Request body bytes sent.
+    pub request_bytes: i32,
+    /// Response body bytes received (up to the response cap).
+    pub response_bytes: i32,
 }
 
 /// Where a step commit moves the execution.
@@ -389,6 +393,7 @@ pub async fn commit_steps(
     let mut started = Vec::with_capacity(n);
     let mut finished = Vec::with_capacity(n);
     let mut durations = Vec::with_capacity(n);
+    let (mut sent, mut received) = (Vec::with_capacity(n), Vec::with_capacity(n));
     // Moved, not cloned: request snapshots and bodies can be large.
     for c in commits.iter_mut() {
         let s = &mut c.step;
@@ -467,6 +472,8 @@ pub async fn commit_steps(
         started.push(s.started_at);
         finished.push(s.finished_at);
         durations.push(s.duration_ms);
+        sent.push(s.request_bytes);
+        received.push(s.response_bytes);
     }
     // The UPDATE fences each row on its token; step rows and events are
     // inserted only from its RETURNING, so a lost lease writes nothing for
@@ -478,10 +485,11 @@ pub async fn commit_steps(
                                     $6::timestamptz[], $7::jsonb[], $8::timestamptz[], $9::int4[], $10::jsonb[],
                                     $12::int4[], $13::int4[], $14::text[], $15::text[], $16::jsonb[], $17::int4[],
                                     $18::jsonb[], $19::jsonb[], $20::jsonb[], $21::jsonb[], $22::text[],
-                                    $23::timestamptz[], $24::timestamptz[], $25::int4[])
+                                    $23::timestamptz[], $24::timestamptz[], $25::int4[], $26::int4[], $27::int4[])
                    AS x(id, token, kind, context, next_step, lease_until, output, run_at, next_attempt, error,
                         step_index, attempt, step_name, outcome, request, response_status, response_headers,
-                        response_body, extracted, step_error, worker_id, started_at, finished_at, duration_ms)
+                        response_body, extracted, step_error, worker_id, started_at, finished_at, duration_ms,
+                        request_bytes, response_bytes)
            ), upd AS (
                UPDATE connector_executions e SET
                    context = COALESCE(x.context, e.context),
@@ -508,10 +516,10 @@ pub async fn commit_steps(
            ), step AS (
                INSERT INTO execution_steps (execution_id, step_index, attempt, workspace_id, step_name,
                    outcome, request, response_status, response_headers, response_body, extracted,
-                   error, worker_id, started_at, finished_at, duration_ms)
+                   error, worker_id, started_at, finished_at, duration_ms, request_bytes, response_bytes)
                SELECT upd.id, x.step_index, x.attempt, upd.workspace_id, x.step_name, x.outcome, x.request,
                       x.response_status, x.response_headers, x.response_body, x.extracted, x.step_error,
-                      x.worker_id, x.started_at, x.finished_at, x.duration_ms
+                      x.worker_id, x.started_at, x.finished_at, x.duration_ms, x.request_bytes, x.response_bytes
                FROM upd JOIN x ON x.id = upd.id
            ), ev AS (
                INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
@@ -555,7 +563,9 @@ pub async fn commit_steps(
         &workers,
         &started,
         &finished,
-        &durations
+        &durations,
+        &sent,
+        &received
     )
     .fetch_all(pool)
     .await;

@@ -154,7 +154,7 @@ pub async fn steps(pool: &PgPool, workspace_id: &str, id: Uuid) -> Result<Vec<St
         StepRow,
         r#"SELECT step_index, attempt, step_name, outcome AS "outcome: StepOutcome", request,
                 response_status, response_headers, response_body, extracted, error, worker_id,
-                started_at, finished_at, duration_ms
+                started_at, finished_at, duration_ms, request_bytes, response_bytes
          FROM execution_steps WHERE execution_id = $1 AND workspace_id = $2
          ORDER BY step_index, attempt"#,
         id,
