@@ -343,3 +343,155 @@ fn delivery_ids_come_from_where_each_provider_puts_them() {
     assert_eq!(id(Scheme::HmacSha256, &custom).as_deref(), Some("req-1"));
     assert_eq!(delivery_id(Scheme::Stripe, &none, &header, None), None);
 }
+
+#[test]
+fn verification_settings_are_checked_field_by_field() {
+    let fields = |scheme: Scheme, settings: Settings| -> Vec<&'static str> {
+        check_settings(scheme, &settings)
+            .into_iter()
+            .map(|(field, _)| field)
+            .collect()
+    };
+    let header = |h: &str| Settings {
+        header: Some(h.to_owned()),
+        ..Settings::default()
+    };
+    let long = "h".repeat(128);
+    let too_long = "h".repeat(129);
+    for (scheme, settings, want) in [
+        (Scheme::None, Settings::default(), vec![]),
+        (Scheme::Stripe, Settings::default(), vec![]),
+        (
+            Scheme::Header,
+            Settings::default(),
+            vec!["verification.header"],
+        ),
+        (
+            Scheme::HmacSha256,
+            Settings::default(),
+            vec!["verification.header"],
+        ),
+        (Scheme::Header, header("X-Token_2"), vec![]),
+        (Scheme::HmacSha256, header(&long), vec![]),
+        (
+            Scheme::HmacSha256,
+            header(&too_long),
+            vec!["verification.header"],
+        ),
+        (Scheme::Header, header(""), vec!["verification.header"]),
+        (
+            Scheme::Header,
+            header("X Token"),
+            vec!["verification.header"],
+        ),
+        (
+            Scheme::Header,
+            header("X:Token"),
+            vec!["verification.header"],
+        ),
+        (
+            Scheme::Header,
+            header("X.Token"),
+            vec!["verification.header"],
+        ),
+        // A header given to a scheme that ignores it is still checked.
+        (
+            Scheme::Github,
+            header("bad header"),
+            vec!["verification.header"],
+        ),
+        (Scheme::Github, header("X-Ok"), vec![]),
+        (
+            Scheme::None,
+            Settings {
+                id_header: Some("X-Delivery_Id".to_owned()),
+                ..Settings::default()
+            },
+            vec![],
+        ),
+        (
+            Scheme::None,
+            Settings {
+                id_header: Some("X Delivery".to_owned()),
+                ..Settings::default()
+            },
+            vec!["verification.id_header"],
+        ),
+        (
+            Scheme::Slack,
+            Settings {
+                tolerance_secs: Some(0),
+                ..Settings::default()
+            },
+            vec!["verification.tolerance_secs"],
+        ),
+        (
+            Scheme::Slack,
+            Settings {
+                tolerance_secs: Some(1),
+                ..Settings::default()
+            },
+            vec![],
+        ),
+        (
+            Scheme::Slack,
+            Settings {
+                tolerance_secs: Some(86_400),
+                ..Settings::default()
+            },
+            vec![],
+        ),
+        (
+            Scheme::Slack,
+            Settings {
+                tolerance_secs: Some(86_401),
+                ..Settings::default()
+            },
+            vec!["verification.tolerance_secs"],
+        ),
+        (
+            Scheme::HmacSha256,
+            Settings {
+                header: Some("X-Sig".to_owned()),
+                prefix: Some("p".repeat(64)),
+                ..Settings::default()
+            },
+            vec![],
+        ),
+        (
+            Scheme::HmacSha256,
+            Settings {
+                header: Some("X-Sig".to_owned()),
+                prefix: Some("p".repeat(65)),
+                ..Settings::default()
+            },
+            vec!["verification.prefix"],
+        ),
+    ] {
+        assert_eq!(
+            fields(scheme, settings.clone()),
+            want,
+            "{scheme:?} {settings:?}"
+        );
+    }
+}
+
+#[test]
+fn each_scheme_has_its_stored_name_and_only_none_needs_no_secret() {
+    let all = [
+        (Scheme::None, "none", false),
+        (Scheme::Header, "header", true),
+        (Scheme::HmacSha256, "hmac_sha256", true),
+        (Scheme::Stripe, "stripe", true),
+        (Scheme::Shopify, "shopify", true),
+        (Scheme::Slack, "slack", true),
+        (Scheme::Github, "github", true),
+        (Scheme::StandardWebhooks, "standard_webhooks", true),
+    ];
+    for (scheme, name, secret) in all {
+        assert_eq!(scheme.as_str(), name);
+        // The stored name is the one the API's JSON uses.
+        assert_eq!(json!(scheme), json!(name));
+        assert_eq!(scheme.needs_secret(), secret, "{name}");
+    }
+}
