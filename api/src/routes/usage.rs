@@ -84,7 +84,7 @@ fn totals(days: &[UsageDay]) -> Value {
         "started": sum(|d| d.started), "succeeded": sum(|d| d.succeeded),
         "failed": sum(|d| d.failed), "cancelled": sum(|d| d.cancelled),
         "steps": sum(|d| d.steps), "retries": sum(|d| d.retries),
-        "rate_limited": sum(|d| d.rate_limited),
+        "rate_limited": sum(|d| d.rate_limited), "parked": sum(|d| d.parked),
         "bytes_out": sum(|d| d.bytes_out), "bytes_in": sum(|d| d.bytes_in),
     })
 }
@@ -93,7 +93,8 @@ fn totals(days: &[UsageDay]) -> Value {
 /// zeros included): executions `started` (enqueued), executions finished
 /// as `succeeded`, `failed` or `cancelled`, and the `steps`, `retries`
 /// (attempts after a step's first), `rate_limited` (attempts refused with
-/// 429 or 503 and rescheduled), `bytes_out` and `bytes_in` (request and
+/// 429 or 503 and rescheduled), `parked` (times flow control held an
+/// execution back before a send), `bytes_out` and `bytes_in` (request and
 /// response body bytes) of the executions that finished; plus
 /// `totals`. Only history that retention has kept is counted.
 #[utoipa::path(get, path = "/usage", tag = "usage", params(UsageQuery),
@@ -123,6 +124,7 @@ async fn workspace_usage(
                     steps: 0,
                     retries: 0,
                     rate_limited: 0,
+                    parked: 0,
                     bytes_out: 0,
                     bytes_in: 0,
                 })

@@ -116,6 +116,17 @@ async fn usage_counts_each_workspace_per_day_and_only_admins_see_all(pool: PgPoo
         retry,
     )
     .await;
+    // Flow control held B back twice before a send (its `parked` events).
+    for _ in 0..2 {
+        sqlx::query(
+            "INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
+             VALUES ($1, 'ws_b', now(), 'parked', '{}')",
+        )
+        .bind(fails.parse::<Uuid>().expect("uuid"))
+        .execute(&api.pool)
+        .await
+        .expect("event");
+    }
     let again = executions::claim(&api.pool, "w", 10, lease, Utc::now())
         .await
         .expect("claim");
@@ -131,7 +142,7 @@ async fn usage_counts_each_workspace_per_day_and_only_admins_see_all(pool: PgPoo
     let days = mine.json["days"].as_array().expect("days");
     assert_eq!(days.len(), 30, "every day of the default window");
     assert_eq!(days[29]["day"], json!(today));
-    let expected_a = json!({"started": 3, "succeeded": 1, "failed": 0, "cancelled": 1, "steps": 1, "retries": 0, "rate_limited": 0, "bytes_out": 100, "bytes_in": 1000});
+    let expected_a = json!({"started": 3, "succeeded": 1, "failed": 0, "cancelled": 1, "steps": 1, "retries": 0, "rate_limited": 0, "parked": 0, "bytes_out": 100, "bytes_in": 1000});
     assert_eq!(mine.json["totals"], expected_a);
     assert_eq!(days[29]["started"], 3);
     assert_eq!(days[0]["started"], 0);
@@ -139,7 +150,7 @@ async fn usage_counts_each_workspace_per_day_and_only_admins_see_all(pool: PgPoo
     let theirs = api
         .get(&format!("/api/v1/usage?from={today}&to={today}"), &b)
         .await;
-    let expected_b = json!({"started": 1, "succeeded": 0, "failed": 1, "cancelled": 0, "steps": 2, "retries": 1, "rate_limited": 1, "bytes_out": 200, "bytes_in": 2000});
+    let expected_b = json!({"started": 1, "succeeded": 0, "failed": 1, "cancelled": 0, "steps": 2, "retries": 1, "rate_limited": 1, "parked": 2, "bytes_out": 200, "bytes_in": 2000});
     assert_eq!(theirs.json["totals"], expected_b, "{}", theirs.text);
     assert_eq!(theirs.json["workspace_id"], "ws_b");
     let past = api

@@ -36,6 +36,9 @@ pub struct UsageDay {
     /// Attempts the provider refused with 429 or 503 and that were
     /// rescheduled (parked until its `Retry-After` or the backoff).
     pub rate_limited: i64,
+    /// Times flow control parked those executions before a send (a step's
+    /// rate limit or concurrency key was full).
+    pub parked: i64,
     /// Request body bytes those attempts sent.
     pub bytes_out: i64,
     /// Response body bytes those attempts received.
@@ -60,12 +63,12 @@ pub async fn daily(
                   sum(u.started)::int8 AS "started!", sum(u.succeeded)::int8 AS "succeeded!",
                   sum(u.failed)::int8 AS "failed!", sum(u.cancelled)::int8 AS "cancelled!",
                   sum(u.steps)::int8 AS "steps!", sum(u.retries)::int8 AS "retries!",
-                  sum(u.rate_limited)::int8 AS "rate_limited!",
+                  sum(u.rate_limited)::int8 AS "rate_limited!", sum(u.parked)::int8 AS "parked!",
                   sum(u.bytes_out)::int8 AS "bytes_out!", sum(u.bytes_in)::int8 AS "bytes_in!"
            FROM (
                SELECT workspace_id, (created_at AT TIME ZONE 'UTC')::date AS day, 1::int8 AS started,
                       0::int8 AS succeeded, 0::int8 AS failed, 0::int8 AS cancelled,
-                      0::int8 AS steps, 0::int8 AS retries, 0::int8 AS rate_limited,
+                      0::int8 AS steps, 0::int8 AS retries, 0::int8 AS rate_limited, 0::int8 AS parked,
                       0::int8 AS bytes_out, 0::int8 AS bytes_in
                FROM connector_executions
                WHERE ($1::text IS NULL OR workspace_id = $1) AND created_at >= $2 AND created_at < $3
@@ -73,6 +76,8 @@ pub async fn daily(
                SELECT e.workspace_id, (e.finished_at AT TIME ZONE 'UTC')::date, 0,
                       (e.status = 'succeeded')::int::int8, (e.status = 'failed')::int::int8,
                       (e.status = 'cancelled')::int::int8, st.steps, st.retries, st.rate_limited,
+                      (SELECT count(*) FROM execution_events ev
+                       WHERE ev.execution_id = e.id AND ev.kind = 'parked'),
                       st.bytes_out, st.bytes_in
                FROM connector_executions e
                CROSS JOIN LATERAL (
