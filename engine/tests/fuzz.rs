@@ -1,6 +1,7 @@
 //! Property tests over untrusted input: the connector validator, the
-//! JSONPath evaluator, the template renderer through the step runner, and
-//! response handling against a real loopback server. Each holds for every
+//! JSONPath evaluator, the template renderer through the step runner,
+//! response handling against a real loopback server, and inbound webhook
+//! signature headers. Each holds for every
 //! generated case: no panic, bounded output, and no secret in anything a
 //! step result stores.
 
@@ -334,4 +335,42 @@ async fn an_echoing_provider_cannot_make_a_bare_credential_read_back() {
     let text = stored(&result);
     assert!(text.contains("REDACTED"), "{text}");
     assert!(!text.contains(SECRET), "{text}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever headers a webhook sender makes up, every verification
+    /// scheme answers without panicking, and a forged delivery (one not
+    /// signed with the key) is never accepted by a scheme that verifies.
+    #[test]
+    fn webhook_signatures_from_anyone_never_panic_or_pass(
+        value in "[ -~]{0,120}",
+        timestamp in prop_oneof![Just("1700000000".to_owned()), "[0-9]{0,12}", "[ -~]{0,12}"],
+        body in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        use conveyor_engine::webhook::{self, Scheme, Settings};
+        let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("time");
+        let settings = Settings {
+            header: Some("X-Sig".to_owned()),
+            ..Settings::default()
+        };
+        let header = |name: &str| {
+            Some(if name.to_ascii_lowercase().contains("timestamp") {
+                timestamp.clone()
+            } else {
+                value.clone()
+            })
+        };
+        for scheme in [
+            Scheme::Header, Scheme::HmacSha256, Scheme::Stripe, Scheme::Shopify,
+            Scheme::Slack, Scheme::Github, Scheme::StandardWebhooks,
+        ] {
+            let verdict = webhook::verify(scheme, &settings, b"0123456789abcdef", &header, &body, now);
+            // `header` compares the value with the key itself: only the key passes.
+            if value != "0123456789abcdef" {
+                prop_assert!(verdict.is_err(), "{scheme:?} accepted {value:?}");
+            }
+        }
+    }
 }
