@@ -495,3 +495,39 @@ fn each_scheme_has_its_stored_name_and_only_none_needs_no_secret() {
         assert_eq!(scheme.needs_secret(), secret, "{name}");
     }
 }
+
+#[test]
+fn standard_webhooks_keys_are_base64_of_at_least_16_bytes() {
+    use base64::Engine as _;
+    let b64 = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]);
+    let sw = Scheme::StandardWebhooks;
+    assert_eq!(key_of(sw, &format!("whsec_{}", b64(16))), Ok(vec![7u8; 16]));
+    assert_eq!(key_of(sw, &b64(32)), Ok(vec![7u8; 32]));
+    assert_eq!(
+        key_of(sw, &format!("whsec_{}", b64(15))),
+        Err("must encode at least 16 bytes".to_owned())
+    );
+    assert!(key_of(sw, "whsec_not base64!").is_err());
+    // Other schemes use the secret's own bytes, whatever they look like.
+    assert_eq!(key_of(Scheme::Github, "whsec_x"), Ok(b"whsec_x".to_vec()));
+}
+
+#[test]
+fn timestamps_are_fresh_up_to_the_tolerance_and_no_further() {
+    let now = at(1_700_000_000);
+    for (ts, ok) in [
+        ("1700000000", true),
+        ("1700000300", true),
+        ("1699999700", true),
+        (" 1700000300 ", true),
+        ("1700000301", false),
+        ("1699999699", false),
+    ] {
+        assert_eq!(fresh(ts, "t", 300, now).is_ok(), ok, "{ts}");
+    }
+    assert_eq!(fresh("1700000301", "t", 300, now), Err(Failure::Stale(300)));
+    assert_eq!(
+        fresh("soon", "t", 300, now),
+        Err(Failure::Malformed("t".to_owned()))
+    );
+}
