@@ -196,6 +196,19 @@ pub async fn enqueue_new(pool: &PgPool, new: &NewExecution) -> Uuid {
         .id
 }
 
+/// Enqueues `n` executions of `connector` with inputs `{"i": 0..n}`, in
+/// one transaction.
+pub async fn enqueue_many(pool: &PgPool, connector: (Uuid, i32), n: u64) {
+    let mut tx = pool.begin().await.expect("begin");
+    for i in 0..n {
+        let new = new_execution(connector, serde_json::json!({ "i": i }));
+        executions::enqueue(&mut tx, &new, Utc::now())
+            .await
+            .expect("enqueue");
+    }
+    tx.commit().await.expect("commit");
+}
+
 /// The URL of a test's own database, for child processes (the tests'
 /// clusters trust loopback, so no password is carried).
 pub fn database_url(pool: &PgPool) -> String {

@@ -10,20 +10,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use conveyor_engine::connector;
 use conveyor_engine::crypto::{Key, Keyring};
 use conveyor_engine::oauth::CredentialKind;
-use conveyor_engine::state::StartedBy;
 use conveyor_engine::store::credentials::{self, NewCredential};
-use conveyor_engine::store::executions::{self, NewExecution};
 use conveyor_tests::oauth_server::{CLIENT_ID, CLIENT_SECRET, OAuthServer};
-use conveyor_tests::{WS, connector_create, database_url};
+use conveyor_tests::{WS, connector_create, database_url, enqueue_many};
 use serde_json::json;
 use sqlx::PgPool;
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_conveyor-worker");
-const EXECUTIONS: usize = 50;
+const EXECUTIONS: u64 = 50;
 
 /// A worker process whose log goes to a file; killed on drop.
 struct WorkerProcess(Child);
@@ -102,26 +99,7 @@ async fn fifty_executions_in_four_processes_share_one_refresh(pool: PgPool) {
          "auth": {"type": "oauth2", "credential": "crm"}}]});
     let c = connector::parse_and_validate(&definition).expect("valid");
     let (connector_id, connector_version) = connector_create(&pool, &c).await;
-    let mut tx = pool.begin().await.expect("begin");
-    for i in 0..EXECUTIONS {
-        let new = NewExecution {
-            workspace_id: WS.to_owned(),
-            connector_id,
-            connector_version,
-            input: json!({"i": i}),
-            idempotency_key: None,
-            priority: 0,
-            run_at: None,
-            rerun_of: None,
-            trace_context: None,
-            started_by: StartedBy::User("test".to_owned()),
-            callback_url: None,
-        };
-        executions::enqueue(&mut tx, &new, Utc::now())
-            .await
-            .expect("enqueue");
-    }
-    tx.commit().await.expect("commit");
+    enqueue_many(&pool, (connector_id, connector_version), EXECUTIONS).await;
 
     let url = database_url(&pool);
     let dir = std::env::temp_dir().join(format!("conveyor-oauth-{}", uuid::Uuid::now_v7()));
@@ -157,7 +135,11 @@ async fn fifty_executions_in_four_processes_share_one_refresh(pool: PgPool) {
         0,
         "an old refresh token came back"
     );
-    assert_eq!(server.resource_keys().len(), EXECUTIONS, "one request each");
+    assert_eq!(
+        server.resource_keys().len() as u64,
+        EXECUTIONS,
+        "one request each"
+    );
     let workers_seen: i64 =
         sqlx::query_scalar("SELECT count(DISTINCT worker_id) FROM execution_steps")
             .fetch_one(&pool)

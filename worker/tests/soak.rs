@@ -20,10 +20,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use conveyor_engine::crypto::Key;
-use conveyor_engine::state::StartedBy;
-use conveyor_engine::store::executions::{self, NewExecution};
 use conveyor_tests::cluster::PgCluster;
-use conveyor_tests::{Harness, WS};
+use conveyor_tests::{Harness, enqueue_many};
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -101,29 +99,6 @@ impl Drop for Worker {
     }
 }
 
-async fn enqueue(pool: &PgPool, (connector_id, connector_version): (Uuid, i32), n: u64) {
-    let mut tx = pool.begin().await.expect("begin");
-    for i in 0..n {
-        let new = NewExecution {
-            workspace_id: WS.to_owned(),
-            connector_id,
-            connector_version,
-            input: json!({"i": i}),
-            idempotency_key: None,
-            priority: 0,
-            run_at: None,
-            rerun_of: None,
-            trace_context: None,
-            started_by: StartedBy::User("soak".to_owned()),
-            callback_url: None,
-        };
-        executions::enqueue(&mut tx, &new, Utc::now())
-            .await
-            .expect("enqueue");
-    }
-    tx.commit().await.expect("commit");
-}
-
 /// Executions by status; nothing during the restart.
 async fn counts(pool: &PgPool) -> HashMap<String, i64> {
     sqlx::query_as::<_, (String, i64)>(
@@ -170,7 +145,7 @@ async fn a_kill_storm_loses_nothing_and_never_resends_a_finished_step() {
         })
         .collect();
     let c = h.connector(json!({"name": "soak", "steps": steps})).await;
-    enqueue(&h.pool, c, n).await;
+    enqueue_many(&h.pool, c, n).await;
 
     let key = Key::generate().to_base64();
     let mut generation = 0;
