@@ -196,6 +196,30 @@ pub async fn enqueue_new(pool: &PgPool, new: &NewExecution) -> Uuid {
         .id
 }
 
+/// A stored first attempt of step 0 (`ping`) that succeeded with 200, as
+/// `worker` would commit it, to adjust with struct update syntax.
+pub fn stored_step(worker: &str) -> StepRow {
+    let now = Utc::now();
+    StepRow {
+        step_index: 0,
+        attempt: 1,
+        step_name: "ping".to_owned(),
+        outcome: conveyor_engine::state::StepOutcome::Succeeded,
+        request: serde_json::json!({"method": "GET"}),
+        response_status: Some(200),
+        response_headers: None,
+        response_body: None,
+        extracted: None,
+        error: None,
+        worker_id: worker.to_owned(),
+        started_at: now,
+        finished_at: now,
+        duration_ms: 1,
+        request_bytes: 0,
+        response_bytes: 0,
+    }
+}
+
 /// Enqueues `n` executions of `connector` with inputs `{"i": 0..n}`, in
 /// one transaction.
 pub async fn enqueue_many(pool: &PgPool, connector: (Uuid, i32), n: u64) {

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::Utc;
-use conveyor_engine::state::{ExecutionStatus, StepOutcome};
+use conveyor_engine::state::ExecutionStatus;
 use conveyor_engine::store::access;
-use conveyor_engine::store::executions::{self, StepRow, Transition};
+use conveyor_engine::store::executions::{self, Transition};
 use conveyor_tests::api::TestApi;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -132,28 +132,6 @@ async fn every_execution_records_what_started_it_and_starts_are_audited(pool: Pg
     assert_eq!(other.status, StatusCode::NOT_FOUND);
 }
 
-fn step() -> StepRow {
-    let now = Utc::now();
-    StepRow {
-        step_index: 0,
-        attempt: 1,
-        step_name: "ping".to_owned(),
-        outcome: StepOutcome::Succeeded,
-        request: json!({"method": "GET"}),
-        response_status: Some(200),
-        response_headers: None,
-        response_body: None,
-        extracted: None,
-        error: None,
-        worker_id: "worker-a".to_owned(),
-        started_at: now,
-        finished_at: now,
-        duration_ms: 1,
-        request_bytes: 0,
-        response_bytes: 0,
-    }
-}
-
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn admins_open_any_execution_with_steps_events_and_trace_id(pool: PgPool) {
     let api = TestApi::new(pool);
@@ -181,7 +159,7 @@ async fn admins_open_any_execution_with_steps_events_and_trace_id(pool: PgPool) 
         &api.pool,
         claimed[0].id,
         claimed[0].fencing_token,
-        &step(),
+        &conveyor_tests::stored_step("worker-a"),
         &Transition::Succeed {
             context: json!({}),
             output: json!({"ok": true}),

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use chrono::Utc;
-use conveyor_engine::state::{ExecutionStatus, StepOutcome};
-use conveyor_engine::store::executions::{self, StepRow, Transition};
+use conveyor_engine::state::ExecutionStatus;
+use conveyor_engine::store::executions::{self, Transition};
 use conveyor_engine::store::{access, credentials};
 use conveyor_tests::api::{Reply, TestApi};
 use serde_json::{Value, json};
@@ -312,29 +312,6 @@ async fn admin_routes_answer_403_to_everyone_else(pool: PgPool) {
     }
 }
 
-/// A stored step of attempt 1 of step 0 by `worker`.
-fn step(worker: &str) -> StepRow {
-    let now = Utc::now();
-    StepRow {
-        step_index: 0,
-        attempt: 1,
-        step_name: "ping".to_owned(),
-        outcome: StepOutcome::Succeeded,
-        request: json!({"method": "GET"}),
-        response_status: Some(200),
-        response_headers: None,
-        response_body: None,
-        extracted: None,
-        error: None,
-        worker_id: worker.to_owned(),
-        started_at: now,
-        finished_at: now,
-        duration_ms: 1,
-        request_bytes: 0,
-        response_bytes: 0,
-    }
-}
-
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn admins_see_queue_stats_usage_history_and_every_audit_log(pool: PgPool) {
     let api = TestApi::new(pool);
@@ -406,7 +383,7 @@ async fn admins_see_queue_stats_usage_history_and_every_audit_log(pool: PgPool) 
         &api.pool,
         claimed[0].id,
         claimed[0].fencing_token,
-        &step("worker-a"),
+        &conveyor_tests::stored_step("worker-a"),
         &Transition::Succeed {
             context: json!({}),
             output: json!({"ok": true}),

@@ -20,24 +20,13 @@ fn ping() -> Value {
 }
 
 fn attempt(attempt: i32, outcome: StepOutcome) -> StepRow {
-    let now = Utc::now();
     StepRow {
-        step_index: 0,
         attempt,
-        step_name: "ping".to_owned(),
         outcome,
-        request: json!({"method": "GET"}),
         response_status: Some(503),
-        response_headers: None,
-        response_body: None,
-        extracted: None,
-        error: None,
-        worker_id: "w".to_owned(),
-        started_at: now,
-        finished_at: now,
-        duration_ms: 1,
         request_bytes: 100,
         response_bytes: 1000,
+        ..conveyor_tests::stored_step("w")
     }
 }
 
