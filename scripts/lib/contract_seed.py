@@ -164,6 +164,10 @@ SEMANTIC_422 = [
     # it needs (client_id for OAuth, a known preset for its grant, ...).
     "put_credential",
     "create_schedule", "update_schedule", "create_trigger",
+    # Workspace ids in paths: the document states their pattern (no C0/C1
+    # controls), but generated path values sometimes carry a C1 control
+    # (U+0080..U+009F) anyway, which the API refuses with 422 naming `id`.
+    "list_members", "put_member", "list_workspace_keys",
     # Whether `version` is a version of that template is data, not schema
     # (official templates move on; the stateful phase approves those too).
     "admin_approve_template",
