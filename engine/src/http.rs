@@ -468,17 +468,13 @@ impl StepClient {
         let mut secret_headers: Vec<HeaderName> = vec![AUTHORIZATION];
         match &step.auth {
             Auth::None => {}
-            Auth::Bearer { credential } | Auth::OAuth2 { credential } => {
+            Auth::Bearer { credential } | Auth::OAuth2 { credential, .. } => {
                 let field = step.auth.bearer_field(credentials.get(credential));
                 let token =
                     secret_field(credentials, credential, field).map_err(|e| fail(&snapshot, e))?;
-                insert_header(
-                    &mut headers,
-                    AUTHORIZATION,
-                    &format!("Bearer {token}"),
-                    "auth",
-                )
-                .map_err(|e| fail(&snapshot, e))?;
+                let value = format!("{}{token}", step.auth.token_prefix());
+                insert_header(&mut headers, AUTHORIZATION, &value, "auth")
+                    .map_err(|e| fail(&snapshot, e))?;
             }
             Auth::Basic { credential } => {
                 let user = secret_field(credentials, credential, "username")

@@ -7,6 +7,7 @@
 pub mod flow;
 pub mod placement;
 mod validate;
+pub mod variant;
 
 use std::collections::BTreeMap;
 
@@ -19,6 +20,7 @@ use crate::extract::Extraction;
 pub use validate::{
     ValidationError, ValidationErrors, is_credential_name, parse_and_validate, validate,
 };
+pub use variant::Variant;
 
 /// Default whole-run deadline: 5 minutes.
 pub const DEFAULT_RUN_TIMEOUT_MS: u64 = 300_000;
@@ -95,6 +97,13 @@ impl Connector {
                 credentials.insert(name.to_owned());
             }
             step.visit_templates(&mut |_, t| templates.push(t.to_owned()));
+            for v in &step.variants {
+                credentials.insert(v.credential.clone());
+                if let Some(name) = v.auth.as_ref().and_then(Auth::credential) {
+                    credentials.insert(name.to_owned());
+                }
+                v.visit_templates("", &mut |_, t| templates.push(t.to_owned()));
+            }
         }
         visit_json("output", &self.output, &mut |_, t| {
             templates.push(t.to_owned())
@@ -225,6 +234,13 @@ pub struct Step {
     /// worker; when full the execution is parked until a slot frees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<flow::Concurrency>,
+    /// How the step is sent when a credential is of other kinds (a
+    /// static token here, OAuth there): the first variant whose credential
+    /// is of one of its kinds replaces the step's `url`, `auth`, `headers`
+    /// and `query` (at most 8).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 8)]
+    pub variants: Vec<Variant>,
 }
 
 impl Step {
@@ -404,6 +420,12 @@ pub enum Auth {
         /// Credential name.
         #[schema(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")]
         credential: String,
+        /// The `Authorization` scheme before the token: `Bearer` when
+        /// absent, `Zoho-oauthtoken` for Zoho; empty sends the bare token
+        /// (monday.com).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(pattern = "^[A-Za-z0-9._~+/-]{0,64}$", example = "Zoho-oauthtoken")]
+        scheme: Option<String>,
     },
 }
 
@@ -422,6 +444,23 @@ impl Auth {
         }
     }
 
+    /// What precedes the token in the `Authorization` header of a bearer
+    /// kind: `Bearer `, an `oauth2` auth's own `scheme` and a space, or
+    /// nothing for an empty scheme.
+    pub fn token_prefix(&self) -> String {
+        match self {
+            Auth::OAuth2 {
+                scheme: Some(scheme),
+                ..
+            } if scheme.is_empty() => String::new(),
+            Auth::OAuth2 {
+                scheme: Some(scheme),
+                ..
+            } => format!("{scheme} "),
+            _ => "Bearer ".to_owned(),
+        }
+    }
+
     /// The credential this auth uses, if any.
     pub fn credential(&self) -> Option<&str> {
         match self {
@@ -429,7 +468,7 @@ impl Auth {
             Auth::Bearer { credential }
             | Auth::ApiKey { credential, .. }
             | Auth::Basic { credential }
-            | Auth::OAuth2 { credential } => Some(credential),
+            | Auth::OAuth2 { credential, .. } => Some(credential),
         }
     }
 }

@@ -172,6 +172,13 @@ impl Validator {
             self.errors.extend(placement);
             let flow = super::flow::problems(&self.renderer, &path, step);
             self.errors.extend(flow);
+            for (j, v) in step.variants.iter().enumerate() {
+                let (path, probe) = (format!("{path}.variants[{j}]"), v.probe(step));
+                self.step(&path, &probe, &c.steps[..i]);
+                let placement = super::placement::step_problems(&self.renderer, &path, &probe);
+                self.errors.extend(placement);
+            }
+            self.errors.extend(super::variant::problems(&path, step));
         }
         self.json_templates("output", &c.output, &Scope::Output(&c.steps));
         let placement = super::placement::output_problems(&self.renderer, &c.output);
@@ -281,6 +288,20 @@ impl Validator {
             self.err(
                 format!("{path}.credential"),
                 "must be 1 to 64 characters of [A-Za-z0-9_.-], not starting with . or -",
+            );
+        }
+        if let Auth::OAuth2 {
+            scheme: Some(scheme),
+            ..
+        } = auth
+            && (scheme.len() > 64
+                || !scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._~+/-".contains(&b)))
+        {
+            self.err(
+                format!("{path}.scheme"),
+                "must be up to 64 characters of [A-Za-z0-9._~+/-]",
             );
         }
         if let Auth::ApiKey { location, name, .. } = auth {

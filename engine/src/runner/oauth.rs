@@ -5,7 +5,8 @@
 //! 401 answer triggers one renewal and one re-send of the same attempt
 //! (same `Idempotency-Key`): not a retry. A refused renewal fails the
 //! step (`credential_revoked`, `token_endpoint`); a transient one retries
-//! it with the step's policy.
+//! it with the step's policy. A step with `variants` is sent in the shape
+//! its credentials' kinds pick.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,7 @@ use super::{InFlight, Runner};
 use crate::Result;
 use crate::connector::{Auth, Step};
 use crate::http::{Attempt, Retry, StepError, StepErrorKind, StepResult, Traffic};
+use crate::oauth::CredentialKind;
 use crate::oauth::refresh::{RefreshError, Refresher};
 use crate::redact::Credentials;
 use crate::store::credentials::TokenState;
@@ -47,6 +49,11 @@ impl RunCredentials {
             .is_some_and(|(_, s)| s.kind.is_oauth())
     }
 
+    /// The kind of step-facing `name`, when it exists.
+    fn kind_of(&self, name: &str) -> Option<CredentialKind> {
+        self.states.get(name).map(|(_, s)| s.kind)
+    }
+
     /// Records the kind and expiry of step-facing `name`, bound to the
     /// stored credential `target`.
     pub(super) fn add_state(&mut self, name: &str, target: &str, state: TokenState) {
@@ -69,8 +76,11 @@ impl Runner {
         call: &Attempt<'_>,
         extended_at: &mut tokio::time::Instant,
     ) -> Result<InFlight> {
+        // The step's variant for its credentials' kinds, if it has one.
+        let resolved = step.resolved(|name| credentials.kind_of(name));
+        let step = resolved.as_ref();
         let credential = match &step.auth {
-            Auth::OAuth2 { credential } => credential,
+            Auth::OAuth2 { credential, .. } => credential,
             Auth::Bearer { credential } if credentials.is_oauth(credential) => credential,
             _ => {
                 return self
