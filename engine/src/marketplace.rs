@@ -269,6 +269,21 @@ impl Template {
                 ));
             }
         }
+        for (i, step) in self.connector.steps.iter().enumerate() {
+            for (j, v) in step.variants.iter().enumerate() {
+                let Some(c) = self.credentials.iter().find(|c| c.name == v.credential) else {
+                    continue;
+                };
+                for (k, kind) in v.kinds.iter().enumerate() {
+                    if !c.kinds.iter().any(|accepted| accepted == kind.as_str()) {
+                        errors.push(err(
+                            format!("connector.steps[{i}].variants[{j}].kinds[{k}]"),
+                            format!("credential `{}` does not accept {}", c.name, kind.as_str()),
+                        ));
+                    }
+                }
+            }
+        }
         for name in &used_credentials {
             if !self.credentials.iter().any(|c| &c.name == name) {
                 errors.push(err(
@@ -311,20 +326,75 @@ impl Template {
         }
     }
 
-    /// The connector an install creates.
+    /// The problems of mapping template credentials to workspace
+    /// credentials of the wrong kind, each under `prefix` and the template
+    /// credential's name (`credentials.zoho`). `bound` maps a template
+    /// credential to a workspace credential; `kinds` holds the kinds of
+    /// the workspace's credentials (one that does not exist yet is not
+    /// checked).
+    pub fn kind_problems(
+        &self,
+        prefix: &str,
+        bound: impl Fn(&str) -> Option<String>,
+        kinds: &BTreeMap<String, CredentialKind>,
+    ) -> Vec<ValidationError> {
+        let mut errors = Vec::new();
+        for c in &self.credentials {
+            let Some(target) = bound(&c.name) else {
+                continue;
+            };
+            if let Some(kind) = kinds.get(&target)
+                && !c.kinds.iter().any(|k| k == kind.as_str())
+            {
+                errors.push(err(
+                    format!("{prefix}.{}", c.name),
+                    format!(
+                        "`{target}` is a {} credential; `{}` accepts {}",
+                        kind.as_str(),
+                        c.name,
+                        c.kinds.join(", ")
+                    ),
+                ));
+            }
+        }
+        errors
+    }
+
+    /// The connector an install creates. `kinds` holds the kinds of the
+    /// workspace's credentials: a mapped credential must be of a kind the
+    /// template's credential accepts, and a setting without a default is
+    /// required only when the steps, as sent with those kinds (their
+    /// `variants`), use it.
     ///
     /// # Errors
     ///
     /// 422-style problems: a required setting or a credential mapping is
-    /// missing, an unknown setting or credential is given.
-    pub fn install(&self, request: &InstallRequest) -> Result<Connector, ValidationErrors> {
+    /// missing, an unknown setting or credential is given, a mapped
+    /// credential is of a kind the template does not accept.
+    pub fn install(
+        &self,
+        request: &InstallRequest,
+        kinds: &BTreeMap<String, CredentialKind>,
+    ) -> Result<Connector, ValidationErrors> {
         let mut errors = Vec::new();
         let mut settings = Map::new();
+        let kind_of = |name: &str| {
+            request
+                .credentials
+                .get(name)
+                .and_then(|b| kinds.get(b))
+                .copied()
+        };
+        let (_, needed) = self
+            .connector
+            .resolved(kind_of)
+            .names_used(&Renderer::new());
         for s in &self.settings {
             match request.settings.get(&s.name).or(s.default.as_ref()) {
                 Some(v) => {
                     settings.insert(s.name.clone(), v.clone());
                 }
+                None if !needed.contains(&s.name) => {}
                 None => errors.push(err(
                     format!("settings.{}", s.name),
                     format!("required: {}", s.description),
@@ -360,6 +430,11 @@ impl Template {
                 )),
             }
         }
+        errors.extend(self.kind_problems(
+            "credentials",
+            |name| request.credentials.get(name).cloned(),
+            kinds,
+        ));
         for name in request.credentials.keys() {
             if !self.credentials.iter().any(|c| &c.name == name) {
                 errors.push(err(
@@ -395,8 +470,14 @@ impl Template {
 ///
 /// # Errors
 ///
-/// When the new version needs a setting or credential the connector lacks.
-pub fn upgrade(installed: &Connector, template: &Template) -> Result<Connector, ValidationErrors> {
+/// When the new version needs a setting or credential the connector lacks,
+/// or does not accept the kind of a mapped credential (`kinds`, as for
+/// [`Template::install`]).
+pub fn upgrade(
+    installed: &Connector,
+    template: &Template,
+    kinds: &BTreeMap<String, CredentialKind>,
+) -> Result<Connector, ValidationErrors> {
     let request = InstallRequest {
         name: Some(installed.name.clone()),
         settings: installed
@@ -412,7 +493,7 @@ pub fn upgrade(installed: &Connector, template: &Template) -> Result<Connector, 
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     };
-    template.install(&request)
+    template.install(&request, kinds)
 }
 
 #[cfg(test)]
@@ -445,7 +526,7 @@ mod tests {
             settings: Map::from_iter([("channel".to_owned(), json!("#ops"))]),
             credentials: BTreeMap::from([("slack".to_owned(), "acme-bot".to_owned())]),
         };
-        let c = t.install(&request).expect("install");
+        let c = t.install(&request, &BTreeMap::new()).expect("install");
         assert_eq!(c.settings["base_url"], json!("https://slack.com/api"));
         assert_eq!(c.settings["channel"], json!("#ops"));
         assert_eq!(c.bound_credential("slack"), "acme-bot");
@@ -456,7 +537,7 @@ mod tests {
     fn install_names_each_missing_setting_and_credential() {
         let t = Template::parse(&template()).expect("valid");
         let errors = t
-            .install(&InstallRequest::default())
+            .install(&InstallRequest::default(), &BTreeMap::new())
             .expect_err("missing")
             .0;
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
@@ -472,11 +553,14 @@ mod tests {
             credentials: BTreeMap::from([("slack".to_owned(), "bot".to_owned())]),
         };
         for bad in [" ".to_owned(), "é".repeat(201)] {
-            let errors = t.install(&request(bad)).expect_err("invalid name").0;
+            let errors = t
+                .install(&request(bad), &BTreeMap::new())
+                .expect_err("invalid name")
+                .0;
             assert_eq!(errors[0].path, "name");
         }
         let installed = t
-            .install(&request("é".repeat(200)))
+            .install(&request("é".repeat(200)), &BTreeMap::new())
             .expect("200 characters");
         assert_eq!(installed.name.chars().count(), 200);
     }
@@ -516,11 +600,14 @@ mod tests {
     fn upgrade_keeps_settings_and_bindings_and_adds_new_defaults() {
         let t1 = Template::parse(&template()).expect("valid");
         let installed = t1
-            .install(&InstallRequest {
-                name: Some("Team bot".into()),
-                settings: Map::from_iter([("channel".to_owned(), json!("#team"))]),
-                credentials: BTreeMap::from([("slack".to_owned(), "bot".to_owned())]),
-            })
+            .install(
+                &InstallRequest {
+                    name: Some("Team bot".into()),
+                    settings: Map::from_iter([("channel".to_owned(), json!("#team"))]),
+                    credentials: BTreeMap::from([("slack".to_owned(), "bot".to_owned())]),
+                },
+                &BTreeMap::new(),
+            )
             .expect("install");
         let mut json = template();
         json["version"] = json!("1.1.0");
@@ -530,11 +617,85 @@ mod tests {
             .push(json!({"name": "icon", "description": "Emoji", "default": ":robot:"}));
         json["connector"]["steps"][0]["body"]["content"]["icon_emoji"] = json!("<<settings.icon>>");
         let t2 = Template::parse(&json).expect("valid");
-        let upgraded = upgrade(&installed, &t2).expect("upgrade");
+        let upgraded = upgrade(&installed, &t2, &BTreeMap::new()).expect("upgrade");
         assert_eq!(upgraded.name, "Team bot");
         assert_eq!(upgraded.settings["channel"], json!("#team"));
         assert_eq!(upgraded.settings["icon"], json!(":robot:"));
         assert_eq!(upgraded.bound_credential("slack"), "bot");
+    }
+
+    fn two_kind_template() -> Value {
+        let mut json = template();
+        json["credentials"][0]["kinds"] = json!(["static", "oauth2_authorization_code"]);
+        json["settings"]
+            .as_array_mut()
+            .expect("list")
+            .push(json!({"name": "team", "description": "Workspace id for OAuth"}));
+        json["connector"]["steps"][0]["variants"] = json!([{
+            "credential": "slack", "kinds": ["oauth2_authorization_code"],
+            "url": "<<settings.base_url>>/<<settings.team>>/chat.postMessage",
+            "auth": {"type": "oauth2", "credential": "slack"}
+        }]);
+        json
+    }
+
+    #[test]
+    fn a_mapped_credential_of_a_kind_the_template_refuses_is_named_with_the_accepted_kinds() {
+        let t = Template::parse(&two_kind_template()).expect("valid");
+        let request = InstallRequest {
+            name: None,
+            settings: Map::from_iter([("channel".to_owned(), json!("#ops"))]),
+            credentials: BTreeMap::from([("slack".to_owned(), "bot".to_owned())]),
+        };
+        let kinds = BTreeMap::from([("bot".to_owned(), CredentialKind::Nango)]);
+        let errors = t.install(&request, &kinds).expect_err("wrong kind").0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "credentials.slack");
+        assert_eq!(
+            errors[0].message,
+            "`bot` is a nango credential; `slack` accepts static, oauth2_authorization_code"
+        );
+        let unknown = BTreeMap::from([("other".to_owned(), CredentialKind::Nango)]);
+        assert!(
+            t.install(&request, &unknown).is_ok(),
+            "a credential that does not exist yet is not checked"
+        );
+    }
+
+    #[test]
+    fn a_variant_for_a_kind_the_credential_does_not_accept_is_refused() {
+        let mut json = two_kind_template();
+        json["connector"]["steps"][0]["variants"][0]["kinds"] =
+            json!(["oauth2_authorization_code", "nango"]);
+        let errors = Template::parse(&json).expect_err("nango not accepted").0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "connector.steps[0].variants[0].kinds[1]");
+        assert_eq!(
+            errors[0].message,
+            "credential `slack` does not accept nango"
+        );
+    }
+
+    #[test]
+    fn a_setting_without_default_is_required_only_by_the_kind_that_uses_it() {
+        let t = Template::parse(&two_kind_template()).expect("valid");
+        let request = InstallRequest {
+            name: None,
+            settings: Map::from_iter([("channel".to_owned(), json!("#ops"))]),
+            credentials: BTreeMap::from([("slack".to_owned(), "bot".to_owned())]),
+        };
+        let kinds = |kind| BTreeMap::from([("bot".to_owned(), kind)]);
+        let installed = t
+            .install(&request, &kinds(CredentialKind::Static))
+            .expect("static needs no team");
+        assert!(!installed.settings.contains_key("team"));
+        assert_eq!(installed.steps[0].variants.len(), 1, "the variant stays");
+        let errors = t
+            .install(&request, &kinds(CredentialKind::AuthorizationCode))
+            .expect_err("OAuth needs the team")
+            .0;
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["settings.team"]);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::templates::credential_kinds;
 use super::{ExecutionPageQuery, audit, execution_page};
 use crate::AppState;
 use crate::auth::Caller;
@@ -177,7 +178,7 @@ async fn get_connector(
     request_body(content = Connector, description = "The new definition", example = connector_example),
     responses((status = 200, description = "Stored: `id` and the new `version`", body = ConnectorVersionRef),
               (status = 404, description = "No such live connector in this workspace"),
-              (status = 422, description = "Invalid definition; `details.errors` lists `{path, message}` for every problem")))]
+              (status = 422, description = "Invalid definition; `details.errors` lists `{path, message}` for every problem (for a connector installed from a template, also each `credential_bindings.NAME` naming a credential of a kind the template does not accept)")))]
 pub(crate) async fn update_connector(
     State(state): State<AppState>,
     caller: Caller,
@@ -185,6 +186,10 @@ pub(crate) async fn update_connector(
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<Json<Value>> {
     let definition = connector::parse_and_validate(&body).map_err(definition_errors)?;
+    let (found, _) = live_connector(&state, &caller, id).await?;
+    if let Some(slug) = &found.template_slug {
+        check_binding_kinds(&state, &caller, slug, &definition).await?;
+    }
     let version = connectors::update(&state.pool, &caller.workspace_id, id, &definition)
         .await?
         .ok_or_else(|| ApiError::not_found("connector"))?;
@@ -198,6 +203,33 @@ pub(crate) async fn update_connector(
     )
     .await;
     Ok(Json(json!({"id": id, "version": version})))
+}
+
+/// An installed connector's saved bindings must name credentials of the
+/// kinds its template accepts (`credential_bindings.NAME`); a template no
+/// longer available checks nothing.
+async fn check_binding_kinds(
+    state: &AppState,
+    caller: &Caller,
+    slug: &str,
+    definition: &Connector,
+) -> ApiResult<()> {
+    let Some((_, json)) = templates::get(&state.pool, slug, Some(&caller.workspace_id)).await?
+    else {
+        return Ok(());
+    };
+    let template = Template::parse(&json).map_err(|e| ApiError::internal(&e))?;
+    let kinds = credential_kinds(state, &caller.workspace_id).await?;
+    let problems = template.kind_problems(
+        "credential_bindings",
+        |name| definition.credential_bindings.get(name).cloned(),
+        &kinds,
+    );
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(definition_errors(connector::ValidationErrors(problems)))
+    }
 }
 
 /// Delete a connector (soft: its versions and executions stay readable).
@@ -532,7 +564,7 @@ async fn connector_executions(
     responses((status = 200, description = "Upgraded: the new connector version and template version", body = InstalledConnector),
               (status = 404, description = "No such live connector in this workspace"),
               (status = 409, description = "Not installed from a template, its template is gone, or already current"),
-              (status = 422, description = "The new version needs a setting or credential the connector lacks")))]
+              (status = 422, description = "The new version needs a setting or credential the connector lacks, or does not accept the kind of a mapped credential")))]
 pub(crate) async fn upgrade_connector(
     State(state): State<AppState>,
     caller: Caller,
@@ -555,7 +587,8 @@ pub(crate) async fn upgrade_connector(
             "already on the newest template version ({current})"
         )));
     }
-    let upgraded = upgrade(&installed, &template).map_err(|e| {
+    let kinds = credential_kinds(&state, &caller.workspace_id).await?;
+    let upgraded = upgrade(&installed, &template, &kinds).map_err(|e| {
         ApiError::validation(
             format!("cannot upgrade: {e}"),
             serde_json::to_value(&e.0).unwrap_or(Value::Null),

@@ -2,13 +2,17 @@
 //! side: publish official templates, review community ones, feature,
 //! retire, and read how a template performs.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use conveyor_engine::marketplace::{InstallRequest, Template};
+use conveyor_engine::oauth::CredentialKind;
 use conveyor_engine::state::ReviewStatus;
+use conveyor_engine::store::credentials;
 use conveyor_engine::store::templates::{self, Approval, Published, TemplateFilter};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -166,6 +170,18 @@ pub(crate) async fn get_template(
     Ok(Json(body))
 }
 
+/// The kind of each credential of the workspace, by name.
+pub(crate) async fn credential_kinds(
+    state: &AppState,
+    workspace_id: &str,
+) -> ApiResult<BTreeMap<String, CredentialKind>> {
+    Ok(credentials::list(&state.pool, workspace_id)
+        .await?
+        .into_iter()
+        .map(|c| (c.name, CredentialKind::parse(&c.kind)))
+        .collect())
+}
+
 /// The body of an install.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -188,7 +204,7 @@ pub(crate) struct InstallBody {
     responses((status = 201, description = "The new connector", body = InstalledConnector),
               (status = 404, description = "No such template visible to this workspace"),
               (status = 409, description = "The template is not approved yet"),
-              (status = 422, description = "Each missing setting or credential mapping, by path")))]
+              (status = 422, description = "Each missing setting or credential mapping, and each mapped credential of a kind the template does not accept, by path")))]
 pub(crate) async fn install_template(
     State(state): State<AppState>,
     caller: Caller,
@@ -210,7 +226,8 @@ pub(crate) async fn install_template(
         settings: body.settings,
         credentials: body.credentials,
     };
-    let connector = template.install(&request).map_err(|e| {
+    let kinds = credential_kinds(&state, &caller.workspace_id).await?;
+    let connector = template.install(&request, &kinds).map_err(|e| {
         ApiError::validation(
             format!("cannot install: {e}"),
             serde_json::to_value(&e.0).unwrap_or(Value::Null),
