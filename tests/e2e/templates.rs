@@ -3,13 +3,17 @@
 //! stub that checks each request as the provider's API would (method,
 //! path, query, auth placement, content type, body) and answers with a
 //! response shaped like the provider's documented example. One table of
-//! cases: `tests/template_cases/<slug>.json`.
+//! cases: `tests/template_cases/<slug>.json`, plus `<slug>.<variant>.json`
+//! for more credential kinds (`zoho-crm-list-leads.oauth.json`); a
+//! template whose steps have `variants` needs a case for every kind its
+//! credentials accept.
 //!
 //! A case file holds `input`, `settings` (`$STUB` stands for the stub's
 //! base URL), `credentials` (name → fields), optional `credential_kinds`
 //! (name → `kind` and `oauth` settings, for OAuth credentials whose token
 //! request is the first stub request), `requests` (in order: `method`,
-//! `path`, optional `query`, `headers`, `json` (partial match), `form`
+//! `path`, optional `query`, `query_absent` (names that must not be
+//! sent), `headers`, `json` (partial match), `form`
 //! (fields that must be present with these values), `body` (exact text),
 //! and `respond` with `status` and `json` or `body`), and the expected
 //! `output`.
@@ -25,7 +29,9 @@ use conveyor_engine::store::credentials::{self, NewCredential};
 use conveyor_tests::{Harness, WS, connector_create};
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
-use wiremock::matchers::{body_partial_json, body_string, header, method, path, query_param};
+use wiremock::matchers::{
+    body_partial_json, body_string, header, method, path, query_param, query_param_is_missing,
+};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 fn root() -> PathBuf {
@@ -90,6 +96,9 @@ async fn mount(stub: &MockServer, spec: &Value, slug: &str) {
     for (k, v) in spec["query"].as_object().into_iter().flatten() {
         mock = mock.and(query_param(k.as_str(), v.as_str().unwrap_or_default()));
     }
+    for k in spec["query_absent"].as_array().into_iter().flatten() {
+        mock = mock.and(query_param_is_missing(k.as_str().unwrap_or_default()));
+    }
     for (k, v) in spec["headers"].as_object().into_iter().flatten() {
         mock = mock.and(header(k.as_str(), v.as_str().unwrap_or_default()));
     }
@@ -126,16 +135,77 @@ async fn mount(stub: &MockServer, spec: &Value, slug: &str) {
         .await;
 }
 
-async fn run_case(h: &Harness, file: &Path, template: &Template) -> Result<(), String> {
+/// A template's case files: `<slug>.json` first, then `<slug>.*.json`.
+fn case_files(slug: &str) -> Vec<PathBuf> {
+    let dir = root().join("tests/template_cases");
+    let mut more: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/template_cases/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{slug}.")) && n.ends_with(".json"))
+                && p.file_stem().and_then(|n| n.to_str()) != Some(slug)
+        })
+        .collect();
+    more.sort();
+    let mut files = vec![dir.join(format!("{slug}.json"))];
+    files.extend(more);
+    files
+}
+
+/// The credential kinds a case stores (`static` unless `credential_kinds`
+/// says otherwise).
+fn case_kinds(case: &Value) -> Vec<CredentialKind> {
+    case["credentials"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, _)| {
+            case["credential_kinds"][name]["kind"]
+                .as_str()
+                .map_or(CredentialKind::Static, CredentialKind::parse)
+        })
+        .collect()
+}
+
+/// A template with `variants` must run with every kind its credentials
+/// accept.
+fn missing_kinds(template: &Template) -> Vec<String> {
+    if template
+        .connector
+        .steps
+        .iter()
+        .all(|s| s.variants.is_empty())
+    {
+        return Vec::new();
+    }
+    let covered: Vec<CredentialKind> = case_files(&template.slug)
+        .iter()
+        .filter(|p| p.exists())
+        .flat_map(|p| case_kinds(&read_json(p)))
+        .collect();
+    template
+        .credentials
+        .iter()
+        .flat_map(|c| c.kinds.iter())
+        .filter(|k| !covered.iter().any(|c| c.as_str() == k.as_str()))
+        .map(|k| format!("{}: no case with a {k} credential", template.slug))
+        .collect()
+}
+
+async fn run_case(
+    h: &Harness,
+    file: &Path,
+    template: &Template,
+    case_path: &Path,
+) -> Result<(), String> {
     let slug = &template.slug;
-    let case_path = root()
-        .join("tests/template_cases")
-        .join(format!("{slug}.json"));
     if !case_path.exists() {
         return Err(format!("{slug}: no case file {}", case_path.display()));
     }
     let stub = MockServer::start().await;
-    let case = stubbed(&read_json(&case_path), &stub.uri());
+    let case = stubbed(&read_json(case_path), &stub.uri());
     for spec in case["requests"]
         .as_array()
         .ok_or_else(|| format!("{slug}: no requests"))?
@@ -152,7 +222,9 @@ async fn run_case(h: &Harness, file: &Path, template: &Template) -> Result<(), S
         .with_priority(u8::MAX)
         .mount(&stub)
         .await;
-    let result = execute_case(h, file, template, &case).await;
+    let result = execute_case(h, file, template, &case)
+        .await
+        .map_err(|e| format!("{}: {e}", case_path.display()));
     if result.is_ok() {
         stub.verify().await;
     } else {
@@ -172,6 +244,7 @@ async fn execute_case(
     let slug = &template.slug;
 
     let mut bindings = BTreeMap::new();
+    let mut kinds = BTreeMap::new();
     for (name, fields) in case["credentials"].as_object().into_iter().flatten() {
         let stored = format!("{slug}-{name}");
         let fields: BTreeMap<String, String> = serde_json::from_value(fields.clone())
@@ -179,10 +252,12 @@ async fn execute_case(
         // A case may store the credential as another kind, with its OAuth
         // settings (`credential_kinds.<name>`: `kind`, `oauth`).
         let how = &case["credential_kinds"][name];
+        let kind = how["kind"]
+            .as_str()
+            .map_or(CredentialKind::Static, CredentialKind::parse);
+        kinds.insert(stored.clone(), kind);
         let new = NewCredential {
-            kind: how["kind"]
-                .as_str()
-                .map_or(CredentialKind::Static, CredentialKind::parse),
+            kind,
             fields: &fields,
             oauth: how.get("oauth").cloned(),
             status: "connected",
@@ -202,7 +277,7 @@ async fn execute_case(
         credentials: bindings,
     };
     let connector = template
-        .install(&request)
+        .install(&request, &kinds)
         .map_err(|e| format!("{slug}: install: {e}"))?;
     let installed = connector_create(&h.pool, &connector).await;
     let id = h.enqueue(installed, case["input"].clone()).await;
@@ -259,8 +334,11 @@ async fn every_official_template_runs_against_its_provider_stub(pool: PgPool) {
     );
     let mut failures = Vec::new();
     for (file, template) in &templates {
-        if let Err(e) = run_case(&h, file, template).await {
-            failures.push(e);
+        failures.extend(missing_kinds(template));
+        for case in case_files(&template.slug) {
+            if let Err(e) = run_case(&h, file, template, &case).await {
+                failures.push(e);
+            }
         }
     }
     assert!(
