@@ -1,11 +1,15 @@
-//! Credentials: names, kinds, field names, key ids and last use; a form
-//! per kind to create or replace one; delete. Secret values go from the
-//! form to the JSON API's handler and are never rendered back.
+//! Credentials: names, kinds, field names, key ids and last use, and for
+//! OAuth ones their status, token expiry and last refresh with a
+//! Connect/Reconnect button (it starts the flow and redirects to the
+//! provider); a form per kind to create or replace one; delete. Secret
+//! values go from the form to the JSON API's handler and are never
+//! rendered back; tokens never reach a page.
 
 use askama::Template;
-use axum::Form;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Form, Json};
+use conveyor_engine::oauth::CredentialKind;
 use conveyor_engine::store::credentials;
 use serde_json::{Map, Value, json};
 
@@ -16,17 +20,53 @@ use super::{
 };
 use crate::AppState;
 use crate::extract::{ApiJson, ApiPath};
-use crate::routes::credentials::{delete_credential, put_credential};
+use crate::routes::credentials::{delete_credential, put_credential, start_oauth};
 
 /// One credential's metadata.
 #[derive(Debug)]
 struct Row {
     name: String,
     kind: String,
+    /// `connected`, `expiring`, `needs_reconnect` or `error`.
+    status: String,
+    /// Why it needs attention, never a token.
+    status_reason: Option<String>,
+    expires: String,
+    refreshed: String,
+    /// The label of the button that starts the OAuth flow, for an
+    /// authorization code credential.
+    connect: Option<&'static str>,
     fields: String,
     key_id: String,
     updated: String,
     last_used: String,
+}
+
+impl Row {
+    fn new(c: credentials::CredentialMeta) -> Self {
+        let code = c.kind == CredentialKind::AuthorizationCode.as_str();
+        Row {
+            kind: if c.kind == CredentialKind::Static.as_str() {
+                c.auth_kind
+            } else {
+                c.kind
+            },
+            status: c.status,
+            status_reason: c.status_reason,
+            expires: when_opt(c.access_token_expires_at.as_ref()),
+            refreshed: when_opt(c.last_refreshed_at.as_ref()),
+            connect: code.then_some(if c.last_refreshed_at.is_some() {
+                "Reconnect"
+            } else {
+                "Connect"
+            }),
+            fields: c.fields.join(", "),
+            key_id: c.key_id,
+            updated: when(&c.updated_at),
+            last_used: when_opt(c.last_used_at.as_ref()),
+            name: c.name,
+        }
+    }
 }
 
 /// A kind of credential and the secret fields its form asks for.
@@ -79,14 +119,7 @@ async fn show(
     let rows = credentials::list(&state.pool, &session.caller.workspace_id)
         .await?
         .into_iter()
-        .map(|c| Row {
-            name: c.name,
-            kind: c.auth_kind,
-            fields: c.fields.join(", "),
-            key_id: c.key_id,
-            updated: when(&c.updated_at),
-            last_used: when_opt(c.last_used_at.as_ref()),
-        })
+        .map(Row::new)
         .collect();
     let mut response = render(&ListPage {
         layout: session.layout("Credentials", Nav::Credentials),
@@ -142,6 +175,25 @@ pub(super) async fn put(
     };
     match stored {
         Ok(()) => see_other("/console/credentials"),
+        Err(e) if e.status().is_client_error() => {
+            show(&state, &session, e.status(), problems(&e), None).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `POST /console/credentials/{name}/connect`: starts the OAuth flow of an
+/// authorization code credential and sends the browser to the provider.
+pub(super) async fn connect(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<Fields>,
+) -> PageResult {
+    session.check(&form)?;
+    let started = start_oauth(State(state.clone()), session.caller.clone(), ApiPath(name)).await;
+    match started {
+        Ok(Json(started)) => see_other(&started.authorization_url),
         Err(e) if e.status().is_client_error() => {
             show(&state, &session, e.status(), problems(&e), None).await
         }

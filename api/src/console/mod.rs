@@ -100,6 +100,10 @@ pub fn router(public_url: &str) -> Router<AppState> {
             "/console/credentials/{name}/delete",
             post(credentials::delete),
         )
+        .route(
+            "/console/credentials/{name}/connect",
+            post(credentials::connect),
+        )
         .route("/console/admin", get(admin::page))
         .route("/console/admin/executions/{id}", get(admin::execution))
         .route(

@@ -213,11 +213,11 @@ pub(crate) async fn delete_credential(
 
 /// The answer of `POST /credentials/{name}/oauth/start`.
 #[derive(Debug, Serialize, ToSchema)]
-struct OAuthStarted {
+pub(crate) struct OAuthStarted {
     /// Send the person here; the provider redirects back to
     /// `CONVEYOR_PUBLIC_URL` + `/api/v1/oauth/callback`. Valid ten minutes,
     /// once.
-    authorization_url: String,
+    pub(crate) authorization_url: String,
 }
 
 /// Start connecting an `oauth2_authorization_code` credential: the
@@ -226,7 +226,7 @@ struct OAuthStarted {
 #[utoipa::path(post, path = "/credentials/{name}/oauth/start", tag = "credentials", operation_id = "start_oauth", params(("name" = String, Path, description = "The credential: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}`", pattern = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")),
     responses((status = 200, description = "Where to send the person", body = OAuthStarted),
               (status = 409, description = "The credential is not of kind `oauth2_authorization_code`, or has no authorization URL")))]
-async fn start_oauth(
+pub(crate) async fn start_oauth(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,

@@ -21,7 +21,7 @@ use crate::support::{PLANTED, api};
 const HOSTILE: &str = "<script>alert(1)</script>";
 
 /// A browser's view: its session cookie and the session's CSRF token.
-struct Browser<'a> {
+pub(super) struct Browser<'a> {
     api: &'a TestApi,
     cookie: String,
     csrf: String,
@@ -76,7 +76,7 @@ fn csrf_of(html: &str) -> String {
 
 impl<'a> Browser<'a> {
     /// Signs in by pasting `token`.
-    async fn sign_in(api: &'a TestApi, token: &str) -> Self {
+    pub(super) async fn sign_in(api: &'a TestApi, token: &str) -> Self {
         let reply = post_form(api, "/console/login", None, form_body(&[("token", token)])).await;
         assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text);
         Self::with_cookie(api, session_cookie(&reply).expect("a session cookie")).await
@@ -95,7 +95,7 @@ impl<'a> Browser<'a> {
         browser
     }
 
-    async fn get(&self, path: &str) -> Reply {
+    pub(super) async fn get(&self, path: &str) -> Reply {
         let request = Request::builder()
             .uri(path)
             .header(header::COOKIE, &self.cookie)
@@ -105,7 +105,7 @@ impl<'a> Browser<'a> {
     }
 
     /// Posts a form with the session's CSRF token.
-    async fn submit(&self, path: &str, fields: &[(&str, &str)]) -> Reply {
+    pub(super) async fn submit(&self, path: &str, fields: &[(&str, &str)]) -> Reply {
         let mut all = vec![("csrf", self.csrf.as_str())];
         all.extend_from_slice(fields);
         post_form(self.api, path, Some(&self.cookie), form_body(&all)).await
@@ -117,7 +117,7 @@ impl<'a> Browser<'a> {
     }
 }
 
-fn location(reply: &Reply) -> &str {
+pub(super) fn location(reply: &Reply) -> &str {
     reply
         .headers
         .get(header::LOCATION)
