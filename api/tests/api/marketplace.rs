@@ -360,3 +360,117 @@ async fn official_templates_sync_and_can_be_searched_and_featured(pool: PgPool) 
         .status;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+fn error_paths(body: &Value) -> Vec<String> {
+    body["error"]["details"]["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["path"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn install_refuses_a_credential_of_a_kind_the_template_does_not_accept(pool: PgPool) {
+    conveyor_worker::settings::sync_templates(&pool)
+        .await
+        .expect("sync");
+    let api = TestApi::new(pool.clone());
+    let user = api.token("ws_a", "u1");
+    let put = |name: &str, body: Value| {
+        let path = format!("/api/v1/credentials/{name}");
+        let api = &api;
+        let user = user.clone();
+        async move {
+            let reply = api.call(Method::PUT, &path, Some(&user), Some(body)).await;
+            assert!(reply.status.is_success(), "{}", reply.text);
+        }
+    };
+    put(
+        "paypal-app",
+        json!({"kind": "oauth2_client_credentials", "oauth": {"provider": "paypal"},
+               "data": {"client_id": "AYSq3RDGsmBLJE", "client_secret": "EGnHDxD_qRPdaLdZz8"}}),
+    )
+    .await;
+    put(
+        "jira-3lo",
+        json!({"kind": "oauth2_authorization_code", "oauth": {"provider": "atlassian"},
+               "data": {"client_id": "Xq7mT2pLk9vR4sN8", "client_secret": "ATOAq8Zr3mX6vT1p"}}),
+    )
+    .await;
+    api.put_credential(&user, "zoho-token", json!({"token": "1000.8cb99d"}))
+        .await;
+
+    let Reply { status, json, .. } = api
+        .post(
+            "/api/v1/templates/zoho-crm-list-leads/install",
+            &user,
+            json!({"credentials": {"zoho": "paypal-app"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
+    assert_eq!(error_paths(&json), ["credentials.zoho"]);
+    assert_eq!(
+        json["error"]["details"]["errors"][0]["message"],
+        "`paypal-app` is a oauth2_client_credentials credential; `zoho` accepts static, oauth2_authorization_code, nango"
+    );
+    let Reply { status, json, .. } = api
+        .post(
+            "/api/v1/templates/paypal-create-order/install",
+            &user,
+            json!({"credentials": {"paypal": "zoho-token"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
+    assert_eq!(error_paths(&json), ["credentials.paypal"]);
+    // Jira over OAuth needs the site's cloud id, and no site URL to search.
+    let Reply { status, json, .. } = api
+        .post(
+            "/api/v1/templates/jira-search-issues/install",
+            &user,
+            json!({"credentials": {"jira": "jira-3lo"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
+    assert_eq!(error_paths(&json), ["settings.cloud_id"]);
+    let connectors: i64 = sqlx::query_scalar("SELECT count(*) FROM connectors")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(connectors, 0, "a refused install changes nothing");
+
+    let Reply { status, json, .. } = api
+        .post(
+            "/api/v1/templates/jira-search-issues/install",
+            &user,
+            json!({"credentials": {"jira": "jira-3lo"}, "settings": {"cloud_id": "1122-33"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{json}");
+    let Reply { status, json, .. } = api
+        .post(
+            "/api/v1/templates/zoho-crm-list-leads/install",
+            &user,
+            json!({"credentials": {"zoho": "zoho-token"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{json}");
+    let id = json["id"].as_str().expect("id").to_owned();
+
+    // Saving the installed connector checks its bindings the same way.
+    let path = format!("/api/v1/connectors/{id}");
+    let mut definition = api.get(&path, &user).await.json["definition"].clone();
+    definition["credential_bindings"]["zoho"] = json!("paypal-app");
+    let Reply { status, json, .. } = api
+        .call(Method::PUT, &path, Some(&user), Some(definition.clone()))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
+    assert_eq!(error_paths(&json), ["credential_bindings.zoho"]);
+    assert_eq!(api.get(&path, &user).await.json["version"], json!(1));
+    definition["credential_bindings"]["zoho"] = json!("jira-3lo");
+    let Reply { status, json, .. } = api
+        .call(Method::PUT, &path, Some(&user), Some(definition))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json["version"], json!(2));
+}
