@@ -461,6 +461,21 @@ impl Auth {
         }
     }
 
+    /// Why an `oauth2` auth's `scheme` is refused, if it is: it must be
+    /// up to 64 characters of `[A-Za-z0-9._~+/-]` (a header token).
+    pub(crate) fn scheme_problem(&self) -> Option<&'static str> {
+        let Auth::OAuth2 {
+            scheme: Some(scheme),
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"._~+/-".contains(&b);
+        (scheme.len() > 64 || !scheme.bytes().all(token))
+            .then_some("must be up to 64 characters of [A-Za-z0-9._~+/-]")
+    }
+
     /// The credential this auth uses, if any.
     pub fn credential(&self) -> Option<&str> {
         match self {

@@ -290,19 +290,8 @@ impl Validator {
                 "must be 1 to 64 characters of [A-Za-z0-9_.-], not starting with . or -",
             );
         }
-        if let Auth::OAuth2 {
-            scheme: Some(scheme),
-            ..
-        } = auth
-            && (scheme.len() > 64
-                || !scheme
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._~+/-".contains(&b)))
-        {
-            self.err(
-                format!("{path}.scheme"),
-                "must be up to 64 characters of [A-Za-z0-9._~+/-]",
-            );
+        if let Some(problem) = auth.scheme_problem() {
+            self.err(format!("{path}.scheme"), problem);
         }
         if let Auth::ApiKey { location, name, .. } = auth {
             let bad = match location {
