@@ -18,6 +18,7 @@ mod membership;
 mod metrics;
 mod observability;
 mod openapi_document;
+mod paged_steps;
 mod pagination;
 mod resilience;
 mod retention;

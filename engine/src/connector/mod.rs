@@ -5,6 +5,7 @@
 //! problem with the JSON path of the offending field.
 
 pub mod flow;
+pub mod paging;
 pub mod placement;
 mod validate;
 
@@ -225,6 +226,10 @@ pub struct Step {
     /// worker; when full the execution is parked until a slot frees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<flow::Concurrency>,
+    /// Pages through a list API: the step is sent once per page and its
+    /// extracted fields accumulate (see `docs/connector-language.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paginate: Option<paging::Paginate>,
 }
 
 impl Step {
