@@ -260,6 +260,14 @@ pub fn decide(
         outcome = StepOutcome::Continued;
         entry["error"] = failure.to_json();
     }
+    // A paginated step's last page: the runner left its summary here.
+    if let Some(summary) = ctx
+        .get_mut("paged")
+        .and_then(Value::as_object_mut)
+        .and_then(|p| p.remove(&step.name))
+    {
+        entry["paging"] = summary;
+    }
     ctx["steps"][step.name.as_str()] = entry;
     let persisted = json!({"steps": ctx["steps"]});
     let size = serde_json::to_vec(&persisted).map_or(usize::MAX, |v| v.len());
@@ -294,6 +302,50 @@ pub fn decide(
             },
         },
         Err(error) => fail(StepOutcome::Failed, error),
+    }
+}
+
+/// The decision on a successful page of a paginated step that another
+/// page follows: the page row succeeds and the execution continues at the
+/// same step, its context holding `paging.<step>` = `progress` (what a
+/// resumed run starts the next page from), unless that context outgrows
+/// its limit.
+pub fn next_page(
+    connector: &Connector,
+    index: usize,
+    attempt: u32,
+    ctx: &Value,
+    progress: Value,
+    policy: &Policy<'_>,
+    now: DateTime<Utc>,
+) -> Decision {
+    let step = &connector.steps[index];
+    let mut paging = Map::new();
+    paging.insert(step.name.clone(), progress);
+    let context = json!({"steps": ctx["steps"], "paging": paging});
+    let size = serde_json::to_vec(&context).map_or(usize::MAX, |v| v.len());
+    if size > policy.max_context_bytes {
+        let mut error = ExecutionError::run(
+            RunErrorKind::ContextTooLarge,
+            format!(
+                "the execution context would grow to {size} bytes with the fields paging has accumulated, over the {} byte limit; extract fewer fields or lower max_pages",
+                policy.max_context_bytes
+            ),
+        )
+        .at(step, index);
+        error.attempt = Some(attempt);
+        return Decision {
+            outcome: StepOutcome::Failed,
+            next: Next::Fail(error),
+        };
+    }
+    Decision {
+        outcome: StepOutcome::Succeeded,
+        next: Next::Continue {
+            context,
+            next_step: index,
+            lease_until: now + policy.lease,
+        },
     }
 }
 

@@ -101,6 +101,10 @@ pub enum StepErrorKind {
     /// The OAuth token endpoint (or Nango) failed: retried for 5xx and
     /// timeouts, not for a refusal.
     TokenEndpoint,
+    /// A paginated step's page says where the next page is in a way that
+    /// cannot be followed (a cursor that is not text, a next link to
+    /// another origin).
+    Paging,
 }
 
 /// A failed step attempt.

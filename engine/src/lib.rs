@@ -25,6 +25,8 @@
 //! - [`marketplace`]: connector templates: validation, install, upgrade.
 //! - [`net`]: the outbound address policy (no private networks by default)
 //!   and the DNS resolver that enforces it.
+//! - [`paging`]: paginated steps, pure: the next page's request, the
+//!   fields accumulated across pages, and when paging ends.
 //! - [`oauth`]: OAuth2 and Nango credentials: provider presets (data),
 //!   PKCE, the token endpoint client and the refresh that never races.
 //! - [`redact`]: decrypted [`Credentials`](redact::Credentials) and their
@@ -63,6 +65,7 @@ pub mod json;
 pub mod marketplace;
 pub mod net;
 pub mod oauth;
+pub mod paging;
 pub mod redact;
 pub mod retry;
 pub mod runner;

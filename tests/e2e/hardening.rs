@@ -65,6 +65,7 @@ fn row(index: i32) -> StepRow {
     StepRow {
         step_index: index,
         attempt: 1,
+        page: None,
         step_name: "x".into(),
         outcome: StepOutcome::Succeeded,
         request: json!({"url": "https://api.example.com/x"}),

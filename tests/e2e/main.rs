@@ -7,6 +7,7 @@ mod hardening;
 mod marketplace_review;
 mod multi_step;
 mod oauth;
+mod paging;
 mod queue;
 mod retries;
 mod templates;

@@ -124,6 +124,7 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
     let row = |worker: &str| StepRow {
         step_index: 0,
         attempt: 1,
+        page: None,
         step_name: "a".into(),
         outcome: StepOutcome::Succeeded,
         request: json!({}),

@@ -203,6 +203,7 @@ pub fn stored_step(worker: &str) -> StepRow {
     StepRow {
         step_index: 0,
         attempt: 1,
+        page: None,
         step_name: "ping".to_owned(),
         outcome: conveyor_engine::state::StepOutcome::Succeeded,
         request: serde_json::json!({"method": "GET"}),

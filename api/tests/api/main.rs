@@ -19,6 +19,7 @@ mod membership;
 mod metrics;
 mod observability;
 mod openapi_document;
+mod paged_steps;
 mod pagination;
 mod resilience;
 mod retention;

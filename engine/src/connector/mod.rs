@@ -5,6 +5,7 @@
 //! problem with the JSON path of the offending field.
 
 pub mod flow;
+pub mod paging;
 pub mod placement;
 mod validate;
 pub mod variant;
@@ -241,6 +242,10 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(max_items = 8)]
     pub variants: Vec<Variant>,
+    /// Pages through a list API: the step is sent once per page and its
+    /// extracted fields accumulate (see `docs/connector-language.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paginate: Option<paging::Paginate>,
 }
 
 impl Step {

@@ -179,6 +179,7 @@ impl Validator {
                 self.errors.extend(placement);
             }
             self.errors.extend(super::variant::problems(&path, step));
+            self.errors.extend(super::paging::problems(&path, step));
         }
         self.json_templates("output", &c.output, &Scope::Output(&c.steps));
         let placement = super::placement::output_problems(&self.renderer, &c.output);
@@ -385,15 +386,16 @@ fn check_reference(reference: &str, scope: &Scope<'_>) -> Result<(), String> {
                 Scope::Step(earlier) => (*earlier, true),
                 Scope::Output(all) => (*all, false),
             };
-            if !steps.iter().any(|s| s.name == name) {
+            let Some(step) = steps.iter().find(|s| s.name == name) else {
                 return Err(if earlier_only {
                     format!("`steps.{name}` does not name an earlier step")
                 } else {
                     format!("`steps.{name}` does not name a step")
                 });
-            }
+            };
             match parts.next() {
                 None | Some("status" | "headers" | "body" | "extract") => Ok(()),
+                Some("paging") if step.paginate.is_some() => Ok(()),
                 Some(other) => Err(format!(
                     "unknown name `steps.{name}.{other}` (use status, headers, body or extract)"
                 )),

@@ -77,6 +77,7 @@ impl Variant {
             rate_limit: None,
             concurrency: None,
             variants: Vec::new(),
+            paginate: None,
         }
     }
 

@@ -466,3 +466,69 @@ fn provider_rate_limit_signals_wait_without_spending_attempts() {
         }
     }
 }
+
+#[test]
+fn a_page_with_another_to_follow_continues_at_the_same_step_with_its_progress() {
+    let renderer = Renderer::new();
+    let policy = Policy {
+        renderer: &renderer,
+        max_context_bytes: 200,
+        max_retry_after: SECOND,
+        lease: SECOND,
+    };
+    let connector = connector(json!({}));
+    let ctx = json!({"input": {"big": "not persisted"}, "steps": {}});
+    let progress = json!({"pages": 1, "next": "c2"});
+    let got = next_page(&connector, 0, 2, &ctx, progress.clone(), &policy, now());
+    assert_eq!(got.outcome, StepOutcome::Succeeded);
+    assert_eq!(
+        got.next,
+        Next::Continue {
+            context: json!({"steps": {}, "paging": {"a": progress}}),
+            next_step: 0,
+            lease_until: now() + SECOND,
+        }
+    );
+
+    let grown = json!({"pages": 1, "extract": {"ids": vec![1; 200]}});
+    let got = next_page(&connector, 0, 2, &ctx, grown, &policy, now());
+    assert_eq!(got.outcome, StepOutcome::Failed);
+    let Next::Fail(error) = got.next else {
+        panic!("{:?}", got.next);
+    };
+    assert_eq!(error.kind, ErrorKind::Run(RunErrorKind::ContextTooLarge));
+    assert_eq!(
+        (error.step.as_deref(), error.step_index, error.attempt),
+        (Some("a"), Some(0), Some(2))
+    );
+}
+
+#[test]
+fn the_last_page_s_paging_summary_goes_into_the_step_entry() {
+    let renderer = Renderer::new();
+    let policy = Policy {
+        renderer: &renderer,
+        max_context_bytes: 1024 * 1024,
+        max_retry_after: SECOND,
+        lease: SECOND,
+    };
+    let connector = connector(json!({}));
+    let result = ok(200, json!({"ids": [1, 2, 3]}));
+    let step = StepAttempt {
+        connector: &connector,
+        index: 0,
+        attempt: 1,
+        throttled: 0,
+        result: &result,
+        deadline: now() + Duration::from_secs(300),
+    };
+    let summary = json!({"pages": 2, "complete": true});
+    let mut ctx = json!({"steps": {}, "paged": {"a": summary}});
+    let got = decide(&step, &mut ctx, &policy, now(), || 0.0);
+    let Next::Continue { context, .. } = got.next else {
+        panic!("{:?}", got.next);
+    };
+    assert_eq!(context["steps"]["a"]["paging"], summary);
+    assert_eq!(context["steps"]["a"]["extract"]["ids"], json!([1, 2, 3]));
+    assert_eq!(ctx["paged"], json!({}), "the summary is moved, not copied");
+}

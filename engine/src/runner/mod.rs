@@ -25,6 +25,7 @@ use crate::connector::Connector;
 use crate::crypto::Keyring;
 use crate::decide::{self, Decision, ExecutionError, Next, Policy, RunErrorKind, StepAttempt};
 use crate::http::{Attempt, StepClient, StepResult, idempotency_key};
+use crate::paging::{self, Progress};
 use crate::state::ExecutionStatus;
 use crate::store;
 use crate::store::credentials;
@@ -232,8 +233,14 @@ impl Runner {
         // When the lease was last set (by the claim just before this run,
         // then by each heartbeat and step commit).
         let mut extended_at = tokio::time::Instant::now();
-        for (index, step) in connector.steps.iter().enumerate().skip(first) {
-            if index > first && shutdown.is_cancelled() {
+        let mut index = first;
+        // The first unit (step, or page of a paginated step) of this claim
+        // resumes the stored attempt and paging progress.
+        let mut resumed = true;
+        // The progress of a paginated step between its pages in this claim.
+        let mut carried: Option<Progress> = None;
+        while let Some(step) = connector.steps.get(index) {
+            if !resumed && shutdown.is_cancelled() {
                 executions::release(&self.pool, id, token, Utc::now()).await?;
                 info!("released at a step boundary for shutdown");
                 return Ok(RunOutcome::Released);
@@ -242,7 +249,7 @@ impl Runner {
             if let Some(error) = decide::deadline_passed(connector, index, now, deadline) {
                 return self.end(id, token, Some(&error)).await;
             }
-            let attempt = if index == first {
+            let attempt = if resumed {
                 u32::try_from(claimed.step_attempt).unwrap_or(1)
             } else {
                 1
@@ -250,7 +257,16 @@ impl Runner {
             ctx["execution"]["attempt"] = json!(attempt);
             let remaining = (deadline - now).to_std().unwrap_or(Duration::ZERO);
             let timeout = Duration::from_millis(step.timeout_ms).min(remaining);
-            let key = idempotency_key(id, &step.name, attempt);
+            let progress = step.paginate.as_ref().map(|_| match carried.take() {
+                Some(p) => p,
+                None if resumed => Progress::stored(&claimed.context, &step.name),
+                None => Progress::default(),
+            });
+            let page = progress.as_ref().map(|p| p.pages + 1);
+            let key = match page {
+                Some(n) if n > 1 => idempotency_key(id, &format!("{}#page{n}", step.name), attempt),
+                _ => idempotency_key(id, &step.name, attempt),
+            };
             let span = info_span!(
                 "step",
                 otel.kind = "client",
@@ -269,6 +285,14 @@ impl Runner {
                 flow::Gate::LeaseLost => return Ok(RunOutcome::LeaseLost),
                 flow::Gate::Broken(error) => return self.end(id, token, Some(&error)).await,
             };
+            let paged = match (&step.paginate, &progress) {
+                (Some(p), Some(progress)) => {
+                    let (shaped, page) = paging::page_step(step, p, progress);
+                    ctx["page"] = page;
+                    Some(shaped)
+                }
+                _ => None,
+            };
             let traceparent = span.in_scope(crate::telemetry::current_traceparent);
             let call = Attempt {
                 idempotency_key: &key,
@@ -279,7 +303,7 @@ impl Runner {
                 .send_step(
                     id,
                     token,
-                    step,
+                    paged.as_ref().unwrap_or(step),
                     &ctx,
                     &mut credentials,
                     &call,
@@ -288,17 +312,26 @@ impl Runner {
                 .instrument(span.clone())
                 .await?;
             self.release_slot(slot.as_deref(), id).await?;
-            let result = match sent {
+            if let Some(c) = ctx.as_object_mut() {
+                c.remove("page");
+            }
+            let mut result = match sent {
                 InFlight::Done(result) => result,
                 InFlight::LeaseLost => return Ok(RunOutcome::LeaseLost),
                 InFlight::CancelRequested => return self.end(id, token, None).await,
+            };
+            let more = match (&step.paginate, progress) {
+                (Some(p), Some(progress)) if result.error.is_none() => {
+                    paging::settle(p, progress, &mut result, &mut ctx, &step.name)
+                }
+                _ => None,
             };
             let now = Utc::now();
             let step_attempt = StepAttempt {
                 connector,
                 index,
                 attempt,
-                throttled: if index == first {
+                throttled: if resumed {
                     u32::try_from(claimed.throttled_attempts).unwrap_or(0)
                 } else {
                     0
@@ -306,14 +339,26 @@ impl Runner {
                 result: &result,
                 deadline,
             };
-            let decision = cpu_bound(|| {
-                decide::decide(
+            let decision = cpu_bound(|| match &more {
+                Some(next) => {
+                    let progress = next.to_json();
+                    decide::next_page(
+                        connector,
+                        index,
+                        attempt,
+                        &ctx,
+                        progress,
+                        &self.policy(),
+                        now,
+                    )
+                }
+                None => decide::decide(
                     &step_attempt,
                     &mut ctx,
                     &self.policy(),
                     now,
                     rand::random::<f64>,
-                )
+                ),
             });
             observe::observe_step(&span, &claimed_labels, step, &result, decision.outcome);
             if let Next::Retry {
@@ -332,8 +377,9 @@ impl Runner {
                 Next::Retry { .. } => Some(RunOutcome::RetryScheduled),
                 Next::Fail(_) => Some(RunOutcome::Failed),
             };
-            let (row, transition) =
+            let (mut row, transition) =
                 self.step_commit(&step.name, index, attempt, *result, decision, now);
+            row.page = page.and_then(|n| i32::try_from(n).ok());
             let committing = tokio::time::Instant::now();
             let status = self
                 .commits
@@ -358,6 +404,11 @@ impl Runner {
             if let Some(outcome) = outcome {
                 info!(?outcome, "execution left the worker");
                 return Ok(outcome);
+            }
+            resumed = false;
+            match more {
+                Some(next) => carried = Some(next),
+                None => index += 1,
             }
         }
         // Only reachable when no step was left to run (an empty tail).
@@ -502,6 +553,7 @@ impl Runner {
         let row = StepRow {
             step_index: i32::try_from(index).unwrap_or(i32::MAX),
             attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
+            page: None,
             step_name: step_name.to_owned(),
             outcome: decision.outcome,
             request: result.request,

@@ -1,0 +1,164 @@
+//! A paginated step survives a killed worker: the `conveyor-worker` binary
+//! is killed (SIGKILL) while page 7 of 10 is in flight, and another process
+//! resumes the execution at page 7 without re-sending pages 1 to 6.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use conveyor_engine::crypto::Key;
+use conveyor_engine::state::ExecutionStatus;
+use conveyor_tests::Harness;
+use serde_json::json;
+use sqlx::PgPool;
+use wiremock::matchers::{method, path, query_param, query_param_is_missing};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+const WORKER_BIN: &str = env!("CARGO_BIN_EXE_conveyor-worker");
+
+fn encryption_key() -> &'static str {
+    static KEY: OnceLock<String> = OnceLock::new();
+    KEY.get_or_init(|| Key::generate().to_base64())
+}
+
+/// A `conveyor-worker` child; killed (SIGKILL) and reaped on drop.
+struct WorkerProcess(Child);
+
+impl WorkerProcess {
+    fn start(database_url: &str, id: &str) -> Self {
+        let child = Command::new(WORKER_BIN)
+            .env("DATABASE_URL", database_url)
+            .env("CONVEYOR_ENCRYPTION_KEY", encryption_key())
+            .env("CONVEYOR_ALLOW_PRIVATE_NETWORKS", "true")
+            .env("CONVEYOR_AUTO_MIGRATE", "false")
+            .env("CONVEYOR_LEASE_SECS", "3")
+            .env("CONVEYOR_POLL_INTERVAL_MS", "100")
+            .env("CONVEYOR_DB_MAX_CONNECTIONS", "5")
+            .env("CONVEYOR_WORKER_ID", id)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {WORKER_BIN}: {e}"));
+        Self(child)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `after` cursor a list request carried (`""` on the first page).
+fn cursor(r: &Request) -> String {
+    r.url
+        .query_pairs()
+        .find(|(k, _)| k == "after")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_worker_killed_on_page_7_is_resumed_at_page_7_by_another(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    // Page k holds item k and the cursor of page k + 1 (`c<k+1>`).
+    let body = |k: u32| {
+        let next = (k < 10).then(|| json!({"after": format!("c{}", k + 1)}));
+        json!({"results": [{"id": k}], "paging": {"next": next}})
+    };
+    // Page 7 hangs the first time only: the worker is killed meanwhile.
+    Mock::given(method("GET"))
+        .and(path("/contacts"))
+        .and(query_param("after", "c7"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(body(7))
+                .set_delay(Duration::from_secs(8)),
+        )
+        .up_to_n_times(1)
+        .mount(&stub)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/contacts"))
+        .and(query_param_is_missing("after"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body(1)))
+        .mount(&stub)
+        .await;
+    for k in 2..=10 {
+        Mock::given(method("GET"))
+            .and(path("/contacts"))
+            .and(query_param("after", format!("c{k}")))
+            .respond_with(ResponseTemplate::new(200).set_body_json(body(k)))
+            .mount(&stub)
+            .await;
+    }
+    let c = h
+        .connector(json!({"name": "Ten pages", "steps": [
+            {"name": "list", "method": "GET", "url": format!("{}/contacts", stub.uri()),
+             "paginate": {"next": {"type": "cursor", "path": "$.paging.next.after", "param": "after"}},
+             "extract": {"ids": "$.results[*].id"}}]}))
+        .await;
+    let id = h.enqueue(c, json!({})).await;
+    let url = conveyor_tests::database_url(&h.pool);
+
+    let mut a = WorkerProcess::start(&url, "worker-a");
+    let started = Instant::now();
+    loop {
+        let received = stub.received_requests().await.expect("recording");
+        if received.iter().any(|r| cursor(r) == "c7") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "page 7 never reached the stub"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.kill();
+    let _b = WorkerProcess::start(&url, "worker-b");
+
+    let e = h.wait_final(id, Duration::from_secs(40)).await;
+    assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
+    assert_eq!(
+        e.output.expect("output")["list"]["ids"],
+        json!([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    );
+    let received = stub.received_requests().await.expect("recording");
+    let sent: Vec<String> = received.iter().map(cursor).collect();
+    assert_eq!(
+        sent,
+        [
+            "", "c2", "c3", "c4", "c5", "c6", "c7", "c7", "c8", "c9", "c10"
+        ],
+        "only page 7, in flight at the kill, is sent twice"
+    );
+    let keys: Vec<_> = received
+        .iter()
+        .filter(|r| cursor(r) == "c7")
+        .map(|r| r.headers.get("idempotency-key").cloned())
+        .collect();
+    assert!(keys[0].is_some(), "page 7 carried no Idempotency-Key");
+    assert_eq!(keys[0], keys[1], "the re-sent page reuses its key");
+
+    let rows: Vec<String> = h
+        .steps(id)
+        .await
+        .iter()
+        .map(|s| format!("p{} #{} {}", s.page.unwrap_or(0), s.attempt, s.worker_id))
+        .collect();
+    let want: Vec<String> = (1..=10)
+        .map(|k| {
+            let by = if k < 7 { "worker-a" } else { "worker-b" };
+            format!("p{k} #1 {by}")
+        })
+        .collect();
+    assert_eq!(rows, want);
+}
