@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use conveyor_engine::runner::{RunOutcome, Runner};
 use conveyor_engine::store::channels::EXECUTIONS_ENQUEUED;
-use conveyor_engine::store::executions;
+use conveyor_engine::store::{executions, history};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::task::JoinSet;
@@ -48,6 +48,10 @@ pub struct WorkerConfig {
     /// Finished executions older than this are pruned, with their steps and
     /// events (`CONVEYOR_RETENTION_DAYS`; `None` keeps everything).
     pub retention: Option<Duration>,
+    /// Delivery logs older than this are pruned: finished callback and
+    /// event deliveries, webhook trigger deliveries, schedule ticks
+    /// (`CONVEYOR_DELIVERY_RETENTION_DAYS`; `None` keeps them).
+    pub delivery_retention: Option<Duration>,
     /// Refresh the queue depth gauges (when metrics are served).
     pub observe_queue: bool,
     /// Run the scheduler pass loop that fires due schedule ticks
@@ -69,6 +73,7 @@ impl Default for WorkerConfig {
             max_reclaims: 5,
             claim_batch: 64,
             retention: Some(Duration::from_secs(30 * 86_400)),
+            delivery_retention: Some(Duration::from_secs(30 * 86_400)),
             observe_queue: false,
             scheduler: true,
             workspace_max_running: executions::DEFAULT_WORKSPACE_MAX_RUNNING,
@@ -181,8 +186,12 @@ impl Worker {
         let rescue_every = (cfg.lease / 3).max(Duration::from_secs(1));
         let low_water = (cfg.concurrency / 2).clamp(1, cfg.claim_batch.max(1));
         let mut background = JoinSet::new();
-        if let Some(retention) = cfg.retention {
-            background.spawn(prune(self.pool.clone(), retention, shutdown.clone()));
+        if cfg.retention.is_some() || cfg.delivery_retention.is_some() {
+            background.spawn(prune(
+                self.pool.clone(),
+                (cfg.retention, cfg.delivery_retention),
+                shutdown.clone(),
+            ));
         }
         if cfg.observe_queue {
             background.spawn(observe_queue(self.pool.clone(), shutdown.clone()));
@@ -327,7 +336,7 @@ const PRUNE_BATCH: i64 = 500;
 /// current: one indexed query every few seconds, never one per scrape.
 pub async fn observe_queue(pool: PgPool, shutdown: CancellationToken) {
     loop {
-        match conveyor_engine::store::history::queue_depth(&pool, Utc::now()).await {
+        match history::queue_depth(&pool, Utc::now()).await {
             Ok((depth, oldest)) => {
                 metrics::gauge!("conveyor_queue_depth").set(depth as f64);
                 metrics::gauge!("conveyor_oldest_ready_age_seconds").set(oldest);
@@ -342,36 +351,62 @@ pub async fn observe_queue(pool: PgPool, shutdown: CancellationToken) {
 }
 
 /// Deletes finished executions past their workspace's retention (its plan
-/// or custom days, else `retention`) with their steps and events, in small
-/// batches, so it never holds long locks.
-pub async fn prune(pool: PgPool, retention: Duration, shutdown: CancellationToken) {
+/// or custom days, else `executions`) with their steps and events, and
+/// delivery logs older than `deliveries`, in small batches, so it never
+/// holds long locks. `None` keeps that kind.
+pub async fn prune(
+    pool: PgPool,
+    (executions, deliveries): (Option<Duration>, Option<Duration>),
+    shutdown: CancellationToken,
+) {
     loop {
         let now = Utc::now();
-        let cutoff = now - retention;
-        let mut total = 0;
-        loop {
-            match conveyor_engine::store::history::prune_finished(&pool, now, cutoff, PRUNE_BATCH)
-                .await
-            {
-                Ok(n) => {
-                    total += n;
-                    if n < PRUNE_BATCH as u64 || shutdown.is_cancelled() {
-                        break;
-                    }
-                    tokio::task::yield_now().await;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "retention pass interrupted");
-                    break;
-                }
+        if let Some(retention) = executions {
+            let total = prune_batches(&shutdown, |batch| {
+                history::prune_finished(&pool, now, now - retention, batch)
+            })
+            .await;
+            if total > 0 {
+                info!(pruned = total, "pruned finished executions past retention");
             }
         }
-        if total > 0 {
-            info!(pruned = total, "pruned finished executions past retention");
+        if let Some(retention) = deliveries {
+            let total = prune_batches(&shutdown, |batch| {
+                history::prune_deliveries(&pool, now - retention, batch)
+            })
+            .await;
+            if total > 0 {
+                info!(pruned = total, "pruned delivery logs past retention");
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
+}
+
+/// Runs `delete` with [`PRUNE_BATCH`] until a pass deletes fewer (or an
+/// error, or shutdown); how many rows in all.
+async fn prune_batches<F, Fut>(shutdown: &CancellationToken, mut delete: F) -> u64
+where
+    F: FnMut(i64) -> Fut,
+    Fut: std::future::Future<Output = conveyor_engine::Result<u64>>,
+{
+    let mut total = 0;
+    loop {
+        match delete(PRUNE_BATCH).await {
+            Ok(n) => {
+                total += n;
+                if n < PRUNE_BATCH as u64 || shutdown.is_cancelled() {
+                    return total;
+                }
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "retention pass interrupted");
+                return total;
+            }
         }
     }
 }
