@@ -138,17 +138,35 @@ impl Worker {
         }
     }
 
-    /// Takes back executions whose lease expired.
+    /// Takes back executions whose lease expired. `up_since`: since when
+    /// this worker has reached the database without a break (its start, or
+    /// the end of the last outage it saw). A lease counts toward the poison
+    /// cap only if it ran out at least half a lease after that: the
+    /// holder's renewals were then due while this worker and the database
+    /// both worked, so the holder failed alone. Leases that ran out while
+    /// the database or every worker was down are requeued uncounted.
     ///
     /// # Errors
     ///
     /// Database errors.
-    pub async fn rescue(&self) -> conveyor_engine::Result<executions::Rescued> {
-        let rescued =
-            executions::rescue_expired(&self.pool, self.config.max_reclaims, Utc::now()).await?;
+    pub async fn rescue(
+        &self,
+        up_since: chrono::DateTime<Utc>,
+    ) -> conveyor_engine::Result<executions::Rescued> {
+        let half_lease =
+            chrono::Duration::from_std(self.config.lease / 2).unwrap_or(chrono::Duration::MAX);
+        let counted_from = up_since.checked_add_signed(half_lease).unwrap_or(up_since);
+        let rescued = executions::rescue_expired(
+            &self.pool,
+            self.config.max_reclaims,
+            counted_from,
+            Utc::now(),
+        )
+        .await?;
         if !rescued.requeued.is_empty() {
             info!(
                 count = rescued.requeued.len(),
+                uncounted = rescued.uncounted.len(),
                 "requeued executions whose lease expired"
             );
         }
@@ -158,6 +176,10 @@ impl Worker {
         let reclaims = rescued.requeued.len() + rescued.poisoned.len() + rescued.cancelled.len();
         if reclaims > 0 {
             metrics::counter!("conveyor_lease_reclaims_total").increment(reclaims as u64);
+        }
+        if !rescued.uncounted.is_empty() {
+            metrics::counter!("conveyor_lease_reclaims_uncounted_total")
+                .increment(rescued.uncounted.len() as u64);
         }
         if !rescued.poisoned.is_empty() {
             metrics::counter!("conveyor_executions_poisoned_total")
@@ -181,6 +203,9 @@ impl Worker {
         let mut leased: HashMap<tokio::task::Id, (Uuid, i64)> = HashMap::new();
         let mut listener: Option<PgListener> = None;
         let mut db_down_since: Option<Instant> = None;
+        // Since when this worker has reached the database without a break:
+        // what the rescue vouches for (see `rescue`).
+        let mut up_since = Utc::now();
         let mut backoff = Duration::from_millis(100);
         let mut last_rescue: Option<Instant> = None;
         let rescue_every = (cfg.lease / 3).max(Duration::from_secs(1));
@@ -208,8 +233,10 @@ impl Worker {
             // and backs off; the rescue waits until it is back.
             if db_down_since.is_none() && last_rescue.is_none_or(|t| t.elapsed() >= rescue_every) {
                 last_rescue = Some(Instant::now());
-                if let Err(e) = self.rescue().await {
+                if let Err(e) = self.rescue(up_since).await {
                     warn!(error = %e, "rescuing expired leases failed");
+                    // The database may have been away: vouch only from now.
+                    up_since = Utc::now();
                 }
             }
             // Claims are batched: refill only once at least `low_water`
@@ -238,6 +265,7 @@ impl Worker {
                         }
                         if let Some(since) = db_down_since.take() {
                             info!(down_for = ?since.elapsed(), "database reachable again; resuming");
+                            up_since = Utc::now();
                         }
                         backoff = Duration::from_millis(100);
                         more_ready = rows.len() == want;
