@@ -225,7 +225,8 @@ fn router() -> OpenApiRouter<AppState> {
         .merge(routes::oauth::router())
         .merge(routes::schedules::router())
         .merge(routes::triggers::router())
-        .merge(routes::webhooks::router());
+        .merge(routes::webhooks::router())
+        .merge(routes::subscriptions::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1)
 }
 

@@ -1,6 +1,7 @@
-//! Completion callbacks: the URL rule, the signed payload, and the retry
-//! schedule (exponential, up to 24 hours). Pure; the outbox is
-//! `store::callbacks`, the sender the worker's callback loop.
+//! Completion callbacks and subscription events: the URL rule, the event
+//! types, the signed payload, and the retry schedule (exponential, up to
+//! 24 hours). Pure; the outbox is `store::callbacks` (subscriptions:
+//! `store::subscriptions`), the sender the worker's callback loop.
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
@@ -15,6 +16,42 @@ pub const GIVE_UP_AFTER: Duration = Duration::hours(24);
 pub const FIRST_DELAY: Duration = Duration::seconds(5);
 /// The longest delay between two attempts.
 pub const MAX_DELAY: Duration = Duration::hours(1);
+/// The event types a subscription may name, besides [`ALL_EVENTS`].
+pub const EVENT_TYPES: [&str; 4] = [
+    "execution.succeeded",
+    "execution.failed",
+    "execution.cancelled",
+    "credential.needs_reconnect",
+];
+/// The wildcard: every event type, present and future.
+pub const ALL_EVENTS: &str = "*";
+
+/// Checks a subscription's event list: 1 to 5 known types (or `*`), no
+/// repeats.
+///
+/// # Errors
+///
+/// What is wrong with it.
+pub fn check_events(events: &[String]) -> Result<(), String> {
+    if events.is_empty() || events.len() > EVENT_TYPES.len() + 1 {
+        return Err(format!(
+            "must list 1 to {} event types",
+            EVENT_TYPES.len() + 1
+        ));
+    }
+    for (i, e) in events.iter().enumerate() {
+        if e != ALL_EVENTS && !EVENT_TYPES.contains(&e.as_str()) {
+            return Err(format!(
+                "unknown event type `{e}`: expected `{ALL_EVENTS}` or one of {}",
+                EVENT_TYPES.join(", ")
+            ));
+        }
+        if events[..i].contains(e) {
+            return Err(format!("`{e}` is listed twice"));
+        }
+    }
+    Ok(())
+}
 
 /// Checks a callback URL: absolute `http` or `https` with a host, no
 /// credentials, at most [`MAX_URL_LEN`] characters.
@@ -96,6 +133,24 @@ mod tests {
             &format!("https://example.com/{}", "a".repeat(MAX_URL_LEN)),
         ] {
             assert!(check_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn event_lists_name_known_types_once() {
+        let list = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(check_events(&list(&["*"])), Ok(()));
+        assert_eq!(check_events(&list(&EVENT_TYPES)), Ok(()));
+        let mut all = list(&EVENT_TYPES);
+        all.push("*".to_owned());
+        assert_eq!(check_events(&all), Ok(()));
+        for bad in [
+            list(&[]),
+            list(&["execution.started"]),
+            list(&["execution.failed", "execution.failed"]),
+            list(&["*", "*", "*", "*", "*", "*"]),
+        ] {
+            assert!(check_events(&bad).is_err(), "{bad:?}");
         }
     }
 

@@ -4,8 +4,9 @@
 //! # Layout
 //!
 //! - [`cache`]: the bounded, size-aware cache of connector definitions.
-//! - [`callback`]: completion callbacks: the URL rule, the payload, the
-//!   Standard Webhooks signature headers and the 24-hour retry schedule.
+//! - [`callback`]: completion callbacks and subscription events: the URL
+//!   rule, the event types, the payload, the Standard Webhooks signature
+//!   headers and the 24-hour retry schedule.
 //! - [`connector`]: the connector definition model and its save-time
 //!   validation (errors carry the JSON path of the offending field).
 //! - [`template`]: `<<...>>` templates (minijinja with custom delimiters),

@@ -96,6 +96,10 @@ schedule = call("POST", f"/connectors/{kept}/schedules", USER, {"cron": "@yearly
 doomed_schedule = call("POST", f"/connectors/{kept}/schedules", USER, {"cron": "@yearly"})["id"]
 hook = call("POST", f"/connectors/{kept}/triggers", USER, {"verification": {"type": "none"}})["id"]
 doomed_hook = call("POST", f"/connectors/{kept}/triggers", USER, {"verification": {"type": "none"}})["id"]
+subscription = call("POST", "/webhooks/subscriptions", USER,
+                    {"url": "https://example.com/contract-events", "events": ["*"]})["id"]
+doomed_subscription = call("POST", "/webhooks/subscriptions", USER,
+                           {"url": "https://example.com/contract-events", "events": ["*"]})["id"]
 
 
 def operation(names, **parameters):
@@ -117,6 +121,9 @@ user_operations = [
     operation(["GET /triggers/{id}", "GET /triggers/{id}/deliveries"], id=hook),
     operation(["DELETE /triggers/{id}"], id=doomed_hook),
     operation(["GET /executions/{id}/callbacks"], id=first),
+    operation(["GET /webhooks/subscriptions/{id}", "PATCH /webhooks/subscriptions/{id}",
+               "GET /webhooks/subscriptions/{id}/deliveries"], id=subscription),
+    operation(["DELETE /webhooks/subscriptions/{id}"], id=doomed_subscription),
     operation(["PUT /connectors/{id}"], id=replaced),
     operation(["DELETE /connectors/{id}"], id=deleted),
     operation(["GET /connectors/{id}/executions"], id=kept, cursor=cursor),
@@ -171,6 +178,10 @@ SEMANTIC_422 = [
     # Whether `version` is a version of that template is data, not schema
     # (official templates move on; the stateful phase approves those too).
     "admin_approve_template",
+    # A subscription's URL must parse as an absolute http(s) URL without
+    # credentials, and its event types may not repeat (utoipa cannot state
+    # uniqueItems): the schema's pattern only says how it starts.
+    "create_subscription", "update_subscription",
 ]
 default_accepted = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 # A cursor is opaque: only a `next_cursor` the API handed out is one (the

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use conveyor_engine::state::{ExecutionStatus, StepOutcome};
 use conveyor_engine::store::executions::{self, CancelOutcome, StepRow, Transition};
 use conveyor_tests::{
@@ -111,7 +111,7 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
         .remove(0);
     // Worker A stalls past its lease; the rescuer requeues, B claims.
     let later = t0 + Duration::from_secs(31);
-    let rescued = executions::rescue_expired(&h.pool, 5, later)
+    let rescued = executions::rescue_expired(&h.pool, 5, DateTime::UNIX_EPOCH, later)
         .await
         .expect("rescue");
     assert_eq!(rescued.requeued, [id]);
@@ -225,7 +225,7 @@ async fn an_execution_that_keeps_losing_its_lease_is_failed_as_poisoned(pool: Pg
             .expect("claim");
         assert_eq!(claimed.len(), 1, "round {round}");
         now += Duration::from_secs(60);
-        let rescued = executions::rescue_expired(&h.pool, 2, now)
+        let rescued = executions::rescue_expired(&h.pool, 2, DateTime::UNIX_EPOCH, now)
             .await
             .expect("rescue");
         if round < 3 {
@@ -461,4 +461,42 @@ async fn retention_prunes_finished_executions_with_their_steps_and_events(pool: 
         .expect("count");
     assert_eq!(executions, 1);
     assert_eq!(h.execution(waiting).await.status, ExecutionStatus::Queued);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_lease_that_ran_out_before_the_rescuer_could_vouch_is_not_counted(pool: PgPool) {
+    let h = Harness::new(pool);
+    let c = h
+        .connector(one_step("https://api.example.com/x".into()))
+        .await;
+    let id = h.enqueue(c, json!({})).await;
+    let t0 = Utc::now();
+    executions::claim(&h.pool, "w", 1, lease(), t0)
+        .await
+        .expect("claim");
+    let expired_at = t0 + lease();
+    // The rescuer came back (or the database did) after the lease ran out:
+    // even with a cap of 0, the execution is requeued, uncounted.
+    let later = expired_at + Duration::from_secs(5);
+    let rescued =
+        executions::rescue_expired(&h.pool, 0, expired_at + Duration::from_secs(1), later)
+            .await
+            .expect("rescue");
+    assert_eq!(rescued.requeued, [id]);
+    assert_eq!(rescued.uncounted, [id]);
+    assert_eq!(h.execution(id).await.reclaims, 0);
+    // The rescuer vouches for the whole lease: counted, and past cap 0.
+    executions::claim(&h.pool, "w", 1, lease(), later)
+        .await
+        .expect("claim");
+    let rescued = executions::rescue_expired(
+        &h.pool,
+        0,
+        later + lease(),
+        later + lease() + Duration::from_secs(1),
+    )
+    .await
+    .expect("rescue");
+    assert_eq!(rescued.poisoned, [id]);
+    assert_eq!(h.execution(id).await.reclaims, 1);
 }

@@ -81,6 +81,12 @@ impl TestApi {
         Self::with_keyring(pool, Arc::new(Keyring::new(Key::generate(), [])), config)
     }
 
+    /// The API over `pool` with default settings, sealing with `keyring`
+    /// (the one worker processes of the test are given).
+    pub fn sealing_with(pool: PgPool, keyring: Arc<Keyring>) -> Self {
+        Self::with_keyring(pool, keyring, ApiConfig::default())
+    }
+
     /// The API over `pool` sealing credentials with `keyring`.
     pub fn with_keyring(pool: PgPool, keyring: Arc<Keyring>, config: ApiConfig) -> Self {
         let auth = Authenticator::new(JWT_SECRET).expect("secret");

@@ -5,6 +5,8 @@
 pub mod api;
 pub mod cluster;
 pub mod oauth_server;
+pub mod process;
+pub mod standard_webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,6 +122,7 @@ pub fn test_worker_config(id: &str) -> WorkerConfig {
         max_reclaims: 5,
         claim_batch: 8,
         retention: None,
+        delivery_retention: None,
         observe_queue: false,
         scheduler: false,
         workspace_max_running: executions::DEFAULT_WORKSPACE_MAX_RUNNING,

@@ -1,6 +1,7 @@
 //! The completion-callback sender: drains `callback_deliveries` (leased,
-//! `SKIP LOCKED`, any number of processes), POSTs each execution summary
-//! signed per Standard Webhooks with the workspace's secret (and the
+//! `SKIP LOCKED`, any number of processes): completion callbacks and the
+//! events of subscriptions alike. It POSTs each event (an execution
+//! summary, or a credential's status) signed per Standard Webhooks with the workspace's secret (and the
 //! previous one during a rotation), records every attempt, and retries
 //! failures with exponential backoff for up to 24 hours. The outbound
 //! address policy of steps applies: no private, loopback or metadata
@@ -148,7 +149,7 @@ impl CallbackSender {
         let payload = callback::payload(
             &d.event,
             now,
-            d.execution.clone().unwrap_or(serde_json::Value::Null),
+            d.data.clone().unwrap_or(serde_json::Value::Null),
         );
         let body = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;
         let keys = callbacks::signing_keys(&self.pool, &self.keyring, &d.workspace_id, now)

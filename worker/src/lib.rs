@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use conveyor_engine::runner::{RunOutcome, Runner};
 use conveyor_engine::store::channels::EXECUTIONS_ENQUEUED;
-use conveyor_engine::store::executions;
+use conveyor_engine::store::{executions, history};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::task::JoinSet;
@@ -48,6 +48,10 @@ pub struct WorkerConfig {
     /// Finished executions older than this are pruned, with their steps and
     /// events (`CONVEYOR_RETENTION_DAYS`; `None` keeps everything).
     pub retention: Option<Duration>,
+    /// Delivery logs older than this are pruned: finished callback and
+    /// event deliveries, webhook trigger deliveries, schedule ticks
+    /// (`CONVEYOR_DELIVERY_RETENTION_DAYS`; `None` keeps them).
+    pub delivery_retention: Option<Duration>,
     /// Refresh the queue depth gauges (when metrics are served).
     pub observe_queue: bool,
     /// Run the scheduler pass loop that fires due schedule ticks
@@ -69,6 +73,7 @@ impl Default for WorkerConfig {
             max_reclaims: 5,
             claim_batch: 64,
             retention: Some(Duration::from_secs(30 * 86_400)),
+            delivery_retention: Some(Duration::from_secs(30 * 86_400)),
             observe_queue: false,
             scheduler: true,
             workspace_max_running: executions::DEFAULT_WORKSPACE_MAX_RUNNING,
@@ -133,17 +138,35 @@ impl Worker {
         }
     }
 
-    /// Takes back executions whose lease expired.
+    /// Takes back executions whose lease expired. `up_since`: since when
+    /// this worker has reached the database without a break (its start, or
+    /// the end of the last outage it saw). A lease counts toward the poison
+    /// cap only if it ran out at least half a lease after that: the
+    /// holder's renewals were then due while this worker and the database
+    /// both worked, so the holder failed alone. Leases that ran out while
+    /// the database or every worker was down are requeued uncounted.
     ///
     /// # Errors
     ///
     /// Database errors.
-    pub async fn rescue(&self) -> conveyor_engine::Result<executions::Rescued> {
-        let rescued =
-            executions::rescue_expired(&self.pool, self.config.max_reclaims, Utc::now()).await?;
+    pub async fn rescue(
+        &self,
+        up_since: chrono::DateTime<Utc>,
+    ) -> conveyor_engine::Result<executions::Rescued> {
+        let half_lease =
+            chrono::Duration::from_std(self.config.lease / 2).unwrap_or(chrono::Duration::MAX);
+        let counted_from = up_since.checked_add_signed(half_lease).unwrap_or(up_since);
+        let rescued = executions::rescue_expired(
+            &self.pool,
+            self.config.max_reclaims,
+            counted_from,
+            Utc::now(),
+        )
+        .await?;
         if !rescued.requeued.is_empty() {
             info!(
                 count = rescued.requeued.len(),
+                uncounted = rescued.uncounted.len(),
                 "requeued executions whose lease expired"
             );
         }
@@ -153,6 +176,10 @@ impl Worker {
         let reclaims = rescued.requeued.len() + rescued.poisoned.len() + rescued.cancelled.len();
         if reclaims > 0 {
             metrics::counter!("conveyor_lease_reclaims_total").increment(reclaims as u64);
+        }
+        if !rescued.uncounted.is_empty() {
+            metrics::counter!("conveyor_lease_reclaims_uncounted_total")
+                .increment(rescued.uncounted.len() as u64);
         }
         if !rescued.poisoned.is_empty() {
             metrics::counter!("conveyor_executions_poisoned_total")
@@ -176,13 +203,20 @@ impl Worker {
         let mut leased: HashMap<tokio::task::Id, (Uuid, i64)> = HashMap::new();
         let mut listener: Option<PgListener> = None;
         let mut db_down_since: Option<Instant> = None;
+        // Since when this worker has reached the database without a break:
+        // what the rescue vouches for (see `rescue`).
+        let mut up_since = Utc::now();
         let mut backoff = Duration::from_millis(100);
         let mut last_rescue: Option<Instant> = None;
         let rescue_every = (cfg.lease / 3).max(Duration::from_secs(1));
         let low_water = (cfg.concurrency / 2).clamp(1, cfg.claim_batch.max(1));
         let mut background = JoinSet::new();
-        if let Some(retention) = cfg.retention {
-            background.spawn(prune(self.pool.clone(), retention, shutdown.clone()));
+        if cfg.retention.is_some() || cfg.delivery_retention.is_some() {
+            background.spawn(prune(
+                self.pool.clone(),
+                (cfg.retention, cfg.delivery_retention),
+                shutdown.clone(),
+            ));
         }
         if cfg.observe_queue {
             background.spawn(observe_queue(self.pool.clone(), shutdown.clone()));
@@ -199,8 +233,10 @@ impl Worker {
             // and backs off; the rescue waits until it is back.
             if db_down_since.is_none() && last_rescue.is_none_or(|t| t.elapsed() >= rescue_every) {
                 last_rescue = Some(Instant::now());
-                if let Err(e) = self.rescue().await {
+                if let Err(e) = self.rescue(up_since).await {
                     warn!(error = %e, "rescuing expired leases failed");
+                    // The database may have been away: vouch only from now.
+                    up_since = Utc::now();
                 }
             }
             // Claims are batched: refill only once at least `low_water`
@@ -229,6 +265,7 @@ impl Worker {
                         }
                         if let Some(since) = db_down_since.take() {
                             info!(down_for = ?since.elapsed(), "database reachable again; resuming");
+                            up_since = Utc::now();
                         }
                         backoff = Duration::from_millis(100);
                         more_ready = rows.len() == want;
@@ -327,7 +364,7 @@ const PRUNE_BATCH: i64 = 500;
 /// current: one indexed query every few seconds, never one per scrape.
 pub async fn observe_queue(pool: PgPool, shutdown: CancellationToken) {
     loop {
-        match conveyor_engine::store::history::queue_depth(&pool, Utc::now()).await {
+        match history::queue_depth(&pool, Utc::now()).await {
             Ok((depth, oldest)) => {
                 metrics::gauge!("conveyor_queue_depth").set(depth as f64);
                 metrics::gauge!("conveyor_oldest_ready_age_seconds").set(oldest);
@@ -342,36 +379,62 @@ pub async fn observe_queue(pool: PgPool, shutdown: CancellationToken) {
 }
 
 /// Deletes finished executions past their workspace's retention (its plan
-/// or custom days, else `retention`) with their steps and events, in small
-/// batches, so it never holds long locks.
-pub async fn prune(pool: PgPool, retention: Duration, shutdown: CancellationToken) {
+/// or custom days, else `executions`) with their steps and events, and
+/// delivery logs older than `deliveries`, in small batches, so it never
+/// holds long locks. `None` keeps that kind.
+pub async fn prune(
+    pool: PgPool,
+    (executions, deliveries): (Option<Duration>, Option<Duration>),
+    shutdown: CancellationToken,
+) {
     loop {
         let now = Utc::now();
-        let cutoff = now - retention;
-        let mut total = 0;
-        loop {
-            match conveyor_engine::store::history::prune_finished(&pool, now, cutoff, PRUNE_BATCH)
-                .await
-            {
-                Ok(n) => {
-                    total += n;
-                    if n < PRUNE_BATCH as u64 || shutdown.is_cancelled() {
-                        break;
-                    }
-                    tokio::task::yield_now().await;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "retention pass interrupted");
-                    break;
-                }
+        if let Some(retention) = executions {
+            let total = prune_batches(&shutdown, |batch| {
+                history::prune_finished(&pool, now, now - retention, batch)
+            })
+            .await;
+            if total > 0 {
+                info!(pruned = total, "pruned finished executions past retention");
             }
         }
-        if total > 0 {
-            info!(pruned = total, "pruned finished executions past retention");
+        if let Some(retention) = deliveries {
+            let total = prune_batches(&shutdown, |batch| {
+                history::prune_deliveries(&pool, now - retention, batch)
+            })
+            .await;
+            if total > 0 {
+                info!(pruned = total, "pruned delivery logs past retention");
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
+}
+
+/// Runs `delete` with [`PRUNE_BATCH`] until a pass deletes fewer (or an
+/// error, or shutdown); how many rows in all.
+async fn prune_batches<F, Fut>(shutdown: &CancellationToken, mut delete: F) -> u64
+where
+    F: FnMut(i64) -> Fut,
+    Fut: std::future::Future<Output = conveyor_engine::Result<u64>>,
+{
+    let mut total = 0;
+    loop {
+        match delete(PRUNE_BATCH).await {
+            Ok(n) => {
+                total += n;
+                if n < PRUNE_BATCH as u64 || shutdown.is_cancelled() {
+                    return total;
+                }
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "retention pass interrupted");
+                return total;
+            }
         }
     }
 }

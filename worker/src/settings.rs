@@ -314,6 +314,15 @@ impl Settings {
                 0 => None,
                 days => Some(Duration::from_secs(days.saturating_mul(86_400))),
             },
+            delivery_retention: match parse::<u64>(
+                "CONVEYOR_DELIVERY_RETENTION_DAYS",
+                defaults
+                    .delivery_retention
+                    .map_or(0, |r| r.as_secs() / 86_400),
+            )? {
+                0 => None,
+                days => Some(Duration::from_secs(days.saturating_mul(86_400))),
+            },
             observe_queue: metrics_listen.is_some(),
             scheduler: flag("CONVEYOR_SCHEDULER", defaults.scheduler)?,
             workspace_max_running: parse(
@@ -346,6 +355,11 @@ impl Settings {
             (
                 "CONVEYOR_RETENTION_DAYS",
                 worker.retention.unwrap_or_default(),
+                day * 36_500,
+            ),
+            (
+                "CONVEYOR_DELIVERY_RETENTION_DAYS",
+                worker.delivery_retention.unwrap_or_default(),
                 day * 36_500,
             ),
         ] {

@@ -27,7 +27,7 @@ fn start_with(vars: &[(&str, &str)]) -> (bool, String) {
 
 #[test]
 fn out_of_range_numeric_settings_stop_the_worker_naming_the_variable() {
-    let cases: [(&str, &str, &str); 8] = [
+    let cases: [(&str, &str, &str); 9] = [
         (
             "CONVEYOR_LEASE_SECS",
             "99999999999",
@@ -52,6 +52,11 @@ fn out_of_range_numeric_settings_stop_the_worker_naming_the_variable() {
             "CONVEYOR_RETENTION_DAYS",
             "99999999",
             "CONVEYOR_RETENTION_DAYS is too large",
+        ),
+        (
+            "CONVEYOR_DELIVERY_RETENTION_DAYS",
+            "99999999",
+            "CONVEYOR_DELIVERY_RETENTION_DAYS is too large",
         ),
         (
             "CONVEYOR_MAX_RETRY_AFTER_SECS",

@@ -10,6 +10,7 @@ pub mod hooks;
 pub mod oauth;
 pub mod ops;
 pub mod schedules;
+pub mod subscriptions;
 pub mod templates;
 pub mod triggers;
 pub mod usage;

@@ -25,6 +25,7 @@ mod resilience;
 mod retention;
 mod schedules;
 mod secrets;
+mod subscriptions;
 mod support;
 mod triggers;
 mod usage;

@@ -1,6 +1,8 @@
 //! Retention per workspace: set through the admin API (operators only),
 //! enforced by the retention pass the worker's loop runs, bounded by its
-//! batch size, read back through the HTTP API.
+//! batch size, read back through the HTTP API; delivery logs (trigger
+//! deliveries, schedule ticks, callback and event deliveries) pruned by
+//! the same loop after `CONVEYOR_DELIVERY_RETENTION_DAYS`.
 
 use axum::http::{Method, StatusCode};
 use chrono::{Duration, Utc};
@@ -9,6 +11,7 @@ use conveyor_engine::store::{access, history};
 use conveyor_tests::api::{Reply, TestApi};
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 async fn put(api: &TestApi, ws: &str, body: Value, token: &str) -> Reply {
     let path = format!("/api/v1/admin/workspaces/{ws}/retention");
@@ -113,4 +116,118 @@ async fn each_workspace_keeps_history_for_its_plan_or_custom_days(pool: PgPool) 
         ages.sort_unstable();
         assert_eq!(ages, kept, "{ws}");
     }
+}
+
+async fn rows(api: &TestApi, count_sql: &'static str) -> i64 {
+    sqlx::query_scalar(count_sql)
+        .fetch_one(&api.pool)
+        .await
+        .expect("count")
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn the_worker_s_retention_loop_prunes_delivery_logs_past_their_days(pool: PgPool) {
+    let api = TestApi::new(pool);
+    let token = api.token("ws_logs", "u");
+    let connector = api
+        .create_connector(
+            &token,
+            json!({"name": "Logs", "steps": [{"name": "s", "method": "GET", "url": "https://api.example.com/x"}]}),
+        )
+        .await;
+    let trigger = api
+        .post(
+            &format!("/api/v1/connectors/{connector}/triggers"),
+            &token,
+            json!({"verification": {"type": "none"}}),
+        )
+        .await
+        .id();
+    let schedule = api
+        .post(
+            &format!("/api/v1/connectors/{connector}/schedules"),
+            &token,
+            json!({"cron": "@yearly"}),
+        )
+        .await
+        .id();
+    // Each log gets a row past the 30 days, a recent one, and (outboxes and
+    // ticks) an old row that is still pending or held, which must stay.
+    sqlx::query(
+        "INSERT INTO trigger_deliveries (id, trigger_id, received_at, status, outcome)
+         VALUES (gen_random_uuid(), $1, now() - interval '40 days', 202, 'started'),
+                (gen_random_uuid(), $1, now(), 202, 'started')",
+    )
+    .bind(&trigger)
+    .execute(&api.pool)
+    .await
+    .expect("hook deliveries");
+    sqlx::query(
+        "INSERT INTO schedule_ticks (schedule_id, tick_at, outcome, recorded_at)
+         VALUES ($1::uuid, now() - interval '40 days', 'started', now() - interval '40 days'),
+                ($1::uuid, now() - interval '39 days', 'queued', now() - interval '39 days'),
+                ($1::uuid, now(), 'skipped', now())",
+    )
+    .bind(&schedule)
+    .execute(&api.pool)
+    .await
+    .expect("ticks");
+    sqlx::query(
+        "WITH d AS (
+             INSERT INTO callback_deliveries
+                 (id, workspace_id, url, event, status, next_attempt_at, created_at, finished_at)
+             VALUES (gen_random_uuid(), 'ws_logs', 'https://e.example/cb', 'execution.failed', 'delivered',
+                     now() - interval '40 days', now() - interval '40 days', now() - interval '40 days'),
+                    (gen_random_uuid(), 'ws_logs', 'https://e.example/cb', 'execution.failed', 'pending',
+                     now() - interval '40 days', now() - interval '40 days', NULL),
+                    (gen_random_uuid(), 'ws_logs', 'https://e.example/cb', 'execution.failed', 'failed',
+                     now(), now() - interval '1 day', now())
+             RETURNING id)
+         INSERT INTO callback_attempts (delivery_id, attempt, at, duration_ms)
+         SELECT id, 1, now(), 5 FROM d",
+    )
+    .execute(&api.pool)
+    .await
+    .expect("callbacks");
+
+    let stop = CancellationToken::new();
+    let pruning = tokio::spawn(conveyor_worker::prune(
+        api.pool.clone(),
+        (None, Some(std::time::Duration::from_secs(30 * 86_400))),
+        stop.clone(),
+    ));
+    let started = std::time::Instant::now();
+    while rows(&api, "SELECT count(*) FROM trigger_deliveries").await > 1
+        || rows(&api, "SELECT count(*) FROM schedule_ticks").await > 2
+        || rows(&api, "SELECT count(*) FROM callback_deliveries").await > 2
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "not pruned"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    pruning.await.expect("the loop stops");
+    assert_eq!(
+        rows(&api, "SELECT count(*) FROM trigger_deliveries").await,
+        1
+    );
+    let ticks: Vec<String> =
+        sqlx::query_scalar("SELECT outcome FROM schedule_ticks ORDER BY tick_at")
+            .fetch_all(&api.pool)
+            .await
+            .expect("ticks");
+    assert_eq!(ticks, ["queued", "skipped"], "the held tick stays");
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM callback_deliveries ORDER BY created_at")
+            .fetch_all(&api.pool)
+            .await
+            .expect("callbacks");
+    assert_eq!(left, ["pending", "failed"], "the pending one stays");
+    assert_eq!(
+        rows(&api, "SELECT count(*) FROM callback_attempts").await,
+        2,
+        "attempts go with them"
+    );
 }

@@ -19,6 +19,7 @@ use super::{CredentialKind, OAuthConfig};
 use crate::crypto::Keyring;
 use crate::store::credentials::{self, CredentialError};
 use crate::store::oauth as store;
+use crate::store::subscriptions;
 
 /// Why no usable token came back.
 #[derive(Debug, thiserror::Error)]
@@ -168,7 +169,7 @@ impl Refresher<'_> {
                 Ok(Fresh { fields, expires_at })
             }
             Err(TokenError::Revoked(reason)) => {
-                store::set_status(&mut tx, workspace_id, name, "needs_reconnect", &reason).await?;
+                subscriptions::mark_needs_reconnect(&mut tx, workspace_id, name, &reason).await?;
                 tx.commit().await?;
                 metrics::counter!("conveyor_oauth_refreshes_total", "outcome" => "revoked")
                     .increment(1);
@@ -235,8 +236,7 @@ impl Refresher<'_> {
             Ok(set) => Ok(merge(set, &mut fields)),
             Err(TokenError::Revoked(reason)) => {
                 let mut conn = self.pool.acquire().await?;
-                store::set_status(&mut conn, workspace_id, name, "needs_reconnect", &reason)
-                    .await?;
+                subscriptions::mark_needs_reconnect(&mut conn, workspace_id, name, &reason).await?;
                 Err(RefreshError::Revoked {
                     name: name.to_owned(),
                     reason,

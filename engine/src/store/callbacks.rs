@@ -2,7 +2,8 @@
 //!
 //! A `callback_deliveries` row is created by the row trigger on the UPDATE
 //! that finalizes an execution with a `callback_url` (see the migration),
-//! so a final state never loses its callback. Workers claim due rows with
+//! so a final state never loses its callback. Event subscriptions
+//! (`super::subscriptions`) add their deliveries to the same outbox. Workers claim due rows with
 //! a lease (`FOR UPDATE SKIP LOCKED`), send outside any transaction, and
 //! record each attempt; failures are retried with exponential backoff for
 //! up to 24 hours.
@@ -178,14 +179,16 @@ pub struct Due {
     pub workspace_id: String,
     /// Where to POST.
     pub url: String,
-    /// `execution.succeeded`, `execution.failed` or `execution.cancelled`.
+    /// `execution.succeeded`, `execution.failed`, `execution.cancelled` or
+    /// `credential.needs_reconnect`.
     pub event: String,
     /// This attempt's number.
     pub attempts: i32,
-    /// When the execution ended.
+    /// When the event happened (the execution ended).
     pub created_at: DateTime<Utc>,
-    /// The execution summary (`null` when retention already removed it).
-    pub execution: Option<Value>,
+    /// The payload's `data`: the event's own (a credential's), else the
+    /// execution summary (`null` when retention already removed it).
+    pub data: Option<Value>,
 }
 
 /// Leases up to `limit` due callbacks until `now + lease`, counting the
@@ -212,17 +215,18 @@ pub async fn claim(
            ), leased AS (
                UPDATE callback_deliveries d SET attempts = d.attempts + 1, lease_expires_at = $3
                FROM due WHERE d.id = due.id
-               RETURNING d.id, d.workspace_id, d.url, d.event, d.attempts, d.created_at, d.execution_id
+               RETURNING d.id, d.workspace_id, d.url, d.event, d.attempts, d.created_at,
+                         d.execution_id, d.payload
            )
            SELECT l.id AS "id!", l.workspace_id AS "workspace_id!", l.url AS "url!",
                   l.event AS "event!", l.attempts AS "attempts!", l.created_at AS "created_at!",
-                  (SELECT jsonb_build_object(
+                  COALESCE(l.payload, (SELECT jsonb_build_object(
                        'id', e.id, 'connector_id', e.connector_id,
                        'connector_version', e.connector_version, 'status', e.status,
                        'output', e.output, 'error', e.error, 'started_by', e.started_by,
                        'created_at', e.created_at, 'started_at', e.started_at,
                        'finished_at', e.finished_at)
-                   FROM connector_executions e WHERE e.id = l.execution_id) AS execution
+                   FROM connector_executions e WHERE e.id = l.execution_id)) AS data
            FROM leased l"#,
         limit,
         now,
@@ -325,7 +329,8 @@ pub struct CallbackView {
     pub attempts: Vec<Attempt>,
 }
 
-/// The callbacks of an execution of `ws`, with their attempts.
+/// The completion callbacks of an execution of `ws` (not the events of
+/// its subscriptions), with their attempts.
 ///
 /// # Errors
 ///
@@ -337,33 +342,75 @@ pub async fn for_execution(
 ) -> crate::Result<Vec<CallbackView>> {
     let rows = sqlx::query!(
         "SELECT id, url, event, status, next_attempt_at, created_at, finished_at
-         FROM callback_deliveries WHERE workspace_id = $1 AND execution_id = $2
+         FROM callback_deliveries
+         WHERE workspace_id = $1 AND execution_id = $2 AND subscription_id IS NULL
          ORDER BY created_at, id",
         ws,
         execution_id
     )
     .fetch_all(pool)
     .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let attempts = sqlx::query_as!(
-            Attempt,
-            "SELECT attempt, at, status_code, error, duration_ms FROM callback_attempts
-             WHERE delivery_id = $1 ORDER BY attempt",
-            r.id
-        )
-        .fetch_all(pool)
-        .await?;
-        out.push(CallbackView {
-            id: r.id,
-            url: r.url,
-            event: r.event,
-            status: r.status,
-            next_attempt_at: r.next_attempt_at,
-            created_at: r.created_at,
-            finished_at: r.finished_at,
-            attempts,
+    views(
+        pool,
+        rows.into_iter()
+            .map(|r| {
+                (
+                    r.id,
+                    r.url,
+                    r.event,
+                    r.status,
+                    (r.next_attempt_at, r.created_at, r.finished_at),
+                )
+            })
+            .collect(),
+    )
+    .await
+}
+
+/// A delivery row as read: id, url, event, status and its
+/// `(next_attempt_at, created_at, finished_at)`.
+pub(super) type Row = (
+    Uuid,
+    String,
+    String,
+    String,
+    (DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>),
+);
+
+/// The views of delivery rows, with their attempts (one query for all).
+pub(super) async fn views(pool: &PgPool, rows: Vec<Row>) -> crate::Result<Vec<CallbackView>> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+    let attempts = sqlx::query!(
+        "SELECT delivery_id, attempt, at, status_code, error, duration_ms FROM callback_attempts
+         WHERE delivery_id = ANY($1) ORDER BY delivery_id, attempt",
+        &ids
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut by_delivery: std::collections::HashMap<Uuid, Vec<Attempt>> =
+        std::collections::HashMap::new();
+    for a in attempts {
+        by_delivery.entry(a.delivery_id).or_default().push(Attempt {
+            attempt: a.attempt,
+            at: a.at,
+            status_code: a.status_code,
+            error: a.error,
+            duration_ms: a.duration_ms,
         });
     }
-    Ok(out)
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, url, event, status, (next_attempt_at, created_at, finished_at))| CallbackView {
+                attempts: by_delivery.remove(&id).unwrap_or_default(),
+                id,
+                url,
+                event,
+                status,
+                next_attempt_at,
+                created_at,
+                finished_at,
+            },
+        )
+        .collect())
 }

@@ -141,6 +141,10 @@ pub async fn enqueue(
 pub struct Rescued {
     /// Put back in the queue.
     pub requeued: Vec<Uuid>,
+    /// Of those, put back without counting toward the poison cap: their
+    /// lease ran out while the rescuer could not vouch for the system (an
+    /// outage, see [`rescue_expired`]).
+    pub uncounted: Vec<Uuid>,
     /// Failed as poisoned: their lease expired more than the cap allows.
     pub poisoned: Vec<Uuid>,
     /// Cancelled: a cancel was pending when their worker vanished.
@@ -148,8 +152,16 @@ pub struct Rescued {
 }
 
 /// Takes back running executions whose lease expired (their worker died or
-/// stalled). Each takeover is counted; past `max_reclaims` the execution is
-/// failed as poisoned. The token is bumped so the old holder cannot write.
+/// stalled). The token is bumped so the old holder cannot write.
+///
+/// Only a lease lost while the rest of the system worked counts toward the
+/// poison cap: one that expired at or after `counted_from` (the rescuer's
+/// own uninterrupted time with the database, plus half a lease: it was up,
+/// and so was the database, while the holder missed its renewals). Past
+/// `max_reclaims` counted losses the execution is failed as poisoned. A
+/// lease that expired earlier (the database or every worker was down, so
+/// no one can tell a poison message from an outage) is requeued without
+/// counting; the `lease_lost` event says which (`counted`).
 ///
 /// # Errors
 ///
@@ -157,6 +169,7 @@ pub struct Rescued {
 pub async fn rescue_expired(
     pool: &PgPool,
     max_reclaims: i32,
+    counted_from: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<Rescued> {
     let rows = sqlx::query!(
@@ -167,15 +180,15 @@ pub async fn rescue_expired(
                LIMIT 1000
                FOR UPDATE SKIP LOCKED
            ), decided AS (
-               SELECT e.id, e.lease_owner AS previous_owner,
+               SELECT e.id, e.lease_owner AS previous_owner, e.lease_expires_at >= $3 AS counted,
                       CASE WHEN e.cancel_requested_at IS NOT NULL THEN 'cancelled'
-                           WHEN e.reclaims + 1 > $2 THEN 'failed'
+                           WHEN e.lease_expires_at >= $3 AND e.reclaims + 1 > $2 THEN 'failed'
                            ELSE 'queued' END AS next_status
                FROM connector_executions e JOIN expired USING (id)
            ), upd AS (
                UPDATE connector_executions e SET
                    status = d.next_status,
-                   reclaims = e.reclaims + 1,
+                   reclaims = e.reclaims + CASE WHEN d.counted THEN 1 ELSE 0 END,
                    fencing_token = e.fencing_token + 1,
                    lease_owner = NULL, lease_expires_at = NULL,
                    run_at = $1,
@@ -186,27 +199,34 @@ pub async fn rescue_expired(
                    finished_at = CASE WHEN d.next_status = 'queued' THEN NULL ELSE $1 END,
                    updated_at = $1
                FROM decided d WHERE e.id = d.id
-               RETURNING e.id, e.workspace_id, e.status, e.reclaims, d.previous_owner
+               RETURNING e.id, e.workspace_id, e.status, e.reclaims, d.previous_owner, d.counted
            ), ev AS (
                INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
                SELECT id, workspace_id, $1, 'lease_lost',
-                      jsonb_build_object('worker', previous_owner, 'reclaims', reclaims, 'then', status)
+                      jsonb_build_object('worker', previous_owner, 'reclaims', reclaims, 'then', status,
+                                         'counted', counted)
                FROM upd
                UNION ALL
                SELECT id, workspace_id, $1, CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE 'finished' END,
                       jsonb_build_object('status', status, 'reason', CASE WHEN status = 'failed' THEN 'poisoned' ELSE 'cancel requested' END)
                FROM upd WHERE status <> 'queued'
            )
-           SELECT id AS "id!", status AS "status!: ExecutionStatus" FROM upd"#,
+           SELECT id AS "id!", status AS "status!: ExecutionStatus", counted AS "counted!" FROM upd"#,
         now,
-        max_reclaims
+        max_reclaims,
+        counted_from
     )
     .fetch_all(pool)
     .await?;
     let mut out = Rescued::default();
     for row in rows {
         match row.status {
-            ExecutionStatus::Queued => out.requeued.push(row.id),
+            ExecutionStatus::Queued => {
+                if !row.counted {
+                    out.uncounted.push(row.id);
+                }
+                out.requeued.push(row.id);
+            }
             ExecutionStatus::Failed => out.poisoned.push(row.id),
             _ => out.cancelled.push(row.id),
         }

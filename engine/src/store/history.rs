@@ -435,3 +435,41 @@ pub async fn prune_finished(
     .await?;
     Ok(u64::try_from(deleted).unwrap_or(0))
 }
+
+/// Deletes up to `batch` rows older than `cutoff` from each delivery log:
+/// finished completion-callback and event deliveries (with their
+/// attempts), webhook trigger deliveries, and schedule ticks (except a
+/// tick held by `queue_one`, which is still to start). One statement;
+/// returns the most rows deleted from any one log, so a caller repeats
+/// while it equals `batch`.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn prune_deliveries(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<u64> {
+    let deleted = sqlx::query_scalar!(
+        r#"WITH callbacks AS (
+               DELETE FROM callback_deliveries WHERE id IN (
+                   SELECT id FROM callback_deliveries
+                   WHERE finished_at < $1 ORDER BY finished_at LIMIT $2)
+               RETURNING 1
+           ), hooks AS (
+               DELETE FROM trigger_deliveries WHERE id IN (
+                   SELECT id FROM trigger_deliveries
+                   WHERE received_at < $1 ORDER BY received_at LIMIT $2)
+               RETURNING 1
+           ), ticks AS (
+               DELETE FROM schedule_ticks WHERE (schedule_id, tick_at) IN (
+                   SELECT schedule_id, tick_at FROM schedule_ticks
+                   WHERE recorded_at < $1 AND outcome <> 'queued' ORDER BY recorded_at LIMIT $2)
+               RETURNING 1
+           )
+           SELECT GREATEST((SELECT count(*) FROM callbacks), (SELECT count(*) FROM hooks),
+                           (SELECT count(*) FROM ticks)) AS "deleted!""#,
+        cutoff,
+        batch
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(u64::try_from(deleted).unwrap_or(0))
+}

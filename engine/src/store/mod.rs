@@ -17,6 +17,7 @@ pub mod history;
 pub mod members;
 pub mod oauth;
 pub mod schedules;
+pub mod subscriptions;
 pub mod templates;
 pub mod triggers;
 pub mod usage;

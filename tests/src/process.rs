@@ -1,0 +1,60 @@
+//! `conveyor-worker` as a child process for multi-process tests (the
+//! binary's path comes from the calling test, which alone knows it).
+
+use std::process::{Child, Command, Stdio};
+
+/// A worker child; killed (SIGKILL) and reaped on drop.
+pub struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    /// Starts `bin` against `database_url` with the test settings (3 s
+    /// lease, fast poll, loopback allowed, no migrations), worker id `id`,
+    /// sealing with the base64 `key`, plus `extra` variables.
+    ///
+    /// # Panics
+    ///
+    /// When the process cannot be started.
+    pub fn start(
+        bin: &str,
+        database_url: &str,
+        key: &str,
+        id: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let mut cmd = Command::new(bin);
+        cmd.env("DATABASE_URL", database_url)
+            .env("CONVEYOR_ENCRYPTION_KEY", key)
+            .env("CONVEYOR_ALLOW_PRIVATE_NETWORKS", "true")
+            .env("CONVEYOR_AUTO_MIGRATE", "false")
+            .env("CONVEYOR_LEASE_SECS", "3")
+            .env("CONVEYOR_POLL_INTERVAL_MS", "100")
+            .env("CONVEYOR_WORKER_CONCURRENCY", "8")
+            .env("CONVEYOR_DB_MAX_CONNECTIONS", "10")
+            .env("CONVEYOR_WORKER_ID", id)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (name, value) in extra {
+            cmd.env(name, value);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        Self { child }
+    }
+
+    /// SIGKILL, then reap: the process vanishes without releasing anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
