@@ -13,6 +13,7 @@ mod console;
 mod end_to_end;
 mod idempotency;
 mod isolation;
+mod language;
 mod marketplace;
 mod membership;
 mod metrics;

@@ -5,6 +5,7 @@
 //! problem with the JSON path of the offending field.
 
 pub mod flow;
+mod language;
 pub mod placement;
 mod validate;
 
@@ -225,6 +226,11 @@ pub struct Step {
     /// worker; when full the execution is parked until a slot frees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<flow::Concurrency>,
+    /// A condition, one `<<expr>>` that must be `true` or `false`: when
+    /// false the step is not sent and is recorded as `skipped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "<<input.plan == 'pro'>>")]
+    pub when: Option<String>,
 }
 
 impl Step {

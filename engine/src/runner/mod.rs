@@ -32,6 +32,7 @@ use crate::store::executions::{self, Claimed, StepRow, Transition};
 
 mod commit;
 mod flow;
+mod language;
 mod oauth;
 mod observe;
 
@@ -227,6 +228,12 @@ impl Runner {
             "workspace": {"id": claimed.workspace_id},
             "settings": connector.settings,
         });
+        let mut secrets = language::Secrets::new(&claimed.workspace_id, id);
+        let fields = &mut credentials.fields;
+        if let Err(message) = secrets.open(&self.keyring, connector, &mut ctx, fields) {
+            let error = ExecutionError::run(RunErrorKind::Credential, message);
+            return self.end(id, token, Some(&error)).await;
+        }
         let claimed_labels = observe::labels(&claimed, self.config.metrics_workspace_labels);
         let first = usize::try_from(claimed.next_step).unwrap_or(0);
         // When the lease was last set (by the claim just before this run,
@@ -248,6 +255,27 @@ impl Runner {
                 1
             };
             ctx["execution"]["attempt"] = json!(attempt);
+            match self.condition(step, index, attempt, &ctx) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let fields = &mut credentials.fields;
+                    let (at, secrets) = ((id, token), &mut secrets);
+                    let skipped = self.skip(
+                        at,
+                        connector,
+                        index,
+                        &mut ctx,
+                        secrets,
+                        fields,
+                        &mut extended_at,
+                    );
+                    match skipped.await? {
+                        Some(outcome) => return Ok(outcome),
+                        None => continue,
+                    }
+                }
+                Err(error) => return self.end(id, token, Some(&error)).await,
+            }
             let remaining = (deadline - now).to_std().unwrap_or(Duration::ZERO);
             let timeout = Duration::from_millis(step.timeout_ms).min(remaining);
             let key = idempotency_key(id, &step.name, attempt);
@@ -288,7 +316,7 @@ impl Runner {
                 .instrument(span.clone())
                 .await?;
             self.release_slot(slot.as_deref(), id).await?;
-            let result = match sent {
+            let mut result = match sent {
                 InFlight::Done(result) => result,
                 InFlight::LeaseLost => return Ok(RunOutcome::LeaseLost),
                 InFlight::CancelRequested => return self.end(id, token, None).await,
@@ -306,7 +334,7 @@ impl Runner {
                 result: &result,
                 deadline,
             };
-            let decision = cpu_bound(|| {
+            let mut decision = cpu_bound(|| {
                 decide::decide(
                     &step_attempt,
                     &mut ctx,
@@ -315,6 +343,9 @@ impl Runner {
                     rand::random::<f64>,
                 )
             });
+            let fields = &mut credentials.fields;
+            secrets.protect(&self.keyring, step, &ctx, &mut decision, fields);
+            language::redact_extracts(step, &mut result.extracted);
             observe::observe_step(&span, &claimed_labels, step, &result, decision.outcome);
             if let Next::Retry {
                 run_at,
