@@ -268,6 +268,55 @@ pub fn decide(
     {
         entry["paging"] = summary;
     }
+    advance(connector, (index, number), outcome, entry, ctx, policy, now)
+}
+
+/// The decision on step `index` whose `when` condition is false: the step
+/// was not sent and is recorded as [`StepOutcome::Skipped`]. Its context
+/// entry has a null `status` and `body`, no `headers`, and every field of
+/// its `extract` null; the execution then moves on as after a success.
+pub fn skip(
+    connector: &Connector,
+    index: usize,
+    ctx: &mut Value,
+    policy: &Policy<'_>,
+    now: DateTime<Utc>,
+) -> Decision {
+    let extract: Map<String, Value> = connector.steps[index]
+        .extract
+        .keys()
+        .map(|field| (field.clone(), Value::Null))
+        .collect();
+    let entry = json!({"status": null, "headers": {}, "body": null, "extract": extract});
+    advance(
+        connector,
+        (index, 1),
+        StepOutcome::Skipped,
+        entry,
+        ctx,
+        policy,
+        now,
+    )
+}
+
+/// Records `entry` as the context entry of step `index` (attempt `number`)
+/// and moves the execution on: to the next step, or to success with the
+/// rendered output. Fails when the persisted context would pass its size
+/// limit or the output does not render.
+fn advance(
+    connector: &Connector,
+    (index, number): (usize, u32),
+    outcome: StepOutcome,
+    entry: Value,
+    ctx: &mut Value,
+    policy: &Policy<'_>,
+    now: DateTime<Utc>,
+) -> Decision {
+    let step = &connector.steps[index];
+    let fail = |outcome, error| Decision {
+        outcome,
+        next: Next::Fail(error),
+    };
     ctx["steps"][step.name.as_str()] = entry;
     let persisted = json!({"steps": ctx["steps"]});
     let size = serde_json::to_vec(&persisted).map_or(usize::MAX, |v| v.len());

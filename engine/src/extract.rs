@@ -263,16 +263,20 @@ impl<'de> Deserialize<'de> for Query {
 /// required.
 ///
 /// Deserializes from either a bare query string (`"$.id"`, not required) or
-/// an object `{"path": "$.id", "required": true}` (unknown keys rejected,
-/// `required` defaults to `false`). The query is parsed during
-/// deserialization, so an invalid query fails there. Serializes back to the
-/// bare string when not required, to the object form otherwise.
+/// an object `{"path": "$.id", "required": true, "secret": true}` (unknown
+/// keys rejected, `required` and `secret` default to `false`). The query is
+/// parsed during deserialization, so an invalid query fails there.
+/// Serializes back to the bare string when neither required nor secret, to
+/// the object form otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extraction {
     /// The parsed query.
     pub path: Query,
     /// Whether selecting nothing is an error.
     pub required: bool,
+    /// Whether the value is a secret (an access token, a session id):
+    /// usable by later steps, stored only sealed, redacted in history.
+    pub secret: bool,
 }
 
 impl Extraction {
@@ -282,6 +286,7 @@ impl Extraction {
         Extraction {
             path,
             required: false,
+            secret: false,
         }
     }
 
@@ -291,6 +296,7 @@ impl Extraction {
         Extraction {
             path,
             required: true,
+            secret: false,
         }
     }
 
@@ -354,12 +360,21 @@ impl utoipa::PartialSchema for Extraction {
                     .default(Some(Value::Bool(false)))
                     .description(Some("Whether selecting nothing fails the step")),
             )
+            .property(
+                "secret",
+                ObjectBuilder::new()
+                    .schema_type(Type::Boolean)
+                    .default(Some(Value::Bool(false)))
+                    .description(Some(
+                        "Whether the value is a secret: usable by later steps, stored sealed, redacted in history",
+                    )),
+            )
             .additional_properties(Some(AdditionalProperties::FreeForm(false)));
         OneOfBuilder::new()
             .item(query())
             .item(object)
             .description(Some(
-                "A JSONPath query, or `{\"path\", \"required\"}`: a singular query yields the value (null when absent), any other the array of matches",
+                "A JSONPath query, or `{\"path\", \"required\", \"secret\"}`: a singular query yields the value (null when absent), any other the array of matches",
             ))
             .into()
     }
@@ -372,16 +387,19 @@ impl utoipa::ToSchema for Extraction {}
 #[serde(deny_unknown_fields)]
 struct ExtractionObject {
     path: Query,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     required: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    secret: bool,
 }
 
 impl Serialize for Extraction {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if self.required {
+        if self.required || self.secret {
             ExtractionObject {
                 path: self.path.clone(),
-                required: true,
+                required: self.required,
+                secret: self.secret,
             }
             .serialize(serializer)
         } else {
@@ -413,6 +431,7 @@ impl<'de> Deserialize<'de> for Extraction {
                 Ok(Extraction {
                     path: object.path,
                     required: object.required,
+                    secret: object.secret,
                 })
             }
         }

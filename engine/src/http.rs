@@ -22,6 +22,10 @@ use crate::redact::{Credentials, Redactor};
 use crate::template::{Dest, Renderer};
 
 mod body;
+mod status;
+
+pub use status::retry_after;
+use status::status_error;
 
 /// Settings of the step client.
 #[derive(Debug, Clone)]
@@ -410,9 +414,13 @@ impl StepClient {
         let mut snapshot = json!({"method": step.method.as_str(), "url": Value::Null});
         let fail = |snapshot: &Value, e: StepError| (snapshot.clone(), e);
         if let Value::Object(map) = &mut context {
+            let named: std::collections::BTreeMap<_, _> = credentials
+                .iter()
+                .filter(|(name, _)| name.as_str() != crate::redact::SECRET_EXTRACTS)
+                .collect();
             map.insert(
                 "credentials".to_owned(),
-                serde_json::to_value(credentials).unwrap_or(Value::Null),
+                serde_json::to_value(named).unwrap_or(Value::Null),
             );
         }
         // Converted once per step, shared by every template of the step.
@@ -440,6 +448,15 @@ impl StepClient {
             count(field, text.len())?;
             Ok(text)
         };
+        // A value whose lone placeholder renders to null is left out.
+        let optional = |field: &str, template: &str, dest: Dest| {
+            let text = self
+                .renderer
+                .render_optional_in(template, &ctx, dest)
+                .map_err(|e| StepError::fatal(StepErrorKind::Render, format!("{field}: {e}")))?;
+            count(field, text.as_ref().map_or(0, String::len))?;
+            Ok(text)
+        };
 
         // Definitions saved before the placement rules are held to them too.
         if let Some(p) = crate::connector::placement::step_problems(&self.renderer, "step", step)
@@ -463,9 +480,11 @@ impl StepClient {
                 )
             })?;
         for (name, template) in &step.query {
-            let value = render(&format!("query.{name}"), template, Dest::Text)
+            let value = optional(&format!("query.{name}"), template, Dest::Text)
                 .map_err(|e| fail(&snapshot, e))?;
-            url.query_pairs_mut().append_pair(name, &value);
+            if let Some(value) = value {
+                url.query_pairs_mut().append_pair(name, &value);
+            }
         }
 
         let mut headers = HeaderMap::new();
@@ -539,7 +558,10 @@ impl StepClient {
 
         for (name, template) in &step.headers {
             let field = format!("headers.{name}");
-            let value = render(&field, template, Dest::Header).map_err(|e| fail(&snapshot, e))?;
+            let value = optional(&field, template, Dest::Header).map_err(|e| fail(&snapshot, e))?;
+            let Some(value) = value else {
+                continue;
+            };
             let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                 fail(
                     &snapshot,
@@ -573,7 +595,7 @@ impl StepClient {
         let (body, body_snapshot) = match &step.body {
             None => (None, Value::Null),
             Some(Body::Json { content }) => {
-                let value = self.renderer.render_json_in(content, &ctx).map_err(|e| {
+                let value = self.renderer.render_body_in(content, &ctx).map_err(|e| {
                     fail(
                         &snapshot,
                         StepError::fatal(StepErrorKind::Render, format!("body.content: {e}")),
@@ -587,9 +609,11 @@ impl StepClient {
             Some(Body::Form { content }) => {
                 let mut form = url::form_urlencoded::Serializer::new(String::new());
                 for (name, template) in content {
-                    let value = render(&format!("body.content.{name}"), template, Dest::Text)
+                    let value = optional(&format!("body.content.{name}"), template, Dest::Text)
                         .map_err(|e| fail(&snapshot, e))?;
-                    form.append_pair(name, &value);
+                    if let Some(value) = value {
+                        form.append_pair(name, &value);
+                    }
                 }
                 let encoded = form.finish();
                 set_default_content_type(&mut headers, "application/x-www-form-urlencoded");
@@ -714,45 +738,6 @@ fn set_default_content_type(headers: &mut HeaderMap, content_type: &'static str)
         .or_insert(HeaderValue::from_static(content_type));
 }
 
-fn status_error(step: &Step, status: u16, headers: &HeaderMap) -> StepError {
-    let expected = if step.expect.is_empty() {
-        "2xx".to_owned()
-    } else {
-        step.expect
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let message = format!("HTTP {status} (expected {expected})");
-    let retryable = status == 408 || status == 429 || (500..600).contains(&status);
-    if !retryable {
-        return StepError::fatal(StepErrorKind::HttpStatus, message);
-    }
-    let retry = match retry_after(headers, Utc::now()) {
-        Some(delay) => Retry::RetryAfter(delay),
-        None => Retry::Retryable,
-    };
-    StepError {
-        kind: StepErrorKind::HttpStatus,
-        message,
-        retry,
-    }
-}
-
-/// Parses `Retry-After` as delay-seconds or an HTTP date (relative to
-/// `now`; a date in the past means no wait).
-pub fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
-    let value = headers.get("retry-after")?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let date = DateTime::parse_from_rfc2822(value)
-        .ok()?
-        .with_timezone(&Utc);
-    Some((date - now).to_std().unwrap_or(Duration::ZERO))
-}
-
 fn classify_send_error(e: &reqwest::Error) -> StepError {
     let mut source: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = source {
@@ -776,32 +761,5 @@ fn classify_send_error(e: &reqwest::Error) -> StepError {
         StepError::retryable(StepErrorKind::Connect, format!("could not connect: {text}"))
     } else {
         StepError::retryable(StepErrorKind::Transport, format!("request failed: {text}"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_accepts_seconds_and_http_dates() {
-        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
-            .expect("date")
-            .with_timezone(&Utc);
-        let mut h = HeaderMap::new();
-        h.insert("retry-after", HeaderValue::from_static("120"));
-        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(120)));
-        h.insert(
-            "retry-after",
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:30 GMT"),
-        );
-        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(30)));
-        h.insert(
-            "retry-after",
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:00:00 GMT"),
-        );
-        assert_eq!(retry_after(&h, now), Some(Duration::ZERO));
-        h.insert("retry-after", HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&h, now), None);
     }
 }

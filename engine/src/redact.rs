@@ -15,6 +15,25 @@ pub const REDACTED: &str = "[REDACTED]";
 /// Decrypted credentials available to one step: name → field → value.
 pub type Credentials = BTreeMap<String, BTreeMap<String, String>>;
 
+/// The entry of [`Credentials`] that holds the text forms of the run's
+/// secret extracts ([`secret_texts`]), so that every later request and
+/// response is redacted of them like of a credential. It is no valid
+/// credential name, and templates never see it as one.
+pub const SECRET_EXTRACTS: &str = "(secret extracts)";
+
+/// The text forms redaction looks for in a secret extracted value: its
+/// strings, and its numbers in their JSON form, at any depth (booleans and
+/// null are no secrets).
+pub fn secret_texts(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Number(n) => out.push(n.to_string()),
+        Value::Array(items) => items.iter().for_each(|i| secret_texts(i, out)),
+        Value::Object(map) => map.values().for_each(|v| secret_texts(v, out)),
+        Value::Null | Value::Bool(_) => {}
+    }
+}
+
 /// Replaces credential values (and their URL-encoded forms) with
 /// [`REDACTED`].
 pub(crate) struct Redactor {
@@ -23,8 +42,30 @@ pub(crate) struct Redactor {
 
 impl Redactor {
     pub(crate) fn new(credentials: &Credentials) -> Self {
+        Self::of_texts(credentials.values().flat_map(BTreeMap::values))
+    }
+
+    /// A redactor of `step`'s secret extracts in `extracted`, if it has any
+    /// with a value.
+    pub(crate) fn of_secret_extracts(
+        step: &crate::connector::Step,
+        extracted: &Map<String, Value>,
+    ) -> Option<Self> {
+        let mut texts = Vec::new();
+        for (field, spec) in &step.extract {
+            if spec.secret
+                && let Some(value) = extracted.get(field)
+            {
+                secret_texts(value, &mut texts);
+            }
+        }
+        (!texts.is_empty()).then(|| Self::of_texts(&texts))
+    }
+
+    /// A redactor of the given secret texts.
+    pub(crate) fn of_texts<'a>(texts: impl IntoIterator<Item = &'a String>) -> Self {
         let mut needles: Vec<String> = Vec::new();
-        for value in credentials.values().flat_map(BTreeMap::values) {
+        for value in texts {
             if value.is_empty() {
                 continue;
             }

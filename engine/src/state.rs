@@ -108,6 +108,8 @@ stored_state! {
         RetryScheduled = "retry_scheduled",
         /// The step failed and its `on_error` moved on to the next step.
         Continued = "continued",
+        /// The step's `when` condition was false: it was not sent.
+        Skipped = "skipped",
     }
 }
 

@@ -116,7 +116,7 @@ async fn json_body_keeps_input_types() {
         "count": 42,
         "ratio": 1.5,
         "active": true,
-        "nothing": null,
+        "cleared": null,
         "profile": {"tags": ["a", "b"], "age": 36},
         "greeting": "hi Ada (42)",
         "literal": "no placeholder",
@@ -136,7 +136,9 @@ async fn json_body_keeps_input_types() {
             "count": "<<input.count>>",
             "ratio": "<<input.ratio>>",
             "active": "<<input.active>>",
+            // A placeholder rendering null is left out; a literal null is sent.
             "nothing": "<<input.nothing>>",
+            "cleared": null,
             "profile": "<<input.profile>>",
             "greeting": "hi <<input.name>> (<<input.count>>)",
             "literal": "no placeholder",

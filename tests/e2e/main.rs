@@ -4,6 +4,7 @@
 mod api_keys;
 mod flow;
 mod hardening;
+mod language;
 mod marketplace_review;
 mod multi_step;
 mod oauth;

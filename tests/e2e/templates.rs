@@ -15,7 +15,9 @@
 //! `path`, optional `query`, `query_absent` (names that must not be
 //! sent), `headers`, `json` (partial match), `form`
 //! (fields that must be present with these values), `body` (exact text),
-//! and `respond` with `status` and `json` or `body`), and the expected
+//! optional `absent` (names no query parameter, header, form field or JSON
+//! key at any depth may have: values the template leaves out), and
+//! `respond` with `status` and `json` or `body`), and the expected
 //! `output`.
 
 use std::collections::BTreeMap;
@@ -85,6 +87,39 @@ impl wiremock::Match for FormFields {
     }
 }
 
+/// Matches a request in which none of these names is a query parameter,
+/// a header, a form field or a JSON key (at any depth).
+struct Absent(Vec<String>);
+
+impl wiremock::Match for Absent {
+    fn matches(&self, request: &Request) -> bool {
+        fn keys(value: &Value, out: &mut Vec<String>) {
+            match value {
+                Value::Object(map) => map.iter().for_each(|(k, v)| {
+                    out.push(k.clone());
+                    keys(v, out);
+                }),
+                Value::Array(items) => items.iter().for_each(|v| keys(v, out)),
+                _ => {}
+            }
+        }
+        let mut present: Vec<String> = request
+            .url
+            .query_pairs()
+            .map(|(k, _)| k.into_owned())
+            .collect();
+        present.extend(request.headers.keys().map(|h| h.as_str().to_owned()));
+        match serde_json::from_slice::<Value>(&request.body) {
+            Ok(json) => keys(&json, &mut present),
+            Err(_) => present
+                .extend(url::form_urlencoded::parse(&request.body).map(|(k, _)| k.into_owned())),
+        }
+        self.0
+            .iter()
+            .all(|name| !present.iter().any(|p| p.eq_ignore_ascii_case(name)))
+    }
+}
+
 async fn mount(stub: &MockServer, spec: &Value, slug: &str) {
     let m = spec["method"]
         .as_str()
@@ -119,6 +154,13 @@ async fn mount(stub: &MockServer, spec: &Value, slug: &str) {
     }
     if let Some(body) = spec["body"].as_str() {
         mock = mock.and(body_string(body));
+    }
+    if let Some(absent) = spec["absent"].as_array() {
+        let names = absent
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect();
+        mock = mock.and(Absent(names));
     }
     let respond = &spec["respond"];
     let status = u16::try_from(respond["status"].as_u64().unwrap_or(200)).unwrap_or(200);

@@ -14,6 +14,7 @@ mod console_oauth;
 mod end_to_end;
 mod idempotency;
 mod isolation;
+mod language;
 mod marketplace;
 mod membership;
 mod metrics;

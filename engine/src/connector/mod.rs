@@ -5,6 +5,7 @@
 //! problem with the JSON path of the offending field.
 
 pub mod flow;
+mod language;
 pub mod paging;
 pub mod placement;
 mod validate;
@@ -246,6 +247,11 @@ pub struct Step {
     /// extracted fields accumulate (see `docs/connector-language.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paginate: Option<paging::Paginate>,
+    /// A condition, one `<<expr>>` that must be `true` or `false`: when
+    /// false the step is not sent and is recorded as `skipped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "<<input.plan == 'pro'>>")]
+    pub when: Option<String>,
 }
 
 impl Step {

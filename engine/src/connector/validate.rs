@@ -112,7 +112,7 @@ struct Validator {
 }
 
 /// Which earlier steps a template may name.
-enum Scope<'a> {
+pub(super) enum Scope<'a> {
     /// Inside a step: only the steps before it (the slice given).
     Step(&'a [Step]),
     /// The output template: every step.
@@ -180,10 +180,14 @@ impl Validator {
             }
             self.errors.extend(super::variant::problems(&path, step));
             self.errors.extend(super::paging::problems(&path, step));
+            let language = super::language::problems(&self.renderer, &path, step, &c.steps[..i]);
+            self.errors.extend(language);
         }
         self.json_templates("output", &c.output, &Scope::Output(&c.steps));
         let placement = super::placement::output_problems(&self.renderer, &c.output);
         self.errors.extend(placement);
+        let secrets = super::language::output_problems(&self.renderer, &c.output, &c.steps);
+        self.errors.extend(secrets);
     }
 
     fn retry(&mut self, path: &str, r: &RetryPolicy) {
@@ -363,7 +367,7 @@ impl Validator {
 
 /// Checks one dotted reference (`steps.create.extract.id`) against the names
 /// in scope.
-fn check_reference(reference: &str, scope: &Scope<'_>) -> Result<(), String> {
+pub(super) fn check_reference(reference: &str, scope: &Scope<'_>) -> Result<(), String> {
     let mut parts = reference.split('.');
     let root = parts.next().unwrap_or_default();
     match root {

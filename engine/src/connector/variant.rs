@@ -78,6 +78,7 @@ impl Variant {
             concurrency: None,
             variants: Vec::new(),
             paginate: None,
+            when: None,
         }
     }
 

@@ -532,3 +532,41 @@ fn the_last_page_s_paging_summary_goes_into_the_step_entry() {
     assert_eq!(context["steps"]["a"]["extract"]["ids"], json!([1, 2, 3]));
     assert_eq!(ctx["paged"], json!({}), "the summary is moved, not copied");
 }
+
+#[test]
+fn a_skipped_step_has_null_fields_in_the_context_and_moves_on() {
+    let c = connector(json!({
+        "steps": [
+            {"name": "a", "method": "GET", "url": "https://x.test/a",
+             "when": "<<false>>", "extract": {"id": "$.id"}},
+            {"name": "b", "method": "GET", "url": "https://x.test/b", "when": "<<false>>"},
+        ],
+        "output": {"id": "<<steps.a.extract.id>>", "status": "<<steps.a.status>>"},
+    }));
+    let renderer = Renderer::new();
+    let policy = Policy {
+        renderer: &renderer,
+        max_context_bytes: 1024 * 1024,
+        max_retry_after: SECOND,
+        lease: SECOND,
+    };
+    let mut ctx = json!({"steps": {}});
+    let entry = json!({"status": null, "headers": {}, "body": null, "extract": {"id": null}});
+    assert_eq!(
+        skip(&c, 0, &mut ctx, &policy, now()),
+        Decision {
+            outcome: StepOutcome::Skipped,
+            next: Next::Continue {
+                context: json!({"steps": {"a": entry}}),
+                next_step: 1,
+                lease_until: now() + SECOND,
+            },
+        }
+    );
+    let last = skip(&c, 1, &mut ctx, &policy, now());
+    assert_eq!(last.outcome, StepOutcome::Skipped);
+    let Next::Succeed { output, .. } = last.next else {
+        panic!("the last skipped step ends the run: {:?}", last.next);
+    };
+    assert_eq!(output, json!({"id": null, "status": null}));
+}

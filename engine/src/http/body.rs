@@ -74,6 +74,27 @@ pub(super) fn handle_response(
                 Value::Object(m) => m,
                 _ => Map::new(),
             };
+            // A secret extract is kept (later steps use it) but redacted
+            // from the stored response, wherever the provider echoed it.
+            let Some(secrets) = Redactor::of_secret_extracts(step, &extracted) else {
+                return (record, extracted, None);
+            };
+            let record = ResponseRecord {
+                status: record.status,
+                headers: match secrets.value(Value::Object(record.headers)) {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                },
+                body: secrets.value(record.body),
+            };
+            // Other fields of the step may select the secret too (`$`).
+            let extracted = extracted
+                .into_iter()
+                .map(|(field, value)| match step.extract.get(&field) {
+                    Some(spec) if !spec.secret => (field, secrets.value(value)),
+                    _ => (field, value),
+                })
+                .collect();
             (record, extracted, None)
         }
         Err(e) => (

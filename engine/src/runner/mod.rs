@@ -33,6 +33,7 @@ use crate::store::executions::{self, Claimed, StepRow, Transition};
 
 mod commit;
 mod flow;
+mod language;
 mod oauth;
 mod observe;
 
@@ -228,6 +229,12 @@ impl Runner {
             "workspace": {"id": claimed.workspace_id},
             "settings": connector.settings,
         });
+        let mut secrets = language::Secrets::new(&claimed.workspace_id, id);
+        let fields = &mut credentials.fields;
+        if let Err(message) = secrets.open(&self.keyring, connector, &mut ctx, fields) {
+            let error = ExecutionError::run(RunErrorKind::Credential, message);
+            return self.end(id, token, Some(&error)).await;
+        }
         let claimed_labels = observe::labels(&claimed, self.config.metrics_workspace_labels);
         let first = usize::try_from(claimed.next_step).unwrap_or(0);
         // When the lease was last set (by the claim just before this run,
@@ -255,6 +262,27 @@ impl Runner {
                 1
             };
             ctx["execution"]["attempt"] = json!(attempt);
+            match self.condition(step, index, attempt, &ctx) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let fields = &mut credentials.fields;
+                    let (at, secrets) = ((id, token), &mut secrets);
+                    let skipped = self.skip(
+                        at,
+                        connector,
+                        index,
+                        &mut ctx,
+                        secrets,
+                        fields,
+                        &mut extended_at,
+                    );
+                    match skipped.await? {
+                        Some(outcome) => return Ok(outcome),
+                        None => continue,
+                    }
+                }
+                Err(error) => return self.end(id, token, Some(&error)).await,
+            }
             let remaining = (deadline - now).to_std().unwrap_or(Duration::ZERO);
             let timeout = Duration::from_millis(step.timeout_ms).min(remaining);
             let progress = step.paginate.as_ref().map(|_| match carried.take() {
@@ -339,7 +367,7 @@ impl Runner {
                 result: &result,
                 deadline,
             };
-            let decision = cpu_bound(|| match &more {
+            let mut decision = cpu_bound(|| match &more {
                 Some(next) => {
                     let progress = next.to_json();
                     decide::next_page(
@@ -360,6 +388,9 @@ impl Runner {
                     rand::random::<f64>,
                 ),
             });
+            let fields = &mut credentials.fields;
+            secrets.protect(&self.keyring, step, &ctx, &mut decision, fields);
+            language::redact_extracts(step, &mut result.extracted);
             observe::observe_step(&span, &claimed_labels, step, &result, decision.outcome);
             if let Next::Retry {
                 run_at,

@@ -162,14 +162,16 @@ pub(super) fn convert_error(
                 return TemplateError::Undefined { path };
             }
             if kind == ErrorKind::UndefinedError {
-                let path = placeholder
-                    .and_then(|p| {
-                        find_missing(p).or_else(|| {
-                            let inner = p.strip_prefix("<<")?.strip_suffix(">>")?;
-                            Some(quote(inner.trim_matches(['-', '+']).trim()))
-                        })
-                    })
-                    .unwrap_or_else(|| "a value".to_owned());
+                // Without a location (an operator's operand, say) the
+                // whole template is searched for the missing name.
+                let path = match placeholder {
+                    Some(p) => find_missing(p).or_else(|| {
+                        let inner = p.strip_prefix("<<")?.strip_suffix(">>")?;
+                        Some(quote(inner.trim_matches(['-', '+']).trim()))
+                    }),
+                    None => find_missing(template),
+                }
+                .unwrap_or_else(|| "a value".to_owned());
                 return TemplateError::Undefined { path };
             }
             let mut message = kind.to_string();

@@ -387,6 +387,8 @@ impl Renderer {
         env.remove_global("debug");
         env.add_filter("tojson", tojson_filter);
         env.add_filter("urlencode", urlencode_filter);
+        // `omit` is null: a request value that renders to it is left out.
+        env.add_global("omit", Value::from(()));
         let globals = env.globals().map(|(name, _)| name.to_owned()).collect();
         Renderer { env, fuel, globals }
     }
@@ -521,7 +523,7 @@ impl Renderer {
     /// [`render_json`](Self::render_json) with a prepared [`Context`].
     pub fn render_json_in(&self, value: &Json, ctx: &Context) -> Result<Json, TemplateError> {
         let mut path = String::new();
-        self.render_json_at(value, ctx, &mut path, 0)
+        self.render_json_at(value, ctx, &mut path, 0, false)
     }
 
     fn render_json_at(
@@ -530,6 +532,7 @@ impl Renderer {
         root: &Context,
         path: &mut String,
         depth: usize,
+        omit_nulls: bool,
     ) -> Result<Json, TemplateError> {
         if depth > MAX_DEPTH {
             return Err(TemplateError::at(path, too_deep()));
@@ -543,7 +546,7 @@ impl Renderer {
                 for (i, item) in items.iter().enumerate() {
                     let len = path.len();
                     push_index(path, i);
-                    out.push(self.render_json_at(item, root, path, depth + 1)?);
+                    out.push(self.render_json_at(item, root, path, depth + 1, omit_nulls)?);
                     path.truncate(len);
                 }
                 Ok(Json::Array(out))
@@ -556,7 +559,14 @@ impl Renderer {
                     let new_key = self
                         .render_with_root(key, root, Dest::Text)
                         .map_err(|e| TemplateError::at(path, e))?;
-                    let new_item = self.render_json_at(item, root, path, depth + 1)?;
+                    let new_item = self.render_json_at(item, root, path, depth + 1, omit_nulls)?;
+                    if omit_nulls
+                        && new_item.is_null()
+                        && item.as_str().is_some_and(|s| !is_literal(s))
+                    {
+                        path.truncate(len);
+                        continue;
+                    }
                     if out.insert(new_key, new_item).is_some() {
                         return Err(TemplateError::at(
                             path,
@@ -723,6 +733,7 @@ fn first_missing(root: &Value, path: &str) -> Option<String> {
 
 mod escape;
 mod inspect;
+mod lang;
 mod meter;
 mod values;
 

@@ -1,0 +1,188 @@
+//! Save-time checks of the connector language's step fields: `when`
+//! conditions and secret extracts.
+//!
+//! A condition is exactly one `<<expr>>` over the names a step may use
+//! (`input`, `settings`, earlier `steps`, `execution`, `connector`,
+//! `workspace`), never `credentials`: it is evaluated before the step's
+//! credentials are opened, and its outcome is stored in plain sight.
+//!
+//! A secret extract (`"secret": true`) may not appear in the connector's
+//! `output`, which is stored and returned as is; the worker redacts it there
+//! too, should a whole-object reference (`<<steps>>`) carry it.
+
+use serde_json::Value;
+
+use super::validate::{Scope, ValidationError, check_reference};
+use super::{Step, visit_json};
+use crate::template::Renderer;
+
+/// The problems of `step`'s `when` (at `path`, e.g. `steps[2]`), whose
+/// earlier steps are `earlier`.
+pub(super) fn problems(
+    renderer: &Renderer,
+    path: &str,
+    step: &Step,
+    earlier: &[Step],
+) -> Vec<ValidationError> {
+    let mut out = Vec::new();
+    let Some(when) = &step.when else {
+        return out;
+    };
+    let path = format!("{path}.when");
+    let mut err = |message: String| {
+        out.push(ValidationError {
+            path: path.clone(),
+            message,
+        });
+    };
+    let refs = match renderer.references(when) {
+        Ok(refs) => refs,
+        Err(e) => {
+            err(format!("template error: {e}"));
+            return out;
+        }
+    };
+    if !renderer.is_expression(when) {
+        err(
+            "must be exactly one `<<expr>>` placeholder, e.g. `<<steps.find.extract.count == 0>>`"
+                .to_owned(),
+        );
+        return out;
+    }
+    for r in refs {
+        if r == "credentials" || r.starts_with("credentials.") {
+            err("a condition may not use credentials".to_owned());
+        } else if let Err(message) = check_reference(&r, &Scope::Step(earlier)) {
+            err(message);
+        }
+    }
+    out
+}
+
+/// The places where `output` names a secret extract of `steps`.
+pub(super) fn output_problems(
+    renderer: &Renderer,
+    output: &Value,
+    steps: &[Step],
+) -> Vec<ValidationError> {
+    let mut out = Vec::new();
+    visit_json("output", output, &mut |path, template| {
+        for r in renderer.references(template).unwrap_or_default() {
+            if let Some(secret) = secret_in(&r, steps) {
+                out.push(ValidationError {
+                    path: path.to_owned(),
+                    message: format!("`{secret}` is a secret extract and may not be in the output"),
+                });
+            }
+        }
+    });
+    out
+}
+
+/// The first secret extract (`steps.login.extract.token`) the dotted
+/// reference `r` would show, whole or inside a larger value.
+fn secret_in(r: &str, steps: &[Step]) -> Option<String> {
+    let mut parts = r.split('.');
+    if parts.next() != Some("steps") {
+        return None;
+    }
+    let name = parts.next();
+    let part = parts.next();
+    let field = parts.next();
+    steps
+        .iter()
+        .filter(|s| name.is_none_or(|n| s.name == n))
+        .find_map(|s| {
+            if part.is_some_and(|p| p != "extract") {
+                return None;
+            }
+            s.extract
+                .iter()
+                .find(|(f, e)| e.secret && field.is_none_or(|want| want == f.as_str()))
+                .map(|(f, _)| format!("steps.{}.extract.{f}", s.name))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::connector::parse_and_validate;
+
+    fn errors(json: serde_json::Value) -> Vec<(String, String)> {
+        match parse_and_validate(&json) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|e| (e.path, e.message)).collect(),
+        }
+    }
+
+    fn connector(when: &str, output: serde_json::Value) -> serde_json::Value {
+        json!({
+            "name": "c",
+            "steps": [
+                {"name": "login", "method": "POST", "url": "https://x.test/login",
+                 "extract": {"token": {"path": "$.token", "secret": true}, "count": "$.count"}},
+                {"name": "find", "method": "GET", "url": "https://x.test/find", "when": when},
+            ],
+            "output": output,
+        })
+    }
+
+    #[test]
+    fn valid_conditions_and_secret_extracts_are_accepted() {
+        assert_eq!(
+            errors(connector(
+                "<<steps.login.extract.count == 0 and input.x is defined>>",
+                json!({"n": "<<steps.login.extract.count>>"})
+            )),
+            []
+        );
+    }
+
+    #[test]
+    fn bad_conditions_are_refused_with_the_field_path() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "<<steps.find.status == 200>>",
+                "does not name an earlier step",
+            ),
+            ("<<credentials.x.token == 'a'>>", "may not use credentials"),
+            ("steps.login.status == 200", "exactly one"),
+            ("<<input.a>> <<input.b>>", "exactly one"),
+            ("<<input.a ==>>", "template error"),
+            ("<<nope == 1>>", "unknown name `nope`"),
+        ];
+        for (when, want) in cases {
+            let got = errors(connector(when, json!(null)));
+            assert_eq!(got.len(), 1, "{when}: {got:?}");
+            assert_eq!(got[0].0, "steps[1].when", "{when}");
+            assert!(got[0].1.contains(want), "{when}: {}", got[0].1);
+        }
+    }
+
+    #[test]
+    fn secret_extracts_may_not_be_in_the_output() {
+        for reference in [
+            "<<steps.login.extract.token>>",
+            "<<steps.login.extract>>",
+            "<<steps.login>>",
+            "<<steps>>",
+        ] {
+            let got = errors(connector("<<true>>", json!({"t": reference})));
+            assert_eq!(
+                got,
+                [(
+                    "output.t".to_owned(),
+                    "`steps.login.extract.token` is a secret extract and may not be in the output"
+                        .to_owned()
+                )],
+                "{reference}"
+            );
+        }
+        let fine = errors(connector(
+            "<<true>>",
+            json!({"s": "<<steps.login.status>>", "c": "<<steps.login.extract.count>>"}),
+        ));
+        assert_eq!(fine, []);
+    }
+}
