@@ -276,10 +276,12 @@ impl Runner {
                         fields,
                         &mut extended_at,
                     );
-                    match skipped.await? {
-                        Some(outcome) => return Ok(outcome),
-                        None => continue,
+                    if let Some(outcome) = skipped.await? {
+                        return Ok(outcome);
                     }
+                    resumed = false;
+                    index += 1;
+                    continue;
                 }
                 Err(error) => return self.end(id, token, Some(&error)).await,
             }
