@@ -7,17 +7,27 @@
 //! - the raw database limit: a tight loop that claims rows of an equivalent
 //!   table with `FOR UPDATE SKIP LOCKED` in batches and completes each with
 //!   its own fenced UPDATE: no HTTP, no step rows;
-//! - executions/s of a 1-step and a 3-step connector at 1, 2 and 4
-//!   `conveyor-worker` processes;
+//! - executions/s and steps/s of connectors of each step count in
+//!   `BENCH_STEPS` (default `1,3`) at each number of `conveyor-worker`
+//!   processes in `BENCH_PROCESSES` (default `1,2,4`);
 //! - enqueue→start and enqueue→finish latency (p50/p99) of executions
 //!   arriving one at a time into idle workers;
 //! - the 1-step rate at 2 worker processes with trace export on (to a local
-//!   OTLP receiver that discards) against the same run with it off.
+//!   OTLP receiver that discards) against the same run with it off;
 //! - webhook deliveries/s through `POST /hooks/{id}` of an in-process API
 //!   on loopback: GitHub-signed, each verified, deduplicated by its own
-//!   delivery id and enqueued (no worker runs meanwhile).
+//!   delivery id and enqueued (no worker runs meanwhile);
+//! - the database profile of a 1-step and a 3-step run ([`profile`]).
 //!
-//! The last line printed is one JSON object with every figure.
+//! `BENCH_API=1` adds the API under load ([`api_load`]), `BENCH_HISTORY=1`
+//! claims, enqueues, history pages and retention deletes over a large
+//! history ([`history`]); `BENCH_CORE=0` leaves out everything above but
+//! the raw limit. The last line printed is one JSON object with every
+//! figure.
+
+mod api_load;
+mod history;
+mod profile;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -32,13 +42,15 @@ use conveyor_engine::crypto::Key;
 use conveyor_engine::crypto::Keyring;
 use conveyor_engine::state::StartedBy;
 use conveyor_engine::store::{connectors, executions, triggers};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 const WS: &str = "ws_bench";
 /// The limit of the rate-limited key, in sends per second.
 const RATE_LIMIT: usize = 50;
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -47,126 +59,245 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// A comma-separated list of positive numbers, or `default` when unset
+/// or holding none.
+fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+    let parsed: Vec<usize> = std::env::var(name)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .collect();
+    if parsed.is_empty() {
+        default.to_vec()
+    } else {
+        parsed
+    }
+}
+
+fn env_on(name: &str, default: bool) -> bool {
+    std::env::var(name).map_or(default, |v| v == "1")
+}
+
+/// The 1, 5 and 15 minute load averages of the machine, as `/proc/loadavg`
+/// gives them: the box is shared, so every figure is stated with it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Paths the bench needs around it.
+struct Env {
+    url: String,
+    key: String,
+    worker_bin: std::path::PathBuf,
+    api_bin: std::path::PathBuf,
+    stub: String,
+}
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> BenchResult<()> {
     let url = std::env::var("DATABASE_URL")?;
     let executions = env_usize("BENCH_EXECUTIONS", 20_000);
-    let latency_samples = env_usize("BENCH_LATENCY_SAMPLES", 300);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(80)
         .connect(&url)
         .await?;
     conveyor_engine::MIGRATOR.run(&pool).await?;
-    let stub = start_stub().await?;
-    let key = Key::generate().to_base64();
-    let worker_bin = std::env::current_exe()?
+    let bin_dir = std::env::current_exe()?
         .parent()
         .ok_or("no binary directory")?
-        .join("conveyor-worker");
+        .to_path_buf();
+    let env = Env {
+        url,
+        key: Key::generate().to_base64(),
+        worker_bin: bin_dir.join("conveyor-worker"),
+        api_bin: bin_dir.join("conveyor-api"),
+        stub: start_stub().await?,
+    };
+    let mut summary = Map::new();
+    summary.insert("load_average_start".into(), json!(load_average()));
+    println!(
+        "cores: {}, load average: {}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        load_average()
+    );
 
     let raw = raw_limit(&pool, executions).await?;
-    println!("raw database limit: {raw:.0} claims+completions/s");
+    println!(
+        "raw database limit: {raw:.0} claims+completions/s (load average {})",
+        load_average()
+    );
+    summary.insert("raw_limit_per_s".into(), json!(raw.round()));
+    summary.insert("executions".into(), json!(executions));
+    let one = connector_for(&pool, &env.stub, 1).await?;
 
-    let one = connector_for(&pool, &stub, 1).await?;
-    let three = connector_for(&pool, &stub, 3).await?;
-    let mut one_step = serde_json::Map::new();
-    let mut three_step = serde_json::Map::new();
-    for (label, conn, out) in [
-        ("1-step", one, &mut one_step),
-        ("3-step", three, &mut three_step),
-    ] {
-        for procs in [1usize, 2, 4] {
-            let rate = throughput(
-                &pool,
-                &url,
-                &key,
-                &worker_bin,
-                conn,
-                executions,
-                procs,
-                None,
-            )
-            .await?;
+    if env_on("BENCH_CORE", true) {
+        core(&pool, &env, one, raw, executions, &mut summary).await?;
+    }
+    if env_on("BENCH_API", false) {
+        let figures = api_load::run(&pool, &env, one).await?;
+        summary.insert("api".into(), figures);
+    }
+    if env_on("BENCH_HISTORY", false) {
+        let figures = history::run(&pool, one).await?;
+        summary.insert("history".into(), figures);
+    }
+    summary.insert("load_average_end".into(), json!(load_average()));
+    println!("{}", Value::Object(summary));
+    Ok(())
+}
+
+/// The default figures: the scaling sweep, flow control, tracing, idle
+/// latency, webhook deliveries and the profile.
+async fn core(
+    pool: &PgPool,
+    env: &Env,
+    one: (Uuid, i32),
+    raw: f64,
+    executions: usize,
+    summary: &mut Map<String, Value>,
+) -> BenchResult<()> {
+    let processes = env_list("BENCH_PROCESSES", &[1, 2, 4]);
+    let step_counts = env_list("BENCH_STEPS", &[1, 3]);
+    let latency_samples = env_usize("BENCH_LATENCY_SAMPLES", 300);
+    let mut per_steps = Map::new();
+    let mut steps_per_s = Map::new();
+    for &steps in &step_counts {
+        let conn = if steps == 1 {
+            one
+        } else {
+            connector_for(pool, &env.stub, steps).await?
+        };
+        let mut rates = Map::new();
+        let mut step_rates = Map::new();
+        for &procs in &processes {
+            let rate = throughput(pool, env, conn, executions, procs, None).await?;
             println!(
-                "{label}: {procs} worker process(es): {rate:.0} executions/s ({:.2} of the raw limit)",
-                rate / raw
+                "{steps}-step: {procs} worker process(es): {rate:.0} executions/s, {:.0} steps/s ({:.2} of the raw limit; load average {})",
+                rate * steps as f64,
+                rate / raw,
+                load_average()
             );
-            out.insert(procs.to_string(), json!(rate.round()));
+            rates.insert(procs.to_string(), json!(rate.round()));
+            step_rates.insert(procs.to_string(), json!((rate * steps as f64).round()));
+        }
+        per_steps.insert(steps.to_string(), Value::Object(rates));
+        steps_per_s.insert(steps.to_string(), Value::Object(step_rates));
+    }
+    let figure = |steps: usize, procs: usize| {
+        per_steps
+            .get(&steps.to_string())
+            .and_then(|m| m.get(procs.to_string()))
+            .and_then(Value::as_f64)
+    };
+    let most = processes.iter().copied().max().unwrap_or(1);
+    if let Some(top) = figure(1, most) {
+        summary.insert("one_step_ratio_to_raw".into(), json!(round2(top / raw)));
+        if let Some(three) = figure(3, most) {
+            // Steps/s of the 3-step connector over those of the 1-step one.
+            summary.insert(
+                "three_step_steps_ratio".into(),
+                json!(round2(three * 3.0 / top)),
+            );
         }
     }
+    // The plain 1-step figure at 2 processes, which flow control and
+    // tracing are compared with: from the sweep when it holds one.
+    let plain = match figure(1, 2) {
+        Some(rate) => rate,
+        None => throughput(pool, env, one, executions, 2, None).await?,
+    };
+    if let Some(m) = per_steps.get("1") {
+        summary.insert("one_step_per_s".into(), m.clone());
+    }
+    if let Some(m) = per_steps.get("3") {
+        summary.insert("three_step_per_s".into(), m.clone());
+    }
+    summary.insert("executions_per_s".into(), Value::Object(per_steps.clone()));
+    summary.insert("steps_per_s".into(), Value::Object(steps_per_s));
 
     // Flow control: a key limited to RATE_LIMIT sends a second (the rate
     // should equal it), and a key whose limit is never reached (the cost
     // of the GCRA row on every step, against the plain 1-step figure).
     let limited = flow_connector(
-        &pool,
-        &stub,
+        pool,
+        &env.stub,
         json!({"key": "bench-limited", "limit": RATE_LIMIT, "per_ms": 1000}),
     )
     .await?;
     let limited_n = executions.min(RATE_LIMIT * 5);
-    let limited_rate =
-        throughput(&pool, &url, &key, &worker_bin, limited, limited_n, 2, None).await?;
+    let limited_rate = throughput(pool, env, limited, limited_n, 2, None).await?;
     println!(
-        "1-step, rate limit {RATE_LIMIT}/s on one key, 2 processes: {limited_rate:.1} executions/s"
+        "1-step, rate limit {RATE_LIMIT}/s on one key, 2 processes: {limited_rate:.1} executions/s (load average {})",
+        load_average()
     );
     let open = flow_connector(
-        &pool,
-        &stub,
+        pool,
+        &env.stub,
         json!({"key": "bench-open", "limit": 1_000_000, "per_ms": 1}),
     )
     .await?;
-    let open_rate = throughput(&pool, &url, &key, &worker_bin, open, executions, 2, None).await?;
-    let plain = one_step.get("2").and_then(Value::as_f64).unwrap_or(0.0);
+    let open_rate = throughput(pool, env, open, executions, 2, None).await?;
     let flow_ratio = open_rate / plain.max(1e-6);
     println!(
-        "1-step with a rate limit never reached, 2 processes: {open_rate:.0} executions/s ({flow_ratio:.2} of the plain 1-step figure)"
+        "1-step with a rate limit never reached, 2 processes: {open_rate:.0} executions/s ({flow_ratio:.2} of the plain 1-step figure {plain:.0}; load average {})",
+        load_average()
     );
 
     let collector = start_collector().await?;
-    let traced = throughput(
-        &pool,
-        &url,
-        &key,
-        &worker_bin,
-        one,
-        executions,
-        2,
-        Some(&collector),
-    )
-    .await?;
-    let untraced = one_step.get("2").and_then(Value::as_f64).unwrap_or(0.0);
-    let tracing_ratio = traced / untraced.max(1e-6);
+    let traced = throughput(pool, env, one, executions, 2, Some(&collector)).await?;
+    let tracing_ratio = traced / plain.max(1e-6);
     println!(
-        "1-step, 2 processes, trace export on: {traced:.0} executions/s ({tracing_ratio:.2} of export off)"
+        "1-step, 2 processes, trace export on: {traced:.0} executions/s ({tracing_ratio:.2} of export off; load average {})",
+        load_average()
     );
 
-    let (start, finish) = latency(&pool, &url, &key, &worker_bin, one, latency_samples).await?;
+    let (start, finish) = latency(pool, env, one, latency_samples).await?;
     println!(
-        "idle latency over {latency_samples} executions: enqueue->start p50 {:.2} ms, p99 {:.2} ms; enqueue->finish p50 {:.2} ms, p99 {:.2} ms",
-        start.0, start.1, finish.0, finish.1
+        "idle latency over {latency_samples} executions: enqueue->start p50 {:.2} ms, p99 {:.2} ms; enqueue->finish p50 {:.2} ms, p99 {:.2} ms (load average {})",
+        start.0,
+        start.1,
+        finish.0,
+        finish.1,
+        load_average()
     );
     let deliveries = env_usize("BENCH_DELIVERIES", 5_000);
-    let hooks = webhook_rate(&pool, one, deliveries).await?;
-    println!("webhook deliveries through /hooks/{{id}}: {hooks:.0}/s over {deliveries}");
-    let one_4 = one_step.get("4").and_then(Value::as_f64).unwrap_or(0.0);
-    let summary = json!({
-        "raw_limit_per_s": raw.round(),
-        "one_step_per_s": one_step,
-        "three_step_per_s": three_step,
-        "start_latency_ms": {"p50": round2(start.0), "p99": round2(start.1)},
-        "finish_latency_ms": {"p50": round2(finish.0), "p99": round2(finish.1)},
-        "one_step_ratio_to_raw": round2(one_4 / raw),
-        "traced_one_step_per_s": traced.round(),
-        "tracing_throughput_ratio": round2(tracing_ratio),
-        "executions": executions,
-        "webhook_deliveries_per_s": hooks.round(),
-        "rate_limit_per_s": RATE_LIMIT,
-        "rate_limited_per_s": round2(limited_rate),
-        "flow_control_per_s": open_rate.round(),
-        "flow_control_ratio": round2(flow_ratio),
-    });
-    println!("{summary}");
+    let hooks = webhook_rate(pool, one, deliveries).await?;
+    println!(
+        "webhook deliveries through /hooks/{{id}}: {hooks:.0}/s over {deliveries} (load average {})",
+        load_average()
+    );
+    let mut profiles = Vec::new();
+    for steps in [1, 3] {
+        let conn = if steps == 1 {
+            one
+        } else {
+            connector_for(pool, &env.stub, steps).await?
+        };
+        profiles.push(profile::run(pool, env, conn, steps, executions, 2).await?);
+    }
+    for (name, value) in [
+        (
+            "start_latency_ms",
+            json!({"p50": round2(start.0), "p99": round2(start.1)}),
+        ),
+        (
+            "finish_latency_ms",
+            json!({"p50": round2(finish.0), "p99": round2(finish.1)}),
+        ),
+        ("traced_one_step_per_s", json!(traced.round())),
+        ("tracing_throughput_ratio", json!(round2(tracing_ratio))),
+        ("webhook_deliveries_per_s", json!(hooks.round())),
+        ("rate_limit_per_s", json!(RATE_LIMIT)),
+        ("rate_limited_per_s", json!(round2(limited_rate))),
+        ("flow_control_per_s", json!(open_rate.round())),
+        ("flow_control_ratio", json!(round2(flow_ratio))),
+        ("profile", Value::Array(profiles)),
+    ] {
+        summary.insert(name.into(), value);
+    }
     Ok(())
 }
 
@@ -195,11 +326,7 @@ async fn start_stub() -> std::io::Result<String> {
     Ok(format!("http://{addr}"))
 }
 
-async fn connector_for(
-    pool: &PgPool,
-    stub: &str,
-    steps: usize,
-) -> Result<(Uuid, i32), Box<dyn std::error::Error>> {
+async fn connector_for(pool: &PgPool, stub: &str, steps: usize) -> BenchResult<(Uuid, i32)> {
     let steps: Vec<Value> = (0..steps)
         .map(|i| {
             json!({"name": format!("s{i}"), "method": "POST", "url": format!("{stub}/s{i}"),
@@ -213,11 +340,7 @@ async fn connector_for(
 }
 
 /// A 1-step connector whose step carries `rate_limit`.
-async fn flow_connector(
-    pool: &PgPool,
-    stub: &str,
-    rate_limit: Value,
-) -> Result<(Uuid, i32), Box<dyn std::error::Error>> {
+async fn flow_connector(pool: &PgPool, stub: &str, rate_limit: Value) -> BenchResult<(Uuid, i32)> {
     let c = connector::parse_and_validate(&json!({"name": "bench flow", "steps": [
         {"name": "s0", "method": "POST", "url": format!("{stub}/s0"),
          "body": {"type": "json", "content": {"n": "<<input.n>>"}},
@@ -226,11 +349,7 @@ async fn flow_connector(
     Ok(connectors::create(pool, WS, &c).await?)
 }
 
-async fn enqueue_many(
-    pool: &PgPool,
-    conn: (Uuid, i32),
-    n: usize,
-) -> Result<(), Box<dyn std::error::Error>> {
+async fn enqueue_many(pool: &PgPool, conn: (Uuid, i32), n: usize) -> BenchResult<()> {
     for chunk in 0..n.div_ceil(500) {
         let mut tx = pool.begin().await?;
         for i in chunk * 500..((chunk + 1) * 500).min(n) {
@@ -265,22 +384,16 @@ impl Drop for Workers {
     }
 }
 
-fn spawn_workers(
-    url: &str,
-    key: &str,
-    bin: &std::path::Path,
-    n: usize,
-    otlp: Option<&str>,
-) -> std::io::Result<Workers> {
+fn spawn_workers(env: &Env, n: usize, otlp: Option<&str>) -> std::io::Result<Workers> {
     let mut children = Vec::new();
     for i in 0..n {
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(&env.worker_bin);
         if let Some(endpoint) = otlp {
             cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
         }
         children.push(
-            cmd.env("DATABASE_URL", url)
-                .env("CONVEYOR_ENCRYPTION_KEY", key)
+            cmd.env("DATABASE_URL", &env.url)
+                .env("CONVEYOR_ENCRYPTION_KEY", &env.key)
                 .env("CONVEYOR_ALLOW_PRIVATE_NETWORKS", "true")
                 .env("CONVEYOR_AUTO_MIGRATE", "false")
                 .env("CONVEYOR_WORKER_CONCURRENCY", "64")
@@ -311,27 +424,41 @@ async fn count_final(pool: &PgPool) -> Result<i64, sqlx::Error> {
 
 /// Enqueues `n` executions, then starts `procs` workers; the rate is `n`
 /// over first start to last finish, from the rows' own timestamps.
-#[allow(clippy::too_many_arguments)]
 async fn throughput(
     pool: &PgPool,
-    url: &str,
-    key: &str,
-    bin: &std::path::Path,
+    env: &Env,
     conn: (Uuid, i32),
     n: usize,
     procs: usize,
     otlp: Option<&str>,
-) -> Result<f64, Box<dyn std::error::Error>> {
+) -> BenchResult<f64> {
     reset(pool).await?;
     enqueue_many(pool, conn, n).await?;
-    let _workers = spawn_workers(url, key, bin, procs, otlp)?;
+    let _workers = spawn_workers(env, procs, otlp)?;
+    wait_finished(pool, n).await?;
+    measured_rate(pool, n).await
+}
+
+/// Polls until `n` executions are final (at most 10 minutes); returns how
+/// many polls it took.
+async fn wait_finished(pool: &PgPool, n: usize) -> BenchResult<u64> {
     let deadline = Instant::now() + Duration::from_secs(600);
-    while usize::try_from(count_final(pool).await?).unwrap_or(0) < n {
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        if usize::try_from(count_final(pool).await?).unwrap_or(0) >= n {
+            return Ok(polls);
+        }
         if Instant::now() > deadline {
             return Err("executions did not finish within 10 minutes".into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `n` over first start to last finish of the executions in the table,
+/// all of which must have succeeded.
+async fn measured_rate(pool: &PgPool, n: usize) -> BenchResult<f64> {
     let (failed, secs): (i64, f64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status <> 'succeeded'),
                 EXTRACT(EPOCH FROM max(finished_at) - min(started_at))::float8
@@ -349,14 +476,12 @@ async fn throughput(
 /// the previous finished.
 async fn latency(
     pool: &PgPool,
-    url: &str,
-    key: &str,
-    bin: &std::path::Path,
+    env: &Env,
     conn: (Uuid, i32),
     samples: usize,
-) -> Result<((f64, f64), (f64, f64)), Box<dyn std::error::Error>> {
+) -> BenchResult<((f64, f64), (f64, f64))> {
     reset(pool).await?;
-    let _workers = spawn_workers(url, key, bin, 1, None)?;
+    let _workers = spawn_workers(env, 1, None)?;
     // Let the worker connect and settle into LISTEN.
     enqueue_many(pool, conn, 1).await?;
     while count_final(pool).await? < 1 {
@@ -407,7 +532,7 @@ fn percentiles(values: &mut [f64]) -> (f64, f64) {
 
 /// The raw limit: the same claim shape on an equivalent table, each row
 /// completed by its own fenced UPDATE, 64 at a time, nothing else.
-async fn raw_limit(pool: &PgPool, n: usize) -> Result<f64, Box<dyn std::error::Error>> {
+async fn raw_limit(pool: &PgPool, n: usize) -> BenchResult<f64> {
     sqlx::query("DROP TABLE IF EXISTS bench_raw_jobs")
         .execute(pool)
         .await?;
@@ -492,11 +617,7 @@ async fn raw_limit(pool: &PgPool, n: usize) -> Result<f64, Box<dyn std::error::E
 /// Deliveries/s through `POST /hooks/{id}` of an in-process API served on
 /// loopback: `n` GitHub-signed deliveries, 32 in flight, each with its own
 /// `X-GitHub-Delivery`; every one must be answered 202.
-async fn webhook_rate(
-    pool: &PgPool,
-    conn: (Uuid, i32),
-    n: usize,
-) -> Result<f64, Box<dyn std::error::Error>> {
+async fn webhook_rate(pool: &PgPool, conn: (Uuid, i32), n: usize) -> BenchResult<f64> {
     use conveyor_engine::webhook::{Scheme, Settings, hmac_sha256, to_hex};
     reset(pool).await?;
     let keyring = Arc::new(Keyring::new(Key::generate(), []));

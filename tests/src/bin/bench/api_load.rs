@@ -1,0 +1,267 @@
+//! The API under load: `POST /api/v1/connectors/{id}/execute` and
+//! `POST /api/v1/connectors/{id}/execute/batch` of a real `conveyor-api`
+//! process on loopback, with a worker process running the executions.
+//!
+//! Closed loop: `c` clients, each sending its next request when the
+//! previous one is answered. Open loop: requests sent on a fixed schedule
+//! whatever the answers, each one's latency counted from its scheduled
+//! send time, so that a stall delays every request it holds up
+//! (no coordinated omission).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use conveyor_api::auth::Authenticator;
+use serde_json::{Map, Value, json};
+use sqlx::PgPool;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::{BenchResult, Env, env_list, env_usize, load_average, reset, round2, spawn_workers};
+
+const JWT_SECRET: &str = "conveyor-bench-api-jwt-secret-0123456789";
+
+/// Items per batch request (the API's most).
+const BATCH_ITEMS: usize = 1000;
+
+/// A `conveyor-api serve` process, killed on drop.
+struct Api(Child);
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One load run's figures.
+struct Run {
+    ok: usize,
+    errors: usize,
+    secs: f64,
+    latencies_ms: Vec<f64>,
+}
+
+impl Run {
+    fn report(mut self, label: &str, items: usize) -> Value {
+        self.latencies_ms.sort_by(f64::total_cmp);
+        let at = |p: f64| {
+            let v = &self.latencies_ms;
+            if v.is_empty() {
+                return f64::NAN;
+            }
+            v[((v.len() as f64 - 1.0) * p).round() as usize]
+        };
+        let per_s = self.ok as f64 / self.secs.max(1e-6);
+        println!(
+            "{label}: {per_s:.0} requests/s answered ({:.0} executions/s), {} errors, latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms (load average {})",
+            per_s * items as f64,
+            self.errors,
+            at(0.50),
+            at(0.95),
+            at(0.99),
+            load_average()
+        );
+        json!({
+            "requests_per_s": per_s.round(),
+            "executions_per_s": (per_s * items as f64).round(),
+            "errors": self.errors,
+            "p50_ms": round2(at(0.50)),
+            "p95_ms": round2(at(0.95)),
+            "p99_ms": round2(at(0.99)),
+            "load_average": load_average(),
+        })
+    }
+}
+
+/// What to send.
+#[derive(Clone)]
+struct Target {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    body: Value,
+}
+
+impl Target {
+    /// Sends one request; true when it was answered 202.
+    async fn send(&self) -> bool {
+        let sent = self
+            .client
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .json(&self.body)
+            .send()
+            .await;
+        match sent {
+            Ok(response) => {
+                let accepted = response.status() == reqwest::StatusCode::ACCEPTED;
+                // Read the body so the connection is reused.
+                response.bytes().await.is_ok() && accepted
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Runs the closed-loop and open-loop single executes, then batches, with
+/// one worker process running; then batches again with none. The tables
+/// are emptied only before and after: a `TRUNCATE` while the API and the
+/// worker write deadlocks with them.
+pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchResult<Value> {
+    let secs = env_usize("BENCH_API_SECONDS", 5) as f64;
+    reset(pool).await?;
+    let (api, addr) = start_api(env).await?;
+    let token =
+        Authenticator::new(JWT_SECRET)?.mint(super::WS, "bench", Duration::from_secs(3600))?;
+    let client = reqwest::Client::new();
+    let base = format!("http://{addr}/api/v1/connectors/{}", conn.0);
+    let single = Target {
+        client: client.clone(),
+        url: format!("{base}/execute"),
+        token: token.clone(),
+        body: json!({"input": {"n": 1}}),
+    };
+    let items: Vec<Value> = (0..BATCH_ITEMS)
+        .map(|i| json!({"input": {"n": i}}))
+        .collect();
+    let batch = Target {
+        client,
+        url: format!("{base}/execute/batch"),
+        token,
+        body: json!({ "items": items }),
+    };
+    let workers = spawn_workers(env, 1, None)?;
+    // Warm the connections and the API's caches.
+    closed_loop(&single, 4, 1.0).await;
+    let mut out = Map::new();
+    let mut closed = Map::new();
+    for clients in env_list("BENCH_API_CLIENTS", &[1, 16]) {
+        let run = closed_loop(&single, clients, secs).await;
+        closed.insert(
+            clients.to_string(),
+            run.report(&format!("execute, closed loop, {clients} clients"), 1),
+        );
+    }
+    out.insert("execute_closed_loop".into(), Value::Object(closed));
+    let mut open = Map::new();
+    for rate in env_list("BENCH_API_RATES", &[500, 1000, 2000, 4000]) {
+        let run = open_loop(&single, rate, secs).await;
+        open.insert(
+            rate.to_string(),
+            run.report(&format!("execute, open loop, {rate} requests/s offered"), 1),
+        );
+    }
+    out.insert("execute_open_loop".into(), Value::Object(open));
+    let batch_clients = env_usize("BENCH_API_BATCH_CLIENTS", 4);
+    let run = closed_loop(&batch, batch_clients, secs).await;
+    out.insert(
+        "batch_with_worker".into(),
+        run.report(
+            &format!("batch of {BATCH_ITEMS}, closed loop, {batch_clients} clients, 1 worker process running"),
+            BATCH_ITEMS,
+        ),
+    );
+    drop(workers);
+    let run = closed_loop(&batch, batch_clients, secs).await;
+    out.insert(
+        "batch_no_worker".into(),
+        run.report(
+            &format!("batch of {BATCH_ITEMS}, closed loop, {batch_clients} clients, no worker"),
+            BATCH_ITEMS,
+        ),
+    );
+    drop(api);
+    reset(pool).await?;
+    Ok(Value::Object(out))
+}
+
+/// Starts `conveyor-api serve` on a free loopback port with the API rate
+/// limit off, and waits until it answers.
+async fn start_api(env: &Env) -> BenchResult<(Api, std::net::SocketAddr)> {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let api = Api(Command::new(&env.api_bin)
+        .arg("serve")
+        .env("DATABASE_URL", &env.url)
+        .env("CONVEYOR_ENCRYPTION_KEY", &env.key)
+        .env("CONVEYOR_JWT_SECRET", JWT_SECRET)
+        .env("CONVEYOR_LISTEN", addr.to_string())
+        .env("CONVEYOR_AUTO_MIGRATE", "false")
+        .env("CONVEYOR_RATE_LIMIT_PER_SEC", "0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()?);
+    let health = format!("http://{addr}/healthz");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if reqwest::get(&health)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok((api, addr));
+        }
+        if Instant::now() > deadline {
+            return Err("conveyor-api did not answer /healthz within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `clients` clients, each sending its next request when the previous one
+/// is answered, for `secs` seconds.
+async fn closed_loop(target: &Target, clients: usize, secs: f64) -> Run {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let target = target.clone();
+        tasks.spawn(async move {
+            let mut out = Vec::new();
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let ok = target.send().await;
+                out.push((sent.elapsed().as_secs_f64() * 1000.0, ok));
+            }
+            out
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        results.extend(r.unwrap_or_default());
+    }
+    tally(results, started.elapsed().as_secs_f64())
+}
+
+/// `rate` requests a second for `secs` seconds on a fixed schedule, each
+/// latency counted from its scheduled send time.
+async fn open_loop(target: &Target, rate: usize, secs: f64) -> Run {
+    let started = Instant::now();
+    let total = (rate as f64 * secs) as usize;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let scheduled = started + Duration::from_secs_f64(i as f64 / rate as f64);
+        tokio::time::sleep_until(scheduled).await;
+        let target = target.clone();
+        tasks.spawn(async move {
+            let ok = target.send().await;
+            (scheduled.elapsed().as_secs_f64() * 1000.0, ok)
+        });
+    }
+    let mut results = Vec::with_capacity(total);
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(r) = r {
+            results.push(r);
+        }
+    }
+    tally(results, started.elapsed().as_secs_f64())
+}
+
+fn tally(results: Vec<(f64, bool)>, secs: f64) -> Run {
+    let ok = results.iter().filter(|r| r.1).count();
+    Run {
+        ok,
+        errors: results.len() - ok,
+        secs,
+        latencies_ms: results.into_iter().map(|r| r.0).collect(),
+    }
+}

@@ -1,0 +1,293 @@
+//! The database profile of one throughput run: per execution, the
+//! statements (`pg_stat_statements`, when the cluster preloads it), the
+//! commits, the WAL bytes, the row and index writes per table; the wait
+//! events of the active backends, sampled every 10 ms; and the CPU time of
+//! PostgreSQL, the workers and the bench process (its stub included).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{BenchResult, Env, enqueue_many, load_average, reset, round2, spawn_workers};
+
+/// The tables an execution writes.
+const TABLES: [&str; 4] = [
+    "connector_executions",
+    "execution_steps",
+    "execution_events",
+    "flow_rate_limits",
+];
+
+/// Clock ticks per second of `/proc/*/stat` times (`USER_HZ`, 100 on
+/// Linux).
+const TICKS_PER_S: f64 = 100.0;
+
+/// Runs `n` executions of `conn` (a `steps`-step connector) on `procs`
+/// worker processes and reports what the database did for them.
+pub(super) async fn run(
+    pool: &PgPool,
+    env: &Env,
+    conn: (Uuid, i32),
+    steps: usize,
+    n: usize,
+    procs: usize,
+) -> BenchResult<Value> {
+    reset(pool).await?;
+    let statements = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(pool)
+        .await
+        .is_ok();
+    let before_enqueue = wal_lsn(pool).await?;
+    enqueue_many(pool, conn, n).await?;
+    let enqueue_wal = wal_since(pool, &before_enqueue).await? / n as f64;
+
+    let mut sampler = pool.acquire().await?;
+    let postmaster: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *sampler)
+        .await?;
+    let postmaster = parent_of(u32::try_from(postmaster)?).ok_or("no postmaster pid")?;
+    sqlx::query("SELECT pg_stat_reset()")
+        .execute(&mut *sampler)
+        .await?;
+    if statements {
+        sqlx::query("SELECT pg_stat_statements_reset()")
+            .execute(&mut *sampler)
+            .await?;
+    }
+    let commits_before = commits(pool).await?;
+    let before = wal_lsn(pool).await?;
+    let pg_cpu_before = cpu_ticks(|pid, ppid| pid == postmaster || ppid == postmaster);
+    let own_cpu_before = cpu_ticks(|pid, _| pid == std::process::id());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let waits = tokio::spawn(sample_waits(sampler, stop.clone()));
+    let workers = spawn_workers(env, procs, None)?;
+    let started = Instant::now();
+    let polls = super::wait_finished(pool, n).await?;
+    let wall = started.elapsed().as_secs_f64();
+    let worker_pids: Vec<u32> = workers.0.iter().map(std::process::Child::id).collect();
+    let worker_cpu = cpu_ticks(|pid, _| worker_pids.contains(&pid));
+    let pg_cpu = cpu_ticks(|pid, ppid| pid == postmaster || ppid == postmaster) - pg_cpu_before;
+    let own_cpu = cpu_ticks(|pid, _| pid == std::process::id()) - own_cpu_before;
+    let wal = wal_since(pool, &before).await? / n as f64;
+    stop.store(true, Ordering::Relaxed);
+    let (samples, waits) = waits.await??;
+    // Backends flush their table counters within a second of going idle;
+    // the workers stay up meanwhile so that theirs are counted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(workers);
+    let rate = super::measured_rate(pool, n).await?;
+    // The bench's own polls and samples are transactions too.
+    let own_xacts = polls + samples + 4;
+    let commits =
+        (commits(pool).await? - commits_before).saturating_sub(own_xacts) as f64 / n as f64;
+    let tables = table_writes(pool, n).await?;
+    let top = if statements {
+        top_statements(pool, n).await?
+    } else {
+        Vec::new()
+    };
+    let statements_per_execution: Option<f64> = statements.then(|| {
+        top.iter()
+            .filter_map(|s| s.get("per_execution").and_then(Value::as_f64))
+            .sum()
+    });
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let share = |ticks: u64| round2(ticks as f64 / TICKS_PER_S / (wall * cores));
+    let micros = |ticks: u64| (ticks as f64 / TICKS_PER_S * 1e6 / n as f64).round();
+    let wait_total = waits.values().sum::<u64>().max(1) as f64;
+    let mut wait_list: Vec<(String, u64)> = waits.into_iter().collect();
+    wait_list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let wait_json: serde_json::Map<String, Value> = wait_list
+        .iter()
+        .take(10)
+        .map(|(k, v)| (k.clone(), json!(round2(*v as f64 / wait_total))))
+        .collect();
+
+    println!(
+        "profile, {steps}-step, {procs} processes, {n} executions: {rate:.0} executions/s (load average {})",
+        load_average()
+    );
+    println!(
+        "  per execution: {} statements (round trips), {commits:.2} commits, {wal:.0} WAL bytes (enqueue: {enqueue_wal:.0} more)",
+        statements_per_execution.map_or("unknown".to_owned(), |s| format!("{s:.2}"))
+    );
+    println!(
+        "  CPU share of {cores} cores: PostgreSQL {}, workers {}, bench and stub {}; CPU µs per execution: PostgreSQL {}, workers {}",
+        share(pg_cpu),
+        share(worker_cpu),
+        share(own_cpu),
+        micros(pg_cpu),
+        micros(worker_cpu)
+    );
+    println!("  writes per execution: {tables}");
+    println!("  active backends by wait event ({samples} samples): {wait_json:?}");
+    for s in &top {
+        println!("  {s}");
+    }
+    Ok(json!({
+        "steps": steps,
+        "processes": procs,
+        "executions": n,
+        "executions_per_s": rate.round(),
+        "statements_per_execution": statements_per_execution.map(round2),
+        "commits_per_execution": round2(commits),
+        "wal_bytes_per_execution": wal.round(),
+        "enqueue_wal_bytes_per_execution": enqueue_wal.round(),
+        "cpu_share": {"postgres": share(pg_cpu), "workers": share(worker_cpu), "bench": share(own_cpu)},
+        "cpu_us_per_execution": {"postgres": micros(pg_cpu), "workers": micros(worker_cpu)},
+        "writes_per_execution": tables,
+        "wait_events": wait_json,
+        "top_statements": top,
+        "load_average": load_average(),
+    }))
+}
+
+async fn wal_lsn(pool: &PgPool) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(pool)
+        .await
+}
+
+async fn wal_since(pool: &PgPool, lsn: &str) -> Result<f64, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
+        .bind(lsn)
+        .fetch_one(pool)
+        .await
+}
+
+async fn commits(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    // The snapshot of the cumulative statistics is per transaction: a
+    // fresh one each call.
+    let n: i64 = sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Inserts, updates (HOT and not) and deletes per execution of each table,
+/// with the table's index count: a non-HOT update writes every index.
+async fn table_writes(pool: &PgPool, n: usize) -> Result<Value, sqlx::Error> {
+    let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT s.relname::text, s.n_tup_ins, s.n_tup_upd, s.n_tup_hot_upd, s.n_tup_del,
+                (SELECT count(*) FROM pg_index i WHERE i.indrelid = s.relid)
+         FROM pg_stat_user_tables s WHERE s.relname = ANY($1) ORDER BY s.relname",
+    )
+    .bind(&TABLES[..])
+    .fetch_all(pool)
+    .await?;
+    let per = |v: i64| round2(v as f64 / n as f64);
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.1 + r.2 + r.4 > 0)
+        .map(|(name, ins, upd, hot, del, indexes)| {
+            (
+                name,
+                json!({
+                    "inserts": per(ins),
+                    "updates": per(upd),
+                    "hot_updates": per(hot),
+                    "deletes": per(del),
+                    "indexes": indexes,
+                    // Index entries written: every index for an insert or
+                    // a non-HOT update.
+                    "index_writes": per((ins + upd - hot) * indexes),
+                }),
+            )
+        })
+        .collect::<serde_json::Map<String, Value>>()
+        .into())
+}
+
+/// The statements run per execution, most frequent first, leaving out the
+/// bench's own monitoring queries.
+async fn top_statements(pool: &PgPool, n: usize) -> Result<Vec<Value>, sqlx::Error> {
+    let rows: Vec<(i64, f64, i64, String)> = sqlx::query_as(
+        "SELECT s.calls, s.mean_exec_time, s.rows, regexp_replace(s.query, '\\s+', ' ', 'g')
+         FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+         WHERE d.datname = current_database()
+           AND s.query NOT LIKE '%pg_stat%' AND s.query NOT LIKE '%pg_current_wal_lsn%'
+           AND s.query NOT LIKE 'SELECT count(*) FROM connector_executions WHERE status IN%'
+           AND s.query NOT LIKE 'SELECT count(*) FILTER%'
+         ORDER BY s.calls DESC",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.0 as f64 / n as f64 >= 0.01)
+        .map(|(calls, mean, rows, query)| {
+            json!({
+                "per_execution": round2(calls as f64 / n as f64),
+                "mean_ms": (mean * 1000.0).round() / 1000.0,
+                "rows_per_call": round2(rows as f64 / calls.max(1) as f64),
+                "query": query.chars().take(100).collect::<String>(),
+            })
+        })
+        .collect())
+}
+
+/// Samples the wait events of the database's active backends (and those
+/// idle inside a transaction, which wait for their client) every 10 ms
+/// until `stop`; returns the sample count and the tally. An active backend
+/// without a wait event is on a CPU or waiting for one.
+async fn sample_waits(
+    mut conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    stop: Arc<AtomicBool>,
+) -> Result<(u64, HashMap<String, u64>), sqlx::Error> {
+    let mut tally = HashMap::new();
+    let mut samples = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state || ': ' || COALESCE(wait_event_type || '/' || wait_event, 'CPU'), count(*)
+             FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND state IN ('active', 'idle in transaction')
+             GROUP BY 1",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        samples += 1;
+        for (k, v) in rows {
+            *tally.entry(k).or_insert(0) += u64::try_from(v).unwrap_or(0);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok((samples, tally))
+}
+
+/// The parent of process `pid`.
+fn parent_of(pid: u32) -> Option<u32> {
+    stat_fields(pid).map(|(ppid, _)| ppid)
+}
+
+/// `(ppid, utime + stime)` of process `pid` from `/proc/<pid>/stat`.
+fn stat_fields(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it do not.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((ppid, utime + stime))
+}
+
+/// CPU ticks used so far by the live processes `keep(pid, ppid)` selects.
+fn cpu_ticks(keep: impl Fn(u32, u32) -> bool) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| stat_fields(pid).map(|(ppid, t)| (pid, ppid, t)))
+        .filter(|&(pid, ppid, _)| keep(pid, ppid))
+        .map(|(_, _, t)| t)
+        .sum()
+}
