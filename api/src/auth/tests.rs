@@ -440,3 +440,47 @@ fn admin_routes_need_a_user_whose_role_covers_the_route() {
         );
     }
 }
+
+#[test]
+fn each_refused_token_says_why() {
+    let now = now_secs();
+    let claims = |extra: serde_json::Value| {
+        let mut c =
+            serde_json::json!({"sub": "u", "workspace_id": "w", "iat": now, "exp": now + 600});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let other_key = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims(serde_json::json!({})),
+        &EncodingKey::from_secret(b"another secret of at least 32 bytes!"),
+    )
+    .expect("sign");
+    let hs384 = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS384),
+        &claims(serde_json::json!({})),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign");
+    let cases = [
+        (
+            sign(&claims(serde_json::json!({"iat": now - 700, "exp": now - 100}))),
+            "the token has expired",
+        ),
+        (
+            sign(&claims(serde_json::json!({"nbf": now + 300}))),
+            "the token is not valid yet (nbf)",
+        ),
+        (other_key, "the token signature is invalid"),
+        (hs384, "only HS256 tokens are accepted"),
+        ("not.a.token".to_owned(), "the token is malformed"),
+    ];
+    let auth = Authenticator::new(SECRET).expect("auth");
+    for (token, why) in cases {
+        let err = auth.verify(&token).expect_err(why);
+        assert_eq!(err.status(), StatusCode::UNAUTHORIZED, "{why}");
+        assert!(err.to_string().contains(why), "want {why:?}, got {err}");
+    }
+}
