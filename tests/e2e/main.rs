@@ -3,6 +3,7 @@
 
 mod api_keys;
 mod flow;
+mod for_each;
 mod hardening;
 mod marketplace_review;
 mod multi_step;

@@ -11,6 +11,7 @@ mod bad_input;
 mod callbacks;
 mod console;
 mod end_to_end;
+mod for_each_steps;
 mod idempotency;
 mod isolation;
 mod marketplace;

@@ -5,6 +5,7 @@
 //! problem with the JSON path of the offending field.
 
 pub mod flow;
+pub mod for_each;
 pub mod paging;
 pub mod placement;
 mod validate;
@@ -230,6 +231,11 @@ pub struct Step {
     /// extracted fields accumulate (see `docs/connector-language.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paginate: Option<paging::Paginate>,
+    /// Runs the step once per item of an array, one item after another,
+    /// with `<<item>>` and `<<index>>` in scope; its extracted fields are
+    /// collected into arrays (see `docs/connector-language.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<for_each::ForEach>,
 }
 
 impl Step {
