@@ -268,6 +268,14 @@ pub fn decide(
     {
         entry["paging"] = summary;
     }
+    // A `for_each` step's last item: the runner left its summary here.
+    if let Some(summary) = ctx
+        .get_mut("looped")
+        .and_then(Value::as_object_mut)
+        .and_then(|p| p.remove(&step.name))
+    {
+        entry["for_each"] = summary;
+    }
     advance(connector, (index, number), outcome, entry, ctx, policy, now)
 }
 
@@ -354,30 +362,30 @@ fn advance(
     }
 }
 
-/// The decision on a successful page of a paginated step that another
-/// page follows: the page row succeeds and the execution continues at the
-/// same step, its context holding `paging.<step>` = `progress` (what a
-/// resumed run starts the next page from), unless that context outgrows
-/// its limit.
+/// The decision on a successful unit of a step that another unit follows
+/// (a page of a paginated step, an item of a `for_each` step): the unit's
+/// row succeeds and the execution continues at the same step, its context
+/// holding `<slot>.<step>` = `progress` (what a resumed run starts the
+/// next unit from; `slot` is `paging` or `for_each`), unless that context
+/// outgrows its limit.
 pub fn next_page(
     connector: &Connector,
-    index: usize,
-    attempt: u32,
+    (index, attempt): (usize, u32),
     ctx: &Value,
-    progress: Value,
+    (slot, progress): (&str, Value),
     policy: &Policy<'_>,
     now: DateTime<Utc>,
 ) -> Decision {
     let step = &connector.steps[index];
-    let mut paging = Map::new();
-    paging.insert(step.name.clone(), progress);
-    let context = json!({"steps": ctx["steps"], "paging": paging});
+    let mut units = Map::new();
+    units.insert(step.name.clone(), progress);
+    let context = json!({"steps": ctx["steps"], slot: units});
     let size = serde_json::to_vec(&context).map_or(usize::MAX, |v| v.len());
     if size > policy.max_context_bytes {
         let mut error = ExecutionError::run(
             RunErrorKind::ContextTooLarge,
             format!(
-                "the execution context would grow to {size} bytes with the fields paging has accumulated, over the {} byte limit; extract fewer fields or lower max_pages",
+                "the execution context would grow to {size} bytes with the fields {slot} has accumulated, over the {} byte limit; extract fewer fields or lower max_pages or max_items",
                 policy.max_context_bytes
             ),
         )

@@ -109,6 +109,9 @@ pub enum StepErrorKind {
     /// cannot be followed (a cursor that is not text, a next link to
     /// another origin).
     Paging,
+    /// A `for_each` step's items cannot be looped over: the template does
+    /// not render to an array, or the array is longer than `max_items`.
+    ForEach,
 }
 
 /// A failed step attempt.

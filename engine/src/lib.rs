@@ -26,6 +26,8 @@
 //! - [`marketplace`]: connector templates: validation, install, upgrade.
 //! - [`net`]: the outbound address policy (no private networks by default)
 //!   and the DNS resolver that enforces it.
+//! - [`for_each`]: steps run once per item of an array, pure: the item
+//!   due, and the fields collected over the items.
 //! - [`paging`]: paginated steps, pure: the next page's request, the
 //!   fields accumulated across pages, and when paging ends.
 //! - [`oauth`]: OAuth2 and Nango credentials: provider presets (data),
@@ -61,6 +63,7 @@ pub mod decide;
 pub mod error;
 pub mod extract;
 pub mod flow;
+pub mod for_each;
 pub mod http;
 pub mod json;
 pub mod marketplace;

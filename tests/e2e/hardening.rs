@@ -66,6 +66,7 @@ fn row(index: i32) -> StepRow {
         step_index: index,
         attempt: 1,
         page: None,
+        item: None,
         step_name: "x".into(),
         outcome: StepOutcome::Succeeded,
         request: json!({"url": "https://api.example.com/x"}),

@@ -3,6 +3,7 @@
 
 mod api_keys;
 mod flow;
+mod for_each;
 mod hardening;
 mod language;
 mod marketplace_review;

@@ -125,6 +125,7 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
         step_index: 0,
         attempt: 1,
         page: None,
+        item: None,
         step_name: "a".into(),
         outcome: StepOutcome::Succeeded,
         request: json!({}),

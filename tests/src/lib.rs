@@ -207,6 +207,7 @@ pub fn stored_step(worker: &str) -> StepRow {
         step_index: 0,
         attempt: 1,
         page: None,
+        item: None,
         step_name: "ping".to_owned(),
         outcome: conveyor_engine::state::StepOutcome::Succeeded,
         request: serde_json::json!({"method": "GET"}),

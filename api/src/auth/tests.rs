@@ -466,7 +466,9 @@ fn each_refused_token_says_why() {
     .expect("sign");
     let cases = [
         (
-            sign(&claims(serde_json::json!({"iat": now - 700, "exp": now - 100}))),
+            sign(&claims(
+                serde_json::json!({"iat": now - 700, "exp": now - 100}),
+            )),
             "the token has expired",
         ),
         (

@@ -271,14 +271,16 @@ pub(super) async fn show(
         (Some(o), Some(e)) => (e - o).num_milliseconds().max(1) as f64,
         _ => 1.0,
     };
-    // Keyed by step and page: a page's first attempt is no retry.
-    let mut previous: HashMap<(i32, Option<i32>), DateTime<Utc>> = HashMap::new();
+    // Keyed by step, page and item: a page's or an item's first attempt is
+    // no retry.
+    type Unit = (i32, Option<i32>, Option<i32>);
+    let mut previous: HashMap<Unit, DateTime<Utc>> = HashMap::new();
     let attempts = steps
         .iter()
         .map(|s| {
             let offset = origin.map_or(0, |o| (s.started_at - o).num_milliseconds()) as f64;
             let gap = previous
-                .insert((s.step_index, s.page), s.finished_at)
+                .insert((s.step_index, s.page, s.item), s.finished_at)
                 .map(|before| {
                     format!(
                         "retried after {}",
@@ -288,9 +290,10 @@ pub(super) async fn show(
             let bar_x = (offset / span * 100.0).clamp(0.0, 99.5);
             let bar_w = (f64::from(s.duration_ms) / span * 100.0).clamp(0.5, 100.0 - bar_x);
             Attempt {
-                step: match s.page {
-                    Some(page) => format!("{} (page {page})", s.step_name),
-                    None => s.step_name.clone(),
+                step: match (s.page, s.item) {
+                    (Some(page), _) => format!("{} (page {page})", s.step_name),
+                    (None, Some(item)) => format!("{} (item {item})", s.step_name),
+                    (None, None) => s.step_name.clone(),
                 },
                 attempt: s.attempt,
                 outcome: s.outcome.as_str().to_owned(),

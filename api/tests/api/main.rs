@@ -12,6 +12,7 @@ mod callbacks;
 mod console;
 mod console_oauth;
 mod end_to_end;
+mod for_each_steps;
 mod idempotency;
 mod isolation;
 mod language;

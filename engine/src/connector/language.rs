@@ -8,7 +8,9 @@
 //!
 //! A secret extract (`"secret": true`) may not appear in the connector's
 //! `output`, which is stored and returned as is; the worker redacts it there
-//! too, should a whole-object reference (`<<steps>>`) carry it.
+//! too, should a whole-object reference (`<<steps>>`) carry it. Nor may it
+//! be a `for_each` step's `items`, which are stored in plain text with the
+//! loop's progress and its item rows.
 
 use serde_json::Value;
 
@@ -24,7 +26,7 @@ pub(super) fn problems(
     step: &Step,
     earlier: &[Step],
 ) -> Vec<ValidationError> {
-    let mut out = Vec::new();
+    let mut out = secret_items(renderer, path, step, earlier);
     let Some(when) = &step.when else {
         return out;
     };
@@ -57,6 +59,29 @@ pub(super) fn problems(
         }
     }
     out
+}
+
+/// A `for_each` step whose `items` name a secret extract of `earlier`.
+fn secret_items(
+    renderer: &Renderer,
+    path: &str,
+    step: &Step,
+    earlier: &[Step],
+) -> Vec<ValidationError> {
+    let Some(each) = &step.for_each else {
+        return Vec::new();
+    };
+    let refs = renderer.references(&each.items).unwrap_or_default();
+    refs.iter()
+        .find_map(|r| secret_in(r, earlier))
+        .map(|secret| ValidationError {
+            path: format!("{path}.for_each.items"),
+            message: format!(
+                "`{secret}` is a secret extract and may not be looped over: items are stored in plain text"
+            ),
+        })
+        .into_iter()
+        .collect()
 }
 
 /// The places where `output` names a secret extract of `steps`.
@@ -184,5 +209,28 @@ mod tests {
             json!({"s": "<<steps.login.status>>", "c": "<<steps.login.extract.count>>"}),
         ));
         assert_eq!(fine, []);
+    }
+
+    #[test]
+    fn secret_extracts_may_not_be_looped_over() {
+        let with_items = |items: &str| {
+            json!({
+                "name": "c",
+                "steps": [
+                    {"name": "login", "method": "POST", "url": "https://x.test/login",
+                     "extract": {"token": {"path": "$.token", "secret": true}, "ids": "$.ids"}},
+                    {"name": "each", "method": "GET", "url": "https://x.test/<<item>>",
+                     "for_each": {"items": items}},
+                ],
+            })
+        };
+        assert_eq!(
+            errors(with_items("<<steps.login.extract.token>>")),
+            [(
+                "steps[1].for_each.items".to_owned(),
+                "`steps.login.extract.token` is a secret extract and may not be looped over: items are stored in plain text".to_owned()
+            )]
+        );
+        assert_eq!(errors(with_items("<<steps.login.extract.ids>>")), []);
     }
 }

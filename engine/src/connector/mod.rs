@@ -5,6 +5,7 @@
 //! problem with the JSON path of the offending field.
 
 pub mod flow;
+pub mod for_each;
 mod language;
 pub mod paging;
 pub mod placement;
@@ -252,6 +253,11 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "<<input.plan == 'pro'>>")]
     pub when: Option<String>,
+    /// Runs the step once per item of an array, one item after another,
+    /// with `<<item>>` and `<<index>>` in scope; its extracted fields are
+    /// collected into arrays (see `docs/connector-language.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<for_each::ForEach>,
 }
 
 impl Step {

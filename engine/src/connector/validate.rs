@@ -115,6 +115,8 @@ struct Validator {
 pub(super) enum Scope<'a> {
     /// Inside a step: only the steps before it (the slice given).
     Step(&'a [Step]),
+    /// Inside a `for_each` step: the steps before it, `item` and `index`.
+    Each(&'a [Step]),
     /// The output template: every step.
     Output(&'a [Step]),
 }
@@ -182,6 +184,8 @@ impl Validator {
             self.errors.extend(super::paging::problems(&path, step));
             let language = super::language::problems(&self.renderer, &path, step, &c.steps[..i]);
             self.errors.extend(language);
+            let looped = super::for_each::problems(&self.renderer, &path, step);
+            self.errors.extend(looped);
         }
         self.json_templates("output", &c.output, &Scope::Output(&c.steps));
         let placement = super::placement::output_problems(&self.renderer, &c.output);
@@ -221,7 +225,15 @@ impl Validator {
                 "must be 1 to 64 characters of [a-z0-9_]",
             );
         }
-        let scope = Scope::Step(earlier);
+        if let Some(each) = &step.for_each {
+            let items = format!("{path}.for_each.items");
+            self.template(&items, &each.items, &Scope::Step(earlier));
+        }
+        let scope = if step.for_each.is_some() {
+            Scope::Each(earlier)
+        } else {
+            Scope::Step(earlier)
+        };
         let mut templates = Vec::new();
         step.visit_templates(&mut |field, template| {
             templates.push((format!("{path}.{field}"), template.to_owned()));
@@ -372,6 +384,7 @@ pub(super) fn check_reference(reference: &str, scope: &Scope<'_>) -> Result<(), 
     let root = parts.next().unwrap_or_default();
     match root {
         "input" | "credentials" | "settings" => Ok(()),
+        "item" | "index" if matches!(scope, Scope::Each(_)) => Ok(()),
         "execution" => match parts.next() {
             None | Some("id" | "attempt") => Ok(()),
             Some(other) => Err(format!(
@@ -387,7 +400,7 @@ pub(super) fn check_reference(reference: &str, scope: &Scope<'_>) -> Result<(), 
                 return Ok(());
             };
             let (steps, earlier_only) = match scope {
-                Scope::Step(earlier) => (*earlier, true),
+                Scope::Step(earlier) | Scope::Each(earlier) => (*earlier, true),
                 Scope::Output(all) => (*all, false),
             };
             let Some(step) = steps.iter().find(|s| s.name == name) else {
@@ -400,6 +413,7 @@ pub(super) fn check_reference(reference: &str, scope: &Scope<'_>) -> Result<(), 
             match parts.next() {
                 None | Some("status" | "headers" | "body" | "extract") => Ok(()),
                 Some("paging") if step.paginate.is_some() => Ok(()),
+                Some("for_each") if step.for_each.is_some() => Ok(()),
                 Some(other) => Err(format!(
                     "unknown name `steps.{name}.{other}` (use status, headers, body or extract)"
                 )),

@@ -79,6 +79,7 @@ impl Variant {
             variants: Vec::new(),
             paginate: None,
             when: None,
+            for_each: None,
         }
     }
 

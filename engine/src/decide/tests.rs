@@ -479,7 +479,14 @@ fn a_page_with_another_to_follow_continues_at_the_same_step_with_its_progress() 
     let connector = connector(json!({}));
     let ctx = json!({"input": {"big": "not persisted"}, "steps": {}});
     let progress = json!({"pages": 1, "next": "c2"});
-    let got = next_page(&connector, 0, 2, &ctx, progress.clone(), &policy, now());
+    let got = next_page(
+        &connector,
+        (0, 2),
+        &ctx,
+        ("paging", progress.clone()),
+        &policy,
+        now(),
+    );
     assert_eq!(got.outcome, StepOutcome::Succeeded);
     assert_eq!(
         got.next,
@@ -491,7 +498,7 @@ fn a_page_with_another_to_follow_continues_at_the_same_step_with_its_progress() 
     );
 
     let grown = json!({"pages": 1, "extract": {"ids": vec![1; 200]}});
-    let got = next_page(&connector, 0, 2, &ctx, grown, &policy, now());
+    let got = next_page(&connector, (0, 2), &ctx, ("paging", grown), &policy, now());
     assert_eq!(got.outcome, StepOutcome::Failed);
     let Next::Fail(error) = got.next else {
         panic!("{:?}", got.next);
@@ -531,6 +538,64 @@ fn the_last_page_s_paging_summary_goes_into_the_step_entry() {
     assert_eq!(context["steps"]["a"]["paging"], summary);
     assert_eq!(context["steps"]["a"]["extract"]["ids"], json!([1, 2, 3]));
     assert_eq!(ctx["paged"], json!({}), "the summary is moved, not copied");
+}
+
+#[test]
+fn an_item_with_another_to_follow_stores_its_progress_under_for_each() {
+    let renderer = Renderer::new();
+    let policy = Policy {
+        renderer: &renderer,
+        max_context_bytes: 1024,
+        max_retry_after: SECOND,
+        lease: SECOND,
+    };
+    let connector = connector(json!({}));
+    let ctx = json!({"steps": {}, "item": 7, "index": 0});
+    let progress = json!({"done": 1, "results": [{"id": 7}]});
+    let got = next_page(
+        &connector,
+        (0, 1),
+        &ctx,
+        ("for_each", progress.clone()),
+        &policy,
+        now(),
+    );
+    assert_eq!(
+        got.next,
+        Next::Continue {
+            context: json!({"steps": {}, "for_each": {"a": progress}}),
+            next_step: 0,
+            lease_until: now() + SECOND,
+        }
+    );
+}
+
+#[test]
+fn the_last_item_s_summary_goes_into_the_step_entry() {
+    let renderer = Renderer::new();
+    let policy = Policy {
+        renderer: &renderer,
+        max_context_bytes: 1024 * 1024,
+        max_retry_after: SECOND,
+        lease: SECOND,
+    };
+    let connector = connector(json!({}));
+    let result = ok(200, json!({"ids": [1, 2]}));
+    let step = StepAttempt {
+        connector: &connector,
+        index: 0,
+        attempt: 1,
+        throttled: 0,
+        result: &result,
+        deadline: now() + Duration::from_secs(300),
+    };
+    let mut ctx = json!({"steps": {}, "looped": {"a": {"items": 2}}});
+    let got = decide(&step, &mut ctx, &policy, now(), || 0.0);
+    let Next::Continue { context, .. } = got.next else {
+        panic!("{:?}", got.next);
+    };
+    assert_eq!(context["steps"]["a"]["for_each"], json!({"items": 2}));
+    assert_eq!(ctx["looped"], json!({}), "the summary is moved, not copied");
 }
 
 #[test]

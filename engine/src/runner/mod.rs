@@ -24,6 +24,7 @@ use crate::cache::DefinitionCache;
 use crate::connector::Connector;
 use crate::crypto::Keyring;
 use crate::decide::{self, Decision, ExecutionError, Next, Policy, RunErrorKind, StepAttempt};
+use crate::for_each::{self, Unit};
 use crate::http::{Attempt, StepClient, StepResult, idempotency_key};
 use crate::paging::{self, Progress};
 use crate::state::ExecutionStatus;
@@ -246,6 +247,8 @@ impl Runner {
         let mut resumed = true;
         // The progress of a paginated step between its pages in this claim.
         let mut carried: Option<Progress> = None;
+        // The progress of a `for_each` step between its items in this claim.
+        let mut carried_items: Option<for_each::Progress> = None;
         while let Some(step) = connector.steps.get(index) {
             if !resumed && shutdown.is_cancelled() {
                 executions::release(&self.pool, id, token, Utc::now()).await?;
@@ -293,8 +296,38 @@ impl Runner {
                 None => Progress::default(),
             });
             let page = progress.as_ref().map(|p| p.pages + 1);
-            let key = match page {
-                Some(n) if n > 1 => idempotency_key(id, &format!("{}#page{n}", step.name), attempt),
+            let looped = step.for_each.as_ref().map(|each| {
+                let done = match carried_items.take() {
+                    Some(p) => p,
+                    None if resumed => for_each::Progress::stored(&claimed.context, &step.name),
+                    None => for_each::Progress::default(),
+                };
+                let unit = for_each::next_unit(each, step, self.client.renderer(), &mut ctx, &done);
+                (done, unit)
+            });
+            // The item sent: its position from 0, and how many there are.
+            let item = match &looped {
+                Some((
+                    _,
+                    Unit::Item {
+                        index,
+                        value,
+                        total,
+                    },
+                )) => {
+                    ctx["item"] = value.clone();
+                    ctx["index"] = json!(index);
+                    Some((*index, *total))
+                }
+                _ => None,
+            };
+            let key = match (page, item) {
+                (Some(n), _) if n > 1 => {
+                    idempotency_key(id, &format!("{}#page{n}", step.name), attempt)
+                }
+                (_, Some((i, _))) => {
+                    idempotency_key(id, &format!("{}#item{i}", step.name), attempt)
+                }
                 _ => idempotency_key(id, &step.name, attempt),
             };
             let span = info_span!(
@@ -309,50 +342,67 @@ impl Runner {
                 conveyor.retry = tracing::field::Empty,
             );
             let ws = claimed.workspace_id.as_str();
-            let slot = match self.gate((id, token), ws, (step, index), &ctx).await? {
-                flow::Gate::Go(slot) => slot,
-                flow::Gate::Parked => return Ok(RunOutcome::Parked),
-                flow::Gate::LeaseLost => return Ok(RunOutcome::LeaseLost),
-                flow::Gate::Broken(error) => return self.end(id, token, Some(&error)).await,
+            let (done, settled) = match looped {
+                Some((done, Unit::Settled(result))) => (Some(done), Some(result)),
+                Some((done, Unit::Item { .. })) => (Some(done), None),
+                None => (None, None),
             };
-            let paged = match (&step.paginate, &progress) {
-                (Some(p), Some(progress)) => {
-                    let (shaped, page) = paging::page_step(step, p, progress);
-                    ctx["page"] = page;
-                    Some(shaped)
+            let mut result = if let Some(result) = settled {
+                result
+            } else {
+                let slot = match self.gate((id, token), ws, (step, index), &ctx).await? {
+                    flow::Gate::Go(slot) => slot,
+                    flow::Gate::Parked => return Ok(RunOutcome::Parked),
+                    flow::Gate::LeaseLost => return Ok(RunOutcome::LeaseLost),
+                    flow::Gate::Broken(error) => return self.end(id, token, Some(&error)).await,
+                };
+                let paged = match (&step.paginate, &progress) {
+                    (Some(p), Some(progress)) => {
+                        let (shaped, page) = paging::page_step(step, p, progress);
+                        ctx["page"] = page;
+                        Some(shaped)
+                    }
+                    _ => None,
+                };
+                let traceparent = span.in_scope(crate::telemetry::current_traceparent);
+                let call = Attempt {
+                    idempotency_key: &key,
+                    timeout,
+                    traceparent: traceparent.as_deref(),
+                };
+                let sent = self
+                    .send_step(
+                        id,
+                        token,
+                        paged.as_ref().unwrap_or(step),
+                        &ctx,
+                        &mut credentials,
+                        &call,
+                        &mut extended_at,
+                    )
+                    .instrument(span.clone())
+                    .await?;
+                self.release_slot(slot.as_deref(), id).await?;
+                if let Some(c) = ctx.as_object_mut() {
+                    c.remove("page");
+                    c.remove("item");
+                    c.remove("index");
                 }
-                _ => None,
-            };
-            let traceparent = span.in_scope(crate::telemetry::current_traceparent);
-            let call = Attempt {
-                idempotency_key: &key,
-                timeout,
-                traceparent: traceparent.as_deref(),
-            };
-            let sent = self
-                .send_step(
-                    id,
-                    token,
-                    paged.as_ref().unwrap_or(step),
-                    &ctx,
-                    &mut credentials,
-                    &call,
-                    &mut extended_at,
-                )
-                .instrument(span.clone())
-                .await?;
-            self.release_slot(slot.as_deref(), id).await?;
-            if let Some(c) = ctx.as_object_mut() {
-                c.remove("page");
-            }
-            let mut result = match sent {
-                InFlight::Done(result) => result,
-                InFlight::LeaseLost => return Ok(RunOutcome::LeaseLost),
-                InFlight::CancelRequested => return self.end(id, token, None).await,
+                match sent {
+                    InFlight::Done(result) => result,
+                    InFlight::LeaseLost => return Ok(RunOutcome::LeaseLost),
+                    InFlight::CancelRequested => return self.end(id, token, None).await,
+                }
             };
             let more = match (&step.paginate, progress) {
                 (Some(p), Some(progress)) if result.error.is_none() => {
                     paging::settle(p, progress, &mut result, &mut ctx, &step.name)
+                }
+                _ => None,
+            };
+            let next_item = match (done, item) {
+                (Some(done), Some((_, total))) if result.error.is_none() => {
+                    for_each::settle(step, done, total, &mut result, &mut ctx)
                 }
                 _ => None,
             };
@@ -369,19 +419,20 @@ impl Runner {
                 result: &result,
                 deadline,
             };
-            let mut decision = cpu_bound(|| match &more {
-                Some(next) => {
-                    let progress = next.to_json();
-                    decide::next_page(
-                        connector,
-                        index,
-                        attempt,
-                        &ctx,
-                        progress,
-                        &self.policy(),
-                        now,
-                    )
-                }
+            let unit = match (&more, &next_item) {
+                (Some(next), _) => Some(("paging", next.to_json())),
+                (None, Some(next)) => Some(("for_each", next.to_json())),
+                (None, None) => None,
+            };
+            let mut decision = cpu_bound(|| match unit {
+                Some(progress) => decide::next_page(
+                    connector,
+                    (index, attempt),
+                    &ctx,
+                    progress,
+                    &self.policy(),
+                    now,
+                ),
                 None => decide::decide(
                     &step_attempt,
                     &mut ctx,
@@ -413,6 +464,7 @@ impl Runner {
             let (mut row, transition) =
                 self.step_commit(&step.name, index, attempt, *result, decision, now);
             row.page = page.and_then(|n| i32::try_from(n).ok());
+            row.item = item.and_then(|(i, _)| i32::try_from(i + 1).ok());
             let committing = tokio::time::Instant::now();
             let status = self
                 .commits
@@ -439,9 +491,10 @@ impl Runner {
                 return Ok(outcome);
             }
             resumed = false;
-            match more {
-                Some(next) => carried = Some(next),
-                None => index += 1,
+            match (more, next_item) {
+                (Some(next), _) => carried = Some(next),
+                (None, Some(next)) => carried_items = Some(next),
+                (None, None) => index += 1,
             }
         }
         // Only reachable when no step was left to run (an empty tail).
@@ -587,6 +640,7 @@ impl Runner {
             step_index: i32::try_from(index).unwrap_or(i32::MAX),
             attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
             page: None,
+            item: None,
             step_name: step_name.to_owned(),
             outcome: decision.outcome,
             request: result.request,

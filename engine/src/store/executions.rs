@@ -268,6 +268,9 @@ pub struct StepRow {
     /// The page of a paginated step, from 1; absent for other steps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub page: Option<i32>,
+    /// The item of a `for_each` step, from 1; absent for other steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<i32>,
     /// The step's name.
     pub step_name: String,
     /// How the attempt ended.
@@ -405,6 +408,7 @@ pub async fn commit_steps(
     let mut indexes = Vec::with_capacity(n);
     let mut attempts = Vec::with_capacity(n);
     let mut pages = Vec::with_capacity(n);
+    let mut items = Vec::with_capacity(n);
     let mut names = Vec::with_capacity(n);
     let mut outcomes = Vec::with_capacity(n);
     let mut requests = Vec::with_capacity(n);
@@ -485,6 +489,7 @@ pub async fn commit_steps(
         indexes.push(s.step_index);
         attempts.push(s.attempt);
         pages.push(s.page.unwrap_or(0));
+        items.push(s.item.unwrap_or(0));
         names.push(take(&mut s.step_name));
         outcomes.push(s.outcome.as_str().to_owned());
         requests.push(take(&mut s.request));
@@ -511,11 +516,11 @@ pub async fn commit_steps(
                                     $12::int4[], $13::int4[], $14::text[], $15::text[], $16::jsonb[], $17::int4[],
                                     $18::jsonb[], $19::jsonb[], $20::jsonb[], $21::jsonb[], $22::text[],
                                     $23::timestamptz[], $24::timestamptz[], $25::int4[], $26::int4[], $27::int4[],
-                                    $28::int4[])
+                                    $28::int4[], $29::int4[])
                    AS x(id, token, kind, context, next_step, lease_until, output, run_at, next_attempt, error,
                         step_index, attempt, step_name, outcome, request, response_status, response_headers,
                         response_body, extracted, step_error, worker_id, started_at, finished_at, duration_ms,
-                        request_bytes, response_bytes, page)
+                        request_bytes, response_bytes, page, item)
            ), upd AS (
                UPDATE connector_executions e SET
                    context = COALESCE(x.context, e.context),
@@ -542,11 +547,12 @@ pub async fn commit_steps(
            ), step AS (
                INSERT INTO execution_steps (execution_id, step_index, attempt, workspace_id, step_name,
                    outcome, request, response_status, response_headers, response_body, extracted,
-                   error, worker_id, started_at, finished_at, duration_ms, request_bytes, response_bytes, page)
+                   error, worker_id, started_at, finished_at, duration_ms, request_bytes, response_bytes, page,
+                   item)
                SELECT upd.id, x.step_index, x.attempt, upd.workspace_id, x.step_name, x.outcome, x.request,
                       x.response_status, x.response_headers, x.response_body, x.extracted, x.step_error,
                       x.worker_id, x.started_at, x.finished_at, x.duration_ms, x.request_bytes, x.response_bytes,
-                      x.page
+                      x.page, x.item
                FROM upd JOIN x ON x.id = upd.id
            ), ev AS (
                INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
@@ -556,7 +562,7 @@ pub async fn commit_steps(
                     jsonb_build_object('step', x.step_name, 'index', x.step_index, 'attempt', x.attempt)),
                    ($11::timestamptz, CASE WHEN x.kind IN ('retry', 'throttle') THEN 'retry_scheduled' ELSE 'step_finished' END,
                     jsonb_strip_nulls(jsonb_build_object('step', x.step_name, 'index', x.step_index, 'attempt', x.attempt,
-                        'page', NULLIF(x.page, 0), 'outcome', x.outcome, 'status', x.response_status, 'duration_ms', x.duration_ms,
+                        'page', NULLIF(x.page, 0), 'item', NULLIF(x.item, 0), 'outcome', x.outcome, 'status', x.response_status, 'duration_ms', x.duration_ms,
                         'run_at', x.run_at, 'next_attempt', x.next_attempt))),
                    ($11::timestamptz,
                     CASE upd.status WHEN 'cancelled' THEN 'cancelled' WHEN 'succeeded' THEN 'finished'
@@ -593,7 +599,8 @@ pub async fn commit_steps(
         &durations,
         &sent,
         &received,
-        &pages
+        &pages,
+        &items
     )
     .fetch_all(pool)
     .await;

@@ -152,12 +152,12 @@ pub async fn locate(pool: &PgPool, id: Uuid) -> Result<Option<Located>> {
 pub async fn steps(pool: &PgPool, workspace_id: &str, id: Uuid) -> Result<Vec<StepRow>> {
     Ok(sqlx::query_as!(
         StepRow,
-        r#"SELECT step_index, attempt, NULLIF(page, 0) AS page, step_name,
+        r#"SELECT step_index, attempt, NULLIF(page, 0) AS page, NULLIF(item, 0) AS item, step_name,
                 outcome AS "outcome: StepOutcome", request,
                 response_status, response_headers, response_body, extracted, error, worker_id,
                 started_at, finished_at, duration_ms, request_bytes, response_bytes
          FROM execution_steps WHERE execution_id = $1 AND workspace_id = $2
-         ORDER BY step_index, page, attempt"#,
+         ORDER BY step_index, page, item, attempt"#,
         id,
         workspace_id
     )
