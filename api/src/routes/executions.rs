@@ -226,17 +226,7 @@ pub(crate) async fn events_response(
         }
         None => {}
     }
-    let max = state.config.max_streams_per_workspace;
-    let slot = state
-        .streams
-        .acquire(&ws, max)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_streams",
-                format!("this workspace already has {max} open event streams (CONVEYOR_MAX_STREAMS_PER_WORKSPACE); close one or use ?format=json"),
-            )
-        })?;
+    let slot = stream_slot(&state, &ws)?;
     let watcher = Uuid::now_v7();
     // Subscribe before reading so no change between the read and the
     // subscription is missed.
@@ -246,6 +236,23 @@ pub(crate) async fn events_response(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// One of workspace `ws`'s event-stream slots (its open streams are
+/// capped by `CONVEYOR_MAX_STREAMS_PER_WORKSPACE`).
+///
+/// # Errors
+///
+/// 429 `too_many_streams` when the workspace holds them all.
+pub(crate) fn stream_slot(state: &AppState, ws: &str) -> ApiResult<StreamSlot> {
+    let max = state.config.max_streams_per_workspace;
+    state.streams.acquire(ws, max).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            format!("this workspace already has {max} open event streams (CONVEYOR_MAX_STREAMS_PER_WORKSPACE); close one or use ?format=json"),
+        )
+    })
 }
 
 /// Removes the watcher row and frees the stream slot when the stream ends
