@@ -279,6 +279,9 @@ struct Progress {
     status: Option<ExecutionStatus>,
     last_event: i64,
     done: bool,
+    /// When to renew the watcher row: a deadline, not a timer restarted
+    /// per wake-up, so other executions' notifications cannot postpone it.
+    renew_at: tokio::time::Instant,
 }
 
 fn event_stream(
@@ -298,6 +301,7 @@ fn event_stream(
         status: None,
         last_event: 0,
         done: false,
+        renew_at: tokio::time::Instant::now() + WATCH_TTL / 3,
     };
     let pending: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
     futures_util::stream::unfold(
@@ -329,7 +333,7 @@ fn event_stream(
                 }
                 // Renew the watcher well before it expires; also re-read
                 // then, which covers a notification lost in a reconnect.
-                let renew = tokio::time::sleep(WATCH_TTL / 3);
+                let renew = tokio::time::sleep_until(progress.renew_at);
                 tokio::select! {
                     changed = rx.recv() => match changed {
                         Ok(changed) if changed == id => refresh = true,
@@ -338,6 +342,7 @@ fn event_stream(
                         Err(broadcast::error::RecvError::Closed) => progress.done = true,
                     },
                     () = renew => {
+                        progress.renew_at = tokio::time::Instant::now() + WATCH_TTL / 3;
                         let _ = history::watch(&state.pool, id, watcher, Utc::now() + WATCH_TTL).await;
                         refresh = true;
                     }

@@ -514,9 +514,13 @@ async fn walk(browser: &WebDriver, base: &str, token: &str, stub: &str) -> WebDr
         reqwest::Method::POST,
         "/connectors",
         json!({
+            // Four slow steps: a cancel that a loaded machine delivers a
+            // few seconds late still lands before the last one.
             "name": "Slow", "steps": [
                 {"name": "first", "method": "GET", "url": format!("{stub}/slow")},
-                {"name": "second", "method": "GET", "url": format!("{stub}/slow")}]
+                {"name": "second", "method": "GET", "url": format!("{stub}/slow")},
+                {"name": "third", "method": "GET", "url": format!("{stub}/slow")},
+                {"name": "fourth", "method": "GET", "url": format!("{stub}/slow")}]
         }),
     )
     .await;
