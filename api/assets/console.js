@@ -1,7 +1,9 @@
 // Conveyor console: refreshes a page's live region (#live) in place.
 // data-sse="URL": follow an execution's event stream; each event re-reads
 // the page and swaps the region, until the execution is final.
-// data-poll="MS": re-read the page every MS milliseconds while visible.
+// data-stream="URL": follow a workspace's stream of `changed` signals (the
+// executions list); each re-reads the page, at most one re-read at a time,
+// and none while the tab is hidden (one when it shows again).
 // Pages work without this script; it only saves the reload.
 (function () {
   "use strict";
@@ -51,16 +53,38 @@
     };
   }
 
-  function poll(every) {
-    setInterval(function () {
-      if (document.visibilityState === "visible") { refresh(); }
-    }, every);
+  function watch(url) {
+    var root = document.documentElement;
+    var busy = false, again = false, timer = null, stale = false;
+    function done() {
+      busy = false;
+      if (again) { again = false; soon(); }
+    }
+    function run() {
+      timer = null;
+      if (document.visibilityState === "hidden") { stale = true; return; }
+      busy = true;
+      refresh().then(done, done);
+    }
+    function soon() {
+      if (busy) { again = true; return; }
+      if (!timer) { timer = setTimeout(run, 50); }
+    }
+    var source = new EventSource(url);
+    source.addEventListener("changed", soon);
+    // Every (re)connection re-reads once: what changed while no stream
+    // was open shows, and from now on each change is signalled.
+    source.addEventListener("open", function () { root.dataset.live = "open"; soon(); });
+    source.addEventListener("error", function () { root.dataset.live = "reconnecting"; });
+    document.addEventListener("visibilitychange", function () {
+      if (stale && document.visibilityState === "visible") { stale = false; soon(); }
+    });
   }
 
   document.addEventListener("DOMContentLoaded", function () {
     var live = document.getElementById("live");
     if (!live || !window.fetch) { return; }
     if (live.dataset.sse && window.EventSource) { follow(live.dataset.sse); }
-    if (live.dataset.poll) { poll(Math.max(1000, parseInt(live.dataset.poll, 10) || 3000)); }
+    if (live.dataset.stream && window.EventSource) { watch(live.dataset.stream); }
   });
 })();

@@ -1,13 +1,15 @@
 //! Live execution updates: one `LISTEN` on
 //! [`EXECUTION_EVENTS`](conveyor_engine::store::channels::EXECUTION_EVENTS)
+//! and [`WORKSPACE_EVENTS`](conveyor_engine::store::channels::WORKSPACE_EVENTS)
 //! per API process, fanned out to Server-Sent-Events subscribers. The
-//! database only NOTIFYs for executions someone watches
-//! (`execution_watchers`).
+//! database only NOTIFYs for executions and workspaces someone watches
+//! (`execution_watchers`, `workspace_watchers`).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use conveyor_engine::store::channels::EXECUTION_EVENTS;
+use conveyor_engine::store::channels::{EXECUTION_EVENTS, WORKSPACE_EVENTS};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
@@ -17,6 +19,7 @@ use uuid::Uuid;
 #[derive(Clone, Debug)]
 pub struct EventHub {
     tx: broadcast::Sender<Uuid>,
+    workspaces: broadcast::Sender<Arc<str>>,
 }
 
 impl Default for EventHub {
@@ -30,7 +33,8 @@ impl EventHub {
     /// subscribers hear nothing.
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(4096);
-        Self { tx }
+        let (workspaces, _) = broadcast::channel(1024);
+        Self { tx, workspaces }
     }
 
     /// Listens for notifications over `pool` until `shutdown` completes,
@@ -56,13 +60,19 @@ impl EventHub {
     async fn relay(&self, pool: &PgPool, backoff: &mut Duration) {
         match PgListener::connect_with(pool).await {
             Ok(mut listener) => {
-                if listener.listen(EXECUTION_EVENTS).await.is_ok() {
+                if listener
+                    .listen_all([EXECUTION_EVENTS, WORKSPACE_EVENTS])
+                    .await
+                    .is_ok()
+                {
                     *backoff = Duration::from_millis(100);
                     // A broken connection ends this loop; the subscribers
                     // re-read state when they lag or reconnect, so a gap
                     // loses nothing.
                     while let Ok(n) = listener.recv().await {
-                        if let Ok(id) = n.payload().parse() {
+                        if n.channel() == WORKSPACE_EVENTS {
+                            let _ = self.workspaces.send(Arc::from(n.payload()));
+                        } else if let Ok(id) = n.payload().parse() {
                             let _ = self.tx.send(id);
                         }
                     }
@@ -75,5 +85,10 @@ impl EventHub {
     /// A receiver of changed execution ids.
     pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
         self.tx.subscribe()
+    }
+
+    /// A receiver of the ids of workspaces whose executions changed.
+    pub fn subscribe_workspaces(&self) -> broadcast::Receiver<Arc<str>> {
+        self.workspaces.subscribe()
     }
 }

@@ -108,6 +108,8 @@ pub struct AppState {
     pub streams: Arc<StreamSlots>,
     /// Live execution updates for SSE subscribers.
     pub events: EventHub,
+    /// The console connector list's statistics, briefly cached.
+    pub console_stats: Arc<console::stats::StatsCache>,
     /// Starts executions (caches compiled input schemas).
     pub starter: Arc<Starter>,
     /// Settings.
@@ -129,6 +131,7 @@ impl AppState {
     ) -> Self {
         Self {
             events: EventHub::new(),
+            console_stats: Arc::default(),
             starter: Arc::new(Starter::new()),
             pool,
             keyring,

@@ -1,7 +1,7 @@
 //! The admin page (SaaS admins only): queue health, usage per workspace
 //! over the last week, every workspace's recent executions with
-//! drill-down, the community review queue with its actions, and the audit
-//! log.
+//! drill-down, the community review queue with its actions, every
+//! template's metrics over the last 24 hours, and the audit log.
 
 use askama::Template;
 use axum::Form;
@@ -17,7 +17,9 @@ use serde_json::json;
 
 use super::executions::{parse_id, show};
 use super::session::Session;
-use super::{Fields, Layout, Nav, PageResult, handler_body, render, see_other, when};
+use super::{
+    Fields, Layout, Nav, PageResult, handler_body, millis_opt, percent, render, see_other, when,
+};
 use crate::AppState;
 use crate::auth::Operator;
 use crate::error::ApiError;
@@ -72,6 +74,20 @@ impl Review {
     }
 }
 
+/// One template's metrics over the last 24 hours.
+#[derive(Debug)]
+struct TemplateStat {
+    slug: String,
+    name: String,
+    source: &'static str,
+    status: String,
+    installs: i64,
+    executions: i64,
+    success_rate: String,
+    p50: String,
+    p95: String,
+}
+
 /// One workspace's usage over the last week.
 #[derive(Debug, Default)]
 struct Usage {
@@ -104,6 +120,7 @@ struct AdminPage {
     usage: Vec<Usage>,
     executions: Vec<Execution>,
     reviews: Vec<Review>,
+    template_stats: Vec<TemplateStat>,
     audit: Vec<Entry>,
 }
 
@@ -182,6 +199,24 @@ pub(super) async fn page(State(state): State<AppState>, session: Session) -> Pag
         })
         .collect();
     reviews.sort_by_key(|r| r.status != ReviewStatus::Pending.as_str());
+    let mut template_stats: Vec<TemplateStat> =
+        templates::all_metrics(&state.pool, now - chrono::Duration::hours(24))
+            .await?
+            .into_iter()
+            .map(|t| TemplateStat {
+                slug: t.slug,
+                name: t.name,
+                source: if t.official { "official" } else { "community" },
+                status: t.review_status,
+                installs: t.metrics.installs,
+                executions: t.metrics.executions,
+                success_rate: percent(t.metrics.success_rate),
+                p50: millis_opt(t.metrics.p50_duration_ms),
+                p95: millis_opt(t.metrics.p95_duration_ms),
+            })
+            .collect();
+    // The busiest first; the query returns them by slug, which breaks ties.
+    template_stats.sort_by_key(|t| std::cmp::Reverse((t.executions, t.installs)));
     let audit = access::list_audit(
         &state.pool,
         &AuditFilter {
@@ -207,6 +242,7 @@ pub(super) async fn page(State(state): State<AppState>, session: Session) -> Pag
         usage,
         executions,
         reviews,
+        template_stats,
         audit,
     })
 }

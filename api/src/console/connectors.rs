@@ -7,16 +7,19 @@ use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::Utc;
-use conveyor_engine::store::{connectors, history};
+use conveyor_engine::store::connectors;
+use conveyor_engine::store::history::ConnectorStats;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::diff::{Line, hunks};
 use super::executions::parse_id;
 use super::session::Session;
+use super::stats::STATS_TTL_SECS;
 use super::{
-    Fields, Layout, Nav, PageResult, Problem, body_json, handler_body, millis, pretty, problems,
-    render, see_other, when,
+    Fields, Layout, Nav, PageError, PageResult, Problem, body_json, handler_body, millis_opt,
+    percent, pretty, problems, render, see_other, when,
 };
 use crate::AppState;
 use crate::error::ApiError;
@@ -44,19 +47,24 @@ struct Row {
 struct ListPage {
     layout: Layout,
     rows: Vec<Row>,
+    as_of: String,
+    ttl: i64,
 }
 
-fn ms(value: Option<f64>) -> String {
-    value.map_or_else(|| "—".to_owned(), |v| millis(v.round() as i64))
-}
-
-/// `GET /console/connectors`.
+/// `GET /console/connectors`: statistics from the workspace's cached
+/// 24-hour figures (see [`super::stats`]).
 pub(super) async fn list(State(state): State<AppState>, session: Session) -> PageResult {
     let ws = &session.caller.workspace_id;
-    let since = Utc::now() - chrono::Duration::hours(24);
+    let stats = state.console_stats.get(&state.pool, ws, Utc::now()).await?;
+    let none = ConnectorStats {
+        by_status: json!({}),
+        success_rate: None,
+        p50_duration_ms: None,
+        p95_duration_ms: None,
+    };
     let mut rows = Vec::new();
     for c in connectors::list(&state.pool, ws).await? {
-        let stats = history::connector_stats(&state.pool, ws, c.id, since).await?;
+        let stats = stats.by_connector.get(&c.id).unwrap_or(&none);
         let count = |status: &str| stats.by_status[status].as_i64().unwrap_or(0);
         let total = stats
             .by_status
@@ -70,24 +78,36 @@ pub(super) async fn list(State(state): State<AppState>, session: Session) -> Pag
             total,
             succeeded: count("succeeded"),
             failed: count("failed"),
-            success_rate: stats
-                .success_rate
-                .map_or_else(|| "—".to_owned(), |r| format!("{:.1} %", r * 100.0)),
-            p50: ms(stats.p50_duration_ms),
-            p95: ms(stats.p95_duration_ms),
+            success_rate: percent(stats.success_rate),
+            p50: millis_opt(stats.p50_duration_ms),
+            p95: millis_opt(stats.p95_duration_ms),
             updated: when(&c.updated_at),
         });
     }
     render(&ListPage {
         layout: session.layout("Connectors", Nav::Connectors),
         rows,
+        as_of: when(&stats.as_of),
+        ttl: STATS_TTL_SECS,
     })
 }
 
-/// `?version=N`.
+/// `?version=N`, and `from=A&to=B` to compare two versions.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct VersionQuery {
     version: Option<i32>,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
+}
+
+/// Two versions compared: a line diff of their pretty-printed JSON.
+#[derive(Debug)]
+struct Comparison {
+    from: i32,
+    to: i32,
+    hunks: Vec<Vec<Line>>,
 }
 
 #[derive(Template)]
@@ -107,6 +127,9 @@ struct DetailPage {
     input: String,
     input_problems: Vec<Problem>,
     notice: Option<String>,
+    compare_from: i32,
+    compare_to: i32,
+    diff: Option<Comparison>,
 }
 
 /// What a failed form sends back into the page.
@@ -117,6 +140,42 @@ struct Retry {
     notice: Option<String>,
 }
 
+/// A version number of the compare form: 1 to `latest`, or a 400 naming
+/// `field`.
+fn version_field(field: &str, text: &str, latest: i32) -> Result<i32, ApiError> {
+    text.trim()
+        .parse()
+        .ok()
+        .filter(|v| (1..=latest).contains(v))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "`{field}`: `{text}` is not a version of this connector (1 to {latest})"
+            ))
+        })
+}
+
+/// The diff between versions `from` and `to` of connector `id`.
+async fn compare(
+    state: &AppState,
+    session: &Session,
+    id: Uuid,
+    (from, to): (i32, i32),
+) -> Result<Comparison, PageError> {
+    let ws = &session.caller.workspace_id;
+    let mut texts = Vec::with_capacity(2);
+    for v in [from, to] {
+        let found = connectors::get(&state.pool, ws, id, Some(v))
+            .await?
+            .ok_or_else(|| ApiError::not_found("connector"))?;
+        texts.push(pretty(&found.definition));
+    }
+    Ok(Comparison {
+        from,
+        to,
+        hunks: hunks(&texts[0], &texts[1]),
+    })
+}
+
 async fn show(
     state: &AppState,
     session: &Session,
@@ -124,10 +183,21 @@ async fn show(
     version: Option<i32>,
     status: StatusCode,
     retry: Retry,
+    versions: (&str, &str),
 ) -> PageResult {
     let found = connectors::get(&state.pool, &session.caller.workspace_id, id, version)
         .await?
         .ok_or_else(|| ApiError::not_found("connector"))?;
+    let latest = found.latest_version;
+    let diff = if versions.0.trim().is_empty() && versions.1.trim().is_empty() {
+        None
+    } else {
+        let pair = (
+            version_field("from", versions.0, latest)?,
+            version_field("to", versions.1, latest)?,
+        );
+        Some(compare(state, session, id, pair).await?)
+    };
     let shown = connector_json(state, &found).await?;
     let name = found.definition["name"]
         .as_str()
@@ -152,12 +222,15 @@ async fn show(
         input,
         input_problems,
         notice: retry.notice,
+        compare_from: diff.as_ref().map_or((latest - 1).max(1), |d| d.from),
+        compare_to: diff.as_ref().map_or(latest, |d| d.to),
+        diff,
     })?;
     *response.status_mut() = status;
     Ok(response)
 }
 
-/// `GET /console/connectors/{id}[?version=N]`.
+/// `GET /console/connectors/{id}[?version=N][&from=A&to=B]`.
 pub(super) async fn detail(
     State(state): State<AppState>,
     session: Session,
@@ -172,6 +245,7 @@ pub(super) async fn detail(
         q.version,
         StatusCode::OK,
         Retry::default(),
+        (&q.from, &q.to),
     )
     .await
 }
@@ -235,7 +309,7 @@ pub(super) async fn save(
                     ..Retry::default()
                 }
             };
-            show(&state, &session, id, None, e.status(), retry).await
+            show(&state, &session, id, None, e.status(), retry, ("", "")).await
         }
         Err(e) => Err(e.into()),
     }
@@ -279,7 +353,7 @@ pub(super) async fn run(
                 input: Some((text, problems(&e))),
                 ..Retry::default()
             };
-            show(&state, &session, id, None, e.status(), retry).await
+            show(&state, &session, id, None, e.status(), retry, ("", "")).await
         }
         Err(e) => Err(e.into()),
     }

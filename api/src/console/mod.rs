@@ -7,14 +7,17 @@
 //!
 //! Every page renders its content without JavaScript; the script only
 //! refreshes the live region of a page (an execution follows its event
-//! stream, the executions list re-reads itself).
+//! stream, the executions list follows its workspace's, `live`).
 
 mod admin;
 mod connectors;
 mod credentials;
+mod diff;
 mod executions;
+mod live;
 mod marketplace;
 mod session;
+pub mod stats;
 
 use std::sync::{Arc, LazyLock};
 
@@ -75,6 +78,7 @@ pub fn router(public_url: &str) -> Router<AppState> {
     Router::new()
         .route("/console", get(executions::list))
         .route("/console/", get(|| async { Redirect::to("/console") }))
+        .route("/console/events", get(live::workspace_events))
         .route("/console/executions/{id}", get(executions::detail))
         .route("/console/executions/{id}/live", get(executions::live))
         .route("/console/executions/{id}/cancel", post(executions::cancel))
@@ -392,6 +396,16 @@ pub(crate) fn millis(ms: i64) -> String {
     } else {
         format!("{:.1} min", ms as f64 / 60_000.0)
     }
+}
+
+/// An optional duration in milliseconds as pages show it (rounded).
+pub(crate) fn millis_opt(value: Option<f64>) -> String {
+    value.map_or_else(|| "—".to_owned(), |v| millis(v.round() as i64))
+}
+
+/// An optional rate as a percentage with one decimal.
+pub(crate) fn percent(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "—".to_owned(), |r| format!("{:.1} %", r * 100.0))
 }
 
 /// A JSON value indented for a `<pre>` block.

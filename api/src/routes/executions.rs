@@ -226,17 +226,7 @@ pub(crate) async fn events_response(
         }
         None => {}
     }
-    let max = state.config.max_streams_per_workspace;
-    let slot = state
-        .streams
-        .acquire(&ws, max)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_streams",
-                format!("this workspace already has {max} open event streams (CONVEYOR_MAX_STREAMS_PER_WORKSPACE); close one or use ?format=json"),
-            )
-        })?;
+    let slot = stream_slot(&state, &ws)?;
     let watcher = Uuid::now_v7();
     // Subscribe before reading so no change between the read and the
     // subscription is missed.
@@ -246,6 +236,23 @@ pub(crate) async fn events_response(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// One of workspace `ws`'s event-stream slots (its open streams are
+/// capped by `CONVEYOR_MAX_STREAMS_PER_WORKSPACE`).
+///
+/// # Errors
+///
+/// 429 `too_many_streams` when the workspace holds them all.
+pub(crate) fn stream_slot(state: &AppState, ws: &str) -> ApiResult<StreamSlot> {
+    let max = state.config.max_streams_per_workspace;
+    state.streams.acquire(ws, max).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            format!("this workspace already has {max} open event streams (CONVEYOR_MAX_STREAMS_PER_WORKSPACE); close one or use ?format=json"),
+        )
+    })
 }
 
 /// Removes the watcher row and frees the stream slot when the stream ends
@@ -272,6 +279,9 @@ struct Progress {
     status: Option<ExecutionStatus>,
     last_event: i64,
     done: bool,
+    /// When to renew the watcher row: a deadline, not a timer restarted
+    /// per wake-up, so other executions' notifications cannot postpone it.
+    renew_at: tokio::time::Instant,
 }
 
 fn event_stream(
@@ -291,6 +301,7 @@ fn event_stream(
         status: None,
         last_event: 0,
         done: false,
+        renew_at: tokio::time::Instant::now() + WATCH_TTL / 3,
     };
     let pending: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
     futures_util::stream::unfold(
@@ -322,7 +333,7 @@ fn event_stream(
                 }
                 // Renew the watcher well before it expires; also re-read
                 // then, which covers a notification lost in a reconnect.
-                let renew = tokio::time::sleep(WATCH_TTL / 3);
+                let renew = tokio::time::sleep_until(progress.renew_at);
                 tokio::select! {
                     changed = rx.recv() => match changed {
                         Ok(changed) if changed == id => refresh = true,
@@ -331,6 +342,7 @@ fn event_stream(
                         Err(broadcast::error::RecvError::Closed) => progress.done = true,
                     },
                     () = renew => {
+                        progress.renew_at = tokio::time::Instant::now() + WATCH_TTL / 3;
                         let _ = history::watch(&state.pool, id, watcher, Utc::now() + WATCH_TTL).await;
                         refresh = true;
                     }

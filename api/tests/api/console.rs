@@ -21,7 +21,7 @@ use crate::support::{PLANTED, api};
 const HOSTILE: &str = "<script>alert(1)</script>";
 
 /// A browser's view: its session cookie and the session's CSRF token.
-pub(super) struct Browser<'a> {
+pub(crate) struct Browser<'a> {
     api: &'a TestApi,
     cookie: String,
     csrf: String,
@@ -76,7 +76,7 @@ fn csrf_of(html: &str) -> String {
 
 impl<'a> Browser<'a> {
     /// Signs in by pasting `token`.
-    pub(super) async fn sign_in(api: &'a TestApi, token: &str) -> Self {
+    pub(crate) async fn sign_in(api: &'a TestApi, token: &str) -> Self {
         let reply = post_form(api, "/console/login", None, form_body(&[("token", token)])).await;
         assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text);
         Self::with_cookie(api, session_cookie(&reply).expect("a session cookie")).await
@@ -95,7 +95,12 @@ impl<'a> Browser<'a> {
         browser
     }
 
-    pub(super) async fn get(&self, path: &str) -> Reply {
+    /// The session cookie, as a `Cookie` header carries it.
+    pub(crate) fn cookie(&self) -> &str {
+        &self.cookie
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> Reply {
         let request = Request::builder()
             .uri(path)
             .header(header::COOKIE, &self.cookie)
@@ -105,7 +110,7 @@ impl<'a> Browser<'a> {
     }
 
     /// Posts a form with the session's CSRF token.
-    pub(super) async fn submit(&self, path: &str, fields: &[(&str, &str)]) -> Reply {
+    pub(crate) async fn submit(&self, path: &str, fields: &[(&str, &str)]) -> Reply {
         let mut all = vec![("csrf", self.csrf.as_str())];
         all.extend_from_slice(fields);
         post_form(self.api, path, Some(&self.cookie), form_body(&all)).await
@@ -142,6 +147,7 @@ async fn pages_without_a_session_redirect_to_sign_in(pool: PgPool) {
     let id = uuid::Uuid::now_v7();
     for path in [
         "/console".to_owned(),
+        "/console/events".to_owned(),
         format!("/console/executions/{id}"),
         "/console/connectors".to_owned(),
         format!("/console/connectors/{id}"),
@@ -676,7 +682,7 @@ async fn the_executions_list_filters_and_pages_newest_first(pool: PgPool) {
     assert!(newest < older, "newest first");
     assert!(position(&first.text, &ids[1]).is_none(), "50 a page");
     assert!(
-        first.text.contains(r#"data-poll="3000""#),
+        first.text.contains(r#"data-stream="/console/events""#),
         "the first page updates live"
     );
     let next = first.text.find("cursor=").map(|at| {
@@ -691,7 +697,10 @@ async fn the_executions_list_filters_and_pages_newest_first(pool: PgPool) {
         .await;
     assert!(position(&second.text, &ids[0]).is_some(), "{}", second.text);
     assert!(position(&second.text, &beta).is_none());
-    assert!(!second.text.contains("data-poll"), "older pages stay still");
+    assert!(
+        !second.text.contains("data-stream"),
+        "older pages stay still"
+    );
     let filtered = browser
         .get(&format!("/console?connector={b}&status=queued"))
         .await;

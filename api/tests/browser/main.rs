@@ -198,6 +198,30 @@ async fn page_text(browser: &WebDriver) -> String {
         .expect("text")
 }
 
+/// Waits until the page's script has opened its live stream.
+async fn wait_live(browser: &WebDriver) {
+    let started = Instant::now();
+    loop {
+        let state: Value = browser
+            .execute(
+                "return document.documentElement.dataset.live || null;",
+                Vec::new(),
+            )
+            .await
+            .expect("read the live state")
+            .json()
+            .clone();
+        if state == json!("open") {
+            return;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the live stream did not open: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Marks the document so a reload would be noticed.
 async fn mark(browser: &WebDriver) {
     browser
@@ -412,6 +436,43 @@ async fn walk(browser: &WebDriver, base: &str, token: &str, stub: &str) -> WebDr
     );
     snap(browser, "connector").await;
 
+    // A second version, and the diff between the two.
+    browser.goto(connector_url.clone()).await?;
+    let current: Value = browser
+        .execute(
+            "return document.getElementById('definition').value;",
+            Vec::new(),
+        )
+        .await?
+        .json()
+        .clone();
+    let mut definition: Value =
+        serde_json::from_str(current.as_str().unwrap_or_default()).expect("the editor holds JSON");
+    definition["steps"][0]["timeout_ms"] = json!(10_000);
+    fill(browser, "#definition", &definition.to_string()).await;
+    browser
+        .find(By::XPath(
+            "//textarea[@id='definition']/ancestor::form//button",
+        ))
+        .await?
+        .click()
+        .await?;
+    wait_for(browser, By::Tag("h1"), "second version", |t| {
+        t.contains("v2")
+    })
+    .await;
+    click(browser, "form[aria-label='Compare versions'] button").await;
+    wait_for(browser, By::Css("#diff h2"), "diff", |t| {
+        t == "Changes from v1 to v2"
+    })
+    .await;
+    let added = wait_for(browser, By::Css("#diff tr.added"), "added line", |t| {
+        !t.is_empty()
+    })
+    .await;
+    assert!(added.contains("\"timeout_ms\": 10000"), "{added}");
+    snap(browser, "connector-diff").await;
+
     // A failed execution shows the stored request, redacted.
     let failing = api_call(
         base,
@@ -453,9 +514,13 @@ async fn walk(browser: &WebDriver, base: &str, token: &str, stub: &str) -> WebDr
         reqwest::Method::POST,
         "/connectors",
         json!({
+            // Four slow steps: a cancel that a loaded machine delivers a
+            // few seconds late still lands before the last one.
             "name": "Slow", "steps": [
                 {"name": "first", "method": "GET", "url": format!("{stub}/slow")},
-                {"name": "second", "method": "GET", "url": format!("{stub}/slow")}]
+                {"name": "second", "method": "GET", "url": format!("{stub}/slow")},
+                {"name": "third", "method": "GET", "url": format!("{stub}/slow")},
+                {"name": "fourth", "method": "GET", "url": format!("{stub}/slow")}]
         }),
     )
     .await;
@@ -479,6 +544,38 @@ async fn walk(browser: &WebDriver, base: &str, token: &str, stub: &str) -> WebDr
         "{rows}"
     );
     snap(browser, "executions").await;
+
+    // The open list follows the workspace's stream: an execution started
+    // through the API appears, and its status changes, without a reload.
+    wait_live(browser).await;
+    mark(browser).await;
+    let echo_id = connector_url.rsplit('/').next().unwrap_or_default();
+    let started = api_call(
+        base,
+        token,
+        reqwest::Method::POST,
+        &format!("/connectors/{echo_id}/execute"),
+        json!({"input": {}}),
+    )
+    .await;
+    let id = started["id"].as_str().unwrap_or_default();
+    let short = &id[id.len() - 8..];
+    let status = By::XPath(format!(
+        "//tr[.//code[text()='{short}']]//span[contains(@class, 'status')]"
+    ));
+    let first = wait_for(browser, status.clone(), "new execution listed", |t| {
+        !t.is_empty()
+    })
+    .await;
+    assert!(
+        first != "SUCCEEDED",
+        "the first sight should be before the end: {first}"
+    );
+    wait_for(browser, status, "listed status turns succeeded", |t| {
+        t == "SUCCEEDED"
+    })
+    .await;
+    assert!(still_marked(browser).await, "the list was reloaded");
     browser.goto(format!("{base}/console/connectors")).await?;
     let rows = wait_for(browser, By::Css("table tbody"), "connectors", |t| {
         t.contains("Echo")

@@ -10,6 +10,12 @@ pub const EXECUTIONS_ENQUEUED: &str = "conveyor_executions_enqueued";
 /// once and fan out to their SSE subscribers.
 pub const EXECUTION_EVENTS: &str = "conveyor_execution_events";
 
+/// Changes of executions in watched workspaces (those in
+/// `workspace_watchers`) are notified here, once per statement and
+/// workspace; the payload is the workspace id. The console's executions
+/// list re-reads itself on it.
+pub const WORKSPACE_EVENTS: &str = "conveyor_workspace_events";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -17,8 +23,10 @@ mod tests {
     #[test]
     fn each_channel_is_the_one_its_trigger_notifies() {
         let schema = include_str!("../../../migrations/20261123000000_create_schema.sql");
-        let events = include_str!("../../../migrations/20261123000002_add_execution_events.sql");
+        // The latest definition of the event trigger's function.
+        let events = include_str!("../../../migrations/20261203020000_add_workspace_watchers.sql");
         assert!(schema.contains(&format!("pg_notify('{EXECUTIONS_ENQUEUED}'")));
         assert!(events.contains(&format!("pg_notify('{EXECUTION_EVENTS}'")));
+        assert!(events.contains(&format!("pg_notify('{WORKSPACE_EVENTS}'")));
     }
 }

@@ -496,6 +496,21 @@ pub struct TemplateMetrics {
     pub p95_duration_ms: Option<f64>,
 }
 
+/// A template's [`TemplateMetrics`], with what names it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateMetricsRow {
+    /// The template.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+    /// Shipped with Conveyor (else submitted by a workspace).
+    pub official: bool,
+    /// `pending`, `approved`, `rejected` or `retired`.
+    pub review_status: String,
+    /// Its metrics.
+    pub metrics: TemplateMetrics,
+}
+
 /// Metrics of a template's installed connectors since `since`.
 ///
 /// # Errors
@@ -506,8 +521,31 @@ pub async fn metrics(
     slug: &str,
     since: DateTime<Utc>,
 ) -> Result<Option<TemplateMetrics>> {
-    let row = sqlx::query!(
-        r#"SELECT t.install_count,
+    Ok(metrics_of(pool, Some(slug), since)
+        .await?
+        .into_iter()
+        .next()
+        .map(|row| row.metrics))
+}
+
+/// [`metrics`] of every template, by slug, in one query.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn all_metrics(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<TemplateMetricsRow>> {
+    metrics_of(pool, None, since).await
+}
+
+/// The metrics of template `slug`, or of all when `None`; one definition
+/// for both.
+async fn metrics_of(
+    pool: &PgPool,
+    slug: Option<&str>,
+    since: DateTime<Utc>,
+) -> Result<Vec<TemplateMetricsRow>> {
+    let rows = sqlx::query!(
+        r#"SELECT t.slug, t.name, t.official, t.review_status, t.install_count,
                   count(e.id) AS "executions!",
                   count(e.id) FILTER (WHERE e.status = 'succeeded')::float8
                       / NULLIF(count(e.id) FILTER (WHERE e.status IN ('succeeded', 'failed')), 0) AS success_rate,
@@ -518,18 +556,28 @@ pub async fn metrics(
            FROM connector_templates t
            LEFT JOIN connectors c ON c.template_slug = t.slug
            LEFT JOIN connector_executions e ON e.connector_id = c.id AND e.created_at >= $2
-           WHERE t.slug = $1
-           GROUP BY t.install_count"#,
+           WHERE $1::text IS NULL OR t.slug = $1
+           GROUP BY t.slug
+           ORDER BY t.slug"#,
         slug,
         since
     )
-    .fetch_optional(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(row.map(|r| TemplateMetrics {
-        installs: r.install_count,
-        executions: r.executions,
-        success_rate: r.success_rate,
-        p50_duration_ms: r.p50,
-        p95_duration_ms: r.p95,
-    }))
+    Ok(rows
+        .into_iter()
+        .map(|r| TemplateMetricsRow {
+            slug: r.slug,
+            name: r.name,
+            official: r.official,
+            review_status: r.review_status,
+            metrics: TemplateMetrics {
+                installs: r.install_count,
+                executions: r.executions,
+                success_rate: r.success_rate,
+                p50_duration_ms: r.p50,
+                p95_duration_ms: r.p95,
+            },
+        })
+        .collect())
 }
