@@ -14,7 +14,8 @@
 
 use serde_json::Value;
 
-use super::validate::{Scope, ValidationError, check_reference};
+use super::scope::{Scope, check_reference};
+use super::validate::ValidationError;
 use super::{Step, visit_json};
 use crate::template::Renderer;
 

@@ -9,6 +9,7 @@ pub mod for_each;
 mod language;
 pub mod paging;
 pub mod placement;
+mod scope;
 mod validate;
 pub mod variant;
 

@@ -9,6 +9,7 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::scope::{Scope, check_reference};
 use super::{ApiKeyLocation, Auth, Body, Connector, RetryPolicy, Step};
 use crate::net;
 use crate::template::Renderer;
@@ -109,16 +110,6 @@ pub fn validate(connector: &Connector) -> Result<(), ValidationErrors> {
 struct Validator {
     renderer: Renderer,
     errors: Vec<ValidationError>,
-}
-
-/// Which earlier steps a template may name.
-pub(super) enum Scope<'a> {
-    /// Inside a step: only the steps before it (the slice given).
-    Step(&'a [Step]),
-    /// Inside a `for_each` step: the steps before it, `item` and `index`.
-    Each(&'a [Step]),
-    /// The output template: every step.
-    Output(&'a [Step]),
 }
 
 impl Validator {
@@ -374,54 +365,6 @@ impl Validator {
             }
         }
         self.errors.len() == before
-    }
-}
-
-/// Checks one dotted reference (`steps.create.extract.id`) against the names
-/// in scope.
-pub(super) fn check_reference(reference: &str, scope: &Scope<'_>) -> Result<(), String> {
-    let mut parts = reference.split('.');
-    let root = parts.next().unwrap_or_default();
-    match root {
-        "input" | "credentials" | "settings" => Ok(()),
-        "item" | "index" if matches!(scope, Scope::Each(_)) => Ok(()),
-        "execution" => match parts.next() {
-            None | Some("id" | "attempt") => Ok(()),
-            Some(other) => Err(format!(
-                "unknown name `execution.{other}` (use execution.id or execution.attempt)"
-            )),
-        },
-        "connector" | "workspace" => match parts.next() {
-            None | Some("id") => Ok(()),
-            Some(other) => Err(format!("unknown name `{root}.{other}` (use {root}.id)")),
-        },
-        "steps" => {
-            let Some(name) = parts.next() else {
-                return Ok(());
-            };
-            let (steps, earlier_only) = match scope {
-                Scope::Step(earlier) | Scope::Each(earlier) => (*earlier, true),
-                Scope::Output(all) => (*all, false),
-            };
-            let Some(step) = steps.iter().find(|s| s.name == name) else {
-                return Err(if earlier_only {
-                    format!("`steps.{name}` does not name an earlier step")
-                } else {
-                    format!("`steps.{name}` does not name a step")
-                });
-            };
-            match parts.next() {
-                None | Some("status" | "headers" | "body" | "extract") => Ok(()),
-                Some("paging") if step.paginate.is_some() => Ok(()),
-                Some("for_each") if step.for_each.is_some() => Ok(()),
-                Some(other) => Err(format!(
-                    "unknown name `steps.{name}.{other}` (use status, headers, body or extract)"
-                )),
-            }
-        }
-        other => Err(format!(
-            "unknown name `{other}` (names in scope: input, steps, credentials, settings, execution, connector, workspace)"
-        )),
     }
 }
 
