@@ -2,13 +2,13 @@
 //! is killed (SIGKILL) while page 7 of 10 is in flight, and another process
 //! resumes the execution at page 7 without re-sending pages 1 to 6.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use conveyor_engine::crypto::Key;
 use conveyor_engine::state::ExecutionStatus;
 use conveyor_tests::Harness;
+use conveyor_tests::process::WorkerProcess;
 use serde_json::json;
 use sqlx::PgPool;
 use wiremock::matchers::{method, path, query_param, query_param_is_missing};
@@ -21,39 +21,10 @@ fn encryption_key() -> &'static str {
     KEY.get_or_init(|| Key::generate().to_base64())
 }
 
-/// A `conveyor-worker` child; killed (SIGKILL) and reaped on drop.
-struct WorkerProcess(Child);
-
-impl WorkerProcess {
-    fn start(database_url: &str, id: &str) -> Self {
-        let child = Command::new(WORKER_BIN)
-            .env("DATABASE_URL", database_url)
-            .env("CONVEYOR_ENCRYPTION_KEY", encryption_key())
-            .env("CONVEYOR_ALLOW_PRIVATE_NETWORKS", "true")
-            .env("CONVEYOR_AUTO_MIGRATE", "false")
-            .env("CONVEYOR_LEASE_SECS", "3")
-            .env("CONVEYOR_POLL_INTERVAL_MS", "100")
-            .env("CONVEYOR_DB_MAX_CONNECTIONS", "5")
-            .env("CONVEYOR_WORKER_ID", id)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {WORKER_BIN}: {e}"));
-        Self(child)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A worker process with this test's key and a small connection pool.
+fn worker(database_url: &str, id: &str) -> WorkerProcess {
+    let pool = [("CONVEYOR_DB_MAX_CONNECTIONS", "5")];
+    WorkerProcess::start(WORKER_BIN, database_url, encryption_key(), id, &pool)
 }
 
 /// The `after` cursor a list request carried (`""` on the first page).
@@ -109,7 +80,7 @@ async fn a_worker_killed_on_page_7_is_resumed_at_page_7_by_another(pool: PgPool)
     let id = h.enqueue(c, json!({})).await;
     let url = conveyor_tests::database_url(&h.pool);
 
-    let mut a = WorkerProcess::start(&url, "worker-a");
+    let mut a = worker(&url, "worker-a");
     let started = Instant::now();
     loop {
         let received = stub.received_requests().await.expect("recording");
@@ -123,7 +94,7 @@ async fn a_worker_killed_on_page_7_is_resumed_at_page_7_by_another(pool: PgPool)
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     a.kill();
-    let _b = WorkerProcess::start(&url, "worker-b");
+    let _b = worker(&url, "worker-b");
 
     let e = h.wait_final(id, Duration::from_secs(40)).await;
     assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
