@@ -2,6 +2,9 @@
 //! binary's path comes from the calling test, which alone knows it).
 
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wiremock::{MockServer, Request};
 
 /// A worker child; killed (SIGKILL) and reaped on drop.
 pub struct WorkerProcess {
@@ -56,5 +59,27 @@ impl WorkerProcess {
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Waits until `stub` has received a request `seen` picks out (the moment
+/// a crash test kills the worker), polling every 50 ms.
+///
+/// # Panics
+///
+/// When none arrives within 30 s (naming `what`), or the stub does not
+/// record requests.
+pub async fn wait_for_request(stub: &MockServer, what: &str, seen: impl Fn(&Request) -> bool) {
+    let started = Instant::now();
+    loop {
+        let received = stub.received_requests().await.expect("recording");
+        if received.iter().any(&seen) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what} never reached the stub"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

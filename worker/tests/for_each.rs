@@ -3,12 +3,12 @@
 //! resumes the execution at item 7 without re-sending items 1 to 6.
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use conveyor_engine::crypto::Key;
 use conveyor_engine::state::ExecutionStatus;
 use conveyor_tests::Harness;
-use conveyor_tests::process::WorkerProcess;
+use conveyor_tests::process::{WorkerProcess, wait_for_request};
 use serde_json::json;
 use sqlx::PgPool;
 use wiremock::matchers::{body_json, method, path};
@@ -69,18 +69,7 @@ async fn a_worker_killed_on_item_7_is_resumed_at_item_7_by_another(pool: PgPool)
     let url = conveyor_tests::database_url(&h.pool);
 
     let mut a = worker(&url, "worker-a");
-    let started = Instant::now();
-    loop {
-        let received = stub.received_requests().await.expect("recording");
-        if received.iter().any(|r| item(r) == 7) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "item 7 never reached the stub"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_request(&stub, "item 7", |r| item(r) == 7).await;
     a.kill();
     let _b = worker(&url, "worker-b");
 
