@@ -103,12 +103,77 @@ async fn a_full_rate_limit_parks_the_execution_and_says_why(pool: PgPool) {
     assert_eq!(waiting.key.as_deref(), Some("hub:p1"));
     let until = waiting.until.expect("until");
     assert!(until > Utc::now() + chrono::Duration::milliseconds(1500));
+    // Its slot is kept for it, the lead after its wake.
+    let slot = reservation(&h.pool, second).await.expect("a kept slot");
+    assert_eq!(slot - until, chrono::Duration::milliseconds(50));
     let done = h.run_until_final(second, Duration::from_secs(20)).await;
     assert_eq!(done.status, ExecutionStatus::Succeeded);
     let steps = h.steps(second).await;
     assert_eq!(steps.len(), 1, "one stored attempt: the park sent nothing");
-    assert!(steps[0].started_at >= until);
+    assert!(
+        steps[0].started_at >= slot,
+        "sent at {} before its slot {slot}",
+        steps[0].started_at
+    );
+    assert_eq!(
+        reservation(&h.pool, second).await,
+        None,
+        "the slot was used"
+    );
     assert_eq!(stub.received_requests().await.expect("rec").len(), 2);
+}
+
+/// The slot kept for `id` by a park, if any.
+async fn reservation(pool: &PgPool, id: uuid::Uuid) -> Option<chrono::DateTime<Utc>> {
+    sqlx::query_scalar("SELECT slot FROM flow_rate_reservations WHERE execution_id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .expect("reservation")
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_kept_slot_missed_by_more_than_the_tolerance_is_never_used(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&stub)
+        .await;
+    let c = h
+        .connector(json!({"name": "slow",
+            "steps": [{"name": "get", "method": "GET", "url": format!("{}/x", stub.uri()),
+                       "rate_limit": {"key": "k", "limit": 1, "per_ms": 1000}}]}))
+        .await;
+    let first = h.enqueue(c, json!({})).await;
+    let second = h.enqueue(c, json!({})).await;
+    assert_eq!(
+        h.worker.run_next().await.expect("run"),
+        Some(RunOutcome::Succeeded)
+    );
+    assert_eq!(
+        h.worker.run_next().await.expect("run"),
+        Some(RunOutcome::Parked)
+    );
+    assert_eq!(h.execution(first).await.status, ExecutionStatus::Succeeded);
+    let slot = reservation(&h.pool, second).await.expect("a kept slot");
+    // Claimed 200 ms after its slot (a tolerance of 20 ms at 1 a second):
+    // sending now could put two sends in one second. It takes the key's
+    // next slot instead and parks again.
+    let late = (slot + chrono::Duration::milliseconds(200) - Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(late).await;
+    assert_eq!(
+        h.worker.run_next().await.expect("run"),
+        Some(RunOutcome::Parked)
+    );
+    let next = reservation(&h.pool, second).await.expect("a new slot");
+    assert_eq!(next - slot, chrono::Duration::milliseconds(1_020));
+    assert_eq!(stub.received_requests().await.expect("rec").len(), 1);
+    let done = h.run_until_final(second, Duration::from_secs(20)).await;
+    assert_eq!(done.status, ExecutionStatus::Succeeded);
+    assert!(h.steps(second).await[0].started_at >= next);
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
@@ -227,4 +292,47 @@ async fn claims_take_turns_across_workspaces_and_respect_the_running_cap(pool: P
         .await
         .expect("claim");
     assert_eq!(third.len(), 2, "a higher cap lets two more run");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_missed_slot_moves_to_now_only_while_no_later_slot_is_taken(pool: PgPool) {
+    let h = Harness::new(pool);
+    let c = h
+        .connector(json!({"name": "c",
+            "steps": [{"name": "get", "method": "GET", "url": "http://127.0.0.1:9/x"}]}))
+        .await;
+    let (a, b) = (h.enqueue(c, json!({})).await, h.enqueue(c, json!({})).await);
+    let key = format!("{WS}:k");
+    let pace = conveyor_engine::flow::pace(10, 1_000);
+    let t0 = Utc::now().trunc_subsecs(6);
+    let ms = |n| t0 + chrono::Duration::milliseconds(n);
+    let tat = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, chrono::DateTime<Utc>>(
+            "SELECT tat FROM flow_rate_limits WHERE key = $1",
+        )
+        .bind(format!("{WS}:k"))
+        .fetch_one(&pool)
+        .await
+        .expect("tat")
+    };
+    let slot = flow::take(&h.pool, &key, a, pace, t0).await.expect("take");
+    assert_eq!(slot, t0);
+    // Nobody took a slot after it: it moves to the late sender's now.
+    assert!(
+        flow::reanchor(&h.pool, &key, slot, pace, ms(30))
+            .await
+            .expect("reanchor")
+    );
+    assert_eq!(tat(h.pool.clone()).await, ms(132));
+    // Once another send has its slot after it, it stays where it was.
+    let next = flow::take(&h.pool, &key, b, pace, ms(40))
+        .await
+        .expect("take");
+    assert_eq!(next, ms(132));
+    assert!(
+        !flow::reanchor(&h.pool, &key, ms(30), pace, ms(50))
+            .await
+            .expect("reanchor")
+    );
+    assert_eq!(tat(h.pool.clone()).await, ms(234));
 }

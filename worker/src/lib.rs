@@ -3,7 +3,8 @@
 //!
 //! Any number of workers, in any number of processes and machines, share
 //! one database; nothing in a worker needs to be unique. Idle workers wait
-//! on `LISTEN` (enqueue NOTIFYs) and poll on a slow interval so a lost
+//! on `LISTEN` (enqueue NOTIFYs), wake when an execution they parked for
+//! flow control is due, and poll on a slow interval so a lost
 //! notification delays nothing for long.
 
 pub mod callbacks;
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use conveyor_engine::runner::{RunOutcome, Runner};
 use conveyor_engine::store::channels::EXECUTIONS_ENQUEUED;
 use conveyor_engine::store::{executions, history};
@@ -208,6 +209,9 @@ impl Worker {
         let mut up_since = Utc::now();
         let mut backoff = Duration::from_millis(100);
         let mut last_rescue: Option<Instant> = None;
+        // When the last claim ran: executions parked to wake before then
+        // were up for it.
+        let mut claimed_at = Utc::now();
         let rescue_every = (cfg.lease / 3).max(Duration::from_secs(1));
         let low_water = (cfg.concurrency / 2).clamp(1, cfg.claim_batch.max(1));
         let mut background = JoinSet::new();
@@ -247,16 +251,18 @@ impl Worker {
                 let want = free.min(cfg.claim_batch);
                 let limit = i64::try_from(want).unwrap_or(i64::MAX);
                 let cap = cfg.workspace_max_running;
+                let now = Utc::now();
                 let claimed = executions::claim_capped(
                     &self.pool,
                     &cfg.worker_id,
                     limit,
                     cfg.lease,
                     cap,
-                    Utc::now(),
+                    now,
                 );
                 match claimed.await {
                     Ok(rows) => {
+                        claimed_at = now;
                         if !rows.is_empty() {
                             metrics::histogram!("conveyor_claim_batch_size")
                                 .record(rows.len() as f64);
@@ -301,6 +307,7 @@ impl Worker {
                 continue;
             }
             let idle = cfg.concurrency.saturating_sub(tasks.len()) >= low_water;
+            let wake = self.runner.next_wake(claimed_at);
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
@@ -314,6 +321,7 @@ impl Worker {
                         listener = None;
                     }
                 }
+                () = sleep_until(wake), if idle => {}
                 () = tokio::time::sleep(cfg.poll_interval) => {}
             }
         }
@@ -468,6 +476,14 @@ async fn listen(pool: &PgPool) -> Option<PgListener> {
 async fn wait_notification(listener: &mut Option<PgListener>) -> bool {
     match listener {
         Some(l) => matches!(l.try_recv().await, Ok(Some(_))),
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wake for.
+async fn sleep_until(at: Option<DateTime<Utc>>) {
+    match at {
+        Some(at) => tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await,
         None => std::future::pending().await,
     }
 }

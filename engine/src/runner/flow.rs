@@ -1,9 +1,14 @@
 //! The flow-control gate before a step is sent: a concurrency slot, then a
-//! rate-limit send; when either is refused the execution is parked (queued
-//! again at the time a send may be allowed, lease and worker slot freed),
-//! which costs no attempt.
+//! rate-limit slot. A slot within [`HOLD`](flow::HOLD) is waited for in
+//! place; a full concurrency key or a farther rate-limit slot parks the
+//! execution (queued again shortly before it may send, lease and worker
+//! slot freed, the rate-limit slot kept for it), which costs no attempt.
 
-use chrono::Utc;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::{Mutex, PoisonError};
+
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tracing::info;
 use uuid::Uuid;
@@ -12,9 +17,36 @@ use super::Runner;
 use crate::Result;
 use crate::connector::Step;
 use crate::decide::{ExecutionError, RunErrorKind};
-use crate::flow::{self, WaitReason};
+use crate::flow::{self, Placement, WaitReason};
 use crate::store::flow as store;
 use crate::template::Dest;
+
+/// When the executions a runner parked are due again, so its worker
+/// claims at that moment instead of at its next poll.
+#[derive(Debug, Default)]
+pub(super) struct Wakes(Mutex<BinaryHeap<Reverse<DateTime<Utc>>>>);
+
+impl Wakes {
+    fn push(&self, at: DateTime<Utc>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Reverse(at));
+    }
+
+    /// The earliest wake after `claimed_at`; earlier ones are dropped (the
+    /// claim made then covered them).
+    pub(super) fn next_after(&self, claimed_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut heap = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        while heap.peek().is_some_and(|Reverse(at)| *at <= claimed_at) {
+            heap.pop();
+        }
+        heap.peek().map(|Reverse(at)| *at)
+    }
+}
+
+/// Fresh slots a send may miss in a row before its execution parks.
+const MISSED_SLOTS: usize = 3;
 
 /// What the gate decided.
 pub(super) enum Gate {
@@ -92,13 +124,52 @@ impl Runner {
                     return Ok(broken(m));
                 }
             };
-            let interval = flow::emission_interval_us(r.limit, r.per_ms);
-            if let Err(at) = store::take(&self.pool, &key, interval, Utc::now()).await? {
+            if let Some(until) = self
+                .send_slot(id, &key, flow::pace(r.limit, r.per_ms))
+                .await?
+            {
                 self.release_slot(slot.as_deref(), id).await?;
-                return self.park(id, token, at, WaitReason::RateLimit, &key).await;
+                return self
+                    .park(id, token, until, WaitReason::RateLimit, &key)
+                    .await;
             }
         }
         Ok(Gate::Go(slot))
+    }
+
+    /// Reserves a send on rate-limit `key` and waits in place until its
+    /// slot when that is near; `Some(run_at)` when the execution must park
+    /// instead (its slot stays reserved for it). A slot missed by more than
+    /// the tolerance (a slow round trip, a starved process) is never used:
+    /// it moves to now when no later slot was taken, else the send takes a
+    /// fresh one, a few times at most before parking for one step.
+    async fn send_slot(
+        &self,
+        id: Uuid,
+        key: &str,
+        pace: flow::Pace,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let mut slot = store::take(&self.pool, key, id, pace, Utc::now()).await?;
+        for _ in 0..MISSED_SLOTS {
+            match flow::place(slot, Utc::now()) {
+                Placement::Park(run_at) => return Ok(Some(run_at)),
+                Placement::Wait(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
+                Placement::Wait(_) => {}
+            }
+            if flow::usable(slot, Utc::now(), pace) {
+                return Ok(None);
+            }
+            metrics::counter!("conveyor_flow_missed_slots_total").increment(1);
+            let now = Utc::now();
+            slot = if store::reanchor(&self.pool, key, slot, pace, now).await? {
+                now
+            } else {
+                store::take(&self.pool, key, id, pace, now).await?
+            };
+        }
+        Ok(Some(
+            Utc::now() + chrono::Duration::microseconds(pace.step_us),
+        ))
     }
 
     /// Gives back a concurrency slot taken by [`gate`](Self::gate).
@@ -113,12 +184,13 @@ impl Runner {
         &self,
         id: Uuid,
         token: i64,
-        until: chrono::DateTime<Utc>,
+        until: DateTime<Utc>,
         reason: WaitReason,
         key: &str,
     ) -> Result<Gate> {
         if store::park(&self.pool, id, token, until, reason, key, Utc::now()).await? {
             info!(?reason, %until, "parked by flow control");
+            self.wakes.push(until);
             metrics::counter!("conveyor_flow_parked_total").increment(1);
             Ok(Gate::Parked)
         } else {

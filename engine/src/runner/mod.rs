@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -114,6 +114,7 @@ pub struct Runner {
     keyring: Arc<Keyring>,
     config: RunnerConfig,
     definitions: DefinitionCache<Prepared>,
+    wakes: flow::Wakes,
 }
 
 impl Runner {
@@ -136,8 +137,16 @@ impl Runner {
             keyring,
             definitions: DefinitionCache::new(config.definition_cache_bytes),
             config,
+            wakes: flow::Wakes::default(),
         };
         (runner, committer)
+    }
+
+    /// When the next execution this runner parked is due again, after a
+    /// claim made at `claimed_at`: the worker claims then rather than at
+    /// its next poll. `None` when no park is pending.
+    pub fn next_wake(&self, claimed_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.wakes.next_after(claimed_at)
     }
 
     /// The runner's settings.
@@ -629,7 +638,7 @@ impl Runner {
         attempt: u32,
         result: StepResult,
         decision: Decision,
-        now: chrono::DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> (StepRow, Transition) {
         let response_status = result.response.as_ref().map(|r| i32::from(r.status));
         let (response_headers, response_body) = match result.response {

@@ -1,5 +1,6 @@
 //! Flow control for every worker, in PostgreSQL: GCRA rows per rate-limit
-//! key, slot rows per concurrency key, and parking an execution that may
+//! key and the slots reserved by parked executions, slot rows per
+//! concurrency key, and parking an execution that may
 //! not send yet. Keys arrive already prefixed with their workspace id.
 
 use chrono::{DateTime, Utc};
@@ -7,11 +8,17 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::Result;
-use crate::flow::WaitReason;
+use crate::flow::{HOLD, Pace, WaitReason};
 
-/// Spends one send of rate-limit `key` at `now` (GCRA, one UPSERT, see
-/// [`crate::flow::gcra`]): `Ok(())` when allowed, `Err(at)` with the
-/// earliest time a send is allowed when not.
+/// Reserves the send of execution `id` on rate-limit `key` and returns
+/// its slot (GCRA with reservations, one statement, see
+/// [`crate::flow::reserve`]).
+///
+/// A slot kept for `id` by an earlier park is used when it is still
+/// usable at `now` (at most half the pace's tolerance late); otherwise the
+/// key's TAT gives a fresh slot and moves one step on. A slot further than
+/// [`HOLD`](crate::flow::HOLD) ahead is kept for `id` (the caller parks);
+/// a nearer one is taken out of the reservations (the caller sends).
 ///
 /// # Errors
 ///
@@ -19,38 +26,80 @@ use crate::flow::WaitReason;
 pub async fn take(
     pool: &PgPool,
     key: &str,
-    interval_us: i64,
+    id: Uuid,
+    pace: Pace,
     now: DateTime<Utc>,
-) -> Result<std::result::Result<(), DateTime<Utc>>> {
-    let row = sqlx::query!(
-        r#"WITH up AS (
+) -> Result<DateTime<Utc>> {
+    let usable_from = now - chrono::Duration::microseconds(pace.tolerance_us / 2);
+    let hold_until = now + chrono::Duration::from_std(HOLD).unwrap_or_default();
+    let slot = sqlx::query_scalar!(
+        r#"WITH mine AS (
+               SELECT slot FROM flow_rate_reservations
+               WHERE key = $1 AND execution_id = $2 AND slot >= $5
+           ), fresh AS (
                INSERT INTO flow_rate_limits AS r (key, tat, updated_at)
-               VALUES ($1, $2::timestamptz + $3::int8 * interval '1 microsecond', $2)
+               SELECT $1, $3::timestamptz + $4::int8 * interval '1 microsecond', $3
+               WHERE NOT EXISTS (SELECT 1 FROM mine)
                ON CONFLICT (key) DO UPDATE
-                   SET tat = $2::timestamptz + $3::int8 * interval '1 microsecond', updated_at = $2
-                   WHERE r.tat <= $2
-               RETURNING r.tat
+                   SET tat = GREATEST(r.tat, $3) + $4::int8 * interval '1 microsecond', updated_at = $3
+               RETURNING r.tat - $4::int8 * interval '1 microsecond' AS slot
+           ), chosen AS (
+               SELECT slot FROM mine UNION ALL SELECT slot FROM fresh
+           ), kept AS (
+               INSERT INTO flow_rate_reservations (key, execution_id, slot)
+               SELECT $1, $2, slot FROM chosen WHERE slot > $6
+               ON CONFLICT (key, execution_id) DO UPDATE SET slot = EXCLUDED.slot
+           ), used AS (
+               DELETE FROM flow_rate_reservations
+               WHERE key = $1 AND execution_id = $2
+                 AND NOT EXISTS (SELECT 1 FROM chosen WHERE slot > $6)
            )
-           SELECT (SELECT tat FROM up) AS granted,
-                  (SELECT tat FROM flow_rate_limits WHERE key = $1) AS current"#,
+           SELECT slot AS "slot!" FROM chosen"#,
         key,
+        id,
         now,
-        interval_us
+        pace.step_us,
+        usable_from,
+        hold_until
     )
     .fetch_one(pool)
     .await?;
-    Ok(match (row.granted, row.current) {
-        (Some(_), _) => Ok(()),
-        // Refused: the row's TAT is when the next send is allowed. A TAT
-        // read before a concurrent update may be early; the retry at that
-        // time simply asks again.
-        (None, Some(tat)) => Err(tat.max(now)),
-        (None, None) => Err(now),
-    })
+    Ok(slot)
+}
+
+/// Moves `slot`, just taken on `key` and missed by more than the
+/// tolerance (a slow round trip, a starved process), to `now`, when no
+/// send of the key has been reserved after it (the key's TAT is still one
+/// step past it): the late send keeps its turn instead of going to the
+/// back. Returns whether it moved.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn reanchor(
+    pool: &PgPool,
+    key: &str,
+    slot: DateTime<Utc>,
+    pace: Pace,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let moved = sqlx::query!(
+        r#"UPDATE flow_rate_limits
+           SET tat = $3::timestamptz + $4::int8 * interval '1 microsecond', updated_at = $3
+           WHERE key = $1 AND tat = $2::timestamptz + $4::int8 * interval '1 microsecond'"#,
+        key,
+        slot,
+        now,
+        pace.step_us
+    )
+    .execute(pool)
+    .await?;
+    Ok(moved.rows_affected() == 1)
 }
 
 /// A provider asked to slow down: no send of `key` before `until` (the
-/// key's TAT never moves back).
+/// key's TAT never moves back). Slots reserved before `until` are
+/// dropped: their executions take fresh ones when they wake.
 ///
 /// # Errors
 ///
@@ -62,7 +111,10 @@ pub async fn push_back(
     now: DateTime<Utc>,
 ) -> Result<()> {
     sqlx::query!(
-        r#"INSERT INTO flow_rate_limits AS r (key, tat, updated_at) VALUES ($1, $2, $3)
+        r#"WITH dropped AS (
+               DELETE FROM flow_rate_reservations WHERE key = $1 AND slot < $2
+           )
+           INSERT INTO flow_rate_limits AS r (key, tat, updated_at) VALUES ($1, $2, $3)
            ON CONFLICT (key) DO UPDATE SET tat = GREATEST(r.tat, $2), updated_at = $3"#,
         key,
         until,
