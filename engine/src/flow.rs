@@ -28,16 +28,22 @@ pub const HOLD: Duration = Duration::from_millis(100);
 /// claim happens in time and the worker waits out the rest in place.
 pub const LEAD: Duration = Duration::from_millis(50);
 
+/// The least tolerance of a pace, whatever its window: a send is never
+/// required to leave closer than this to its slot.
+pub const MIN_TOLERANCE: Duration = Duration::from_millis(10);
+
 /// How a rate-limit key of `limit` sends per `per_ms` is paced.
 ///
 /// Every send reserves a slot one `step_us` after the previous one (GCRA
 /// with reservations, see [`reserve`]). A send may leave at most
-/// `tolerance_us` after its slot (a claim or a timer is never exact); the
-/// step carries a guard of 1/50 of the emission interval so that, with
+/// `tolerance_us` after its slot (a claim, a timer or the way to the wire
+/// is never exact): 1/20 of the window, at least [`MIN_TOLERANCE`]. The step is the
+/// emission interval plus a guard of `tolerance / limit`, so that, with
 /// that lateness, no window of `per_ms` ever holds more than `limit`
-/// sends: slots of the sends inside a window lie in an open interval of
-/// `per_ms + tolerance = limit × step`, and slots are `step` apart. The
-/// price is 2% of the limit.
+/// sends: the slots of the sends inside a window lie in an interval of
+/// `per_ms + tolerance <= limit × step`, and slots are `step` apart. The
+/// price is 5% of the limit for windows of 200 ms or more; shorter
+/// windows pay `MIN_TOLERANCE / limit` per send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pace {
     /// Microseconds between two slots: the emission interval plus the guard.
@@ -49,10 +55,16 @@ pub struct Pace {
 /// The pace of `limit` sends per `per_ms`.
 pub fn pace(limit: u32, per_ms: u64) -> Pace {
     let interval = emission_interval_us(limit, per_ms);
-    let guard = interval / 50;
+    let window_us = i64::try_from(per_ms)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000);
+    let floor = i64::try_from(MIN_TOLERANCE.as_micros()).unwrap_or(i64::MAX);
+    let tolerance = (window_us / 20).max(floor);
+    let limit = i64::from(limit.max(1));
+    let guard = (tolerance + limit - 1) / limit;
     Pace {
         step_us: interval.saturating_add(guard),
-        tolerance_us: guard.saturating_mul(i64::from(limit.max(1))),
+        tolerance_us: tolerance,
     }
 }
 
@@ -69,31 +81,17 @@ pub fn reserve(
     (slot, slot + chrono::Duration::microseconds(step_us))
 }
 
-/// What a worker does with a reserved `slot` at `now`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
-    /// Wait in place until the slot (within [`HOLD`]), then send.
-    Wait(Duration),
-    /// Park the execution, queued again at this time ([`LEAD`] before the
-    /// slot), keeping the reservation.
-    Park(DateTime<Utc>),
+/// When an execution parked for a kept `slot` is queued again: [`LEAD`]
+/// before it.
+pub fn wake_for(slot: DateTime<Utc>) -> DateTime<Utc> {
+    slot - chrono::Duration::from_std(LEAD).unwrap_or_default()
 }
 
-/// Where a send reserved for `slot` waits.
-pub fn place(slot: DateTime<Utc>, now: DateTime<Utc>) -> Placement {
-    let ahead = (slot - now).to_std().unwrap_or_default();
-    if ahead <= HOLD {
-        Placement::Wait(ahead)
-    } else {
-        Placement::Park(slot - chrono::Duration::from_std(LEAD).unwrap_or_default())
-    }
-}
-
-/// Whether a send reserved for `slot` may still leave at `now`: at most
-/// half the tolerance late, leaving the other half for the way from the
-/// decision to the wire.
+/// Whether a send reserved for `slot` may still leave at `now`: at most a
+/// quarter of the tolerance late, leaving the rest for the way from the
+/// decision to the provider (rendering, the connection, a busy process).
 pub fn usable(slot: DateTime<Utc>, now: DateTime<Utc>, pace: Pace) -> bool {
-    now <= slot + chrono::Duration::microseconds(pace.tolerance_us / 2)
+    now <= slot + chrono::Duration::microseconds(pace.tolerance_us / 4)
 }
 
 /// How long a provider asks to wait, from a refused (429 or 503)
@@ -223,11 +221,12 @@ mod tests {
     #[test]
     fn paces_add_a_guard_that_covers_the_tolerance() {
         let cases = [
-            (10, 1_000, 102_000, 20_000),
-            (50, 1_000, 20_400, 20_000),
-            (100, 10_000, 102_000, 200_000),
-            (3, 1, 339, 18),
-            (1_000_000, 1, 1, 0),
+            (10, 1_000, 105_000, 50_000),
+            (50, 1_000, 21_000, 50_000),
+            (100, 10_000, 105_000, 500_000),
+            (1, 1_000, 1_050_000, 50_000),
+            (3, 1, 3_667, 10_000),
+            (1_000_000, 1, 2, 10_000),
         ];
         for (limit, per_ms, step_us, tolerance_us) in cases {
             assert_eq!(
@@ -257,23 +256,13 @@ mod tests {
     }
 
     #[test]
-    fn near_slots_wait_in_place_and_far_ones_park_ahead_of_time() {
+    fn kept_slots_wake_ahead_and_late_sends_are_refused() {
         let now = at("2026-01-01T00:00:00Z");
-        let ms = |n| now + chrono::Duration::milliseconds(n);
-        let cases = [
-            (ms(-5), Placement::Wait(Duration::ZERO)),
-            (now, Placement::Wait(Duration::ZERO)),
-            (ms(100), Placement::Wait(Duration::from_millis(100))),
-            (ms(101), Placement::Park(ms(51))),
-            (ms(5_000), Placement::Park(ms(4_950))),
-        ];
-        for (slot, want) in cases {
-            assert_eq!(place(slot, now), want, "{slot}");
-        }
+        assert_eq!(wake_for(now), now - chrono::Duration::milliseconds(50));
         let p = pace(10, 1_000);
         let us = |n| now + chrono::Duration::microseconds(n);
-        assert!(usable(now, us(10_000), p));
-        assert!(!usable(now, us(10_001), p));
+        assert!(usable(now, us(12_500), p));
+        assert!(!usable(now, us(12_501), p));
         assert!(usable(us(5), now, p));
     }
 
@@ -290,7 +279,7 @@ mod tests {
             seed ^= seed << 17;
             i64::try_from(seed % u64::try_from(n.max(1)).expect("positive")).expect("small")
         };
-        for (limit, per_ms) in [(10, 1_000), (50, 1_000), (7, 300), (100, 10_000)] {
+        for (limit, per_ms) in [(10, 1_000), (50, 1_000), (7, 500), (100, 10_000), (20, 5)] {
             let p = pace(limit, per_ms);
             let window = chrono::Duration::milliseconds(i64::try_from(per_ms).expect("small"));
             let (mut tat, mut sends, mut now) = (None, Vec::new(), start);
@@ -315,8 +304,10 @@ mod tests {
                 .num_microseconds()
                 .expect("span");
             let per_window = (sends.len() - 1) as f64 * per_ms as f64 * 1_000.0 / span as f64;
+            // The guard's price: 5% for windows of 200 ms or more.
+            let floor = if per_ms >= 200 { 0.94 } else { 0.0 };
             assert!(
-                per_window > f64::from(limit) * 0.95,
+                per_window > f64::from(limit) * floor && per_window <= f64::from(limit),
                 "{limit}/{per_ms}: drained at {per_window:.2} per window"
             );
         }

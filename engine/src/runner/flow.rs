@@ -17,7 +17,7 @@ use super::Runner;
 use crate::Result;
 use crate::connector::Step;
 use crate::decide::{ExecutionError, RunErrorKind};
-use crate::flow::{self, Placement, WaitReason};
+use crate::flow::{self, WaitReason};
 use crate::store::flow as store;
 use crate::template::Dest;
 
@@ -151,18 +151,22 @@ impl Runner {
     ) -> Result<Option<DateTime<Utc>>> {
         let mut slot = store::take(&self.pool, key, id, pace, Utc::now()).await?;
         for _ in 0..MISSED_SLOTS {
-            match flow::place(slot, Utc::now()) {
-                Placement::Park(run_at) => return Ok(Some(run_at)),
-                Placement::Wait(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
-                Placement::Wait(_) => {}
+            if slot.kept {
+                return Ok(Some(flow::wake_for(slot.slot)));
             }
-            if flow::usable(slot, Utc::now(), pace) {
+            if let Ok(wait) = (slot.slot - Utc::now()).to_std() {
+                tokio::time::sleep(wait).await;
+            }
+            if flow::usable(slot.slot, Utc::now(), pace) {
                 return Ok(None);
             }
             metrics::counter!("conveyor_flow_missed_slots_total").increment(1);
             let now = Utc::now();
-            slot = if store::reanchor(&self.pool, key, slot, pace, now).await? {
-                now
+            slot = if store::reanchor(&self.pool, key, slot.slot, pace, now).await? {
+                store::Reserved {
+                    slot: now,
+                    kept: false,
+                }
             } else {
                 store::take(&self.pool, key, id, pace, now).await?
             };

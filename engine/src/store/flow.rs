@@ -10,15 +10,26 @@ use uuid::Uuid;
 use crate::Result;
 use crate::flow::{HOLD, Pace, WaitReason};
 
-/// Reserves the send of execution `id` on rate-limit `key` and returns
-/// its slot (GCRA with reservations, one statement, see
-/// [`crate::flow::reserve`]).
+/// A slot reserved by [`take`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reserved {
+    /// When the send may leave.
+    pub slot: DateTime<Utc>,
+    /// The slot is more than [`HOLD`](crate::flow::HOLD) ahead and kept
+    /// for the execution, which parks; otherwise it was handed out and
+    /// the caller waits for it in place.
+    pub kept: bool,
+}
+
+/// Reserves the send of execution `id` on rate-limit `key` (GCRA with
+/// reservations, one statement, see [`crate::flow::reserve`]).
 ///
 /// A slot kept for `id` by an earlier park is used when it is still
-/// usable at `now` (at most half the pace's tolerance late); otherwise the
-/// key's TAT gives a fresh slot and moves one step on. A slot further than
-/// [`HOLD`](crate::flow::HOLD) ahead is kept for `id` (the caller parks);
-/// a nearer one is taken out of the reservations (the caller sends).
+/// usable at `now` (see [`usable`](crate::flow::usable)). Otherwise the
+/// key's TAT gives a fresh slot and moves one step on; "now" is then read
+/// from the server's clock once the key's row is locked, so time spent
+/// queueing behind other senders of a busy key does not make the slot
+/// late. A slot more than [`HOLD`] after `now` is kept for `id`.
 ///
 /// # Errors
 ///
@@ -29,32 +40,38 @@ pub async fn take(
     id: Uuid,
     pace: Pace,
     now: DateTime<Utc>,
-) -> Result<DateTime<Utc>> {
-    let usable_from = now - chrono::Duration::microseconds(pace.tolerance_us / 2);
+) -> Result<Reserved> {
+    let usable_from = now - chrono::Duration::microseconds(pace.tolerance_us / 4);
     let hold_until = now + chrono::Duration::from_std(HOLD).unwrap_or_default();
-    let slot = sqlx::query_scalar!(
+    let row = sqlx::query!(
         r#"WITH mine AS (
                SELECT slot FROM flow_rate_reservations
                WHERE key = $1 AND execution_id = $2 AND slot >= $5
+               -- Items of one for-each in flight at once: one uses the
+               -- slot, the others wait for it and then take fresh ones.
+               FOR UPDATE
            ), fresh AS (
                INSERT INTO flow_rate_limits AS r (key, tat, updated_at)
-               SELECT $1, $3::timestamptz + $4::int8 * interval '1 microsecond', $3
+               SELECT $1, GREATEST($3::timestamptz, clock_timestamp()) + $4::int8 * interval '1 microsecond', $3
                WHERE NOT EXISTS (SELECT 1 FROM mine)
                ON CONFLICT (key) DO UPDATE
-                   SET tat = GREATEST(r.tat, $3) + $4::int8 * interval '1 microsecond', updated_at = $3
+                   SET tat = GREATEST(r.tat, $3, clock_timestamp()) + $4::int8 * interval '1 microsecond',
+                       updated_at = $3
                RETURNING r.tat - $4::int8 * interval '1 microsecond' AS slot
            ), chosen AS (
-               SELECT slot FROM mine UNION ALL SELECT slot FROM fresh
-           ), kept AS (
+               SELECT slot, slot > $6 AS kept FROM (
+                   SELECT slot FROM mine UNION ALL SELECT slot FROM fresh
+               ) s
+           ), keep AS (
                INSERT INTO flow_rate_reservations (key, execution_id, slot)
-               SELECT $1, $2, slot FROM chosen WHERE slot > $6
+               SELECT $1, $2, slot FROM chosen WHERE kept
                ON CONFLICT (key, execution_id) DO UPDATE SET slot = EXCLUDED.slot
            ), used AS (
                DELETE FROM flow_rate_reservations
                WHERE key = $1 AND execution_id = $2
-                 AND NOT EXISTS (SELECT 1 FROM chosen WHERE slot > $6)
+                 AND NOT EXISTS (SELECT 1 FROM chosen WHERE kept)
            )
-           SELECT slot AS "slot!" FROM chosen"#,
+           SELECT slot AS "slot!", kept AS "kept!" FROM chosen"#,
         key,
         id,
         now,
@@ -64,7 +81,10 @@ pub async fn take(
     )
     .fetch_one(pool)
     .await?;
-    Ok(slot)
+    Ok(Reserved {
+        slot: row.slot,
+        kept: row.kept,
+    })
 }
 
 /// Moves `slot`, just taken on `key` and missed by more than the
@@ -176,7 +196,8 @@ pub async fn acquire(
 }
 
 /// Gives back `id`'s slot of concurrency `key` and makes the execution
-/// parked longest on that key due now, so it takes the slot next.
+/// parked longest on that key due now, so it takes the slot next; idle
+/// workers are woken for it as for an enqueue.
 ///
 /// # Errors
 ///
@@ -193,13 +214,17 @@ pub async fn release(pool: &PgPool, key: &str, id: Uuid, now: DateTime<Utc>) -> 
                ORDER BY e.run_at
                LIMIT 1
                FOR UPDATE SKIP LOCKED
+           ), woken AS (
+               UPDATE connector_executions e SET run_at = $3 FROM next WHERE e.id = next.id
+               RETURNING e.id
            )
-           UPDATE connector_executions e SET run_at = $3 FROM next WHERE e.id = next.id"#,
+           SELECT pg_notify($4, '') FROM woken"#,
         key,
         id,
-        now
+        now,
+        super::channels::EXECUTIONS_ENQUEUED
     )
-    .execute(pool)
+    .fetch_all(pool)
     .await?;
     Ok(())
 }

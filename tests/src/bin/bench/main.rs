@@ -410,9 +410,11 @@ fn spawn_workers(env: &Env, n: usize, otlp: Option<&str>) -> std::io::Result<Wor
 }
 
 async fn reset(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("TRUNCATE execution_events, execution_steps, connector_executions")
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "TRUNCATE execution_events, execution_steps, flow_rate_reservations, connector_executions",
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
