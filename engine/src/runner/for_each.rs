@@ -172,71 +172,21 @@ impl Runner {
         let mut launched = 0_u32;
         loop {
             while w.stop.is_none() && w.held.is_none() && flight.len() < each.concurrency as usize {
-                let in_flight: BTreeSet<u32> = w.in_flight.keys().copied().collect();
-                let Some(i) = w.progress.next_due(w.total, &in_flight) else {
+                let busy = !flight.is_empty();
+                let Some((launch, ctx, ready)) = self
+                    .next_launch(
+                        run,
+                        &mut st,
+                        &mut w,
+                        (&list, &resolved, oauth.as_deref()),
+                        (busy, launched),
+                    )
+                    .await?
+                else {
                     break;
-                };
-                if launched > 0 && run.shutdown.is_cancelled() {
-                    w.stop = Some(Stop::Shutdown);
-                    break;
-                }
-                let now = Utc::now();
-                if let Some(e) =
-                    decide::deadline_passed(run.connector, run.index, now, run.deadline)
-                {
-                    w.stop = Some(Stop::End(e));
-                    break;
-                }
-                let Due { attempt, .. } = w.progress.due(i);
-                let ctx = item_ctx(st.ctx, &list, i, attempt);
-                let at = (run.id, run.token);
-                let ws = run.claimed.workspace_id.as_str();
-                let holder = i32::try_from(i + 1).unwrap_or(i32::MAX);
-                let slot = match self.admit(at, ws, (step, run.index, holder), &ctx).await? {
-                    Admit::Go(slot) => slot,
-                    // This execution's own items hold the key's slots: the
-                    // next one is tried again when one of them finishes.
-                    Admit::Wait(_, WaitReason::Concurrency, _) if !flight.is_empty() => break,
-                    Admit::Wait(until, reason, key) => {
-                        w.stop = Some(Stop::Park(until, reason, key));
-                        break;
-                    }
-                    Admit::Broken(e) => {
-                        w.stop = Some(Stop::End(e));
-                        break;
-                    }
-                };
-                let ready = match &oauth {
-                    Some(name) => self
-                        .ensure_token(&resolved, st.credentials, name, None)
-                        .await?
-                        .err(),
-                    None => None,
-                };
-                let remaining = (run.deadline - now).to_std().unwrap_or(Duration::ZERO);
-                let span = info_span!(
-                    "step",
-                    otel.kind = "client",
-                    step.name = %step.name,
-                    step.index = run.index,
-                    step.item = i,
-                    attempt,
-                    http.request.method = step.method.as_str(),
-                    url.full = tracing::field::Empty,
-                    http.response.status_code = tracing::field::Empty,
-                    conveyor.retry = tracing::field::Empty,
-                );
-                let launch = Launch {
-                    index: i,
-                    attempt,
-                    resent: false,
-                    key: idempotency_key(run.id, &format!("{}#item{i}", step.name), attempt),
-                    timeout: Duration::from_millis(step.timeout_ms).min(remaining),
-                    span,
                 };
                 let credentials = st.credentials.fields.clone();
                 flight.push(self.fly(&resolved, launch, ctx, credentials, ready));
-                w.in_flight.insert(i, slot);
                 launched += 1;
             }
             if flight.is_empty() {
@@ -294,6 +244,84 @@ impl Runner {
             }
         }
         self.drained(run, &mut st, w).await
+    }
+
+    /// The next item to send, its context and, when known before a send,
+    /// its outcome (a failed OAuth renewal), having passed the step's
+    /// flow-control gate; `None` when no item may start now (the loop may
+    /// have stopped: `w.stop`). `busy`: items of this loop are in flight;
+    /// `launched`: items started in this claim.
+    async fn next_launch(
+        &self,
+        run: &Run<'_>,
+        st: &mut State<'_>,
+        w: &mut Window,
+        (list, resolved, oauth): (&[Value], &Step, Option<&str>),
+        (busy, launched): (bool, u32),
+    ) -> Result<Option<(Launch, Value, Option<StepResult>)>> {
+        let step = &run.connector.steps[run.index];
+        let in_flight: BTreeSet<u32> = w.in_flight.keys().copied().collect();
+        let Some(i) = w.progress.next_due(w.total, &in_flight) else {
+            return Ok(None);
+        };
+        if launched > 0 && run.shutdown.is_cancelled() {
+            w.stop = Some(Stop::Shutdown);
+            return Ok(None);
+        }
+        let now = Utc::now();
+        if let Some(e) = decide::deadline_passed(run.connector, run.index, now, run.deadline) {
+            w.stop = Some(Stop::End(e));
+            return Ok(None);
+        }
+        let Due { attempt, .. } = w.progress.due(i);
+        let ctx = item_ctx(st.ctx, list, i, attempt);
+        let at = (run.id, run.token);
+        let ws = run.claimed.workspace_id.as_str();
+        let holder = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        let slot = match self.admit(at, ws, (step, run.index, holder), &ctx).await? {
+            Admit::Go(slot) => slot,
+            // Items of this loop are in flight: the next one is tried
+            // again when one of them finishes (and frees its slot).
+            Admit::Wait(_, WaitReason::Concurrency, _) if busy => return Ok(None),
+            Admit::Wait(until, reason, key) => {
+                w.stop = Some(Stop::Park(until, reason, key));
+                return Ok(None);
+            }
+            Admit::Broken(e) => {
+                w.stop = Some(Stop::End(e));
+                return Ok(None);
+            }
+        };
+        w.in_flight.insert(i, slot);
+        let ready = match oauth {
+            Some(name) => self
+                .ensure_token(resolved, st.credentials, name, None)
+                .await?
+                .err(),
+            None => None,
+        };
+        let remaining = (run.deadline - now).to_std().unwrap_or(Duration::ZERO);
+        let span = info_span!(
+            "step",
+            otel.kind = "client",
+            step.name = %step.name,
+            step.index = run.index,
+            step.item = i,
+            attempt,
+            http.request.method = step.method.as_str(),
+            url.full = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            conveyor.retry = tracing::field::Empty,
+        );
+        let launch = Launch {
+            index: i,
+            attempt,
+            resent: false,
+            key: idempotency_key(run.id, &format!("{}#item{i}", step.name), attempt),
+            timeout: Duration::from_millis(step.timeout_ms).min(remaining),
+            span,
+        };
+        Ok(Some((launch, ctx, ready)))
     }
 
     /// Sends one item (or returns `ready`, an outcome known before a send:
