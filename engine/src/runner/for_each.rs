@@ -86,6 +86,8 @@ struct Launch {
     attempt: u32,
     /// Already re-sent once after a 401 with a renewed OAuth token.
     resent: bool,
+    /// The OAuth access token it was sent with, if any.
+    sent_with: Option<String>,
     key: String,
     timeout: Duration,
     span: Span,
@@ -173,7 +175,7 @@ impl Runner {
         loop {
             while w.stop.is_none() && w.held.is_none() && flight.len() < each.concurrency as usize {
                 let busy = !flight.is_empty();
-                let Some((launch, ctx, ready)) = self
+                let Some((mut launch, ctx, ready)) = self
                     .next_launch(
                         run,
                         &mut st,
@@ -186,6 +188,9 @@ impl Runner {
                     break;
                 };
                 let credentials = st.credentials.fields.clone();
+                launch.sent_with = oauth
+                    .as_deref()
+                    .and_then(|n| st.credentials.access_token(n));
                 flight.push(self.fly(&resolved, launch, ctx, credentials, ready));
                 launched += 1;
             }
@@ -194,16 +199,20 @@ impl Runner {
             }
             tokio::select! {
                 Some((mut launch, result)) = flight.next() => {
-                    // A 401 with an OAuth token: renew it and re-send the same
-                    // attempt once (same key), as for any step.
+                    // A 401 with an OAuth token: renew it (unless another item
+                    // did meanwhile) and re-send the same attempt once (same
+                    // key), as for any step.
                     if let Some(name) = &oauth
                         && !launch.resent
                         && result.response.as_ref().map(|r| r.status) == Some(401)
-                        && let Some(rejected) = st.credentials.rejected_token(name)
+                        && let Some(rejected) = launch.sent_with.take()
                     {
-                        let renewed = self
-                            .ensure_token(&resolved, st.credentials, name, Some(&rejected))
-                            .await?;
+                        let renewed = if st.credentials.access_token(name) == Some(rejected.clone()) {
+                            self.ensure_token(&resolved, st.credentials, name, Some(&rejected))
+                                .await?
+                        } else {
+                            Ok(())
+                        };
                         info!("401 with an OAuth token: re-sending the item once with a renewed token");
                         launch.resent = true;
                         let ctx = item_ctx(st.ctx, &list, launch.index, launch.attempt);
@@ -317,6 +326,7 @@ impl Runner {
             index: i,
             attempt,
             resent: false,
+            sent_with: None,
             key: idempotency_key(run.id, &format!("{}#item{i}", step.name), attempt),
             timeout: Duration::from_millis(step.timeout_ms).min(remaining),
             span,

@@ -64,8 +64,8 @@ impl RunCredentials {
         }
     }
 
-    /// The access token of `name` a provider just refused, to renew it.
-    pub(super) fn rejected_token(&self, name: &str) -> Option<String> {
+    /// The access token of `name` now (the one a request is sent with).
+    pub(super) fn access_token(&self, name: &str) -> Option<String> {
         self.fields
             .get(name)
             .and_then(|f| f.get("access_token"))
