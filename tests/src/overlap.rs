@@ -39,8 +39,8 @@ impl Overlap {
     }
 
     /// The most requests in flight at once: each is in flight from its
-    /// arrival until its answer is due, and the next request a client
-    /// sends after an answer arrives after it.
+    /// arrival until its answer is due (a client that waits for an answer
+    /// before its next request cannot overlap with itself).
     ///
     /// # Panics
     ///

@@ -7,7 +7,9 @@
 //! soon as it learns of a cancel request.
 //!
 //! This module orchestrates; [`GroupCommitter`] (in `commit`) writes the
-//! step commits, and `observe` records what a run tells the metrics and traces.
+//! step commits, `for_each` runs a loop step's items (several at once with
+//! `concurrency`), and `observe` records what a run tells the metrics and
+//! traces.
 
 use std::sync::Arc;
 use std::time::Duration;
