@@ -173,6 +173,102 @@ pub enum Next {
     Fail(ExecutionError),
 }
 
+/// What an attempt's result means for its step, before the execution
+/// moves: see [`verdict`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// The attempt succeeded.
+    Succeeded,
+    /// Try the step (or the item) again at `run_at`.
+    Retry {
+        /// When.
+        run_at: DateTime<Utc>,
+        /// The retry's attempt number.
+        attempt: u32,
+        /// The provider refused with a rate-limit signal: not charged to
+        /// the retry policy.
+        throttled: bool,
+    },
+    /// It failed for good (not retryable, out of attempts, or a retry
+    /// would pass the deadline); the error names the step. The step's
+    /// `on_error` says whether the execution fails.
+    Failed(ExecutionError),
+}
+
+/// Judges `attempt` by its error, the step's retry policy and the run's
+/// deadline. `jitter` yields a number in `[0, 1)`, drawn only when a retry
+/// delay is computed.
+pub fn verdict(
+    attempt: &StepAttempt<'_>,
+    policy: &Policy<'_>,
+    now: DateTime<Utc>,
+    jitter: impl FnOnce() -> f64,
+) -> Verdict {
+    let StepAttempt {
+        connector,
+        index,
+        attempt: number,
+        throttled,
+        result,
+        deadline,
+    } = *attempt;
+    let step = &connector.steps[index];
+    let Some(error) = &result.error else {
+        return Verdict::Succeeded;
+    };
+    let retry_policy = connector.retry_for(step);
+    let retry_after = match error.retry {
+        Retry::Fatal => None,
+        Retry::Retryable => Some(None),
+        Retry::RetryAfter(d) => Some(Some(d)),
+    };
+    let mut why = error.message.clone();
+    if let Some(wait) = provider_throttle(error.retry, result, now) {
+        let run_at = now + wait.min(policy.max_retry_after);
+        if run_at < deadline {
+            return Verdict::Retry {
+                run_at,
+                attempt: number + 1,
+                throttled: true,
+            };
+        }
+        why = format!("{why}; the provider's rate-limit wait would pass the run deadline");
+    } else if let Some(retry_after) = retry_after {
+        let counted = number.saturating_sub(throttled).max(1);
+        if counted < retry_policy.max_attempts {
+            let delay = next_delay(
+                retry_policy,
+                counted,
+                jitter(),
+                retry_after,
+                policy.max_retry_after,
+            );
+            let run_at = now + delay;
+            if run_at < deadline {
+                return Verdict::Retry {
+                    run_at,
+                    attempt: number + 1,
+                    throttled: false,
+                };
+            }
+            why = format!("{why}; a retry would pass the run deadline");
+        } else {
+            why = format!("{why}; gave up after {counted} attempts");
+        }
+    }
+    Verdict::Failed(
+        ExecutionError {
+            kind: ErrorKind::Step(error.kind),
+            message: why,
+            step: None,
+            step_index: None,
+            attempt: Some(number),
+            status: Some(result.response.as_ref().map(|r| r.status)),
+        }
+        .at(step, index),
+    )
+}
+
 /// Decides what follows `attempt`, growing `ctx` (the execution context)
 /// with the step's entry when the execution moves on. `jitter` yields a
 /// number in `[0, 1)`, drawn only when a retry delay is computed.
@@ -183,82 +279,36 @@ pub fn decide(
     now: DateTime<Utc>,
     jitter: impl FnOnce() -> f64,
 ) -> Decision {
-    let StepAttempt {
-        connector,
-        index,
-        attempt: number,
-        throttled,
-        result,
-        deadline,
-    } = *attempt;
+    let (connector, index) = (attempt.connector, attempt.index);
     let step = &connector.steps[index];
-    let fail = |outcome, error| Decision {
-        outcome,
-        next: Next::Fail(error),
-    };
     let mut outcome = StepOutcome::Succeeded;
-    let mut entry = result.context_entry();
-    if let Some(error) = &result.error {
-        let retry_policy = connector.retry_for(step);
-        let retry_after = match error.retry {
-            Retry::Fatal => None,
-            Retry::Retryable => Some(None),
-            Retry::RetryAfter(d) => Some(Some(d)),
-        };
-        let mut why = error.message.clone();
-        if let Some(wait) = provider_throttle(error.retry, result, now) {
-            let run_at = now + wait.min(policy.max_retry_after);
-            if run_at < deadline {
+    let mut entry = attempt.result.context_entry();
+    match verdict(attempt, policy, now, jitter) {
+        Verdict::Succeeded => {}
+        Verdict::Retry {
+            run_at,
+            attempt,
+            throttled,
+        } => {
+            return Decision {
+                outcome: StepOutcome::RetryScheduled,
+                next: Next::Retry {
+                    run_at,
+                    attempt,
+                    throttled,
+                },
+            };
+        }
+        Verdict::Failed(failure) => {
+            if step.on_error == OnError::Fail {
                 return Decision {
-                    outcome: StepOutcome::RetryScheduled,
-                    next: Next::Retry {
-                        run_at,
-                        attempt: number + 1,
-                        throttled: true,
-                    },
+                    outcome: StepOutcome::Failed,
+                    next: Next::Fail(failure),
                 };
             }
-            why = format!("{why}; the provider's rate-limit wait would pass the run deadline");
-        } else if let Some(retry_after) = retry_after {
-            let counted = number.saturating_sub(throttled).max(1);
-            if counted < retry_policy.max_attempts {
-                let delay = next_delay(
-                    retry_policy,
-                    counted,
-                    jitter(),
-                    retry_after,
-                    policy.max_retry_after,
-                );
-                let run_at = now + delay;
-                if run_at < deadline {
-                    return Decision {
-                        outcome: StepOutcome::RetryScheduled,
-                        next: Next::Retry {
-                            run_at,
-                            attempt: number + 1,
-                            throttled: false,
-                        },
-                    };
-                }
-                why = format!("{why}; a retry would pass the run deadline");
-            } else {
-                why = format!("{why}; gave up after {counted} attempts");
-            }
+            outcome = StepOutcome::Continued;
+            entry["error"] = failure.to_json();
         }
-        let failure = ExecutionError {
-            kind: ErrorKind::Step(error.kind),
-            message: why,
-            step: None,
-            step_index: None,
-            attempt: Some(number),
-            status: Some(result.response.as_ref().map(|r| r.status)),
-        }
-        .at(step, index);
-        if step.on_error == OnError::Fail {
-            return fail(StepOutcome::Failed, failure);
-        }
-        outcome = StepOutcome::Continued;
-        entry["error"] = failure.to_json();
     }
     // A paginated step's last page: the runner left its summary here.
     if let Some(summary) = ctx
@@ -268,13 +318,36 @@ pub fn decide(
     {
         entry["paging"] = summary;
     }
-    // A `for_each` step's last item: the runner left its summary here.
-    if let Some(summary) = ctx
-        .get_mut("looped")
-        .and_then(Value::as_object_mut)
-        .and_then(|p| p.remove(&step.name))
-    {
-        entry["for_each"] = summary;
+    advance(
+        connector,
+        (index, attempt.attempt),
+        outcome,
+        entry,
+        ctx,
+        policy,
+        now,
+    )
+}
+
+/// The decision on a `for_each` step once every item has its outcome,
+/// made with the row of the item that finished last (`result`, whose
+/// `extracted` holds the collected arrays, and the row's `outcome`). The
+/// step's entry gets `for_each` = `summary` and, when items failed under
+/// `on_error: continue`, `error` = the first failed item's error; the
+/// execution then moves on as after any step.
+pub fn finish_loop(
+    connector: &Connector,
+    (index, number): (usize, u32),
+    (result, outcome): (&StepResult, StepOutcome),
+    (summary, failure): (Value, Option<Value>),
+    ctx: &mut Value,
+    policy: &Policy<'_>,
+    now: DateTime<Utc>,
+) -> Decision {
+    let mut entry = result.context_entry();
+    entry["for_each"] = summary;
+    if let Some(error) = failure {
+        entry["error"] = error;
     }
     advance(connector, (index, number), outcome, entry, ctx, policy, now)
 }

@@ -1,18 +1,25 @@
-//! Running a step once per item of an array, one durable item at a time:
+//! Running a step once per item of an array, each item a durable unit:
 //! pure.
 //!
-//! A step with `for_each` is sent once per item, in order. After each item
-//! the runner commits the item's step row and the [`Progress`] (items done
-//! and each one's extracted fields) inside the execution's context, under
-//! `for_each.<step>`; a worker that resumes the execution reads it back and
-//! sends the next item, so no item that succeeded is sent again.
+//! A step with `for_each` is sent once per item, up to `concurrency` items
+//! at once, lowest index first. Whenever an item's outcome is in, the
+//! runner commits the item's step row together with the [`Progress`]
+//! (each finished item's extracted fields, the items that failed for good,
+//! the attempt due for items awaiting a retry) inside the execution's
+//! context, under `for_each.<step>`; a worker that resumes the execution
+//! reads it back and sends only the items not finished, each with the
+//! attempt (and so the `Idempotency-Key`) it had.
 //!
-//! [`next_unit`] says which item is due (or settles the step without a
-//! send: no items, or items that cannot be looped over); [`settle`] folds a
-//! successful item into the progress.
+//! [`items`] renders the array (or settles the step without a send: items
+//! that cannot be looped over); [`Progress::next_due`] says which item to
+//! send next; [`collect`] and [`summary`] make the step's outcome once
+//! every item is finished.
 //!
 //! Collection rule: every extracted field becomes an array with exactly one
-//! entry per item, in item order (`null` where an item selected nothing).
+//! entry per item, in item order whatever order the items finished in
+//! (`null` where an item selected nothing or failed).
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -27,15 +34,32 @@ use crate::template::Renderer;
 /// between items.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
-    /// Items done.
-    pub done: u32,
-    /// Each done item's extracted fields, in item order.
-    pub results: Vec<Map<String, Value>>,
+    /// Each succeeded item's extracted fields, by index.
+    #[serde(default)]
+    pub finished: BTreeMap<u32, Map<String, Value>>,
+    /// Each item that failed after its retries (under `on_error:
+    /// continue`): its error, by index.
+    #[serde(default)]
+    pub failed: BTreeMap<u32, Value>,
+    /// Items whose last attempt failed and will be tried again, by index.
+    #[serde(default)]
+    pub retries: BTreeMap<u32, Due>,
+}
+
+/// The next attempt of an item whose last attempt failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Due {
+    /// The attempt number to send, from 2.
+    pub attempt: u32,
+    /// Earlier attempts a provider refused with a rate-limit signal: the
+    /// retry policy does not count them.
+    #[serde(default)]
+    pub throttled: u32,
 }
 
 impl Progress {
     /// The progress of `step` stored in a persisted context, or a fresh
-    /// one (the first item) when there is none or it cannot be read.
+    /// one (no item finished) when there is none or it cannot be read.
     pub fn stored(context: &Value, step: &str) -> Progress {
         context
             .get("for_each")
@@ -48,36 +72,58 @@ impl Progress {
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
+
+    /// Whether item `index` has its outcome (succeeded or failed for good).
+    pub fn is_finished(&self, index: u32) -> bool {
+        self.finished.contains_key(&index) || self.failed.contains_key(&index)
+    }
+
+    /// Items with their outcome.
+    pub fn done(&self) -> u32 {
+        u32::try_from(self.finished.len() + self.failed.len()).unwrap_or(u32::MAX)
+    }
+
+    /// The lowest item of `total` that is neither finished nor in
+    /// `in_flight`: the next to send.
+    pub fn next_due(&self, total: u32, in_flight: &BTreeSet<u32>) -> Option<u32> {
+        (0..total).find(|i| !self.is_finished(*i) && !in_flight.contains(i))
+    }
+
+    /// The attempt due for item `index` (1 unless a retry is pending) and
+    /// its throttled attempts so far.
+    pub fn due(&self, index: u32) -> Due {
+        self.retries.get(&index).copied().unwrap_or(Due {
+            attempt: 1,
+            throttled: 0,
+        })
+    }
+
+    /// Records item `index` as succeeded with `extracted`.
+    pub fn succeed(&mut self, index: u32, extracted: Map<String, Value>) {
+        self.retries.remove(&index);
+        self.finished.insert(index, extracted);
+    }
+
+    /// Records item `index` as failed for good with `error`.
+    pub fn fail(&mut self, index: u32, error: Value) {
+        self.retries.remove(&index);
+        self.failed.insert(index, error);
+    }
 }
 
-/// What a `for_each` step does next.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Unit {
-    /// Send the item at `index` (from 0) of `total`.
-    Item {
-        /// The item's position, from 0: `<<index>>`.
-        index: u32,
-        /// The item: `<<item>>`.
-        value: Value,
-        /// How many items there are.
-        total: u32,
-    },
-    /// Nothing is sent: this is the step's outcome (every item done, no
-    /// items at all, or items that cannot be looped over).
-    Settled(Box<StepResult>),
-}
-
-/// The unit after `progress`: the items template is rendered against
-/// `ctx` (its steps are the stored ones, so a resumed run sees the same
-/// items). A settled step that succeeded leaves its summary in `ctx`
-/// under `looped.<step>`, like [`settle`].
-pub fn next_unit(
+/// The items of `each` rendered against `ctx` (its steps are the stored
+/// ones, so a resumed run sees the same items), or the step's outcome when
+/// they cannot be looped over (not an array, over `max_items`): a fatal
+/// `for_each` error, nothing sent.
+///
+/// # Errors
+///
+/// The settled step's result, as above.
+pub fn items(
     each: &ForEach,
-    step: &Step,
     renderer: &Renderer,
-    ctx: &mut Value,
-    progress: &Progress,
-) -> Unit {
+    ctx: &Value,
+) -> Result<Vec<Value>, Box<StepResult>> {
     let fail = |message: String| {
         let mut result = empty_result();
         result.error = Some(StepError {
@@ -85,80 +131,65 @@ pub fn next_unit(
             message,
             retry: Retry::Fatal,
         });
-        Unit::Settled(Box::new(result))
+        Box::new(result)
     };
     let items = match renderer.render_value(&each.items, ctx) {
         Ok(Value::Array(items)) => items,
         Ok(other) => {
-            return fail(format!(
+            return Err(fail(format!(
                 "for_each: items rendered to {}, not an array",
                 kind_of(&other)
-            ));
+            )));
         }
-        Err(e) => return fail(format!("for_each: items: {e}")),
+        Err(e) => return Err(fail(format!("for_each: items: {e}"))),
     };
     let total = u32::try_from(items.len()).unwrap_or(u32::MAX);
     if total > each.max_items {
-        return fail(format!(
+        return Err(fail(format!(
             "for_each: {total} items, over max_items ({}); nothing was sent",
             each.max_items
-        ));
+        )));
     }
-    match items.into_iter().nth(progress.done as usize) {
-        Some(value) => Unit::Item {
-            index: progress.done,
-            value,
-            total,
-        },
-        None => {
-            let mut result = empty_result();
-            result.extracted = collect(step, &progress.results);
-            ctx["looped"][step.name.as_str()] = json!({"items": progress.done});
-            Unit::Settled(Box::new(result))
-        }
-    }
+    Ok(items)
 }
 
-/// Settles the successful item `result` of the step `step`, the item
-/// `progress.done` of `total`: the next item's progress when another
-/// follows. Otherwise `result` becomes the step's last attempt: its fields
-/// are the collected arrays and `ctx` holds the summary
-/// (`{"items": n}`) under `looped.<step>`, which the decision moves into
-/// the step's context entry (`steps.<step>.for_each`).
-pub fn settle(
-    step: &Step,
-    mut progress: Progress,
-    total: u32,
-    result: &mut StepResult,
-    ctx: &mut Value,
-) -> Option<Progress> {
-    // The item's row keeps its own fields; the progress keeps a copy.
-    progress.results.push(result.extracted.clone());
-    progress.done += 1;
-    if progress.done < total {
-        return Some(progress);
-    }
-    result.extracted = collect(step, &progress.results);
-    ctx["looped"][step.name.as_str()] = json!({"items": progress.done});
-    None
-}
-
-/// One array per extracted field of `step`, one entry per item.
-fn collect(step: &Step, results: &[Map<String, Value>]) -> Map<String, Value> {
+/// One array per extracted field of `step`, one entry per item of
+/// `total`, in item order: `null` where an item selected nothing or
+/// failed.
+pub fn collect(step: &Step, progress: &Progress, total: u32) -> Map<String, Value> {
     step.extract
         .keys()
         .map(|name| {
-            let values = results
-                .iter()
-                .map(|r| r.get(name).cloned().unwrap_or(Value::Null))
+            let values = (0..total)
+                .map(|i| {
+                    progress
+                        .finished
+                        .get(&i)
+                        .and_then(|r| r.get(name))
+                        .cloned()
+                        .unwrap_or(Value::Null)
+                })
                 .collect();
             (name.clone(), Value::Array(values))
         })
         .collect()
 }
 
+/// The step's `for_each` entry: how many items there were and the
+/// positions (from 0, as `<<index>>`) of those that failed.
+pub fn summary(progress: &Progress, total: u32) -> Value {
+    let failed: Vec<u32> = progress.failed.keys().copied().collect();
+    json!({"items": total, "failed": failed})
+}
+
+/// The error of the first failed item (lowest index), if any: the step
+/// entry's `error`.
+pub fn first_failure(progress: &Progress) -> Option<Value> {
+    progress.failed.values().next().cloned()
+}
+
 /// The outcome of a step settled without a send.
-fn empty_result() -> StepResult {
+pub fn empty_result() -> StepResult {
     StepResult {
         request: json!({}),
         response: None,

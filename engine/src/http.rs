@@ -22,8 +22,10 @@ use crate::redact::{Credentials, Redactor};
 use crate::template::{Dest, Renderer};
 
 mod body;
+mod form;
 mod status;
 
+pub use form::MAX_FORM_DEPTH;
 pub use status::retry_after;
 use status::status_error;
 
@@ -112,6 +114,10 @@ pub enum StepErrorKind {
     /// A `for_each` step's items cannot be looped over: the template does
     /// not render to an array, or the array is longer than `max_items`.
     ForEach,
+    /// A form field's object or array value cannot be sent in the bracket
+    /// encoding: it nests deeper than [`MAX_FORM_DEPTH`], or an object key
+    /// is empty or contains `[` or `]`.
+    FormEncoding,
 }
 
 /// A failed step attempt.
@@ -612,10 +618,18 @@ impl StepClient {
             Some(Body::Form { content }) => {
                 let mut form = url::form_urlencoded::Serializer::new(String::new());
                 for (name, template) in content {
-                    let value = optional(&format!("body.content.{name}"), template, Dest::Text)
+                    let field = format!("body.content.{name}");
+                    let pairs = self
+                        .renderer
+                        .render_value_in(template, &ctx)
+                        .map_err(|e| {
+                            StepError::fatal(StepErrorKind::Render, format!("{field}: {e}"))
+                        })
+                        .and_then(|value| form::field_pairs(&field, name, &value))
                         .map_err(|e| fail(&snapshot, e))?;
-                    if let Some(value) = value {
-                        form.append_pair(name, &value);
+                    for (key, value) in pairs {
+                        count(&field, key.len() + value.len()).map_err(|e| fail(&snapshot, e))?;
+                        form.append_pair(&key, &value);
                     }
                 }
                 let encoded = form.finish();

@@ -26,8 +26,9 @@
 //! - [`marketplace`]: connector templates: validation, install, upgrade.
 //! - [`net`]: the outbound address policy (no private networks by default)
 //!   and the DNS resolver that enforces it.
-//! - [`for_each`]: steps run once per item of an array, pure: the item
-//!   due, and the fields collected over the items.
+//! - [`for_each`]: steps run once per item of an array, pure: the items,
+//!   the next item due, and the fields collected over the items in item
+//!   order.
 //! - [`paging`]: paginated steps, pure: the next page's request, the
 //!   fields accumulated across pages, and when paging ends.
 //! - [`oauth`]: OAuth2 and Nango credentials: provider presets (data),
@@ -35,7 +36,8 @@
 //! - [`redact`]: decrypted [`Credentials`](redact::Credentials) and their
 //!   redaction from everything stored or shown.
 //! - [`retry`]: pure backoff delays.
-//! - [`runner`]: runs one claimed execution, step by step, fenced, and
+//! - [`runner`]: runs one claimed execution, step by step, fenced (a
+//!   `for_each` step's items up to its `concurrency` at once), and
 //!   group-commits the steps.
 //! - [`schedule`]: cron expressions in IANA zones and their fire times
 //!   (DST by the wall clock): pure, table-tested.

@@ -199,19 +199,42 @@ async fn a_crashed_holders_concurrency_slot_frees_when_its_lease_expires(pool: P
     };
     let key = format!("{WS}:k");
     assert!(
-        flow::acquire(&h.pool, &key, 1, a, token(a), now)
+        flow::acquire(&h.pool, &key, 1, a, token(a), 0, now)
             .await
             .expect("a")
     );
     assert!(
-        !flow::acquire(&h.pool, &key, 1, b, token(b), now)
+        !flow::acquire(&h.pool, &key, 1, b, token(b), 0, now)
             .await
             .expect("b")
+    );
+    // Items of one execution in flight at once each hold a slot of their own.
+    let items = format!("{WS}:items");
+    for item in [1, 2] {
+        assert!(
+            flow::acquire(&h.pool, &items, 2, b, token(b), item, now)
+                .await
+                .expect("b's item")
+        );
+    }
+    assert!(
+        !flow::acquire(&h.pool, &items, 2, b, token(b), 3, now)
+            .await
+            .expect("b's item 3"),
+        "b's items 1 and 2 hold both slots of a limit of 2"
+    );
+    flow::release(&h.pool, &items, (b, 1), now)
+        .await
+        .expect("release b's item 1");
+    assert!(
+        flow::acquire(&h.pool, &items, 2, b, token(b), 3, now)
+            .await
+            .expect("b's item 3 again")
     );
     // `a`'s worker vanished: once its lease passed, the slot no longer counts.
     let later = now + chrono::Duration::seconds(2);
     assert!(
-        flow::acquire(&h.pool, &key, 1, b, token(b), later)
+        flow::acquire(&h.pool, &key, 1, b, token(b), 0, later)
             .await
             .expect("b later")
     );
@@ -236,7 +259,7 @@ async fn a_crashed_holders_concurrency_slot_frees_when_its_lease_expires(pool: P
         .listen(conveyor_engine::store::channels::EXECUTIONS_ENQUEUED)
         .await
         .expect("listen");
-    flow::release(&h.pool, &key, b, later)
+    flow::release(&h.pool, &key, (b, 0), later)
         .await
         .expect("release");
     // Idle workers hear of it at once, as of an enqueue.

@@ -3,13 +3,17 @@
 //! collected in item order, every item is a stored step row with its own
 //! Idempotency-Key, a failed item is retried by a later claim at that item
 //! (the items before it are not sent again), an item that fails after its
-//! retries fails the step, and items over `max_items` fail it unsent.
+//! retries fails the step (or, with `on_error: continue`, leaves a null in
+//! the collected fields while the others keep theirs), items over
+//! `max_items` fail it unsent, and with `concurrency` each item still takes
+//! its own concurrency slot and rate-limit send.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use conveyor_engine::state::ExecutionStatus;
 use conveyor_tests::Harness;
+use conveyor_tests::overlap::Overlap;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use wiremock::matchers::{body_json, method, path};
@@ -105,7 +109,7 @@ async fn each_item_is_sent_once_with_its_value_and_the_fields_are_collected(pool
     let output = e.output.expect("output");
     assert_eq!(output["tags"], json!(["t1", "t2", "t3"]));
     assert_eq!(output["notes"], json!([null, "vip", null]));
-    assert_eq!(output["summary"], json!({"items": 3}));
+    assert_eq!(output["summary"], json!({"items": 3, "failed": []}));
     assert_eq!(
         rows(&h, id).await,
         [
@@ -270,8 +274,168 @@ async fn no_items_send_nothing_and_collect_empty_arrays(pool: PgPool) {
     assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
     let output = e.output.expect("output");
     assert_eq!(output["tags"], json!([]));
-    assert_eq!(output["summary"], json!({"items": 0}));
+    assert_eq!(output["summary"], json!({"items": 0, "failed": []}));
     let received = stub.received_requests().await.expect("recording");
     assert_eq!(tag_requests(&received), Vec::new());
     assert_eq!(received.len(), 2, "list and report only");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn on_error_continue_keeps_the_fields_of_the_items_that_succeeded(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/contacts/c2/tags"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&stub)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/report"))
+        .and(body_json(json!({"tags": ["t1", null, "t3"]})))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&stub)
+        .await;
+    stub_three(&stub).await;
+    let mut definition = connector(&stub.uri(), 10);
+    definition["steps"][1]["on_error"] = json!("continue");
+    let c = h.connector(definition).await;
+    let id = h.enqueue(c, json!({})).await;
+
+    let e = h.run_until_final(id, WAIT).await;
+    assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
+    let output = e.output.expect("output");
+    assert_eq!(output["tags"], json!(["t1", null, "t3"]));
+    assert_eq!(output["notes"], json!([null, null, null]));
+    assert_eq!(output["summary"], json!({"items": 3, "failed": [1]}));
+    let entry: Value = sqlx::query_scalar(
+        "SELECT context->'steps'->'tag' FROM connector_executions WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&h.pool)
+    .await
+    .expect("context");
+    assert_eq!(entry["error"]["step"], "tag", "{entry}");
+    assert_eq!(
+        entry["error"]["status"], 500,
+        "the first failed item's error: {entry}"
+    );
+    assert_eq!(
+        rows(&h, id).await,
+        [
+            "list#1 succeeded",
+            "tag#1 i1 succeeded",
+            "tag#1 i2 retry_scheduled",
+            "tag#2 i2 continued",
+            "tag#1 i3 succeeded",
+            "report#1 succeeded",
+        ],
+        "the item after the failed one is still sent"
+    );
+    let steps = h.steps(id).await;
+    let failed = steps
+        .iter()
+        .find(|s| s.item == Some(2) && s.attempt == 2)
+        .expect("item 2's last row");
+    assert_eq!(failed.response_status, Some(500));
+    let last = steps
+        .iter()
+        .rfind(|s| s.step_name == "tag")
+        .expect("a tag row");
+    assert_eq!(
+        last.extracted.clone(),
+        Some(json!({"tag": ["t1", null, "t3"], "note": [null, null, null]})),
+        "the last item's row holds the collected fields"
+    );
+}
+
+/// Posts each item `k` of `input.ids` to `/items` as `{"id": k}`,
+/// `concurrency` at once, with the step's `flow` fields.
+fn parallel(base: &str, concurrency: u32, flow: Value) -> Value {
+    let mut step = json!({"name": "send", "method": "POST", "url": format!("{base}/items"),
+        "for_each": {"items": "<<input.ids>>", "concurrency": concurrency},
+        "body": {"type": "json", "content": {"id": "<<item>>"}},
+        "extract": {"n": "$.n"}});
+    for (k, v) in flow.as_object().expect("object") {
+        step[k] = v.clone();
+    }
+    json!({"name": "parallel", "steps": [step], "output": {"n": "<<steps.send.extract.n>>"}})
+}
+
+/// Answers item `k` with `{"n": k * 10}` after `hold`.
+fn tens(hold: Duration) -> Overlap {
+    Overlap::new(move |r| {
+        let k = body(r)["id"].as_u64().unwrap_or(0);
+        let answer = ResponseTemplate::new(200).set_body_json(json!({"n": k * 10}));
+        (answer, hold)
+    })
+}
+
+async fn parked_events(h: &Harness, id: uuid::Uuid) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM execution_events WHERE execution_id = $1 AND kind = 'parked'",
+    )
+    .bind(id)
+    .fetch_one(&h.pool)
+    .await
+    .expect("events")
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_concurrency_key_bounds_the_items_in_flight_of_one_execution(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    let recorder = tens(Duration::from_millis(300));
+    Mock::given(method("POST"))
+        .respond_with(recorder.clone())
+        .mount(&stub)
+        .await;
+    let key = json!({"concurrency": {"key": "workspace", "limit": 2}});
+    let c = h.connector(parallel(&stub.uri(), 4, key)).await;
+    let ids: Vec<u64> = (1..=8).collect();
+    let id = h.enqueue(c, json!({"ids": ids})).await;
+
+    let e = h.run_until_final(id, WAIT).await;
+    assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
+    let tens: Vec<u64> = (1..=8).map(|k| k * 10).collect();
+    assert_eq!(e.output.expect("output")["n"], json!(tens));
+    assert_eq!(recorder.count(), 8, "each item is sent once");
+    assert_eq!(
+        recorder.peak(),
+        2,
+        "each item in flight holds a slot of the key"
+    );
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn each_item_takes_a_rate_limit_send_and_a_parked_loop_keeps_its_finished_items(
+    pool: PgPool,
+) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    let recorder = tens(Duration::ZERO);
+    Mock::given(method("POST"))
+        .respond_with(recorder.clone())
+        .mount(&stub)
+        .await;
+    let limit = json!({"rate_limit": {"key": "stub", "limit": 2, "per_ms": 1000}});
+    let c = h.connector(parallel(&stub.uri(), 3, limit)).await;
+    let ids: Vec<u64> = (1..=6).collect();
+    let id = h.enqueue(c, json!({"ids": ids})).await;
+
+    let e = h.run_until_final(id, WAIT).await;
+    assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
+    assert_eq!(
+        e.output.expect("output")["n"],
+        json!([10, 20, 30, 40, 50, 60])
+    );
+    assert_eq!(recorder.count(), 6, "no finished item is sent again");
+    // Sends are granted at least 500 ms apart; 50 ms less than a second
+    // allows for their arrival at the stub to jitter. Without a send per
+    // item, three items would arrive within milliseconds.
+    let busiest = recorder.busiest(Duration::from_millis(950));
+    assert!(busiest <= 2, "{busiest} items sent within a second");
+    assert!(parked_events(&h, id).await > 0, "the loop was parked");
+    let items: Vec<String> = rows(&h, id).await;
+    let want: Vec<String> = (1..=6).map(|k| format!("send#1 i{k} succeeded")).collect();
+    assert_eq!(items, want);
 }

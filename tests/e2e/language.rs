@@ -1,5 +1,6 @@
 //! The connector language through the queue and the runner: `when`
-//! conditions, omit on null, and secret extracts surviving a durable retry.
+//! conditions, omit on null, form fields in the bracket encoding, and
+//! secret extracts surviving a durable retry.
 
 use std::time::Duration;
 
@@ -246,4 +247,108 @@ async fn a_secret_extract_reaches_later_steps_across_a_retry_and_is_never_stored
     );
     // The default output (every step's extracts) shows it redacted.
     assert_eq!(e.output.expect("output")["login"]["session"], "[REDACTED]");
+}
+
+/// A one-step connector that posts `form` to the stub's `/form`.
+fn form_connector(base: &str, form: Value) -> Value {
+    json!({
+        "name": "Form",
+        "steps": [{"name": "post", "method": "POST", "url": format!("{base}/form"),
+                   "body": {"type": "form", "content": form}}]
+    })
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn form_fields_holding_objects_and_arrays_are_sent_in_brackets(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/form"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "cus_1"})))
+        .mount(&stub)
+        .await;
+    let c = h
+        .connector(form_connector(
+            &stub.uri(),
+            json!({
+                "customer": "<<input.customer>>",
+                "items": "<<input.items>>",
+                "metadata": "<<input.metadata | default(omit)>>",
+                "metadata[source]": "conveyor",
+                "note": "<<input.note>>",
+                "expand": "<<input.expand | default(omit)>>",
+            }),
+        ))
+        .await;
+    let id = h
+        .enqueue(
+            c,
+            json!({
+                "customer": "cus_1",
+                "items": [{"quantity": 2, "price": "p_1"}, null,
+                          {"price": "p_2", "tax_rates": ["txr_1"], "discounts": []}],
+                "metadata": {"zone": "é/1", "plan": "pro & annual", "seats": 5,
+                             "vip": true, "cleared": null},
+                "note": null,
+            }),
+        )
+        .await;
+    let e = h.run_until_final(id, Duration::from_secs(20)).await;
+    assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
+
+    let sent = &requests_to(&stub, "/form").await[0];
+    let fields: Vec<(String, String)> = url::form_urlencoded::parse(&sent.body)
+        .into_owned()
+        .collect();
+    let want = [
+        ("customer", "cus_1"),
+        ("items[0][price]", "p_1"),
+        ("items[0][quantity]", "2"),
+        ("items[2][discounts]", ""),
+        ("items[2][price]", "p_2"),
+        ("items[2][tax_rates][0]", "txr_1"),
+        ("metadata[plan]", "pro & annual"),
+        ("metadata[seats]", "5"),
+        ("metadata[vip]", "true"),
+        ("metadata[zone]", "é/1"),
+        ("metadata[source]", "conveyor"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    assert_eq!(fields, want);
+    let stored = h.steps(id).await;
+    assert_eq!(
+        stored[0].request["body"],
+        json!(String::from_utf8_lossy(&sent.body))
+    );
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_form_value_nested_too_deep_fails_the_step_unsent(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    let c = h
+        .connector(form_connector(
+            &stub.uri(),
+            json!({"data": "<<input.data>>"}),
+        ))
+        .await;
+    let id = h
+        .enqueue(
+            c,
+            json!({"data": {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}}),
+        )
+        .await;
+    let e = h.run_until_final(id, Duration::from_secs(20)).await;
+    assert_eq!(e.status, ExecutionStatus::Failed);
+    let error = e.error.expect("error");
+    assert_eq!(error["kind"], "form_encoding");
+    assert_eq!(error["step"], "post");
+    assert_eq!(
+        error["message"],
+        "body.content.data: the value nests deeper than 5 levels of brackets"
+    );
+    assert!(stub.received_requests().await.expect("rec").is_empty());
 }

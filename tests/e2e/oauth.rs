@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use conveyor_api::ApiConfig;
+use conveyor_engine::state::ExecutionStatus;
 use conveyor_tests::api::{Reply, TestApi};
 use conveyor_tests::oauth_server::{CLIENT_ID, CLIENT_SECRET, NANGO_SECRET, OAuthServer};
 use conveyor_tests::{Harness, WS};
@@ -255,6 +256,49 @@ async fn a_401_refreshes_once_and_resends_the_same_attempt(pool: PgPool) {
         .await
         .expect("count");
     assert_eq!(steps, 1, "the re-send is not a retry");
+    s.assert_nothing_stored_leaks().await;
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn items_in_flight_refused_with_401_share_one_refresh_and_resend_their_attempts(
+    pool: PgPool,
+) {
+    let s = Setup::new(pool).await;
+    s.put_code_credential("crm").await;
+    let callback = s.authorize("crm").await;
+    assert_eq!(s.callback(&callback).await.status, StatusCode::OK);
+    let connector = s
+        .api
+        .create_connector(
+            &s.token,
+            json!({"name": "OAuth loop",
+                   "steps": [{"name": "call", "method": "GET",
+                              "url": "<<credentials.crm.instance_url>>/resource",
+                              "for_each": {"items": "<<input.ids>>", "concurrency": 3},
+                              "auth": {"type": "oauth2", "credential": "crm"}}]}),
+        )
+        .await;
+    s.server.invalidate_access_tokens();
+    let id = s
+        .api
+        .execute(&s.token, &connector, json!({"ids": [1, 2, 3]}))
+        .await;
+    let e = s.h.run_until_final(id.parse().expect("uuid"), WAIT).await;
+    assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
+    assert_eq!(s.server.count("refresh_token"), 1, "one refresh for all");
+    let mut keys = s.server.resource_keys();
+    keys.sort();
+    assert_eq!(keys.len(), 6, "each item sent and re-sent once: {keys:?}");
+    for pair in keys.chunks(2) {
+        assert_eq!(pair[0], pair[1], "a re-send keeps its item's key");
+    }
+    keys.dedup();
+    assert_eq!(keys.len(), 3, "one key per item");
+    let steps: i64 = sqlx::query_scalar("SELECT count(*) FROM execution_steps")
+        .fetch_one(&s.h.pool)
+        .await
+        .expect("count");
+    assert_eq!(steps, 3, "a re-send is not a retry");
     s.assert_nothing_stored_leaks().await;
 }
 

@@ -12,12 +12,12 @@
 //! base URL), `credentials` (name → fields), optional `credential_kinds`
 //! (name → `kind` and `oauth` settings, for OAuth credentials whose token
 //! request is the first stub request), `requests` (in order: `method`,
-//! `path`, optional `query`, `query_absent` (names that must not be
-//! sent), `headers`, `json` (partial match), `form`
+//! `path`, optional `query`, `headers`, `json` (partial match), `form`
 //! (fields that must be present with these values), `body` (exact text),
 //! optional `absent` (names no query parameter, header, form field or JSON
 //! key at any depth may have: values the template leaves out), and
-//! `respond` with `status` and `json` or `body`), and the expected
+//! `respond` with `status` and `json` or `body`; any other field is an
+//! error, so a misspelt check cannot pass unnoticed), and the expected
 //! `output`.
 
 use std::collections::BTreeMap;
@@ -31,9 +31,7 @@ use conveyor_engine::store::credentials::{self, NewCredential};
 use conveyor_tests::{Harness, WS, connector_create};
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
-use wiremock::matchers::{
-    body_partial_json, body_string, header, method, path, query_param, query_param_is_missing,
-};
+use wiremock::matchers::{body_partial_json, body_string, header, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 fn root() -> PathBuf {
@@ -87,6 +85,11 @@ impl wiremock::Match for FormFields {
     }
 }
 
+/// The fields a case's request may have.
+const REQUEST_FIELDS: [&str; 9] = [
+    "method", "path", "query", "headers", "json", "form", "body", "absent", "respond",
+];
+
 /// Matches a request in which none of these names is a query parameter,
 /// a header, a form field or a JSON key (at any depth).
 struct Absent(Vec<String>);
@@ -127,12 +130,19 @@ async fn mount(stub: &MockServer, spec: &Value, slug: &str) {
     let p = spec["path"]
         .as_str()
         .unwrap_or_else(|| panic!("{slug}: request without path"));
+    let unknown: Vec<&String> = spec
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.keys())
+        .filter(|k| !REQUEST_FIELDS.contains(&k.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "{slug}: {m} {p}: unknown request fields {unknown:?} (known: {REQUEST_FIELDS:?})"
+    );
     let mut mock = Mock::given(method(m)).and(path(p));
     for (k, v) in spec["query"].as_object().into_iter().flatten() {
         mock = mock.and(query_param(k.as_str(), v.as_str().unwrap_or_default()));
-    }
-    for k in spec["query_absent"].as_array().into_iter().flatten() {
-        mock = mock.and(query_param_is_missing(k.as_str().unwrap_or_default()));
     }
     for (k, v) in spec["headers"].as_object().into_iter().flatten() {
         mock = mock.and(header(k.as_str(), v.as_str().unwrap_or_default()));
@@ -440,5 +450,62 @@ fn no_official_template_keeps_a_secret_in_a_setting() {
                 s.name
             );
         }
+    }
+}
+
+#[test]
+fn every_case_request_uses_only_known_fields() {
+    let dir = root().join("tests/template_cases");
+    let mut problems = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("tests/template_cases/") {
+        let file = entry.expect("entry").path();
+        let case = read_json(&file);
+        for (i, spec) in case["requests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            for key in spec.as_object().into_iter().flatten().map(|(k, _)| k) {
+                if !REQUEST_FIELDS.contains(&key.as_str()) {
+                    problems.push(format!("{}: requests[{i}].{key}", file.display()));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "unknown request fields: {problems:?}");
+}
+
+#[tokio::test]
+async fn absent_fails_the_match_wherever_a_named_key_is_present() {
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(Absent(vec!["api_token".to_owned(), "start".to_owned()]))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&stub)
+        .await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/deals", stub.uri());
+    let send = |query: &'static str, header: Option<&'static str>, body: &'static str| {
+        let mut request = client.post(format!("{url}{query}")).body(body);
+        if let Some(name) = header {
+            request = request.header(name, "1");
+        }
+        request.send()
+    };
+    let cases = [
+        ("nothing named", send("?limit=2", None, "title=Deal"), 200),
+        ("a query parameter", send("?api_token=x", None, ""), 404),
+        ("a header, any case", send("", Some("Start"), ""), 404),
+        ("a form field", send("", None, "title=Deal&start=0"), 404),
+        (
+            "a nested JSON key",
+            send("", None, r#"{"page": {"start": 0}}"#),
+            404,
+        ),
+    ];
+    for (case, response, want) in cases {
+        let status = response.await.expect("stub answers").status().as_u16();
+        assert_eq!(status, want, "{case}");
     }
 }

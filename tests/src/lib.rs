@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cluster;
 pub mod oauth_server;
+pub mod overlap;
 pub mod process;
 pub mod standard_webhooks;
 

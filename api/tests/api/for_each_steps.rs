@@ -1,4 +1,5 @@
-//! `for_each` steps through the API: save-time checks name the field, and
+//! `for_each` steps through the API: save-time checks name the field
+//! (`concurrency` included), and
 //! a run by a real worker shows one step row per item in
 //! `GET /executions/{id}`, each item sent with its value, and the
 //! console's step timeline labels each item.
@@ -66,7 +67,8 @@ async fn a_bad_for_each_is_422_naming_each_field(pool: PgPool) {
                 {"name": "one", "method": "POST", "url": "https://api.example.com/a",
                  "body": {"type": "json", "content": {"id": "<<item>>"}}},
                 {"name": "two", "method": "POST", "url": "https://api.example.com/b/<<item>>",
-                 "for_each": {"items": "<<credentials.crm.ids>>", "max_items": 5000}},
+                 "for_each": {"items": "<<credentials.crm.ids>>", "max_items": 5000,
+                              "concurrency": 17}},
                 {"name": "three", "method": "GET", "url": "https://api.example.com/c",
                  "for_each": {"items": "<<input.ids>>"},
                  "paginate": {"next": {"type": "link"}}}
@@ -85,6 +87,7 @@ async fn a_bad_for_each_is_422_naming_each_field(pool: PgPool) {
         paths,
         [
             "steps[0].body.content.id",
+            "steps[1].for_each.concurrency",
             "steps[1].for_each.items",
             "steps[1].for_each.max_items",
             "steps[2].for_each",
@@ -110,6 +113,28 @@ async fn a_bad_for_each_is_422_naming_each_field(pool: PgPool) {
         reply.text
     );
     assert!(reply.text.contains("items"), "{}", reply.text);
+
+    let reply = api
+        .post(
+            "/api/v1/connectors",
+            &a,
+            json!({"name": "wordy", "steps": [
+                {"name": "one", "method": "GET", "url": "https://api.example.com/a",
+                 "for_each": {"items": "<<input.ids>>", "concurrency": "four"}}
+            ]}),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text
+    );
+    assert!(
+        reply.text.contains("steps[0].for_each.concurrency"),
+        "{}",
+        reply.text
+    );
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]

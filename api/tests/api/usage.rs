@@ -96,6 +96,7 @@ async fn usage_counts_each_workspace_per_day_and_only_admins_see_all(pool: PgPoo
         run_at: Utc::now(),
         attempt: 2,
         throttled: false,
+        context: None,
     };
     commit(
         &api,

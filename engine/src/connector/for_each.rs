@@ -1,9 +1,9 @@
 //! The `for_each` field of a step and its save-time checks.
 //!
-//! A `for_each` step is sent once per item of an array, one item after
-//! another; `<<item>>` and `<<index>>` are in scope for its templates, and
-//! its extracted fields are collected into arrays with one entry per item
-//! (see [`crate::for_each`], which runs it).
+//! A `for_each` step is sent once per item of an array, up to
+//! `concurrency` items at once; `<<item>>` and `<<index>>` are in scope for
+//! its templates, and its extracted fields are collected into arrays with
+//! one entry per item, in item order (see [`crate::for_each`]).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -16,6 +16,8 @@ use crate::template::Renderer;
 pub const DEFAULT_MAX_ITEMS: u32 = 100;
 /// Largest `max_items`.
 pub const MAX_ITEMS: u32 = 1_000;
+/// Largest `concurrency`: items of one execution in flight at once.
+pub const MAX_CONCURRENCY: u32 = 16;
 
 /// Runs a step once per item of an array.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -31,10 +33,20 @@ pub struct ForEach {
     #[serde(default = "default_max_items")]
     #[schema(minimum = 1, maximum = 1_000)]
     pub max_items: u32,
+    /// Items of one execution in flight at once (1 to 16; default 1, one
+    /// item after another). Each item is still committed on its own and
+    /// the fields are still collected in item order.
+    #[serde(default = "default_concurrency")]
+    #[schema(minimum = 1, maximum = 16)]
+    pub concurrency: u32,
 }
 
 fn default_max_items() -> u32 {
     DEFAULT_MAX_ITEMS
+}
+
+fn default_concurrency() -> u32 {
+    1
 }
 
 /// Every problem of the step's `for_each` that is not a template
@@ -60,6 +72,12 @@ pub(super) fn problems(renderer: &Renderer, path: &str, step: &Step) -> Vec<Vali
         err(
             "for_each.max_items",
             &format!("must be between 1 and {MAX_ITEMS}"),
+        );
+    }
+    if !(1..=MAX_CONCURRENCY).contains(&each.concurrency) {
+        err(
+            "for_each.concurrency",
+            &format!("must be between 1 and {MAX_CONCURRENCY}"),
         );
     }
     if each.items.trim().is_empty() {
@@ -108,6 +126,11 @@ mod tests {
         assert_eq!(problems(&looped(each, body)), Vec::new());
         let bounded = json!({"items": "<<steps.list.extract.ids>>", "max_items": 1000});
         assert_eq!(problems(&looped(bounded, json!({}))), Vec::new());
+        for concurrency in [1, 16] {
+            let parallel =
+                json!({"items": "<<steps.list.extract.ids>>", "concurrency": concurrency});
+            assert_eq!(problems(&looped(parallel, json!({}))), Vec::new());
+        }
     }
 
     #[test]
@@ -121,6 +144,14 @@ mod tests {
             (
                 json!({"items": ids, "max_items": 1001}),
                 "steps[1].for_each.max_items",
+            ),
+            (
+                json!({"items": ids, "concurrency": 0}),
+                "steps[1].for_each.concurrency",
+            ),
+            (
+                json!({"items": ids, "concurrency": 17}),
+                "steps[1].for_each.concurrency",
             ),
             (json!({"items": " "}), "steps[1].for_each.items"),
             (

@@ -28,6 +28,7 @@ pub(super) fn problems(
     earlier: &[Step],
 ) -> Vec<ValidationError> {
     let mut out = secret_items(renderer, path, step, earlier);
+    out.extend(secret_loop_extracts(path, step));
     let Some(when) = &step.when else {
         return out;
     };
@@ -82,6 +83,27 @@ fn secret_items(
             ),
         })
         .into_iter()
+        .collect()
+}
+
+/// Secret extracts of a `for_each` or `paginate` step: each item's or
+/// page's extracted values are kept in the loop's stored progress (to
+/// resume it after a crash) in plain text, so none may be secret.
+fn secret_loop_extracts(path: &str, step: &Step) -> Vec<ValidationError> {
+    let kind = match (&step.for_each, &step.paginate) {
+        (Some(_), _) => "for_each",
+        (None, Some(_)) => "paginate",
+        (None, None) => return Vec::new(),
+    };
+    step.extract
+        .iter()
+        .filter(|(_, e)| e.secret)
+        .map(|(name, _)| ValidationError {
+            path: format!("{path}.extract.{name}.secret"),
+            message: format!(
+                "a {kind} step's extracts may not be secret: each one's values are stored with the loop's progress in plain text; extract the secret in a step of its own"
+            ),
+        })
         .collect()
 }
 
@@ -233,5 +255,39 @@ mod tests {
             )]
         );
         assert_eq!(errors(with_items("<<steps.login.extract.ids>>")), []);
+    }
+
+    #[test]
+    fn loop_steps_may_not_extract_secrets() {
+        let with_loop = |looping: serde_json::Value| {
+            let mut step = json!({"name": "each", "method": "GET", "url": "https://x.test/list",
+                "extract": {"token": {"path": "$.token", "secret": true}, "id": "$.id"}});
+            step.as_object_mut()
+                .expect("object")
+                .extend(looping.as_object().expect("object").clone());
+            json!({"name": "c", "steps": [step]})
+        };
+        let message = |kind: &str| {
+            format!(
+                "a {kind} step's extracts may not be secret: each one's values are stored with the loop's progress in plain text; extract the secret in a step of its own"
+            )
+        };
+        assert_eq!(
+            errors(with_loop(json!({"for_each": {"items": "<<input.ids>>"}}))),
+            [(
+                "steps[0].extract.token.secret".to_owned(),
+                message("for_each")
+            )]
+        );
+        assert_eq!(
+            errors(with_loop(
+                json!({"paginate": {"next": {"type": "cursor", "path": "$.next", "param": "after"}}})
+            )),
+            [(
+                "steps[0].extract.token.secret".to_owned(),
+                message("paginate")
+            )]
+        );
+        assert_eq!(errors(with_loop(json!({}))), []);
     }
 }

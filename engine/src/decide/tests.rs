@@ -571,7 +571,7 @@ fn an_item_with_another_to_follow_stores_its_progress_under_for_each() {
 }
 
 #[test]
-fn the_last_item_s_summary_goes_into_the_step_entry() {
+fn a_finished_loop_records_its_summary_and_first_failure_in_the_step_entry() {
     let renderer = Renderer::new();
     let policy = Policy {
         renderer: &renderer,
@@ -580,22 +580,43 @@ fn the_last_item_s_summary_goes_into_the_step_entry() {
         lease: SECOND,
     };
     let connector = connector(json!({}));
-    let result = ok(200, json!({"ids": [1, 2]}));
-    let step = StepAttempt {
-        connector: &connector,
-        index: 0,
-        attempt: 1,
-        throttled: 0,
-        result: &result,
-        deadline: now() + Duration::from_secs(300),
-    };
-    let mut ctx = json!({"steps": {}, "looped": {"a": {"items": 2}}});
-    let got = decide(&step, &mut ctx, &policy, now(), || 0.0);
+    let collected = ok(200, json!({"ids": [1, null]}));
+    let summary = json!({"items": 2, "failed": [1]});
+    let failure = json!({"kind": "http_status", "message": "HTTP 500", "step": "a"});
+    let mut ctx = json!({"steps": {}});
+    let got = finish_loop(
+        &connector,
+        (0, 1),
+        (&collected, StepOutcome::Succeeded),
+        (summary.clone(), Some(failure.clone())),
+        &mut ctx,
+        &policy,
+        now(),
+    );
+    assert_eq!(got.outcome, StepOutcome::Succeeded, "the row keeps its own");
     let Next::Continue { context, .. } = got.next else {
         panic!("{:?}", got.next);
     };
-    assert_eq!(context["steps"]["a"]["for_each"], json!({"items": 2}));
-    assert_eq!(ctx["looped"], json!({}), "the summary is moved, not copied");
+    let entry = &context["steps"]["a"];
+    assert_eq!(entry["for_each"], summary);
+    assert_eq!(entry["error"], failure);
+    assert_eq!(entry["extract"], json!({"ids": [1, null]}));
+
+    let mut ctx = json!({"steps": {}});
+    let clean = json!({"items": 2, "failed": []});
+    let got = finish_loop(
+        &connector,
+        (0, 1),
+        (&collected, StepOutcome::Succeeded),
+        (clean, None),
+        &mut ctx,
+        &policy,
+        now(),
+    );
+    let Next::Continue { context, .. } = got.next else {
+        panic!("{:?}", got.next);
+    };
+    assert_eq!(context["steps"]["a"].get("error"), None);
 }
 
 #[test]

@@ -1,3 +1,5 @@
+use std::collections::BTreeSet;
+
 use serde_json::{Map, Value, json};
 
 use super::*;
@@ -16,52 +18,52 @@ fn ctx(ids: Value) -> Value {
     json!({"steps": {"list": {"extract": {"ids": ids}}}})
 }
 
-fn unit(step: &Step, ctx: &mut Value, progress: &Progress) -> Unit {
+fn render(step: &Step, ctx: &Value) -> Result<Vec<Value>, Box<StepResult>> {
     let each = step.for_each.clone().expect("for_each");
-    next_unit(&each, step, &Renderer::new(), ctx, progress)
+    items(&each, &Renderer::new(), ctx)
 }
 
-fn failure(unit: Unit) -> StepError {
-    match unit {
-        Unit::Settled(result) => result.error.expect("a failed step"),
-        Unit::Item { .. } => panic!("an item is due"),
-    }
-}
-
-fn done(extracted: Value) -> StepResult {
-    let Value::Object(extracted) = extracted else {
-        panic!("extracted must be an object");
+fn fields(value: Value) -> Map<String, Value> {
+    let Value::Object(map) = value else {
+        panic!("fields must be an object");
     };
-    StepResult {
-        extracted,
-        ..empty_result()
-    }
+    map
 }
 
 #[test]
-fn the_item_due_is_the_one_after_those_done() {
-    let step = step(10);
-    let mut ctx = ctx(json!(["a", "b", "c"]));
+fn the_next_item_due_is_the_lowest_neither_finished_nor_in_flight() {
+    let mut progress = Progress::default();
+    let none = BTreeSet::new();
+    assert_eq!(progress.next_due(3, &none), Some(0));
+    progress.succeed(0, Map::new());
+    progress.fail(2, json!({"kind": "http_status"}));
+    assert_eq!(progress.next_due(3, &none), Some(1));
+    assert_eq!(progress.next_due(3, &BTreeSet::from([1])), None);
+    assert_eq!(progress.done(), 2);
+    assert!(progress.is_finished(2) && !progress.is_finished(1));
+}
+
+#[test]
+fn a_pending_retry_keeps_its_attempt_until_the_item_finishes() {
+    let mut progress = Progress::default();
     assert_eq!(
-        unit(&step, &mut ctx, &Progress::default()),
-        Unit::Item {
-            index: 0,
-            value: json!("a"),
-            total: 3
+        progress.due(4),
+        Due {
+            attempt: 1,
+            throttled: 0
         }
     );
-    let progress = Progress {
-        done: 2,
-        results: vec![Map::new(), Map::new()],
+    let due = Due {
+        attempt: 3,
+        throttled: 1,
     };
-    assert_eq!(
-        unit(&step, &mut ctx, &progress),
-        Unit::Item {
-            index: 2,
-            value: json!("c"),
-            total: 3
-        }
-    );
+    progress.retries.insert(4, due);
+    let stored = json!({"steps": {}, "for_each": {"send": progress.to_json()}});
+    let resumed = Progress::stored(&stored, "send");
+    assert_eq!(resumed.due(4), due, "the attempt survives a resume");
+    let mut resumed = resumed;
+    resumed.succeed(4, Map::new());
+    assert!(resumed.retries.is_empty());
 }
 
 #[test]
@@ -72,62 +74,56 @@ fn items_that_are_not_an_array_or_over_the_bound_fail_without_a_send() {
         (json!({"a": 1}), "an object, not an array"),
         (json!(["a", "b", "c"]), "3 items, over max_items (2)"),
     ] {
-        let error = failure(unit(&step, &mut ctx(ids.clone()), &Progress::default()));
+        let error = render(&step, &ctx(ids.clone()))
+            .expect_err("refused")
+            .error
+            .expect("an error");
         assert_eq!(error.kind, StepErrorKind::ForEach, "{ids}");
         assert_eq!(error.retry, Retry::Fatal, "{ids}");
         assert!(error.message.contains(needle), "{ids}: {}", error.message);
     }
-    let missing = failure(unit(&step, &mut json!({"steps": {}}), &Progress::default()));
-    assert_eq!(missing.kind, StepErrorKind::ForEach);
-    let at_bound = unit(&step, &mut ctx(json!(["a", "b"])), &Progress::default());
-    assert!(
-        matches!(at_bound, Unit::Item { total: 2, .. }),
-        "{at_bound:?}"
-    );
+    let missing = render(&step, &json!({"steps": {}})).expect_err("refused");
+    assert_eq!(missing.error.map(|e| e.kind), Some(StepErrorKind::ForEach));
+    let at_bound = render(&step, &ctx(json!(["a", "b"]))).expect("items");
+    assert_eq!(at_bound, [json!("a"), json!("b")]);
 }
 
 #[test]
-fn no_items_settle_the_step_with_empty_arrays() {
+fn fields_are_collected_in_item_order_whatever_order_items_finished_in() {
     let step = step(10);
-    let mut ctx = ctx(json!([]));
-    let Unit::Settled(result) = unit(&step, &mut ctx, &Progress::default()) else {
-        panic!("nothing is due");
-    };
-    assert_eq!(result.error, None);
-    assert_eq!(Value::Object(result.extracted), json!({"id": [], "ok": []}));
-    assert_eq!(ctx["looped"]["send"], json!({"items": 0}));
+    let mut progress = Progress::default();
+    progress.succeed(2, fields(json!({"id": 3, "ok": false})));
+    progress.fail(1, json!({"kind": "http_status", "status": 500}));
+    progress.succeed(0, fields(json!({"id": 1})));
+    let stored = json!({"for_each": {"send": progress.to_json()}});
+    let progress = Progress::stored(&stored, "send");
+    assert_eq!(
+        Value::Object(collect(&step, &progress, 4)),
+        json!({"id": [1, null, 3, null], "ok": [null, null, false, null]}),
+        "a failed item and an item not run read as null"
+    );
+    assert_eq!(summary(&progress, 4), json!({"items": 4, "failed": [1]}));
+    assert_eq!(
+        first_failure(&progress),
+        Some(json!({"kind": "http_status", "status": 500}))
+    );
 }
 
 #[test]
-fn items_are_collected_per_field_in_item_order_with_null_for_nothing() {
+fn no_items_collect_empty_arrays() {
     let step = step(10);
-    let mut ctx = json!({"steps": {}});
-    let mut first = done(json!({"id": 1, "ok": true}));
-    let progress = settle(&step, Progress::default(), 3, &mut first, &mut ctx).expect("more");
-    assert_eq!(progress.done, 1);
+    let progress = Progress::default();
     assert_eq!(
-        Value::Object(first.extracted),
-        json!({"id": 1, "ok": true}),
-        "an item that another follows keeps its own fields"
+        Value::Object(collect(&step, &progress, 0)),
+        json!({"id": [], "ok": []})
     );
-    let mut second = done(json!({"id": 2}));
-    let progress = settle(&step, progress, 3, &mut second, &mut ctx).expect("more");
-    assert_eq!(ctx.get("looped"), None, "no summary before the last item");
-    let stored = json!({"steps": {}, "for_each": {"send": progress.to_json()}});
-    let resumed = Progress::stored(&stored, "send");
-    assert_eq!(resumed, progress);
-    let mut last = done(json!({"id": 3, "ok": false}));
-    assert_eq!(settle(&step, resumed, 3, &mut last, &mut ctx), None);
-    assert_eq!(
-        Value::Object(last.extracted),
-        json!({"id": [1, 2, 3], "ok": [true, null, false]})
-    );
-    assert_eq!(ctx["looped"]["send"], json!({"items": 3}));
+    assert_eq!(summary(&progress, 0), json!({"items": 0, "failed": []}));
+    assert_eq!(first_failure(&progress), None);
 }
 
 #[test]
-fn unreadable_stored_progress_starts_at_the_first_item() {
-    let stored = json!({"for_each": {"send": {"done": "three"}}});
+fn unreadable_stored_progress_starts_with_no_item_finished() {
+    let stored = json!({"for_each": {"send": {"finished": "three"}}});
     assert_eq!(Progress::stored(&stored, "send"), Progress::default());
     assert_eq!(Progress::stored(&json!({}), "send"), Progress::default());
 }

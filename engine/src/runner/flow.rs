@@ -48,6 +48,16 @@ impl Wakes {
 /// Fresh slots a send may miss in a row before its execution parks.
 const MISSED_SLOTS: usize = 3;
 
+/// What [`Runner::admit`] decided.
+pub(super) enum Admit {
+    /// Send; holding the named concurrency slot, if any.
+    Go(Option<String>),
+    /// Wait until then, for that reason, on that key.
+    Wait(DateTime<Utc>, WaitReason, String),
+    /// A key did not render.
+    Broken(ExecutionError),
+}
+
 /// What the gate decided.
 pub(super) enum Gate {
     /// Send; holding the named concurrency slot, if any.
@@ -95,11 +105,31 @@ impl Runner {
         (step, index): (&Step, usize),
         ctx: &Value,
     ) -> Result<Gate> {
+        match self
+            .admit((id, token), workspace_id, (step, index, 0), ctx)
+            .await?
+        {
+            Admit::Go(slot) => Ok(Gate::Go(slot)),
+            Admit::Wait(until, reason, key) => self.park(id, token, until, reason, &key).await,
+            Admit::Broken(error) => Ok(Gate::Broken(error)),
+        }
+    }
+
+    /// Takes what `step` needs to be sent now (a concurrency slot named
+    /// `item`, see [`store::acquire`], and a rate-limit send), or says
+    /// until when it must wait; nothing is parked.
+    pub(super) async fn admit(
+        &self,
+        (id, token): (Uuid, i64),
+        workspace_id: &str,
+        (step, index, item): (&Step, usize, i32),
+        ctx: &Value,
+    ) -> Result<Admit> {
         let broken = |message: String| {
             let mut e = ExecutionError::run(RunErrorKind::FlowControl, message);
             e.step = Some(step.name.clone());
             e.step_index = Some(index);
-            Gate::Broken(e)
+            Admit::Broken(e)
         };
         let mut slot = None;
         if let Some(c) = &step.concurrency {
@@ -108,11 +138,9 @@ impl Runner {
                 Err(m) => return Ok(broken(m)),
             };
             let now = Utc::now();
-            if !store::acquire(&self.pool, &key, c.limit, id, token, now).await? {
+            if !store::acquire(&self.pool, &key, c.limit, id, token, item, now).await? {
                 let until = now + flow::CONCURRENCY_RECHECK;
-                return self
-                    .park(id, token, until, WaitReason::Concurrency, &key)
-                    .await;
+                return Ok(Admit::Wait(until, WaitReason::Concurrency, key));
             }
             slot = Some(key);
         }
@@ -120,21 +148,17 @@ impl Runner {
             let key = match self.flow_key(workspace_id, "rate_limit", &r.key, ctx) {
                 Ok(k) => k,
                 Err(m) => {
-                    self.release_slot(slot.as_deref(), id).await?;
+                    self.release_slot(slot.as_deref(), (id, item)).await?;
                     return Ok(broken(m));
                 }
             };
-            if let Some(until) = self
-                .send_slot(id, &key, flow::pace(r.limit, r.per_ms))
-                .await?
-            {
-                self.release_slot(slot.as_deref(), id).await?;
-                return self
-                    .park(id, token, until, WaitReason::RateLimit, &key)
-                    .await;
+            let pace = flow::pace(r.limit, r.per_ms);
+            if let Some(at) = self.send_slot(id, &key, pace).await? {
+                self.release_slot(slot.as_deref(), (id, item)).await?;
+                return Ok(Admit::Wait(at, WaitReason::RateLimit, key));
             }
         }
-        Ok(Gate::Go(slot))
+        Ok(Admit::Go(slot))
     }
 
     /// Reserves a send on rate-limit `key` and waits in place until its
@@ -176,15 +200,16 @@ impl Runner {
         ))
     }
 
-    /// Gives back a concurrency slot taken by [`gate`](Self::gate).
-    pub(super) async fn release_slot(&self, slot: Option<&str>, id: Uuid) -> Result<()> {
+    /// Gives back a concurrency slot taken by [`admit`](Self::admit).
+    pub(super) async fn release_slot(&self, slot: Option<&str>, holder: (Uuid, i32)) -> Result<()> {
         if let Some(key) = slot {
-            store::release(&self.pool, key, id, Utc::now()).await?;
+            store::release(&self.pool, key, holder, Utc::now()).await?;
         }
         Ok(())
     }
 
-    async fn park(
+    /// Parks the execution until `until` for `reason` on `key`.
+    pub(super) async fn park(
         &self,
         id: Uuid,
         token: i64,

@@ -7,7 +7,9 @@
 //! soon as it learns of a cancel request.
 //!
 //! This module orchestrates; [`GroupCommitter`] (in `commit`) writes the
-//! step commits, and `observe` records what a run tells the metrics and traces.
+//! step commits, `for_each` runs a loop step's items (several at once with
+//! `concurrency`), and `observe` records what a run tells the metrics and
+//! traces.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +26,6 @@ use crate::cache::DefinitionCache;
 use crate::connector::Connector;
 use crate::crypto::Keyring;
 use crate::decide::{self, Decision, ExecutionError, Next, Policy, RunErrorKind, StepAttempt};
-use crate::for_each::{self, Unit};
 use crate::http::{Attempt, StepClient, StepResult, idempotency_key};
 use crate::paging::{self, Progress};
 use crate::state::ExecutionStatus;
@@ -34,6 +35,7 @@ use crate::store::executions::{self, Claimed, StepRow, Transition};
 
 mod commit;
 mod flow;
+mod for_each;
 mod language;
 mod oauth;
 mod observe;
@@ -256,8 +258,6 @@ impl Runner {
         let mut resumed = true;
         // The progress of a paginated step between its pages in this claim.
         let mut carried: Option<Progress> = None;
-        // The progress of a `for_each` step between its items in this claim.
-        let mut carried_items: Option<for_each::Progress> = None;
         while let Some(step) = connector.steps.get(index) {
             if !resumed && shutdown.is_cancelled() {
                 executions::release(&self.pool, id, token, Utc::now()).await?;
@@ -297,6 +297,30 @@ impl Runner {
                 }
                 Err(error) => return self.end(id, token, Some(&error)).await,
             }
+            if let Some(each) = &step.for_each {
+                let run = for_each::Run {
+                    id,
+                    token,
+                    claimed: &claimed,
+                    connector,
+                    index,
+                    deadline,
+                    labels: &claimed_labels,
+                    shutdown,
+                };
+                let state = for_each::State {
+                    ctx: &mut ctx,
+                    credentials: &mut credentials,
+                    secrets: &mut secrets,
+                    extended_at: &mut extended_at,
+                };
+                if let Some(outcome) = self.run_for_each(&run, each, state, resumed).await? {
+                    return Ok(outcome);
+                }
+                resumed = false;
+                index += 1;
+                continue;
+            }
             let remaining = (deadline - now).to_std().unwrap_or(Duration::ZERO);
             let timeout = Duration::from_millis(step.timeout_ms).min(remaining);
             let progress = step.paginate.as_ref().map(|_| match carried.take() {
@@ -305,38 +329,8 @@ impl Runner {
                 None => Progress::default(),
             });
             let page = progress.as_ref().map(|p| p.pages + 1);
-            let looped = step.for_each.as_ref().map(|each| {
-                let done = match carried_items.take() {
-                    Some(p) => p,
-                    None if resumed => for_each::Progress::stored(&claimed.context, &step.name),
-                    None => for_each::Progress::default(),
-                };
-                let unit = for_each::next_unit(each, step, self.client.renderer(), &mut ctx, &done);
-                (done, unit)
-            });
-            // The item sent: its position from 0, and how many there are.
-            let item = match &looped {
-                Some((
-                    _,
-                    Unit::Item {
-                        index,
-                        value,
-                        total,
-                    },
-                )) => {
-                    ctx["item"] = value.clone();
-                    ctx["index"] = json!(index);
-                    Some((*index, *total))
-                }
-                _ => None,
-            };
-            let key = match (page, item) {
-                (Some(n), _) if n > 1 => {
-                    idempotency_key(id, &format!("{}#page{n}", step.name), attempt)
-                }
-                (_, Some((i, _))) => {
-                    idempotency_key(id, &format!("{}#item{i}", step.name), attempt)
-                }
+            let key = match page {
+                Some(n) if n > 1 => idempotency_key(id, &format!("{}#page{n}", step.name), attempt),
                 _ => idempotency_key(id, &step.name, attempt),
             };
             let span = info_span!(
@@ -351,14 +345,7 @@ impl Runner {
                 conveyor.retry = tracing::field::Empty,
             );
             let ws = claimed.workspace_id.as_str();
-            let (done, settled) = match looped {
-                Some((done, Unit::Settled(result))) => (Some(done), Some(result)),
-                Some((done, Unit::Item { .. })) => (Some(done), None),
-                None => (None, None),
-            };
-            let mut result = if let Some(result) = settled {
-                result
-            } else {
+            let mut result = {
                 let slot = match self.gate((id, token), ws, (step, index), &ctx).await? {
                     flow::Gate::Go(slot) => slot,
                     flow::Gate::Parked => return Ok(RunOutcome::Parked),
@@ -391,11 +378,9 @@ impl Runner {
                     )
                     .instrument(span.clone())
                     .await?;
-                self.release_slot(slot.as_deref(), id).await?;
+                self.release_slot(slot.as_deref(), (id, 0)).await?;
                 if let Some(c) = ctx.as_object_mut() {
                     c.remove("page");
-                    c.remove("item");
-                    c.remove("index");
                 }
                 match sent {
                     InFlight::Done(result) => result,
@@ -406,12 +391,6 @@ impl Runner {
             let more = match (&step.paginate, progress) {
                 (Some(p), Some(progress)) if result.error.is_none() => {
                     paging::settle(p, progress, &mut result, &mut ctx, &step.name)
-                }
-                _ => None,
-            };
-            let next_item = match (done, item) {
-                (Some(done), Some((_, total))) if result.error.is_none() => {
-                    for_each::settle(step, done, total, &mut result, &mut ctx)
                 }
                 _ => None,
             };
@@ -428,11 +407,7 @@ impl Runner {
                 result: &result,
                 deadline,
             };
-            let unit = match (&more, &next_item) {
-                (Some(next), _) => Some(("paging", next.to_json())),
-                (None, Some(next)) => Some(("for_each", next.to_json())),
-                (None, None) => None,
-            };
+            let unit = more.as_ref().map(|next| ("paging", next.to_json()));
             let mut decision = cpu_bound(|| match unit {
                 Some(progress) => decide::next_page(
                     connector,
@@ -473,7 +448,6 @@ impl Runner {
             let (mut row, transition) =
                 self.step_commit(&step.name, index, attempt, *result, decision, now);
             row.page = page.and_then(|n| i32::try_from(n).ok());
-            row.item = item.and_then(|(i, _)| i32::try_from(i + 1).ok());
             let committing = tokio::time::Instant::now();
             let status = self
                 .commits
@@ -500,10 +474,9 @@ impl Runner {
                 return Ok(outcome);
             }
             resumed = false;
-            match (more, next_item) {
-                (Some(next), _) => carried = Some(next),
-                (None, Some(next)) => carried_items = Some(next),
-                (None, None) => index += 1,
+            match more {
+                Some(next) => carried = Some(next),
+                None => index += 1,
             }
         }
         // Only reachable when no step was left to run (an empty tail).
@@ -684,6 +657,7 @@ impl Runner {
                 run_at,
                 attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
                 throttled,
+                context: None,
             },
             Next::Fail(error) => Transition::Fail {
                 error: error.to_json(),

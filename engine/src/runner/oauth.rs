@@ -50,8 +50,26 @@ impl RunCredentials {
     }
 
     /// The kind of step-facing `name`, when it exists.
-    fn kind_of(&self, name: &str) -> Option<CredentialKind> {
+    pub(super) fn kind_of(&self, name: &str) -> Option<CredentialKind> {
         self.states.get(name).map(|(_, s)| s.kind)
+    }
+
+    /// The OAuth or Nango credential `step` (its variant resolved) sends
+    /// with, if any.
+    pub(super) fn oauth_credential(&self, step: &Step) -> Option<String> {
+        match &step.auth {
+            Auth::OAuth2 { credential, .. } => Some(credential.clone()),
+            Auth::Bearer { credential } if self.is_oauth(credential) => Some(credential.clone()),
+            _ => None,
+        }
+    }
+
+    /// The access token of `name` now (the one a request is sent with).
+    pub(super) fn access_token(&self, name: &str) -> Option<String> {
+        self.fields
+            .get(name)
+            .and_then(|f| f.get("access_token"))
+            .cloned()
     }
 
     /// Records the kind and expiry of step-facing `name`, bound to the
@@ -133,7 +151,7 @@ impl Runner {
     /// Makes `name`'s access token usable: renewed when missing, expiring
     /// within the margin, or `rejected`. The inner error is the failed
     /// step's result; the outer one a database error.
-    async fn ensure_token(
+    pub(super) async fn ensure_token(
         &self,
         step: &Step,
         credentials: &mut RunCredentials,

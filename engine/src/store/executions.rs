@@ -331,6 +331,9 @@ pub enum Transition {
         attempt: i32,
         /// A provider's rate-limit signal: not charged to the retry policy.
         throttled: bool,
+        /// The context to store with it, if it changed (a `for_each`
+        /// step's progress); `None` keeps the stored one.
+        context: Option<Value>,
     },
     /// The execution failed.
     Fail {
@@ -455,9 +458,10 @@ pub async fn commit_steps(
                     run_at,
                     attempt,
                     throttled,
+                    context,
                 } => (
                     if *throttled { "throttle" } else { "retry" },
-                    None,
+                    context.take(),
                     None,
                     None,
                     None,
@@ -631,7 +635,7 @@ pub async fn commit_steps(
                 *slot = context.flatten().unwrap_or_default();
                 *out = output.flatten().unwrap_or_default();
             }
-            Transition::Retry { .. } => {}
+            Transition::Retry { context: slot, .. } => *slot = context.flatten(),
             Transition::Fail { error: slot } => *slot = error.flatten().unwrap_or_default(),
         }
         let s = &mut c.step;

@@ -146,7 +146,10 @@ pub async fn push_back(
 }
 
 /// Takes a slot of concurrency `key` for the running execution `id` (under
-/// fencing `token`) when fewer than `limit` are held. A slot counts only
+/// fencing `token`) when fewer than `limit` are held. `item` names the
+/// slot within the execution: a `for_each` item's number from 1, so that
+/// its items in flight at once each hold one, and 0 for any other step;
+/// taking a slot already held renews it. A slot counts only
 /// while its holder runs under the same token with a live lease, so a
 /// crashed worker's slot frees when its lease expires. Returns whether the
 /// slot was taken.
@@ -160,6 +163,7 @@ pub async fn acquire(
     limit: u32,
     id: Uuid,
     token: i64,
+    item: i32,
     now: DateTime<Utc>,
 ) -> Result<bool> {
     let mut tx = pool.begin().await?;
@@ -170,24 +174,25 @@ pub async fn acquire(
         .await?;
     let taken = sqlx::query_scalar!(
         r#"WITH live AS (
-               SELECT s.execution_id FROM flow_concurrency_slots s
+               SELECT s.execution_id, s.item FROM flow_concurrency_slots s
                JOIN connector_executions e ON e.id = s.execution_id
-               WHERE s.key = $1 AND s.execution_id <> $3 AND e.status = 'running'
+               WHERE s.key = $1 AND (s.execution_id, s.item) <> ($3, $6) AND e.status = 'running'
                  AND e.fencing_token = s.fencing_token AND e.lease_expires_at > $5
            ), stale AS (
                DELETE FROM flow_concurrency_slots s
-               WHERE s.key = $1 AND s.execution_id <> $3
-                 AND s.execution_id NOT IN (SELECT execution_id FROM live)
+               WHERE s.key = $1 AND (s.execution_id, s.item) <> ($3, $6)
+                 AND (s.execution_id, s.item) NOT IN (SELECT execution_id, item FROM live)
            )
-           INSERT INTO flow_concurrency_slots (key, execution_id, fencing_token, acquired_at)
-           SELECT $1, $3, $4, $5 WHERE (SELECT count(*) FROM live) < $2
-           ON CONFLICT (key, execution_id) DO UPDATE SET fencing_token = $4, acquired_at = $5
+           INSERT INTO flow_concurrency_slots (key, execution_id, item, fencing_token, acquired_at)
+           SELECT $1, $3, $6, $4, $5 WHERE (SELECT count(*) FROM live) < $2
+           ON CONFLICT (key, execution_id, item) DO UPDATE SET fencing_token = $4, acquired_at = $5
            RETURNING execution_id"#,
         key,
         i64::from(limit),
         id,
         token,
-        now
+        now,
+        item
     )
     .fetch_optional(&mut *tx)
     .await?;
@@ -195,17 +200,22 @@ pub async fn acquire(
     Ok(taken.is_some())
 }
 
-/// Gives back `id`'s slot of concurrency `key` and makes the execution
-/// parked longest on that key due now, so it takes the slot next; idle
-/// workers are woken for it as for an enqueue.
+/// Gives back `id`'s slot `item` of concurrency `key` (see [`acquire`])
+/// and makes the execution parked longest on that key due now, so it
+/// takes the slot next; idle workers are woken for it as for an enqueue.
 ///
 /// # Errors
 ///
 /// Database errors.
-pub async fn release(pool: &PgPool, key: &str, id: Uuid, now: DateTime<Utc>) -> Result<()> {
+pub async fn release(
+    pool: &PgPool,
+    key: &str,
+    (id, item): (Uuid, i32),
+    now: DateTime<Utc>,
+) -> Result<()> {
     sqlx::query!(
         r#"WITH gone AS (
-               DELETE FROM flow_concurrency_slots WHERE key = $1 AND execution_id = $2
+               DELETE FROM flow_concurrency_slots WHERE key = $1 AND execution_id = $2 AND item = $4
                RETURNING key
            ), next AS (
                SELECT e.id FROM connector_executions e
@@ -218,10 +228,11 @@ pub async fn release(pool: &PgPool, key: &str, id: Uuid, now: DateTime<Utc>) -> 
                UPDATE connector_executions e SET run_at = $3 FROM next WHERE e.id = next.id
                RETURNING e.id
            )
-           SELECT pg_notify($4, '') FROM woken"#,
+           SELECT pg_notify($5, '') FROM woken"#,
         key,
         id,
         now,
+        item,
         super::channels::EXECUTIONS_ENQUEUED
     )
     .fetch_all(pool)

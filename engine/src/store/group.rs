@@ -77,7 +77,11 @@ pub fn make_storable(commit: &mut Commit) {
             storable(context);
             storable(output);
         }
-        Transition::Retry { .. } => {}
+        Transition::Retry { context, .. } => {
+            if let Some(context) = context {
+                storable(context);
+            }
+        }
         Transition::Fail { error } => {
             storable(error);
         }
