@@ -1,14 +1,15 @@
 //! Starting executions, for every way the API starts one (execute, batch
 //! execute, rerun): the input check against the connector's compiled
 //! `input_schema` (compiled once per connector version and cached), the
-//! enqueue in one transaction, and the enqueue counter.
+//! enqueue in one transaction (the caller's, or its own), and the enqueue
+//! counter.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::connector::{Connector, ValidationError};
@@ -107,10 +108,11 @@ impl Starter {
         compiled
     }
 
-    /// Enqueues `news` in one transaction (all or none) and counts the
-    /// created ones in `conveyor_executions_enqueued_total`. An item whose
-    /// idempotency key exists for the same request returns that execution
-    /// (`created: false`).
+    /// Enqueues `news` in one transaction (all or none), with one INSERT
+    /// statement for all of them ([`executions::enqueue_many`]), and counts
+    /// the created ones in `conveyor_executions_enqueued_total`. An item
+    /// whose idempotency key exists for the same request returns that
+    /// execution (`created: false`).
     ///
     /// # Errors
     ///
@@ -123,13 +125,32 @@ impl Starter {
         now: DateTime<Utc>,
     ) -> Result<Vec<Enqueued>, StartError> {
         let mut tx = pool.begin().await.map_err(crate::Error::from)?;
-        let mut out = Vec::with_capacity(news.len());
-        for (index, new) in news.iter().enumerate() {
-            out.push(enqueue(&mut tx, index, new, now).await?);
-        }
+        let out = self.start_in(&mut tx, news, now).await?;
         tx.commit().await.map_err(crate::Error::from)?;
         count_created(&out);
         Ok(out)
+    }
+
+    /// [`start`](Self::start) inside the caller's transaction, so that
+    /// what else the caller writes (an audit entry) commits with the
+    /// executions, in one commit. The caller commits, then counts the
+    /// created ones with [`count_created`]; on an error it drops the
+    /// transaction, rolling every item back.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub async fn start_in(
+        &self,
+        conn: &mut PgConnection,
+        news: &[NewExecution],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Enqueued>, StartError> {
+        let out = executions::enqueue_many(conn, news, now).await?;
+        match out.iter().position(|e| !e.same_request) {
+            Some(index) => Err(StartError::ReusedKey { index }),
+            None => Ok(out),
+        }
     }
 
     /// [`start`](Self::start) for one execution.
@@ -167,7 +188,9 @@ async fn enqueue(
     }
 }
 
-fn count_created(enqueued: &[Enqueued]) {
+/// Counts the created executions of `enqueued` in
+/// `conveyor_executions_enqueued_total`, once their transaction committed.
+pub fn count_created(enqueued: &[Enqueued]) {
     let created = enqueued.iter().filter(|e| e.created).count();
     metrics::counter!("conveyor_executions_enqueued_total").increment(created as u64);
 }

@@ -7,9 +7,10 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use conveyor_engine::connector::{self, Connector};
 use conveyor_engine::marketplace::{Template, parse_version, upgrade};
-use conveyor_engine::start::StartError;
+use conveyor_engine::start::{StartError, count_created};
 use conveyor_engine::state::ReviewStatus;
-use conveyor_engine::store::executions::NewExecution;
+use conveyor_engine::store::access::{self, AuditEntry};
+use conveyor_engine::store::executions::{Enqueued, NewExecution};
 use conveyor_engine::store::history::ExecutionView;
 use conveyor_engine::store::{connectors, history, templates};
 use serde::{Deserialize, Serialize};
@@ -373,8 +374,18 @@ pub(crate) async fn execute(
         started_by: caller.started_by(),
         callback_url,
     };
-    let enqueued = match state.starter.start_one(&state.pool, &new, Utc::now()).await {
-        Ok(enqueued) => enqueued,
+    let started = start_audited(&state, &caller, &[new], "execution.start", |e| {
+        e[0].created.then(|| {
+            (
+                "execution",
+                e[0].id.to_string(),
+                json!({"connector_id": id}),
+            )
+        })
+    })
+    .await;
+    let enqueued = match started {
+        Ok(enqueued) => enqueued[0],
         Err(StartError::ReusedKey { .. }) => return Err(reused_key("idempotency_key")),
         Err(StartError::Store(e)) => return Err(e.into()),
     };
@@ -382,20 +393,42 @@ pub(crate) async fn execute(
         .await?
         .ok_or_else(|| ApiError::not_found("execution"))?;
     let status = if enqueued.created {
-        audit(
-            &state,
-            &caller,
-            "execution.start",
-            "execution",
-            Some(&enqueued.id.to_string()),
-            json!({"connector_id": id}),
-        )
-        .await;
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
     };
     Ok((status, Json(view)).into_response())
+}
+
+/// Enqueues `news` and records `action` in the audit log in one
+/// transaction: an execute waits for one durable commit, not two, and its
+/// audit entry is never missing. `object` names what the entry is about
+/// (kind, id, details) from what was enqueued; `None` records nothing.
+async fn start_audited(
+    state: &AppState,
+    caller: &Caller,
+    news: &[NewExecution],
+    action: &str,
+    object: impl FnOnce(&[Enqueued]) -> Option<(&'static str, String, Value)>,
+) -> Result<Vec<Enqueued>, StartError> {
+    let store = |e: sqlx::Error| StartError::Store(e.into());
+    let mut tx = state.pool.begin().await.map_err(store)?;
+    let enqueued = state.starter.start_in(&mut tx, news, Utc::now()).await?;
+    if let Some((object_type, object_id, details)) = object(&enqueued) {
+        let entry = AuditEntry {
+            workspace_id: Some(&caller.workspace_id),
+            actor: &caller.actor,
+            action,
+            object_type,
+            object_id: Some(&object_id),
+            request_id: caller.request_id.as_deref(),
+            details,
+        };
+        access::audit(&mut *tx, &entry).await?;
+    }
+    tx.commit().await.map_err(store)?;
+    count_created(&enqueued);
+    Ok(enqueued)
 }
 
 /// The body of a batch execute.
@@ -480,23 +513,22 @@ async fn execute_batch(
             Value::Array(errors),
         ));
     }
-    let enqueued = match state.starter.start(&state.pool, &news, Utc::now()).await {
+    let started = start_audited(&state, &caller, &news, "execution.start_batch", |e| {
+        let created = e.iter().filter(|e| e.created).count();
+        Some((
+            "connector",
+            id.to_string(),
+            json!({"count": e.len(), "created": created}),
+        ))
+    })
+    .await;
+    let enqueued = match started {
         Ok(enqueued) => enqueued,
         Err(StartError::ReusedKey { index }) => {
             return Err(reused_key(&format!("items[{index}].idempotency_key")));
         }
         Err(StartError::Store(e)) => return Err(e.into()),
     };
-    let created = enqueued.iter().filter(|e| e.created).count();
-    audit(
-        &state,
-        &caller,
-        "execution.start_batch",
-        "connector",
-        Some(&id.to_string()),
-        json!({"count": enqueued.len(), "created": created}),
-    )
-    .await;
     let ids: Vec<Uuid> = enqueued.iter().map(|e| e.id).collect();
     Ok((StatusCode::ACCEPTED, Json(json!({"ids": ids}))).into_response())
 }

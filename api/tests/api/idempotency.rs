@@ -5,9 +5,10 @@ use std::collections::BTreeSet;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use conveyor_tests::api::Reply;
+use conveyor_tests::api::{Reply, WAIT};
 use serde_json::json;
 use sqlx::PgPool;
+use sqlx::postgres::PgListener;
 
 use crate::support::{api, simple_connector};
 
@@ -164,4 +165,131 @@ async fn two_concurrent_executes_with_the_same_key_make_one_execution(pool: PgPo
         assert_eq!(e.json["connector_id"], json!(connector));
     }
     assert_eq!(api.get("/api/v1/executions", &a).await.items().len(), 7);
+}
+
+/// The ids of a batch's answer, in item order.
+fn batch_ids(reply: &Reply) -> Vec<String> {
+    reply.json["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_str().expect("id").to_owned())
+        .collect()
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_full_batch_enqueues_every_item_with_its_event_and_wakes_workers(pool: PgPool) {
+    let api = api(pool.clone());
+    let a = api.token("ws_a", "alice");
+    let connector = api
+        .create_connector(&a, simple_connector("http://127.0.0.1:9"))
+        .await;
+    let mut listener = PgListener::connect_with(&pool).await.expect("listener");
+    listener
+        .listen(conveyor_engine::store::channels::EXECUTIONS_ENQUEUED)
+        .await
+        .expect("listen");
+    let mut items: Vec<_> = (0..1000).map(|n| json!({"input": {"n": n}})).collect();
+    items[0] = json!({"input": {"n": 0}, "idempotency_key": "k-first"});
+    // A repeated key with the same input names the earlier item's execution.
+    items[500] = json!({"input": {"n": 0}, "idempotency_key": "k-first"});
+    items[999] = json!({"input": {"n": 999}, "idempotency_key": "k-last"});
+    let batch = api
+        .post(
+            &format!("/api/v1/connectors/{connector}/execute/batch"),
+            &a,
+            json!({"items": items}),
+        )
+        .await;
+    assert_eq!(batch.status, StatusCode::ACCEPTED, "{}", batch.text);
+    let ids = batch_ids(&batch);
+    assert_eq!(ids.len(), 1000);
+    assert_eq!(ids[500], ids[0]);
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 999);
+    tokio::time::timeout(WAIT, listener.recv())
+        .await
+        .expect("the enqueue notifies idle workers")
+        .expect("received");
+
+    // Each execution holds its own item's input and has one `enqueued` event.
+    let rows: Vec<(String, serde_json::Value, i64)> = sqlx::query_as(
+        "SELECT e.id::text, e.input,
+                (SELECT count(*) FROM execution_events v WHERE v.execution_id = e.id AND v.kind = 'enqueued')
+         FROM connector_executions e WHERE e.workspace_id = 'ws_a'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("rows");
+    assert_eq!(rows.len(), 999);
+    let by_id: std::collections::BTreeMap<_, _> = rows
+        .into_iter()
+        .map(|(id, input, ev)| (id, (input, ev)))
+        .collect();
+    for (n, id) in ids.iter().enumerate().filter(|(n, _)| *n != 500) {
+        let (input, events) = &by_id[id];
+        assert_eq!(input["n"], json!(n), "item {n}");
+        assert_eq!(*events, 1, "item {n}");
+    }
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_key_reused_within_a_batch_for_another_input_refuses_the_batch(pool: PgPool) {
+    let api = api(pool.clone());
+    let a = api.token("ws_a", "alice");
+    let connector = api
+        .create_connector(&a, simple_connector("http://127.0.0.1:9"))
+        .await;
+    let reused = api
+        .post(
+            &format!("/api/v1/connectors/{connector}/execute/batch"),
+            &a,
+            json!({"items": [
+                {"input": {"n": 1}},
+                {"input": {"n": 2}, "idempotency_key": "k"},
+                {"input": {"n": 3}},
+                {"input": {"n": 4}, "idempotency_key": "k"}
+            ]}),
+        )
+        .await;
+    assert_eq!(reused.status, StatusCode::CONFLICT, "{}", reused.text);
+    assert_eq!(
+        reused.json["error"]["details"]["path"],
+        "items[3].idempotency_key"
+    );
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM connector_executions")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 0, "nothing of the batch is enqueued");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn concurrent_batches_sharing_keys_in_opposite_orders_make_one_execution_per_key(
+    pool: PgPool,
+) {
+    let api = api(pool.clone());
+    let a = api.token("ws_a", "alice");
+    let connector = api
+        .create_connector(&a, simple_connector("http://127.0.0.1:9"))
+        .await;
+    let path = format!("/api/v1/connectors/{connector}/execute/batch");
+    let item = |n: usize| json!({"input": {"n": n}, "idempotency_key": format!("k-{n}")});
+    let forward: Vec<_> = (0..1000).map(item).collect();
+    let backward: Vec<_> = (0..1000).rev().map(item).collect();
+    // Both insert the same keys at once; in item order they would wait for
+    // each other's keys crosswise (a deadlock).
+    let (one, two) = tokio::join!(
+        api.post(&path, &a, json!({"items": forward})),
+        api.post(&path, &a, json!({"items": backward})),
+    );
+    assert_eq!(one.status, StatusCode::ACCEPTED, "{}", one.text);
+    assert_eq!(two.status, StatusCode::ACCEPTED, "{}", two.text);
+    let mut reversed = batch_ids(&two);
+    reversed.reverse();
+    assert_eq!(batch_ids(&one), reversed, "each key names one execution");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM connector_executions")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 1000);
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::Result;
@@ -259,12 +259,13 @@ pub struct AuditEntry<'a> {
     pub details: Value,
 }
 
-/// Records an audit entry.
+/// Records an audit entry, on the pool or inside a caller's transaction
+/// (so that it commits with what it records).
 ///
 /// # Errors
 ///
 /// Database errors.
-pub async fn audit(pool: &PgPool, e: &AuditEntry<'_>) -> Result<()> {
+pub async fn audit<'e>(db: impl PgExecutor<'e>, e: &AuditEntry<'_>) -> Result<()> {
     sqlx::query!(
         "INSERT INTO audit_log (workspace_id, actor, action, object_type, object_id, request_id, details)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -276,7 +277,7 @@ pub async fn audit(pool: &PgPool, e: &AuditEntry<'_>) -> Result<()> {
         e.request_id,
         e.details
     )
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }

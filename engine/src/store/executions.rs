@@ -1,7 +1,8 @@
 //! The queue: `connector_executions` rows are the queue entries.
 //!
 //! - enqueue: one INSERT (a statement trigger NOTIFYs idle workers on
-//!   [`EXECUTIONS_ENQUEUED`](super::channels::EXECUTIONS_ENQUEUED));
+//!   [`EXECUTIONS_ENQUEUED`](super::channels::EXECUTIONS_ENQUEUED)), one
+//!   for a whole batch too ([`enqueue_many`]);
 //! - claim: one statement, `FOR UPDATE SKIP LOCKED`, in batches, setting
 //!   the lease and bumping the fencing token;
 //! - every later write filters on `id` + `fencing_token` + `running`: no
@@ -22,6 +23,7 @@ use crate::state::{ExecutionStatus, StartedBy, StepOutcome};
 pub use super::claim::{
     Claimed, DEFAULT_WORKSPACE_MAX_RUNNING, PRIORITY_RANGE, claim, claim_capped,
 };
+pub use super::enqueue::enqueue_many;
 
 /// What a caller asks to enqueue.
 #[derive(Debug, Clone)]

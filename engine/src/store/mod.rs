@@ -10,6 +10,7 @@ mod claim;
 pub mod connectors;
 pub mod console;
 pub mod credentials;
+mod enqueue;
 pub mod executions;
 pub mod flow;
 pub mod group;
