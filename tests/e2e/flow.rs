@@ -13,6 +13,7 @@ use conveyor_engine::store::flow;
 use conveyor_tests::{Harness, WS};
 use serde_json::json;
 use sqlx::PgPool;
+use uuid::Uuid;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -73,28 +74,11 @@ async fn a_429_with_an_http_date_retry_after_is_respected_and_costs_no_attempt(p
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn a_full_rate_limit_parks_the_execution_and_says_why(pool: PgPool) {
     let h = Harness::new(pool);
-    let stub = MockServer::start().await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&stub)
-        .await;
-    let c = h
-        .connector(json!({"name": "slow",
-            "settings": {"portal": "p1"},
-            "steps": [{"name": "get", "method": "GET", "url": format!("{}/x", stub.uri()),
-                       "rate_limit": {"key": "hub:<<settings.portal>>", "limit": 1, "per_ms": 2000}}]}))
-        .await;
-    let first = h.enqueue(c, json!({})).await;
-    let second = h.enqueue(c, json!({})).await;
-    assert_eq!(
-        h.worker.run_next().await.expect("run"),
-        Some(RunOutcome::Succeeded)
-    );
-    assert_eq!(
-        h.worker.run_next().await.expect("run"),
-        Some(RunOutcome::Parked)
-    );
-    assert_eq!(h.execution(first).await.status, ExecutionStatus::Succeeded);
+    let (stub, second) = one_sent_one_parked(
+        &h,
+        json!({"key": "hub:<<settings.portal>>", "limit": 1, "per_ms": 2000}),
+    )
+    .await;
     let parked = h.execution(second).await;
     assert_eq!(parked.status, ExecutionStatus::Queued);
     assert_eq!(parked.step_attempt, 1, "parking costs no attempt");
@@ -123,18 +107,10 @@ async fn a_full_rate_limit_parks_the_execution_and_says_why(pool: PgPool) {
     assert_eq!(stub.received_requests().await.expect("rec").len(), 2);
 }
 
-/// The slot kept for `id` by a park, if any.
-async fn reservation(pool: &PgPool, id: uuid::Uuid) -> Option<chrono::DateTime<Utc>> {
-    sqlx::query_scalar("SELECT slot FROM flow_rate_reservations WHERE execution_id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await
-        .expect("reservation")
-}
-
-#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
-async fn a_kept_slot_missed_by_more_than_the_tolerance_is_never_used(pool: PgPool) {
-    let h = Harness::new(pool);
+/// Two executions of a one-step connector limited by `rate_limit` (its
+/// settings have `portal: p1`): the first is sent, the second parked.
+/// Returns the stub and the parked execution.
+async fn one_sent_one_parked(h: &Harness, rate_limit: serde_json::Value) -> (MockServer, Uuid) {
     let stub = MockServer::start().await;
     Mock::given(method("GET"))
         .respond_with(ResponseTemplate::new(200))
@@ -142,8 +118,9 @@ async fn a_kept_slot_missed_by_more_than_the_tolerance_is_never_used(pool: PgPoo
         .await;
     let c = h
         .connector(json!({"name": "slow",
+            "settings": {"portal": "p1"},
             "steps": [{"name": "get", "method": "GET", "url": format!("{}/x", stub.uri()),
-                       "rate_limit": {"key": "k", "limit": 1, "per_ms": 1000}}]}))
+                       "rate_limit": rate_limit}]}))
         .await;
     let first = h.enqueue(c, json!({})).await;
     let second = h.enqueue(c, json!({})).await;
@@ -156,6 +133,23 @@ async fn a_kept_slot_missed_by_more_than_the_tolerance_is_never_used(pool: PgPoo
         Some(RunOutcome::Parked)
     );
     assert_eq!(h.execution(first).await.status, ExecutionStatus::Succeeded);
+    (stub, second)
+}
+
+/// The slot kept for `id` by a park, if any.
+async fn reservation(pool: &PgPool, id: Uuid) -> Option<chrono::DateTime<Utc>> {
+    sqlx::query_scalar("SELECT slot FROM flow_rate_reservations WHERE execution_id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .expect("reservation")
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_kept_slot_missed_by_more_than_the_tolerance_is_never_used(pool: PgPool) {
+    let h = Harness::new(pool);
+    let (stub, second) =
+        one_sent_one_parked(&h, json!({"key": "k", "limit": 1, "per_ms": 1000})).await;
     let slot = reservation(&h.pool, second).await.expect("a kept slot");
     // Claimed 200 ms after its slot (a tolerance of 50 ms at 1 a second):
     // sending now could put two sends in one second. It takes the key's
