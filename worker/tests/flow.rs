@@ -4,7 +4,6 @@
 //! never exceeded, and one workspace's backlog does not hold up another's
 //! execution.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use conveyor_engine::crypto::Key;
 use conveyor_engine::state::ExecutionStatus;
 use conveyor_engine::store::executions;
 use conveyor_engine::store::history;
+use conveyor_tests::process::WorkerProcess;
 use conveyor_tests::{Harness, WS};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -26,42 +26,20 @@ fn encryption_key() -> &'static str {
     KEY.get_or_init(|| Key::generate().to_base64())
 }
 
-/// `conveyor-worker` children with the default flow settings; killed and
-/// reaped on drop.
-struct Workers(Vec<Child>);
-
-impl Workers {
-    fn start(database_url: &str, n: usize) -> Self {
-        let children = (0..n)
-            .map(|i| {
-                Command::new(WORKER_BIN)
-                    .env("DATABASE_URL", database_url)
-                    .env("CONVEYOR_ENCRYPTION_KEY", encryption_key())
-                    .env("CONVEYOR_ALLOW_PRIVATE_NETWORKS", "true")
-                    .env("CONVEYOR_AUTO_MIGRATE", "false")
-                    .env("CONVEYOR_LEASE_SECS", "3")
-                    .env("CONVEYOR_POLL_INTERVAL_MS", "100")
-                    .env("CONVEYOR_DB_MAX_CONNECTIONS", "10")
-                    .env("CONVEYOR_WORKER_ID", format!("flow-{i}"))
-                    .env("RUST_LOG", "warn")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .spawn()
-                    .unwrap_or_else(|e| panic!("cannot start {WORKER_BIN}: {e}"))
-            })
-            .collect();
-        Self(children)
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// `n` `conveyor-worker` children with the worker's default concurrency
+/// (32); killed and reaped on drop.
+fn start_workers(database_url: &str, n: usize) -> Vec<WorkerProcess> {
+    (0..n)
+        .map(|i| {
+            WorkerProcess::start(
+                WORKER_BIN,
+                database_url,
+                encryption_key(),
+                &format!("flow-{i}"),
+                &[("CONVEYOR_WORKER_CONCURRENCY", "32")],
+            )
+        })
+        .collect()
 }
 
 /// Answers 200 after `delay`, recording when each request arrived.
@@ -168,7 +146,7 @@ async fn four_workers_never_exceed_ten_requests_per_second_of_a_key(pool: PgPool
         ))
         .await;
     enqueue_bulk(&h.pool, WS, c, 40).await;
-    let _workers = Workers::start(&conveyor_tests::database_url(&h.pool), 4);
+    let _workers = start_workers(&conveyor_tests::database_url(&h.pool), 4);
     wait_succeeded(&h.pool, 40, Duration::from_secs(60)).await;
 
     let arrivals = recorder.arrivals();
@@ -202,7 +180,7 @@ async fn a_concurrency_key_of_two_is_never_exceeded(pool: PgPool) {
         ))
         .await;
     enqueue_bulk(&h.pool, WS, c, 12).await;
-    let _workers = Workers::start(&conveyor_tests::database_url(&h.pool), 4);
+    let _workers = start_workers(&conveyor_tests::database_url(&h.pool), 4);
     wait_succeeded(&h.pool, 12, Duration::from_secs(60)).await;
 
     // Each request is in flight at the stub from its arrival until its
@@ -240,7 +218,7 @@ async fn a_backlog_of_20000_does_not_delay_another_workspaces_execution(pool: Pg
         .await
         .expect("connector");
 
-    let _workers = Workers::start(&conveyor_tests::database_url(&h.pool), 2);
+    let _workers = start_workers(&conveyor_tests::database_url(&h.pool), 2);
     // The backlog is being worked on.
     let started = Instant::now();
     while recorder.arrivals().len() < 200 {
