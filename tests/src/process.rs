@@ -1,13 +1,14 @@
 //! `conveyor-worker` as a child process for multi-process tests (the
 //! binary's path comes from the calling test, which alone knows it).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use wiremock::{MockServer, Request};
 
 /// A worker child; killed (SIGKILL) and reaped on drop.
 pub struct WorkerProcess {
+    id: String,
     child: Child,
 }
 
@@ -46,13 +47,57 @@ impl WorkerProcess {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        Self { child }
+        Self {
+            id: id.to_owned(),
+            child,
+        }
     }
 
     /// SIGKILL, then reap: the process vanishes without releasing anything.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM, as an orchestrator stops a worker.
+    ///
+    /// # Panics
+    ///
+    /// When `kill -TERM` cannot be run or fails.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// Waits for the process to exit by itself.
+    ///
+    /// # Panics
+    ///
+    /// When it is still running after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "worker {} did not exit within {timeout:?}",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Panics if the process has exited (it should still be serving).
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!("worker {} exited early: {status}", self.id);
+        }
     }
 }
 

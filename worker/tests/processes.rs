@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use conveyor_engine::state::{ExecutionStatus, StartedBy};
 use conveyor_engine::store::executions::{self, NewExecution};
 use conveyor_engine::store::schedules;
 use conveyor_tests::cluster::PgCluster;
+use conveyor_tests::process::WorkerProcess;
 use conveyor_tests::{Harness, WS};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -37,85 +37,9 @@ fn encryption_key() -> &'static str {
     KEY.get_or_init(|| Key::generate().to_base64())
 }
 
-/// A `conveyor-worker` child process; killed (SIGKILL) and reaped on drop.
-struct WorkerProcess {
-    id: String,
-    child: Child,
-}
-
-impl WorkerProcess {
-    /// Starts a worker with the test settings plus `extra` variables.
-    fn start(database_url: &str, id: &str, extra: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(WORKER_BIN);
-        cmd.env("DATABASE_URL", database_url)
-            .env("CONVEYOR_ENCRYPTION_KEY", encryption_key())
-            .env("CONVEYOR_ALLOW_PRIVATE_NETWORKS", "true")
-            .env("CONVEYOR_AUTO_MIGRATE", "false")
-            .env("CONVEYOR_LEASE_SECS", "3")
-            .env("CONVEYOR_POLL_INTERVAL_MS", "100")
-            .env("CONVEYOR_WORKER_CONCURRENCY", "8")
-            .env("CONVEYOR_DB_MAX_CONNECTIONS", "10")
-            .env("CONVEYOR_WORKER_ID", id)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (name, value) in extra {
-            cmd.env(name, value);
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {WORKER_BIN}: {e}"));
-        Self {
-            id: id.to_owned(),
-            child,
-        }
-    }
-
-    /// SIGKILL, then reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, as an orchestrator stops a worker.
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill -TERM");
-        assert!(status.success(), "kill -TERM {} failed", self.child.id());
-    }
-
-    /// Waits for the process to exit by itself.
-    async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "worker {} did not exit within {timeout:?}",
-                self.id
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Panics if the process has exited (it should still be serving).
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!("worker {} exited early: {status}", self.id);
-        }
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A worker with the test settings plus `extra` variables.
+fn start_worker(database_url: &str, id: &str, extra: &[(&str, &str)]) -> WorkerProcess {
+    WorkerProcess::start(WORKER_BIN, database_url, encryption_key(), id, extra)
 }
 
 /// Polls `check` every 100 ms until it holds; panics after `timeout`.
@@ -253,7 +177,7 @@ async fn three_processes_run_2000_executions_and_never_resend_a_finished_step(po
     let url = conveyor_tests::database_url(&h.pool);
     let mut workers: Vec<WorkerProcess> = (1..=3)
         .map(|i| {
-            WorkerProcess::start(
+            start_worker(
                 &url,
                 &format!("worker-{i}"),
                 &[
@@ -338,7 +262,7 @@ async fn a_killed_worker_s_execution_is_finished_by_another_without_resending_fi
     let id = h.enqueue(c, json!({})).await;
     let url = conveyor_tests::database_url(&h.pool);
 
-    let mut a = WorkerProcess::start(&url, "worker-a", &[]);
+    let mut a = start_worker(&url, "worker-a", &[]);
     let s2 = format!("/s2/{id}");
     wait_until(
         "step 2 to reach the stub",
@@ -347,7 +271,7 @@ async fn a_killed_worker_s_execution_is_finished_by_another_without_resending_fi
     )
     .await;
     a.kill();
-    let _b = WorkerProcess::start(&url, "worker-b", &[]);
+    let _b = start_worker(&url, "worker-b", &[]);
 
     let e = h.wait_final(id, Duration::from_secs(30)).await;
     assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
@@ -408,7 +332,7 @@ async fn sigterm_mid_step_completes_and_persists_the_step_and_leaves_nothing_lea
 
     // A long lease: only an explicit release can requeue the execution
     // before the assertions run.
-    let mut w = WorkerProcess::start(
+    let mut w = start_worker(
         &url,
         "worker-t",
         &[
@@ -450,7 +374,7 @@ async fn sigterm_mid_step_completes_and_persists_the_step_and_leaves_nothing_lea
         "step 2 must not start after SIGTERM"
     );
 
-    let _next = WorkerProcess::start(&url, "worker-u", &[]);
+    let _next = start_worker(&url, "worker-u", &[]);
     let e = h.wait_final(id, Duration::from_secs(30)).await;
     assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
     let by_path = requests_by_path(&stub).await;
@@ -488,8 +412,8 @@ async fn executions_survive_a_database_restart() {
     enqueue_many(&h.pool, c, N as usize).await;
 
     let mut workers = [
-        WorkerProcess::start(&url, "worker-1", &[("CONVEYOR_WORKER_CONCURRENCY", "4")]),
-        WorkerProcess::start(&url, "worker-2", &[("CONVEYOR_WORKER_CONCURRENCY", "4")]),
+        start_worker(&url, "worker-1", &[("CONVEYOR_WORKER_CONCURRENCY", "4")]),
+        start_worker(&url, "worker-2", &[("CONVEYOR_WORKER_CONCURRENCY", "4")]),
     ];
     wait_until(
         "a few executions to succeed",
@@ -579,7 +503,7 @@ async fn a_schedule_firing_every_second_across_three_processes_starts_one_execut
 
     let url = conveyor_tests::database_url(&h.pool);
     let mut workers: Vec<WorkerProcess> = (1..=3)
-        .map(|i| WorkerProcess::start(&url, &format!("sched-{i}"), &[]))
+        .map(|i| start_worker(&url, &format!("sched-{i}"), &[]))
         .collect();
     let ticks = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM schedule_ticks")
