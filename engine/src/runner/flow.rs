@@ -227,3 +227,24 @@ impl Runner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wakes_come_earliest_first_and_a_claim_covers_those_before_it() {
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        let ms = |n| t0 + chrono::Duration::milliseconds(n);
+        let wakes = Wakes::default();
+        assert_eq!(wakes.next_after(t0), None);
+        for at in [ms(300), ms(100), ms(200)] {
+            wakes.push(at);
+        }
+        assert_eq!(wakes.next_after(t0), Some(ms(100)));
+        // A claim at 100 ms took what was due then.
+        assert_eq!(wakes.next_after(ms(100)), Some(ms(200)));
+        assert_eq!(wakes.next_after(ms(250)), Some(ms(300)));
+        assert_eq!(wakes.next_after(ms(300)), None);
+    }
+}
