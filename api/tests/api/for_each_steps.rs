@@ -4,56 +4,13 @@
 //! `GET /executions/{id}`, each item sent with its value, and the
 //! console's step timeline labels each item.
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use wiremock::matchers::{body_json, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::{RunningWorker, api};
-
-/// The console page of execution `id`, signed in with `token`.
-async fn console_page(api: &conveyor_tests::api::TestApi, token: &str, id: &str) -> String {
-    let login = Request::builder()
-        .method(Method::POST)
-        .uri("/console/login")
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Body::from(format!("token={token}")))
-        .expect("request");
-    let reply = api.send_request(login).await;
-    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text);
-    let cookie = reply
-        .headers
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("conveyor_console="))
-        .and_then(|c| c.split(';').next())
-        .expect("a session cookie")
-        .to_owned();
-    let page = Request::builder()
-        .uri(format!("/console/executions/{id}"))
-        .header(header::COOKIE, cookie)
-        .body(Body::empty())
-        .expect("request");
-    let reply = api.send_request(page).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-    reply.text
-}
-
-/// The paths of a 422's errors.
-fn error_paths(reply: &Value) -> Vec<String> {
-    reply["error"]["details"]["errors"]
-        .as_array()
-        .map(|errors| {
-            errors
-                .iter()
-                .filter_map(|e| e["path"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use crate::support::{RunningWorker, api, error_paths};
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn a_bad_for_each_is_422_naming_each_field(pool: PgPool) {
@@ -213,7 +170,12 @@ async fn each_item_is_a_step_row_of_the_execution(pool: PgPool) {
         done.text
     );
 
-    let page = console_page(&api, &a, &id).await;
+    let page = crate::console::Browser::sign_in(&api, &a)
+        .await
+        .get(&format!("/console/executions/{id}"))
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    let page = page.text;
     for k in 1..=3 {
         assert!(
             page.contains(&format!("greet (item {k})")),

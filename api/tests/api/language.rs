@@ -3,9 +3,7 @@
 //! skipped step in `GET /executions/{id}` and on the console page, and a
 //! secret extract used by a later step but shown nowhere.
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
-use conveyor_tests::api::TestApi;
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use wiremock::matchers::{header as has_header, method, path};
@@ -30,33 +28,6 @@ fn connector(base: &str, when: &str, output: Value) -> Value {
         ],
         "output": output
     })
-}
-
-/// The console page at `path`, signed in with `token`.
-async fn console_page(api: &TestApi, token: &str, path: &str) -> (StatusCode, String) {
-    let login = Request::builder()
-        .method(Method::POST)
-        .uri("/console/login")
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Body::from(format!("token={token}")))
-        .expect("request");
-    let reply = api.send_request(login).await;
-    let cookie = reply
-        .headers
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("conveyor_console="))
-        .and_then(|c| c.split(';').next())
-        .expect("a session cookie")
-        .to_owned();
-    let page = Request::builder()
-        .uri(path)
-        .header(header::COOKIE, cookie)
-        .body(Body::empty())
-        .expect("request");
-    let reply = api.send_request(page).await;
-    (reply.status, reply.text)
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
@@ -197,7 +168,11 @@ async fn a_skipped_step_and_a_secret_extract_show_in_history_and_console(pool: P
             .all(|r| r.url.path() != "/notify")
     );
 
-    let (status, page) = console_page(&api, &token, &format!("/console/executions/{id}")).await;
+    let reply = crate::console::Browser::sign_in(&api, &token)
+        .await
+        .get(&format!("/console/executions/{id}"))
+        .await;
+    let (status, page) = (reply.status, reply.text);
     assert_eq!(status, StatusCode::OK, "{page}");
     assert!(page.contains("skipped"), "{page}");
     assert!(page.contains("[REDACTED]"), "{page}");

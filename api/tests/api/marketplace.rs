@@ -7,6 +7,8 @@ use conveyor_tests::api::{Reply, TestApi};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+use crate::support::error_paths;
+
 fn template(slug: &str, version: &str) -> Value {
     json!({
         "slug": slug, "name": "Echo", "description": "Posts a greeting.", "category": "developer-tools",
@@ -359,15 +361,6 @@ async fn official_templates_sync_and_can_be_searched_and_featured(pool: PgPool) 
         .await
         .status;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-}
-
-fn error_paths(body: &Value) -> Vec<String> {
-    body["error"]["details"]["errors"]
-        .as_array()
-        .expect("errors")
-        .iter()
-        .filter_map(|e| e["path"].as_str().map(str::to_owned))
-        .collect()
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]

@@ -8,20 +8,7 @@ use sqlx::PgPool;
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::{RunningWorker, api};
-
-/// The paths of a 422's errors.
-fn error_paths(reply: &Value) -> Vec<String> {
-    reply["error"]["details"]["errors"]
-        .as_array()
-        .map(|errors| {
-            errors
-                .iter()
-                .filter_map(|e| e["path"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use crate::support::{RunningWorker, api, error_paths};
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn a_bad_paginate_is_422_naming_each_field(pool: PgPool) {

@@ -102,3 +102,16 @@ pub(crate) async fn row_counts(pool: &PgPool) -> BTreeMap<&'static str, i64> {
 pub(crate) fn simple_connector(base: &str) -> Value {
     json!({"name": "ping", "steps": [{"name": "ping", "method": "GET", "url": format!("{base}/ping")}]})
 }
+
+/// The field paths of a 422's errors (empty when it has none).
+pub(crate) fn error_paths(reply: &Value) -> Vec<String> {
+    reply["error"]["details"]["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(|e| e["path"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
