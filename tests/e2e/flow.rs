@@ -371,3 +371,41 @@ async fn a_missed_slot_moves_to_now_only_while_no_later_slot_is_taken(pool: PgPo
     );
     assert_eq!(tat(h.pool.clone()).await, ms(240));
 }
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_provider_push_back_drops_the_slots_kept_before_it(pool: PgPool) {
+    let h = Harness::new(pool);
+    let c = h
+        .connector(json!({"name": "c",
+            "steps": [{"name": "get", "method": "GET", "url": "http://127.0.0.1:9/x"}]}))
+        .await;
+    let (a, b) = (h.enqueue(c, json!({})).await, h.enqueue(c, json!({})).await);
+    let key = format!("{WS}:k");
+    let pace = conveyor_engine::flow::pace(1, 10_000);
+    let now = Utc::now();
+    assert!(
+        !flow::take(&h.pool, &key, a, pace, now)
+            .await
+            .expect("a")
+            .kept
+    );
+    let kept = flow::take(&h.pool, &key, b, pace, now).await.expect("b");
+    assert!(kept.kept, "ten seconds ahead: kept for b");
+    assert_eq!(reservation(&h.pool, b).await, Some(kept.slot));
+    // A push-back that ends before the kept slot leaves it alone.
+    let early = now + chrono::Duration::seconds(1);
+    flow::push_back(&h.pool, &key, early, now)
+        .await
+        .expect("push back");
+    assert_eq!(reservation(&h.pool, b).await, Some(kept.slot));
+    // One past it drops it: b takes a new slot after the provider's time.
+    let until = kept.slot + chrono::Duration::seconds(30);
+    flow::push_back(&h.pool, &key, until, now)
+        .await
+        .expect("push back");
+    assert_eq!(reservation(&h.pool, b).await, None);
+    let again = flow::take(&h.pool, &key, b, pace, now)
+        .await
+        .expect("b again");
+    assert!(again.slot >= until, "{} before {until}", again.slot);
+}
