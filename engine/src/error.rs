@@ -12,6 +12,9 @@ pub enum Error {
     /// The group commit this step commit was part of failed.
     #[error("step commit: {0}")]
     Commit(String),
+    /// The group statement this rate-limit reservation was part of failed.
+    #[error("rate-limit reservation: {0}")]
+    Reserve(String),
 }
 
 impl Error {

@@ -26,11 +26,11 @@ pub const HOLD: Duration = Duration::from_millis(100);
 
 /// How long before its slot a parked execution is queued again, so the
 /// claim happens in time and the worker waits out the rest in place.
-pub const LEAD: Duration = Duration::from_millis(50);
+pub const LEAD: Duration = Duration::from_millis(75);
 
 /// The least tolerance of a pace, whatever its window: a send is never
 /// required to leave closer than this to its slot.
-pub const MIN_TOLERANCE: Duration = Duration::from_millis(10);
+pub const MIN_TOLERANCE: Duration = Duration::from_millis(20);
 
 /// How a rate-limit key of `limit` sends per `per_ms` is paced.
 ///
@@ -42,7 +42,7 @@ pub const MIN_TOLERANCE: Duration = Duration::from_millis(10);
 /// that lateness, no window of `per_ms` ever holds more than `limit`
 /// sends: the slots of the sends inside a window lie in an interval of
 /// `per_ms + tolerance <= limit × step`, and slots are `step` apart. The
-/// price is 5% of the limit for windows of 200 ms or more; shorter
+/// price is 5% of the limit for windows of 400 ms or more; shorter
 /// windows pay `MIN_TOLERANCE / limit` per send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pace {
@@ -50,6 +50,17 @@ pub struct Pace {
     pub step_us: i64,
     /// How late after its slot a send may still leave, in microseconds.
     pub tolerance_us: i64,
+}
+
+impl Pace {
+    /// How late after its slot a worker may still decide to send, in
+    /// microseconds: half the tolerance, leaving the other half for the
+    /// way from the decision to the provider (rendering, the connection,
+    /// a busy process). The first half absorbs the reply of the
+    /// reservation itself, a few milliseconds on a loaded machine.
+    pub fn late_us(self) -> i64 {
+        self.tolerance_us / 2
+    }
 }
 
 /// The pace of `limit` sends per `per_ms`.
@@ -87,11 +98,10 @@ pub fn wake_for(slot: DateTime<Utc>) -> DateTime<Utc> {
     slot - chrono::Duration::from_std(LEAD).unwrap_or_default()
 }
 
-/// Whether a send reserved for `slot` may still leave at `now`: at most a
-/// quarter of the tolerance late, leaving the rest for the way from the
-/// decision to the provider (rendering, the connection, a busy process).
+/// Whether a send reserved for `slot` may still leave at `now`: at most
+/// [`Pace::late_us`] late.
 pub fn usable(slot: DateTime<Utc>, now: DateTime<Utc>, pace: Pace) -> bool {
-    now <= slot + chrono::Duration::microseconds(pace.tolerance_us / 4)
+    now <= slot + chrono::Duration::microseconds(pace.late_us())
 }
 
 /// How long a provider asks to wait, from a refused (429 or 503)
@@ -225,8 +235,8 @@ mod tests {
             (50, 1_000, 21_000, 50_000),
             (100, 10_000, 105_000, 500_000),
             (1, 1_000, 1_050_000, 50_000),
-            (3, 1, 3_667, 10_000),
-            (1_000_000, 1, 2, 10_000),
+            (3, 1, 7_000, 20_000),
+            (1_000_000, 1, 2, 20_000),
         ];
         for (limit, per_ms, step_us, tolerance_us) in cases {
             assert_eq!(
@@ -258,11 +268,11 @@ mod tests {
     #[test]
     fn kept_slots_wake_ahead_and_late_sends_are_refused() {
         let now = at("2026-01-01T00:00:00Z");
-        assert_eq!(wake_for(now), now - chrono::Duration::milliseconds(50));
+        assert_eq!(wake_for(now), now - chrono::Duration::milliseconds(75));
         let p = pace(10, 1_000);
         let us = |n| now + chrono::Duration::microseconds(n);
-        assert!(usable(now, us(12_500), p));
-        assert!(!usable(now, us(12_501), p));
+        assert!(usable(now, us(25_000), p));
+        assert!(!usable(now, us(25_001), p));
         assert!(usable(us(5), now, p));
     }
 
@@ -304,8 +314,8 @@ mod tests {
                 .num_microseconds()
                 .expect("span");
             let per_window = (sends.len() - 1) as f64 * per_ms as f64 * 1_000.0 / span as f64;
-            // The guard's price: 5% for windows of 200 ms or more.
-            let floor = if per_ms >= 200 { 0.94 } else { 0.0 };
+            // The guard's price: 5% for windows of 400 ms or more.
+            let floor = if per_ms >= 400 { 0.94 } else { 0.0 };
             assert!(
                 per_window > f64::from(limit) * floor && per_window <= f64::from(limit),
                 "{limit}/{per_ms}: drained at {per_window:.2} per window"

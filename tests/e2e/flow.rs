@@ -89,7 +89,10 @@ async fn a_full_rate_limit_parks_the_execution_and_says_why(pool: PgPool) {
     assert!(until > Utc::now() + chrono::Duration::milliseconds(1500));
     // Its slot is kept for it, the lead after its wake.
     let slot = reservation(&h.pool, second).await.expect("a kept slot");
-    assert_eq!(slot - until, chrono::Duration::milliseconds(50));
+    assert_eq!(
+        slot - until,
+        chrono::Duration::from_std(conveyor_engine::flow::LEAD).expect("lead")
+    );
     let done = h.run_until_final(second, Duration::from_secs(20)).await;
     assert_eq!(done.status, ExecutionStatus::Succeeded);
     let steps = h.steps(second).await;
@@ -134,6 +137,27 @@ async fn one_sent_one_parked(h: &Harness, rate_limit: serde_json::Value) -> (Moc
     );
     assert_eq!(h.execution(first).await.status, ExecutionStatus::Succeeded);
     (stub, second)
+}
+
+/// Reserves one send of `id` on `key`.
+async fn take(
+    pool: &PgPool,
+    key: &str,
+    id: Uuid,
+    pace: conveyor_engine::flow::Pace,
+    now: chrono::DateTime<Utc>,
+) -> conveyor_engine::Result<flow::Reserved> {
+    let taken = flow::take_group(
+        pool,
+        &[flow::Take {
+            key: key.to_owned(),
+            id,
+            pace,
+        }],
+        now,
+    )
+    .await?;
+    Ok(taken[0])
 }
 
 /// The slot kept for `id` by a park, if any.
@@ -304,7 +328,7 @@ async fn claims_take_turns_across_workspaces_and_respect_the_running_cap(pool: P
     )
     .await;
     let lease = Duration::from_secs(30);
-    let first = executions::claim_capped(&h.pool, "w", 4, lease, 3, Utc::now())
+    let first = executions::claim_capped(&h.pool, "w", (4, &[]), lease, 3, Utc::now())
         .await
         .expect("claim");
     assert_eq!(first.len(), 4);
@@ -313,14 +337,72 @@ async fn claims_take_turns_across_workspaces_and_respect_the_running_cap(pool: P
         "the other workspace's execution is in the first batch"
     );
     // The busy workspace runs 3, its cap: a claim gives it nothing more.
-    let second = executions::claim_capped(&h.pool, "w", 4, lease, 3, Utc::now())
+    let second = executions::claim_capped(&h.pool, "w", (4, &[]), lease, 3, Utc::now())
         .await
         .expect("claim");
     assert!(second.is_empty(), "claimed {} past the cap", second.len());
-    let third = executions::claim_capped(&h.pool, "w", 4, lease, 5, Utc::now())
+    let third = executions::claim_capped(&h.pool, "w", (4, &[]), lease, 5, Utc::now())
         .await
         .expect("claim");
     assert_eq!(third.len(), 2, "a higher cap lets two more run");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn woken_executions_are_claimed_ahead_of_an_older_backlog_within_the_cap(pool: PgPool) {
+    let h = Harness::new(pool);
+    let c = h
+        .connector(json!({"name": "c",
+            "steps": [{"name": "get", "method": "GET", "url": "http://127.0.0.1:9/x"}]}))
+        .await;
+    let lease = Duration::from_secs(30);
+    let claim = |limit: i64, woken: Vec<Uuid>, cap: i64| {
+        let pool = h.pool.clone();
+        async move {
+            executions::claim_capped(&pool, "w", (limit, &woken), lease, cap, Utc::now())
+                .await
+                .expect("claim")
+                .into_iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    // Three executions run and park on a rate limit: `soon` and `third`
+    // due in 200 ms, `later` in an hour.
+    let mut parked = Vec::new();
+    for wait in [200, 3_600_000, 200] {
+        let id = h.enqueue(c, json!({})).await;
+        let claimed = executions::claim_capped(&h.pool, "w", (1, &[]), lease, 100, Utc::now())
+            .await
+            .expect("claim");
+        assert_eq!(claimed[0].id, id);
+        let now = Utc::now();
+        let until = now + chrono::Duration::milliseconds(wait);
+        let token = claimed[0].fencing_token;
+        let key = format!("{WS}:k");
+        assert!(
+            flow::park(&h.pool, id, token, until, WaitReason::RateLimit, &key, now)
+                .await
+                .expect("park")
+        );
+        parked.push(id);
+    }
+    let (soon, later, third) = (parked[0], parked[1], parked[2]);
+    // A backlog enqueued before they are due, so ahead of them in the
+    // round.
+    let mut backlog = Vec::new();
+    for _ in 0..5 {
+        backlog.push(h.enqueue(c, json!({})).await);
+    }
+    tokio::time::sleep(Duration::from_millis(210)).await;
+    // Without its wake, `soon` waits behind the backlog.
+    let plain = claim(1, Vec::new(), 100).await;
+    assert!(backlog.contains(&plain[0]), "{plain:?}");
+    // Woken, it comes first; `later` is not due and is not claimed.
+    assert_eq!(claim(1, vec![later, soon], 100).await, [soon]);
+    // Two of the workspace's executions run: at a cap of 2 a woken one
+    // waits too; at 3 it runs.
+    assert!(claim(1, vec![third], 2).await.is_empty());
+    assert_eq!(claim(1, vec![third], 3).await, [third]);
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
@@ -344,7 +426,7 @@ async fn a_missed_slot_moves_to_now_only_while_no_later_slot_is_taken(pool: PgPo
         .expect("tat")
     };
     // A fresh key: the slot is now, read from the server's clock.
-    let taken = flow::take(&h.pool, &key, a, pace, t0).await.expect("take");
+    let taken = take(&h.pool, &key, a, pace, t0).await.expect("take");
     assert!(!taken.kept);
     let slot = taken.slot;
     assert!(
@@ -360,9 +442,7 @@ async fn a_missed_slot_moves_to_now_only_while_no_later_slot_is_taken(pool: PgPo
     );
     assert_eq!(tat(h.pool.clone()).await, ms(135));
     // Once another send has its slot after it, it stays where it was.
-    let next = flow::take(&h.pool, &key, b, pace, ms(40))
-        .await
-        .expect("take");
+    let next = take(&h.pool, &key, b, pace, ms(40)).await.expect("take");
     assert_eq!(next.slot, ms(135));
     assert!(
         !flow::reanchor(&h.pool, &key, ms(30), pace, ms(50))
@@ -383,13 +463,8 @@ async fn a_provider_push_back_drops_the_slots_kept_before_it(pool: PgPool) {
     let key = format!("{WS}:k");
     let pace = conveyor_engine::flow::pace(1, 10_000);
     let now = Utc::now();
-    assert!(
-        !flow::take(&h.pool, &key, a, pace, now)
-            .await
-            .expect("a")
-            .kept
-    );
-    let kept = flow::take(&h.pool, &key, b, pace, now).await.expect("b");
+    assert!(!take(&h.pool, &key, a, pace, now).await.expect("a").kept);
+    let kept = take(&h.pool, &key, b, pace, now).await.expect("b");
     assert!(kept.kept, "ten seconds ahead: kept for b");
     assert_eq!(reservation(&h.pool, b).await, Some(kept.slot));
     // A push-back that ends before the kept slot leaves it alone.
@@ -404,8 +479,89 @@ async fn a_provider_push_back_drops_the_slots_kept_before_it(pool: PgPool) {
         .await
         .expect("push back");
     assert_eq!(reservation(&h.pool, b).await, None);
-    let again = flow::take(&h.pool, &key, b, pace, now)
-        .await
-        .expect("b again");
+    let again = take(&h.pool, &key, b, pace, now).await.expect("b again");
     assert!(again.slot >= until, "{} before {until}", again.slot);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn grouped_takes_get_consecutive_slots_per_key_in_their_order(pool: PgPool) {
+    let h = Harness::new(pool);
+    let c = h
+        .connector(json!({"name": "c",
+            "steps": [{"name": "get", "method": "GET", "url": "http://127.0.0.1:9/x"}]}))
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..36 {
+        ids.push(h.enqueue(c, json!({})).await);
+    }
+    let (k, other) = (format!("{WS}:k"), format!("{WS}:other"));
+    // One a second: slots 1,050 ms apart (the 50 ms guard), each kept but
+    // the first.
+    let slow = conveyor_engine::flow::pace(1, 1_000);
+    let fast = conveyor_engine::flow::pace(100, 1_000);
+    let t = |key: &str, id: Uuid, pace| flow::Take {
+        key: key.to_owned(),
+        id,
+        pace,
+    };
+    let (a, b, d, e) = (ids[0], ids[1], ids[2], ids[3]);
+    let now = Utc::now();
+    let slots = flow::take_group(
+        &h.pool,
+        &[
+            t(&k, a, slow),
+            t(&k, b, slow),
+            t(&other, e, fast),
+            // The same execution and key again (for-each items): after
+            // the others, in a statement of its own.
+            t(&k, a, slow),
+            t(&k, d, slow),
+        ],
+        now,
+    )
+    .await
+    .expect("take");
+    let s = slots[0].slot;
+    let ms = |n| s + chrono::Duration::milliseconds(n);
+    assert!(s >= now && s < now + chrono::Duration::seconds(5), "{s}");
+    let got: Vec<_> = slots.iter().map(|r| (r.slot, r.kept)).collect();
+    assert_eq!(got[0], (s, false));
+    assert_eq!(got[1], (ms(1_050), true));
+    assert!(!got[2].1, "another key starts at now");
+    assert!(got[2].0 >= now && got[2].0 < ms(1_050), "{:?}", got[2]);
+    assert_eq!(got[3], (ms(3_150), true));
+    assert_eq!(got[4], (ms(2_100), true));
+    for (id, slot) in [(a, ms(3_150)), (b, ms(1_050)), (d, ms(2_100))] {
+        assert_eq!(reservation(&h.pool, id).await, Some(slot));
+    }
+    assert_eq!(reservation(&h.pool, e).await, None);
+    // A kept slot is used again, not a new one, beside a fresh take.
+    let again = flow::take_group(&h.pool, &[t(&k, ids[4], slow), t(&k, b, slow)], now)
+        .await
+        .expect("again");
+    assert_eq!(again[0].slot, ms(4_200));
+    assert_eq!(again[1].slot, ms(1_050));
+    // Concurrent groups of one key never share or skip a slot.
+    let fresh: Vec<Uuid> = ids[5..].to_vec();
+    let mut groups = tokio::task::JoinSet::new();
+    for chunk in fresh.chunks(8) {
+        let pool = h.pool.clone();
+        let takes: Vec<_> = chunk.iter().map(|&id| t(&k, id, slow)).collect();
+        groups.spawn(async move { flow::take_group(&pool, &takes, Utc::now()).await });
+    }
+    let mut all = Vec::new();
+    while let Some(group) = groups.join_next().await {
+        all.extend(
+            group
+                .expect("join")
+                .expect("take")
+                .into_iter()
+                .map(|r| r.slot),
+        );
+    }
+    all.sort();
+    let expected: Vec<_> = (0..fresh.len())
+        .map(|i| ms(5_250 + 1_050 * i64::try_from(i).expect("i")))
+        .collect();
+    assert_eq!(all, expected);
 }

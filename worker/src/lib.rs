@@ -127,7 +127,7 @@ impl Worker {
         let claimed = executions::claim_capped(
             &self.pool,
             &self.config.worker_id,
-            1,
+            (1, &[]),
             self.config.lease,
             self.config.workspace_max_running,
             Utc::now(),
@@ -209,9 +209,6 @@ impl Worker {
         let mut up_since = Utc::now();
         let mut backoff = Duration::from_millis(100);
         let mut last_rescue: Option<Instant> = None;
-        // When the last claim ran: executions parked to wake before then
-        // were up for it.
-        let mut claimed_at = Utc::now();
         let rescue_every = (cfg.lease / 3).max(Duration::from_secs(1));
         let low_water = (cfg.concurrency / 2).clamp(1, cfg.claim_batch.max(1));
         let mut background = JoinSet::new();
@@ -244,25 +241,32 @@ impl Worker {
                 }
             }
             // Claims are batched: refill only once at least `low_water`
-            // slots are free, instead of one claim per finished execution.
+            // slots are free, instead of one claim per finished execution;
+            // but executions this worker parked are claimed as soon as
+            // they are due and a slot is free, since each holds a
+            // rate-limit slot that passes if it waits.
             let free = cfg.concurrency.saturating_sub(tasks.len());
             let mut more_ready = false;
-            if free >= low_water {
-                let want = free.min(cfg.claim_batch);
+            let now = Utc::now();
+            let woken = self.runner.woken(now, free.min(cfg.claim_batch));
+            if free >= low_water || !woken.is_empty() {
+                let want = if free >= low_water {
+                    free.min(cfg.claim_batch)
+                } else {
+                    woken.len()
+                };
                 let limit = i64::try_from(want).unwrap_or(i64::MAX);
                 let cap = cfg.workspace_max_running;
-                let now = Utc::now();
                 let claimed = executions::claim_capped(
                     &self.pool,
                     &cfg.worker_id,
-                    limit,
+                    (limit, &woken),
                     cfg.lease,
                     cap,
                     now,
                 );
                 match claimed.await {
                     Ok(rows) => {
-                        claimed_at = now;
                         if !rows.is_empty() {
                             metrics::histogram!("conveyor_claim_batch_size")
                                 .record(rows.len() as f64);
@@ -307,7 +311,8 @@ impl Worker {
                 continue;
             }
             let idle = cfg.concurrency.saturating_sub(tasks.len()) >= low_water;
-            let wake = self.runner.next_wake(claimed_at);
+            let wake = self.runner.next_wake();
+            let room = tasks.len() < cfg.concurrency;
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
@@ -321,7 +326,7 @@ impl Worker {
                         listener = None;
                     }
                 }
-                () = sleep_until(wake), if idle => {}
+                () = sleep_until(wake), if room => {}
                 () = tokio::time::sleep(cfg.poll_interval) => {}
             }
         }

@@ -1,6 +1,8 @@
-//! Group commit: concurrent executions' step commits share one statement,
-//! each row still fenced by its own token.
+//! Group statements: concurrent executions' step commits share one
+//! statement, each row still fenced by its own token, and so do their
+//! rate-limit reservations, each still getting a slot of its own.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -10,27 +12,57 @@ use tokio::sync::{mpsc, oneshot};
 use crate::Result;
 use crate::state::ExecutionStatus;
 use crate::store::executions;
+use crate::store::flow::{self, Reserved, Take};
 
-/// Commits waiting for the group committer, with their reply channels.
-type CommitRequest = (
-    executions::Commit,
-    oneshot::Sender<Result<Option<ExecutionStatus>, String>>,
-);
+/// A request waiting for a group statement, with its reply channel.
+type Request<T, R> = (T, oneshot::Sender<Result<R, String>>);
 
-/// Most step commits one group-commit statement carries.
-const GROUP_COMMIT_MAX: usize = 64;
-/// Group-commit statements in flight at once.
-const GROUP_COMMITS_IN_FLIGHT: usize = 2;
+/// Most requests one group statement carries.
+const GROUP_MAX: usize = 64;
+/// Group statements of one kind in flight at once.
+const GROUPS_IN_FLIGHT: usize = 2;
 
-/// The runner's side: sends a step commit and waits for its answer.
+/// The runner's side of one kind of group statement: sends a request and
+/// waits for its answer.
+struct Asker<T, R>(mpsc::Sender<Request<T, R>>);
+
+impl<T, R> Asker<T, R> {
+    async fn ask(&self, request: T) -> Result<R, String> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send((request, reply))
+            .await
+            .map_err(|_| "the group committer stopped".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "the group committer dropped the request".to_owned())?
+    }
+}
+
+/// A queue of requests and the [`Asker`] that fills it.
+fn queue<T, R>() -> (Asker<T, R>, mpsc::Receiver<Request<T, R>>) {
+    let (asker, queue) = mpsc::channel(GROUP_MAX * GROUPS_IN_FLIGHT * 4);
+    (Asker(asker), queue)
+}
+
+/// The runner's side: step commits and rate-limit reservations.
 pub(super) struct Committer {
-    commits: mpsc::Sender<CommitRequest>,
+    commits: Asker<executions::Commit, Option<ExecutionStatus>>,
+    takes: Asker<Take, Reserved>,
 }
 
 /// A committer and the [`GroupCommitter`] it sends to.
 pub(super) fn channel(pool: PgPool) -> (Committer, GroupCommitter) {
-    let (commits, queue) = mpsc::channel(GROUP_COMMIT_MAX * GROUP_COMMITS_IN_FLIGHT * 4);
-    (Committer { commits }, GroupCommitter { pool, queue })
+    let (commits, commit_queue) = queue();
+    let (takes, take_queue) = queue();
+    (
+        Committer { commits, takes },
+        GroupCommitter {
+            pool,
+            commits: commit_queue,
+            takes: take_queue,
+        },
+    )
 }
 
 impl Committer {
@@ -40,58 +72,92 @@ impl Committer {
         &self,
         commit: executions::Commit,
     ) -> Result<Option<ExecutionStatus>> {
-        let (reply, answer) = oneshot::channel();
-        self.commits
-            .send((commit, reply))
-            .await
-            .map_err(|_| crate::Error::Commit("the group committer stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| crate::Error::Commit("the group committer dropped the commit".into()))?
-            .map_err(crate::Error::Commit)
+        self.commits.ask(commit).await.map_err(crate::Error::Commit)
+    }
+
+    /// Reserves a rate-limit send through the group committer (see
+    /// [`flow::take_group`]).
+    pub(super) async fn take(&self, take: Take) -> Result<Reserved> {
+        self.takes.ask(take).await.map_err(crate::Error::Reserve)
     }
 }
 
-/// Writes the step commits of one [`Runner`](super::Runner), made by
-/// [`Runner::new`](super::Runner::new).
+/// Writes the step commits and rate-limit reservations of one
+/// [`Runner`](super::Runner), made by [`Runner::new`](super::Runner::new).
 pub struct GroupCommitter {
     pool: PgPool,
-    queue: mpsc::Receiver<CommitRequest>,
+    commits: mpsc::Receiver<Request<executions::Commit, Option<ExecutionStatus>>>,
+    takes: mpsc::Receiver<Request<Take, Reserved>>,
 }
 
 impl GroupCommitter {
-    /// Takes whatever commits are waiting (up to [`GROUP_COMMIT_MAX`]) and
-    /// writes them in one statement, with up to [`GROUP_COMMITS_IN_FLIGHT`]
-    /// statements at once. No window is waited for: at low load a batch is
-    /// one commit, under load commits queue up while statements run, so
-    /// batches grow exactly when it pays.
+    /// Takes whatever commits are waiting (up to [`GROUP_MAX`]) and writes
+    /// them in one statement, with up to [`GROUPS_IN_FLIGHT`] statements at
+    /// once; rate-limit reservations likewise, beside them. No window is
+    /// waited for: at low load a batch is one request, under load requests
+    /// queue up while statements run, so batches grow exactly when it pays.
     ///
     /// Its shutdown signal is its runner being dropped: it returns once the
-    /// runner is gone and every commit sent has been answered, so a worker
+    /// runner is gone and every request sent has been answered, so a worker
     /// that joins it after its executions stop loses no commit.
-    pub async fn run(mut self) {
-        let slots = Arc::new(tokio::sync::Semaphore::new(GROUP_COMMITS_IN_FLIGHT));
-        while let Some(first) = self.queue.recv().await {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let mut batch = vec![first];
-            while batch.len() < GROUP_COMMIT_MAX {
-                match self.queue.try_recv() {
-                    Ok(more) => batch.push(more),
-                    Err(_) => break,
+    pub async fn run(self) {
+        let Self {
+            pool,
+            commits,
+            takes,
+        } = self;
+        let commit_pool = pool.clone();
+        tokio::join!(
+            drain(commits, move |batch| {
+                let pool = commit_pool.clone();
+                async move {
+                    metrics::histogram!("conveyor_group_commit_size").record(batch.len() as f64);
+                    crate::store::group::commit_group(&pool, batch, Utc::now()).await
                 }
+            }),
+            drain(takes, move |batch| {
+                let pool = pool.clone();
+                async move {
+                    metrics::histogram!("conveyor_group_take_size").record(batch.len() as f64);
+                    let n = batch.len();
+                    match flow::take_group(&pool, &batch, Utc::now()).await {
+                        Ok(slots) => slots.into_iter().map(Ok).collect(),
+                        Err(e) => vec![Err(e.to_string()); n],
+                    }
+                }
+            }),
+        );
+    }
+}
+
+/// Answers the requests of `queue` in batches written by `write` (one
+/// answer per request, in order), until every sender is gone.
+async fn drain<T, R, F, W>(mut queue: mpsc::Receiver<Request<T, R>>, write: F)
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(Vec<T>) -> W,
+    W: Future<Output = Vec<Result<R, String>>> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(GROUPS_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < GROUP_MAX {
+            match queue.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
             }
-            let pool = self.pool.clone();
-            tokio::spawn(async move {
-                let (commits, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                metrics::histogram!("conveyor_group_commit_size").record(commits.len() as f64);
-                let results = crate::store::group::commit_group(&pool, commits, Utc::now()).await;
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
-                drop(slot);
-            });
         }
+        let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let written = write(requests);
+        tokio::spawn(async move {
+            for (reply, result) in replies.into_iter().zip(written.await) {
+                let _ = reply.send(result);
+            }
+            drop(slot);
+        });
     }
 }

@@ -21,27 +21,38 @@ use crate::flow::{self, WaitReason};
 use crate::store::flow as store;
 use crate::template::Dest;
 
+/// A parked execution and when it is due again.
+type Wake = (DateTime<Utc>, Uuid);
+
 /// When the executions a runner parked are due again, so its worker
-/// claims at that moment instead of at its next poll.
+/// claims them at that moment instead of at its next poll.
 #[derive(Debug, Default)]
-pub(super) struct Wakes(Mutex<BinaryHeap<Reverse<DateTime<Utc>>>>);
+pub(super) struct Wakes(Mutex<BinaryHeap<Reverse<Wake>>>);
 
 impl Wakes {
-    fn push(&self, at: DateTime<Utc>) {
+    fn push(&self, at: DateTime<Utc>, id: Uuid) {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Reverse(at));
+            .push(Reverse((at, id)));
     }
 
-    /// The earliest wake after `claimed_at`; earlier ones are dropped (the
-    /// claim made then covered them).
-    pub(super) fn next_after(&self, claimed_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    /// Takes at most `max` of the executions due at `now`, earliest first.
+    pub(super) fn due(&self, now: DateTime<Utc>, max: usize) -> Vec<Uuid> {
         let mut heap = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        while heap.peek().is_some_and(|Reverse(at)| *at <= claimed_at) {
-            heap.pop();
+        let mut due = Vec::new();
+        while due.len() < max && heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+            if let Some(Reverse((_, id))) = heap.pop() {
+                due.push(id);
+            }
         }
-        heap.peek().map(|Reverse(at)| *at)
+        due
+    }
+
+    /// The earliest wake still pending.
+    pub(super) fn next(&self) -> Option<DateTime<Utc>> {
+        let heap = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        heap.peek().map(|Reverse((at, _))| *at)
     }
 }
 
@@ -70,9 +81,13 @@ pub(super) enum Gate {
     Broken(ExecutionError),
 }
 
-/// The stored form of a rendered key: prefixed with the workspace id.
+/// The stored form of a rendered key: prefixed with the workspace id,
+/// any U+0000 (which PostgreSQL cannot store, and which would fail every
+/// reservation grouped with it) replaced.
 fn scoped(workspace_id: &str, rendered: &str) -> String {
-    format!("{workspace_id}:{rendered}")
+    let mut key = format!("{workspace_id}:{rendered}");
+    crate::store::group::storable_text(&mut key);
+    key
 }
 
 impl Runner {
@@ -173,7 +188,12 @@ impl Runner {
         key: &str,
         pace: flow::Pace,
     ) -> Result<Option<DateTime<Utc>>> {
-        let mut slot = store::take(&self.pool, key, id, pace, Utc::now()).await?;
+        let take = || store::Take {
+            key: key.to_owned(),
+            id,
+            pace,
+        };
+        let mut slot = self.commits.take(take()).await?;
         for _ in 0..MISSED_SLOTS {
             if slot.kept {
                 return Ok(Some(flow::wake_for(slot.slot)));
@@ -192,7 +212,7 @@ impl Runner {
                     kept: false,
                 }
             } else {
-                store::take(&self.pool, key, id, pace, now).await?
+                self.commits.take(take()).await?
             };
         }
         Ok(Some(
@@ -219,7 +239,7 @@ impl Runner {
     ) -> Result<Gate> {
         if store::park(&self.pool, id, token, until, reason, key, Utc::now()).await? {
             info!(?reason, %until, "parked by flow control");
-            self.wakes.push(until);
+            self.wakes.push(until, id);
             metrics::counter!("conveyor_flow_parked_total").increment(1);
             Ok(Gate::Parked)
         } else {
@@ -233,18 +253,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wakes_come_earliest_first_and_a_claim_covers_those_before_it() {
+    fn wakes_come_due_earliest_first_and_once() {
         let t0 = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
         let ms = |n| t0 + chrono::Duration::milliseconds(n);
+        let ids: Vec<Uuid> = (1..=3).map(Uuid::from_u128).collect();
         let wakes = Wakes::default();
-        assert_eq!(wakes.next_after(t0), None);
-        for at in [ms(300), ms(100), ms(200)] {
-            wakes.push(at);
+        assert_eq!(wakes.next(), None);
+        for (at, id) in [(ms(300), ids[2]), (ms(100), ids[0]), (ms(200), ids[1])] {
+            wakes.push(at, id);
         }
-        assert_eq!(wakes.next_after(t0), Some(ms(100)));
-        // A claim at 100 ms took what was due then.
-        assert_eq!(wakes.next_after(ms(100)), Some(ms(200)));
-        assert_eq!(wakes.next_after(ms(250)), Some(ms(300)));
-        assert_eq!(wakes.next_after(ms(300)), None);
+        assert_eq!(wakes.next(), Some(ms(100)));
+        assert!(wakes.due(ms(99), 8).is_empty());
+        assert_eq!(wakes.due(ms(100), 8), [ids[0]]);
+        assert_eq!(wakes.next(), Some(ms(200)));
+        // No more than asked for; the rest stay due.
+        assert_eq!(wakes.due(ms(300), 1), [ids[1]]);
+        assert_eq!(wakes.due(ms(300), 8), [ids[2]]);
+        assert_eq!(wakes.next(), None);
+        assert!(wakes.due(ms(400), 8).is_empty());
     }
 }

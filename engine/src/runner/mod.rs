@@ -144,11 +144,19 @@ impl Runner {
         (runner, committer)
     }
 
-    /// When the next execution this runner parked is due again, after a
-    /// claim made at `claimed_at`: the worker claims then rather than at
-    /// its next poll. `None` when no park is pending.
-    pub fn next_wake(&self, claimed_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.wakes.next_after(claimed_at)
+    /// When the next execution this runner parked is due again: the
+    /// worker claims then rather than at its next poll. `None` when no park
+    /// is pending.
+    pub fn next_wake(&self) -> Option<DateTime<Utc>> {
+        self.wakes.next()
+    }
+
+    /// Up to `max` of the executions this runner parked that are due at
+    /// `now`, earliest first; each is handed out once, for the claim made
+    /// now to take first (see
+    /// [`claim_capped`](crate::store::executions::claim_capped)).
+    pub fn woken(&self, now: DateTime<Utc>, max: usize) -> Vec<Uuid> {
+        self.wakes.due(now, max)
     }
 
     /// The runner's settings.

@@ -71,7 +71,7 @@ pub async fn claim(
     claim_capped(
         pool,
         worker_id,
-        limit,
+        (limit, &[]),
         lease,
         DEFAULT_WORKSPACE_MAX_RUNNING,
         now,
@@ -83,13 +83,18 @@ pub async fn claim(
 /// `now + lease`, round-robin across workspaces, none of a workspace that
 /// already runs `max_running`.
 ///
+/// The `woken` executions, parked by this worker and due now, come first
+/// (when still queued and due, and their workspace is under its cap):
+/// they already had their turn and hold a rate-limit slot, which a
+/// backlog of older rows ahead of them in the round would make them miss.
+///
 /// # Errors
 ///
 /// Database errors.
 pub async fn claim_capped(
     pool: &PgPool,
     worker_id: &str,
-    limit: i64,
+    (limit, woken): (i64, &[Uuid]),
     lease: std::time::Duration,
     max_running: i64,
     now: DateTime<Utc>,
@@ -132,8 +137,12 @@ pub async fn claim_capped(
                -- spelled so that the rows are fetched by primary key, not
                -- by scanning the whole queue index.
                SELECT e.id FROM connector_executions e, ranked
-               WHERE e.id = ANY (ranked.ids) AND e.lease_owner IS NULL AND e.finished_at IS NULL
-               ORDER BY array_position(ranked.ids, e.id)
+               WHERE e.id = ANY (ranked.ids || $6::uuid[]) AND e.lease_owner IS NULL AND e.finished_at IS NULL
+                 AND (e.id = ANY (ranked.ids)
+                      OR (e.run_at <= $3
+                          AND (SELECT count(*) FROM connector_executions r
+                               WHERE r.workspace_id = e.workspace_id AND r.status = 'running') < $5))
+               ORDER BY e.id = ANY ($6) DESC, array_position(ranked.ids, e.id)
                LIMIT $2
                FOR UPDATE OF e SKIP LOCKED
            ), claimed AS (
@@ -162,7 +171,8 @@ pub async fn claim_capped(
         limit,
         now,
         lease_until,
-        max_running
+        max_running,
+        woken
     )
     .fetch_all(pool)
     .await?;

@@ -3,6 +3,8 @@
 //! concurrency key, and parking an execution that may
 //! not send yet. Keys arrive already prefixed with their workspace id.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -10,7 +12,7 @@ use uuid::Uuid;
 use crate::Result;
 use crate::flow::{HOLD, Pace, WaitReason};
 
-/// A slot reserved by [`take`].
+/// A slot reserved by [`take_group`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reserved {
     /// When the send may leave.
@@ -21,70 +23,139 @@ pub struct Reserved {
     pub kept: bool,
 }
 
-/// Reserves the send of execution `id` on rate-limit `key` (GCRA with
-/// reservations, one statement, see [`crate::flow::reserve`]).
+/// One send asking [`take_group`] for a slot: execution `id` on
+/// rate-limit `key` at `pace`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Take {
+    /// The key, prefixed with its workspace id.
+    pub key: String,
+    /// The execution sending.
+    pub id: Uuid,
+    /// The pace of the step's `rate_limit`.
+    pub pace: Pace,
+}
+
+/// Reserves the sends of `takes` (GCRA with reservations, see
+/// [`crate::flow::reserve`]), one slot each, in one statement; the slots
+/// come back in the order of `takes`.
 ///
-/// A slot kept for `id` by an earlier park is used when it is still
-/// usable at `now` (see [`usable`](crate::flow::usable)). Otherwise the
-/// key's TAT gives a fresh slot and moves one step on; "now" is then read
-/// from the server's clock once the key's row is locked, so time spent
-/// queueing behind other senders of a busy key does not make the slot
-/// late. A slot more than [`HOLD`] after `now` is kept for `id`.
+/// A slot kept for a take's execution by an earlier park is used when it
+/// is still usable at `now` (see [`usable`](crate::flow::usable)).
+/// Otherwise the key's TAT gives a fresh slot: the takes of one key get
+/// consecutive slots in their order, and the TAT moves on by the sum of
+/// their steps. "Now" is then read from the server's clock once the
+/// key's row is locked, so time spent queueing behind other senders of a
+/// busy key does not make the slots late. A slot more than [`HOLD`] after
+/// `now` is kept for its execution.
+///
+/// Takes of the same execution and key (for-each items in flight at
+/// once) go in separate statements, in order: each uses or replaces the
+/// slot the previous one kept.
 ///
 /// # Errors
 ///
 /// Database errors.
-pub async fn take(
+pub async fn take_group(
     pool: &PgPool,
-    key: &str,
-    id: Uuid,
-    pace: Pace,
+    takes: &[Take],
     now: DateTime<Utc>,
-) -> Result<Reserved> {
-    let usable_from = now - chrono::Duration::microseconds(pace.tolerance_us / 4);
+) -> Result<Vec<Reserved>> {
+    let mut slots = vec![None; takes.len()];
+    let mut rest: Vec<usize> = (0..takes.len()).collect();
+    while !rest.is_empty() {
+        let mut seen = HashSet::new();
+        let (round, later): (Vec<usize>, Vec<usize>) = rest
+            .into_iter()
+            .partition(|&i| seen.insert((&takes[i].key, takes[i].id)));
+        for (i, slot) in round
+            .iter()
+            .zip(take_round(pool, takes, &round, now).await?)
+        {
+            slots[*i] = Some(slot);
+        }
+        rest = later;
+    }
+    Ok(slots.into_iter().flatten().collect())
+}
+
+/// One statement of [`take_group`]: the takes at `round`, no two of the
+/// same execution and key.
+async fn take_round(
+    pool: &PgPool,
+    takes: &[Take],
+    round: &[usize],
+    now: DateTime<Utc>,
+) -> Result<Vec<Reserved>> {
     let hold_until = now + chrono::Duration::from_std(HOLD).unwrap_or_default();
-    let row = sqlx::query!(
-        r#"WITH mine AS (
-               SELECT slot FROM flow_rate_reservations
-               WHERE key = $1 AND execution_id = $2 AND slot >= $5
-               -- Items of one for-each in flight at once: one uses the
-               -- slot, the others wait for it and then take fresh ones.
-               FOR UPDATE
-           ), fresh AS (
+    let keys: Vec<&str> = round.iter().map(|&i| takes[i].key.as_str()).collect();
+    let ids: Vec<Uuid> = round.iter().map(|&i| takes[i].id).collect();
+    let steps: Vec<i64> = round.iter().map(|&i| takes[i].pace.step_us).collect();
+    let late: Vec<i64> = round.iter().map(|&i| takes[i].pace.late_us()).collect();
+    let rows = sqlx::query!(
+        r#"WITH req AS (
+               SELECT * FROM unnest($1::text[], $2::uuid[], $3::int8[], $4::int8[])
+                   WITH ORDINALITY AS r(key, execution_id, step_us, late_us, n)
+           ), mine AS (
+               SELECT req.n, res.slot FROM req
+               JOIN flow_rate_reservations res
+                 ON res.key = req.key AND res.execution_id = req.execution_id
+               WHERE res.slot >= $5::timestamptz - req.late_us * interval '1 microsecond'
+               FOR UPDATE OF res
+           ), need AS (
+               SELECT key, n, step_us,
+                      (sum(step_us) OVER (PARTITION BY key ORDER BY n) - step_us)::int8 AS before_us
+               FROM req WHERE n NOT IN (SELECT n FROM mine)
+           ), totals AS (
+               -- The clock is read once per key (a volatile CTE is not
+               -- inlined), so tat - updated_at below is exactly the total.
+               SELECT key, sum(step_us)::int8 AS total_us, GREATEST($5, clock_timestamp()) AS base
+               FROM need GROUP BY key
+           ), bumped AS (
                INSERT INTO flow_rate_limits AS r (key, tat, updated_at)
-               SELECT $1, GREATEST($3::timestamptz, clock_timestamp()) + $4::int8 * interval '1 microsecond', $3
-               WHERE NOT EXISTS (SELECT 1 FROM mine)
+               SELECT key, base + total_us * interval '1 microsecond', base FROM totals ORDER BY key
                ON CONFLICT (key) DO UPDATE
-                   SET tat = GREATEST(r.tat, $3, clock_timestamp()) + $4::int8 * interval '1 microsecond',
-                       updated_at = $3
-               RETURNING r.tat - $4::int8 * interval '1 microsecond' AS slot
+                   SET tat = GREATEST(r.tat, $5, clock_timestamp()) + (EXCLUDED.tat - EXCLUDED.updated_at),
+                       updated_at = $5
+               RETURNING r.key, r.tat
+           ), fresh AS (
+               SELECT need.n, b.tat - (t.total_us - need.before_us) * interval '1 microsecond' AS slot
+               FROM need JOIN totals t USING (key) JOIN bumped b USING (key)
            ), chosen AS (
-               SELECT slot, slot > $6 AS kept FROM (
-                   SELECT slot FROM mine UNION ALL SELECT slot FROM fresh
+               SELECT n, slot, slot > $6 AS kept FROM (
+                   SELECT n, slot FROM mine UNION ALL SELECT n, slot FROM fresh
                ) s
            ), keep AS (
                INSERT INTO flow_rate_reservations (key, execution_id, slot)
-               SELECT $1, $2, slot FROM chosen WHERE kept
+               SELECT req.key, req.execution_id, c.slot FROM chosen c JOIN req USING (n) WHERE c.kept
                ON CONFLICT (key, execution_id) DO UPDATE SET slot = EXCLUDED.slot
            ), used AS (
-               DELETE FROM flow_rate_reservations
-               WHERE key = $1 AND execution_id = $2
-                 AND NOT EXISTS (SELECT 1 FROM chosen WHERE kept)
+               DELETE FROM flow_rate_reservations res USING chosen c JOIN req USING (n)
+               WHERE NOT c.kept AND res.key = req.key AND res.execution_id = req.execution_id
            )
-           SELECT slot AS "slot!", kept AS "kept!" FROM chosen"#,
-        key,
-        id,
+           SELECT n AS "n!", slot AS "slot!", kept AS "kept!" FROM chosen ORDER BY n"#,
+        &keys as &[&str],
+        &ids,
+        &steps,
+        &late,
         now,
-        pace.step_us,
-        usable_from,
         hold_until
     )
-    .fetch_one(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(Reserved {
-        slot: row.slot,
-        kept: row.kept,
-    })
+    if rows.len() != round.len() {
+        return Err(crate::Error::Reserve(format!(
+            "{} of {} rate-limit slots reserved",
+            rows.len(),
+            round.len()
+        )));
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| Reserved {
+            slot: r.slot,
+            kept: r.kept,
+        })
+        .collect())
 }
 
 /// Moves `slot`, just taken on `key` and missed by more than the

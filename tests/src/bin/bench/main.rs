@@ -229,20 +229,22 @@ async fn core(
     .await?;
     let limited_n = executions.min(RATE_LIMIT * 5);
     let limited_rate = throughput(pool, env, limited, limited_n, 2, None).await?;
+    let limited_parks = parks_per_execution(pool, limited_n).await?;
     println!(
-        "1-step, rate limit {RATE_LIMIT}/s on one key, 2 processes: {limited_rate:.1} executions/s (load average {})",
+        "1-step, rate limit {RATE_LIMIT}/s on one key, 2 processes: {limited_rate:.1} executions/s, {limited_parks:.2} parks per execution (load average {})",
         load_average()
     );
     let open = flow_connector(
         pool,
         &env.stub,
-        json!({"key": "bench-open", "limit": 1_000_000, "per_ms": 1}),
+        json!({"key": "bench-open", "limit": 1_000_000, "per_ms": 1_000}),
     )
     .await?;
     let open_rate = throughput(pool, env, open, executions, 2, None).await?;
+    let open_parks = parks_per_execution(pool, executions).await?;
     let flow_ratio = open_rate / plain.max(1e-6);
     println!(
-        "1-step with a rate limit never reached, 2 processes: {open_rate:.0} executions/s ({flow_ratio:.2} of the plain 1-step figure {plain:.0}; load average {})",
+        "1-step with a rate limit never reached, 2 processes: {open_rate:.0} executions/s ({flow_ratio:.2} of the plain 1-step figure {plain:.0}), {open_parks:.2} parks per execution (load average {})",
         load_average()
     );
 
@@ -294,6 +296,14 @@ async fn core(
         ("rate_limited_per_s", json!(round2(limited_rate))),
         ("flow_control_per_s", json!(open_rate.round())),
         ("flow_control_ratio", json!(round2(flow_ratio))),
+        (
+            "rate_limited_parks_per_execution",
+            json!(round2(limited_parks)),
+        ),
+        (
+            "flow_control_parks_per_execution",
+            json!(round2(open_parks)),
+        ),
         ("profile", Value::Array(profiles)),
     ] {
         summary.insert(name.into(), value);
@@ -439,6 +449,17 @@ async fn throughput(
     let _workers = spawn_workers(env, procs, otlp)?;
     wait_finished(pool, n).await?;
     measured_rate(pool, n).await
+}
+
+/// How often the last run's `n` executions were parked by flow control,
+/// on average: a kept slot parks each at most once, a missed slot once
+/// more.
+async fn parks_per_execution(pool: &PgPool, n: usize) -> BenchResult<f64> {
+    let parks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM execution_events WHERE kind = 'parked'")
+            .fetch_one(pool)
+            .await?;
+    Ok(parks as f64 / n.max(1) as f64)
 }
 
 /// Polls until `n` executions are final (at most 10 minutes); returns how
