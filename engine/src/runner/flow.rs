@@ -21,8 +21,9 @@ use crate::flow::{self, WaitReason};
 use crate::store::flow as store;
 use crate::template::Dest;
 
-/// A parked execution and when it is due again.
-type Wake = (DateTime<Utc>, Uuid);
+/// When a parked execution is due again, and its id when it holds a
+/// rate-limit slot (the claim then takes it first).
+type Wake = (DateTime<Utc>, Option<Uuid>);
 
 /// When the executions a runner parked are due again, so its worker
 /// claims them at that moment instead of at its next poll.
@@ -30,19 +31,20 @@ type Wake = (DateTime<Utc>, Uuid);
 pub(super) struct Wakes(Mutex<BinaryHeap<Reverse<Wake>>>);
 
 impl Wakes {
-    fn push(&self, at: DateTime<Utc>, id: Uuid) {
+    fn push(&self, at: DateTime<Utc>, id: Option<Uuid>) {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(Reverse((at, id)));
     }
 
-    /// Takes at most `max` of the executions due at `now`, earliest first.
+    /// Takes the wakes due at `now`, earliest first, until `max` of
+    /// them named an execution; returns those executions.
     pub(super) fn due(&self, now: DateTime<Utc>, max: usize) -> Vec<Uuid> {
         let mut heap = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let mut due = Vec::new();
         while due.len() < max && heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
-            if let Some(Reverse((_, id))) = heap.pop() {
+            if let Some(Reverse((_, Some(id)))) = heap.pop() {
                 due.push(id);
             }
         }
@@ -239,7 +241,10 @@ impl Runner {
     ) -> Result<Gate> {
         if store::park(&self.pool, id, token, until, reason, key, Utc::now()).await? {
             info!(?reason, %until, "parked by flow control");
-            self.wakes.push(until, id);
+            // Only a rate-limit park holds a slot that passes if it
+            // waits; one on a concurrency key takes its turn in the round.
+            let holds_slot = matches!(reason, WaitReason::RateLimit);
+            self.wakes.push(until, holds_slot.then_some(id));
             metrics::counter!("conveyor_flow_parked_total").increment(1);
             Ok(Gate::Parked)
         } else {
@@ -260,9 +265,11 @@ mod tests {
         let wakes = Wakes::default();
         assert_eq!(wakes.next(), None);
         for (at, id) in [(ms(300), ids[2]), (ms(100), ids[0]), (ms(200), ids[1])] {
-            wakes.push(at, id);
+            wakes.push(at, Some(id));
         }
-        assert_eq!(wakes.next(), Some(ms(100)));
+        // A wake that names no execution only sets the time.
+        wakes.push(ms(50), None);
+        assert_eq!(wakes.next(), Some(ms(50)));
         assert!(wakes.due(ms(99), 8).is_empty());
         assert_eq!(wakes.due(ms(100), 8), [ids[0]]);
         assert_eq!(wakes.next(), Some(ms(200)));
