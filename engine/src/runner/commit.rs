@@ -19,8 +19,14 @@ type Request<T, R> = (T, oneshot::Sender<Result<R, String>>);
 
 /// Most requests one group statement carries.
 const GROUP_MAX: usize = 64;
-/// Group statements of one kind in flight at once.
+/// Group-commit statements in flight at once.
 const GROUPS_IN_FLIGHT: usize = 2;
+/// Group-take statements in flight at once: one, so that two for-each
+/// items of one execution (always in this process) are never reserving
+/// on one key in two statements at once, where the second could wait on
+/// the first's row lock and then use the slot the first just kept. A
+/// key's takes queue on its row anyway.
+const TAKES_IN_FLIGHT: usize = 1;
 
 /// The runner's side of one kind of group statement: sends a request and
 /// waits for its answer.
@@ -93,7 +99,8 @@ pub struct GroupCommitter {
 impl GroupCommitter {
     /// Takes whatever commits are waiting (up to [`GROUP_MAX`]) and writes
     /// them in one statement, with up to [`GROUPS_IN_FLIGHT`] statements at
-    /// once; rate-limit reservations likewise, beside them. No window is
+    /// once; rate-limit reservations likewise, beside them, one statement
+    /// at a time ([`TAKES_IN_FLIGHT`]). No window is
     /// waited for: at low load a batch is one request, under load requests
     /// queue up while statements run, so batches grow exactly when it pays.
     ///
@@ -108,14 +115,14 @@ impl GroupCommitter {
         } = self;
         let commit_pool = pool.clone();
         tokio::join!(
-            drain(commits, move |batch| {
+            drain(commits, GROUPS_IN_FLIGHT, move |batch| {
                 let pool = commit_pool.clone();
                 async move {
                     metrics::histogram!("conveyor_group_commit_size").record(batch.len() as f64);
                     crate::store::group::commit_group(&pool, batch, Utc::now()).await
                 }
             }),
-            drain(takes, move |batch| {
+            drain(takes, TAKES_IN_FLIGHT, move |batch| {
                 let pool = pool.clone();
                 async move {
                     metrics::histogram!("conveyor_group_take_size").record(batch.len() as f64);
@@ -131,15 +138,16 @@ impl GroupCommitter {
 }
 
 /// Answers the requests of `queue` in batches written by `write` (one
-/// answer per request, in order), until every sender is gone.
-async fn drain<T, R, F, W>(mut queue: mpsc::Receiver<Request<T, R>>, write: F)
+/// answer per request, in order), at most `in_flight` at once, until
+/// every sender is gone.
+async fn drain<T, R, F, W>(mut queue: mpsc::Receiver<Request<T, R>>, in_flight: usize, write: F)
 where
     T: Send + 'static,
     R: Send + 'static,
     F: Fn(Vec<T>) -> W,
     W: Future<Output = Vec<Result<R, String>>> + Send + 'static,
 {
-    let slots = Arc::new(tokio::sync::Semaphore::new(GROUPS_IN_FLIGHT));
+    let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
     while let Some(first) = queue.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
