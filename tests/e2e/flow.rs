@@ -139,6 +139,14 @@ async fn one_sent_one_parked(h: &Harness, rate_limit: serde_json::Value) -> (Moc
     (stub, second)
 }
 
+/// A connector whose step these tests never send: they drive its
+/// executions' flow-control rows directly.
+async fn never_sent(h: &Harness) -> (Uuid, i32) {
+    h.connector(json!({"name": "c",
+        "steps": [{"name": "get", "method": "GET", "url": "http://127.0.0.1:9/x"}]}))
+        .await
+}
+
 /// Reserves one send of `id` on `key`.
 async fn take(
     pool: &PgPool,
@@ -197,10 +205,7 @@ async fn a_kept_slot_missed_by_more_than_the_tolerance_is_never_used(pool: PgPoo
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn a_crashed_holders_concurrency_slot_frees_when_its_lease_expires(pool: PgPool) {
     let h = Harness::new(pool);
-    let c = h
-        .connector(json!({"name": "c",
-            "steps": [{"name": "get", "method": "GET", "url": "http://127.0.0.1:9/x"}]}))
-        .await;
+    let c = never_sent(&h).await;
     let (a, b) = (h.enqueue(c, json!({})).await, h.enqueue(c, json!({})).await);
     // Microseconds, as stored.
     let now = Utc::now().trunc_subsecs(6);
@@ -350,10 +355,7 @@ async fn claims_take_turns_across_workspaces_and_respect_the_running_cap(pool: P
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn woken_executions_are_claimed_ahead_of_an_older_backlog_within_the_cap(pool: PgPool) {
     let h = Harness::new(pool);
-    let c = h
-        .connector(json!({"name": "c",
-            "steps": [{"name": "get", "method": "GET", "url": "http://127.0.0.1:9/x"}]}))
-        .await;
+    let c = never_sent(&h).await;
     let lease = Duration::from_secs(30);
     let claim = |limit: i64, woken: Vec<Uuid>, cap: i64| {
         let pool = h.pool.clone();
@@ -408,10 +410,7 @@ async fn woken_executions_are_claimed_ahead_of_an_older_backlog_within_the_cap(p
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn a_missed_slot_moves_to_now_only_while_no_later_slot_is_taken(pool: PgPool) {
     let h = Harness::new(pool);
-    let c = h
-        .connector(json!({"name": "c",
-            "steps": [{"name": "get", "method": "GET", "url": "http://127.0.0.1:9/x"}]}))
-        .await;
+    let c = never_sent(&h).await;
     let (a, b) = (h.enqueue(c, json!({})).await, h.enqueue(c, json!({})).await);
     let key = format!("{WS}:k");
     let pace = conveyor_engine::flow::pace(10, 1_000);
@@ -455,10 +454,7 @@ async fn a_missed_slot_moves_to_now_only_while_no_later_slot_is_taken(pool: PgPo
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn a_provider_push_back_drops_the_slots_kept_before_it(pool: PgPool) {
     let h = Harness::new(pool);
-    let c = h
-        .connector(json!({"name": "c",
-            "steps": [{"name": "get", "method": "GET", "url": "http://127.0.0.1:9/x"}]}))
-        .await;
+    let c = never_sent(&h).await;
     let (a, b) = (h.enqueue(c, json!({})).await, h.enqueue(c, json!({})).await);
     let key = format!("{WS}:k");
     let pace = conveyor_engine::flow::pace(1, 10_000);
@@ -486,10 +482,7 @@ async fn a_provider_push_back_drops_the_slots_kept_before_it(pool: PgPool) {
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn grouped_takes_get_consecutive_slots_per_key_in_their_order(pool: PgPool) {
     let h = Harness::new(pool);
-    let c = h
-        .connector(json!({"name": "c",
-            "steps": [{"name": "get", "method": "GET", "url": "http://127.0.0.1:9/x"}]}))
-        .await;
+    let c = never_sent(&h).await;
     let mut ids = Vec::new();
     for _ in 0..36 {
         ids.push(h.enqueue(c, json!({})).await);

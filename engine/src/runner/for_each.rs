@@ -383,10 +383,11 @@ impl Runner {
             result: &result,
             deadline: run.deadline,
         };
+        // An outcome to commit now, or what stops the loop (held).
         let outcome = match decide::verdict(&attempt, &self.policy(), now, rand::random::<f64>) {
             Verdict::Succeeded => {
                 w.progress.succeed(launch.index, result.extracted.clone());
-                StepOutcome::Succeeded
+                Ok(StepOutcome::Succeeded)
             }
             Verdict::Retry {
                 run_at,
@@ -405,38 +406,23 @@ impl Runner {
                     // The provider's wait slows every execution of the key.
                     crate::store::flow::push_back(&self.pool, &key, run_at, now).await?;
                 }
-                let stop = HeldNext::Retry { run_at, throttled };
-                return self
-                    .hold(
-                        run,
-                        st,
-                        w,
-                        Held {
-                            launch,
-                            result,
-                            next: stop,
-                        },
-                    )
-                    .await;
+                Err(HeldNext::Retry { run_at, throttled })
             }
-            Verdict::Failed(error) if step.on_error == OnError::Fail => {
-                let stop = HeldNext::Fail(error);
-                return self
-                    .hold(
-                        run,
-                        st,
-                        w,
-                        Held {
-                            launch,
-                            result,
-                            next: stop,
-                        },
-                    )
-                    .await;
-            }
+            Verdict::Failed(error) if step.on_error == OnError::Fail => Err(HeldNext::Fail(error)),
             Verdict::Failed(error) => {
                 w.progress.fail(launch.index, error.to_json());
-                StepOutcome::Continued
+                Ok(StepOutcome::Continued)
+            }
+        };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(next) => {
+                let held = Held {
+                    launch,
+                    result,
+                    next,
+                };
+                return self.hold(run, st, w, held).await;
             }
         };
         let finished = w.progress.done() == w.total;
