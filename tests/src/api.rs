@@ -58,6 +58,21 @@ impl Reply {
             .to_owned()
     }
 
+    /// Asserts a 422 whose body names `field`.
+    ///
+    /// # Panics
+    ///
+    /// When the status is another or the body does not name the field.
+    pub fn assert_refused(&self, field: &str) {
+        assert_eq!(
+            self.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            self.text
+        );
+        assert!(self.text.contains(field), "{field} not in {}", self.text);
+    }
+
     /// The body's `items`.
     ///
     /// # Panics

@@ -63,13 +63,7 @@ async fn a_bad_for_each_is_422_naming_each_field(pool: PgPool) {
             ]}),
         )
         .await;
-    assert_eq!(
-        reply.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        reply.text
-    );
-    assert!(reply.text.contains("items"), "{}", reply.text);
+    reply.assert_refused("items");
 
     let reply = api
         .post(
@@ -81,17 +75,7 @@ async fn a_bad_for_each_is_422_naming_each_field(pool: PgPool) {
             ]}),
         )
         .await;
-    assert_eq!(
-        reply.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        reply.text
-    );
-    assert!(
-        reply.text.contains("steps[0].for_each.concurrency"),
-        "{}",
-        reply.text
-    );
+    reply.assert_refused("steps[0].for_each.concurrency");
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]

@@ -59,17 +59,7 @@ async fn a_bad_paginate_is_422_naming_each_field(pool: PgPool) {
             ]}),
         )
         .await;
-    assert_eq!(
-        reply.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        reply.text
-    );
-    assert!(
-        reply.text.contains("steps[0].paginate.next"),
-        "{}",
-        reply.text
-    );
+    reply.assert_refused("steps[0].paginate.next");
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
