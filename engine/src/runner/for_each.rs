@@ -30,7 +30,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, Span, info, info_span, warn};
+use tracing::{Instrument, Span, info, warn};
 use uuid::Uuid;
 
 use super::flow::Admit;
@@ -310,18 +310,7 @@ impl Runner {
             None => None,
         };
         let remaining = (run.deadline - now).to_std().unwrap_or(Duration::ZERO);
-        let span = info_span!(
-            "step",
-            otel.kind = "client",
-            step.name = %step.name,
-            step.index = run.index,
-            step.item = i,
-            attempt,
-            http.request.method = step.method.as_str(),
-            url.full = tracing::field::Empty,
-            http.response.status_code = tracing::field::Empty,
-            conveyor.retry = tracing::field::Empty,
-        );
+        let span = super::step_span(step, run.index, Some(i), attempt);
         let launch = Launch {
             index: i,
             attempt,

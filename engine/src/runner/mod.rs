@@ -341,17 +341,7 @@ impl Runner {
                 Some(n) if n > 1 => idempotency_key(id, &format!("{}#page{n}", step.name), attempt),
                 _ => idempotency_key(id, &step.name, attempt),
             };
-            let span = info_span!(
-                "step",
-                otel.kind = "client",
-                step.name = %step.name,
-                step.index = index,
-                attempt,
-                http.request.method = step.method.as_str(),
-                url.full = tracing::field::Empty,
-                http.response.status_code = tracing::field::Empty,
-                conveyor.retry = tracing::field::Empty,
-            );
+            let span = step_span(step, index, None, attempt);
             let ws = claimed.workspace_id.as_str();
             let mut result = {
                 let slot = match self.gate((id, token), ws, (step, index), &ctx).await? {
@@ -691,4 +681,30 @@ enum InFlight {
     Done(Box<StepResult>),
     LeaseLost,
     CancelRequested,
+}
+
+/// The client span of one attempt of `step` (the `index`th), and of one
+/// of its `for_each` items when `item` is set.
+fn step_span(
+    step: &crate::connector::Step,
+    index: usize,
+    item: Option<u32>,
+    attempt: u32,
+) -> tracing::Span {
+    let span = info_span!(
+        "step",
+        otel.kind = "client",
+        step.name = %step.name,
+        step.index = index,
+        step.item = tracing::field::Empty,
+        attempt,
+        http.request.method = step.method.as_str(),
+        url.full = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        conveyor.retry = tracing::field::Empty,
+    );
+    if let Some(item) = item {
+        span.record("step.item", item);
+    }
+    span
 }
