@@ -58,6 +58,15 @@ fn connector(base: &str, max_items: u32) -> Value {
     })
 }
 
+/// Item 2 (`c2`) fails with a 500 every time.
+async fn fail_c2(stub: &MockServer) {
+    Mock::given(method("POST"))
+        .and(path("/contacts/c2/tags"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(stub)
+        .await;
+}
+
 /// Three contacts; contact `c<k>` is tagged `t<k>`, and only `c2` has a
 /// note.
 async fn stub_three(stub: &MockServer) {
@@ -194,11 +203,7 @@ async fn a_failed_item_is_retried_at_that_item_without_resending_earlier_ones(po
 async fn an_item_failing_after_its_retries_fails_the_step_and_stops_the_loop(pool: PgPool) {
     let h = Harness::new(pool);
     let stub = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/contacts/c2/tags"))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&stub)
-        .await;
+    fail_c2(&stub).await;
     stub_three(&stub).await;
     let c = h.connector(connector(&stub.uri(), 10)).await;
     let id = h.enqueue(c, json!({})).await;
@@ -284,11 +289,7 @@ async fn no_items_send_nothing_and_collect_empty_arrays(pool: PgPool) {
 async fn on_error_continue_keeps_the_fields_of_the_items_that_succeeded(pool: PgPool) {
     let h = Harness::new(pool);
     let stub = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/contacts/c2/tags"))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&stub)
-        .await;
+    fail_c2(&stub).await;
     Mock::given(method("POST"))
         .and(path("/report"))
         .and(body_json(json!({"tags": ["t1", null, "t3"]})))

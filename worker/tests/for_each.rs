@@ -97,12 +97,7 @@ async fn a_worker_killed_on_item_7_is_resumed_at_item_7_by_another(pool: PgPool)
     assert!(keys[0].is_some(), "item 7 carried no Idempotency-Key");
     assert_eq!(keys[0], keys[1], "the re-sent item reuses its key");
 
-    let rows: Vec<String> = h
-        .steps(id)
-        .await
-        .iter()
-        .map(|s| format!("i{} #{} {}", s.item.unwrap_or(0), s.attempt, s.worker_id))
-        .collect();
+    let rows = item_rows(&h, id).await;
     let want: Vec<String> = (1..=10)
         .map(|k| {
             let by = if k < 7 { "worker-a" } else { "worker-b" };
@@ -114,6 +109,15 @@ async fn a_worker_killed_on_item_7_is_resumed_at_item_7_by_another(pool: PgPool)
 
 /// Posts each item `k` of `input.ids` to `{base}/items` as `{"id": k}`,
 /// four at once, extracting `n`.
+/// The execution's step rows as `i<item> #<attempt> <worker>`.
+async fn item_rows(h: &Harness, id: uuid::Uuid) -> Vec<String> {
+    h.steps(id)
+        .await
+        .iter()
+        .map(|s| format!("i{} #{} {}", s.item.unwrap_or(0), s.attempt, s.worker_id))
+        .collect()
+}
+
 fn four_at_once(base: &str) -> serde_json::Value {
     json!({"name": "Four at once", "steps": [
         {"name": "send", "method": "POST", "url": format!("{base}/items"),
@@ -216,12 +220,7 @@ async fn a_worker_killed_with_four_items_in_flight_is_resumed_at_those_four(pool
             "item {k} is re-sent with its key"
         );
     }
-    let rows: Vec<String> = h
-        .steps(id)
-        .await
-        .iter()
-        .map(|s| format!("i{} #{} {}", s.item.unwrap_or(0), s.attempt, s.worker_id))
-        .collect();
+    let rows = item_rows(&h, id).await;
     let want: Vec<String> = (1..=12)
         .map(|k| {
             let by = if k <= 8 { "worker-a" } else { "worker-b" };
