@@ -408,13 +408,17 @@ async fn woken_executions_are_claimed_ahead_of_an_older_backlog_within_the_cap(p
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
-async fn a_missed_slot_moves_to_now_only_while_no_later_slot_is_taken(pool: PgPool) {
+async fn a_missed_slot_moves_to_now_only_while_no_slot_after_it_or_after_now_is_taken(
+    pool: PgPool,
+) {
     let h = Harness::new(pool);
     let c = never_sent(&h).await;
     let (a, b) = (h.enqueue(c, json!({})).await, h.enqueue(c, json!({})).await);
     let key = format!("{WS}:k");
     let pace = conveyor_engine::flow::pace(10, 1_000);
-    let t0 = Utc::now().trunc_subsecs(6);
+    // An hour ahead, so that the server's clock, which a take and a
+    // reanchor also read, is always behind the times given.
+    let t0 = (Utc::now() + chrono::Duration::hours(1)).trunc_subsecs(6);
     let tat = |pool: PgPool| async move {
         sqlx::query_scalar::<_, chrono::DateTime<Utc>>(
             "SELECT tat FROM flow_rate_limits WHERE key = $1",
@@ -424,14 +428,11 @@ async fn a_missed_slot_moves_to_now_only_while_no_later_slot_is_taken(pool: PgPo
         .await
         .expect("tat")
     };
-    // A fresh key: the slot is now, read from the server's clock.
+    // A fresh key: the slot is now.
     let taken = take(&h.pool, &key, a, pace, t0).await.expect("take");
     assert!(!taken.kept);
     let slot = taken.slot;
-    assert!(
-        slot >= t0 && slot < t0 + chrono::Duration::seconds(5),
-        "{slot}"
-    );
+    assert_eq!(slot, t0);
     let ms = |n| slot + chrono::Duration::milliseconds(n);
     // Nobody took a slot after it: it moves to the late sender's now.
     assert!(
@@ -449,6 +450,46 @@ async fn a_missed_slot_moves_to_now_only_while_no_later_slot_is_taken(pool: PgPo
             .expect("reanchor")
     );
     assert_eq!(tat(h.pool.clone()).await, ms(240));
+    // At ms(240) the later send's slot has passed too: the key is idle,
+    // and the late send takes now.
+    assert!(
+        !flow::reanchor(&h.pool, &key, ms(30), pace, ms(239))
+            .await
+            .expect("reanchor")
+    );
+    assert!(
+        flow::reanchor(&h.pool, &key, ms(30), pace, ms(240))
+            .await
+            .expect("reanchor")
+    );
+    assert_eq!(tat(h.pool.clone()).await, ms(345));
+
+    // "Now" is never behind the server's clock: a worker whose clock is
+    // an hour slow still finds an idle key idle, and moves its TAT on
+    // from the server's now.
+    let fast = conveyor_engine::flow::pace(1_000_000, 1_000);
+    let idle = format!("{WS}:idle");
+    let before = take(&h.pool, &idle, a, fast, Utc::now())
+        .await
+        .expect("take");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let slow = Utc::now() - chrono::Duration::hours(1);
+    assert!(
+        flow::reanchor(&h.pool, &idle, slow, fast, slow)
+            .await
+            .expect("reanchor")
+    );
+    let moved: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT tat FROM flow_rate_limits WHERE key = $1")
+            .bind(&idle)
+            .fetch_one(&h.pool)
+            .await
+            .expect("tat");
+    assert!(
+        moved >= before.slot + chrono::Duration::milliseconds(5),
+        "{moved} after {}",
+        before.slot
+    );
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]

@@ -182,8 +182,9 @@ impl Runner {
     /// slot when that is near; `Some(run_at)` when the execution must park
     /// instead (its slot stays reserved for it). A slot missed by more than
     /// the tolerance (a slow round trip, a starved process) is never used:
-    /// it moves to now when no later slot was taken, else the send takes a
-    /// fresh one, a few times at most before parking for one step.
+    /// it moves to now when no later slot was taken or the key is idle
+    /// ([`store::reanchor`]), else the send takes a fresh one, a few times
+    /// at most before parking for one step.
     async fn send_slot(
         &self,
         id: Uuid,

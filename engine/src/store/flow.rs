@@ -161,8 +161,17 @@ async fn take_round(
 /// Moves `slot`, just taken on `key` and missed by more than the
 /// tolerance (a slow round trip, a starved process), to `now`, when no
 /// send of the key has been reserved after it (the key's TAT is still one
-/// step past it): the late send keeps its turn instead of going to the
-/// back. Returns whether it moved.
+/// step past it), or none after `now` (the TAT has passed: the key is
+/// idle, and now is the slot a fresh take would get). Either way the
+/// late send keeps its turn instead of going to the back, and the TAT
+/// moves to one step past now, never back. "Now" is `now` or the
+/// server's clock once the key's row is locked, whichever is later, as
+/// in [`take_group`]. Returns whether it moved.
+///
+/// The second case is the common one on a key far from its limit: the
+/// slot was missed because the worker was starved, and meanwhile other
+/// senders took slots that have all passed too. One single-row update
+/// then settles the send instead of another group take.
 ///
 /// # Errors
 ///
@@ -176,8 +185,11 @@ pub async fn reanchor(
 ) -> Result<bool> {
     let moved = sqlx::query!(
         r#"UPDATE flow_rate_limits
-           SET tat = $3::timestamptz + $4::int8 * interval '1 microsecond', updated_at = $3
-           WHERE key = $1 AND tat = $2::timestamptz + $4::int8 * interval '1 microsecond'"#,
+           SET tat = GREATEST($3::timestamptz, clock_timestamp()) + $4::int8 * interval '1 microsecond',
+               updated_at = $3
+           WHERE key = $1
+             AND (tat = $2::timestamptz + $4::int8 * interval '1 microsecond'
+                  OR tat <= GREATEST($3::timestamptz, clock_timestamp()))"#,
         key,
         slot,
         now,
