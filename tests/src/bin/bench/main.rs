@@ -13,11 +13,15 @@
 //! - enqueue→start and enqueue→finish latency (p50/p99) of executions
 //!   arriving one at a time into idle workers;
 //! - the 1-step rate at 2 worker processes with trace export on (to a local
-//!   OTLP receiver that discards) against the same run with it off;
+//!   OTLP receiver that discards), and with a rate limit never reached on
+//!   every step, each against the plain rate of the same round
+//!   ([`paired_runs`]);
+//! - the rate the provider sees on a key at its limit;
 //! - webhook deliveries/s through `POST /hooks/{id}` of an in-process API
 //!   on loopback: GitHub-signed, each verified, deduplicated by its own
 //!   delivery id and enqueued (no worker runs meanwhile);
-//! - the database profile of a 1-step and a 3-step run ([`profile`]).
+//! - the database profile of a 1-step and a 3-step run, and of the 1-step
+//!   run with a rate limit never reached ([`profile`]).
 //!
 //! `BENCH_API=1` adds the API under load ([`api_load`]), `BENCH_HISTORY=1`
 //! claims, enqueues, history pages and retention deletes over a large
@@ -237,28 +241,17 @@ async fn core(
         json!({"key": "bench-open", "limit": 1_000_000, "per_ms": 1_000}),
     )
     .await?;
-    // The plain 1-step figure at 2 processes, which flow control and
-    // tracing are compared with, measured again next to them: on a small
-    // machine the same figure moves by a third between the sweep and here.
-    let plain = throughput(pool, env, one, executions, 2, None).await?;
-    println!(
-        "1-step, 2 processes, again: {plain:.0} executions/s (load average {})",
-        load_average()
-    );
-    let open_rate = throughput(pool, env, open, executions, 2, None).await?;
-    let open_parks = parks_per_execution(pool, executions).await?;
-    let flow_ratio = open_rate / plain.max(1e-6);
-    println!(
-        "1-step with a rate limit never reached, 2 processes: {open_rate:.0} executions/s ({flow_ratio:.2} of the plain 1-step figure {plain:.0}), {open_parks:.2} parks per execution (load average {})",
-        load_average()
-    );
-
     let collector = start_collector().await?;
-    let traced = throughput(pool, env, one, executions, 2, Some(&collector)).await?;
-    let tracing_ratio = traced / plain.max(1e-6);
+    let paired = paired_runs(pool, env, (one, open), &collector, executions).await?;
+    let plain = median(paired.iter().map(|r| r.plain));
+    let open_rate = median(paired.iter().map(|r| r.open));
+    let traced = median(paired.iter().map(|r| r.traced));
+    let flow_ratio = median(paired.iter().map(|r| r.open / r.plain.max(1e-6)));
+    let tracing_ratio = median(paired.iter().map(|r| r.traced / r.plain.max(1e-6)));
+    let open_parks = median(paired.iter().map(|r| r.open_parks));
     println!(
-        "1-step, 2 processes, trace export on: {traced:.0} executions/s ({tracing_ratio:.2} of export off; load average {})",
-        load_average()
+        "1-step, 2 processes, median of {} rounds: plain {plain:.0}, rate limit never reached {open_rate:.0} ({flow_ratio:.2} of plain, median of the rounds' ratios; {open_parks:.2} parks per execution), trace export on {traced:.0} executions/s ({tracing_ratio:.2} of plain)",
+        paired.len()
     );
 
     let (start, finish) = latency(pool, env, one, latency_samples).await?;
@@ -283,8 +276,21 @@ async fn core(
         } else {
             connector_for(pool, &env.stub, steps).await?
         };
-        profiles.push(profile::run(pool, env, conn, steps, executions, 2).await?);
+        profiles.push(profile::run(pool, env, (conn, None), steps, executions, 2).await?);
     }
+    // What every send's slot costs the database: its share of the group
+    // takes, next to the plain 1-step profile above.
+    profiles.push(
+        profile::run(
+            pool,
+            env,
+            (open, Some("rate limit never reached")),
+            1,
+            executions,
+            2,
+        )
+        .await?,
+    );
     for (name, value) in [
         (
             "start_latency_ms",
@@ -307,6 +313,19 @@ async fn core(
         ("plain_one_step_per_s", json!(plain.round())),
         ("flow_control_ratio", json!(round2(flow_ratio))),
         (
+            "paired_rounds",
+            json!(
+                paired
+                    .iter()
+                    .map(|r| json!({
+                        "plain": r.plain.round(),
+                        "flow_control": r.open.round(),
+                        "traced": r.traced.round(),
+                    }))
+                    .collect::<Vec<_>>()
+            ),
+        ),
+        (
             "rate_limited_parks_per_execution",
             json!(round2(limited_parks)),
         ),
@@ -319,6 +338,79 @@ async fn core(
         summary.insert(name.into(), value);
     }
     Ok(())
+}
+
+/// One round of the three 2-process 1-step runs that flow control and
+/// tracing are compared in: executions/s of each, and the flow-control
+/// run's parks per execution.
+struct Paired {
+    plain: f64,
+    open: f64,
+    traced: f64,
+    open_parks: f64,
+}
+
+/// `BENCH_PAIRED_ROUNDS` (default 5) rounds of a plain run, a run whose
+/// every step reserves a slot of a key never reached (`open`) and a run
+/// with trace export on, in an order that rotates by one each round.
+/// Each ratio is taken within a round, minutes apart at most rather than
+/// across the whole bench: on a small shared machine the plain figure
+/// alone moves by a third from one minute to the next, and the rotation
+/// keeps a machine that speeds up or slows down during a round from
+/// favouring the run that always came first.
+async fn paired_runs(
+    pool: &PgPool,
+    env: &Env,
+    (one, open): ((Uuid, i32), (Uuid, i32)),
+    collector: &str,
+    n: usize,
+) -> BenchResult<Vec<Paired>> {
+    let rounds = env_usize("BENCH_PAIRED_ROUNDS", 5).max(1);
+    let mut out = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let mut rates = [0.0; 3];
+        let mut open_parks = 0.0;
+        for k in 0..3 {
+            let which = (round + k) % 3;
+            let (conn, otlp) = match which {
+                0 => (one, None),
+                1 => (open, None),
+                _ => (one, Some(collector)),
+            };
+            rates[which] = throughput(pool, env, conn, n, 2, otlp).await?;
+            if which == 1 {
+                open_parks = parks_per_execution(pool, n).await?;
+            }
+        }
+        println!(
+            "round {}: 1-step, 2 processes: plain {:.0}, rate limit never reached {:.0} ({:.2}), trace export on {:.0} ({:.2}) executions/s (load average {})",
+            round + 1,
+            rates[0],
+            rates[1],
+            rates[1] / rates[0].max(1e-6),
+            rates[2],
+            rates[2] / rates[0].max(1e-6),
+            load_average()
+        );
+        out.push(Paired {
+            plain: rates[0],
+            open: rates[1],
+            traced: rates[2],
+            open_parks,
+        });
+    }
+    Ok(out)
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn round2(x: f64) -> f64 {

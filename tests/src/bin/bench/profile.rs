@@ -27,12 +27,13 @@ const TABLES: [&str; 4] = [
 /// Linux).
 const TICKS_PER_S: f64 = 100.0;
 
-/// Runs `n` executions of `conn` (a `steps`-step connector) on `procs`
-/// worker processes and reports what the database did for them.
+/// Runs `n` executions of `conn` (a `steps`-step connector, `label`
+/// naming what else it does, if anything) on `procs` worker processes and
+/// reports what the database did for them.
 pub(super) async fn run(
     pool: &PgPool,
     env: &Env,
-    conn: (Uuid, i32),
+    (conn, label): ((Uuid, i32), Option<&str>),
     steps: usize,
     n: usize,
     procs: usize,
@@ -110,7 +111,8 @@ pub(super) async fn run(
         .collect();
 
     println!(
-        "profile, {steps}-step, {procs} processes, {n} executions: {rate:.0} executions/s (load average {})",
+        "profile, {steps}-step{}, {procs} processes, {n} executions: {rate:.0} executions/s (load average {})",
+        label.map_or(String::new(), |l| format!(" ({l})")),
         load_average()
     );
     println!(
@@ -132,6 +134,7 @@ pub(super) async fn run(
     }
     Ok(json!({
         "steps": steps,
+        "label": label,
         "processes": procs,
         "executions": n,
         "executions_per_s": rate.round(),
