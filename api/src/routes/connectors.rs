@@ -374,14 +374,32 @@ pub(crate) async fn execute(
         started_by: caller.started_by(),
         callback_url,
     };
+    let details = json!({"connector_id": id});
+    let entry = AuditEntry {
+        workspace_id: Some(&caller.workspace_id),
+        actor: &caller.actor,
+        action: "execution.start",
+        object_type: "execution",
+        object_id: None,
+        request_id: caller.request_id.as_deref(),
+        details: details.clone(),
+    };
+    let fresh =
+        conveyor_engine::store::executions::enqueue_audited(&state.pool, &new, &entry, Utc::now())
+            .await?;
+    if let Some(view) = fresh {
+        count_created(&[Enqueued {
+            id: view.id,
+            created: true,
+            same_request: true,
+        }]);
+        return Ok((StatusCode::ACCEPTED, Json(view)).into_response());
+    }
+    // The idempotency key exists: a replay, or the key reused for another
+    // request (or the row holding it vanished meanwhile, and this enqueues).
     let started = start_audited(&state, &caller, &[new], "execution.start", |e| {
-        e[0].created.then(|| {
-            (
-                "execution",
-                e[0].id.to_string(),
-                json!({"connector_id": id}),
-            )
-        })
+        e[0].created
+            .then(|| ("execution", e[0].id.to_string(), details))
     })
     .await;
     let enqueued = match started {

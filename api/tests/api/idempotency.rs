@@ -1,5 +1,6 @@
-//! Idempotency keys and batches: concurrent executes with one key make one
-//! execution.
+//! Enqueueing through the API: what a single execute writes and answers,
+//! idempotency keys (concurrent executes with one key make one
+//! execution) and batches.
 
 use std::collections::BTreeSet;
 
@@ -11,6 +12,91 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 
 use crate::support::{api, simple_connector};
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn an_execute_answers_what_get_shows_and_writes_its_event_notify_and_audit_entry(
+    pool: PgPool,
+) {
+    let api = api(pool.clone());
+    let a = api.token("ws_a", "alice");
+    let connector = api
+        .create_connector(&a, simple_connector("http://127.0.0.1:9"))
+        .await;
+    let mut listener = PgListener::connect_with(&pool).await.expect("listener");
+    listener
+        .listen(conveyor_engine::store::channels::EXECUTIONS_ENQUEUED)
+        .await
+        .expect("listen");
+    let execute = format!("/api/v1/connectors/{connector}/execute");
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    for body in [
+        json!({"input": {"n": 1}}),
+        json!({"input": {"n": 2}, "idempotency_key": "k-all", "priority": 7, "run_at": later}),
+    ] {
+        let reply = api.post(&execute, &a, body.clone()).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+        let id = reply.id();
+        tokio::time::timeout(WAIT, listener.recv())
+            .await
+            .expect("the execute notifies idle workers")
+            .expect("received");
+        // The answer is the execution as stored: GET shows the same, and
+        // adds only its steps and why it waits.
+        let mut shown = api.get(&format!("/api/v1/executions/{id}"), &a).await.json;
+        let shown = shown.as_object_mut().expect("object");
+        shown.remove("steps");
+        shown.remove("waiting_for");
+        assert_eq!(reply.json, json!(shown));
+        assert_eq!(reply.json["status"], "queued");
+        assert_eq!(reply.json["input"], body["input"]);
+        assert_eq!(reply.json["connector_id"], json!(connector));
+        assert_eq!(reply.json["started_by"], "user:alice");
+
+        let (events, audited): (Vec<serde_json::Value>, Vec<(String, String, serde_json::Value)>) = (
+            sqlx::query_scalar(
+                "SELECT details FROM execution_events WHERE execution_id = $1::uuid AND kind = 'enqueued'",
+            )
+            .bind(&id)
+            .fetch_all(&pool)
+            .await
+            .expect("events"),
+            sqlx::query_as(
+                "SELECT workspace_id, actor, details FROM audit_log
+                 WHERE action = 'execution.start' AND object_type = 'execution' AND object_id = $1",
+            )
+            .bind(&id)
+            .fetch_all(&pool)
+            .await
+            .expect("audit"),
+        );
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(
+            audited,
+            [(
+                "ws_a".to_owned(),
+                "alice".to_owned(),
+                json!({"connector_id": connector})
+            )]
+        );
+        if body.get("priority").is_some() {
+            assert_eq!(reply.json["priority"], 7);
+            assert_eq!(reply.json["idempotency_key"], "k-all");
+            assert_eq!(events[0]["priority"], 7);
+            // The replay answers the same execution, 200, and writes nothing.
+            let again = api.post(&execute, &a, body).await;
+            assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+            assert_eq!(again.json, reply.json);
+        }
+    }
+    let (executions, entries): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM connector_executions),
+                (SELECT count(*) FROM audit_log WHERE action = 'execution.start')",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("counts");
+    assert_eq!((executions, entries), (2, 2));
+}
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn two_concurrent_executes_with_the_same_key_make_one_execution(pool: PgPool) {

@@ -1,4 +1,6 @@
-//! Enqueueing many executions with one multi-row statement (batch execute).
+//! Enqueueing many executions with one multi-row statement (batch
+//! execute), and one execution with its audit entry in one statement
+//! (single execute).
 //!
 //! The items travel as arrays and are inserted with one `INSERT ... SELECT
 //! FROM unnest(...)`, their `enqueued` events with it, so a batch costs the
@@ -11,11 +13,85 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use super::access::AuditEntry;
 use super::executions::{Enqueued, NewExecution};
+use super::history::ExecutionView;
 use crate::Result;
+use crate::state::ExecutionStatus;
+
+/// Enqueues `new` and records `entry` in the audit log (its `object_id`
+/// the new execution's id), in one statement that is its own
+/// transaction: a single execute costs one round trip and one durable
+/// commit, where `BEGIN`, the enqueue, the audit entry, `COMMIT` and the
+/// read-back of the view were five. Returns the execution as stored (what
+/// `GET /executions/{id}` shows until a worker claims it), or `None`,
+/// having written nothing, when `new`'s idempotency key exists: the
+/// caller then takes [`enqueue_many`]'s path, which tells a replay from
+/// a reused key.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn enqueue_audited(
+    pool: &PgPool,
+    new: &NewExecution,
+    entry: &AuditEntry<'_>,
+    now: DateTime<Utc>,
+) -> Result<Option<ExecutionView>> {
+    Ok(sqlx::query_as!(
+        ExecutionView,
+        r#"WITH ins AS (
+               INSERT INTO connector_executions
+                   (id, workspace_id, connector_id, connector_version, input, idempotency_key,
+                    priority, run_at, rerun_of, trace_context, started_by, callback_url, created_at, updated_at)
+               VALUES ($1::uuid, $2::text, $3::uuid, $4::int4, $5::jsonb, $6::text, $7::int2,
+                       COALESCE($8::timestamptz, $13::timestamptz), $9::uuid, $10::jsonb, $11::text,
+                       $12::text, $13, $13)
+               ON CONFLICT (workspace_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+               RETURNING *
+           ), ev AS (
+               INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
+               SELECT id, workspace_id, $13, 'enqueued',
+                      jsonb_strip_nulls(jsonb_build_object('run_at', run_at, 'priority', priority, 'rerun_of', rerun_of))
+               FROM ins
+           ), audited AS (
+               INSERT INTO audit_log (workspace_id, actor, action, object_type, object_id, request_id, details)
+               SELECT $14::text, $15::text, $16::text, $17::text, id::text, $18::text, $19::jsonb FROM ins
+           )
+           SELECT id AS "id!", workspace_id AS "workspace_id!", connector_id AS "connector_id!",
+                  connector_version AS "connector_version!", status AS "status!: ExecutionStatus",
+                  priority AS "priority!", run_at AS "run_at!", claims AS "claims!", reclaims AS "reclaims!",
+                  lease_owner, lease_expires_at, cancel_requested_at, idempotency_key, input AS "input!",
+                  output, error, rerun_of, started_by, next_step AS "next_step!",
+                  step_attempt AS "step_attempt!", created_at AS "created_at!", started_at, finished_at,
+                  updated_at AS "updated_at!", waiting_reason, waiting_key
+           FROM ins"#,
+        Uuid::now_v7(),
+        new.workspace_id,
+        new.connector_id,
+        new.connector_version,
+        new.input,
+        new.idempotency_key,
+        new.priority,
+        new.run_at,
+        new.rerun_of,
+        new.trace_context,
+        new.started_by.to_string(),
+        new.callback_url,
+        now,
+        entry.workspace_id,
+        entry.actor,
+        entry.action,
+        entry.object_type,
+        entry.request_id,
+        entry.details
+    )
+    .fetch_optional(pool)
+    .await?)
+}
 
 /// Enqueues `news` with one INSERT statement; returns, in item order,
 /// what [`enqueue`](super::executions::enqueue) would have returned for

@@ -23,7 +23,7 @@ use crate::state::{ExecutionStatus, StartedBy, StepOutcome};
 pub use super::claim::{
     Claimed, DEFAULT_WORKSPACE_MAX_RUNNING, PRIORITY_RANGE, claim, claim_capped,
 };
-pub use super::enqueue::enqueue_many;
+pub use super::enqueue::{enqueue_audited, enqueue_many};
 
 /// What a caller asks to enqueue.
 #[derive(Debug, Clone)]
