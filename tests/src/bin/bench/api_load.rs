@@ -105,9 +105,12 @@ impl Target {
 }
 
 /// Runs the closed-loop and open-loop single executes, then batches, with
-/// one worker process running; then batches again with none. The tables
-/// are emptied only before and after: a `TRUNCATE` while the API and the
-/// worker write deadlocks with them.
+/// one worker process running, each after the worker has run what the
+/// one before enqueued ([`settle`]); then batches and an open loop of
+/// single executes (`BENCH_API_NO_WORKER_RATE`, default 2,000 a second)
+/// with none. The
+/// tables are emptied only before and after: a `TRUNCATE` while the API
+/// and the worker write deadlocks with them.
 pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchResult<Value> {
     let secs = env_usize("BENCH_API_SECONDS", 5) as f64;
     reset(pool).await?;
@@ -137,6 +140,7 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     let mut out = Map::new();
     let mut closed = Map::new();
     for clients in env_list("BENCH_API_CLIENTS", &[1, 16]) {
+        settle(pool).await?;
         let run = closed_loop(&single, clients, secs).await;
         closed.insert(
             clients.to_string(),
@@ -146,6 +150,7 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     out.insert("execute_closed_loop".into(), Value::Object(closed));
     let mut open = Map::new();
     for rate in env_list("BENCH_API_RATES", &[500, 1000, 2000, 4000]) {
+        settle(pool).await?;
         let run = open_loop(&single, rate, secs).await;
         open.insert(
             rate.to_string(),
@@ -154,6 +159,7 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     }
     out.insert("execute_open_loop".into(), Value::Object(open));
     let batch_clients = env_usize("BENCH_API_BATCH_CLIENTS", 4);
+    settle(pool).await?;
     let run = closed_loop(&batch, batch_clients, secs).await;
     out.insert(
         "batch_with_worker".into(),
@@ -171,9 +177,44 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
             BATCH_ITEMS,
         ),
     );
+    // The API alone: on a small machine a worker running every execution
+    // enqueued takes most of the cores the API would use.
+    let rate = env_usize("BENCH_API_NO_WORKER_RATE", 2000);
+    let run = open_loop(&single, rate, secs).await;
+    out.insert(
+        "execute_open_loop_no_worker".into(),
+        run.report(
+            &format!("execute, open loop, {rate} requests/s offered, no worker"),
+            1,
+        ),
+    );
     drop(api);
     reset(pool).await?;
     Ok(Value::Object(out))
+}
+
+/// Waits (two minutes at most) until the worker has run every execution
+/// the previous load enqueued, so that each load starts on an idle
+/// worker rather than beside the last one's backlog.
+async fn settle(pool: &PgPool) -> BenchResult<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM connector_executions WHERE status IN ('queued', 'running')",
+        )
+        .fetch_one(pool)
+        .await?;
+        if left == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            println!(
+                "{left} executions still queued or running after 2 minutes; going on beside them"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Starts `conveyor-api serve` on a free loopback port with the API rate
