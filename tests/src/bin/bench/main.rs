@@ -521,13 +521,25 @@ fn spawn_workers(env: &Env, n: usize, otlp: Option<&str>) -> std::io::Result<Wor
     Ok(Workers(children))
 }
 
+/// Empties the tables a run writes. The backends of workers just killed
+/// can still be finishing a statement: a `TRUNCATE` that deadlocks with
+/// one of them is tried again once it is gone, a few times at most.
 async fn reset(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "TRUNCATE execution_events, execution_steps, flow_rate_reservations, connector_executions",
-    )
-    .execute(pool)
-    .await?;
-    Ok(())
+    let mut tries = 0;
+    loop {
+        let emptied = sqlx::query(
+            "TRUNCATE execution_events, execution_steps, flow_rate_reservations, connector_executions",
+        )
+        .execute(pool)
+        .await;
+        match emptied {
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("40P01") && tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other.map(drop),
+        }
+    }
 }
 
 async fn count_final(pool: &PgPool) -> Result<i64, sqlx::Error> {
