@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use conveyor_tests::api::{Reply, WAIT};
+use conveyor_tests::api::{Reply, TestApi, WAIT};
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -17,16 +17,8 @@ use crate::support::{api, simple_connector};
 async fn an_execute_answers_what_get_shows_and_writes_its_event_notify_and_audit_entry(
     pool: PgPool,
 ) {
-    let api = api(pool.clone());
-    let a = api.token("ws_a", "alice");
-    let connector = api
-        .create_connector(&a, simple_connector("http://127.0.0.1:9"))
-        .await;
-    let mut listener = PgListener::connect_with(&pool).await.expect("listener");
-    listener
-        .listen(conveyor_engine::store::channels::EXECUTIONS_ENQUEUED)
-        .await
-        .expect("listen");
+    let (api, a, connector) = alice_with_connector(&pool).await;
+    let mut listener = enqueue_listener(&pool).await;
     let execute = format!("/api/v1/connectors/{connector}/execute");
     let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     for body in [
@@ -265,16 +257,8 @@ fn batch_ids(reply: &Reply) -> Vec<String> {
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn a_full_batch_enqueues_every_item_with_its_event_and_wakes_workers(pool: PgPool) {
-    let api = api(pool.clone());
-    let a = api.token("ws_a", "alice");
-    let connector = api
-        .create_connector(&a, simple_connector("http://127.0.0.1:9"))
-        .await;
-    let mut listener = PgListener::connect_with(&pool).await.expect("listener");
-    listener
-        .listen(conveyor_engine::store::channels::EXECUTIONS_ENQUEUED)
-        .await
-        .expect("listen");
+    let (api, a, connector) = alice_with_connector(&pool).await;
+    let mut listener = enqueue_listener(&pool).await;
     let mut items: Vec<_> = (0..1000).map(|n| json!({"input": {"n": n}})).collect();
     items[0] = json!({"input": {"n": 0}, "idempotency_key": "k-first"});
     // A repeated key with the same input names the earlier item's execution.
@@ -320,11 +304,7 @@ async fn a_full_batch_enqueues_every_item_with_its_event_and_wakes_workers(pool:
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn a_key_reused_within_a_batch_for_another_input_refuses_the_batch(pool: PgPool) {
-    let api = api(pool.clone());
-    let a = api.token("ws_a", "alice");
-    let connector = api
-        .create_connector(&a, simple_connector("http://127.0.0.1:9"))
-        .await;
+    let (api, a, connector) = alice_with_connector(&pool).await;
     let reused = api
         .post(
             &format!("/api/v1/connectors/{connector}/execute/batch"),
@@ -353,11 +333,7 @@ async fn a_key_reused_within_a_batch_for_another_input_refuses_the_batch(pool: P
 async fn concurrent_batches_sharing_keys_in_opposite_orders_make_one_execution_per_key(
     pool: PgPool,
 ) {
-    let api = api(pool.clone());
-    let a = api.token("ws_a", "alice");
-    let connector = api
-        .create_connector(&a, simple_connector("http://127.0.0.1:9"))
-        .await;
+    let (api, a, connector) = alice_with_connector(&pool).await;
     let path = format!("/api/v1/connectors/{connector}/execute/batch");
     let item = |n: usize| json!({"input": {"n": n}, "idempotency_key": format!("k-{n}")});
     let forward: Vec<_> = (0..1000).map(item).collect();
@@ -378,4 +354,25 @@ async fn concurrent_batches_sharing_keys_in_opposite_orders_make_one_execution_p
         .await
         .expect("count");
     assert_eq!(count, 1000);
+}
+
+/// A listener on the channel an enqueue notifies idle workers on.
+async fn enqueue_listener(pool: &PgPool) -> PgListener {
+    let mut listener = PgListener::connect_with(pool).await.expect("listener");
+    listener
+        .listen(conveyor_engine::store::channels::EXECUTIONS_ENQUEUED)
+        .await
+        .expect("listen");
+    listener
+}
+
+/// The API, a token of alice in `ws_a`, and a connector of hers that
+/// sends nowhere reachable.
+async fn alice_with_connector(pool: &PgPool) -> (TestApi, String, String) {
+    let api = api(pool.clone());
+    let a = api.token("ws_a", "alice");
+    let connector = api
+        .create_connector(&a, simple_connector("http://127.0.0.1:9"))
+        .await;
+    (api, a, connector)
 }
