@@ -1,8 +1,9 @@
 //! Flow control across real `conveyor-worker` processes sharing one
 //! database, measured at a loopback stub that records when each request
 //! arrives: a rate limit holds in every 1 s window, a concurrency key is
-//! never exceeded, and one workspace's backlog does not hold up another's
-//! execution.
+//! never exceeded, one workspace's backlog does not hold up another's
+//! execution, and a busy worker claims the execution it parked for a
+//! rate-limit slot at that slot.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -255,4 +256,69 @@ async fn a_backlog_of_20000_does_not_delay_another_workspaces_execution(pool: Pg
     .await
     .expect("count");
     assert!(left > 1000, "the backlog was still deep ({left} queued)");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_busy_worker_claims_its_parked_execution_at_its_slot_not_when_slots_free_up(
+    pool: PgPool,
+) {
+    let h = Harness::new(pool);
+    let slow = Recorder::new(Duration::from_secs(8));
+    let slow_server = stub(&slow).await;
+    let limited = Recorder::new(Duration::ZERO);
+    let limited_server = stub(&limited).await;
+    let busy = h.connector(one_step(&slow_server.uri(), json!({}))).await;
+    // One send per 2 s: the second execution's slot is 2.1 s (with the
+    // guard) after the first, so it parks, holding that slot.
+    let paced = h
+        .connector(one_step(
+            &limited_server.uri(),
+            json!({"rate_limit": {"key": "stub", "limit": 1, "per_ms": 2000}}),
+        ))
+        .await;
+    // The paced pair first (priority), then three that hold their worker
+    // slots for 8 s: once the second is parked, 3 of 4 slots are busy,
+    // fewer free than the worker waits for before its next batch claim.
+    for (conn, n, priority) in [(paced, 2, 10_i16), (busy, 3, 0)] {
+        sqlx::query(
+            "INSERT INTO connector_executions (id, workspace_id, connector_id, connector_version, input, priority)
+             SELECT gen_random_uuid(), $1, $2, $3, '{}', $5 FROM generate_series(1, $4)",
+        )
+        .bind(WS)
+        .bind(conn.0)
+        .bind(conn.1)
+        .bind(n)
+        .bind(priority)
+        .execute(&h.pool)
+        .await
+        .expect("enqueue");
+    }
+    // No poll within the test: only the parked execution's own wake can
+    // bring it back while the slow ones run.
+    let _worker = WorkerProcess::start(
+        WORKER_BIN,
+        &conveyor_tests::database_url(&h.pool),
+        encryption_key(),
+        "busy",
+        &[
+            ("CONVEYOR_WORKER_CONCURRENCY", "4"),
+            ("CONVEYOR_POLL_INTERVAL_MS", "60000"),
+        ],
+    );
+    wait_succeeded(&h.pool, 5, Duration::from_secs(60)).await;
+
+    let sends = limited.arrivals();
+    let held = slow.arrivals();
+    assert_eq!((sends.len(), held.len()), (2, 3));
+    assert_eq!(parked_events(&h.pool).await, 1, "the second send parked");
+    let gap = sends[1] - sends[0];
+    assert!(gap >= Duration::from_millis(1_950), "sent {gap:?} apart");
+    // It went at its slot, while the slow requests still held the worker,
+    // not once they were answered 8 s after they left.
+    assert!(
+        sends[1] < held[0] + Duration::from_secs(6),
+        "the parked execution sent {:?} after the first slow request",
+        sends[1] - held[0]
+    );
+    assert!(held[2] < sends[1], "the worker was busy when it sent");
 }
