@@ -9,7 +9,7 @@ use conveyor_engine::connector::{self, Connector};
 use conveyor_engine::marketplace::{Template, parse_version, upgrade};
 use conveyor_engine::start::{StartError, count_created};
 use conveyor_engine::state::ReviewStatus;
-use conveyor_engine::store::access::{self, AuditEntry};
+use conveyor_engine::store::access;
 use conveyor_engine::store::executions::{Enqueued, NewExecution};
 use conveyor_engine::store::history::ExecutionView;
 use conveyor_engine::store::{connectors, history, templates};
@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::templates::credential_kinds;
-use super::{ExecutionPageQuery, audit, execution_page};
+use super::{ExecutionPageQuery, audit, audit_entry, execution_page};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -374,16 +374,12 @@ pub(crate) async fn execute(
         started_by: caller.started_by(),
         callback_url,
     };
-    let details = json!({"connector_id": id});
-    let entry = AuditEntry {
-        workspace_id: Some(&caller.workspace_id),
-        actor: &caller.actor,
-        action: "execution.start",
-        object_type: "execution",
-        object_id: None,
-        request_id: caller.request_id.as_deref(),
-        details: details.clone(),
-    };
+    let entry = audit_entry(
+        &caller,
+        "execution.start",
+        ("execution", None),
+        json!({"connector_id": id}),
+    );
     let fresh =
         conveyor_engine::store::executions::enqueue_audited(&state.pool, &new, &entry, Utc::now())
             .await?;
@@ -399,7 +395,7 @@ pub(crate) async fn execute(
     // request (or the row holding it vanished meanwhile, and this enqueues).
     let started = start_audited(&state, &caller, &[new], "execution.start", |e| {
         e[0].created
-            .then(|| ("execution", e[0].id.to_string(), details))
+            .then(|| ("execution", e[0].id.to_string(), entry.details))
     })
     .await;
     let enqueued = match started {
@@ -433,15 +429,7 @@ async fn start_audited(
     let mut tx = state.pool.begin().await.map_err(store)?;
     let enqueued = state.starter.start_in(&mut tx, news, Utc::now()).await?;
     if let Some((object_type, object_id, details)) = object(&enqueued) {
-        let entry = AuditEntry {
-            workspace_id: Some(&caller.workspace_id),
-            actor: &caller.actor,
-            action,
-            object_type,
-            object_id: Some(&object_id),
-            request_id: caller.request_id.as_deref(),
-            details,
-        };
+        let entry = audit_entry(caller, action, (object_type, Some(&object_id)), details);
         access::audit(&mut *tx, &entry).await?;
     }
     tx.commit().await.map_err(store)?;

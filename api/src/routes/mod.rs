@@ -37,6 +37,24 @@ pub const DEFAULT_PAGE: i64 = 50;
 /// Largest page size of listings.
 pub const MAX_PAGE: i64 = 200;
 
+/// `caller`'s audit entry of `action` on an object (kind, id).
+pub(crate) fn audit_entry<'a>(
+    caller: &'a Caller,
+    action: &'a str,
+    (object_type, object_id): (&'a str, Option<&'a str>),
+    details: Value,
+) -> AuditEntry<'a> {
+    AuditEntry {
+        workspace_id: Some(&caller.workspace_id),
+        actor: &caller.actor,
+        action,
+        object_type,
+        object_id,
+        request_id: caller.request_id.as_deref(),
+        details,
+    }
+}
+
 /// Records an audit entry for a successful mutation. The mutation has
 /// happened, so a failure here is logged rather than turned into an error.
 pub async fn audit(
@@ -47,15 +65,7 @@ pub async fn audit(
     object_id: Option<&str>,
     details: Value,
 ) {
-    let entry = AuditEntry {
-        workspace_id: Some(&caller.workspace_id),
-        actor: &caller.actor,
-        action,
-        object_type,
-        object_id,
-        request_id: caller.request_id.as_deref(),
-        details,
-    };
+    let entry = audit_entry(caller, action, (object_type, object_id), details);
     if let Err(e) = access_store::audit(&state.pool, &entry).await {
         tracing::error!(error = %e, action, "could not write the audit entry");
     }
