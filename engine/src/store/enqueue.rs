@@ -13,7 +13,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use super::access::AuditEntry;
@@ -41,6 +41,24 @@ pub async fn enqueue_audited(
     entry: &AuditEntry<'_>,
     now: DateTime<Utc>,
 ) -> Result<Option<ExecutionView>> {
+    insert_one(pool, new, Some(entry), now).await
+}
+
+/// Inserts `new` with its `enqueued` event and, when given, `audit` (its
+/// `object_id` the new execution's id), in one statement; the execution
+/// as stored, or `None` when `new`'s idempotency key exists (nothing is
+/// written). On the pool it is its own transaction; inside a caller's,
+/// the trigger's NOTIFY is delivered at commit.
+///
+/// # Errors
+///
+/// Database errors.
+pub(super) async fn insert_one<'e>(
+    db: impl PgExecutor<'e>,
+    new: &NewExecution,
+    audit: Option<&AuditEntry<'_>>,
+    now: DateTime<Utc>,
+) -> Result<Option<ExecutionView>> {
     Ok(sqlx::query_as!(
         ExecutionView,
         r#"WITH ins AS (
@@ -58,8 +76,10 @@ pub async fn enqueue_audited(
                       jsonb_strip_nulls(jsonb_build_object('run_at', run_at, 'priority', priority, 'rerun_of', rerun_of))
                FROM ins
            ), audited AS (
+               -- Only with an entry: its action is never null.
                INSERT INTO audit_log (workspace_id, actor, action, object_type, object_id, request_id, details)
-               SELECT $14::text, $15::text, $16::text, $17::text, id::text, $18::text, $19::jsonb FROM ins
+               SELECT $14::text, $15::text, $16::text, $17::text, id::text, $18::text, $19::jsonb
+               FROM ins WHERE $16::text IS NOT NULL
            )
            SELECT id AS "id!", workspace_id AS "workspace_id!", connector_id AS "connector_id!",
                   connector_version AS "connector_version!", status AS "status!: ExecutionStatus",
@@ -82,14 +102,14 @@ pub async fn enqueue_audited(
         new.started_by.to_string(),
         new.callback_url,
         now,
-        entry.workspace_id,
-        entry.actor,
-        entry.action,
-        entry.object_type,
-        entry.request_id,
-        entry.details
+        audit.and_then(|a| a.workspace_id),
+        audit.map(|a| a.actor),
+        audit.map(|a| a.action),
+        audit.map(|a| a.object_type),
+        audit.and_then(|a| a.request_id),
+        audit.map(|a| &a.details)
     )
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?)
 }
 

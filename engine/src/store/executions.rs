@@ -78,40 +78,10 @@ pub async fn enqueue(
     now: DateTime<Utc>,
 ) -> Result<Enqueued> {
     loop {
-        let inserted = sqlx::query_scalar!(
-            r#"WITH ins AS (
-                   INSERT INTO connector_executions
-                       (id, workspace_id, connector_id, connector_version, input, idempotency_key,
-                        priority, run_at, rerun_of, trace_context, started_by, callback_url, created_at, updated_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8::timestamptz, $9::timestamptz), $10, $11, $12, $13, $9, $9)
-                   ON CONFLICT (workspace_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-                   RETURNING id, workspace_id, run_at, priority, rerun_of
-               ), ev AS (
-                   INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
-                   SELECT id, workspace_id, $9, 'enqueued',
-                          jsonb_strip_nulls(jsonb_build_object('run_at', run_at, 'priority', priority, 'rerun_of', rerun_of))
-                   FROM ins
-               )
-               SELECT id AS "id!" FROM ins"#,
-            Uuid::now_v7(),
-            new.workspace_id,
-            new.connector_id,
-            new.connector_version,
-            new.input,
-            new.idempotency_key,
-            new.priority,
-            new.run_at,
-            now,
-            new.rerun_of,
-            new.trace_context,
-            new.started_by.to_string(),
-            new.callback_url
-        )
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(id) = inserted {
+        let inserted = super::enqueue::insert_one(&mut *conn, new, None, now).await?;
+        if let Some(view) = inserted {
             return Ok(Enqueued {
-                id,
+                id: view.id,
                 created: true,
                 same_request: true,
             });
