@@ -435,32 +435,36 @@ async fn a_missed_slot_moves_to_now_only_while_no_slot_after_it_or_after_now_is_
     assert_eq!(slot, t0);
     let ms = |n| slot + chrono::Duration::milliseconds(n);
     // Nobody took a slot after it: it moves to the late sender's now.
-    assert!(
+    assert_eq!(
         flow::reanchor(&h.pool, &key, slot, pace, ms(30))
             .await
-            .expect("reanchor")
+            .expect("reanchor"),
+        Some(ms(30))
     );
     assert_eq!(tat(h.pool.clone()).await, ms(135));
     // Once another send has its slot after it, it stays where it was.
     let next = take(&h.pool, &key, b, pace, ms(40)).await.expect("take");
     assert_eq!(next.slot, ms(135));
-    assert!(
-        !flow::reanchor(&h.pool, &key, ms(30), pace, ms(50))
+    assert_eq!(
+        flow::reanchor(&h.pool, &key, ms(30), pace, ms(50))
             .await
-            .expect("reanchor")
+            .expect("reanchor"),
+        None
     );
     assert_eq!(tat(h.pool.clone()).await, ms(240));
     // At ms(240) the later send's slot has passed too: the key is idle,
     // and the late send takes now.
-    assert!(
-        !flow::reanchor(&h.pool, &key, ms(30), pace, ms(239))
+    assert_eq!(
+        flow::reanchor(&h.pool, &key, ms(30), pace, ms(239))
             .await
-            .expect("reanchor")
+            .expect("reanchor"),
+        None
     );
-    assert!(
+    assert_eq!(
         flow::reanchor(&h.pool, &key, ms(30), pace, ms(240))
             .await
-            .expect("reanchor")
+            .expect("reanchor"),
+        Some(ms(240))
     );
     assert_eq!(tat(h.pool.clone()).await, ms(345));
 
@@ -474,22 +478,22 @@ async fn a_missed_slot_moves_to_now_only_while_no_slot_after_it_or_after_now_is_
         .expect("take");
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let slow = Utc::now() - chrono::Duration::hours(1);
-    assert!(
-        flow::reanchor(&h.pool, &idle, slow, fast, slow)
-            .await
-            .expect("reanchor")
-    );
-    let moved: chrono::DateTime<Utc> =
-        sqlx::query_scalar("SELECT tat FROM flow_rate_limits WHERE key = $1")
-            .bind(&idle)
-            .fetch_one(&h.pool)
-            .await
-            .expect("tat");
+    let moved = flow::reanchor(&h.pool, &idle, slow, fast, slow)
+        .await
+        .expect("reanchor")
+        .expect("moved");
     assert!(
         moved >= before.slot + chrono::Duration::milliseconds(5),
         "{moved} after {}",
         before.slot
     );
+    let tat: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT tat FROM flow_rate_limits WHERE key = $1")
+            .bind(&idle)
+            .fetch_one(&h.pool)
+            .await
+            .expect("tat");
+    assert_eq!(tat, moved + chrono::Duration::microseconds(fast.step_us));
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]

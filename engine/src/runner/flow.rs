@@ -184,7 +184,9 @@ impl Runner {
     /// the tolerance (a slow round trip, a starved process) is never used:
     /// it moves to now when no later slot was taken or the key is idle
     /// ([`store::reanchor`]), else the send takes a fresh one, a few times
-    /// at most before parking for one step.
+    /// at most before parking for one step. A fresh take is all a key
+    /// whose step is within the late allowance needs: it gives the same
+    /// slot, in a group statement.
     async fn send_slot(
         &self,
         id: Uuid,
@@ -208,14 +210,20 @@ impl Runner {
                 return Ok(None);
             }
             metrics::counter!("conveyor_flow_missed_slots_total").increment(1);
-            let now = Utc::now();
-            slot = if store::reanchor(&self.pool, key, slot.slot, pace, now).await? {
-                store::Reserved {
-                    slot: now,
-                    kept: false,
-                }
+            // On a key whose step is within the late allowance, a fresh
+            // take gives the slot a reanchor would (the TAT one step past
+            // the missed slot has passed too), and shares its statement.
+            let moved = if pace.step_us > pace.late_us() {
+                store::reanchor(&self.pool, key, slot.slot, pace, Utc::now()).await?
             } else {
-                self.commits.take(take()).await?
+                None
+            };
+            slot = match moved {
+                Some(moved) => store::Reserved {
+                    slot: moved,
+                    kept: false,
+                },
+                None => self.commits.take(take()).await?,
             };
         }
         Ok(Some(

@@ -159,14 +159,14 @@ async fn take_round(
 }
 
 /// Moves `slot`, just taken on `key` and missed by more than the
-/// tolerance (a slow round trip, a starved process), to `now`, when no
+/// tolerance (a slow round trip, a starved process), to now, when no
 /// send of the key has been reserved after it (the key's TAT is still one
-/// step past it), or none after `now` (the TAT has passed: the key is
+/// step past it), or none after now (the TAT has passed: the key is
 /// idle, and now is the slot a fresh take would get). Either way the
 /// late send keeps its turn instead of going to the back, and the TAT
 /// moves to one step past now, never back. "Now" is `now` or the
 /// server's clock once the key's row is locked, whichever is later, as
-/// in [`take_group`]. Returns whether it moved.
+/// in [`take_group`]. Returns the new slot, `None` when it did not move.
 ///
 /// The second case is the common one on a key far from its limit: the
 /// slot was missed because the worker was starved, and meanwhile other
@@ -182,22 +182,22 @@ pub async fn reanchor(
     slot: DateTime<Utc>,
     pace: Pace,
     now: DateTime<Utc>,
-) -> Result<bool> {
-    let moved = sqlx::query!(
+) -> Result<Option<DateTime<Utc>>> {
+    Ok(sqlx::query_scalar!(
         r#"UPDATE flow_rate_limits
            SET tat = GREATEST($3::timestamptz, clock_timestamp()) + $4::int8 * interval '1 microsecond',
                updated_at = $3
            WHERE key = $1
              AND (tat = $2::timestamptz + $4::int8 * interval '1 microsecond'
-                  OR tat <= GREATEST($3::timestamptz, clock_timestamp()))"#,
+                  OR tat <= GREATEST($3::timestamptz, clock_timestamp()))
+           RETURNING tat - $4::int8 * interval '1 microsecond' AS "slot!""#,
         key,
         slot,
         now,
         pace.step_us
     )
-    .execute(pool)
-    .await?;
-    Ok(moved.rows_affected() == 1)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// A provider asked to slow down: no send of `key` before `until` (the
