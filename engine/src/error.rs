@@ -15,6 +15,9 @@ pub enum Error {
     /// The group statement this rate-limit reservation was part of failed.
     #[error("rate-limit reservation: {0}")]
     Reserve(String),
+    /// The group statement this park was part of failed.
+    #[error("park: {0}")]
+    Park(String),
 }
 
 impl Error {

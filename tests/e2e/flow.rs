@@ -262,18 +262,18 @@ async fn a_crashed_holders_concurrency_slot_frees_when_its_lease_expires(pool: P
             .expect("b later")
     );
     // A release wakes the execution parked longest on the key.
-    assert!(
-        flow::park(
-            &h.pool,
-            a,
-            token(a),
-            later + chrono::Duration::seconds(60),
-            WaitReason::Concurrency,
-            &key,
-            later
-        )
-        .await
-        .expect("park")
+    let park = flow::Park {
+        id: a,
+        token: token(a),
+        run_at: later + chrono::Duration::seconds(60),
+        reason: WaitReason::Concurrency,
+        key: key.clone(),
+    };
+    assert_eq!(
+        flow::park_group(&h.pool, &[park], later)
+            .await
+            .expect("park"),
+        [true]
     );
     let mut listener = sqlx::postgres::PgListener::connect_with(&h.pool)
         .await
@@ -380,11 +380,16 @@ async fn woken_executions_are_claimed_ahead_of_an_older_backlog_within_the_cap(p
         let now = Utc::now();
         let until = now + chrono::Duration::milliseconds(wait);
         let token = claimed[0].fencing_token;
-        let key = format!("{WS}:k");
-        assert!(
-            flow::park(&h.pool, id, token, until, WaitReason::RateLimit, &key, now)
-                .await
-                .expect("park")
+        let park = flow::Park {
+            id,
+            token,
+            run_at: until,
+            reason: WaitReason::RateLimit,
+            key: format!("{WS}:k"),
+        };
+        assert_eq!(
+            flow::park_group(&h.pool, &[park], now).await.expect("park"),
+            [true]
         );
         parked.push(id);
     }
@@ -494,6 +499,85 @@ async fn a_missed_slot_moves_to_now_only_while_no_slot_after_it_or_after_now_is_
             .await
             .expect("tat");
     assert_eq!(tat, moved + chrono::Duration::microseconds(fast.step_us));
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn parks_share_a_statement_and_answer_each_in_its_order(pool: PgPool) {
+    let h = Harness::new(pool);
+    let c = never_sent(&h).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(h.enqueue(c, json!({})).await);
+    }
+    // Microseconds, as stored.
+    let now = Utc::now().trunc_subsecs(6);
+    let claimed = executions::claim(&h.pool, "w", 3, Duration::from_secs(30), now)
+        .await
+        .expect("claim");
+    let token = |id| {
+        claimed
+            .iter()
+            .find(|x| x.id == id)
+            .expect("claimed")
+            .fencing_token
+    };
+    let (rate, lost, cancelled) = (ids[0], ids[1], ids[2]);
+    sqlx::query("UPDATE connector_executions SET cancel_requested_at = $2 WHERE id = $1")
+        .bind(cancelled)
+        .bind(now)
+        .execute(&h.pool)
+        .await
+        .expect("cancel");
+    let park = |id, token, secs, reason, key: &str| flow::Park {
+        id,
+        token,
+        run_at: now + chrono::Duration::seconds(secs),
+        reason,
+        key: format!("{WS}:{key}"),
+    };
+    let parks = [
+        park(cancelled, token(cancelled), 7, WaitReason::RateLimit, "r"),
+        // A lease taken over since: nothing of it changes.
+        park(lost, token(lost) + 1, 8, WaitReason::Concurrency, "c"),
+        park(rate, token(rate), 9, WaitReason::Concurrency, "c"),
+    ];
+    assert_eq!(
+        flow::park_group(&h.pool, &parks, now).await.expect("park"),
+        [true, false, true]
+    );
+
+    let parked = h.execution(rate).await;
+    assert_eq!(parked.status, ExecutionStatus::Queued);
+    assert_eq!(parked.run_at, now + chrono::Duration::seconds(9));
+    assert_eq!(parked.lease_owner, None);
+    assert_eq!(
+        parked.waiting_for(now).map(|w| (w.reason, w.key)),
+        Some((WaitReason::Concurrency, Some("c".to_owned())))
+    );
+    let still = h.execution(lost).await;
+    assert_eq!(still.status, ExecutionStatus::Running);
+    assert_eq!(still.lease_owner.as_deref(), Some("w"));
+    assert_eq!(
+        h.execution(cancelled).await.status,
+        ExecutionStatus::Cancelled
+    );
+
+    type Event = (Uuid, String, String, chrono::DateTime<Utc>, i32);
+    let events: Vec<Event> = sqlx::query_as(
+        "SELECT execution_id, kind, details->>'reason', (details->>'run_at')::timestamptz,
+                (details->>'next_step')::int4
+         FROM execution_events WHERE kind IN ('parked', 'cancelled') ORDER BY execution_id",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .expect("events");
+    let at = |secs| now + chrono::Duration::seconds(secs);
+    let mut expected = vec![
+        (rate, "parked".into(), "concurrency".into(), at(9), 0),
+        (cancelled, "cancelled".into(), "rate_limit".into(), at(7), 0),
+    ];
+    expected.sort_by_key(|e| e.0);
+    assert_eq!(events, expected);
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]

@@ -1,6 +1,7 @@
 //! Group statements: concurrent executions' step commits share one
 //! statement, each row still fenced by its own token, and so do their
-//! rate-limit reservations, each still getting a slot of its own.
+//! rate-limit reservations, each still getting a slot of its own, and
+//! their parks.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::Result;
 use crate::state::ExecutionStatus;
 use crate::store::executions;
-use crate::store::flow::{self, Reserved, Take};
+use crate::store::flow::{self, Park, Reserved, Take};
 
 /// A request waiting for a group statement, with its reply channel.
 type Request<T, R> = (T, oneshot::Sender<Result<R, String>>);
@@ -51,22 +52,29 @@ fn queue<T, R>() -> (Asker<T, R>, mpsc::Receiver<Request<T, R>>) {
     (Asker(asker), queue)
 }
 
-/// The runner's side: step commits and rate-limit reservations.
+/// The runner's side: step commits, rate-limit reservations and parks.
 pub(super) struct Committer {
     commits: Asker<executions::Commit, Option<ExecutionStatus>>,
     takes: Asker<Take, Reserved>,
+    parks: Asker<Park, bool>,
 }
 
 /// A committer and the [`GroupCommitter`] it sends to.
 pub(super) fn channel(pool: PgPool) -> (Committer, GroupCommitter) {
     let (commits, commit_queue) = queue();
     let (takes, take_queue) = queue();
+    let (parks, park_queue) = queue();
     (
-        Committer { commits, takes },
+        Committer {
+            commits,
+            takes,
+            parks,
+        },
         GroupCommitter {
             pool,
             commits: commit_queue,
             takes: take_queue,
+            parks: park_queue,
         },
     )
 }
@@ -86,6 +94,12 @@ impl Committer {
     pub(super) async fn take(&self, take: Take) -> Result<Reserved> {
         self.takes.ask(take).await.map_err(crate::Error::Reserve)
     }
+
+    /// Parks an execution through the group committer (see
+    /// [`flow::park_group`]); false when its lease was lost.
+    pub(super) async fn park(&self, park: Park) -> Result<bool> {
+        self.parks.ask(park).await.map_err(crate::Error::Park)
+    }
 }
 
 /// Writes the step commits and rate-limit reservations of one
@@ -94,13 +108,14 @@ pub struct GroupCommitter {
     pool: PgPool,
     commits: mpsc::Receiver<Request<executions::Commit, Option<ExecutionStatus>>>,
     takes: mpsc::Receiver<Request<Take, Reserved>>,
+    parks: mpsc::Receiver<Request<Park, bool>>,
 }
 
 impl GroupCommitter {
     /// Takes whatever commits are waiting (up to [`GROUP_MAX`]) and writes
     /// them in one statement, with up to [`GROUPS_IN_FLIGHT`] statements at
-    /// once; rate-limit reservations likewise, beside them, one statement
-    /// at a time ([`TAKES_IN_FLIGHT`]). No window is
+    /// once; parks likewise, beside them; and rate-limit reservations, one
+    /// statement at a time ([`TAKES_IN_FLIGHT`]). No window is
     /// waited for: at low load a batch is one request, under load requests
     /// queue up while statements run, so batches grow exactly when it pays.
     ///
@@ -112,8 +127,10 @@ impl GroupCommitter {
             pool,
             commits,
             takes,
+            parks,
         } = self;
         let commit_pool = pool.clone();
+        let park_pool = pool.clone();
         tokio::join!(
             drain(commits, GROUPS_IN_FLIGHT, move |batch| {
                 let pool = commit_pool.clone();
@@ -130,6 +147,16 @@ impl GroupCommitter {
                     match flow::take_group(&pool, &batch, Utc::now()).await {
                         Ok(slots) => slots.into_iter().map(Ok).collect(),
                         Err(e) => vec![Err(e.to_string()); n],
+                    }
+                }
+            }),
+            drain(parks, GROUPS_IN_FLIGHT, move |batch| {
+                let pool = park_pool.clone();
+                async move {
+                    metrics::histogram!("conveyor_group_park_size").record(batch.len() as f64);
+                    match flow::park_group(&pool, &batch, Utc::now()).await {
+                        Ok(parked) => parked.into_iter().map(Ok).collect(),
+                        Err(e) => vec![Err(e.to_string()); batch.len()],
                     }
                 }
             }),

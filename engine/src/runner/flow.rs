@@ -248,7 +248,14 @@ impl Runner {
         reason: WaitReason,
         key: &str,
     ) -> Result<Gate> {
-        if store::park(&self.pool, id, token, until, reason, key, Utc::now()).await? {
+        let park = store::Park {
+            id,
+            token,
+            run_at: until,
+            reason,
+            key: key.to_owned(),
+        };
+        if self.commits.park(park).await? {
             info!(?reason, %until, "parked by flow control");
             // Only a rate-limit park holds a slot that passes if it
             // waits; one on a concurrency key takes its turn in the round.

@@ -323,51 +323,77 @@ pub async fn release(
     Ok(())
 }
 
-/// Parks a running execution before its step is sent: queued again at
-/// `run_at`, lease released, the reason and key stored for the explainer.
-/// The step's attempt is unchanged (parking costs no retry). Returns false
-/// when the lease was lost.
+/// A running execution to park (see [`park_group`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Park {
+    /// The execution.
+    pub id: Uuid,
+    /// Its fencing token: a lost lease parks nothing.
+    pub token: i64,
+    /// When it is queued again.
+    pub run_at: DateTime<Utc>,
+    /// Why it waits: [`WaitReason::Concurrency`], or any other for a rate limit.
+    pub reason: WaitReason,
+    /// The key it waits on, prefixed with its workspace id.
+    pub key: String,
+}
+
+/// Parks running executions before their step is sent, in one statement:
+/// each queued again at its `run_at`, lease released, the reason and key
+/// stored for the explainer, a `parked` event written (or the execution
+/// cancelled, when that was asked meanwhile). The step's attempt is
+/// unchanged (parking costs no retry). Returns, in the order of `parks`,
+/// whether each was parked: false when its lease was lost.
 ///
 /// # Errors
 ///
 /// Database errors.
-pub async fn park(
-    pool: &PgPool,
-    id: Uuid,
-    token: i64,
-    run_at: DateTime<Utc>,
-    reason: WaitReason,
-    key: &str,
-    now: DateTime<Utc>,
-) -> Result<bool> {
-    let reason = match reason {
-        WaitReason::Concurrency => "concurrency",
-        _ => "rate_limit",
-    };
+pub async fn park_group(pool: &PgPool, parks: &[Park], now: DateTime<Utc>) -> Result<Vec<bool>> {
+    let ids: Vec<Uuid> = parks.iter().map(|p| p.id).collect();
+    let tokens: Vec<i64> = parks.iter().map(|p| p.token).collect();
+    let run_ats: Vec<DateTime<Utc>> = parks.iter().map(|p| p.run_at).collect();
+    let reasons: Vec<&str> = parks
+        .iter()
+        .map(|p| match p.reason {
+            WaitReason::Concurrency => "concurrency",
+            _ => "rate_limit",
+        })
+        .collect();
+    let keys: Vec<&str> = parks.iter().map(|p| p.key.as_str()).collect();
     let done = sqlx::query_scalar!(
-        r#"WITH upd AS (
-               UPDATE connector_executions SET
-                   status = CASE WHEN cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END,
-                   finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE $6::timestamptz END,
-                   run_at = $3, waiting_reason = $4, waiting_key = $5,
+        r#"WITH req AS (
+               SELECT * FROM unnest($1::uuid[], $2::int8[], $3::timestamptz[], $4::text[], $5::text[])
+                   WITH ORDINALITY AS r(id, token, run_at, reason, key, n)
+           ), upd AS (
+               UPDATE connector_executions e SET
+                   status = CASE WHEN e.cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END,
+                   finished_at = CASE WHEN e.cancel_requested_at IS NULL THEN NULL ELSE $6::timestamptz END,
+                   run_at = req.run_at, waiting_reason = req.reason, waiting_key = req.key,
                    lease_owner = NULL, lease_expires_at = NULL, updated_at = $6
-               WHERE id = $1 AND fencing_token = $2 AND status = 'running'
-               RETURNING id, workspace_id, status, next_step
+               FROM req
+               WHERE e.id = req.id AND e.fencing_token = req.token AND e.status = 'running'
+               RETURNING req.n, e.id, e.workspace_id, e.status, e.next_step, req.run_at, req.reason
            ), ev AS (
                INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
                SELECT id, workspace_id, $6, CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE 'parked' END,
-                      jsonb_build_object('reason', $4::text, 'run_at', $3::timestamptz, 'next_step', next_step)
-               FROM upd
+                      jsonb_build_object('reason', reason, 'run_at', run_at, 'next_step', next_step)
+               FROM upd ORDER BY n
            )
-           SELECT id AS "id!" FROM upd"#,
-        id,
-        token,
-        run_at,
-        reason,
-        key,
+           SELECT n AS "n!" FROM upd"#,
+        &ids,
+        &tokens,
+        &run_ats,
+        &reasons as &[&str],
+        &keys as &[&str],
         now
     )
-    .fetch_optional(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(done.is_some())
+    let mut parked = vec![false; parks.len()];
+    for n in done {
+        if let Some(p) = usize::try_from(n - 1).ok().and_then(|i| parked.get_mut(i)) {
+            *p = true;
+        }
+    }
+    Ok(parked)
 }
