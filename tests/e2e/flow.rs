@@ -2,6 +2,7 @@
 //! attempts, rate-limit and concurrency parks explain themselves, and a
 //! crashed holder's concurrency slot frees with its lease.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
@@ -147,6 +148,28 @@ async fn never_sent(h: &Harness) -> (Uuid, i32) {
         .await
 }
 
+/// Enqueues `n` executions of a connector never sent and claims them all
+/// as worker `w` for `lease`, at a now exact to the microsecond (as
+/// stored): that now, their ids in enqueue order, and their fencing
+/// tokens.
+async fn claim_new(
+    h: &Harness,
+    n: i64,
+    lease: Duration,
+) -> (chrono::DateTime<Utc>, Vec<Uuid>, HashMap<Uuid, i64>) {
+    let c = never_sent(h).await;
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(h.enqueue(c, json!({})).await);
+    }
+    let now = Utc::now().trunc_subsecs(6);
+    let claimed = executions::claim(&h.pool, "w", n, lease, now)
+        .await
+        .expect("claim");
+    let tokens = claimed.iter().map(|x| (x.id, x.fencing_token)).collect();
+    (now, ids, tokens)
+}
+
 /// Reserves one send of `id` on `key`.
 async fn take(
     pool: &PgPool,
@@ -205,21 +228,9 @@ async fn a_kept_slot_missed_by_more_than_the_tolerance_is_never_used(pool: PgPoo
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn a_crashed_holders_concurrency_slot_frees_when_its_lease_expires(pool: PgPool) {
     let h = Harness::new(pool);
-    let c = never_sent(&h).await;
-    let (a, b) = (h.enqueue(c, json!({})).await, h.enqueue(c, json!({})).await);
-    // Microseconds, as stored.
-    let now = Utc::now().trunc_subsecs(6);
-    let lease = Duration::from_secs(1);
-    let claimed = executions::claim(&h.pool, "w", 2, lease, now)
-        .await
-        .expect("claim");
-    let token = |id| {
-        claimed
-            .iter()
-            .find(|x| x.id == id)
-            .expect("claimed")
-            .fencing_token
-    };
+    let (now, ids, tokens) = claim_new(&h, 2, Duration::from_secs(1)).await;
+    let (a, b) = (ids[0], ids[1]);
+    let token = |id| tokens[&id];
     let key = format!("{WS}:k");
     assert!(
         flow::acquire(&h.pool, &key, 1, a, token(a), 0, now)
@@ -504,23 +515,8 @@ async fn a_missed_slot_moves_to_now_only_while_no_slot_after_it_or_after_now_is_
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn parks_share_a_statement_and_answer_each_in_its_order(pool: PgPool) {
     let h = Harness::new(pool);
-    let c = never_sent(&h).await;
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        ids.push(h.enqueue(c, json!({})).await);
-    }
-    // Microseconds, as stored.
-    let now = Utc::now().trunc_subsecs(6);
-    let claimed = executions::claim(&h.pool, "w", 3, Duration::from_secs(30), now)
-        .await
-        .expect("claim");
-    let token = |id| {
-        claimed
-            .iter()
-            .find(|x| x.id == id)
-            .expect("claimed")
-            .fencing_token
-    };
+    let (now, ids, tokens) = claim_new(&h, 3, Duration::from_secs(30)).await;
+    let token = |id| tokens[&id];
     let (rate, lost, cancelled) = (ids[0], ids[1], ids[2]);
     sqlx::query("UPDATE connector_executions SET cancel_requested_at = $2 WHERE id = $1")
         .bind(cancelled)
