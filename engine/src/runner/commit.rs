@@ -102,7 +102,7 @@ impl Committer {
     }
 }
 
-/// Writes the step commits and rate-limit reservations of one
+/// Writes the step commits, rate-limit reservations and parks of one
 /// [`Runner`](super::Runner), made by [`Runner::new`](super::Runner::new).
 pub struct GroupCommitter {
     pool: PgPool,
