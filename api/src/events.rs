@@ -1,6 +1,6 @@
 //! Live execution updates: one `LISTEN` on
-//! [`EXECUTION_EVENTS`](conveyor_engine::store::channels::EXECUTION_EVENTS)
-//! and [`WORKSPACE_EVENTS`](conveyor_engine::store::channels::WORKSPACE_EVENTS)
+//! [`EXECUTION_EVENTS`]
+//! and [`WORKSPACE_EVENTS`]
 //! per API process, fanned out to Server-Sent-Events subscribers. The
 //! database only NOTIFYs for executions and workspaces someone watches
 //! (`execution_watchers`, `workspace_watchers`).

@@ -3,7 +3,7 @@
 //!
 //! The statuses every operation shares (401, 429 and 503 everywhere; 404
 //! with a path parameter; 400 with query parameters; 400, 413, 415 and 422
-//! with a body; 403 on admin routes) are added by [`StandardResponses`]
+//! with a body; 403 on admin routes) are added by `StandardResponses`
 //! from the operation's shape, so a new route cannot forget them; a
 //! handler's attributes add what is particular to it (409, 403 for API
 //! keys, a more precise description).

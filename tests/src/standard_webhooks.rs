@@ -21,7 +21,7 @@ fn reference_hmac(key: &[u8], message: &[u8]) -> Vec<u8> {
 }
 
 /// The Standard Webhooks check: some `v1,` signature of the header equals
-/// base64(HMAC(base64-decoded secret, "<id>.<timestamp>.<body>")).
+/// `base64(HMAC(base64-decoded secret, "<id>.<timestamp>.<body>"))`.
 ///
 /// # Panics
 ///

@@ -19,7 +19,7 @@ const PASS_BATCH: i64 = 100;
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 /// Runs scheduler passes until `shutdown`: each fires what is due, then
-/// sleeps until the earliest next tick (at most [`MAX_SLEEP`]).
+/// sleeps until the earliest next tick (at most `MAX_SLEEP`).
 pub async fn run(pool: PgPool, shutdown: CancellationToken) {
     let starter = Starter::new();
     loop {

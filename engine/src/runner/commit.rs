@@ -112,10 +112,10 @@ pub struct GroupCommitter {
 }
 
 impl GroupCommitter {
-    /// Takes whatever commits are waiting (up to [`GROUP_MAX`]) and writes
-    /// them in one statement, with up to [`GROUPS_IN_FLIGHT`] statements at
+    /// Takes whatever commits are waiting (up to `GROUP_MAX`) and writes
+    /// them in one statement, with up to `GROUPS_IN_FLIGHT` statements at
     /// once; parks likewise, beside them; and rate-limit reservations, one
-    /// statement at a time ([`TAKES_IN_FLIGHT`]). No window is
+    /// statement at a time (`TAKES_IN_FLIGHT`). No window is
     /// waited for: at low load a batch is one request, under load requests
     /// queue up while statements run, so batches grow exactly when it pays.
     ///

@@ -17,7 +17,7 @@ use crate::flow::{HOLD, Pace, WaitReason};
 pub struct Reserved {
     /// When the send may leave.
     pub slot: DateTime<Utc>,
-    /// The slot is more than [`HOLD`](crate::flow::HOLD) ahead and kept
+    /// The slot is more than [`HOLD`] ahead and kept
     /// for the execution, which parks; otherwise it was handed out and
     /// the caller waits for it in place.
     pub kept: bool,

@@ -528,7 +528,7 @@ pub async fn metrics(
         .map(|row| row.metrics))
 }
 
-/// [`metrics`] of every template, by slug, in one query.
+/// [`metrics()`] of every template, by slug, in one query.
 ///
 /// # Errors
 ///
