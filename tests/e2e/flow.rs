@@ -424,9 +424,7 @@ async fn woken_executions_are_claimed_ahead_of_an_older_backlog_within_the_cap(p
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
-async fn a_missed_slot_moves_to_now_only_while_no_slot_after_it_or_after_now_is_taken(
-    pool: PgPool,
-) {
+async fn a_missed_slot_moves_to_now_only_while_no_slot_after_it_is_taken(pool: PgPool) {
     let h = Harness::new(pool);
     let c = never_sent(&h).await;
     let (a, b) = (h.enqueue(c, json!({})).await, h.enqueue(c, json!({})).await);
@@ -468,33 +466,27 @@ async fn a_missed_slot_moves_to_now_only_while_no_slot_after_it_or_after_now_is_
         None
     );
     assert_eq!(tat(h.pool.clone()).await, ms(240));
-    // At ms(240) the later send's slot has passed too: the key is idle,
-    // and the late send takes now.
+    // Once that slot has passed too, the key is idle: the missed slot
+    // still does not move, and a fresh take gets now.
     assert_eq!(
-        flow::reanchor(&h.pool, &key, ms(30), pace, ms(239))
+        flow::reanchor(&h.pool, &key, ms(30), pace, ms(300))
             .await
             .expect("reanchor"),
         None
     );
-    assert_eq!(
-        flow::reanchor(&h.pool, &key, ms(30), pace, ms(240))
-            .await
-            .expect("reanchor"),
-        Some(ms(240))
-    );
-    assert_eq!(tat(h.pool.clone()).await, ms(345));
+    let fresh = take(&h.pool, &key, a, pace, ms(300)).await.expect("take");
+    assert_eq!(fresh.slot, ms(300));
+    assert_eq!(tat(h.pool.clone()).await, ms(405));
 
     // "Now" is never behind the server's clock: a worker whose clock is
-    // an hour slow still finds an idle key idle, and moves its TAT on
-    // from the server's now.
-    let fast = conveyor_engine::flow::pace(1_000_000, 1_000);
-    let idle = format!("{WS}:idle");
-    let before = take(&h.pool, &idle, a, fast, Utc::now())
+    // an hour slow moves its missed slot to the server's now.
+    let other = format!("{WS}:other");
+    let before = take(&h.pool, &other, a, pace, Utc::now())
         .await
         .expect("take");
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let slow = Utc::now() - chrono::Duration::hours(1);
-    let moved = flow::reanchor(&h.pool, &idle, slow, fast, slow)
+    let moved = flow::reanchor(&h.pool, &other, before.slot, pace, slow)
         .await
         .expect("reanchor")
         .expect("moved");
@@ -505,11 +497,11 @@ async fn a_missed_slot_moves_to_now_only_while_no_slot_after_it_or_after_now_is_
     );
     let tat: chrono::DateTime<Utc> =
         sqlx::query_scalar("SELECT tat FROM flow_rate_limits WHERE key = $1")
-            .bind(&idle)
+            .bind(&other)
             .fetch_one(&h.pool)
             .await
             .expect("tat");
-    assert_eq!(tat, moved + chrono::Duration::microseconds(fast.step_us));
+    assert_eq!(tat, moved + chrono::Duration::microseconds(pace.step_us));
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]

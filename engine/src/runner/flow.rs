@@ -182,11 +182,10 @@ impl Runner {
     /// slot when that is near; `Some(run_at)` when the execution must park
     /// instead (its slot stays reserved for it). A slot missed by more than
     /// the tolerance (a slow round trip, a starved process) is never used:
-    /// it moves to now when no later slot was taken or the key is idle
-    /// ([`store::reanchor`]), else the send takes a fresh one, a few times
-    /// at most before parking for one step. A fresh take is all a key
-    /// whose step is within the late allowance needs: it gives the same
-    /// slot, in a group statement.
+    /// on a key whose step is longer than the late allowance it moves to
+    /// now when no later slot was taken ([`store::reanchor`]); otherwise,
+    /// or on any other key, the send takes a fresh one (on an idle key,
+    /// now), a few times at most before parking for one step.
     async fn send_slot(
         &self,
         id: Uuid,
@@ -210,9 +209,9 @@ impl Runner {
                 return Ok(None);
             }
             metrics::counter!("conveyor_flow_missed_slots_total").increment(1);
-            // On a key whose step is within the late allowance, a fresh
-            // take gives the slot a reanchor would (the TAT one step past
-            // the missed slot has passed too), and shares its statement.
+            // On a key whose step is within the late allowance, the TAT
+            // one step past the missed slot has passed too: a fresh take
+            // gives the slot a reanchor would, and shares its statement.
             let moved = if pace.step_us > pace.late_us() {
                 store::reanchor(&self.pool, key, slot.slot, pace, Utc::now()).await?
             } else {

@@ -161,17 +161,14 @@ async fn take_round(
 /// Moves `slot`, just taken on `key` and missed by more than the
 /// tolerance (a slow round trip, a starved process), to now, when no
 /// send of the key has been reserved after it (the key's TAT is still one
-/// step past it), or none after now (the TAT has passed: the key is
-/// idle, and now is the slot a fresh take would get). Either way the
-/// late send keeps its turn instead of going to the back, and the TAT
-/// moves to one step past now, never back. "Now" is `now` or the
+/// step past it): the late send keeps its turn instead of going to the
+/// back, and the TAT moves to one step past now. "Now" is `now` or the
 /// server's clock once the key's row is locked, whichever is later, as
 /// in [`take_group`]. Returns the new slot, `None` when it did not move.
 ///
-/// The second case is the common one on a key far from its limit: the
-/// slot was missed because the worker was starved, and meanwhile other
-/// senders took slots that have all passed too. One single-row update
-/// then settles the send instead of another group take.
+/// Only a key whose step is longer than the late allowance needs this: on
+/// any other, the TAT one step past a missed slot has passed too, and a
+/// fresh take gives the same slot.
 ///
 /// # Errors
 ///
@@ -187,9 +184,7 @@ pub async fn reanchor(
         r#"UPDATE flow_rate_limits
            SET tat = GREATEST($3::timestamptz, clock_timestamp()) + $4::int8 * interval '1 microsecond',
                updated_at = $3
-           WHERE key = $1
-             AND (tat = $2::timestamptz + $4::int8 * interval '1 microsecond'
-                  OR tat <= GREATEST($3::timestamptz, clock_timestamp()))
+           WHERE key = $1 AND tat = $2::timestamptz + $4::int8 * interval '1 microsecond'
            RETURNING tat - $4::int8 * interval '1 microsecond' AS "slot!""#,
         key,
         slot,
