@@ -132,17 +132,24 @@ pub async fn claim_capped(
                           row_number() OVER (PARTITION BY workspace_id ORDER BY priority DESC, run_at, id) AS turn
                    FROM candidates) t
            ), ready AS (
+               -- The woken ids, then the round's, each once, drive the
+               -- join: rows are fetched by primary key whatever the
+               -- table's statistics say (a filter of the table by the
+               -- array, planned on a table last analyzed nearly empty, was
+               -- a sequential scan re-evaluating the round per row).
                -- `lease_owner IS NULL AND finished_at IS NULL` is `status =
-               -- 'queued'` (the table's CHECKs tie both to the status),
-               -- spelled so that the rows are fetched by primary key, not
-               -- by scanning the whole queue index.
-               SELECT e.id FROM connector_executions e, ranked
-               WHERE e.id = ANY (ranked.ids || $6::uuid[]) AND e.lease_owner IS NULL AND e.finished_at IS NULL
+               -- 'queued'` (the table's CHECKs tie both to the status).
+               SELECT e.id FROM ranked
+               CROSS JOIN LATERAL unnest($6::uuid[] || ARRAY(
+                   SELECT r.id FROM unnest(ranked.ids) WITH ORDINALITY AS r(id, pos)
+                   WHERE r.id <> ALL ($6::uuid[]) ORDER BY r.pos)) WITH ORDINALITY AS c(id, pos)
+               JOIN connector_executions e ON e.id = c.id
+               WHERE e.lease_owner IS NULL AND e.finished_at IS NULL
                  AND (e.id = ANY (ranked.ids)
                       OR (e.run_at <= $3
                           AND (SELECT count(*) FROM connector_executions r
                                WHERE r.workspace_id = e.workspace_id AND r.status = 'running') < $5))
-               ORDER BY e.id = ANY ($6) DESC, array_position(ranked.ids, e.id)
+               ORDER BY c.pos
                LIMIT $2
                FOR UPDATE OF e SKIP LOCKED
            ), claimed AS (
