@@ -23,8 +23,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, HeaderValue, Method};
+use conveyor_engine::batch;
 use conveyor_engine::crypto::Keyring;
 use conveyor_engine::start::Starter;
+use conveyor_engine::store::executions::{self, Execute};
+use conveyor_engine::store::history::ExecutionView;
 use secrecy::SecretString;
 use sqlx::PgPool;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -112,16 +115,31 @@ pub struct AppState {
     pub console_stats: Arc<console::stats::StatsCache>,
     /// Starts executions (caches compiled input schemas).
     pub starter: Arc<Starter>,
+    /// Groups concurrent single executes into one statement.
+    pub executes: Executes,
     /// Settings.
     pub config: Arc<ApiConfig>,
     /// Renders `/metrics` (the process-wide Prometheus recorder).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
+/// Most single executes one statement enqueues.
+const EXECUTE_GROUP_MAX: usize = 128;
+/// Statements of grouped single executes in flight at once.
+const EXECUTE_GROUPS_IN_FLIGHT: usize = 4;
+
+/// The handlers' side of single-execute grouping: a request sent here is
+/// enqueued with whatever other single executes wait at that moment, in
+/// one statement and one durable commit
+/// ([`executions::enqueue_each_alone`]); its answer is its own.
+pub type Executes = batch::Asker<Execute, conveyor_engine::Result<Option<ExecutionView>>>;
+
 impl AppState {
     /// State over `pool`, rendering `/metrics` with `metrics` when given.
-    /// Nothing is spawned: run `state.events.clone().listen(..)` beside it
-    /// for live updates.
+    /// Spawns the task that groups single executes ([`Executes`]), so it
+    /// must be called inside a Tokio runtime; that task ends once every
+    /// clone of the state is dropped. Run `state.events.clone().listen(..)`
+    /// beside it for live updates.
     pub fn new(
         pool: PgPool,
         keyring: Arc<Keyring>,
@@ -129,10 +147,26 @@ impl AppState {
         config: ApiConfig,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Self {
+        let (executes, queue) = batch::queue(EXECUTE_GROUP_MAX * EXECUTE_GROUPS_IN_FLIGHT * 4);
+        let group_pool = pool.clone();
+        tokio::spawn(batch::drain(
+            queue,
+            EXECUTE_GROUP_MAX,
+            EXECUTE_GROUPS_IN_FLIGHT,
+            move |group: Vec<Execute>| {
+                let pool = group_pool.clone();
+                async move {
+                    metrics::histogram!("conveyor_api_execute_group_size")
+                        .record(group.len() as f64);
+                    executions::enqueue_each_alone(&pool, &group, chrono::Utc::now()).await
+                }
+            },
+        ));
         Self {
             events: EventHub::new(),
             console_stats: Arc::default(),
             starter: Arc::new(Starter::new()),
+            executes,
             pool,
             keyring,
             auth: Arc::new(auth),

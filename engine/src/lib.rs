@@ -56,6 +56,7 @@
 //! (the database), and [`runner`] and [`start`], which drive them. Every
 //! other module is pure.
 
+pub mod batch;
 pub mod cache;
 pub mod callback;
 pub mod connector;

@@ -10,7 +10,7 @@ use conveyor_engine::marketplace::{Template, parse_version, upgrade};
 use conveyor_engine::start::{StartError, count_created};
 use conveyor_engine::state::ReviewStatus;
 use conveyor_engine::store::access;
-use conveyor_engine::store::executions::{Enqueued, NewExecution};
+use conveyor_engine::store::executions::{Enqueued, Execute, NewExecution};
 use conveyor_engine::store::history::ExecutionView;
 use conveyor_engine::store::{connectors, history, templates};
 use serde::{Deserialize, Serialize};
@@ -374,15 +374,17 @@ pub(crate) async fn execute(
         started_by: caller.started_by(),
         callback_url,
     };
-    let entry = audit_entry(
-        &caller,
-        "execution.start",
-        ("execution", None),
-        json!({"connector_id": id}),
-    );
-    let fresh =
-        conveyor_engine::store::executions::enqueue_audited(&state.pool, &new, &entry, Utc::now())
-            .await?;
+    // Enqueued with the other single executes waiting now, in one
+    // statement, with its `execution.start` audit entry.
+    let fresh = state
+        .executes
+        .ask(Execute {
+            new: new.clone(),
+            actor: caller.actor.clone(),
+            request_id: caller.request_id.clone(),
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
     if let Some(view) = fresh {
         count_created(&[Enqueued {
             id: view.id,
@@ -394,8 +396,13 @@ pub(crate) async fn execute(
     // The idempotency key exists: a replay, or the key reused for another
     // request (or the row holding it vanished meanwhile, and this enqueues).
     let started = start_audited(&state, &caller, &[new], "execution.start", |e| {
-        e[0].created
-            .then(|| ("execution", e[0].id.to_string(), entry.details))
+        e[0].created.then(|| {
+            (
+                "execution",
+                e[0].id.to_string(),
+                json!({"connector_id": id}),
+            )
+        })
     })
     .await;
     let enqueued = match started {

@@ -3,20 +3,18 @@
 //! rate-limit reservations, each still getting a slot of its own, and
 //! their parks.
 
-use std::future::Future;
-use std::sync::Arc;
-
 use chrono::Utc;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
 
 use crate::Result;
+use crate::batch::{self, Asker, Queue};
 use crate::state::ExecutionStatus;
 use crate::store::executions;
 use crate::store::flow::{self, Park, Reserved, Take};
 
-/// A request waiting for a group statement, with its reply channel.
-type Request<T, R> = (T, oneshot::Sender<Result<R, String>>);
+/// A request's answer: a failed statement's error as text (one
+/// statement answers many requests, and errors are not `Clone`).
+type Answer<R> = std::result::Result<R, String>;
 
 /// Most requests one group statement carries.
 const GROUP_MAX: usize = 64;
@@ -29,34 +27,22 @@ const GROUPS_IN_FLIGHT: usize = 2;
 /// key's takes queue on its row anyway.
 const TAKES_IN_FLIGHT: usize = 1;
 
-/// The runner's side of one kind of group statement: sends a request and
-/// waits for its answer.
-struct Asker<T, R>(mpsc::Sender<Request<T, R>>);
-
-impl<T, R> Asker<T, R> {
-    async fn ask(&self, request: T) -> Result<R, String> {
-        let (reply, answer) = oneshot::channel();
-        self.0
-            .send((request, reply))
-            .await
-            .map_err(|_| "the group committer stopped".to_owned())?;
-        answer
-            .await
-            .map_err(|_| "the group committer dropped the request".to_owned())?
-    }
+/// A queue of requests and the [`Asker`] that fills it.
+fn queue<T, R>() -> (Asker<T, Answer<R>>, Queue<T, Answer<R>>) {
+    batch::queue(GROUP_MAX * GROUPS_IN_FLIGHT * 4)
 }
 
-/// A queue of requests and the [`Asker`] that fills it.
-fn queue<T, R>() -> (Asker<T, R>, mpsc::Receiver<Request<T, R>>) {
-    let (asker, queue) = mpsc::channel(GROUP_MAX * GROUPS_IN_FLIGHT * 4);
-    (Asker(asker), queue)
+/// Sends `request` through `asker`; a stopped group committer is an
+/// error like a failed statement.
+async fn ask<T, R>(asker: &Asker<T, Answer<R>>, request: T) -> Answer<R> {
+    asker.ask(request).await.map_err(|e| e.to_string())?
 }
 
 /// The runner's side: step commits, rate-limit reservations and parks.
 pub(super) struct Committer {
-    commits: Asker<executions::Commit, Option<ExecutionStatus>>,
-    takes: Asker<Take, Reserved>,
-    parks: Asker<Park, bool>,
+    commits: Asker<executions::Commit, Answer<Option<ExecutionStatus>>>,
+    takes: Asker<Take, Answer<Reserved>>,
+    parks: Asker<Park, Answer<bool>>,
 }
 
 /// A committer and the [`GroupCommitter`] it sends to.
@@ -86,19 +72,21 @@ impl Committer {
         &self,
         commit: executions::Commit,
     ) -> Result<Option<ExecutionStatus>> {
-        self.commits.ask(commit).await.map_err(crate::Error::Commit)
+        ask(&self.commits, commit)
+            .await
+            .map_err(crate::Error::Commit)
     }
 
     /// Reserves a rate-limit send through the group committer (see
     /// [`flow::take_group`]).
     pub(super) async fn take(&self, take: Take) -> Result<Reserved> {
-        self.takes.ask(take).await.map_err(crate::Error::Reserve)
+        ask(&self.takes, take).await.map_err(crate::Error::Reserve)
     }
 
     /// Parks an execution through the group committer (see
     /// [`flow::park_group`]); false when its lease was lost.
     pub(super) async fn park(&self, park: Park) -> Result<bool> {
-        self.parks.ask(park).await.map_err(crate::Error::Park)
+        ask(&self.parks, park).await.map_err(crate::Error::Park)
     }
 }
 
@@ -106,9 +94,9 @@ impl Committer {
 /// [`Runner`](super::Runner), made by [`Runner::new`](super::Runner::new).
 pub struct GroupCommitter {
     pool: PgPool,
-    commits: mpsc::Receiver<Request<executions::Commit, Option<ExecutionStatus>>>,
-    takes: mpsc::Receiver<Request<Take, Reserved>>,
-    parks: mpsc::Receiver<Request<Park, bool>>,
+    commits: Queue<executions::Commit, Answer<Option<ExecutionStatus>>>,
+    takes: Queue<Take, Answer<Reserved>>,
+    parks: Queue<Park, Answer<bool>>,
 }
 
 impl GroupCommitter {
@@ -132,14 +120,14 @@ impl GroupCommitter {
         let commit_pool = pool.clone();
         let park_pool = pool.clone();
         tokio::join!(
-            drain(commits, GROUPS_IN_FLIGHT, move |batch| {
+            batch::drain(commits, GROUP_MAX, GROUPS_IN_FLIGHT, move |batch| {
                 let pool = commit_pool.clone();
                 async move {
                     metrics::histogram!("conveyor_group_commit_size").record(batch.len() as f64);
                     crate::store::group::commit_group(&pool, batch, Utc::now()).await
                 }
             }),
-            drain(takes, TAKES_IN_FLIGHT, move |batch| {
+            batch::drain(takes, GROUP_MAX, TAKES_IN_FLIGHT, move |batch| {
                 let pool = pool.clone();
                 async move {
                     metrics::histogram!("conveyor_group_take_size").record(batch.len() as f64);
@@ -150,7 +138,7 @@ impl GroupCommitter {
                     }
                 }
             }),
-            drain(parks, GROUPS_IN_FLIGHT, move |batch| {
+            batch::drain(parks, GROUP_MAX, GROUPS_IN_FLIGHT, move |batch| {
                 let pool = park_pool.clone();
                 async move {
                     metrics::histogram!("conveyor_group_park_size").record(batch.len() as f64);
@@ -161,38 +149,5 @@ impl GroupCommitter {
                 }
             }),
         );
-    }
-}
-
-/// Answers the requests of `queue` in batches written by `write` (one
-/// answer per request, in order), at most `in_flight` at once, until
-/// every sender is gone.
-async fn drain<T, R, F, W>(mut queue: mpsc::Receiver<Request<T, R>>, in_flight: usize, write: F)
-where
-    T: Send + 'static,
-    R: Send + 'static,
-    F: Fn(Vec<T>) -> W,
-    W: Future<Output = Vec<Result<R, String>>> + Send + 'static,
-{
-    let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
-    while let Some(first) = queue.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < GROUP_MAX {
-            match queue.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
-            }
-        }
-        let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let written = write(requests);
-        tokio::spawn(async move {
-            for (reply, result) in replies.into_iter().zip(written.await) {
-                let _ = reply.send(result);
-            }
-            drop(slot);
-        });
     }
 }

@@ -1,6 +1,6 @@
-//! Enqueueing many executions with one multi-row statement (batch
-//! execute), and one execution with its audit entry in one statement
-//! (single execute).
+//! Enqueueing many executions with one multi-row statement: a batch
+//! execute's items, and the concurrent single executes an API process
+//! groups (each with its audit entry).
 //!
 //! The items travel as arrays and are inserted with one `INSERT ... SELECT
 //! FROM unnest(...)`, their `enqueued` events with it, so a batch costs the
@@ -9,46 +9,177 @@
 //! Items whose idempotency key exists are looked up with a second
 //! statement, only when there are such items.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use super::access::AuditEntry;
 use super::executions::{Enqueued, NewExecution};
 use super::history::ExecutionView;
 use crate::Result;
 use crate::state::ExecutionStatus;
 
-/// Enqueues `new` and records `entry` in the audit log (its `object_id`
-/// the new execution's id), in one statement that is its own
-/// transaction: a single execute costs one round trip and one durable
-/// commit, where `BEGIN`, the enqueue, the audit entry, `COMMIT` and the
-/// read-back of the view were five. Returns the execution as stored (what
-/// `GET /executions/{id}` shows until a worker claims it), or `None`,
-/// having written nothing, when `new`'s idempotency key exists: the
-/// caller then takes [`enqueue_many`]'s path, which tells a replay from
-/// a reused key.
+/// A single execute: the execution to enqueue, and who asked, for the
+/// `execution.start` audit entry that commits with it.
+#[derive(Debug, Clone)]
+pub struct Execute {
+    /// The execution.
+    pub new: NewExecution,
+    /// Who asked: a user id or `api-key:<id>`.
+    pub actor: String,
+    /// The request id.
+    pub request_id: Option<String>,
+}
+
+/// Enqueues the executions of concurrent single executes with one
+/// statement, which is its own transaction: each with its `enqueued`
+/// event and its `execution.start` audit entry (object the new
+/// execution, details its connector), so a group of them costs one round
+/// trip and one durable commit. Returns, in item order, each execution as
+/// stored (what `GET /executions/{id}` shows until a worker claims it),
+/// or `None`, having written nothing for it, when its idempotency key
+/// exists (in the database, or an earlier item of `executes` holds it):
+/// the caller then takes [`enqueue_many`]'s path, which tells a replay
+/// from a reused key.
+///
+/// Rows go in key order, as [`enqueue_many`]'s do, so that concurrent
+/// statements sharing keys never wait for each other in opposite orders.
+/// One item PostgreSQL refuses fails the whole statement: see
+/// [`enqueue_each_alone`].
 ///
 /// # Errors
 ///
 /// Database errors.
-pub async fn enqueue_audited(
+pub async fn enqueue_executes(
     pool: &PgPool,
-    new: &NewExecution,
-    entry: &AuditEntry<'_>,
+    executes: &[Execute],
     now: DateTime<Utc>,
-) -> Result<Option<ExecutionView>> {
-    insert_one(pool, new, Some(entry), now).await
+) -> Result<Vec<Option<ExecutionView>>> {
+    let n = executes.len();
+    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+    let mut workspaces = Vec::with_capacity(n);
+    let mut connectors = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut inputs: Vec<&Value> = Vec::with_capacity(n);
+    let mut keys = Vec::with_capacity(n);
+    let mut priorities = Vec::with_capacity(n);
+    let mut run_ats = Vec::with_capacity(n);
+    let mut reruns = Vec::with_capacity(n);
+    let mut traces: Vec<Option<&Value>> = Vec::with_capacity(n);
+    let mut started_by = Vec::with_capacity(n);
+    let mut callbacks = Vec::with_capacity(n);
+    let mut actors = Vec::with_capacity(n);
+    let mut request_ids = Vec::with_capacity(n);
+    for Execute {
+        new,
+        actor,
+        request_id,
+    } in executes
+    {
+        workspaces.push(new.workspace_id.as_str());
+        connectors.push(new.connector_id);
+        versions.push(new.connector_version);
+        inputs.push(&new.input);
+        keys.push(new.idempotency_key.as_deref());
+        priorities.push(new.priority);
+        run_ats.push(new.run_at);
+        reruns.push(new.rerun_of);
+        traces.push(new.trace_context.as_ref());
+        started_by.push(new.started_by.to_string());
+        callbacks.push(new.callback_url.as_deref());
+        actors.push(actor.as_str());
+        request_ids.push(request_id.as_deref());
+    }
+    let rows = sqlx::query_as!(
+        ExecutionView,
+        r#"WITH x AS (
+               SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::int4[], $5::jsonb[], $6::text[],
+                                    $7::int2[], $8::timestamptz[], $9::uuid[], $10::jsonb[], $11::text[],
+                                    $12::text[], $13::text[], $14::text[])
+                   WITH ORDINALITY AS x(id, workspace_id, connector_id, connector_version, input, idempotency_key,
+                                        priority, run_at, rerun_of, trace_context, started_by, callback_url,
+                                        actor, request_id, ord)
+           ), ins AS (
+               INSERT INTO connector_executions
+                   (id, workspace_id, connector_id, connector_version, input, idempotency_key,
+                    priority, run_at, rerun_of, trace_context, started_by, callback_url, created_at, updated_at)
+               SELECT id, workspace_id, connector_id, connector_version, input, idempotency_key, priority,
+                      COALESCE(run_at, $15::timestamptz), rerun_of, trace_context, started_by, callback_url, $15, $15
+               FROM x ORDER BY workspace_id, idempotency_key, ord
+               ON CONFLICT (workspace_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+               RETURNING *
+           ), ev AS (
+               INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
+               SELECT id, workspace_id, $15, 'enqueued',
+                      jsonb_strip_nulls(jsonb_build_object('run_at', run_at, 'priority', priority, 'rerun_of', rerun_of))
+               FROM ins
+           ), audited AS (
+               INSERT INTO audit_log (workspace_id, actor, action, object_type, object_id, request_id, details)
+               SELECT ins.workspace_id, x.actor, 'execution.start', 'execution', ins.id::text, x.request_id,
+                      jsonb_build_object('connector_id', ins.connector_id)
+               FROM ins JOIN x ON x.id = ins.id
+           )
+           SELECT id AS "id!", workspace_id AS "workspace_id!", connector_id AS "connector_id!",
+                  connector_version AS "connector_version!", status AS "status!: ExecutionStatus",
+                  priority AS "priority!", run_at AS "run_at!", claims AS "claims!", reclaims AS "reclaims!",
+                  lease_owner, lease_expires_at, cancel_requested_at, idempotency_key, input AS "input!",
+                  output, error, rerun_of, started_by, next_step AS "next_step!",
+                  step_attempt AS "step_attempt!", created_at AS "created_at!", started_at, finished_at,
+                  updated_at AS "updated_at!", waiting_reason, waiting_key
+           FROM ins"#,
+        &ids,
+        &workspaces as &[&str],
+        &connectors,
+        &versions,
+        &inputs as &[&Value],
+        &keys as &[Option<&str>],
+        &priorities,
+        &run_ats as &[Option<DateTime<Utc>>],
+        &reruns as &[Option<Uuid>],
+        &traces as &[Option<&Value>],
+        &started_by,
+        &callbacks as &[Option<&str>],
+        &actors as &[&str],
+        &request_ids as &[Option<&str>],
+        now
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut views: HashMap<Uuid, ExecutionView> = rows.into_iter().map(|v| (v.id, v)).collect();
+    Ok(ids.iter().map(|id| views.remove(id)).collect())
 }
 
-/// Inserts `new` with its `enqueued` event and, when given, `audit` (its
-/// `object_id` the new execution's id), in one statement; the execution
-/// as stored, or `None` when `new`'s idempotency key exists (nothing is
-/// written). On the pool it is its own transaction; inside a caller's,
-/// the trigger's NOTIFY is delivered at commit.
+/// [`enqueue_executes`] of a group, and when its statement fails, of each
+/// execute alone, so that one item PostgreSQL refuses (its connector
+/// version deleted meanwhile, a U+0000 in its input) fails only its own
+/// request; the answers are in item order.
+pub async fn enqueue_each_alone(
+    pool: &PgPool,
+    executes: &[Execute],
+    now: DateTime<Utc>,
+) -> Vec<Result<Option<ExecutionView>>> {
+    if executes.len() > 1
+        && let Ok(views) = enqueue_executes(pool, executes, now).await
+    {
+        return views.into_iter().map(Ok).collect();
+    }
+    let mut answers = Vec::with_capacity(executes.len());
+    for one in executes {
+        answers.push(
+            enqueue_executes(pool, std::slice::from_ref(one), now)
+                .await
+                .map(|mut views| views.pop().flatten()),
+        );
+    }
+    answers
+}
+
+/// Inserts `new` with its `enqueued` event in one statement; the
+/// execution as stored, or `None` when `new`'s idempotency key exists
+/// (nothing is written). Inside a caller's transaction, the trigger's
+/// NOTIFY is delivered at commit.
 ///
 /// # Errors
 ///
@@ -56,7 +187,6 @@ pub async fn enqueue_audited(
 pub(super) async fn insert_one<'e>(
     db: impl PgExecutor<'e>,
     new: &NewExecution,
-    audit: Option<&AuditEntry<'_>>,
     now: DateTime<Utc>,
 ) -> Result<Option<ExecutionView>> {
     Ok(sqlx::query_as!(
@@ -75,11 +205,6 @@ pub(super) async fn insert_one<'e>(
                SELECT id, workspace_id, $13, 'enqueued',
                       jsonb_strip_nulls(jsonb_build_object('run_at', run_at, 'priority', priority, 'rerun_of', rerun_of))
                FROM ins
-           ), audited AS (
-               -- Only with an entry: its action is never null.
-               INSERT INTO audit_log (workspace_id, actor, action, object_type, object_id, request_id, details)
-               SELECT $14::text, $15::text, $16::text, $17::text, id::text, $18::text, $19::jsonb
-               FROM ins WHERE $16::text IS NOT NULL
            )
            SELECT id AS "id!", workspace_id AS "workspace_id!", connector_id AS "connector_id!",
                   connector_version AS "connector_version!", status AS "status!: ExecutionStatus",
@@ -101,13 +226,7 @@ pub(super) async fn insert_one<'e>(
         new.trace_context,
         new.started_by.to_string(),
         new.callback_url,
-        now,
-        audit.and_then(|a| a.workspace_id),
-        audit.map(|a| a.actor),
-        audit.map(|a| a.action),
-        audit.map(|a| a.object_type),
-        audit.and_then(|a| a.request_id),
-        audit.map(|a| &a.details)
+        now
     )
     .fetch_optional(db)
     .await?)

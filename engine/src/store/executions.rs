@@ -23,7 +23,7 @@ use crate::state::{ExecutionStatus, StartedBy, StepOutcome};
 pub use super::claim::{
     Claimed, DEFAULT_WORKSPACE_MAX_RUNNING, PRIORITY_RANGE, claim, claim_capped,
 };
-pub use super::enqueue::{enqueue_audited, enqueue_many};
+pub use super::enqueue::{Execute, enqueue_each_alone, enqueue_executes, enqueue_many};
 
 /// What a caller asks to enqueue.
 #[derive(Debug, Clone)]
@@ -78,7 +78,7 @@ pub async fn enqueue(
     now: DateTime<Utc>,
 ) -> Result<Enqueued> {
     loop {
-        let inserted = super::enqueue::insert_one(&mut *conn, new, None, now).await?;
+        let inserted = super::enqueue::insert_one(&mut *conn, new, now).await?;
         if let Some(view) = inserted {
             return Ok(Enqueued {
                 id: view.id,
