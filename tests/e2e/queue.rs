@@ -501,3 +501,112 @@ async fn a_lease_that_ran_out_before_the_rescuer_could_vouch_is_not_counted(pool
     assert_eq!(rescued.poisoned, [id]);
     assert_eq!(h.execution(id).await.reclaims, 1);
 }
+
+/// Grouped single executes: one statement enqueues every item with its
+/// `enqueued` event and its own `execution.start` audit entry; an item
+/// whose key is taken (by a stored execution, or by an earlier item of
+/// the group) writes nothing and answers `None`. When the statement is
+/// refused, each item is enqueued alone, so only the bad item fails.
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn grouped_executes_answer_each_item_and_a_refused_item_fails_alone(pool: PgPool) {
+    let h = Harness::new(pool);
+    let c = h
+        .connector(one_step("https://api.example.com/x".into()))
+        .await;
+    let stored = enqueue(&h.pool, c, json!({"n": 0}), Some("taken")).await;
+    let item = |n: i64, key: Option<&str>| executions::Execute {
+        new: executions::NewExecution {
+            idempotency_key: key.map(str::to_owned),
+            ..new_execution(c, json!({ "n": n }))
+        },
+        actor: format!("user-{n}"),
+        request_id: Some(format!("req-{n}")),
+    };
+    let group = [
+        item(1, Some("k1")),
+        item(2, None),
+        item(3, Some("k1")),
+        item(4, Some("taken")),
+        item(5, None),
+    ];
+    let answers = executions::enqueue_executes(&h.pool, &group, Utc::now())
+        .await
+        .expect("group");
+    let created: Vec<bool> = answers.iter().map(Option::is_some).collect();
+    assert_eq!(created, [true, true, false, false, true]);
+    for (view, execute) in answers
+        .iter()
+        .zip(&group)
+        .filter_map(|(a, e)| Some((a.as_ref()?, e)))
+    {
+        assert_eq!(view.input, execute.new.input, "each item gets its own view");
+        assert_eq!(view.status, ExecutionStatus::Queued);
+        let (actor, request_id, details): (String, Option<String>, serde_json::Value) =
+            sqlx::query_as(
+                "SELECT actor, request_id, details FROM audit_log
+             WHERE action = 'execution.start' AND object_type = 'execution' AND object_id = $1",
+            )
+            .bind(view.id.to_string())
+            .fetch_one(&h.pool)
+            .await
+            .expect("one audit entry per execution");
+        assert_eq!(actor, execute.actor);
+        assert_eq!(request_id, execute.request_id);
+        assert_eq!(details, json!({"connector_id": c.0}));
+        let events: Vec<String> = sqlx::query_scalar(
+            "SELECT kind FROM execution_events WHERE execution_id = $1 ORDER BY id",
+        )
+        .bind(view.id)
+        .fetch_all(&h.pool)
+        .await
+        .expect("events");
+        assert_eq!(events, ["enqueued"]);
+    }
+    let (rows, audits): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM connector_executions),
+                (SELECT count(*) FROM audit_log WHERE action = 'execution.start')",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .expect("counts");
+    assert_eq!(
+        (rows, audits),
+        (4, 3),
+        "the conflicting items wrote nothing"
+    );
+    let k1: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM connector_executions WHERE idempotency_key = 'k1'")
+            .fetch_one(&h.pool)
+            .await
+            .expect("k1");
+    assert_eq!(
+        Some(k1),
+        answers[0].as_ref().map(|v| v.id),
+        "the first item holds the key"
+    );
+    assert_ne!(k1, stored);
+
+    // PostgreSQL refuses U+0000 in jsonb: that item's statement fails, and
+    // alone it fails only itself.
+    let mut bad = item(7, None);
+    bad.new.input = json!({"text": "a\u{0}b"});
+    let group = [item(6, None), bad, item(8, Some("taken"))];
+    assert!(
+        executions::enqueue_executes(&h.pool, &group, Utc::now())
+            .await
+            .is_err(),
+        "the group statement is refused as a whole"
+    );
+    let answers = executions::enqueue_each_alone(&h.pool, &group, Utc::now()).await;
+    assert!(matches!(answers[0], Ok(Some(ref v)) if v.input == json!({"n": 6})));
+    assert!(answers[1].is_err(), "the bad item fails");
+    assert!(
+        matches!(answers[2], Ok(None)),
+        "a taken key still answers None"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM connector_executions")
+        .fetch_one(&h.pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 5, "only the good new item was added");
+}
