@@ -88,26 +88,32 @@ const CLAIM: &str = r#"WITH RECURSIVE ws AS (
                           row_number() OVER (PARTITION BY workspace_id ORDER BY priority DESC, run_at, id) AS turn
                    FROM candidates) t
            ), ready AS (
-               -- The woken ids, then the round's, each once, drive the
-               -- join: rows are fetched by primary key whatever the
-               -- table's statistics say (a filter of the table by the
-               -- array, planned on a table last analyzed nearly empty, was
-               -- a sequential scan re-evaluating the round per row).
+               -- The woken ids, then the round's, each once, in that
+               -- order, each looked up by primary key and locked, until
+               -- the batch is full. The lateral locking subquery is never
+               -- flattened, so the plan is this loop whatever the
+               -- statistics say (joined as a table, a queue the planner
+               -- believed nearly empty was scanned whole, re-evaluating
+               -- the round per row), and rows are locked one at a time as
+               -- the limit asks for them, leaving the rest to concurrent
+               -- claimers. A nested loop keeps its outer order, and
+               -- `unnest` yields the array in order.
                -- `lease_owner IS NULL AND finished_at IS NULL` is `status =
                -- 'queued'` (the table's CHECKs tie both to the status).
-               SELECT e.id FROM ranked
+               SELECT e.id, c.pos FROM ranked
                CROSS JOIN LATERAL unnest($6::uuid[] || ARRAY(
                    SELECT r.id FROM unnest(ranked.ids) WITH ORDINALITY AS r(id, pos)
                    WHERE r.id <> ALL ($6::uuid[]) ORDER BY r.pos)) WITH ORDINALITY AS c(id, pos)
-               JOIN connector_executions e ON e.id = c.id
-               WHERE e.lease_owner IS NULL AND e.finished_at IS NULL
-                 AND (e.id = ANY (ranked.ids)
-                      OR (e.run_at <= $3
-                          AND (SELECT count(*) FROM connector_executions r
-                               WHERE r.workspace_id = e.workspace_id AND r.status = 'running') < $5))
-               ORDER BY c.pos
+               CROSS JOIN LATERAL (
+                   SELECT e.id FROM connector_executions e
+                   WHERE e.id = c.id AND e.lease_owner IS NULL AND e.finished_at IS NULL
+                     AND (e.id = ANY (ranked.ids)
+                          OR (e.run_at <= $3
+                              AND (SELECT count(*) FROM connector_executions r
+                                   WHERE r.workspace_id = e.workspace_id AND r.status = 'running') < $5))
+                   FOR UPDATE SKIP LOCKED
+               ) e
                LIMIT $2
-               FOR UPDATE OF e SKIP LOCKED
            ), claimed AS (
                UPDATE connector_executions e SET
                    status = 'running', lease_owner = $1, lease_expires_at = $4,
@@ -117,7 +123,7 @@ const CLAIM: &str = r#"WITH RECURSIVE ws AS (
                FROM ready WHERE e.id = ready.id
                RETURNING e.id, e.workspace_id, e.connector_id, e.connector_version, e.fencing_token,
                          e.input, e.context, e.next_step, e.step_attempt, e.started_at, e.claims,
-                         e.trace_context, e.throttled_attempts
+                         e.trace_context, e.throttled_attempts, ready.pos
            ), ev AS (
                INSERT INTO execution_events (execution_id, workspace_id, at, kind, details)
                SELECT id, workspace_id, $3, 'claimed',
@@ -126,7 +132,8 @@ const CLAIM: &str = r#"WITH RECURSIVE ws AS (
            )
            SELECT id, workspace_id, connector_id, connector_version, fencing_token, input, context,
                   next_step, step_attempt, started_at, claims, trace_context, throttled_attempts
-           FROM claimed"#;
+           FROM claimed
+           ORDER BY pos"#;
 
 /// [`claim_capped`] with the default per-workspace running cap.
 ///
