@@ -33,6 +33,42 @@ pub struct Execute {
     pub request_id: Option<String>,
 }
 
+/// The columns of executions to insert, an array each, for `unnest`.
+#[derive(Default)]
+struct Columns<'a> {
+    workspaces: Vec<&'a str>,
+    connectors: Vec<Uuid>,
+    versions: Vec<i32>,
+    inputs: Vec<&'a Value>,
+    keys: Vec<Option<&'a str>>,
+    priorities: Vec<i16>,
+    run_ats: Vec<Option<DateTime<Utc>>>,
+    reruns: Vec<Option<Uuid>>,
+    traces: Vec<Option<&'a Value>>,
+    started_by: Vec<String>,
+    callbacks: Vec<Option<&'a str>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(news: impl Iterator<Item = &'a NewExecution>) -> Self {
+        let mut c = Self::default();
+        for new in news {
+            c.workspaces.push(new.workspace_id.as_str());
+            c.connectors.push(new.connector_id);
+            c.versions.push(new.connector_version);
+            c.inputs.push(&new.input);
+            c.keys.push(new.idempotency_key.as_deref());
+            c.priorities.push(new.priority);
+            c.run_ats.push(new.run_at);
+            c.reruns.push(new.rerun_of);
+            c.traces.push(new.trace_context.as_ref());
+            c.started_by.push(new.started_by.to_string());
+            c.callbacks.push(new.callback_url.as_deref());
+        }
+        c
+    }
+}
+
 /// Enqueues the executions of concurrent single executes with one
 /// statement, which is its own transaction: each with its `enqueued`
 /// event and its `execution.start` audit entry (object the new
@@ -57,41 +93,10 @@ pub async fn enqueue_executes(
     executes: &[Execute],
     now: DateTime<Utc>,
 ) -> Result<Vec<Option<ExecutionView>>> {
-    let n = executes.len();
-    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
-    let mut workspaces = Vec::with_capacity(n);
-    let mut connectors = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    let mut inputs: Vec<&Value> = Vec::with_capacity(n);
-    let mut keys = Vec::with_capacity(n);
-    let mut priorities = Vec::with_capacity(n);
-    let mut run_ats = Vec::with_capacity(n);
-    let mut reruns = Vec::with_capacity(n);
-    let mut traces: Vec<Option<&Value>> = Vec::with_capacity(n);
-    let mut started_by = Vec::with_capacity(n);
-    let mut callbacks = Vec::with_capacity(n);
-    let mut actors = Vec::with_capacity(n);
-    let mut request_ids = Vec::with_capacity(n);
-    for Execute {
-        new,
-        actor,
-        request_id,
-    } in executes
-    {
-        workspaces.push(new.workspace_id.as_str());
-        connectors.push(new.connector_id);
-        versions.push(new.connector_version);
-        inputs.push(&new.input);
-        keys.push(new.idempotency_key.as_deref());
-        priorities.push(new.priority);
-        run_ats.push(new.run_at);
-        reruns.push(new.rerun_of);
-        traces.push(new.trace_context.as_ref());
-        started_by.push(new.started_by.to_string());
-        callbacks.push(new.callback_url.as_deref());
-        actors.push(actor.as_str());
-        request_ids.push(request_id.as_deref());
-    }
+    let ids: Vec<Uuid> = executes.iter().map(|_| Uuid::now_v7()).collect();
+    let c = Columns::of(executes.iter().map(|e| &e.new));
+    let actors: Vec<&str> = executes.iter().map(|e| e.actor.as_str()).collect();
+    let request_ids: Vec<Option<&str>> = executes.iter().map(|e| e.request_id.as_deref()).collect();
     let rows = sqlx::query_as!(
         ExecutionView,
         r#"WITH x AS (
@@ -130,17 +135,17 @@ pub async fn enqueue_executes(
                   updated_at AS "updated_at!", waiting_reason, waiting_key
            FROM ins"#,
         &ids,
-        &workspaces as &[&str],
-        &connectors,
-        &versions,
-        &inputs as &[&Value],
-        &keys as &[Option<&str>],
-        &priorities,
-        &run_ats as &[Option<DateTime<Utc>>],
-        &reruns as &[Option<Uuid>],
-        &traces as &[Option<&Value>],
-        &started_by,
-        &callbacks as &[Option<&str>],
+        &c.workspaces as &[&str],
+        &c.connectors,
+        &c.versions,
+        &c.inputs as &[&Value],
+        &c.keys as &[Option<&str>],
+        &c.priorities,
+        &c.run_ats as &[Option<DateTime<Utc>>],
+        &c.reruns as &[Option<Uuid>],
+        &c.traces as &[Option<&Value>],
+        &c.started_by,
+        &c.callbacks as &[Option<&str>],
         &actors as &[&str],
         &request_ids as &[Option<&str>],
         now
@@ -297,32 +302,7 @@ async fn insert(
     news: &[NewExecution],
     now: DateTime<Utc>,
 ) -> Result<HashSet<Uuid>> {
-    let n = which.len();
-    let mut workspaces = Vec::with_capacity(n);
-    let mut connectors = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    let mut inputs: Vec<&Value> = Vec::with_capacity(n);
-    let mut keys = Vec::with_capacity(n);
-    let mut priorities = Vec::with_capacity(n);
-    let mut run_ats = Vec::with_capacity(n);
-    let mut reruns = Vec::with_capacity(n);
-    let mut traces: Vec<Option<&Value>> = Vec::with_capacity(n);
-    let mut started_by = Vec::with_capacity(n);
-    let mut callbacks = Vec::with_capacity(n);
-    for &i in which {
-        let new = &news[i];
-        workspaces.push(new.workspace_id.as_str());
-        connectors.push(new.connector_id);
-        versions.push(new.connector_version);
-        inputs.push(&new.input);
-        keys.push(new.idempotency_key.as_deref());
-        priorities.push(new.priority);
-        run_ats.push(new.run_at);
-        reruns.push(new.rerun_of);
-        traces.push(new.trace_context.as_ref());
-        started_by.push(new.started_by.to_string());
-        callbacks.push(new.callback_url.as_deref());
-    }
+    let c = Columns::of(which.iter().map(|&i| &news[i]));
     // Rows go in key order, so concurrent batches sharing keys wait for
     // each other's keys in one order (in item order two batches holding
     // keys in opposite orders would deadlock); of two items with one key
@@ -351,17 +331,17 @@ async fn insert(
            )
            SELECT id AS "id!" FROM ins"#,
         ids,
-        &workspaces as &[&str],
-        &connectors,
-        &versions,
-        &inputs as &[&Value],
-        &keys as &[Option<&str>],
-        &priorities,
-        &run_ats as &[Option<DateTime<Utc>>],
-        &reruns as &[Option<Uuid>],
-        &traces as &[Option<&Value>],
-        &started_by,
-        &callbacks as &[Option<&str>],
+        &c.workspaces as &[&str],
+        &c.connectors,
+        &c.versions,
+        &c.inputs as &[&Value],
+        &c.keys as &[Option<&str>],
+        &c.priorities,
+        &c.run_ats as &[Option<DateTime<Utc>>],
+        &c.reruns as &[Option<Uuid>],
+        &c.traces as &[Option<&Value>],
+        &c.started_by,
+        &c.callbacks as &[Option<&str>],
         now
     )
     .fetch_all(&mut *conn)
