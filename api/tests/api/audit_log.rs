@@ -102,6 +102,8 @@ async fn the_audit_log_filters_pages_and_exports_only_the_callers_rows(pool: PgP
         "/api/v1/audit?format=csv",
         "/api/v1/audit?since=yesterday",
         "/api/v1/audit?limit=0",
+        "/api/v1/audit?format=ndjson&limit=-1",
+        "/api/v1/audit?format=ndjson&limit=201",
     ] {
         assert_eq!(
             api.get(bad, &a).await.status,
@@ -109,4 +111,9 @@ async fn the_audit_log_filters_pages_and_exports_only_the_callers_rows(pool: PgP
             "{bad}"
         );
     }
+    let refused = api
+        .get("/api/v1/admin/audit?format=ndjson&limit=-190722", &admin)
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.text);
+    assert!(refused.text.contains("limit"), "{}", refused.text);
 }
