@@ -18,6 +18,15 @@ pub enum Error {
     /// The group statement this park was part of failed.
     #[error("park: {0}")]
     Park(String),
+    /// A statement shared by several requests failed for a reason none of
+    /// them caused (each request gets its own copy of the error).
+    #[error("{message}")]
+    Group {
+        /// The statement's error.
+        message: String,
+        /// Whether the database was unreachable ([`Error::is_connection`]).
+        connection: bool,
+    },
 }
 
 impl Error {
@@ -35,6 +44,7 @@ impl Error {
                         | sqlx::Error::PoolClosed
                 ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
             }
+            Self::Group { connection, .. } => *connection,
             _ => false,
         }
     }

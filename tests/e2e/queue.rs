@@ -609,4 +609,24 @@ async fn grouped_executes_answer_each_item_and_a_refused_item_fails_alone(pool: 
         .await
         .expect("count");
     assert_eq!(rows, 5, "only the good new item was added");
+
+    // An unreachable database is every item's failure: each is answered
+    // as a connection error (503 at the API), none tried again alone.
+    h.pool.close().await;
+    let answers = executions::enqueue_each_alone(&h.pool, &group, Utc::now()).await;
+    assert_eq!(answers.len(), 3);
+    for answer in answers {
+        let e = answer.expect_err("the pool is closed");
+        assert!(
+            matches!(
+                e,
+                conveyor_engine::Error::Group {
+                    connection: true,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.is_connection());
+    }
 }

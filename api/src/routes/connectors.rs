@@ -375,11 +375,14 @@ pub(crate) async fn execute(
         callback_url,
     };
     // Enqueued with the other single executes waiting now, in one
-    // statement, with its `execution.start` audit entry.
+    // statement, with its `execution.start` audit entry. Only a keyed
+    // execute can find its key taken and need the keyed path below, so
+    // only it keeps a copy for that path.
+    let keyed = new.idempotency_key.is_some().then(|| new.clone());
     let fresh = state
         .executes
         .ask(Execute {
-            new: new.clone(),
+            new,
             actor: caller.actor.clone(),
             request_id: caller.request_id.clone(),
         })
@@ -395,6 +398,8 @@ pub(crate) async fn execute(
     }
     // The idempotency key exists: a replay, or the key reused for another
     // request (or the row holding it vanished meanwhile, and this enqueues).
+    let new =
+        keyed.ok_or_else(|| ApiError::internal(&"an execute without a key was not enqueued"))?;
     let started = start_audited(&state, &caller, &[new], "execution.start", |e| {
         e[0].created.then(|| {
             (

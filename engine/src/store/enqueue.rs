@@ -156,20 +156,39 @@ pub async fn enqueue_executes(
     Ok(ids.iter().map(|id| views.remove(id)).collect())
 }
 
-/// [`enqueue_executes`] of a group, and when its statement fails, of each
-/// execute alone, so that one item PostgreSQL refuses (its connector
-/// version deleted meanwhile, a U+0000 in its input) fails only its own
-/// request; the answers are in item order.
+/// [`enqueue_executes`] of a group, and when PostgreSQL refuses its
+/// statement, of each execute alone, so that one item it refuses (its
+/// connector version deleted meanwhile, a U+0000 in its input) fails only
+/// its own request; the answers are in item order. Any other failure (the
+/// database unreachable) is every item's, answered at once as an
+/// [`Error::Group`](crate::Error::Group) each, not tried again per item.
 pub async fn enqueue_each_alone(
     pool: &PgPool,
     executes: &[Execute],
     now: DateTime<Utc>,
 ) -> Vec<Result<Option<ExecutionView>>> {
-    if executes.len() > 1
-        && let Ok(views) = enqueue_executes(pool, executes, now).await
-    {
-        return views.into_iter().map(Ok).collect();
+    let group_error = match enqueue_executes(pool, executes, now).await {
+        Ok(views) => return views.into_iter().map(Ok).collect(),
+        Err(e) if executes.len() == 1 => return vec![Err(e)],
+        Err(e) => e,
+    };
+    let refused = matches!(
+        &group_error,
+        crate::Error::Database(sqlx::Error::Database(_))
+    ) && !group_error.is_connection();
+    if !refused {
+        let (message, connection) = (group_error.to_string(), group_error.is_connection());
+        return executes
+            .iter()
+            .map(|_| {
+                Err(crate::Error::Group {
+                    message: message.clone(),
+                    connection,
+                })
+            })
+            .collect();
     }
+    tracing::warn!(error = %group_error, size = executes.len(), "grouped executes refused; enqueueing one by one");
     let mut answers = Vec::with_capacity(executes.len());
     for one in executes {
         answers.push(
