@@ -184,6 +184,7 @@ async fn take(
             key: key.to_owned(),
             id,
             pace,
+            count: 1,
         }],
         now,
     )
@@ -613,6 +614,7 @@ async fn grouped_takes_get_consecutive_slots_per_key_in_their_order(pool: PgPool
         key: key.to_owned(),
         id,
         pace,
+        count: 1,
     };
     let (a, b, d, e) = (ids[0], ids[1], ids[2], ids[3]);
     let now = Utc::now();
@@ -674,4 +676,50 @@ async fn grouped_takes_get_consecutive_slots_per_key_in_their_order(pool: PgPool
         .map(|i| ms(5_250 + 1_050 * i64::try_from(i).expect("i")))
         .collect();
     assert_eq!(all, expected);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_block_moves_the_key_past_all_its_slots_and_a_kept_slot_is_used_alone(pool: PgPool) {
+    let h = Harness::new(pool);
+    let c = never_sent(&h).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(h.enqueue(c, json!({})).await);
+    }
+    let (a, b, d) = (ids[0], ids[1], ids[2]);
+    let k = format!("{WS}:k");
+    // One a second: slots 1,050 ms apart.
+    let slow = conveyor_engine::flow::pace(1, 1_000);
+    let t = |id, count| flow::Take {
+        key: k.clone(),
+        id,
+        pace: slow,
+        count,
+    };
+    let now = Utc::now();
+    let slots = flow::take_group(&h.pool, &[t(a, 3), t(b, 1)], now)
+        .await
+        .expect("take");
+    let s = slots[0].slot;
+    let ms = |n| s + chrono::Duration::milliseconds(n);
+    assert!(s >= now && s < now + chrono::Duration::seconds(5), "{s}");
+    let got: Vec<_> = slots.iter().map(|r| (r.slot, r.kept, r.fresh)).collect();
+    // a's block is its slot and the two after it; b's comes after those.
+    assert_eq!(got, [(s, false, true), (ms(3_150), true, true)]);
+    assert_eq!(reservation(&h.pool, a).await, None);
+    assert_eq!(reservation(&h.pool, b).await, Some(ms(3_150)));
+    // b's kept slot is used as it is, one slot whatever the count; d's
+    // comes after b's.
+    let again = flow::take_group(&h.pool, &[t(b, 3), t(d, 1)], now)
+        .await
+        .expect("again");
+    let got: Vec<_> = again.iter().map(|r| (r.slot, r.kept, r.fresh)).collect();
+    assert_eq!(got, [(ms(3_150), true, false), (ms(4_200), true, true)]);
+    let tat: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT tat FROM flow_rate_limits WHERE key = $1")
+            .bind(&k)
+            .fetch_one(&h.pool)
+            .await
+            .expect("tat");
+    assert_eq!(tat, ms(5_250));
 }

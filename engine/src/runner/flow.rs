@@ -5,7 +5,7 @@
 //! slot freed, the rate-limit slot kept for it), which costs no attempt.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
@@ -55,6 +55,112 @@ impl Wakes {
     pub(super) fn next(&self) -> Option<DateTime<Utc>> {
         let heap = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         heap.peek().map(|Reverse((at, _))| *at)
+    }
+}
+
+/// The slots a runner reserved on a key beyond the one it needed (a block,
+/// see [`flow::block_len`]), handed to its next sends of that key without
+/// a statement, and whether the key was idle at its last reservation (its
+/// next one then asks for a block). Keys with nothing left are forgotten
+/// once more than [`BLOCK_KEYS`] are known.
+#[derive(Debug, Default)]
+pub(super) struct Blocks(Mutex<HashMap<String, Block>>);
+
+/// How many keys [`Blocks`] holds before it forgets those with no slot left.
+const BLOCK_KEYS: usize = 4_096;
+
+/// What [`Blocks`] knows of one key.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    /// The next slot to hand out.
+    next: DateTime<Utc>,
+    /// Slots left from `next` on, one step apart.
+    left: i64,
+    /// The key's step.
+    step_us: i64,
+    /// The key's TAT was behind now at the last reservation.
+    idle: bool,
+}
+
+impl Blocks {
+    /// A slot of `key` still [`usable`](flow::usable) at `now`, the
+    /// earliest one left; slots missed by more than the late allowance are
+    /// dropped (on an idle key no other send wanted them).
+    pub(super) fn pop(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        pace: flow::Pace,
+    ) -> Option<DateTime<Utc>> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let b = map.get_mut(key)?;
+        let oldest = now - chrono::Duration::microseconds(pace.late_us());
+        if b.next < oldest {
+            let behind = (oldest - b.next).num_microseconds().unwrap_or(i64::MAX);
+            let missed = (behind.saturating_add(b.step_us - 1) / b.step_us).min(b.left);
+            b.next += chrono::Duration::microseconds(missed.saturating_mul(b.step_us));
+            b.left -= missed;
+        }
+        if b.left == 0 {
+            return None;
+        }
+        let slot = b.next;
+        b.next += chrono::Duration::microseconds(b.step_us);
+        b.left -= 1;
+        Some(slot)
+    }
+
+    /// How many slots the next reservation of `key` at `pace` asks for.
+    fn count(&self, key: &str, pace: flow::Pace) -> i64 {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.get(key).is_some_and(|b| b.idle) {
+            flow::block_len(pace)
+        } else {
+            1
+        }
+    }
+
+    /// Records `taken`, a reservation of `count` slots of `key` answered
+    /// at `now`: the slots after the first are the runner's to hand out,
+    /// and the key counts as idle when the first was not ahead of `now`.
+    /// A kept slot (a busy key) loses the rest of its block, and a kept
+    /// slot used instead of a fresh one says nothing of the key.
+    fn record(
+        &self,
+        key: &str,
+        taken: store::Reserved,
+        count: i64,
+        pace: flow::Pace,
+        now: DateTime<Utc>,
+    ) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if taken.kept {
+            map.remove(key);
+            return;
+        }
+        if !taken.fresh {
+            return;
+        }
+        if map.len() >= BLOCK_KEYS && !map.contains_key(key) {
+            map.retain(|_, b| b.left > 0);
+        }
+        map.insert(
+            key.to_owned(),
+            Block {
+                next: taken.slot + chrono::Duration::microseconds(pace.step_us),
+                left: count - 1,
+                step_us: pace.step_us,
+                idle: taken.slot <= now,
+            },
+        );
+    }
+
+    /// Drops what is known of `key`: a provider asked it to slow down.
+    fn forget(&self, key: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
     }
 }
 
@@ -180,24 +286,38 @@ impl Runner {
 
     /// Reserves a send on rate-limit `key` and waits in place until its
     /// slot when that is near; `Some(run_at)` when the execution must park
-    /// instead (its slot stays reserved for it). A slot missed by more than
-    /// the tolerance (a slow round trip, a starved process) is never used:
-    /// on a key whose step is longer than the late allowance it moves to
-    /// now when no later slot was taken ([`store::reanchor`]); otherwise,
-    /// or on any other key, the send takes a fresh one (on an idle key,
-    /// now), a few times at most before parking for one step.
+    /// instead (its slot stays reserved for it). A slot left from the
+    /// runner's block on the key is used first, without a statement; on a
+    /// key found idle the reservation takes a block ([`Blocks`]). A slot
+    /// missed by more than the tolerance (a slow round trip, a starved
+    /// process) is never used: on a key whose step is longer than the late
+    /// allowance it moves to now when no later slot was taken
+    /// ([`store::reanchor`]); otherwise, or on any other key, the send
+    /// takes a fresh one (on an idle key, now), a few times at most before
+    /// parking for one step.
     async fn send_slot(
         &self,
         id: Uuid,
         key: &str,
         pace: flow::Pace,
     ) -> Result<Option<DateTime<Utc>>> {
-        let take = || store::Take {
+        if let Some(slot) = self.blocks.pop(key, Utc::now(), pace) {
+            if let Ok(wait) = (slot - Utc::now()).to_std() {
+                tokio::time::sleep(wait).await;
+            }
+            if flow::usable(slot, Utc::now(), pace) {
+                return Ok(None);
+            }
+        }
+        let take = |count| store::Take {
             key: key.to_owned(),
             id,
             pace,
+            count,
         };
-        let mut slot = self.commits.take(take()).await?;
+        let count = self.blocks.count(key, pace);
+        let mut slot = self.commits.take(take(count)).await?;
+        self.blocks.record(key, slot, count, pace, Utc::now());
         for _ in 0..MISSED_SLOTS {
             if slot.kept {
                 return Ok(Some(flow::wake_for(slot.slot)));
@@ -221,13 +341,27 @@ impl Runner {
                 Some(moved) => store::Reserved {
                     slot: moved,
                     kept: false,
+                    fresh: true,
                 },
-                None => self.commits.take(take()).await?,
+                None => self.commits.take(take(1)).await?,
             };
         }
         Ok(Some(
             Utc::now() + chrono::Duration::microseconds(pace.step_us),
         ))
+    }
+
+    /// A provider asked `key` to slow down: no send before `until`, from
+    /// any worker ([`store::push_back`]), and none from this runner's
+    /// block of the key.
+    pub(super) async fn push_back(
+        &self,
+        key: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.blocks.forget(key);
+        store::push_back(&self.pool, key, until, now).await
     }
 
     /// Gives back a concurrency slot taken by [`admit`](Self::admit).
@@ -293,5 +427,94 @@ mod tests {
         assert_eq!(wakes.due(ms(300), 8), [ids[2]]);
         assert_eq!(wakes.next(), None);
         assert!(wakes.due(ms(400), 8).is_empty());
+    }
+
+    fn fresh(slot: DateTime<Utc>) -> store::Reserved {
+        store::Reserved {
+            slot,
+            kept: false,
+            fresh: true,
+        }
+    }
+
+    #[test]
+    fn a_block_hands_out_its_slots_in_order_and_drops_the_missed_ones() {
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        let us = |n| t0 + chrono::Duration::microseconds(n);
+        // 2 µs steps, a late allowance of 12.5 ms: blocks of 64.
+        let pace = flow::pace(1_000_000, 1_000);
+        let blocks = Blocks::default();
+        assert_eq!(blocks.count("k", pace), 1, "a key never seen");
+        assert_eq!(blocks.pop("k", t0, pace), None);
+        // A slot at now: the key was idle, its next reservation is a block.
+        blocks.record("k", fresh(t0), 1, pace, t0);
+        assert_eq!(blocks.pop("k", t0, pace), None, "one slot, used");
+        assert_eq!(blocks.count("k", pace), 64);
+        assert_eq!(blocks.count("other", pace), 1, "keys do not mix");
+        blocks.record("k", fresh(us(10)), 64, pace, us(10));
+        assert_eq!(blocks.pop("other", us(10), pace), None);
+        assert_eq!(blocks.pop("k", us(10), pace), Some(us(12)));
+        assert_eq!(blocks.pop("k", us(10), pace), Some(us(14)));
+        // 12.5 ms after us(20): us(16) and us(18) are too late, us(20) not.
+        assert_eq!(blocks.pop("k", us(12_520), pace), Some(us(20)));
+        assert_eq!(blocks.pop("k", us(12_520), pace), Some(us(22)));
+        // The block's last slot is us(136); 57 were left from us(24).
+        assert_eq!(blocks.pop("k", us(12_636), pace), Some(us(136)));
+        assert_eq!(blocks.pop("k", us(12_636), pace), None, "all used");
+        blocks.record("k", fresh(us(20_000)), 64, pace, us(20_000));
+        assert_eq!(blocks.pop("k", us(40_000), pace), None, "all too late");
+        assert_eq!(blocks.count("k", pace), 64, "the key is still idle");
+        // A block that starts ahead: the key filled up. Its slots are
+        // still handed out; the next reservation is one slot.
+        blocks.record("k", fresh(us(90_000)), 64, pace, us(50_000));
+        assert_eq!(blocks.count("k", pace), 1);
+        assert_eq!(blocks.pop("k", us(50_000), pace), Some(us(90_002)));
+        // The same after a kept slot, and the block is gone.
+        blocks.record("k", fresh(t0), 1, pace, t0);
+        let kept = store::Reserved {
+            slot: us(500_000),
+            kept: true,
+            fresh: true,
+        };
+        blocks.record("k", kept, 64, pace, t0);
+        assert_eq!(blocks.count("k", pace), 1);
+        assert_eq!(blocks.pop("k", t0, pace), None);
+        // The execution's own kept slot says nothing of the key.
+        blocks.record("k", fresh(t0), 1, pace, t0);
+        let own = store::Reserved {
+            slot: us(5),
+            kept: false,
+            fresh: false,
+        };
+        blocks.record("k", own, 64, pace, us(5));
+        assert_eq!(blocks.count("k", pace), 64);
+        assert_eq!(blocks.pop("k", us(5), pace), None);
+        // A provider's push-back: nothing handed out, slot by slot again.
+        blocks.record("k", fresh(us(10)), 64, pace, us(10));
+        blocks.forget("k");
+        assert_eq!(blocks.pop("k", us(10), pace), None);
+        assert_eq!(blocks.count("k", pace), 1);
+    }
+
+    #[test]
+    fn blocks_forget_used_up_keys_past_their_bound() {
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        let pace = flow::pace(1_000_000, 1_000);
+        let blocks = Blocks::default();
+        blocks.record("full", fresh(t0), 64, pace, t0);
+        for i in 1..BLOCK_KEYS {
+            blocks.record(&format!("k{i}"), fresh(t0), 1, pace, t0);
+        }
+        let size = || blocks.0.lock().expect("lock").len();
+        assert_eq!(size(), BLOCK_KEYS);
+        blocks.record("k1", fresh(t0), 1, pace, t0);
+        assert_eq!(size(), BLOCK_KEYS, "a known key adds nothing");
+        blocks.record("new", fresh(t0), 1, pace, t0);
+        assert_eq!(size(), 2, "only the key with slots left, and the new one");
+        assert_eq!(blocks.count("new", pace), 64);
+        assert_eq!(
+            blocks.pop("full", t0, pace),
+            Some(t0 + chrono::Duration::microseconds(2))
+        );
     }
 }

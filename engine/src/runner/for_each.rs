@@ -393,7 +393,7 @@ impl Runner {
                     && let Some(key) = self.rate_key(&run.claimed.workspace_id, step, st.ctx)
                 {
                     // The provider's wait slows every execution of the key.
-                    crate::store::flow::push_back(&self.pool, &key, run_at, now).await?;
+                    self.push_back(&key, run_at, now).await?;
                 }
                 Err(HeldNext::Retry { run_at, throttled })
             }

@@ -117,6 +117,7 @@ pub struct Runner {
     config: RunnerConfig,
     definitions: DefinitionCache<Prepared>,
     wakes: flow::Wakes,
+    blocks: flow::Blocks,
 }
 
 impl Runner {
@@ -140,6 +141,7 @@ impl Runner {
             definitions: DefinitionCache::new(config.definition_cache_bytes),
             config,
             wakes: flow::Wakes::default(),
+            blocks: flow::Blocks::default(),
         };
         (runner, committer)
     }
@@ -435,7 +437,7 @@ impl Runner {
                 && let Some(key) = self.rate_key(ws, step, &ctx)
             {
                 // The provider's wait slows every execution of the key.
-                store::flow::push_back(&self.pool, &key, run_at, now).await?;
+                self.push_back(&key, run_at, now).await?;
             }
             let outcome = match &decision.next {
                 Next::Continue { .. } => None,

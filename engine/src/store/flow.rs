@@ -21,6 +21,9 @@ pub struct Reserved {
     /// for the execution, which parks; otherwise it was handed out and
     /// the caller waits for it in place.
     pub kept: bool,
+    /// Taken from the key's TAT with the [`Take::count`] slots after it;
+    /// false when the execution's kept slot was used instead (one slot).
+    pub fresh: bool,
 }
 
 /// One send asking [`take_group`] for a slot: execution `id` on
@@ -33,20 +36,26 @@ pub struct Take {
     pub id: Uuid,
     /// The pace of the step's `rate_limit`.
     pub pace: Pace,
+    /// Consecutive slots to reserve, at least 1: more for a worker's
+    /// block on an idle key (see [`crate::flow::block_len`]). The slot
+    /// answered is the first; a kept one is kept for this execution, and
+    /// the rest are the worker's to hand out.
+    pub count: i64,
 }
 
 /// Reserves the sends of `takes` (GCRA with reservations, see
-/// [`crate::flow::reserve`]), one slot each, in one statement; the slots
-/// come back in the order of `takes`.
+/// [`crate::flow::reserve`]), [`Take::count`] consecutive slots each, in
+/// one statement; the first slot of each comes back in the order of
+/// `takes`.
 ///
 /// A slot kept for a take's execution by an earlier park is used when it
 /// is still usable at `now` (see [`usable`](crate::flow::usable)).
-/// Otherwise the key's TAT gives a fresh slot: the takes of one key get
+/// Otherwise the key's TAT gives fresh slots: the takes of one key get
 /// consecutive slots in their order, and the TAT moves on by the sum of
-/// their steps. "Now" is then read from the server's clock once the
-/// key's row is locked, so time spent queueing behind other senders of a
-/// busy key does not make the slots late. A slot more than [`HOLD`] after
-/// `now` is kept for its execution.
+/// their steps (a step times the count). "Now" is then read from the
+/// server's clock once the key's row is locked, so time spent queueing
+/// behind other senders of a busy key does not make the slots late. A
+/// slot more than [`HOLD`] after `now` is kept for its execution.
 ///
 /// Takes of the same execution and key (for-each items in flight at
 /// once) go in separate statements, in order: each uses or replaces the
@@ -89,7 +98,10 @@ async fn take_round(
     let hold_until = now + chrono::Duration::from_std(HOLD).unwrap_or_default();
     let keys: Vec<&str> = round.iter().map(|&i| takes[i].key.as_str()).collect();
     let ids: Vec<Uuid> = round.iter().map(|&i| takes[i].id).collect();
-    let steps: Vec<i64> = round.iter().map(|&i| takes[i].pace.step_us).collect();
+    let steps: Vec<i64> = round
+        .iter()
+        .map(|&i| takes[i].pace.step_us.saturating_mul(takes[i].count.max(1)))
+        .collect();
     let late: Vec<i64> = round.iter().map(|&i| takes[i].pace.late_us()).collect();
     let rows = sqlx::query!(
         r#"WITH req AS (
@@ -121,8 +133,9 @@ async fn take_round(
                SELECT need.n, b.tat - (t.total_us - need.before_us) * interval '1 microsecond' AS slot
                FROM need JOIN totals t USING (key) JOIN bumped b USING (key)
            ), chosen AS (
-               SELECT n, slot, slot > $6 AS kept FROM (
-                   SELECT n, slot FROM mine UNION ALL SELECT n, slot FROM fresh
+               SELECT n, slot, slot > $6 AS kept, fresh FROM (
+                   SELECT n, slot, false AS fresh FROM mine
+                   UNION ALL SELECT n, slot, true FROM fresh
                ) s
            ), keep AS (
                INSERT INTO flow_rate_reservations (key, execution_id, slot)
@@ -132,7 +145,8 @@ async fn take_round(
                DELETE FROM flow_rate_reservations res USING chosen c JOIN req USING (n)
                WHERE NOT c.kept AND res.key = req.key AND res.execution_id = req.execution_id
            )
-           SELECT n AS "n!", slot AS "slot!", kept AS "kept!" FROM chosen ORDER BY n"#,
+           SELECT n AS "n!", slot AS "slot!", kept AS "kept!", fresh AS "fresh!"
+           FROM chosen ORDER BY n"#,
         &keys as &[&str],
         &ids,
         &steps,
@@ -154,6 +168,7 @@ async fn take_round(
         .map(|r| Reserved {
             slot: r.slot,
             kept: r.kept,
+            fresh: r.fresh,
         })
         .collect())
 }
