@@ -6,7 +6,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -61,8 +61,9 @@ impl Wakes {
 /// The slots a runner reserved on a key beyond the one it needed (a block,
 /// see [`flow::block_len`]), handed to its next sends of that key without
 /// a statement, and whether the key was idle at its last reservation (its
-/// next one then asks for a block). Keys with nothing left are forgotten
-/// once more than [`BLOCK_KEYS`] are known.
+/// next one then asks for a block, one sender at a time while the others
+/// wait for that block). Keys with nothing left are forgotten once more
+/// than [`BLOCK_KEYS`] are known.
 #[derive(Debug, Default)]
 pub(super) struct Blocks(Mutex<HashMap<String, Block>>);
 
@@ -70,7 +71,7 @@ pub(super) struct Blocks(Mutex<HashMap<String, Block>>);
 const BLOCK_KEYS: usize = 4_096;
 
 /// What [`Blocks`] knows of one key.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Block {
     /// The next slot to hand out.
     next: DateTime<Utc>,
@@ -80,6 +81,8 @@ struct Block {
     step_us: i64,
     /// The key's TAT was behind now at the last reservation.
     idle: bool,
+    /// Held by the sender reserving the key's next block.
+    refill: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Blocks {
@@ -110,6 +113,16 @@ impl Blocks {
         Some(slot)
     }
 
+    /// The lock a sender of `key` holds while it reserves the key's next
+    /// block; `None` unless the key was idle (its senders then reserve
+    /// one slot each, in group takes).
+    fn refill(&self, key: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(key)
+            .filter(|b| b.idle)
+            .map(|b| Arc::clone(&b.refill))
+    }
+
     /// How many slots the next reservation of `key` at `pace` asks for.
     fn count(&self, key: &str, pace: flow::Pace) -> i64 {
         let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -121,10 +134,11 @@ impl Blocks {
     }
 
     /// Records `taken`, a reservation of `count` slots of `key` answered
-    /// at `now`: the slots after the first are the runner's to hand out,
-    /// and the key counts as idle when the first was not ahead of `now`.
-    /// A kept slot (a busy key) loses the rest of its block, and a kept
-    /// slot used instead of a fresh one says nothing of the key.
+    /// at `now`. The key counts as idle when the first slot was not ahead
+    /// of `now`; the slots after the first replace what was left of the
+    /// runner's block. A kept slot (a busy key) loses the rest of its
+    /// block and the block left; the execution's own kept slot, used
+    /// instead of a fresh one, says nothing of the key.
     fn record(
         &self,
         key: &str,
@@ -141,7 +155,17 @@ impl Blocks {
         if !taken.fresh {
             return;
         }
-        if map.len() >= BLOCK_KEYS && !map.contains_key(key) {
+        let idle = taken.slot <= now;
+        if let Some(b) = map.get_mut(key) {
+            b.idle = idle;
+            if count > 1 {
+                b.next = taken.slot + chrono::Duration::microseconds(pace.step_us);
+                b.left = count - 1;
+                b.step_us = pace.step_us;
+            }
+            return;
+        }
+        if map.len() >= BLOCK_KEYS {
             map.retain(|_, b| b.left > 0);
         }
         map.insert(
@@ -150,7 +174,8 @@ impl Blocks {
                 next: taken.slot + chrono::Duration::microseconds(pace.step_us),
                 left: count - 1,
                 step_us: pace.step_us,
-                idle: taken.slot <= now,
+                idle,
+                refill: Arc::default(),
             },
         );
     }
@@ -162,6 +187,14 @@ impl Blocks {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(key);
     }
+}
+
+/// Where the first slot of a send came from.
+enum First {
+    /// The runner's block of the key.
+    Block(DateTime<Utc>),
+    /// A reservation.
+    Taken(store::Reserved),
 }
 
 /// Fresh slots a send may miss in a row before its execution parks.
@@ -301,23 +334,24 @@ impl Runner {
         key: &str,
         pace: flow::Pace,
     ) -> Result<Option<DateTime<Utc>>> {
-        if let Some(slot) = self.blocks.pop(key, Utc::now(), pace) {
-            if let Ok(wait) = (slot - Utc::now()).to_std() {
-                tokio::time::sleep(wait).await;
-            }
-            if flow::usable(slot, Utc::now(), pace) {
-                return Ok(None);
-            }
-        }
         let take = |count| store::Take {
             key: key.to_owned(),
             id,
             pace,
             count,
         };
-        let count = self.blocks.count(key, pace);
-        let mut slot = self.commits.take(take(count)).await?;
-        self.blocks.record(key, slot, count, pace, Utc::now());
+        let mut slot = match self.first_slot(key, pace, take).await? {
+            First::Taken(slot) => slot,
+            First::Block(slot) => {
+                if let Ok(wait) = (slot - Utc::now()).to_std() {
+                    tokio::time::sleep(wait).await;
+                }
+                if flow::usable(slot, Utc::now(), pace) {
+                    return Ok(None);
+                }
+                self.commits.take(take(1)).await?
+            }
+        };
         for _ in 0..MISSED_SLOTS {
             if slot.kept {
                 return Ok(Some(flow::wake_for(slot.slot)));
@@ -349,6 +383,36 @@ impl Runner {
         Ok(Some(
             Utc::now() + chrono::Duration::microseconds(pace.step_us),
         ))
+    }
+
+    /// The first slot of a send of `key`: one left from the runner's
+    /// block, or a reservation ([`Blocks`]). On a key found idle, one
+    /// sender at a time reserves the next block and the others wait for
+    /// it, so that a burst of sends costs one statement, not one each.
+    async fn first_slot(
+        &self,
+        key: &str,
+        pace: flow::Pace,
+        take: impl Fn(i64) -> store::Take,
+    ) -> Result<First> {
+        if let Some(slot) = self.blocks.pop(key, Utc::now(), pace) {
+            return Ok(First::Block(slot));
+        }
+        let refill = self.blocks.refill(key);
+        let _turn = match &refill {
+            Some(lock) => {
+                let turn = lock.lock().await;
+                if let Some(slot) = self.blocks.pop(key, Utc::now(), pace) {
+                    return Ok(First::Block(slot));
+                }
+                Some(turn)
+            }
+            None => None,
+        };
+        let count = self.blocks.count(key, pace);
+        let taken = self.commits.take(take(count)).await?;
+        self.blocks.record(key, taken, count, pace, Utc::now());
+        Ok(First::Taken(taken))
     }
 
     /// A provider asked `key` to slow down: no send before `until`, from
@@ -445,16 +509,23 @@ mod tests {
         let pace = flow::pace(1_000_000, 1_000);
         let blocks = Blocks::default();
         assert_eq!(blocks.count("k", pace), 1, "a key never seen");
+        assert!(blocks.refill("k").is_none());
         assert_eq!(blocks.pop("k", t0, pace), None);
-        // A slot at now: the key was idle, its next reservation is a block.
+        // A slot at now: the key was idle, its next reservation is a block,
+        // made by one sender at a time.
         blocks.record("k", fresh(t0), 1, pace, t0);
         assert_eq!(blocks.pop("k", t0, pace), None, "one slot, used");
         assert_eq!(blocks.count("k", pace), 64);
+        let turn = blocks.refill("k").expect("an idle key");
+        assert!(Arc::ptr_eq(&turn, &blocks.refill("k").expect("idle")));
         assert_eq!(blocks.count("other", pace), 1, "keys do not mix");
         blocks.record("k", fresh(us(10)), 64, pace, us(10));
         assert_eq!(blocks.pop("other", us(10), pace), None);
         assert_eq!(blocks.pop("k", us(10), pace), Some(us(12)));
         assert_eq!(blocks.pop("k", us(10), pace), Some(us(14)));
+        // A slot taken alone meanwhile (its sender asked before the block
+        // came) leaves the block as it is.
+        blocks.record("k", fresh(us(11)), 1, pace, us(11));
         // 12.5 ms after us(20): us(16) and us(18) are too late, us(20) not.
         assert_eq!(blocks.pop("k", us(12_520), pace), Some(us(20)));
         assert_eq!(blocks.pop("k", us(12_520), pace), Some(us(22)));
@@ -468,6 +539,7 @@ mod tests {
         // still handed out; the next reservation is one slot.
         blocks.record("k", fresh(us(90_000)), 64, pace, us(50_000));
         assert_eq!(blocks.count("k", pace), 1);
+        assert!(blocks.refill("k").is_none(), "senders take slots alone");
         assert_eq!(blocks.pop("k", us(50_000), pace), Some(us(90_002)));
         // The same after a kept slot, and the block is gone.
         blocks.record("k", fresh(t0), 1, pace, t0);
