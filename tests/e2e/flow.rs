@@ -63,12 +63,7 @@ async fn a_429_with_an_http_date_retry_after_is_respected_and_costs_no_attempt(p
         steps[2].started_at
     );
     // The provider's wait was pushed onto the key for every execution.
-    let tat: chrono::DateTime<Utc> =
-        sqlx::query_scalar("SELECT tat FROM flow_rate_limits WHERE key = $1")
-            .bind(format!("{WS}:stub"))
-            .fetch_one(&h.pool)
-            .await
-            .expect("the key's row");
+    let tat = tat(&h.pool, &format!("{WS}:stub")).await;
     assert!(tat >= until, "tat {tat} before {until}");
 }
 
@@ -148,6 +143,17 @@ async fn never_sent(h: &Harness) -> (Uuid, i32) {
         .await
 }
 
+/// Enqueues `n` executions of a connector never sent; their ids in
+/// enqueue order.
+async fn enqueue_new(h: &Harness, n: i64) -> Vec<Uuid> {
+    let c = never_sent(h).await;
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(h.enqueue(c, json!({})).await);
+    }
+    ids
+}
+
 /// Enqueues `n` executions of a connector never sent and claims them all
 /// as worker `w` for `lease`, at a now exact to the microsecond (as
 /// stored): that now, their ids in enqueue order, and their fencing
@@ -157,11 +163,7 @@ async fn claim_new(
     n: i64,
     lease: Duration,
 ) -> (chrono::DateTime<Utc>, Vec<Uuid>, HashMap<Uuid, i64>) {
-    let c = never_sent(h).await;
-    let mut ids = Vec::new();
-    for _ in 0..n {
-        ids.push(h.enqueue(c, json!({})).await);
-    }
+    let ids = enqueue_new(h, n).await;
     let now = Utc::now().trunc_subsecs(6);
     let claimed = executions::claim(&h.pool, "w", n, lease, now)
         .await
@@ -190,6 +192,15 @@ async fn take(
     )
     .await?;
     Ok(taken[0])
+}
+
+/// The TAT of rate-limit `key`.
+async fn tat(pool: &PgPool, key: &str) -> chrono::DateTime<Utc> {
+    sqlx::query_scalar("SELECT tat FROM flow_rate_limits WHERE key = $1")
+        .bind(key)
+        .fetch_one(pool)
+        .await
+        .expect("the key's row")
 }
 
 /// The slot kept for `id` by a park, if any.
@@ -434,15 +445,6 @@ async fn a_missed_slot_moves_to_now_only_while_no_slot_after_it_is_taken(pool: P
     // An hour ahead, so that the server's clock, which a take and a
     // reanchor also read, is always behind the times given.
     let t0 = (Utc::now() + chrono::Duration::hours(1)).trunc_subsecs(6);
-    let tat = |pool: PgPool| async move {
-        sqlx::query_scalar::<_, chrono::DateTime<Utc>>(
-            "SELECT tat FROM flow_rate_limits WHERE key = $1",
-        )
-        .bind(format!("{WS}:k"))
-        .fetch_one(&pool)
-        .await
-        .expect("tat")
-    };
     // A fresh key: the slot is now.
     let taken = take(&h.pool, &key, a, pace, t0).await.expect("take");
     assert!(!taken.kept);
@@ -456,7 +458,7 @@ async fn a_missed_slot_moves_to_now_only_while_no_slot_after_it_is_taken(pool: P
             .expect("reanchor"),
         Some(ms(30))
     );
-    assert_eq!(tat(h.pool.clone()).await, ms(135));
+    assert_eq!(tat(&h.pool, &key).await, ms(135));
     // Once another send has its slot after it, it stays where it was.
     let next = take(&h.pool, &key, b, pace, ms(40)).await.expect("take");
     assert_eq!(next.slot, ms(135));
@@ -466,7 +468,7 @@ async fn a_missed_slot_moves_to_now_only_while_no_slot_after_it_is_taken(pool: P
             .expect("reanchor"),
         None
     );
-    assert_eq!(tat(h.pool.clone()).await, ms(240));
+    assert_eq!(tat(&h.pool, &key).await, ms(240));
     // Once that slot has passed too, the key is idle: the missed slot
     // still does not move, and a fresh take gets now.
     assert_eq!(
@@ -477,7 +479,7 @@ async fn a_missed_slot_moves_to_now_only_while_no_slot_after_it_is_taken(pool: P
     );
     let fresh = take(&h.pool, &key, a, pace, ms(300)).await.expect("take");
     assert_eq!(fresh.slot, ms(300));
-    assert_eq!(tat(h.pool.clone()).await, ms(405));
+    assert_eq!(tat(&h.pool, &key).await, ms(405));
 
     // "Now" is never behind the server's clock: a worker whose clock is
     // an hour slow moves its missed slot to the server's now.
@@ -496,13 +498,10 @@ async fn a_missed_slot_moves_to_now_only_while_no_slot_after_it_is_taken(pool: P
         "{moved} after {}",
         before.slot
     );
-    let tat: chrono::DateTime<Utc> =
-        sqlx::query_scalar("SELECT tat FROM flow_rate_limits WHERE key = $1")
-            .bind(&other)
-            .fetch_one(&h.pool)
-            .await
-            .expect("tat");
-    assert_eq!(tat, moved + chrono::Duration::microseconds(pace.step_us));
+    assert_eq!(
+        tat(&h.pool, &other).await,
+        moved + chrono::Duration::microseconds(pace.step_us)
+    );
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
@@ -600,11 +599,7 @@ async fn a_provider_push_back_drops_the_slots_kept_before_it(pool: PgPool) {
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn grouped_takes_get_consecutive_slots_per_key_in_their_order(pool: PgPool) {
     let h = Harness::new(pool);
-    let c = never_sent(&h).await;
-    let mut ids = Vec::new();
-    for _ in 0..36 {
-        ids.push(h.enqueue(c, json!({})).await);
-    }
+    let ids = enqueue_new(&h, 36).await;
     let (k, other) = (format!("{WS}:k"), format!("{WS}:other"));
     // One a second: slots 1,050 ms apart (the 50 ms guard), each kept but
     // the first.
@@ -681,11 +676,7 @@ async fn grouped_takes_get_consecutive_slots_per_key_in_their_order(pool: PgPool
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn a_block_moves_the_key_past_all_its_slots_and_a_kept_slot_is_used_alone(pool: PgPool) {
     let h = Harness::new(pool);
-    let c = never_sent(&h).await;
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        ids.push(h.enqueue(c, json!({})).await);
-    }
+    let ids = enqueue_new(&h, 3).await;
     let (a, b, d) = (ids[0], ids[1], ids[2]);
     let k = format!("{WS}:k");
     // One a second: slots 1,050 ms apart.
@@ -715,11 +706,5 @@ async fn a_block_moves_the_key_past_all_its_slots_and_a_kept_slot_is_used_alone(
         .expect("again");
     let got: Vec<_> = again.iter().map(|r| (r.slot, r.kept, r.fresh)).collect();
     assert_eq!(got, [(ms(3_150), true, false), (ms(4_200), true, true)]);
-    let tat: chrono::DateTime<Utc> =
-        sqlx::query_scalar("SELECT tat FROM flow_rate_limits WHERE key = $1")
-            .bind(&k)
-            .fetch_one(&h.pool)
-            .await
-            .expect("tat");
-    assert_eq!(tat, ms(5_250));
+    assert_eq!(tat(&h.pool, &k).await, ms(5_250));
 }
