@@ -156,28 +156,22 @@ impl Blocks {
             return;
         }
         let idle = taken.slot <= now;
-        if let Some(b) = map.get_mut(key) {
-            b.idle = idle;
-            if count > 1 {
-                b.next = taken.slot + chrono::Duration::microseconds(pace.step_us);
-                b.left = count - 1;
-                b.step_us = pace.step_us;
-            }
-            return;
-        }
-        if map.len() >= BLOCK_KEYS {
+        if map.len() >= BLOCK_KEYS && !map.contains_key(key) {
             map.retain(|_, b| b.left > 0);
         }
-        map.insert(
-            key.to_owned(),
-            Block {
-                next: taken.slot + chrono::Duration::microseconds(pace.step_us),
-                left: count - 1,
-                step_us: pace.step_us,
-                idle,
-                refill: Arc::default(),
-            },
-        );
+        let b = map.entry(key.to_owned()).or_insert_with(|| Block {
+            next: taken.slot,
+            left: 0,
+            step_us: pace.step_us,
+            idle,
+            refill: Arc::default(),
+        });
+        b.idle = idle;
+        if count > 1 {
+            b.next = taken.slot + chrono::Duration::microseconds(pace.step_us);
+            b.left = count - 1;
+            b.step_us = pace.step_us;
+        }
     }
 
     /// Drops what is known of `key`: a provider asked it to slow down.
@@ -187,14 +181,6 @@ impl Blocks {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(key);
     }
-}
-
-/// Where the first slot of a send came from.
-enum First {
-    /// The runner's block of the key.
-    Block(DateTime<Utc>),
-    /// A reservation.
-    Taken(store::Reserved),
 }
 
 /// Fresh slots a send may miss in a row before its execution parks.
@@ -340,18 +326,7 @@ impl Runner {
             pace,
             count,
         };
-        let mut slot = match self.first_slot(key, pace, take).await? {
-            First::Taken(slot) => slot,
-            First::Block(slot) => {
-                if let Ok(wait) = (slot - Utc::now()).to_std() {
-                    tokio::time::sleep(wait).await;
-                }
-                if flow::usable(slot, Utc::now(), pace) {
-                    return Ok(None);
-                }
-                self.commits.take(take(1)).await?
-            }
-        };
+        let mut slot = self.first_slot(key, pace, take).await?;
         for _ in 0..MISSED_SLOTS {
             if slot.kept {
                 return Ok(Some(flow::wake_for(slot.slot)));
@@ -386,24 +361,30 @@ impl Runner {
     }
 
     /// The first slot of a send of `key`: one left from the runner's
-    /// block, or a reservation ([`Blocks`]). On a key found idle, one
-    /// sender at a time reserves the next block and the others wait for
-    /// it, so that a burst of sends costs one statement, not one each.
+    /// block (handed out, never kept), or a reservation ([`Blocks`]). On a
+    /// key found idle, one sender at a time reserves the next block and
+    /// the others wait for it, so that a burst of sends costs one
+    /// statement, not one each.
     async fn first_slot(
         &self,
         key: &str,
         pace: flow::Pace,
         take: impl Fn(i64) -> store::Take,
-    ) -> Result<First> {
+    ) -> Result<store::Reserved> {
+        let from_block = |slot| store::Reserved {
+            slot,
+            kept: false,
+            fresh: false,
+        };
         if let Some(slot) = self.blocks.pop(key, Utc::now(), pace) {
-            return Ok(First::Block(slot));
+            return Ok(from_block(slot));
         }
         let refill = self.blocks.refill(key);
         let _turn = match &refill {
             Some(lock) => {
                 let turn = lock.lock().await;
                 if let Some(slot) = self.blocks.pop(key, Utc::now(), pace) {
-                    return Ok(First::Block(slot));
+                    return Ok(from_block(slot));
                 }
                 Some(turn)
             }
@@ -412,7 +393,7 @@ impl Runner {
         let count = self.blocks.count(key, pace);
         let taken = self.commits.take(take(count)).await?;
         self.blocks.record(key, taken, count, pace, Utc::now());
-        Ok(First::Taken(taken))
+        Ok(taken)
     }
 
     /// A provider asked `key` to slow down: no send before `until`, from
