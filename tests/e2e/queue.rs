@@ -20,16 +20,22 @@ fn one_step(url: String) -> serde_json::Value {
     json!({"name": "one", "steps": [{"name": "call", "method": "GET", "url": url}]})
 }
 
+/// A harness and a 1-step connector whose step these tests never send.
+async fn never_sent(pool: PgPool) -> (Harness, (uuid::Uuid, i32)) {
+    let h = Harness::new(pool);
+    let c = h
+        .connector(one_step("https://api.example.com/x".into()))
+        .await;
+    (h, c)
+}
+
 fn lease() -> Duration {
     Duration::from_secs(30)
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn concurrent_claimers_never_share_a_row(pool: PgPool) {
-    let h = Harness::new(pool);
-    let c = h
-        .connector(one_step("https://api.example.com/x".into()))
-        .await;
+    let (h, c) = never_sent(pool).await;
     for i in 0..200 {
         h.enqueue(c, json!({"i": i})).await;
     }
@@ -62,10 +68,7 @@ async fn concurrent_claimers_never_share_a_row(pool: PgPool) {
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn claims_follow_priority_then_run_at(pool: PgPool) {
-    let h = Harness::new(pool);
-    let c = h
-        .connector(one_step("https://api.example.com/x".into()))
-        .await;
+    let (h, c) = never_sent(pool).await;
     let low = h.enqueue(c, json!({})).await;
     let high = enqueue_new(
         &h.pool,
@@ -214,10 +217,7 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn an_execution_that_keeps_losing_its_lease_is_failed_as_poisoned(pool: PgPool) {
-    let h = Harness::new(pool);
-    let c = h
-        .connector(one_step("https://api.example.com/x".into()))
-        .await;
+    let (h, c) = never_sent(pool).await;
     let id = h.enqueue(c, json!({})).await;
     let mut now = Utc::now();
     for round in 1..=3 {
@@ -304,10 +304,7 @@ async fn cancelling_a_running_execution_stops_it_before_the_next_step(pool: PgPo
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn enqueue_with_the_same_idempotency_key_returns_the_first_execution(pool: PgPool) {
-    let h = Harness::new(pool);
-    let c = h
-        .connector(one_step("https://api.example.com/x".into()))
-        .await;
+    let (h, c) = never_sent(pool).await;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..8 {
         let pool = h.pool.clone();
@@ -466,10 +463,7 @@ async fn retention_prunes_finished_executions_with_their_steps_and_events(pool: 
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn a_lease_that_ran_out_before_the_rescuer_could_vouch_is_not_counted(pool: PgPool) {
-    let h = Harness::new(pool);
-    let c = h
-        .connector(one_step("https://api.example.com/x".into()))
-        .await;
+    let (h, c) = never_sent(pool).await;
     let id = h.enqueue(c, json!({})).await;
     let t0 = Utc::now();
     executions::claim(&h.pool, "w", 1, lease(), t0)
@@ -509,10 +503,7 @@ async fn a_lease_that_ran_out_before_the_rescuer_could_vouch_is_not_counted(pool
 /// refused, each item is enqueued alone, so only the bad item fails.
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn grouped_executes_answer_each_item_and_a_refused_item_fails_alone(pool: PgPool) {
-    let h = Harness::new(pool);
-    let c = h
-        .connector(one_step("https://api.example.com/x".into()))
-        .await;
+    let (h, c) = never_sent(pool).await;
     let stored = enqueue(&h.pool, c, json!({"n": 0}), Some("taken")).await;
     let item = |n: i64, key: Option<&str>| executions::Execute {
         new: executions::NewExecution {
