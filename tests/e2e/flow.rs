@@ -165,7 +165,7 @@ async fn claim_new(
 ) -> (chrono::DateTime<Utc>, Vec<Uuid>, HashMap<Uuid, i64>) {
     let ids = enqueue_new(h, n).await;
     let now = Utc::now().trunc_subsecs(6);
-    let claimed = executions::claim(&h.pool, "w", n, lease, now)
+    let claimed = executions::claim(&executions::ClaimPool::new(&h.pool), "w", n, lease, now)
         .await
         .expect("claim");
     let tokens = claimed.iter().map(|x| (x.id, x.fencing_token)).collect();
@@ -356,22 +356,43 @@ async fn claims_take_turns_across_workspaces_and_respect_the_running_cap(pool: P
     )
     .await;
     let lease = Duration::from_secs(30);
-    let first = executions::claim_capped(&h.pool, "w", (4, &[]), lease, 3, Utc::now())
-        .await
-        .expect("claim");
+    let first = executions::claim_capped(
+        &executions::ClaimPool::new(&h.pool),
+        "w",
+        (4, &[]),
+        lease,
+        3,
+        Utc::now(),
+    )
+    .await
+    .expect("claim");
     assert_eq!(first.len(), 4);
     assert!(
         first.iter().any(|c| c.id == lone),
         "the other workspace's execution is in the first batch"
     );
     // The busy workspace runs 3, its cap: a claim gives it nothing more.
-    let second = executions::claim_capped(&h.pool, "w", (4, &[]), lease, 3, Utc::now())
-        .await
-        .expect("claim");
+    let second = executions::claim_capped(
+        &executions::ClaimPool::new(&h.pool),
+        "w",
+        (4, &[]),
+        lease,
+        3,
+        Utc::now(),
+    )
+    .await
+    .expect("claim");
     assert!(second.is_empty(), "claimed {} past the cap", second.len());
-    let third = executions::claim_capped(&h.pool, "w", (4, &[]), lease, 5, Utc::now())
-        .await
-        .expect("claim");
+    let third = executions::claim_capped(
+        &executions::ClaimPool::new(&h.pool),
+        "w",
+        (4, &[]),
+        lease,
+        5,
+        Utc::now(),
+    )
+    .await
+    .expect("claim");
     assert_eq!(third.len(), 2, "a higher cap lets two more run");
 }
 
@@ -381,9 +402,9 @@ async fn woken_executions_are_claimed_ahead_of_an_older_backlog_within_the_cap(p
     let c = never_sent(&h).await;
     let lease = Duration::from_secs(30);
     let claim = |limit: i64, woken: Vec<Uuid>, cap: i64| {
-        let pool = h.pool.clone();
+        let claims = executions::ClaimPool::new(&h.pool);
         async move {
-            executions::claim_capped(&pool, "w", (limit, &woken), lease, cap, Utc::now())
+            executions::claim_capped(&claims, "w", (limit, &woken), lease, cap, Utc::now())
                 .await
                 .expect("claim")
                 .into_iter()
@@ -396,9 +417,16 @@ async fn woken_executions_are_claimed_ahead_of_an_older_backlog_within_the_cap(p
     let mut parked = Vec::new();
     for wait in [200, 3_600_000, 200] {
         let id = h.enqueue(c, json!({})).await;
-        let claimed = executions::claim_capped(&h.pool, "w", (1, &[]), lease, 100, Utc::now())
-            .await
-            .expect("claim");
+        let claimed = executions::claim_capped(
+            &executions::ClaimPool::new(&h.pool),
+            "w",
+            (1, &[]),
+            lease,
+            100,
+            Utc::now(),
+        )
+        .await
+        .expect("claim");
         assert_eq!(claimed[0].id, id);
         let now = Utc::now();
         let until = now + chrono::Duration::milliseconds(wait);

@@ -97,9 +97,15 @@ async fn a_row_postgres_refuses_fails_only_its_own_execution_in_a_group_commit(p
         h.enqueue(c, json!({"n": 3})).await,
     ];
     let now = Utc::now();
-    let claimed = executions::claim(&h.pool, "worker-a", 3, Duration::from_secs(30), now)
-        .await
-        .expect("claim");
+    let claimed = executions::claim(
+        &executions::ClaimPool::new(&h.pool),
+        "worker-a",
+        3,
+        Duration::from_secs(30),
+        now,
+    )
+    .await
+    .expect("claim");
     assert_eq!(claimed.len(), 3);
     let commits: Vec<Commit> = claimed
         .iter()
@@ -368,10 +374,16 @@ async fn a_step_whose_lease_cannot_be_extended_is_aborted_before_the_lease_passe
         .await;
     h.enqueue(c, json!({})).await;
     let lease = Duration::from_secs(3);
-    let claimed = executions::claim(&pool, "worker-a", 1, lease, Utc::now())
-        .await
-        .expect("claim")
-        .remove(0);
+    let claimed = executions::claim(
+        &executions::ClaimPool::new(&pool),
+        "worker-a",
+        1,
+        lease,
+        Utc::now(),
+    )
+    .await
+    .expect("claim")
+    .remove(0);
     let client = StepClient::new(HttpConfig {
         allow_private_networks: true,
         ..HttpConfig::default()

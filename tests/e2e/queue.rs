@@ -41,11 +41,12 @@ async fn concurrent_claimers_never_share_a_row(pool: PgPool) {
     }
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..8 {
-        let pool = h.pool.clone();
+        // Each claimer its own connection, as each worker process has.
+        let claims = executions::ClaimPool::new(&h.pool);
         tasks.spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let rows = executions::claim(&pool, &format!("w{w}"), 7, lease(), Utc::now())
+                let rows = executions::claim(&claims, &format!("w{w}"), 7, lease(), Utc::now())
                     .await
                     .expect("claim");
                 if rows.is_empty() {
@@ -87,14 +88,99 @@ async fn claims_follow_priority_then_run_at(pool: PgPool) {
         },
     )
     .await;
-    let rows = executions::claim(&h.pool, "w", 10, lease(), Utc::now())
-        .await
-        .expect("claim");
+    let rows = executions::claim(
+        &executions::ClaimPool::new(&h.pool),
+        "w",
+        10,
+        lease(),
+        Utc::now(),
+    )
+    .await
+    .expect("claim");
     let order: Vec<_> = rows.iter().map(|r| r.id).collect();
     assert_eq!(
         order,
         [high, low],
         "delayed {later} must wait for its run_at"
+    );
+}
+
+/// The node types of a plan and of every plan below it, each with the
+/// relation it reads, if any.
+fn plan_nodes(plan: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    let field = |k: &str| plan[k].as_str().unwrap_or_default().to_owned();
+    out.push((field("Node Type"), field("Relation Name")));
+    for child in plan["Plans"].as_array().into_iter().flatten() {
+        plan_nodes(child, out);
+    }
+}
+
+/// The plan `conn` makes for the claim statement, generic when `conn`
+/// is set to force one.
+async fn claim_plan(conn: &mut sqlx::PgConnection) -> Vec<(String, String)> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "PREPARE claim_plan(text, int8, timestamptz, timestamptz, int8, uuid[]) AS {}",
+        executions::CLAIM
+    )))
+    .execute(&mut *conn)
+    .await
+    .expect("prepare");
+    let (explained,): (serde_json::Value,) = sqlx::query_as(
+        "EXPLAIN (FORMAT JSON) EXECUTE claim_plan('w', 64, now(), now(), 1000, '{}')",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .expect("explain");
+    let mut nodes = Vec::new();
+    plan_nodes(&explained[0]["Plan"], &mut nodes);
+    nodes
+}
+
+/// A claim connection plans the claim once and keeps that plan, so the
+/// plan must suit a queue of any size: made on a queue analyzed nearly
+/// empty, it still reaches every row through an index and joins in
+/// nested loops, where the same statement planned with the default
+/// settings scans the whole table (over a second a claim once thousands
+/// of rows are queued).
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_claim_connection_plans_the_claim_through_indexes_on_a_nearly_empty_queue(pool: PgPool) {
+    use sqlx::Connection;
+    let (h, c) = never_sent(pool).await;
+    for i in 0..3 {
+        h.enqueue(c, json!({"i": i})).await;
+    }
+    sqlx::query("ANALYZE connector_executions")
+        .execute(&h.pool)
+        .await
+        .expect("analyze");
+    let claims = executions::ClaimPool::new(&h.pool);
+    let nodes = claim_plan(&mut claims.pool().acquire().await.expect("acquire")).await;
+    let reads: Vec<_> = nodes
+        .iter()
+        .filter(|(node, relation)| node.ends_with("Scan") && relation == "connector_executions")
+        .collect();
+    assert!(reads.len() >= 5, "the claim reads the queue: {nodes:?}");
+    assert!(
+        reads.iter().all(|(node, _)| node.starts_with("Index")),
+        "every read of the queue goes through an index: {nodes:?}"
+    );
+    assert!(
+        nodes
+            .iter()
+            .all(|(node, _)| node != "Hash Join" && node != "Merge Join"),
+        "joins are nested loops: {nodes:?}"
+    );
+    let mut plain = sqlx::PgConnection::connect_with(&h.pool.connect_options())
+        .await
+        .expect("connect");
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut plain)
+        .await
+        .expect("set");
+    let nodes = claim_plan(&mut plain).await;
+    assert!(
+        nodes.contains(&("Seq Scan".to_owned(), "connector_executions".to_owned())),
+        "with the default settings the same plan scans the queue: {nodes:?}"
     );
 }
 
@@ -108,20 +194,32 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
         .await;
     let id = h.enqueue(c, json!({})).await;
     let t0 = Utc::now();
-    let a = executions::claim(&h.pool, "worker-a", 1, lease(), t0)
-        .await
-        .expect("claim")
-        .remove(0);
+    let a = executions::claim(
+        &executions::ClaimPool::new(&h.pool),
+        "worker-a",
+        1,
+        lease(),
+        t0,
+    )
+    .await
+    .expect("claim")
+    .remove(0);
     // Worker A stalls past its lease; the rescuer requeues, B claims.
     let later = t0 + Duration::from_secs(31);
     let rescued = executions::rescue_expired(&h.pool, 5, DateTime::UNIX_EPOCH, later)
         .await
         .expect("rescue");
     assert_eq!(rescued.requeued, [id]);
-    let b = executions::claim(&h.pool, "worker-b", 1, lease(), later)
-        .await
-        .expect("claim")
-        .remove(0);
+    let b = executions::claim(
+        &executions::ClaimPool::new(&h.pool),
+        "worker-b",
+        1,
+        lease(),
+        later,
+    )
+    .await
+    .expect("claim")
+    .remove(0);
     assert!(b.fencing_token > a.fencing_token);
 
     let row = |worker: &str| StepRow {
@@ -221,7 +319,7 @@ async fn an_execution_that_keeps_losing_its_lease_is_failed_as_poisoned(pool: Pg
     let id = h.enqueue(c, json!({})).await;
     let mut now = Utc::now();
     for round in 1..=3 {
-        let claimed = executions::claim(&h.pool, "w", 1, lease(), now)
+        let claimed = executions::claim(&executions::ClaimPool::new(&h.pool), "w", 1, lease(), now)
             .await
             .expect("claim");
         assert_eq!(claimed.len(), 1, "round {round}");
@@ -466,7 +564,7 @@ async fn a_lease_that_ran_out_before_the_rescuer_could_vouch_is_not_counted(pool
     let (h, c) = never_sent(pool).await;
     let id = h.enqueue(c, json!({})).await;
     let t0 = Utc::now();
-    executions::claim(&h.pool, "w", 1, lease(), t0)
+    executions::claim(&executions::ClaimPool::new(&h.pool), "w", 1, lease(), t0)
         .await
         .expect("claim");
     let expired_at = t0 + lease();
@@ -481,7 +579,7 @@ async fn a_lease_that_ran_out_before_the_rescuer_could_vouch_is_not_counted(pool
     assert_eq!(rescued.uncounted, [id]);
     assert_eq!(h.execution(id).await.reclaims, 0);
     // The rescuer vouches for the whole lease: counted, and past cap 0.
-    executions::claim(&h.pool, "w", 1, lease(), later)
+    executions::claim(&executions::ClaimPool::new(&h.pool), "w", 1, lease(), later)
         .await
         .expect("claim");
     let rescued = executions::rescue_expired(

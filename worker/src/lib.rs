@@ -103,6 +103,7 @@ pub fn default_worker_id() -> String {
 /// A worker loop over one pool.
 pub struct Worker {
     pool: PgPool,
+    claims: executions::ClaimPool,
     runner: Arc<Runner>,
     config: WorkerConfig,
 }
@@ -111,6 +112,7 @@ impl Worker {
     /// A worker running claimed executions with `runner`.
     pub fn new(pool: PgPool, runner: Arc<Runner>, config: WorkerConfig) -> Self {
         Self {
+            claims: executions::ClaimPool::new(&pool),
             pool,
             runner,
             config,
@@ -125,7 +127,7 @@ impl Worker {
     /// Database errors.
     pub async fn run_next(&self) -> conveyor_engine::Result<Option<RunOutcome>> {
         let claimed = executions::claim_capped(
-            &self.pool,
+            &self.claims,
             &self.config.worker_id,
             (1, &[]),
             self.config.lease,
@@ -258,7 +260,7 @@ impl Worker {
                 let limit = i64::try_from(want).unwrap_or(i64::MAX);
                 let cap = cfg.workspace_max_running;
                 let claimed = executions::claim_capped(
-                    &self.pool,
+                    &self.claims,
                     &cfg.worker_id,
                     (limit, &woken),
                     cfg.lease,

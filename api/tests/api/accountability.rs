@@ -147,7 +147,7 @@ async fn admins_open_any_execution_with_steps_events_and_trace_id(pool: PgPool) 
         .await
         .expect("trace context");
     let claimed = executions::claim(
-        &api.pool,
+        &executions::ClaimPool::new(&api.pool),
         "worker-a",
         1,
         Duration::from_secs(60),

@@ -12,6 +12,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use crate::Result;
@@ -57,8 +58,9 @@ pub struct Claimed {
 }
 
 /// The claim statement of [`claim_capped`]: `$1` worker, `$2` limit, `$3`
-/// now, `$4` lease end, `$5` the running cap, `$6` the woken ids.
-const CLAIM: &str = r#"WITH RECURSIVE ws AS (
+/// now, `$4` lease end, `$5` the running cap, `$6` the woken ids. Public
+/// so that tests can look at its plan.
+pub const CLAIM: &str = r#"WITH RECURSIVE ws AS (
                (SELECT workspace_id FROM connector_executions
                 WHERE status = 'queued' ORDER BY workspace_id LIMIT 1)
                UNION ALL
@@ -135,20 +137,69 @@ const CLAIM: &str = r#"WITH RECURSIVE ws AS (
            FROM claimed
            ORDER BY pos"#;
 
+/// The planner settings of a claim connection: every row the claim
+/// touches is reached through an index and joined in a nested loop, so
+/// the plan made once per connection is right for an empty queue and for
+/// one of millions of rows alike.
+///
+/// A claim planned at every call cost 1.5 to 2.5 ms of server time, eight
+/// times its execution on an idle queue, and that planning sat between an
+/// execution's start and its first send. Prepared with the default
+/// settings, the plan made while the queue was small scanned the whole
+/// table and lasted until the next ANALYZE (with 10,000 rows queued since,
+/// over a second a claim; docs/performance.md). With sequential scans,
+/// hash and merge joins off, that plan has no other shape left than the
+/// index one, so it is made once (a generic plan) and reused.
+const CLAIM_PLANNER: [(&str, &str); 4] = [
+    ("enable_seqscan", "off"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+    ("plan_cache_mode", "force_generic_plan"),
+];
+
+/// Connections that run only the claim, with the planner settings of
+/// [`CLAIM_PLANNER`]: they would slow down or mislead the planning of
+/// other statements, so the claim has its own connection(s) instead of
+/// the process's pool.
+#[derive(Debug, Clone)]
+pub struct ClaimPool(PgPool);
+
+impl ClaimPool {
+    /// A lazily connecting pool of one connection to `pool`'s database
+    /// (a worker claims one batch at a time), with `pool`'s acquire
+    /// timeout.
+    #[must_use]
+    pub fn new(pool: &PgPool) -> Self {
+        let options = (*pool.connect_options()).clone().options(CLAIM_PLANNER);
+        Self(
+            PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(pool.options().get_acquire_timeout())
+                .connect_lazy_with(options),
+        )
+    }
+
+    /// The pool, for looking at what its connections plan.
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.0
+    }
+}
+
 /// [`claim_capped`] with the default per-workspace running cap.
 ///
 /// # Errors
 ///
 /// Database errors.
 pub async fn claim(
-    pool: &PgPool,
+    claims: &ClaimPool,
     worker_id: &str,
     limit: i64,
     lease: std::time::Duration,
     now: DateTime<Utc>,
 ) -> Result<Vec<Claimed>> {
     claim_capped(
-        pool,
+        claims,
         worker_id,
         (limit, &[]),
         lease,
@@ -171,7 +222,7 @@ pub async fn claim(
 ///
 /// Database errors.
 pub async fn claim_capped(
-    pool: &PgPool,
+    claims: &ClaimPool,
     worker_id: &str,
     (limit, woken): (i64, &[Uuid]),
     lease: std::time::Duration,
@@ -179,14 +230,9 @@ pub async fn claim_capped(
     now: DateTime<Utc>,
 ) -> Result<Vec<Claimed>> {
     let lease_until = now + lease;
-    // An unnamed statement, planned at each claim with the table as it
-    // is: a prepared one keeps, until the next ANALYZE, the generic plan
-    // made while the queue was nearly empty (a worker's first claims), and
-    // with thousands of rows queued since then that plan scanned the whole
-    // table and re-evaluated the round per row, over a second a claim.
-    // Hence `query_as` with binds here rather than the checked macro
-    // (whose statements are always prepared); the e2e queue and flow
-    // tests run it against the schema.
+    // `query_as` with binds rather than the checked macro, whose
+    // statements cannot be pointed at the claim pool's settings; the e2e
+    // queue and flow tests run it against the schema.
     let rows = sqlx::query_as::<_, Claimed>(CLAIM)
         .bind(worker_id)
         .bind(limit)
@@ -194,8 +240,7 @@ pub async fn claim_capped(
         .bind(lease_until)
         .bind(max_running)
         .bind(woken)
-        .persistent(false)
-        .fetch_all(pool)
+        .fetch_all(&claims.0)
         .await?;
     Ok(rows)
 }

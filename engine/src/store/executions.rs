@@ -21,7 +21,7 @@ use crate::Result;
 use crate::state::{ExecutionStatus, StartedBy, StepOutcome};
 
 pub use super::claim::{
-    Claimed, DEFAULT_WORKSPACE_MAX_RUNNING, PRIORITY_RANGE, claim, claim_capped,
+    CLAIM, ClaimPool, Claimed, DEFAULT_WORKSPACE_MAX_RUNNING, PRIORITY_RANGE, claim, claim_capped,
 };
 pub use super::enqueue::{Execute, enqueue_each_alone, enqueue_executes, enqueue_many};
 

@@ -137,12 +137,13 @@ fn p50_p95(mut ms: Vec<f64>) -> Value {
 /// One claim of 64 among the history, each round after enqueueing 64
 /// fresh executions; the claimed ones are then marked finished.
 async fn claim_latency(pool: &PgPool, conn: (Uuid, i32)) -> BenchResult<Value> {
+    let claims = executions::ClaimPool::new(pool);
     let mut ms = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         enqueue_many(pool, conn, 64).await?;
         let started = Instant::now();
         let claimed = executions::claim(
-            pool,
+            &claims,
             "bench-history",
             64,
             std::time::Duration::from_secs(30),
