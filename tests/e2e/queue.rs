@@ -170,6 +170,13 @@ async fn a_claim_connection_plans_the_claim_through_indexes_on_a_nearly_empty_qu
             .all(|(node, _)| node != "Hash Join" && node != "Merge Join"),
         "joins are nested loops: {nodes:?}"
     );
+    // JIT would be decided once for that plan, from its estimate: a
+    // queue analyzed large made every claim compile first (30 ms).
+    let (jit,): (String,) = sqlx::query_as("SHOW jit")
+        .fetch_one(claims.pool())
+        .await
+        .expect("show jit");
+    assert_eq!(jit, "off", "a claim connection never compiles the claim");
     let mut plain = sqlx::PgConnection::connect_with(&h.pool.connect_options())
         .await
         .expect("connect");

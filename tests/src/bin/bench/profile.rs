@@ -212,8 +212,10 @@ async fn table_writes(pool: &PgPool, n: usize) -> Result<Value, sqlx::Error> {
 /// The statements run per execution, most frequent first, leaving out the
 /// bench's own monitoring queries.
 async fn top_statements(pool: &PgPool, n: usize) -> Result<Vec<Value>, sqlx::Error> {
-    let rows: Vec<(i64, f64, i64, String)> = sqlx::query_as(
-        "SELECT s.calls, s.mean_exec_time, s.rows, regexp_replace(s.query, '\\s+', ' ', 'g')
+    let rows: Vec<(i64, f64, i64, f64, String)> = sqlx::query_as(
+        "SELECT s.calls, s.mean_exec_time, s.rows,
+                s.jit_generation_time + s.jit_inlining_time + s.jit_optimization_time + s.jit_emission_time,
+                regexp_replace(s.query, '\\s+', ' ', 'g')
          FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
          WHERE d.datname = current_database()
            AND s.query NOT LIKE '%pg_stat%' AND s.query NOT LIKE '%pg_current_wal_lsn%'
@@ -226,10 +228,12 @@ async fn top_statements(pool: &PgPool, n: usize) -> Result<Vec<Value>, sqlx::Err
     Ok(rows
         .into_iter()
         .filter(|r| r.0 as f64 / n as f64 >= 0.01)
-        .map(|(calls, mean, rows, query)| {
+        .map(|(calls, mean, rows, jit, query)| {
             json!({
                 "per_execution": round2(calls as f64 / n as f64),
                 "mean_ms": (mean * 1000.0).round() / 1000.0,
+                // JIT compilation, part of the execution time above.
+                "jit_ms_per_call": (jit / calls.max(1) as f64 * 1000.0).round() / 1000.0,
                 "rows_per_call": round2(rows as f64 / calls.max(1) as f64),
                 "query": query.chars().take(100).collect::<String>(),
             })
