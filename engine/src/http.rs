@@ -346,14 +346,16 @@ impl StepClient {
             error,
             traffic,
         };
-        let step = Arc::new(step.clone());
         let redactor = Arc::new(Redactor::new(credentials));
         // Rendering walks the context and every template of the step, and
-        // parsing and extraction walk the whole body: all three run on the
-        // blocking pool, so the async threads (and the lease heartbeat
-        // beside this future) never wait for them.
-        let prepared = {
-            let (this, step, redactor) = (self.clone(), step.clone(), redactor.clone());
+        // parsing and extraction walk the whole body: on a large context
+        // or body they run on the blocking pool, so the async threads (and
+        // the lease heartbeat beside this future) never wait for them. On
+        // small ones they run here (see `INLINE_WORK_BYTES`).
+        let prepared = if crate::json::within(context, INLINE_WORK_BYTES) {
+            Ok(self.prepare(step, context.clone(), credentials, attempt, &redactor))
+        } else {
+            let (this, step, redactor) = (self.clone(), Arc::new(step.clone()), redactor.clone());
             let (context, credentials) = (context.clone(), credentials.clone());
             let key = attempt.idempotency_key.to_owned();
             let traceparent = attempt.traceparent.map(str::to_owned);
@@ -399,11 +401,18 @@ impl StepClient {
             Err(e) => return finish(snapshot, None, Map::new(), Some(e), traffic),
         };
         traffic.received = bytes.len() as u64;
-        let config = self.config.clone();
-        let handled = off_thread(move || {
-            body::handle_response(&config, &step, &redactor, status, &headers, bytes)
-        })
-        .await;
+        let handled = if bytes.len() <= INLINE_WORK_BYTES {
+            let config = &self.config;
+            Ok(body::handle_response(
+                config, step, &redactor, status, &headers, bytes,
+            ))
+        } else {
+            let (config, step) = (self.config.clone(), Arc::new(step.clone()));
+            off_thread(move || {
+                body::handle_response(&config, &step, &redactor, status, &headers, bytes)
+            })
+            .await
+        };
         match handled {
             Ok((record, extracted, error)) => {
                 finish(snapshot, Some(record), extracted, error, traffic)
@@ -686,6 +695,19 @@ impl StepClient {
         Ok(Prepared { request, snapshot })
     }
 }
+
+/// Bytes of context or response body up to which rendering, parsing and
+/// extraction run on the async thread rather than on the blocking pool
+/// (and the runner's decision and output rendering rather than in
+/// `block_in_place`): for small inputs, the hand-off (waking a thread,
+/// context switches each way, and copies of the step, context and
+/// credentials to move there) cost more CPU than the work. With every
+/// hand-off on the blocking pool, the workers spent 233 to 338 µs of CPU
+/// per 1-step execution of the bench; with none, 181 and 182
+/// (docs/performance.md). 64 KiB of JSON parses or renders in well under
+/// a millisecond, so the other tasks of the thread wait no longer than
+/// that.
+pub const INLINE_WORK_BYTES: usize = 64 * 1024;
 
 /// Runs CPU-bound work of an attempt on the blocking pool. A panic in it
 /// resumes here; a runtime shutting down fails the attempt retryably.

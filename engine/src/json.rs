@@ -14,6 +14,37 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Number, Value};
 
+/// Whether `value` is small: about `budget` bytes of JSON or less. Looks
+/// at no more of it than that (each node counts at least one byte), so
+/// asking is cheap whatever the value's size.
+#[must_use]
+pub fn within(value: &Value, budget: usize) -> bool {
+    fn spend(value: &Value, left: &mut usize) -> bool {
+        let own = match value {
+            Value::String(s) => s.len() + 2,
+            Value::Array(a) => a.len() + 2,
+            Value::Object(m) => m.len() + 2,
+            Value::Number(_) | Value::Bool(_) | Value::Null => 4,
+        };
+        let Some(rest) = left.checked_sub(own) else {
+            return false;
+        };
+        *left = rest;
+        match value {
+            Value::Array(a) => a.iter().all(|v| spend(v, left)),
+            Value::Object(m) => m.iter().all(|(k, v)| {
+                left.checked_sub(k.len() + 3)
+                    .map(|rest| *left = rest)
+                    .is_some()
+                    && spend(v, left)
+            }),
+            _ => true,
+        }
+    }
+    let mut left = budget;
+    spend(value, &mut left)
+}
+
 /// Largest magnitude below which every whole `f64` is exactly an integer.
 const EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
 
@@ -145,6 +176,30 @@ mod tests {
                 .expect_err("not an i16");
             assert_eq!(e.path, "stars");
         }
+    }
+
+    #[test]
+    fn within_tells_small_values_from_large_ones_by_their_json_size() {
+        let v = json!({"input": {"email": "ada@example.com", "tags": ["a", "bb", null]},
+                       "steps": {"s0": {"status": 1200, "ok": true}}});
+        let size = serde_json::to_vec(&v).expect("serialises").len();
+        assert!(within(&v, size + 8), "{size} bytes fit in {}", size + 8);
+        assert!(
+            !within(&v, size - 8),
+            "{size} bytes do not fit in {}",
+            size - 8
+        );
+        assert!(within(&json!(null), 4));
+        assert!(!within(&json!(null), 3));
+        let long = json!({"body": "x".repeat(100_000)});
+        assert!(!within(&long, 64 * 1024));
+        assert!(within(&long, 200_000));
+        let many = Value::Array(vec![json!(1); 100_000]);
+        assert!(!within(&many, 64 * 1024), "each element counts");
+        assert!(
+            !within(&json!({"k".repeat(70_000): 1}), 64 * 1024),
+            "keys count"
+        );
     }
 
     #[test]

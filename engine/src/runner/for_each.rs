@@ -36,7 +36,7 @@ use uuid::Uuid;
 use super::flow::Admit;
 use super::language::{self, Secrets};
 use super::oauth::RunCredentials;
-use super::{RunOutcome, Runner, cpu_bound, observe};
+use super::{RunOutcome, Runner, cpu_bound, heavy, observe};
 use crate::Result;
 use crate::connector::for_each::ForEach;
 use crate::connector::{Connector, OnError, Step};
@@ -415,7 +415,8 @@ impl Runner {
             }
         };
         let finished = w.progress.done() == w.total;
-        let decision = cpu_bound(|| {
+        // Collecting a finished loop's items walks all of them.
+        let decision = cpu_bound(finished || heavy(st.ctx, &result), || {
             if finished {
                 result.extracted = items::collect(step, &w.progress, w.total);
                 let summary = items::summary(&w.progress, w.total);
@@ -615,34 +616,37 @@ impl Runner {
     ) -> Result<Option<RunOutcome>> {
         let step = &run.connector.steps[run.index];
         let now = Utc::now();
-        let mut decision = cpu_bound(|| match finished {
-            Some((progress, total)) => {
-                result.extracted = items::collect(step, progress, total);
-                let summary = items::summary(progress, total);
-                let failure = items::first_failure(progress);
-                let outcome = StepOutcome::Succeeded;
-                decide::finish_loop(
-                    run.connector,
-                    (run.index, 1),
-                    (&result, outcome),
-                    (summary, failure),
-                    st.ctx,
-                    &self.policy(),
-                    now,
-                )
-            }
-            None => {
-                let attempt = StepAttempt {
-                    connector: run.connector,
-                    index: run.index,
-                    attempt: 1,
-                    throttled: 0,
-                    result: &result,
-                    deadline: run.deadline,
-                };
-                decide::decide(&attempt, st.ctx, &self.policy(), now, || 0.0)
-            }
-        });
+        let mut decision = cpu_bound(
+            finished.is_some() || heavy(st.ctx, &result),
+            || match finished {
+                Some((progress, total)) => {
+                    result.extracted = items::collect(step, progress, total);
+                    let summary = items::summary(progress, total);
+                    let failure = items::first_failure(progress);
+                    let outcome = StepOutcome::Succeeded;
+                    decide::finish_loop(
+                        run.connector,
+                        (run.index, 1),
+                        (&result, outcome),
+                        (summary, failure),
+                        st.ctx,
+                        &self.policy(),
+                        now,
+                    )
+                }
+                None => {
+                    let attempt = StepAttempt {
+                        connector: run.connector,
+                        index: run.index,
+                        attempt: 1,
+                        throttled: 0,
+                        result: &result,
+                        deadline: run.deadline,
+                    };
+                    decide::decide(&attempt, st.ctx, &self.policy(), now, || 0.0)
+                }
+            },
+        );
         let fields = &mut st.credentials.fields;
         st.secrets
             .protect(&self.keyring, step, st.ctx, &mut decision, fields);

@@ -26,7 +26,7 @@ use crate::cache::DefinitionCache;
 use crate::connector::Connector;
 use crate::crypto::Keyring;
 use crate::decide::{self, Decision, ExecutionError, Next, Policy, RunErrorKind, StepAttempt};
-use crate::http::{Attempt, StepClient, StepResult, idempotency_key};
+use crate::http::{Attempt, INLINE_WORK_BYTES, StepClient, StepResult, idempotency_key};
 use crate::paging::{self, Progress};
 use crate::state::ExecutionStatus;
 use crate::store;
@@ -408,7 +408,7 @@ impl Runner {
                 deadline,
             };
             let unit = more.as_ref().map(|next| ("paging", next.to_json()));
-            let mut decision = cpu_bound(|| match unit {
+            let mut decision = cpu_bound(heavy(&ctx, &result), || match unit {
                 Some(progress) => decide::next_page(
                     connector,
                     (index, attempt),
@@ -480,7 +480,9 @@ impl Runner {
             }
         }
         // Only reachable when no step was left to run (an empty tail).
-        let output = cpu_bound(|| decide::render_output(connector, self.client.renderer(), &ctx));
+        let output = cpu_bound(!crate::json::within(&ctx, INLINE_WORK_BYTES), || {
+            decide::render_output(connector, self.client.renderer(), &ctx)
+        });
         self.end(id, token, output.err().as_ref()).await
     }
 
@@ -667,16 +669,28 @@ impl Runner {
     }
 }
 
-/// Runs CPU-bound work between steps (rendering the output, sizing the
-/// context) so that it does not hold up the other executions' tasks on
-/// this thread: on a multi-threaded runtime they move to another thread
-/// meanwhile. (The step itself renders, parses and extracts on the
-/// blocking pool: see the step client.)
-fn cpu_bound<T>(work: impl FnOnce() -> T) -> T {
+/// Runs CPU-bound work between steps (deciding, which sizes the context,
+/// and rendering the output). When it is `heavy`, it does not hold up
+/// the other executions' tasks on this thread: on a multi-threaded
+/// runtime they move to another thread meanwhile. Light work runs here,
+/// which costs less than that move (see `http::INLINE_WORK_BYTES`, which
+/// the step client applies to rendering, parsing and extraction alike).
+fn cpu_bound<T>(heavy: bool, work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) if heavy => {
+            tokio::task::block_in_place(work)
+        }
         _ => work(),
     }
+}
+
+/// Whether deciding on `result` with `ctx` is heavy work for
+/// [`cpu_bound`]: the context or the attempt's traffic is over
+/// `http::INLINE_WORK_BYTES`.
+fn heavy(ctx: &Value, result: &StepResult) -> bool {
+    let traffic = result.traffic.sent.saturating_add(result.traffic.received);
+    usize::try_from(traffic).map_or(true, |t| t > INLINE_WORK_BYTES)
+        || !crate::json::within(ctx, INLINE_WORK_BYTES)
 }
 
 enum InFlight {
