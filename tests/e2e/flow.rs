@@ -356,43 +356,23 @@ async fn claims_take_turns_across_workspaces_and_respect_the_running_cap(pool: P
     )
     .await;
     let lease = Duration::from_secs(30);
-    let first = executions::claim_capped(
-        &executions::ClaimPool::new(&h.pool),
-        "w",
-        (4, &[]),
-        lease,
-        3,
-        Utc::now(),
-    )
-    .await
-    .expect("claim");
+    let claims = executions::ClaimPool::new(&h.pool);
+    let first = executions::claim_capped(&claims, "w", (4, &[]), lease, 3, Utc::now())
+        .await
+        .expect("claim");
     assert_eq!(first.len(), 4);
     assert!(
         first.iter().any(|c| c.id == lone),
         "the other workspace's execution is in the first batch"
     );
     // The busy workspace runs 3, its cap: a claim gives it nothing more.
-    let second = executions::claim_capped(
-        &executions::ClaimPool::new(&h.pool),
-        "w",
-        (4, &[]),
-        lease,
-        3,
-        Utc::now(),
-    )
-    .await
-    .expect("claim");
+    let second = executions::claim_capped(&claims, "w", (4, &[]), lease, 3, Utc::now())
+        .await
+        .expect("claim");
     assert!(second.is_empty(), "claimed {} past the cap", second.len());
-    let third = executions::claim_capped(
-        &executions::ClaimPool::new(&h.pool),
-        "w",
-        (4, &[]),
-        lease,
-        5,
-        Utc::now(),
-    )
-    .await
-    .expect("claim");
+    let third = executions::claim_capped(&claims, "w", (4, &[]), lease, 5, Utc::now())
+        .await
+        .expect("claim");
     assert_eq!(third.len(), 2, "a higher cap lets two more run");
 }
 

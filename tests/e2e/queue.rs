@@ -201,32 +201,21 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
         .await;
     let id = h.enqueue(c, json!({})).await;
     let t0 = Utc::now();
-    let a = executions::claim(
-        &executions::ClaimPool::new(&h.pool),
-        "worker-a",
-        1,
-        lease(),
-        t0,
-    )
-    .await
-    .expect("claim")
-    .remove(0);
+    let claims = executions::ClaimPool::new(&h.pool);
+    let a = executions::claim(&claims, "worker-a", 1, lease(), t0)
+        .await
+        .expect("claim")
+        .remove(0);
     // Worker A stalls past its lease; the rescuer requeues, B claims.
     let later = t0 + Duration::from_secs(31);
     let rescued = executions::rescue_expired(&h.pool, 5, DateTime::UNIX_EPOCH, later)
         .await
         .expect("rescue");
     assert_eq!(rescued.requeued, [id]);
-    let b = executions::claim(
-        &executions::ClaimPool::new(&h.pool),
-        "worker-b",
-        1,
-        lease(),
-        later,
-    )
-    .await
-    .expect("claim")
-    .remove(0);
+    let b = executions::claim(&claims, "worker-b", 1, lease(), later)
+        .await
+        .expect("claim")
+        .remove(0);
     assert!(b.fencing_token > a.fencing_token);
 
     let row = |worker: &str| StepRow {
@@ -571,7 +560,8 @@ async fn a_lease_that_ran_out_before_the_rescuer_could_vouch_is_not_counted(pool
     let (h, c) = never_sent(pool).await;
     let id = h.enqueue(c, json!({})).await;
     let t0 = Utc::now();
-    executions::claim(&executions::ClaimPool::new(&h.pool), "w", 1, lease(), t0)
+    let claims = executions::ClaimPool::new(&h.pool);
+    executions::claim(&claims, "w", 1, lease(), t0)
         .await
         .expect("claim");
     let expired_at = t0 + lease();
@@ -586,7 +576,7 @@ async fn a_lease_that_ran_out_before_the_rescuer_could_vouch_is_not_counted(pool
     assert_eq!(rescued.uncounted, [id]);
     assert_eq!(h.execution(id).await.reclaims, 0);
     // The rescuer vouches for the whole lease: counted, and past cap 0.
-    executions::claim(&executions::ClaimPool::new(&h.pool), "w", 1, lease(), later)
+    executions::claim(&claims, "w", 1, lease(), later)
         .await
         .expect("claim");
     let rescued = executions::rescue_expired(

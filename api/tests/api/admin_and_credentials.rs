@@ -376,15 +376,10 @@ async fn admins_see_queue_stats_usage_history_and_every_audit_log(pool: PgPool) 
 
     // worker-a runs one to success; worker-b holds one running.
     let lease = Duration::from_secs(60);
-    let claimed = executions::claim(
-        &executions::ClaimPool::new(&api.pool),
-        "worker-a",
-        1,
-        lease,
-        Utc::now(),
-    )
-    .await
-    .expect("claim");
+    let claims = executions::ClaimPool::new(&api.pool);
+    let claimed = executions::claim(&claims, "worker-a", 1, lease, Utc::now())
+        .await
+        .expect("claim");
     let done = executions::commit_step(
         &api.pool,
         claimed[0].id,
@@ -399,15 +394,9 @@ async fn admins_see_queue_stats_usage_history_and_every_audit_log(pool: PgPool) 
     .await
     .expect("commit");
     assert_eq!(done, Some(ExecutionStatus::Succeeded));
-    let running = executions::claim(
-        &executions::ClaimPool::new(&api.pool),
-        "worker-b",
-        1,
-        lease,
-        Utc::now(),
-    )
-    .await
-    .expect("claim");
+    let running = executions::claim(&claims, "worker-b", 1, lease, Utc::now())
+        .await
+        .expect("claim");
     assert_eq!(running.len(), 1);
 
     let stats = api.get("/api/v1/admin/stats", &admin).await;

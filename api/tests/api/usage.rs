@@ -76,15 +76,10 @@ async fn usage_counts_each_workspace_per_day_and_only_admins_see_all(pool: PgPoo
 
     // A succeeds in one attempt; B fails on its second (one retry).
     let lease = Duration::from_secs(60);
-    let claimed = executions::claim(
-        &executions::ClaimPool::new(&api.pool),
-        "w",
-        10,
-        lease,
-        Utc::now(),
-    )
-    .await
-    .expect("claim");
+    let claims = executions::ClaimPool::new(&api.pool);
+    let claimed = executions::claim(&claims, "w", 10, lease, Utc::now())
+        .await
+        .expect("claim");
     assert_eq!(claimed.len(), 3);
     let done = Transition::Succeed {
         context: json!({}),
@@ -123,15 +118,9 @@ async fn usage_counts_each_workspace_per_day_and_only_admins_see_all(pool: PgPoo
         .await
         .expect("event");
     }
-    let again = executions::claim(
-        &executions::ClaimPool::new(&api.pool),
-        "w",
-        10,
-        lease,
-        Utc::now(),
-    )
-    .await
-    .expect("claim");
+    let again = executions::claim(&claims, "w", 10, lease, Utc::now())
+        .await
+        .expect("claim");
     let fail = Transition::Fail {
         error: json!({"message": "503"}),
     };
