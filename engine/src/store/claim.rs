@@ -174,15 +174,28 @@ pub struct ClaimPool(PgPool);
 impl ClaimPool {
     /// A lazily connecting pool of one connection to `pool`'s database
     /// (a worker claims one batch at a time), with `pool`'s acquire
-    /// timeout.
+    /// timeout. The settings are made by a statement once connected,
+    /// rather than as startup options, which connection poolers and
+    /// proxies in front of PostgreSQL may refuse.
     #[must_use]
     pub fn new(pool: &PgPool) -> Self {
-        let options = (*pool.connect_options()).clone().options(CLAIM_PLANNER);
         Self(
             PgPoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(pool.options().get_acquire_timeout())
-                .connect_lazy_with(options),
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        let (names, values): (Vec<&str>, Vec<&str>) =
+                            CLAIM_PLANNER.into_iter().unzip();
+                        sqlx::query("SELECT set_config(n, v, false) FROM unnest($1::text[], $2::text[]) AS s(n, v)")
+                            .bind(names)
+                            .bind(values)
+                            .execute(conn)
+                            .await
+                            .map(drop)
+                    })
+                })
+                .connect_lazy_with((*pool.connect_options()).clone()),
         )
     }
 
