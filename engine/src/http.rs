@@ -227,6 +227,10 @@ pub struct Attempt<'a> {
     pub timeout: Duration,
     /// The W3C `traceparent` to send, if tracing.
     pub traceparent: Option<&'a str>,
+    /// Whether the context is at most [`INLINE_WORK_BYTES`] of JSON
+    /// ([`crate::json::within`]), so that rendering runs in place; the
+    /// runner already knows it for its own decision.
+    pub small_context: bool,
 }
 
 /// Sends connector steps. Cheap to clone (one connection pool).
@@ -318,6 +322,7 @@ impl StepClient {
             idempotency_key,
             timeout,
             traceparent: None,
+            small_context: crate::json::within(context, INLINE_WORK_BYTES),
         };
         self.run_attempt(step, context, credentials, &attempt).await
     }
@@ -352,7 +357,7 @@ impl StepClient {
         // or body they run on the blocking pool, so the async threads (and
         // the lease heartbeat beside this future) never wait for them. On
         // small ones they run here (see `INLINE_WORK_BYTES`).
-        let prepared = if crate::json::within(context, INLINE_WORK_BYTES) {
+        let prepared = if attempt.small_context {
             Ok(self.prepare(step, context.clone(), credentials, attempt, &redactor))
         } else {
             let (this, step, redactor) = (self.clone(), Arc::new(step.clone()), redactor.clone());
@@ -365,6 +370,7 @@ impl StepClient {
                     idempotency_key: &key,
                     timeout,
                     traceparent: traceparent.as_deref(),
+                    small_context: false,
                 };
                 this.prepare(&step, context, &credentials, &attempt, &redactor)
             })

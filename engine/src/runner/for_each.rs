@@ -43,7 +43,7 @@ use crate::connector::{Connector, OnError, Step};
 use crate::decide::{self, Decision, ExecutionError, Next, StepAttempt, Verdict};
 use crate::flow::WaitReason;
 use crate::for_each::{self as items, Due, Progress};
-use crate::http::{Attempt, StepResult, idempotency_key};
+use crate::http::{Attempt, INLINE_WORK_BYTES, StepResult, idempotency_key};
 use crate::redact::Credentials;
 use crate::state::{ExecutionStatus, StepOutcome};
 use crate::store::executions::{self, Claimed, Transition};
@@ -342,6 +342,7 @@ impl Runner {
             idempotency_key: &launch.key,
             timeout: launch.timeout,
             traceparent: traceparent.as_deref(),
+            small_context: crate::json::within(&ctx, INLINE_WORK_BYTES),
         };
         let result = self
             .client
@@ -416,24 +417,27 @@ impl Runner {
         };
         let finished = w.progress.done() == w.total;
         // Collecting a finished loop's items walks all of them.
-        let decision = cpu_bound(finished || heavy(st.ctx, &result), || {
-            if finished {
-                result.extracted = items::collect(step, &w.progress, w.total);
-                let summary = items::summary(&w.progress, w.total);
-                let failure = items::first_failure(&w.progress);
-                decide::finish_loop(
-                    run.connector,
-                    (run.index, launch.attempt),
-                    (&result, outcome),
-                    (summary, failure),
-                    st.ctx,
-                    &self.policy(),
-                    now,
-                )
-            } else {
-                self.unit_decision(run, st.ctx, &w.progress, outcome, now)
-            }
-        });
+        let decision = cpu_bound(
+            finished || heavy(crate::json::within(st.ctx, INLINE_WORK_BYTES), &result),
+            || {
+                if finished {
+                    result.extracted = items::collect(step, &w.progress, w.total);
+                    let summary = items::summary(&w.progress, w.total);
+                    let failure = items::first_failure(&w.progress);
+                    decide::finish_loop(
+                        run.connector,
+                        (run.index, launch.attempt),
+                        (&result, outcome),
+                        (summary, failure),
+                        st.ctx,
+                        &self.policy(),
+                        now,
+                    )
+                } else {
+                    self.unit_decision(run, st.ctx, &w.progress, outcome, now)
+                }
+            },
+        );
         self.commit_item(run, st, (launch, result), decision, None)
             .await
     }
@@ -617,7 +621,7 @@ impl Runner {
         let step = &run.connector.steps[run.index];
         let now = Utc::now();
         let mut decision = cpu_bound(
-            finished.is_some() || heavy(st.ctx, &result),
+            finished.is_some() || heavy(crate::json::within(st.ctx, INLINE_WORK_BYTES), &result),
             || match finished {
                 Some((progress, total)) => {
                     result.extracted = items::collect(step, progress, total);

@@ -345,6 +345,9 @@ impl Runner {
             };
             let span = step_span(step, index, None, attempt);
             let ws = claimed.workspace_id.as_str();
+            // Rendering the request and deciding on the answer run in
+            // place on a small context (`cpu_bound`, the step client).
+            let small_context = crate::json::within(&ctx, INLINE_WORK_BYTES);
             let mut result = {
                 let slot = match self.gate((id, token), ws, (step, index), &ctx).await? {
                     flow::Gate::Go(slot) => slot,
@@ -365,6 +368,7 @@ impl Runner {
                     idempotency_key: &key,
                     timeout,
                     traceparent: traceparent.as_deref(),
+                    small_context,
                 };
                 let sent = self
                     .send_step(
@@ -408,7 +412,7 @@ impl Runner {
                 deadline,
             };
             let unit = more.as_ref().map(|next| ("paging", next.to_json()));
-            let mut decision = cpu_bound(heavy(&ctx, &result), || match unit {
+            let mut decision = cpu_bound(heavy(small_context, &result), || match unit {
                 Some(progress) => decide::next_page(
                     connector,
                     (index, attempt),
@@ -684,13 +688,12 @@ fn cpu_bound<T>(heavy: bool, work: impl FnOnce() -> T) -> T {
     }
 }
 
-/// Whether deciding on `result` with `ctx` is heavy work for
-/// [`cpu_bound`]: the context or the attempt's traffic is over
-/// `http::INLINE_WORK_BYTES`.
-fn heavy(ctx: &Value, result: &StepResult) -> bool {
+/// Whether deciding on `result` is heavy work for [`cpu_bound`]: the
+/// context is not small ([`Attempt::small_context`]) or the attempt's
+/// traffic is over `http::INLINE_WORK_BYTES`.
+fn heavy(small_context: bool, result: &StepResult) -> bool {
     let traffic = result.traffic.sent.saturating_add(result.traffic.received);
-    usize::try_from(traffic).map_or(true, |t| t > INLINE_WORK_BYTES)
-        || !crate::json::within(ctx, INLINE_WORK_BYTES)
+    !small_context || usize::try_from(traffic).map_or(true, |t| t > INLINE_WORK_BYTES)
 }
 
 enum InFlight {
@@ -723,4 +726,33 @@ fn step_span(
         span.record("step.item", item);
     }
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::Traffic;
+
+    fn sent(sent: u64, received: u64) -> StepResult {
+        StepResult {
+            request: json!({"method": "GET", "url": "https://x.test/a"}),
+            response: None,
+            extracted: serde_json::Map::new(),
+            started_at: Utc::now(),
+            duration_ms: 1,
+            error: None,
+            traffic: Traffic { sent, received },
+        }
+    }
+
+    #[test]
+    fn a_decision_is_heavy_on_a_large_context_or_a_large_exchange() {
+        let limit = INLINE_WORK_BYTES as u64;
+        assert!(!heavy(true, &sent(100, 200)), "small: in place");
+        assert!(!heavy(true, &sent(limit / 2, limit / 2)), "at the limit");
+        assert!(heavy(false, &sent(100, 200)), "a large context");
+        assert!(heavy(true, &sent(0, limit + 1)), "a large body received");
+        assert!(heavy(true, &sent(limit / 2, limit / 2 + 1)), "both together");
+        assert!(heavy(true, &sent(u64::MAX, 1)), "no overflow");
+    }
 }
