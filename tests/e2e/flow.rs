@@ -381,8 +381,9 @@ async fn woken_executions_are_claimed_ahead_of_an_older_backlog_within_the_cap(p
     let h = Harness::new(pool);
     let c = never_sent(&h).await;
     let lease = Duration::from_secs(30);
+    let claims = executions::ClaimPool::new(&h.pool);
     let claim = |limit: i64, woken: Vec<Uuid>, cap: i64| {
-        let claims = executions::ClaimPool::new(&h.pool);
+        let claims = claims.clone();
         async move {
             executions::claim_capped(&claims, "w", (limit, &woken), lease, cap, Utc::now())
                 .await
@@ -397,16 +398,9 @@ async fn woken_executions_are_claimed_ahead_of_an_older_backlog_within_the_cap(p
     let mut parked = Vec::new();
     for wait in [200, 3_600_000, 200] {
         let id = h.enqueue(c, json!({})).await;
-        let claimed = executions::claim_capped(
-            &executions::ClaimPool::new(&h.pool),
-            "w",
-            (1, &[]),
-            lease,
-            100,
-            Utc::now(),
-        )
-        .await
-        .expect("claim");
+        let claimed = executions::claim_capped(&claims, "w", (1, &[]), lease, 100, Utc::now())
+            .await
+            .expect("claim");
         assert_eq!(claimed[0].id, id);
         let now = Utc::now();
         let until = now + chrono::Duration::milliseconds(wait);

@@ -752,7 +752,10 @@ mod tests {
         assert!(!heavy(true, &sent(limit / 2, limit / 2)), "at the limit");
         assert!(heavy(false, &sent(100, 200)), "a large context");
         assert!(heavy(true, &sent(0, limit + 1)), "a large body received");
-        assert!(heavy(true, &sent(limit / 2, limit / 2 + 1)), "both together");
+        assert!(
+            heavy(true, &sent(limit / 2, limit / 2 + 1)),
+            "both together"
+        );
         assert!(heavy(true, &sent(u64::MAX, 1)), "no overflow");
     }
 }
