@@ -24,6 +24,8 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, HeaderValue, Method};
 use conveyor_engine::batch;
+use conveyor_engine::cache::{DEFAULT_CACHE_BYTES, DefinitionCache};
+use conveyor_engine::connector::Connector;
 use conveyor_engine::crypto::Keyring;
 use conveyor_engine::start::Starter;
 use conveyor_engine::store::executions::{self, Execute};
@@ -33,6 +35,7 @@ use sqlx::PgPool;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use uuid::Uuid;
 
 use crate::auth::Authenticator;
 use crate::events::EventHub;
@@ -67,6 +70,9 @@ pub struct ApiConfig {
     /// Token endpoints may be private addresses
     /// (`CONVEYOR_ALLOW_PRIVATE_NETWORKS`, as for steps).
     pub allow_private_networks: bool,
+    /// Bytes of connector definitions (their stored JSON) kept parsed for
+    /// single executes (`CONVEYOR_DEFINITION_CACHE_BYTES`, as for workers).
+    pub definition_cache_bytes: u64,
 }
 
 impl ApiConfig {
@@ -90,6 +96,7 @@ impl Default for ApiConfig {
             metrics_token: None,
             public_url: DEFAULT_PUBLIC_URL.to_owned(),
             allow_private_networks: false,
+            definition_cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -117,6 +124,9 @@ pub struct AppState {
     pub starter: Arc<Starter>,
     /// Groups concurrent single executes into one statement.
     pub executes: Executes,
+    /// The latest version of each connector single executes started, by
+    /// workspace and connector: possibly stale, so the enqueue checks it.
+    pub live_connectors: Arc<DefinitionCache<LiveConnector, (String, Uuid)>>,
     /// Settings.
     pub config: Arc<ApiConfig>,
     /// Renders `/metrics` (the process-wide Prometheus recorder).
@@ -132,7 +142,27 @@ const EXECUTE_GROUPS_IN_FLIGHT: usize = 4;
 /// enqueued with whatever other single executes wait at that moment, in
 /// one statement and one durable commit
 /// ([`executions::enqueue_each_alone`]); its answer is its own.
-pub type Executes = batch::Asker<Execute, conveyor_engine::Result<Option<ExecutionView>>>;
+pub type Executes = batch::Asker<Execute, conveyor_engine::Result<Grouped>>;
+
+/// What became of a grouped single execute.
+#[derive(Debug)]
+pub enum Grouped {
+    /// Enqueued: the execution as stored.
+    Enqueued(Box<ExecutionView>),
+    /// Nothing was written: its idempotency key exists, or its connector
+    /// is not live at its version any more. The execute comes back, to be
+    /// looked at again.
+    Refused(Box<Execute>),
+}
+
+/// A connector's latest version as a single execute found it.
+#[derive(Debug)]
+pub struct LiveConnector {
+    /// The version.
+    pub version: i32,
+    /// Its definition.
+    pub definition: Connector,
+}
 
 impl AppState {
     /// State over `pool`, rendering `/metrics` with `metrics` when given.
@@ -158,7 +188,18 @@ impl AppState {
                 async move {
                     metrics::histogram!("conveyor_api_execute_group_size")
                         .record(group.len() as f64);
-                    executions::enqueue_each_alone(&pool, &group, chrono::Utc::now()).await
+                    let answers =
+                        executions::enqueue_each_alone(&pool, &group, chrono::Utc::now()).await;
+                    answers
+                        .into_iter()
+                        .zip(group)
+                        .map(|(answer, execute)| {
+                            answer.map(|view| match view {
+                                Some(view) => Grouped::Enqueued(Box::new(view)),
+                                None => Grouped::Refused(Box::new(execute)),
+                            })
+                        })
+                        .collect::<Vec<_>>()
                 }
             },
         ));
@@ -167,6 +208,7 @@ impl AppState {
             console_stats: Arc::default(),
             starter: Arc::new(Starter::new()),
             executes,
+            live_connectors: Arc::new(DefinitionCache::new(config.definition_cache_bytes)),
             pool,
             keyring,
             auth: Arc::new(auth),

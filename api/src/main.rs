@@ -210,7 +210,11 @@ async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_env()?;
     let listen = settings.api.listen;
     let auth = authenticator(&settings.api)?;
-    let api_config = api_config(&settings.api, settings.http.allow_private_networks);
+    let api_config = api_config(
+        &settings.api,
+        settings.http.allow_private_networks,
+        settings.runner.definition_cache_bytes,
+    );
     let pool = settings.pool()?;
     if settings.auto_migrate {
         settings::migrate(&pool).await?;
@@ -317,7 +321,11 @@ fn authenticator(api: &ApiSettings) -> anyhow::Result<Authenticator> {
 }
 
 /// The API's settings: what is set, else the API's defaults.
-fn api_config(api: &ApiSettings, allow_private_networks: bool) -> ApiConfig {
+fn api_config(
+    api: &ApiSettings,
+    allow_private_networks: bool,
+    definition_cache_bytes: u64,
+) -> ApiConfig {
     let defaults = ApiConfig::default();
     ApiConfig {
         rate_limit_per_sec: api
@@ -332,6 +340,7 @@ fn api_config(api: &ApiSettings, allow_private_networks: bool) -> ApiConfig {
         metrics_token: api.metrics_token.clone(),
         public_url: api.public_url.clone(),
         allow_private_networks,
+        definition_cache_bytes,
     }
 }
 

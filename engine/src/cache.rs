@@ -1,11 +1,14 @@
 //! A bounded, size-aware cache of prepared connector versions.
 //!
-//! Connector versions are immutable, so a cached one never goes stale; the
-//! only question is memory. Entries are weighed by the byte size of their
+//! Workers key it by connector version, which is immutable, so a cached
+//! one never goes stale; the API keys it by connector, and checks what it
+//! cached against the database as it enqueues. The only question here is
+//! memory. Entries are weighed by the byte size of their
 //! stored definition and the total is capped (`quick_cache`: CLOCK-Pro,
 //! an LRU approximation that also resists one-off scans). A definition
 //! heavier than the whole cache is simply not kept.
 
+use std::hash::Hash;
 use std::sync::Arc;
 
 use quick_cache::sync::{Cache, DefaultLifecycle};
@@ -34,19 +37,19 @@ impl<V> Clone for Weighted<V> {
 #[derive(Debug, Clone, Copy)]
 struct ByBytes;
 
-impl<V> Weighter<(Uuid, i32), Weighted<V>> for ByBytes {
-    fn weight(&self, _: &(Uuid, i32), v: &Weighted<V>) -> u64 {
+impl<K, V> Weighter<K, Weighted<V>> for ByBytes {
+    fn weight(&self, _: &K, v: &Weighted<V>) -> u64 {
         v.bytes.max(1)
     }
 }
 
-/// Prepared connector versions by `(connector id, version)`, at most
-/// `max_bytes` of definitions in all.
-pub struct DefinitionCache<V> {
-    cache: Cache<(Uuid, i32), Weighted<V>, ByBytes>,
+/// Prepared connector definitions by `K` (by default `(connector id,
+/// version)`), at most `max_bytes` of definitions in all.
+pub struct DefinitionCache<V, K = (Uuid, i32)> {
+    cache: Cache<K, Weighted<V>, ByBytes>,
 }
 
-impl<V> DefinitionCache<V> {
+impl<V, K: Eq + Hash + Clone> DefinitionCache<V, K> {
     /// A cache holding at most `max_bytes` of definitions.
     pub fn new(max_bytes: u64) -> Self {
         // The item estimate only sizes the hash tables: assume 4 KiB
@@ -73,15 +76,20 @@ impl<V> DefinitionCache<V> {
     }
 
     /// The cached value, if any.
-    pub fn get(&self, id: Uuid, version: i32) -> Option<Arc<V>> {
-        self.cache.get(&(id, version)).map(|w| w.value)
+    pub fn get(&self, key: &K) -> Option<Arc<V>> {
+        self.cache.get(key).map(|w| w.value)
     }
 
     /// Caches `value`, whose definition is `bytes` long, evicting others
     /// as needed to stay within the budget.
-    pub fn insert(&self, id: Uuid, version: i32, value: Arc<V>, bytes: usize) {
+    pub fn insert(&self, key: K, value: Arc<V>, bytes: usize) {
         let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
-        self.cache.insert((id, version), Weighted { value, bytes });
+        self.cache.insert(key, Weighted { value, bytes });
+    }
+
+    /// Forgets `key`'s value.
+    pub fn remove(&self, key: &K) {
+        self.cache.remove(key);
     }
 
     /// Bytes of definitions held now.
@@ -109,13 +117,13 @@ mod tests {
         let cache = DefinitionCache::new(10_000);
         let id = Uuid::now_v7();
         for version in 0..1_000 {
-            cache.insert(id, version, Arc::new(version), 700);
+            cache.insert((id, version), Arc::new(version), 700);
             assert!(cache.weight() <= 10_000, "weight {}", cache.weight());
         }
         assert!(cache.len() <= 14, "{} entries", cache.len());
         assert!(!cache.is_empty());
         assert_eq!(
-            cache.get(id, 999).as_deref(),
+            cache.get(&(id, 999)).as_deref(),
             Some(&999),
             "the newest stays"
         );
@@ -125,10 +133,21 @@ mod tests {
     fn a_definition_larger_than_the_budget_is_not_kept() {
         let cache = DefinitionCache::new(1_000);
         let id = Uuid::now_v7();
-        cache.insert(id, 1, Arc::new("small"), 100);
-        cache.insert(id, 2, Arc::new("huge"), 5_000);
-        assert_eq!(cache.get(id, 2), None);
-        assert_eq!(cache.get(id, 1).as_deref(), Some(&"small"));
+        cache.insert((id, 1), Arc::new("small"), 100);
+        cache.insert((id, 2), Arc::new("huge"), 5_000);
+        assert_eq!(cache.get(&(id, 2)), None);
+        assert_eq!(cache.get(&(id, 1)).as_deref(), Some(&"small"));
         assert!(cache.weight() <= 1_000);
+    }
+
+    #[test]
+    fn a_removed_key_is_gone_and_others_stay() {
+        let cache = DefinitionCache::new(10_000);
+        cache.insert(("ws".to_owned(), 1), Arc::new("one"), 10);
+        cache.insert(("ws".to_owned(), 2), Arc::new("two"), 10);
+        cache.remove(&("ws".to_owned(), 1));
+        assert_eq!(cache.get(&("ws".to_owned(), 1)), None);
+        assert_eq!(cache.get(&("ws".to_owned(), 2)).as_deref(), Some(&"two"));
+        assert_eq!(cache.len(), 1);
     }
 }

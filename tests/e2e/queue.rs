@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use conveyor_engine::state::{ExecutionStatus, StepOutcome};
+use conveyor_engine::store::connectors;
 use conveyor_engine::store::executions::{self, CancelOutcome, StepRow, Transition};
 use conveyor_tests::{
     Harness, WS, enqueue, enqueue_new, new_execution, test_worker_config, worker,
@@ -695,6 +696,50 @@ async fn grouped_executes_answer_each_item_and_a_refused_item_fails_alone(pool: 
         .await
         .expect("count");
     assert_eq!(rows, 5, "only the good new item was added");
+
+    // The statement enqueues only at the connector's live version: once a
+    // newer one is published, an item of the older writes nothing, and
+    // once the connector is deleted, nothing at all.
+    let definition =
+        serde_json::from_value(one_step("https://api.example.com/y".into())).expect("definition");
+    let newer = connectors::update(&h.pool, WS, c.0, &definition)
+        .await
+        .expect("update")
+        .expect("a new version");
+    let at_newer = executions::Execute {
+        new: executions::NewExecution {
+            connector_version: newer,
+            ..item(10, None).new
+        },
+        ..item(10, None)
+    };
+    let answers = executions::enqueue_executes(&h.pool, &[item(9, None), at_newer], Utc::now())
+        .await
+        .expect("group");
+    let created: Vec<bool> = answers.iter().map(Option::is_some).collect();
+    assert_eq!(created, [false, true], "only the live version is enqueued");
+    assert!(connectors::delete(&h.pool, WS, c.0).await.expect("delete"));
+    let answers = executions::enqueue_each_alone(
+        &h.pool,
+        &[executions::Execute {
+            new: executions::NewExecution {
+                connector_version: newer,
+                ..item(11, None).new
+            },
+            ..item(11, None)
+        }],
+        Utc::now(),
+    )
+    .await;
+    assert!(
+        matches!(answers[..], [Ok(None)]),
+        "a deleted connector's item writes nothing"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM connector_executions")
+        .fetch_one(&h.pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 6);
 
     // An unreachable database is every item's failure: each is answered
     // as a connection error (503 at the API), none tried again alone.

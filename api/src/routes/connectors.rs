@@ -1,5 +1,7 @@
 //! Connectors: versioned definitions, and starting executions of them.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -22,7 +24,6 @@ use uuid::Uuid;
 
 use super::templates::credential_kinds;
 use super::{ExecutionPageQuery, audit, audit_entry, execution_page};
-use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
@@ -30,6 +31,7 @@ use crate::schemas::{
     BatchAccepted, ConnectorDetail, ConnectorList, ConnectorStatsReport, ConnectorVersionRef,
     ExecutionPage, InstalledConnector,
 };
+use crate::{AppState, Grouped, LiveConnector};
 
 /// Most items in one batch execute.
 pub const MAX_BATCH_ITEMS: usize = 1000;
@@ -328,26 +330,113 @@ pub(crate) async fn execute(
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<ExecuteRequest>,
+    ApiJson(mut body): ApiJson<ExecuteRequest>,
 ) -> ApiResult<Response> {
-    let (found, definition) = live_connector(&state, &caller, id).await?;
-    let input = body.input.unwrap_or_else(|| json!({}));
+    let header_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    body.idempotency_key = body.idempotency_key.take().or(header_key);
+    let mut input = body.input.take().unwrap_or_else(|| json!({}));
+    let mut target = execute_target(&state, &caller, id, true).await?;
+    // The version comes from this process's cache first; the enqueue
+    // statement writes nothing unless the connector is still live at it.
+    // A refused execute looks the connector up afresh: a newer version is
+    // enqueued instead, a deleted connector answers 404, and an unchanged
+    // one means the idempotency key exists.
+    for _ in 0..EXECUTE_ATTEMPTS {
+        let new = execution_of(&state, &caller, id, &target, input, &body)?;
+        let answer = state
+            .executes
+            .ask(Execute {
+                new,
+                actor: caller.actor.clone(),
+                request_id: caller.request_id.clone(),
+            })
+            .await
+            .map_err(|e| ApiError::internal(&e))??;
+        let refused = match answer {
+            Grouped::Enqueued(view) => {
+                count_created(&[Enqueued {
+                    id: view.id,
+                    created: true,
+                    same_request: true,
+                }]);
+                return Ok((StatusCode::ACCEPTED, Json(view)).into_response());
+            }
+            Grouped::Refused(execute) => execute.new,
+        };
+        target = execute_target(&state, &caller, id, false).await?;
+        if target.version == refused.connector_version && refused.idempotency_key.is_some() {
+            return execute_keyed(&state, &caller, id, refused).await;
+        }
+        input = refused.input;
+    }
+    Err(ApiError::conflict(
+        "the connector changed while the execution was enqueued; retry the request",
+    ))
+}
+/// Times a single execute is sent to the enqueue statement before it
+/// gives up on a connector that keeps changing under it.
+const EXECUTE_ATTEMPTS: usize = 3;
+
+/// The live connector `id` of the caller's workspace at its latest
+/// version: from this process's cache when `cached` and held there, else
+/// from the database, then cached (a deleted or unknown one is forgotten,
+/// and answers 404).
+async fn execute_target(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    cached: bool,
+) -> ApiResult<Arc<LiveConnector>> {
+    let key = (caller.workspace_id.clone(), id);
+    if cached && let Some(live) = state.live_connectors.get(&key) {
+        return Ok(live);
+    }
+    let Some(found) = connectors::get(&state.pool, &caller.workspace_id, id, None)
+        .await?
+        .filter(|c| c.deleted_at.is_none())
+    else {
+        state.live_connectors.remove(&key);
+        return Err(ApiError::not_found("connector"));
+    };
+    let bytes = serde_json::to_vec(&found.definition).map_or(usize::MAX, |v| v.len());
+    let definition: Connector =
+        serde_json::from_value(found.definition).map_err(|e| ApiError::internal(&e))?;
+    let live = Arc::new(LiveConnector {
+        version: found.version,
+        definition,
+    });
+    state.live_connectors.insert(key, live.clone(), bytes);
+    Ok(live)
+}
+
+/// The execution a single execute asks for at `target`'s version, or the
+/// 422 naming what is wrong with the request.
+fn execution_of(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    target: &LiveConnector,
+    input: Value,
+    body: &ExecuteRequest,
+) -> ApiResult<NewExecution> {
     state
         .starter
-        .check_input(id, found.version, &definition, &input, "input")
+        .check_input(id, target.version, &target.definition, &input, "input")
         .map_err(|errors| {
             ApiError::validation(
                 "the input does not match the connector's input_schema",
                 json!(errors),
             )
         })?;
-    let callback_url = callback_url(body.callback_url, &definition, "callback_url")?;
-    let header_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let key = body.idempotency_key.or(header_key);
-    if let Some(e) = key_error(key.as_deref(), "idempotency_key") {
+    let callback_url = callback_url(
+        body.callback_url.clone(),
+        &target.definition,
+        "callback_url",
+    )?;
+    if let Some(e) = key_error(body.idempotency_key.as_deref(), "idempotency_key") {
         return Err(ApiError::validation(
             "idempotency_key: must be 1 to 255 characters",
             json!([e]),
@@ -361,46 +450,31 @@ pub(crate) async fn execute(
             json!([{"path": "priority", "message": message}]),
         ));
     }
-    let new = NewExecution {
+    Ok(NewExecution {
         workspace_id: caller.workspace_id.clone(),
         connector_id: id,
-        connector_version: found.version,
+        connector_version: target.version,
         input,
-        idempotency_key: key,
+        idempotency_key: body.idempotency_key.clone(),
         priority: body.priority.unwrap_or(0),
         run_at: body.run_at,
         rerun_of: None,
         trace_context: conveyor_engine::telemetry::current_context(),
         started_by: caller.started_by(),
         callback_url,
-    };
-    // Enqueued with the other single executes waiting now, in one
-    // statement, with its `execution.start` audit entry. Only a keyed
-    // execute can find its key taken and need the keyed path below, so
-    // only it keeps a copy for that path.
-    let keyed = new.idempotency_key.is_some().then(|| new.clone());
-    let fresh = state
-        .executes
-        .ask(Execute {
-            new,
-            actor: caller.actor.clone(),
-            request_id: caller.request_id.clone(),
-        })
-        .await
-        .map_err(|e| ApiError::internal(&e))??;
-    if let Some(view) = fresh {
-        count_created(&[Enqueued {
-            id: view.id,
-            created: true,
-            same_request: true,
-        }]);
-        return Ok((StatusCode::ACCEPTED, Json(view)).into_response());
-    }
-    // The idempotency key exists: a replay, or the key reused for another
-    // request (or the row holding it vanished meanwhile, and this enqueues).
-    let new =
-        keyed.ok_or_else(|| ApiError::internal(&"an execute without a key was not enqueued"))?;
-    let started = start_audited(&state, &caller, &[new], "execution.start", |e| {
+    })
+}
+
+/// A single execute whose idempotency key exists: a replay (the existing
+/// execution, 200), the key reused for another request (409), or, when
+/// the row holding it vanished meanwhile, enqueued now (202).
+async fn execute_keyed(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    new: NewExecution,
+) -> ApiResult<Response> {
+    let started = start_audited(state, caller, &[new], "execution.start", |e| {
         e[0].created.then(|| {
             (
                 "execution",

@@ -357,6 +357,56 @@ async fn concurrent_batches_sharing_keys_in_opposite_orders_make_one_execution_p
 }
 
 /// A listener on the channel an enqueue notifies idle workers on.
+/// An API process keeps the connector its single executes start in a
+/// cache, and the enqueue statement checks it: a version published
+/// meanwhile (here through another API process) is what the next execute
+/// runs and validates its input against, and a connector deleted
+/// meanwhile answers 404 and writes nothing.
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_single_execute_starts_the_latest_version_and_never_a_deleted_connector(pool: PgPool) {
+    let (api, a, connector) = alice_with_connector(&pool).await;
+    let other = crate::support::api(pool.clone());
+    let execute = format!("/api/v1/connectors/{connector}/execute");
+    let path = format!("/api/v1/connectors/{connector}");
+    let first = api.post(&execute, &a, json!({"input": {}})).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text);
+    assert_eq!(first.json["connector_version"], 1);
+
+    let mut v2 = simple_connector("http://127.0.0.1:9");
+    v2["input_schema"] = json!({"type": "object", "required": ["n"]});
+    let published = other.call(Method::PUT, &path, Some(&a), Some(v2)).await;
+    assert_eq!(published.status, StatusCode::OK, "{}", published.text);
+
+    let second = api.post(&execute, &a, json!({"input": {"n": 1}})).await;
+    assert_eq!(second.status, StatusCode::ACCEPTED, "{}", second.text);
+    assert_eq!(second.json["connector_version"], 2);
+    let refused = api.post(&execute, &a, json!({"input": {}})).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.text
+    );
+    let keyed = json!({"input": {"n": 2}, "idempotency_key": "after-v2"});
+    let third = api.post(&execute, &a, keyed.clone()).await;
+    assert_eq!(third.status, StatusCode::ACCEPTED, "{}", third.text);
+    let replay = api.post(&execute, &a, keyed).await;
+    assert_eq!(replay.status, StatusCode::OK, "{}", replay.text);
+    assert_eq!(replay.id(), third.id());
+
+    let deleted = other.call(Method::DELETE, &path, Some(&a), None).await;
+    assert!(deleted.status.is_success(), "{}", deleted.text);
+    let gone = api.post(&execute, &a, json!({"input": {"n": 3}})).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.text);
+    let versions: Vec<i32> = sqlx::query_scalar(
+        "SELECT connector_version FROM connector_executions ORDER BY created_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("executions");
+    assert_eq!(versions, [1, 2, 2]);
+}
+
 async fn enqueue_listener(pool: &PgPool) -> PgListener {
     let mut listener = PgListener::connect_with(pool).await.expect("listener");
     listener

@@ -170,7 +170,7 @@ impl Runner {
     /// error). A database error is the outer one: the execution must not
     /// fail for it; its lease expires and another worker tries again.
     async fn prepared(&self, id: Uuid, version: i32) -> Result<Result<Arc<Prepared>, String>> {
-        if let Some(p) = self.definitions.get(id, version) {
+        if let Some(p) = self.definitions.get(&(id, version)) {
             return Ok(Ok(p));
         }
         let Some(json) = store::connectors::definition(&self.pool, id, version).await? else {
@@ -187,7 +187,7 @@ impl Runner {
             credential_names,
         });
         self.definitions
-            .insert(id, version, prepared.clone(), bytes);
+            .insert((id, version), prepared.clone(), bytes);
         Ok(Ok(prepared))
     }
 

@@ -76,8 +76,12 @@ impl<'a> Columns<'a> {
 /// trip and one durable commit. Returns, in item order, each execution as
 /// stored (what `GET /executions/{id}` shows until a worker claims it),
 /// or `None`, having written nothing for it, when its idempotency key
-/// exists (in the database, or an earlier item of `executes` holds it):
-/// the caller then takes [`enqueue_many`]'s path, which tells a replay
+/// exists (in the database, or an earlier item of `executes` holds it),
+/// or when its connector is not live at its version in its workspace
+/// (deleted, or a newer version published): the caller may have taken
+/// the version from a cache, and this statement is what checks it. The
+/// caller then looks the connector up afresh, and either enqueues the
+/// newer version or takes [`enqueue_many`]'s path, which tells a replay
 /// from a reused key.
 ///
 /// Rows go in key order, as [`enqueue_many`]'s do, so that concurrent
@@ -112,7 +116,11 @@ pub async fn enqueue_executes(
                     priority, run_at, rerun_of, trace_context, started_by, callback_url, created_at, updated_at)
                SELECT id, workspace_id, connector_id, connector_version, input, idempotency_key, priority,
                       COALESCE(run_at, $15::timestamptz), rerun_of, trace_context, started_by, callback_url, $15, $15
-               FROM x ORDER BY workspace_id, idempotency_key, ord
+               FROM x
+               WHERE EXISTS (SELECT 1 FROM connectors c
+                             WHERE c.id = x.connector_id AND c.workspace_id = x.workspace_id
+                               AND c.latest_version = x.connector_version AND c.deleted_at IS NULL)
+               ORDER BY workspace_id, idempotency_key, ord
                ON CONFLICT (workspace_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                RETURNING *
            ), ev AS (

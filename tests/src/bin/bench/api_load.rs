@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::profile::{TICKS_PER_S, cpu_ticks, parent_of};
 use super::{BenchResult, Env, env_list, env_usize, load_average, reset, round2, spawn_workers};
 
 const JWT_SECRET: &str = "conveyor-bench-api-jwt-secret-0123456789";
@@ -40,6 +41,46 @@ struct Run {
     errors: usize,
     secs: f64,
     latencies_ms: Vec<f64>,
+    /// CPU ticks the API process and PostgreSQL used meanwhile.
+    cpu: Ticks,
+}
+
+/// CPU ticks (`/proc/<pid>/stat`) of the API process and of PostgreSQL
+/// (the postmaster and its children).
+#[derive(Clone, Copy, Default)]
+struct Ticks {
+    api: u64,
+    postgres: u64,
+}
+
+/// Reads the CPU time of the API process and of PostgreSQL, so that a
+/// load's cost per request shows apart from its latency, which on a
+/// shared box moves with whatever else runs.
+#[derive(Clone, Copy)]
+struct Meter {
+    api: u32,
+    postmaster: u32,
+}
+
+impl Meter {
+    fn now(self) -> Ticks {
+        Ticks {
+            api: cpu_ticks(|pid, _| pid == self.api),
+            postgres: cpu_ticks(|pid, ppid| pid == self.postmaster || ppid == self.postmaster),
+        }
+    }
+
+    /// `load`, with the CPU time it took.
+    async fn run(self, load: impl Future<Output = Run>) -> Run {
+        let before = self.now();
+        let mut run = load.await;
+        let after = self.now();
+        run.cpu = Ticks {
+            api: after.api.saturating_sub(before.api),
+            postgres: after.postgres.saturating_sub(before.postgres),
+        };
+        run
+    }
 }
 
 impl Run {
@@ -53,13 +94,17 @@ impl Run {
             v[((v.len() as f64 - 1.0) * p).round() as usize]
         };
         let per_s = self.ok as f64 / self.secs.max(1e-6);
+        let micros =
+            |ticks: u64| (ticks as f64 / TICKS_PER_S * 1e6 / self.ok.max(1) as f64).round();
         println!(
-            "{label}: {per_s:.0} requests/s answered ({:.0} executions/s), {} errors, latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms (load average {})",
+            "{label}: {per_s:.0} requests/s answered ({:.0} executions/s), {} errors, latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms; CPU µs per request: API {}, PostgreSQL {} (load average {})",
             per_s * items as f64,
             self.errors,
             at(0.50),
             at(0.95),
             at(0.99),
+            micros(self.cpu.api),
+            micros(self.cpu.postgres),
             load_average()
         );
         json!({
@@ -69,6 +114,7 @@ impl Run {
             "p50_ms": round2(at(0.50)),
             "p95_ms": round2(at(0.95)),
             "p99_ms": round2(at(0.99)),
+            "cpu_us_per_request": {"api": micros(self.cpu.api), "postgres": micros(self.cpu.postgres)},
             "load_average": load_average(),
         })
     }
@@ -115,6 +161,13 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     let secs = env_usize("BENCH_API_SECONDS", 5) as f64;
     reset(pool).await?;
     let (api, addr) = start_api(env).await?;
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(pool)
+        .await?;
+    let meter = Meter {
+        api: api.0.id(),
+        postmaster: parent_of(u32::try_from(backend)?).ok_or("no postmaster pid")?,
+    };
     let token =
         Authenticator::new(JWT_SECRET)?.mint(super::WS, "bench", Duration::from_secs(3600))?;
     let client = reqwest::Client::new();
@@ -141,7 +194,7 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     let mut closed = Map::new();
     for clients in env_list("BENCH_API_CLIENTS", &[1, 16]) {
         settle(pool).await?;
-        let run = closed_loop(&single, clients, secs).await;
+        let run = meter.run(closed_loop(&single, clients, secs)).await;
         closed.insert(
             clients.to_string(),
             run.report(&format!("execute, closed loop, {clients} clients"), 1),
@@ -151,7 +204,7 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     let mut open = Map::new();
     for rate in env_list("BENCH_API_RATES", &[500, 1000, 2000, 4000]) {
         settle(pool).await?;
-        let run = open_loop(&single, rate, secs).await;
+        let run = meter.run(open_loop(&single, rate, secs)).await;
         open.insert(
             rate.to_string(),
             run.report(&format!("execute, open loop, {rate} requests/s offered"), 1),
@@ -160,7 +213,7 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     out.insert("execute_open_loop".into(), Value::Object(open));
     let batch_clients = env_usize("BENCH_API_BATCH_CLIENTS", 4);
     settle(pool).await?;
-    let run = closed_loop(&batch, batch_clients, secs).await;
+    let run = meter.run(closed_loop(&batch, batch_clients, secs)).await;
     out.insert(
         "batch_with_worker".into(),
         run.report(
@@ -169,7 +222,7 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
         ),
     );
     drop(workers);
-    let run = closed_loop(&batch, batch_clients, secs).await;
+    let run = meter.run(closed_loop(&batch, batch_clients, secs)).await;
     out.insert(
         "batch_no_worker".into(),
         run.report(
@@ -180,7 +233,7 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     // The API alone: on a small machine a worker running every execution
     // enqueued takes most of the cores the API would use.
     let rate = env_usize("BENCH_API_NO_WORKER_RATE", 2000);
-    let run = open_loop(&single, rate, secs).await;
+    let run = meter.run(open_loop(&single, rate, secs)).await;
     out.insert(
         "execute_open_loop_no_worker".into(),
         run.report(
@@ -304,5 +357,6 @@ fn tally(results: Vec<(f64, bool)>, secs: f64) -> Run {
         errors: results.len() - ok,
         secs,
         latencies_ms: results.into_iter().map(|r| r.0).collect(),
+        cpu: Ticks::default(),
     }
 }

@@ -25,7 +25,7 @@ const TABLES: [&str; 4] = [
 
 /// Clock ticks per second of `/proc/*/stat` times (`USER_HZ`, 100 on
 /// Linux).
-const TICKS_PER_S: f64 = 100.0;
+pub(super) const TICKS_PER_S: f64 = 100.0;
 
 /// Runs `n` executions of `conn` (a `steps`-step connector, `label`
 /// naming what else it does, if anything) on `procs` worker processes and
@@ -271,7 +271,7 @@ async fn sample_waits(
 }
 
 /// The parent of process `pid`.
-fn parent_of(pid: u32) -> Option<u32> {
+pub(super) fn parent_of(pid: u32) -> Option<u32> {
     stat_fields(pid).map(|(ppid, _)| ppid)
 }
 
@@ -288,7 +288,7 @@ fn stat_fields(pid: u32) -> Option<(u32, u64)> {
 }
 
 /// CPU ticks used so far by the live processes `keep(pid, ppid)` selects.
-fn cpu_ticks(keep: impl Fn(u32, u32) -> bool) -> u64 {
+pub(super) fn cpu_ticks(keep: impl Fn(u32, u32) -> bool) -> u64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0;
     };
