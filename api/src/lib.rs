@@ -28,7 +28,7 @@ use conveyor_engine::cache::{DEFAULT_CACHE_BYTES, DefinitionCache};
 use conveyor_engine::connector::Connector;
 use conveyor_engine::crypto::Keyring;
 use conveyor_engine::start::Starter;
-use conveyor_engine::store::executions::{self, EnqueuePool, Execute, Wakeups};
+use conveyor_engine::store::executions::{self, Execute};
 use conveyor_engine::store::history::ExecutionView;
 use secrecy::SecretString;
 use sqlx::PgPool;
@@ -178,26 +178,18 @@ impl AppState {
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Self {
         let (executes, queue) = batch::queue(EXECUTE_GROUP_MAX * EXECUTE_GROUPS_IN_FLIGHT * 4);
-        // Grouped executes commit without notifying inside their
-        // transactions, and wake idle workers once committed: one more
-        // connection than the groups in flight, for the wakeups.
-        let enqueue = EnqueuePool::new(&pool, EXECUTE_GROUPS_IN_FLIGHT + 1);
-        let wakeups = Wakeups::new(enqueue.clone());
+        let group_pool = pool.clone();
         tokio::spawn(batch::drain(
             queue,
             EXECUTE_GROUP_MAX,
             EXECUTE_GROUPS_IN_FLIGHT,
             move |group: Vec<Execute>| {
-                let (enqueue, wakeups) = (enqueue.clone(), wakeups.clone());
+                let pool = group_pool.clone();
                 async move {
                     metrics::histogram!("conveyor_api_execute_group_size")
                         .record(group.len() as f64);
                     let answers =
-                        executions::enqueue_each_alone(enqueue.pool(), &group, chrono::Utc::now())
-                            .await;
-                    if answers.iter().any(|a| matches!(a, Ok(Some(_)))) {
-                        wakeups.wake();
-                    }
+                        executions::enqueue_each_alone(&pool, &group, chrono::Utc::now()).await;
                     answers
                         .into_iter()
                         .zip(group)

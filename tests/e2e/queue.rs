@@ -592,69 +592,6 @@ async fn a_lease_that_ran_out_before_the_rescuer_could_vouch_is_not_counted(pool
     assert_eq!(h.execution(id).await.reclaims, 1);
 }
 
-/// Inserts through an `EnqueuePool` connection send no notification in
-/// their transaction: their caller wakes idle workers after the commit
-/// with `Wakeups`, whose wakes asked for while one is being sent make one
-/// more, and which sends again once idle. Inserts through any other
-/// connection notify at their commit.
-#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
-async fn an_enqueue_pool_leaves_waking_the_workers_to_its_caller(pool: PgPool) {
-    let (h, c) = never_sent(pool).await;
-    let mut listener = sqlx::postgres::PgListener::connect_with(&h.pool)
-        .await
-        .expect("listener");
-    listener
-        .listen(conveyor_engine::store::channels::EXECUTIONS_ENQUEUED)
-        .await
-        .expect("listen");
-    let quiet = Duration::from_millis(300);
-    let wait = Duration::from_secs(30);
-    let item = |n: i64| executions::Execute {
-        new: new_execution(c, json!({ "n": n })),
-        actor: "user-1".to_owned(),
-        request_id: None,
-    };
-    let enqueue = executions::EnqueuePool::new(&h.pool, 2);
-    let views = executions::enqueue_executes(enqueue.pool(), &[item(1)], Utc::now())
-        .await
-        .expect("enqueue");
-    assert!(views[0].is_some());
-    assert!(
-        tokio::time::timeout(quiet, listener.recv()).await.is_err(),
-        "the statement notified"
-    );
-    let wakeups = executions::Wakeups::new(enqueue);
-    wakeups.wake();
-    tokio::time::timeout(wait, listener.recv())
-        .await
-        .expect("woken")
-        .expect("notification");
-    // The test runs on one thread: the burst is asked for before the
-    // first notification is sent, and costs exactly one more.
-    for _ in 0..20 {
-        wakeups.wake();
-    }
-    let mut sent = 0;
-    while let Ok(notification) = tokio::time::timeout(quiet, listener.recv()).await {
-        notification.expect("notification");
-        sent += 1;
-    }
-    assert_eq!(sent, 2, "a burst of wakes");
-    wakeups.wake();
-    tokio::time::timeout(wait, listener.recv())
-        .await
-        .expect("woken again once idle")
-        .expect("notification");
-
-    executions::enqueue_executes(&h.pool, &[item(2)], Utc::now())
-        .await
-        .expect("enqueue");
-    tokio::time::timeout(wait, listener.recv())
-        .await
-        .expect("the statement notifies at its commit")
-        .expect("notification");
-}
-
 /// Grouped single executes: one statement enqueues every item with its
 /// `enqueued` event and its own `execution.start` audit entry; an item
 /// whose key is taken (by a stored execution, or by an earlier item of

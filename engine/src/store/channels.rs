@@ -2,9 +2,7 @@
 //! them from triggers (see the migrations); listeners use these names.
 
 /// Enqueue notifies idle workers here (the `conveyor_notify_enqueued`
-/// statement trigger, or [`notify_enqueued`](super::enqueue::notify_enqueued)
-/// after the commit of an [`EnqueuePool`](super::enqueue::EnqueuePool)
-/// connection's); the payload is empty.
+/// statement trigger); the payload is empty.
 pub const EXECUTIONS_ENQUEUED: &str = "conveyor_executions_enqueued";
 
 /// Changes of watched executions (those in `execution_watchers`) are
@@ -25,12 +23,9 @@ mod tests {
     #[test]
     fn each_channel_is_the_one_its_trigger_notifies() {
         let schema = include_str!("../../../migrations/20261123000000_create_schema.sql");
-        // The latest definition of each trigger's function.
+        // The latest definition of the event trigger's function.
         let events = include_str!("../../../migrations/20261203020000_add_workspace_watchers.sql");
-        let enqueued =
-            include_str!("../../../migrations/20261204010000_notify_enqueued_after_commit.sql");
         assert!(schema.contains(&format!("pg_notify('{EXECUTIONS_ENQUEUED}'")));
-        assert!(enqueued.contains(&format!("pg_notify('{EXECUTIONS_ENQUEUED}'")));
         assert!(events.contains(&format!("pg_notify('{EXECUTION_EVENTS}'")));
         assert!(events.contains(&format!("pg_notify('{WORKSPACE_EVENTS}'")));
     }

@@ -8,22 +8,14 @@
 //! trip per item). The NOTIFY trigger is per statement: one per batch.
 //! Items whose idempotency key exists are looked up with a second
 //! statement, only when there are such items.
-//!
-//! Grouped single executes run on an [`EnqueuePool`], whose inserts do
-//! not notify inside their transaction: their caller wakes idle workers
-//! after the commit ([`Wakeups`]), so that concurrent groups are not
-//! made to commit one at a time behind PostgreSQL's notify lock.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use super::channels::EXECUTIONS_ENQUEUED;
 use super::executions::{Enqueued, NewExecution};
 use super::history::ExecutionView;
 use crate::Result;
@@ -77,115 +69,6 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// Connections whose inserts into `connector_executions` send no
-/// notification inside their transaction (`conveyor.notify_enqueued =
-/// after_commit`, which the `conveyor_notify_enqueued` trigger reads):
-/// whoever enqueues through them calls [`Wakeups::wake`] once the commit
-/// is done. A NOTIFY inside the transaction holds PostgreSQL's
-/// cluster-wide notify lock from the commit's start until its WAL flush
-/// is over, so concurrent notifying transactions commit one at a time;
-/// a notification sent on its own writes no WAL and holds it briefly.
-#[derive(Debug, Clone)]
-pub struct EnqueuePool(PgPool);
-
-impl EnqueuePool {
-    /// A lazily connecting pool of at most `max` connections to `pool`'s
-    /// database, with `pool`'s acquire timeout. The setting is made by a
-    /// statement once connected, rather than as a startup option, which
-    /// connection poolers may refuse.
-    #[must_use]
-    pub fn new(pool: &PgPool, max: usize) -> Self {
-        Self(
-            PgPoolOptions::new()
-                .max_connections(u32::try_from(max).unwrap_or(u32::MAX).max(1))
-                .acquire_timeout(pool.options().get_acquire_timeout())
-                .after_connect(|conn, _| {
-                    Box::pin(async move {
-                        sqlx::query(
-                            "SELECT set_config('conveyor.notify_enqueued', 'after_commit', false)",
-                        )
-                        .execute(conn)
-                        .await
-                        .map(drop)
-                    })
-                })
-                .connect_lazy_with((*pool.connect_options()).clone()),
-        )
-    }
-
-    /// The pool.
-    #[must_use]
-    pub fn pool(&self) -> &PgPool {
-        &self.0
-    }
-}
-
-/// Wakes idle workers (a notification on
-/// [`EXECUTIONS_ENQUEUED`]) after enqueues made through an
-/// [`EnqueuePool`] have committed. Wakes asked for while a notification
-/// is being sent are answered by one more once it is sent: a burst of
-/// commits costs two notifications, not one each. A notification that
-/// fails is logged; workers also look for work every poll interval.
-#[derive(Debug, Clone)]
-pub struct Wakeups {
-    pool: EnqueuePool,
-    /// Whether a notification is being sent, and whether another was
-    /// asked for meanwhile.
-    state: Arc<Mutex<(bool, bool)>>,
-}
-
-impl Wakeups {
-    /// Wakeups sent through `pool`.
-    #[must_use]
-    pub fn new(pool: EnqueuePool) -> Self {
-        Self {
-            pool,
-            state: Arc::default(),
-        }
-    }
-
-    /// Notifies idle workers now, or right after the notification being
-    /// sent. Must be called inside a Tokio runtime.
-    pub fn wake(&self) {
-        {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if state.0 {
-                state.1 = true;
-                return;
-            }
-            *state = (true, false);
-        }
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = notify_enqueued(this.pool.pool()).await {
-                    tracing::warn!(error = %e, "waking idle workers failed; they find the executions at their next poll");
-                }
-                let mut state = this.state.lock().unwrap_or_else(|e| e.into_inner());
-                if !state.1 {
-                    state.0 = false;
-                    break;
-                }
-                state.1 = false;
-            }
-        });
-    }
-}
-
-/// Notifies idle workers that executions were enqueued, in a transaction
-/// of its own.
-///
-/// # Errors
-///
-/// Database errors.
-pub async fn notify_enqueued(pool: &PgPool) -> Result<()> {
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(EXECUTIONS_ENQUEUED)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
 /// Enqueues the executions of concurrent single executes with one
 /// statement, which is its own transaction: each with its `enqueued`
 /// event and its `execution.start` audit entry (object the new
@@ -200,9 +83,6 @@ pub async fn notify_enqueued(pool: &PgPool) -> Result<()> {
 /// caller then looks the connector up afresh, and either enqueues the
 /// newer version or takes [`enqueue_many`]'s path, which tells a replay
 /// from a reused key.
-///
-/// On an [`EnqueuePool`] connection the statement notifies no worker:
-/// the caller does after it returns, with [`Wakeups::wake`].
 ///
 /// Rows go in key order, as [`enqueue_many`]'s do, so that concurrent
 /// statements sharing keys never wait for each other in opposite orders.
@@ -237,11 +117,9 @@ pub async fn enqueue_executes(
                SELECT id, workspace_id, connector_id, connector_version, input, idempotency_key, priority,
                       COALESCE(run_at, $15::timestamptz), rerun_of, trace_context, started_by, callback_url, $15, $15
                FROM x
-               -- A subquery per item, by primary key: as a join, the plan
-               -- made for any group size read every live connector.
-               WHERE (SELECT c.latest_version FROM connectors c
-                      WHERE c.id = x.connector_id AND c.workspace_id = x.workspace_id
-                        AND c.deleted_at IS NULL) = x.connector_version
+               WHERE EXISTS (SELECT 1 FROM connectors c
+                             WHERE c.id = x.connector_id AND c.workspace_id = x.workspace_id
+                               AND c.latest_version = x.connector_version AND c.deleted_at IS NULL)
                ORDER BY workspace_id, idempotency_key, ord
                ON CONFLICT (workspace_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                RETURNING *
