@@ -117,9 +117,11 @@ pub async fn enqueue_executes(
                SELECT id, workspace_id, connector_id, connector_version, input, idempotency_key, priority,
                       COALESCE(run_at, $15::timestamptz), rerun_of, trace_context, started_by, callback_url, $15, $15
                FROM x
-               WHERE EXISTS (SELECT 1 FROM connectors c
-                             WHERE c.id = x.connector_id AND c.workspace_id = x.workspace_id
-                               AND c.latest_version = x.connector_version AND c.deleted_at IS NULL)
+               -- A subquery per item, by primary key: as a join, the plan
+               -- made for any group size read every live connector.
+               WHERE (SELECT c.latest_version FROM connectors c
+                      WHERE c.id = x.connector_id AND c.workspace_id = x.workspace_id
+                        AND c.deleted_at IS NULL) = x.connector_version
                ORDER BY workspace_id, idempotency_key, ord
                ON CONFLICT (workspace_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                RETURNING *
