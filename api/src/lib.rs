@@ -135,8 +135,13 @@ pub struct AppState {
 
 /// Most single executes one statement enqueues.
 const EXECUTE_GROUP_MAX: usize = 128;
-/// Statements of grouped single executes in flight at once.
-const EXECUTE_GROUPS_IN_FLIGHT: usize = 4;
+/// Statements of grouped single executes in flight at once. One: each
+/// statement's commit NOTIFYs idle workers, and PostgreSQL lets one
+/// notifying transaction commit at a time (it holds its notify lock
+/// through the commit's WAL flush), so further statements in flight only
+/// wait for that lock with smaller groups, costing more per execute
+/// (docs/performance.md, "The API's CPU per request").
+const EXECUTE_GROUPS_IN_FLIGHT: usize = 1;
 
 /// The handlers' side of single-execute grouping: a request sent here is
 /// enqueued with whatever other single executes wait at that moment, in
