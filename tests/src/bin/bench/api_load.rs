@@ -41,25 +41,29 @@ struct Run {
     errors: usize,
     secs: f64,
     latencies_ms: Vec<f64>,
-    /// CPU ticks the API process and PostgreSQL used meanwhile.
+    /// CPU ticks each process used meanwhile.
     cpu: Ticks,
 }
 
-/// CPU ticks (`/proc/<pid>/stat`) of the API process and of PostgreSQL
-/// (the postmaster and its children).
+/// CPU ticks (`/proc/<pid>/stat`) of the API process, PostgreSQL (the
+/// postmaster and its children), the worker process and the bench (the
+/// load generator and the stub the steps call).
 #[derive(Clone, Copy, Default)]
 struct Ticks {
     api: u64,
     postgres: u64,
+    worker: u64,
+    bench: u64,
 }
 
-/// Reads the CPU time of the API process and of PostgreSQL, so that a
-/// load's cost per request shows apart from its latency, which on a
-/// shared box moves with whatever else runs.
+/// Reads the CPU time of each process, so that a load's cost per request
+/// shows apart from its latency, which on a shared box moves with
+/// whatever else runs.
 #[derive(Clone, Copy)]
 struct Meter {
     api: u32,
     postmaster: u32,
+    worker: u32,
 }
 
 impl Meter {
@@ -67,6 +71,8 @@ impl Meter {
         Ticks {
             api: cpu_ticks(|pid, _| pid == self.api),
             postgres: cpu_ticks(|pid, ppid| pid == self.postmaster || ppid == self.postmaster),
+            worker: cpu_ticks(|pid, _| pid == self.worker),
+            bench: cpu_ticks(|pid, _| pid == std::process::id()),
         }
     }
 
@@ -78,6 +84,8 @@ impl Meter {
         run.cpu = Ticks {
             api: after.api.saturating_sub(before.api),
             postgres: after.postgres.saturating_sub(before.postgres),
+            worker: after.worker.saturating_sub(before.worker),
+            bench: after.bench.saturating_sub(before.bench),
         };
         run
     }
@@ -97,7 +105,7 @@ impl Run {
         let micros =
             |ticks: u64| (ticks as f64 / TICKS_PER_S * 1e6 / self.ok.max(1) as f64).round();
         println!(
-            "{label}: {per_s:.0} requests/s answered ({:.0} executions/s), {} errors, latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms; CPU µs per request: API {}, PostgreSQL {} (load average {})",
+            "{label}: {per_s:.0} requests/s answered ({:.0} executions/s), {} errors, latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms; CPU µs per request: API {}, PostgreSQL {}, worker {}, bench {} (load average {})",
             per_s * items as f64,
             self.errors,
             at(0.50),
@@ -105,6 +113,8 @@ impl Run {
             at(0.99),
             micros(self.cpu.api),
             micros(self.cpu.postgres),
+            micros(self.cpu.worker),
+            micros(self.cpu.bench),
             load_average()
         );
         json!({
@@ -114,7 +124,10 @@ impl Run {
             "p50_ms": round2(at(0.50)),
             "p95_ms": round2(at(0.95)),
             "p99_ms": round2(at(0.99)),
-            "cpu_us_per_request": {"api": micros(self.cpu.api), "postgres": micros(self.cpu.postgres)},
+            "cpu_us_per_request": {
+                "api": micros(self.cpu.api), "postgres": micros(self.cpu.postgres),
+                "worker": micros(self.cpu.worker), "bench": micros(self.cpu.bench),
+            },
             "load_average": load_average(),
         })
     }
@@ -164,10 +177,6 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(pool)
         .await?;
-    let meter = Meter {
-        api: api.0.id(),
-        postmaster: parent_of(u32::try_from(backend)?).ok_or("no postmaster pid")?,
-    };
     let token =
         Authenticator::new(JWT_SECRET)?.mint(super::WS, "bench", Duration::from_secs(3600))?;
     let client = reqwest::Client::new();
@@ -188,6 +197,11 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
         body: json!({ "items": items }),
     };
     let workers = spawn_workers(env, 1, None)?;
+    let meter = Meter {
+        api: api.0.id(),
+        postmaster: parent_of(u32::try_from(backend)?).ok_or("no postmaster pid")?,
+        worker: workers.0.first().map_or(0, Child::id),
+    };
     // Warm the connections and the API's caches.
     closed_loop(&single, 4, 1.0).await;
     let mut out = Map::new();
