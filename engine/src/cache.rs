@@ -92,6 +92,39 @@ impl<V, K: Eq + Hash + Clone> DefinitionCache<V, K> {
         self.cache.remove(key);
     }
 
+    /// The cached value of `key`, or the one `load` makes: the value and
+    /// its definition's length in bytes, or why there is none (the inner
+    /// error, not cached), or a failure to load (the outer one). Callers
+    /// asking for a missing key while it loads wait for that load rather
+    /// than each making their own (a worker's claim of executions of a new
+    /// version would otherwise read and parse its definition once per
+    /// execution); if it fails or finds nothing, the next of them loads.
+    ///
+    /// # Errors
+    ///
+    /// `load`'s outer error.
+    pub async fn get_or_load<X, E, F>(&self, key: &K, load: F) -> Result<Result<Arc<V>, X>, E>
+    where
+        F: Future<Output = Result<Result<(Arc<V>, usize), X>, E>>,
+    {
+        let guard = match self.cache.get_value_or_guard_async(key).await {
+            Ok(cached) => return Ok(Ok(cached.value)),
+            Err(guard) => guard,
+        };
+        let (value, bytes) = match load.await? {
+            Ok(loaded) => loaded,
+            Err(none) => return Ok(Err(none)),
+        };
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        // Refused only when the key was removed meanwhile: the value is
+        // still this caller's answer.
+        let _ = guard.insert(Weighted {
+            value: value.clone(),
+            bytes,
+        });
+        Ok(Ok(value))
+    }
+
     /// Bytes of definitions held now.
     pub fn weight(&self) -> u64 {
         self.cache.weight()
@@ -138,6 +171,56 @@ mod tests {
         assert_eq!(cache.get(&(id, 2)), None);
         assert_eq!(cache.get(&(id, 1)).as_deref(), Some(&"small"));
         assert!(cache.weight() <= 1_000);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_of_a_missing_key_wait_for_one_load() {
+        let cache = Arc::new(DefinitionCache::new(10_000));
+        let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut callers = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let (cache, loads) = (cache.clone(), loads.clone());
+            callers.spawn(async move {
+                cache
+                    .get_or_load(&("ws".to_owned(), 1), async {
+                        loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        Ok::<_, ()>(Ok::<_, ()>((Arc::new("one"), 10)))
+                    })
+                    .await
+            });
+        }
+        while let Some(answer) = callers.join_next().await {
+            assert_eq!(answer.expect("caller"), Ok(Ok(Arc::new("one"))));
+        }
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(cache.get(&("ws".to_owned(), 1)).as_deref(), Some(&"one"));
+    }
+
+    #[tokio::test]
+    async fn a_load_that_finds_nothing_or_fails_caches_nothing() {
+        let cache: DefinitionCache<&str, (String, i32)> = DefinitionCache::new(10_000);
+        let key = ("ws".to_owned(), 1);
+        let none = cache
+            .get_or_load(&key, async {
+                Ok::<_, ()>(Err::<(Arc<&str>, usize), _>("gone"))
+            })
+            .await;
+        assert_eq!(none, Ok(Err("gone")));
+        let failed = cache
+            .get_or_load(&key, async {
+                Err::<Result<(Arc<&str>, usize), ()>, _>("down")
+            })
+            .await;
+        assert_eq!(failed, Err("down"));
+        assert!(cache.is_empty());
+        let loaded = cache
+            .get_or_load(&key, async {
+                Ok::<_, ()>(Ok::<_, ()>((Arc::new("one"), 10)))
+            })
+            .await;
+        assert_eq!(loaded, Ok(Ok(Arc::new("one"))));
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]

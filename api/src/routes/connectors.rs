@@ -381,9 +381,10 @@ pub(crate) async fn execute(
 const EXECUTE_ATTEMPTS: usize = 3;
 
 /// The live connector `id` of the caller's workspace at its latest
-/// version: from this process's cache when `cached` and held there, else
-/// from the database, then cached (a deleted or unknown one is forgotten,
-/// and answers 404).
+/// version: from this process's cache when `cached` and held there (the
+/// executes that find it missing wait for one lookup), else from the
+/// database, then cached. A deleted or unknown one is forgotten, and
+/// answers 404.
 async fn execute_target(
     state: &AppState,
     caller: &Caller,
@@ -391,25 +392,36 @@ async fn execute_target(
     cached: bool,
 ) -> ApiResult<Arc<LiveConnector>> {
     let key = (caller.workspace_id.clone(), id);
-    if cached && let Some(live) = state.live_connectors.get(&key) {
-        return Ok(live);
-    }
-    let Some(found) = connectors::get(&state.pool, &caller.workspace_id, id, None)
-        .await?
-        .filter(|c| c.deleted_at.is_none())
-    else {
-        state.live_connectors.remove(&key);
-        return Err(ApiError::not_found("connector"));
+    let load = async {
+        let Some(found) = connectors::get(&state.pool, &caller.workspace_id, id, None)
+            .await?
+            .filter(|c| c.deleted_at.is_none())
+        else {
+            return Ok(Err(()));
+        };
+        let bytes = serde_json::to_vec(&found.definition).map_or(usize::MAX, |v| v.len());
+        let definition: Connector =
+            serde_json::from_value(found.definition).map_err(|e| ApiError::internal(&e))?;
+        let live = Arc::new(LiveConnector {
+            version: found.version,
+            definition,
+        });
+        Ok::<_, ApiError>(Ok((live, bytes)))
     };
-    let bytes = serde_json::to_vec(&found.definition).map_or(usize::MAX, |v| v.len());
-    let definition: Connector =
-        serde_json::from_value(found.definition).map_err(|e| ApiError::internal(&e))?;
-    let live = Arc::new(LiveConnector {
-        version: found.version,
-        definition,
-    });
-    state.live_connectors.insert(key, live.clone(), bytes);
-    Ok(live)
+    let found = if cached {
+        state.live_connectors.get_or_load(&key, load).await?
+    } else {
+        load.await?.map(|(live, bytes)| {
+            state
+                .live_connectors
+                .insert(key.clone(), live.clone(), bytes);
+            live
+        })
+    };
+    found.map_err(|()| {
+        state.live_connectors.remove(&key);
+        ApiError::not_found("connector")
+    })
 }
 
 /// The execution a single execute asks for at `target`'s version, or the

@@ -169,26 +169,26 @@ impl Runner {
     /// The prepared connector version, or why it cannot run (the inner
     /// error). A database error is the outer one: the execution must not
     /// fail for it; its lease expires and another worker tries again.
+    /// Executions of a version no worker slot has prepared yet wait for
+    /// one read of its definition.
     async fn prepared(&self, id: Uuid, version: i32) -> Result<Result<Arc<Prepared>, String>> {
-        if let Some(p) = self.definitions.get(&(id, version)) {
-            return Ok(Ok(p));
-        }
-        let Some(json) = store::connectors::definition(&self.pool, id, version).await? else {
-            return Ok(Err("the connector version no longer exists".to_owned()));
+        let load = async {
+            let Some(json) = store::connectors::definition(&self.pool, id, version).await? else {
+                return Ok(Err("the connector version no longer exists".to_owned()));
+            };
+            let bytes = serde_json::to_vec(&json).map_or(usize::MAX, |v| v.len());
+            let connector: Connector = match serde_json::from_value(json) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(format!("stored definition is invalid: {e}"))),
+            };
+            let (credential_names, _) = connector.names_used(self.client.renderer());
+            let prepared = Arc::new(Prepared {
+                connector,
+                credential_names,
+            });
+            Ok(Ok((prepared, bytes)))
         };
-        let bytes = serde_json::to_vec(&json).map_or(usize::MAX, |v| v.len());
-        let connector: Connector = match serde_json::from_value(json) {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(format!("stored definition is invalid: {e}"))),
-        };
-        let (credential_names, _) = connector.names_used(self.client.renderer());
-        let prepared = Arc::new(Prepared {
-            connector,
-            credential_names,
-        });
-        self.definitions
-            .insert((id, version), prepared.clone(), bytes);
-        Ok(Ok(prepared))
+        self.definitions.get_or_load(&(id, version), load).await
     }
 
     /// Runs `claimed` until it finishes, is rescheduled, is released at
