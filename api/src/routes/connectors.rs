@@ -323,7 +323,7 @@ fn key_error(key: Option<&str>, path: &str) -> Option<Value> {
     responses((status = 202, description = "Enqueued: the execution", body = ExecutionView),
               (status = 200, description = "An execution with this idempotency key already existed: that one", body = ExecutionView),
               (status = 404, description = "No such live connector in this workspace"),
-              (status = 409, description = "The idempotency key was used for another connector or input"),
+              (status = 409, description = "The idempotency key was used for another connector or input, or the connector changed under the execute three times in a row (retry it)"),
               (status = 422, description = "The input does not match the connector's `input_schema`, a bad idempotency key, or a priority outside -100 to 100")))]
 pub(crate) async fn execute(
     State(state): State<AppState>,
