@@ -30,6 +30,14 @@ async fn never_sent(pool: PgPool) -> (Harness, (uuid::Uuid, i32)) {
     (h, c)
 }
 
+/// How many executions are stored.
+async fn executions_stored(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM connector_executions")
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
 fn lease() -> Duration {
     Duration::from_secs(30)
 }
@@ -410,11 +418,7 @@ async fn enqueue_with_the_same_idempotency_key_returns_the_first_execution(pool:
         ids.insert(id.expect("task"));
     }
     assert_eq!(ids.len(), 1);
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM connector_executions")
-        .fetch_one(&h.pool)
-        .await
-        .expect("count");
-    assert_eq!(count, 1);
+    assert_eq!(executions_stored(&h.pool).await, 1);
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
@@ -548,11 +552,7 @@ async fn retention_prunes_finished_executions_with_their_steps_and_events(pool: 
         [waiting],
         "only the unfinished execution's events remain"
     );
-    let executions: i64 = sqlx::query_scalar("SELECT count(*) FROM connector_executions")
-        .fetch_one(&h.pool)
-        .await
-        .expect("count");
-    assert_eq!(executions, 1);
+    assert_eq!(executions_stored(&h.pool).await, 1);
     assert_eq!(h.execution(waiting).await.status, ExecutionStatus::Queued);
 }
 
@@ -691,11 +691,11 @@ async fn grouped_executes_answer_each_item_and_a_refused_item_fails_alone(pool: 
         matches!(answers[2], Ok(None)),
         "a taken key still answers None"
     );
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM connector_executions")
-        .fetch_one(&h.pool)
-        .await
-        .expect("count");
-    assert_eq!(rows, 5, "only the good new item was added");
+    assert_eq!(
+        executions_stored(&h.pool).await,
+        5,
+        "only the good new item was added"
+    );
 
     // The statement enqueues only at the connector's live version: once a
     // newer one is published, an item of the older writes nothing, and
@@ -735,11 +735,7 @@ async fn grouped_executes_answer_each_item_and_a_refused_item_fails_alone(pool: 
         matches!(answers[..], [Ok(None)]),
         "a deleted connector's item writes nothing"
     );
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM connector_executions")
-        .fetch_one(&h.pool)
-        .await
-        .expect("count");
-    assert_eq!(rows, 6);
+    assert_eq!(executions_stored(&h.pool).await, 6);
 
     // An unreachable database is every item's failure: each is answered
     // as a connection error (503 at the API), none tried again alone.
