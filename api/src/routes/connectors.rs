@@ -1,5 +1,6 @@
 //! Connectors: versioned definitions, and starting executions of them.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Json;
@@ -381,10 +382,10 @@ pub(crate) async fn execute(
 const EXECUTE_ATTEMPTS: usize = 3;
 
 /// The live connector `id` of the caller's workspace at its latest
-/// version: from this process's cache when `cached` and held there (the
-/// executes that find it missing wait for one lookup), else from the
-/// database, then cached. A deleted or unknown one is forgotten, and
-/// answers 404.
+/// version ([`live_connector`]): from this process's cache when `cached`
+/// and held there (the executes that find it missing wait for one
+/// lookup), else from the database, then cached. One that is gone is
+/// forgotten.
 async fn execute_target(
     state: &AppState,
     caller: &Caller,
@@ -393,35 +394,28 @@ async fn execute_target(
 ) -> ApiResult<Arc<LiveConnector>> {
     let key = (caller.workspace_id.clone(), id);
     let load = async {
-        let Some(found) = connectors::get(&state.pool, &caller.workspace_id, id, None)
-            .await?
-            .filter(|c| c.deleted_at.is_none())
-        else {
-            return Ok(Err(()));
-        };
+        let (found, definition) = live_connector(state, caller, id).await?;
         let bytes = serde_json::to_vec(&found.definition).map_or(usize::MAX, |v| v.len());
-        let definition: Connector =
-            serde_json::from_value(found.definition).map_err(|e| ApiError::internal(&e))?;
         let live = Arc::new(LiveConnector {
             version: found.version,
             definition,
         });
-        Ok::<_, ApiError>(Ok((live, bytes)))
+        Ok::<_, ApiError>(Ok::<_, Infallible>((live, bytes)))
     };
-    let found = if cached {
-        state.live_connectors.get_or_load(&key, load).await?
+    let loaded = if cached {
+        state.live_connectors.get_or_load(&key, load).await
     } else {
-        load.await?.map(|(live, bytes)| {
-            state
-                .live_connectors
-                .insert(key.clone(), live.clone(), bytes);
-            live
+        load.await.map(|loaded| {
+            loaded.map(|(live, bytes)| {
+                state
+                    .live_connectors
+                    .insert(key.clone(), live.clone(), bytes);
+                live
+            })
         })
     };
-    found.map_err(|()| {
-        state.live_connectors.remove(&key);
-        ApiError::not_found("connector")
-    })
+    let Ok(live) = loaded.inspect_err(|_| state.live_connectors.remove(&key))?;
+    Ok(live)
 }
 
 /// The execution a single execute asks for at `target`'s version, or the
