@@ -140,7 +140,9 @@ const EXECUTE_GROUP_MAX: usize = 128;
 /// notifying transaction commit at a time (it holds its notify lock
 /// through the commit's WAL flush), so further statements in flight only
 /// wait for that lock with smaller groups, costing more per execute
-/// (docs/performance.md, "The API's CPU per request").
+/// (docs/performance.md, "The API's CPU per request"). They go through a
+/// connection of their own, which plans them once
+/// ([`executions::EnqueuePool`]).
 const EXECUTE_GROUPS_IN_FLIGHT: usize = 1;
 
 /// The handlers' side of single-execute grouping: a request sent here is
@@ -183,7 +185,7 @@ impl AppState {
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Self {
         let (executes, queue) = batch::queue(EXECUTE_GROUP_MAX * EXECUTE_GROUPS_IN_FLIGHT * 4);
-        let group_pool = pool.clone();
+        let group_pool = executions::EnqueuePool::new(&pool);
         tokio::spawn(batch::drain(
             queue,
             EXECUTE_GROUP_MAX,

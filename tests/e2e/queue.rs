@@ -600,6 +600,7 @@ async fn a_lease_that_ran_out_before_the_rescuer_could_vouch_is_not_counted(pool
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn grouped_executes_answer_each_item_and_a_refused_item_fails_alone(pool: PgPool) {
     let (h, c) = never_sent(pool).await;
+    let enqueues = executions::EnqueuePool::new(&h.pool);
     let stored = enqueue(&h.pool, c, json!({"n": 0}), Some("taken")).await;
     let item = |n: i64, key: Option<&str>| executions::Execute {
         new: executions::NewExecution {
@@ -616,7 +617,7 @@ async fn grouped_executes_answer_each_item_and_a_refused_item_fails_alone(pool: 
         item(4, Some("taken")),
         item(5, None),
     ];
-    let answers = executions::enqueue_executes(&h.pool, &group, Utc::now())
+    let answers = executions::enqueue_executes(&enqueues, &group, Utc::now())
         .await
         .expect("group");
     let created: Vec<bool> = answers.iter().map(Option::is_some).collect();
@@ -679,12 +680,12 @@ async fn grouped_executes_answer_each_item_and_a_refused_item_fails_alone(pool: 
     bad.new.input = json!({"text": "a\u{0}b"});
     let group = [item(6, None), bad, item(8, Some("taken"))];
     assert!(
-        executions::enqueue_executes(&h.pool, &group, Utc::now())
+        executions::enqueue_executes(&enqueues, &group, Utc::now())
             .await
             .is_err(),
         "the group statement is refused as a whole"
     );
-    let answers = executions::enqueue_each_alone(&h.pool, &group, Utc::now()).await;
+    let answers = executions::enqueue_each_alone(&enqueues, &group, Utc::now()).await;
     assert!(matches!(answers[0], Ok(Some(ref v)) if v.input == json!({"n": 6})));
     assert!(answers[1].is_err(), "the bad item fails");
     assert!(
@@ -713,14 +714,14 @@ async fn grouped_executes_answer_each_item_and_a_refused_item_fails_alone(pool: 
         },
         ..item(10, None)
     };
-    let answers = executions::enqueue_executes(&h.pool, &[item(9, None), at_newer], Utc::now())
+    let answers = executions::enqueue_executes(&enqueues, &[item(9, None), at_newer], Utc::now())
         .await
         .expect("group");
     let created: Vec<bool> = answers.iter().map(Option::is_some).collect();
     assert_eq!(created, [false, true], "only the live version is enqueued");
     assert!(connectors::delete(&h.pool, WS, c.0).await.expect("delete"));
     let answers = executions::enqueue_each_alone(
-        &h.pool,
+        &enqueues,
         &[executions::Execute {
             new: executions::NewExecution {
                 connector_version: newer,
@@ -739,8 +740,8 @@ async fn grouped_executes_answer_each_item_and_a_refused_item_fails_alone(pool: 
 
     // An unreachable database is every item's failure: each is answered
     // as a connection error (503 at the API), none tried again alone.
-    h.pool.close().await;
-    let answers = executions::enqueue_each_alone(&h.pool, &group, Utc::now()).await;
+    enqueues.pool().close().await;
+    let answers = executions::enqueue_each_alone(&enqueues, &group, Utc::now()).await;
     assert_eq!(answers.len(), 3);
     for answer in answers {
         let e = answer.expect_err("the pool is closed");
@@ -756,4 +757,97 @@ async fn grouped_executes_answer_each_item_and_a_refused_item_fails_alone(pool: 
         );
         assert!(e.is_connection());
     }
+}
+
+/// The plan `conn` has for the prepared statement `name`, a grouped
+/// enqueue of one item of connector `c`, generic when `conn` forces one.
+async fn enqueue_plan(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+    c: (uuid::Uuid, i32),
+) -> Vec<(String, String)> {
+    let (explained,): (serde_json::Value,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (FORMAT JSON) EXECUTE {name}(ARRAY[gen_random_uuid()], ARRAY['{WS}'],
+             ARRAY['{}'::uuid], ARRAY[{}], ARRAY['{{}}'::jsonb], ARRAY[NULL::text], ARRAY[0::int2],
+             ARRAY[NULL::timestamptz], ARRAY[NULL::uuid], ARRAY[NULL::jsonb], ARRAY['user:u'],
+             ARRAY[NULL::text], ARRAY['u'], ARRAY[NULL::text], now())",
+        c.0, c.1
+    )))
+    .fetch_one(&mut *conn)
+    .await
+    .expect("explain");
+    let mut nodes = Vec::new();
+    plan_nodes(&explained[0]["Plan"], &mut nodes);
+    nodes
+}
+
+/// The connection that enqueues grouped single executes plans their
+/// statement once: a generic plan at every call, never one planned for
+/// the call (0.4 ms of server time each). That plan, made on a nearly
+/// empty `connectors` table, still reads it through an index, where the
+/// same generic plan made with the default settings scans the table.
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn the_enqueue_connection_plans_the_group_statement_once_through_an_index(pool: PgPool) {
+    use sqlx::Connection;
+    let (h, c) = never_sent(pool).await;
+    sqlx::query("ANALYZE connectors")
+        .execute(&h.pool)
+        .await
+        .expect("analyze");
+    let enqueues = executions::EnqueuePool::new(&h.pool);
+    for n in 0..3 {
+        let execute = executions::Execute {
+            new: new_execution(c, json!({ "n": n })),
+            actor: "user-1".into(),
+            request_id: None,
+        };
+        let answers = executions::enqueue_executes(&enqueues, &[execute], Utc::now())
+            .await
+            .expect("enqueue");
+        assert!(answers[0].is_some(), "enqueued");
+    }
+    assert_eq!(executions_stored(&h.pool).await, 3);
+    let mut conn = enqueues.pool().acquire().await.expect("acquire");
+    let (name, statement, types, generic, custom): (String, String, String, i64, i64) =
+        sqlx::query_as(
+            "SELECT name, statement, array_to_string(parameter_types, ','), generic_plans, custom_plans
+             FROM pg_prepared_statements
+             WHERE starts_with(statement, 'WITH x AS') AND statement LIKE '%INSERT INTO connector_executions%'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .expect("the group statement is prepared on the enqueue connection");
+    assert_eq!((generic, custom), (3, 0), "one plan, used at every call");
+    let nodes = enqueue_plan(&mut conn, &name, c).await;
+    let reads: Vec<_> = nodes
+        .iter()
+        .filter(|(node, relation)| node.ends_with("Scan") && relation == "connectors")
+        .collect();
+    assert!(
+        !reads.is_empty() && reads.iter().all(|(node, _)| node.starts_with("Index")),
+        "the connector is read through an index: {nodes:?}"
+    );
+    let (jit,): (String,) = sqlx::query_as("SHOW jit")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("show jit");
+    assert_eq!(jit, "off", "the enqueue connection never compiles its plan");
+    let mut plain = sqlx::PgConnection::connect_with(&h.pool.connect_options())
+        .await
+        .expect("connect");
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut plain)
+        .await
+        .expect("set");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "PREPARE default_enqueue({types}) AS {statement}"
+    )))
+    .execute(&mut plain)
+    .await
+    .expect("prepare");
+    let nodes = enqueue_plan(&mut plain, "default_enqueue", c).await;
+    assert!(
+        nodes.contains(&("Seq Scan".to_owned(), "connectors".to_owned())),
+        "with the default settings the same plan scans the connectors: {nodes:?}"
+    );
 }

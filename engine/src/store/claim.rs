@@ -12,7 +12,6 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use crate::Result;
@@ -172,31 +171,11 @@ const CLAIM_PLANNER: [(&str, &str); 5] = [
 pub struct ClaimPool(PgPool);
 
 impl ClaimPool {
-    /// A lazily connecting pool of one connection to `pool`'s database
-    /// (a worker claims one batch at a time), with `pool`'s acquire
-    /// timeout. The settings are made by a statement once connected,
-    /// rather than as startup options, which connection poolers and
-    /// proxies in front of PostgreSQL may refuse.
+    /// One connection to `pool`'s database (a worker claims one batch at
+    /// a time), made as [`super::planned_once`] says.
     #[must_use]
     pub fn new(pool: &PgPool) -> Self {
-        Self(
-            PgPoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(pool.options().get_acquire_timeout())
-                .after_connect(|conn, _| {
-                    Box::pin(async move {
-                        let (names, values): (Vec<&str>, Vec<&str>) =
-                            CLAIM_PLANNER.into_iter().unzip();
-                        sqlx::query("SELECT set_config(n, v, false) FROM unnest($1::text[], $2::text[]) AS s(n, v)")
-                            .bind(names)
-                            .bind(values)
-                            .execute(conn)
-                            .await
-                            .map(drop)
-                    })
-                })
-                .connect_lazy_with((*pool.connect_options()).clone()),
-        )
+        Self(super::planned_once(pool, &CLAIM_PLANNER))
     }
 
     /// The pool, for looking at what its connections plan.

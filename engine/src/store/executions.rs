@@ -23,7 +23,9 @@ use crate::state::{ExecutionStatus, StartedBy, StepOutcome};
 pub use super::claim::{
     CLAIM, ClaimPool, Claimed, DEFAULT_WORKSPACE_MAX_RUNNING, PRIORITY_RANGE, claim, claim_capped,
 };
-pub use super::enqueue::{Execute, enqueue_each_alone, enqueue_executes, enqueue_many};
+pub use super::enqueue::{
+    EnqueuePool, Execute, enqueue_each_alone, enqueue_executes, enqueue_many,
+};
 
 /// What a caller asks to enqueue.
 #[derive(Debug, Clone)]

@@ -23,9 +23,38 @@ pub mod templates;
 pub mod triggers;
 pub mod usage;
 
-use sqlx::PgExecutor;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgExecutor, PgPool};
 
 use crate::Result;
+
+/// A lazily connecting pool of one connection to `pool`'s database, with
+/// `pool`'s acquire timeout, whose session has the planner `settings`:
+/// for a statement that one task sends one at a time and that is planned
+/// once per connection (`plan_cache_mode=force_generic_plan`), so its
+/// plan must not depend on the statistics it was made with. The settings
+/// are made by a statement once connected, rather than as startup
+/// options, which connection poolers and proxies in front of PostgreSQL
+/// may refuse.
+fn planned_once(pool: &PgPool, settings: &'static [(&'static str, &'static str)]) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(pool.options().get_acquire_timeout())
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                let (names, values): (Vec<&str>, Vec<&str>) = settings.iter().copied().unzip();
+                sqlx::query(
+                    "SELECT set_config(n, v, false) FROM unnest($1::text[], $2::text[]) AS s(n, v)",
+                )
+                .bind(names)
+                .bind(values)
+                .execute(conn)
+                .await
+                .map(drop)
+            })
+        })
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
 
 /// Creates the workspace row on first use. Workspace ids are the calling
 /// product's own opaque strings; no sign-up is needed.
