@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::profile::{TICKS_PER_S, cpu_ticks, parent_of};
+use super::profile::{TICKS_PER_S, cpu_ticks, parent_of, postgres_ticks};
 use super::{BenchResult, Env, env_list, env_usize, load_average, reset, round2, spawn_workers};
 
 const JWT_SECRET: &str = "conveyor-bench-api-jwt-secret-0123456789";
@@ -70,7 +70,7 @@ impl Meter {
     fn now(self) -> Ticks {
         Ticks {
             api: cpu_ticks(|pid, _| pid == self.api),
-            postgres: cpu_ticks(|pid, ppid| pid == self.postmaster || ppid == self.postmaster),
+            postgres: postgres_ticks(self.postmaster),
             worker: cpu_ticks(|pid, _| pid == self.worker),
             bench: cpu_ticks(|pid, _| pid == std::process::id()),
         }

@@ -62,7 +62,7 @@ pub(super) async fn run(
     }
     let commits_before = commits(pool).await?;
     let before = wal_lsn(pool).await?;
-    let pg_cpu_before = cpu_ticks(|pid, ppid| pid == postmaster || ppid == postmaster);
+    let pg_cpu_before = postgres_ticks(postmaster);
     let own_cpu_before = cpu_ticks(|pid, _| pid == std::process::id());
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -73,7 +73,7 @@ pub(super) async fn run(
     let wall = started.elapsed().as_secs_f64();
     let worker_pids: Vec<u32> = workers.0.iter().map(std::process::Child::id).collect();
     let worker_cpu = cpu_ticks(|pid, _| worker_pids.contains(&pid));
-    let pg_cpu = cpu_ticks(|pid, ppid| pid == postmaster || ppid == postmaster) - pg_cpu_before;
+    let pg_cpu = postgres_ticks(postmaster).saturating_sub(pg_cpu_before);
     let own_cpu = cpu_ticks(|pid, _| pid == std::process::id()) - own_cpu_before;
     let wal = wal_since(pool, &before).await? / n as f64;
     stop.store(true, Ordering::Relaxed);
@@ -272,19 +272,31 @@ async fn sample_waits(
 
 /// The parent of process `pid`.
 pub(super) fn parent_of(pid: u32) -> Option<u32> {
-    stat_fields(pid).map(|(ppid, _)| ppid)
+    stat_fields(pid).map(|s| s.ppid)
 }
 
-/// `(ppid, utime + stime)` of process `pid` from `/proc/<pid>/stat`.
-fn stat_fields(pid: u32) -> Option<(u32, u64)> {
+/// What `/proc/<pid>/stat` says of a process.
+struct Stat {
+    ppid: u32,
+    /// Its own CPU ticks (`utime + stime`).
+    own: u64,
+    /// The CPU ticks of its children that exited and were waited for
+    /// (`cutime + cstime`).
+    reaped: u64,
+}
+
+/// `pid`'s [`Stat`].
+fn stat_fields(pid: u32) -> Option<Stat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces; the fields after it do not.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ppid = fields.get(1)?.parse().ok()?;
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((ppid, utime + stime))
+    let tick = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some(Stat {
+        ppid: fields.get(1)?.parse().ok()?,
+        own: tick(11)? + tick(12)?,
+        reaped: tick(13)? + tick(14)?,
+    })
 }
 
 /// CPU ticks used so far by the live processes `keep(pid, ppid)` selects.
@@ -293,8 +305,18 @@ pub(super) fn cpu_ticks(keep: impl Fn(u32, u32) -> bool) -> u64 {
         return 0;
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| stat_fields(pid).map(|(ppid, t)| (pid, ppid, t)))
-        .filter(|&(pid, ppid, _)| keep(pid, ppid))
-        .map(|(_, _, t)| t)
+        .filter_map(|pid| stat_fields(pid).map(|s| (pid, s)))
+        .filter(|(pid, s)| keep(*pid, s.ppid))
+        .map(|(_, s)| s.own)
         .sum()
+}
+
+/// CPU ticks PostgreSQL has used so far: the postmaster, its live
+/// children, and those that exited (the backend of a connection closed
+/// meanwhile), which the postmaster counts once it has waited for them.
+/// Without the last, a load during which a process disconnected (the
+/// worker stopping) read as less than no time at all.
+pub(super) fn postgres_ticks(postmaster: u32) -> u64 {
+    cpu_ticks(|pid, ppid| pid == postmaster || ppid == postmaster)
+        + stat_fields(postmaster).map_or(0, |s| s.reaped)
 }
