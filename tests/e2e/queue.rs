@@ -134,15 +134,39 @@ async fn claim_plan(conn: &mut sqlx::PgConnection) -> Vec<(String, String)> {
     .execute(&mut *conn)
     .await
     .expect("prepare");
-    let (explained,): (serde_json::Value,) = sqlx::query_as(
-        "EXPLAIN (FORMAT JSON) EXECUTE claim_plan('w', 64, now(), now(), 1000, '{}')",
+    explain_nodes(
+        conn,
+        "EXECUTE claim_plan('w', 64, now(), now(), 1000, '{}')".into(),
     )
+    .await
+}
+
+/// The nodes of the plan `conn` has for `statement`.
+async fn explain_nodes(conn: &mut sqlx::PgConnection, statement: String) -> Vec<(String, String)> {
+    let (explained,): (serde_json::Value,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (FORMAT JSON) {statement}"
+    )))
     .fetch_one(&mut *conn)
     .await
     .expect("explain");
     let mut nodes = Vec::new();
     plan_nodes(&explained[0]["Plan"], &mut nodes);
     nodes
+}
+
+/// A connection of `pool`'s with the default settings but a generic plan
+/// for every prepared statement: the plan a planned-once connection
+/// would keep had it not its own settings.
+async fn default_generic_connection(pool: &PgPool) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options())
+        .await
+        .expect("connect");
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut conn)
+        .await
+        .expect("set");
+    conn
 }
 
 /// A claim connection plans the claim once and keeps that plan, so the
@@ -153,7 +177,6 @@ async fn claim_plan(conn: &mut sqlx::PgConnection) -> Vec<(String, String)> {
 /// of rows are queued).
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn a_claim_connection_plans_the_claim_through_indexes_on_a_nearly_empty_queue(pool: PgPool) {
-    use sqlx::Connection;
     let (h, c) = never_sent(pool).await;
     for i in 0..3 {
         h.enqueue(c, json!({"i": i})).await;
@@ -186,14 +209,7 @@ async fn a_claim_connection_plans_the_claim_through_indexes_on_a_nearly_empty_qu
         .await
         .expect("show jit");
     assert_eq!(jit, "off", "a claim connection never compiles the claim");
-    let mut plain = sqlx::PgConnection::connect_with(&h.pool.connect_options())
-        .await
-        .expect("connect");
-    sqlx::query("SET plan_cache_mode = force_generic_plan")
-        .execute(&mut plain)
-        .await
-        .expect("set");
-    let nodes = claim_plan(&mut plain).await;
+    let nodes = claim_plan(&mut default_generic_connection(&h.pool).await).await;
     assert!(
         nodes.contains(&("Seq Scan".to_owned(), "connector_executions".to_owned())),
         "with the default settings the same plan scans the queue: {nodes:?}"
@@ -766,19 +782,14 @@ async fn enqueue_plan(
     name: &str,
     c: (uuid::Uuid, i32),
 ) -> Vec<(String, String)> {
-    let (explained,): (serde_json::Value,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN (FORMAT JSON) EXECUTE {name}(ARRAY[gen_random_uuid()], ARRAY['{WS}'],
-             ARRAY['{}'::uuid], ARRAY[{}], ARRAY['{{}}'::jsonb], ARRAY[NULL::text], ARRAY[0::int2],
-             ARRAY[NULL::timestamptz], ARRAY[NULL::uuid], ARRAY[NULL::jsonb], ARRAY['user:u'],
-             ARRAY[NULL::text], ARRAY['u'], ARRAY[NULL::text], now())",
+    let statement = format!(
+        "EXECUTE {name}(ARRAY[gen_random_uuid()], ARRAY['{WS}'], ARRAY['{}'::uuid], ARRAY[{}],
+             ARRAY['{{}}'::jsonb], ARRAY[NULL::text], ARRAY[0::int2], ARRAY[NULL::timestamptz],
+             ARRAY[NULL::uuid], ARRAY[NULL::jsonb], ARRAY['user:u'], ARRAY[NULL::text], ARRAY['u'],
+             ARRAY[NULL::text], now())",
         c.0, c.1
-    )))
-    .fetch_one(&mut *conn)
-    .await
-    .expect("explain");
-    let mut nodes = Vec::new();
-    plan_nodes(&explained[0]["Plan"], &mut nodes);
-    nodes
+    );
+    explain_nodes(conn, statement).await
 }
 
 /// The connection that enqueues grouped single executes plans their
@@ -788,7 +799,6 @@ async fn enqueue_plan(
 /// same generic plan made with the default settings scans the table.
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn the_enqueue_connection_plans_the_group_statement_once_through_an_index(pool: PgPool) {
-    use sqlx::Connection;
     let (h, c) = never_sent(pool).await;
     sqlx::query("ANALYZE connectors")
         .execute(&h.pool)
@@ -832,13 +842,7 @@ async fn the_enqueue_connection_plans_the_group_statement_once_through_an_index(
         .await
         .expect("show jit");
     assert_eq!(jit, "off", "the enqueue connection never compiles its plan");
-    let mut plain = sqlx::PgConnection::connect_with(&h.pool.connect_options())
-        .await
-        .expect("connect");
-    sqlx::query("SET plan_cache_mode = force_generic_plan")
-        .execute(&mut plain)
-        .await
-        .expect("set");
+    let mut plain = default_generic_connection(&h.pool).await;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "PREPARE default_enqueue({types}) AS {statement}"
     )))
