@@ -21,6 +21,8 @@ use super::profile::{TICKS_PER_S, cpu_ticks, parent_of, postgres_ticks};
 use super::{BenchResult, Env, env_list, env_usize, load_average, reset, round2, spawn_workers};
 
 const JWT_SECRET: &str = "conveyor-bench-api-jwt-secret-0123456789";
+/// The bearer token of the API's `/metrics` in the bench.
+const METRICS_TOKEN: &str = "conveyor-bench-metrics-token";
 
 /// Items per batch request (the API's most).
 const BATCH_ITEMS: usize = 1000;
@@ -43,6 +45,10 @@ struct Run {
     latencies_ms: Vec<f64>,
     /// CPU ticks each process used meanwhile.
     cpu: Ticks,
+    /// How long the API took over the same requests, by its own
+    /// histogram: what the API itself answered within, apart from the
+    /// load generator's share of the latency.
+    server: Buckets,
 }
 
 /// CPU ticks (`/proc/<pid>/stat`) of the API process, PostgreSQL (the
@@ -59,15 +65,16 @@ struct Ticks {
 /// Reads the CPU time of each process, so that a load's cost per request
 /// shows apart from its latency, which on a shared box moves with
 /// whatever else runs.
-#[derive(Clone, Copy)]
 struct Meter {
     api: u32,
     postmaster: u32,
     worker: u32,
+    /// The API's `/metrics`, read with [`METRICS_TOKEN`].
+    metrics: (reqwest::Client, String),
 }
 
 impl Meter {
-    fn now(self) -> Ticks {
+    fn now(&self) -> Ticks {
         Ticks {
             api: cpu_ticks(|pid, _| pid == self.api),
             postgres: postgres_ticks(self.postmaster),
@@ -76,11 +83,15 @@ impl Meter {
         }
     }
 
-    /// `load`, with the CPU time it took.
-    async fn run(self, load: impl Future<Output = Run>) -> Run {
+    /// `load` of requests to `target`, with the CPU time it took and the
+    /// API's own latencies for them.
+    async fn run(&self, target: &Target, load: impl Future<Output = Run>) -> Run {
+        let route = target.route();
+        let server_before = self.server(route).await;
         let before = self.now();
         let mut run = load.await;
         let after = self.now();
+        run.server = self.server(route).await.since(&server_before);
         run.cpu = Ticks {
             api: after.api.saturating_sub(before.api),
             postgres: after.postgres.saturating_sub(before.postgres),
@@ -88,6 +99,100 @@ impl Meter {
             bench: after.bench.saturating_sub(before.bench),
         };
         run
+    }
+}
+
+impl Meter {
+    /// The API's latency histogram of `POST` requests to routes ending
+    /// in `route`, as its `/metrics` shows it now (empty when it cannot
+    /// be read).
+    async fn server(&self, route: &str) -> Buckets {
+        let (client, url) = &self.metrics;
+        let text = match client.get(url).bearer_auth(METRICS_TOKEN).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        Buckets::parse(&text, route)
+    }
+}
+
+/// Cumulative counts of `conveyor_http_request_duration_seconds` by
+/// upper bound in seconds (`+Inf` as infinity), summed over statuses.
+#[derive(Default)]
+struct Buckets(Vec<(f64, u64)>);
+
+impl Buckets {
+    /// The buckets of `POST` requests to routes ending in `route` in the
+    /// Prometheus text `text`.
+    fn parse(text: &str, route: &str) -> Self {
+        let mut sums: Vec<(f64, u64)> = Vec::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("conveyor_http_request_duration_seconds_bucket{")
+            else {
+                continue;
+            };
+            let Some((labels, count)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            let label = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix("=\""))
+                    .map(|v| v.trim_end_matches('"'))
+            };
+            let matches = label("route").is_some_and(|r| r.ends_with(route))
+                && label("method") == Some("POST");
+            let (Some(le), Ok(count)) = (label("le"), count.trim().parse::<u64>()) else {
+                continue;
+            };
+            let Ok(le) = le.parse::<f64>() else {
+                continue;
+            };
+            if !matches {
+                continue;
+            }
+            match sums.iter_mut().find(|(bound, _)| *bound == le) {
+                Some((_, sum)) => *sum += count,
+                None => sums.push((le, count)),
+            }
+        }
+        sums.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Self(sums)
+    }
+
+    /// The counts added since `before`.
+    fn since(self, before: &Self) -> Self {
+        Self(
+            self.0
+                .into_iter()
+                .map(|(le, n)| {
+                    let was = before.0.iter().find(|(b, _)| *b == le).map_or(0, |b| b.1);
+                    (le, n.saturating_sub(was))
+                })
+                .collect(),
+        )
+    }
+
+    /// The share of requests answered within `secs`, when `secs` is a
+    /// bucket bound and there were requests.
+    fn within(&self, secs: f64) -> Option<f64> {
+        let total = self.0.last()?.1;
+        let n = self.0.iter().find(|(le, _)| *le == secs)?.1;
+        (total > 0).then(|| n as f64 / total as f64)
+    }
+
+    /// The smallest bucket bound, in ms, within which at least `share` of
+    /// the requests were answered (`None`: none, or beyond the last finite
+    /// bound).
+    fn at_most_ms(&self, share: f64) -> Option<f64> {
+        let total = self.0.last()?.1;
+        if total == 0 {
+            return None;
+        }
+        self.0
+            .iter()
+            .find(|(le, n)| le.is_finite() && *n as f64 >= share * total as f64)
+            .map(|(le, _)| le * 1000.0)
     }
 }
 
@@ -105,12 +210,18 @@ impl Run {
         let micros =
             |ticks: u64| (ticks as f64 / TICKS_PER_S * 1e6 / self.ok.max(1) as f64).round();
         println!(
-            "{label}: {per_s:.0} requests/s answered ({:.0} executions/s), {} errors, latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms; CPU µs per request: API {}, PostgreSQL {}, worker {}, bench {} (load average {})",
+            "{label}: {per_s:.0} requests/s answered ({:.0} executions/s), {} errors, latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms (the API's own: {} within 10 ms, p95 at most {} ms); CPU µs per request: API {}, PostgreSQL {}, worker {}, bench {} (load average {})",
             per_s * items as f64,
             self.errors,
             at(0.50),
             at(0.95),
             at(0.99),
+            self.server
+                .within(0.01)
+                .map_or_else(|| "?".to_owned(), |f| format!("{:.1} %", f * 100.0)),
+            self.server
+                .at_most_ms(0.95)
+                .map_or_else(|| "?".to_owned(), |ms| ms.to_string()),
             micros(self.cpu.api),
             micros(self.cpu.postgres),
             micros(self.cpu.worker),
@@ -129,6 +240,8 @@ impl Run {
                 "worker": micros(self.cpu.worker), "bench": micros(self.cpu.bench),
             },
             "load_average": load_average(),
+            "server_within_10ms": self.server.within(0.01).map(round2),
+            "server_p95_at_most_ms": self.server.at_most_ms(0.95),
         })
     }
 }
@@ -143,6 +256,16 @@ struct Target {
 }
 
 impl Target {
+    /// The end of its route template (`/execute` or `/execute/batch`),
+    /// as the API's metrics label it.
+    fn route(&self) -> &'static str {
+        if self.url.ends_with("/execute/batch") {
+            "/execute/batch"
+        } else {
+            "/execute"
+        }
+    }
+
     /// Sends one request; true when it was answered 202.
     async fn send(&self) -> bool {
         let sent = self
@@ -201,6 +324,7 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
         api: api.0.id(),
         postmaster: parent_of(u32::try_from(backend)?).ok_or("no postmaster pid")?,
         worker: workers.0.first().map_or(0, Child::id),
+        metrics: (reqwest::Client::new(), format!("http://{addr}/metrics")),
     };
     // Warm the connections and the API's caches.
     closed_loop(&single, 4, 1.0).await;
@@ -208,7 +332,9 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     let mut closed = Map::new();
     for clients in env_list("BENCH_API_CLIENTS", &[1, 16]) {
         settle(pool).await?;
-        let run = meter.run(closed_loop(&single, clients, secs)).await;
+        let run = meter
+            .run(&single, closed_loop(&single, clients, secs))
+            .await;
         closed.insert(
             clients.to_string(),
             run.report(&format!("execute, closed loop, {clients} clients"), 1),
@@ -218,7 +344,7 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     let mut open = Map::new();
     for rate in env_list("BENCH_API_RATES", &[500, 1000, 2000, 4000]) {
         settle(pool).await?;
-        let run = meter.run(open_loop(&single, rate, secs)).await;
+        let run = meter.run(&single, open_loop(&single, rate, secs)).await;
         open.insert(
             rate.to_string(),
             run.report(&format!("execute, open loop, {rate} requests/s offered"), 1),
@@ -227,7 +353,9 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     out.insert("execute_open_loop".into(), Value::Object(open));
     let batch_clients = env_usize("BENCH_API_BATCH_CLIENTS", 4);
     settle(pool).await?;
-    let run = meter.run(closed_loop(&batch, batch_clients, secs)).await;
+    let run = meter
+        .run(&batch, closed_loop(&batch, batch_clients, secs))
+        .await;
     out.insert(
         "batch_with_worker".into(),
         run.report(
@@ -236,7 +364,9 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
         ),
     );
     drop(workers);
-    let run = meter.run(closed_loop(&batch, batch_clients, secs)).await;
+    let run = meter
+        .run(&batch, closed_loop(&batch, batch_clients, secs))
+        .await;
     out.insert(
         "batch_no_worker".into(),
         run.report(
@@ -247,7 +377,7 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     // The API alone: on a small machine a worker running every execution
     // enqueued takes most of the cores the API would use.
     let rate = env_usize("BENCH_API_NO_WORKER_RATE", 2000);
-    let run = meter.run(open_loop(&single, rate, secs)).await;
+    let run = meter.run(&single, open_loop(&single, rate, secs)).await;
     out.insert(
         "execute_open_loop_no_worker".into(),
         run.report(
@@ -296,6 +426,7 @@ async fn start_api(env: &Env) -> BenchResult<(Api, std::net::SocketAddr)> {
         .env("CONVEYOR_LISTEN", addr.to_string())
         .env("CONVEYOR_AUTO_MIGRATE", "false")
         .env("CONVEYOR_RATE_LIMIT_PER_SEC", "0")
+        .env("CONVEYOR_METRICS_TOKEN", METRICS_TOKEN)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()?);
@@ -372,5 +503,44 @@ fn tally(results: Vec<(f64, bool)>, secs: f64) -> Run {
         secs,
         latencies_ms: results.into_iter().map(|r| r.0).collect(),
         cpu: Ticks::default(),
+        server: Buckets::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Buckets;
+
+    const BEFORE: &str = r#"# TYPE conveyor_http_request_duration_seconds histogram
+conveyor_http_request_duration_seconds_bucket{route="/api/v1/connectors/{id}/execute",method="POST",status="2xx",le="0.005"} 10
+conveyor_http_request_duration_seconds_bucket{route="/api/v1/connectors/{id}/execute",method="POST",status="2xx",le="0.01"} 10
+conveyor_http_request_duration_seconds_bucket{route="/api/v1/connectors/{id}/execute",method="POST",status="2xx",le="+Inf"} 10
+"#;
+
+    const AFTER: &str = r#"conveyor_http_request_duration_seconds_bucket{route="/api/v1/connectors/{id}/execute",method="POST",status="2xx",le="0.005"} 80
+conveyor_http_request_duration_seconds_bucket{route="/api/v1/connectors/{id}/execute",method="POST",status="2xx",le="0.01"} 100
+conveyor_http_request_duration_seconds_bucket{route="/api/v1/connectors/{id}/execute",method="POST",status="2xx",le="+Inf"} 108
+conveyor_http_request_duration_seconds_bucket{route="/api/v1/connectors/{id}/execute",method="POST",status="4xx",le="0.005"} 2
+conveyor_http_request_duration_seconds_bucket{route="/api/v1/connectors/{id}/execute",method="POST",status="4xx",le="0.01"} 2
+conveyor_http_request_duration_seconds_bucket{route="/api/v1/connectors/{id}/execute",method="POST",status="4xx",le="+Inf"} 2
+conveyor_http_request_duration_seconds_bucket{route="/api/v1/connectors/{id}/execute/batch",method="POST",status="2xx",le="0.01"} 50
+conveyor_http_request_duration_seconds_bucket{route="/api/v1/connectors/{id}/execute/batch",method="POST",status="2xx",le="+Inf"} 50
+conveyor_http_request_duration_seconds_bucket{route="/api/v1/connectors/{id}/execute",method="GET",status="2xx",le="0.01"} 7
+conveyor_http_request_duration_seconds_bucket{route="/api/v1/connectors/{id}/execute",method="GET",status="2xx",le="+Inf"} 7
+"#;
+
+    #[test]
+    fn the_api_s_own_latencies_of_one_route_are_read_from_its_histogram() {
+        let load = Buckets::parse(AFTER, "/execute").since(&Buckets::parse(BEFORE, "/execute"));
+        // 100 requests in all (98 + 2 refused), 92 of them within 10 ms:
+        // the batch route and other methods are not counted.
+        assert_eq!(load.within(0.01), Some(0.92));
+        assert_eq!(load.at_most_ms(0.70), Some(5.0));
+        assert_eq!(load.at_most_ms(0.90), Some(10.0));
+        assert_eq!(load.at_most_ms(0.95), None, "beyond the last finite bound");
+        let batch = Buckets::parse(AFTER, "/execute/batch");
+        assert_eq!(batch.within(0.01), Some(1.0));
+        assert_eq!(batch.within(0.005), None, "not a bound of that route");
+        assert_eq!(Buckets::parse("", "/execute").within(0.01), None);
     }
 }
