@@ -100,9 +100,7 @@ impl Meter {
         };
         run
     }
-}
 
-impl Meter {
     /// The API's latency histogram of `POST` requests to routes ending
     /// in `route`, as its `/metrics` shows it now (empty when it cannot
     /// be read).
@@ -140,17 +138,17 @@ impl Buckets {
                     .find_map(|kv| kv.strip_prefix(name)?.strip_prefix("=\""))
                     .map(|v| v.trim_end_matches('"'))
             };
-            let matches = label("route").is_some_and(|r| r.ends_with(route))
-                && label("method") == Some("POST");
-            let (Some(le), Ok(count)) = (label("le"), count.trim().parse::<u64>()) else {
-                continue;
-            };
-            let Ok(le) = le.parse::<f64>() else {
-                continue;
-            };
-            if !matches {
+            if !label("route").is_some_and(|r| r.ends_with(route))
+                || label("method") != Some("POST")
+            {
                 continue;
             }
+            let (Some(Ok(le)), Ok(count)) = (
+                label("le").map(str::parse::<f64>),
+                count.trim().parse::<u64>(),
+            ) else {
+                continue;
+            };
             match sums.iter_mut().find(|(bound, _)| *bound == le) {
                 Some((_, sum)) => *sum += count,
                 None => sums.push((le, count)),
