@@ -18,8 +18,13 @@ type Answer<R> = std::result::Result<R, String>;
 
 /// Most requests one group statement carries.
 const GROUP_MAX: usize = 64;
-/// Group-commit statements in flight at once.
-const GROUPS_IN_FLIGHT: usize = 2;
+/// Group-commit (and group-park) statements in flight at once: one.
+/// With two, each carried half the rows and both wrote the same hot
+/// index pages and waited for a WAL flush each; with one, the rows that
+/// arrive meanwhile wait for the next statement, PostgreSQL's CPU per
+/// 1-step execution fell by a quarter and the rates rose
+/// (docs/performance.md, "One step-commit statement in flight").
+const GROUPS_IN_FLIGHT: usize = 1;
 /// Group-take statements in flight at once: one, so that two for-each
 /// items of one execution (always in this process) are never reserving
 /// on one key in two statements at once, where the second could wait on
