@@ -18,7 +18,10 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::profile::{TICKS_PER_S, cpu_ticks, parent_of, postgres_ticks};
-use super::{BenchResult, Env, env_list, env_usize, load_average, reset, round2, spawn_workers};
+use super::{
+    BenchResult, Env, any_unfinished, env_list, env_usize, load_average, reset, round2,
+    spawn_workers,
+};
 
 const JWT_SECRET: &str = "conveyor-bench-api-jwt-secret-0123456789";
 /// The bearer token of the API's `/metrics` in the bench.
@@ -394,15 +397,15 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
 async fn settle(pool: &PgPool) -> BenchResult<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let left: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM connector_executions WHERE status IN ('queued', 'running')",
-        )
-        .fetch_one(pool)
-        .await?;
-        if left == 0 {
+        if !any_unfinished(pool).await? {
             return Ok(());
         }
         if Instant::now() > deadline {
+            let left: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM connector_executions WHERE status IN ('queued', 'running')",
+            )
+            .fetch_one(pool)
+            .await?;
             println!(
                 "{left} executions still queued or running after 2 minutes; going on beside them"
             );

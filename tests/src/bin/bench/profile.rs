@@ -221,6 +221,7 @@ async fn top_statements(pool: &PgPool, n: usize) -> Result<Vec<Value>, sqlx::Err
            AND s.query NOT LIKE '%pg_stat%' AND s.query NOT LIKE '%pg_current_wal_lsn%'
            AND s.query NOT LIKE 'SELECT count(*) FROM connector_executions WHERE status IN%'
            AND s.query NOT LIKE 'SELECT count(*) FILTER%'
+           AND s.query NOT LIKE 'SELECT EXISTS (SELECT $1 FROM connector_executions%'
          ORDER BY s.calls DESC",
     )
     .fetch_all(pool)
