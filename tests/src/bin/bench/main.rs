@@ -593,7 +593,7 @@ async fn parks_per_execution(pool: &PgPool, n: usize) -> BenchResult<f64> {
 /// executions instead read the whole table, every dead version included,
 /// at every poll: CPU taken from the run being measured, and counted in
 /// its profile as PostgreSQL's.
-pub(crate) async fn any_unfinished(pool: &PgPool) -> Result<bool, sqlx::Error> {
+async fn any_unfinished(pool: &PgPool) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM connector_executions WHERE status = 'queued'
                         ORDER BY workspace_id, priority DESC, run_at, id LIMIT 1)
@@ -653,24 +653,18 @@ async fn latency(
     let _workers = spawn_workers(env, 1, None)?;
     // Let the worker connect and settle into LISTEN.
     enqueue_many(pool, conn, 1).await?;
-    while count_final(pool).await? < 1 {
+    while any_unfinished(pool).await? {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     reset(pool).await?;
     for _ in 0..samples {
         enqueue_many(pool, conn, 1).await?;
-        let before = count_final(pool).await?;
         let wait = Instant::now();
-        loop {
-            let done = count_final(pool).await?;
-            if done > before || wait.elapsed() > Duration::from_secs(10) {
-                break;
+        while any_unfinished(pool).await? {
+            if wait.elapsed() > Duration::from_secs(10) {
+                return Err("an execution did not finish within 10 s".into());
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let previous = count_final(pool).await?;
-        if previous == 0 {
-            return Err("an execution did not finish within 10 s".into());
         }
         // Idle between arrivals, as a trickle of API calls would be.
         tokio::time::sleep(Duration::from_millis(20)).await;
