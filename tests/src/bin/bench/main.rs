@@ -589,20 +589,20 @@ async fn parks_per_execution(pool: &PgPool, n: usize) -> BenchResult<f64> {
 
 /// Whether any execution is still queued or running. Each half stops at
 /// the first live entry of its partial index (the `ORDER BY` is the
-/// index's, so no plan can scan the table instead); counting the final
-/// executions instead read the whole table, every dead version included,
-/// at every poll: CPU taken from the run being measured, and counted in
-/// its profile as PostgreSQL's.
+/// index's, so a plan reading the table would also have to sort what it
+/// read); counting the final executions instead read the whole table,
+/// every dead version included, at every poll: CPU taken from the run
+/// being measured, and counted in its profile as PostgreSQL's.
 async fn any_unfinished(pool: &PgPool) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM connector_executions WHERE status = 'queued'
-                        ORDER BY workspace_id, priority DESC, run_at, id LIMIT 1)
-             OR EXISTS (SELECT 1 FROM connector_executions WHERE status = 'running'
-                        ORDER BY workspace_id LIMIT 1)",
-    )
-    .fetch_one(pool)
-    .await
+    sqlx::query_scalar(ANY_UNFINISHED).fetch_one(pool).await
 }
+
+/// [`any_unfinished`]'s statement.
+const ANY_UNFINISHED: &str =
+    "SELECT EXISTS (SELECT 1 FROM connector_executions WHERE status = 'queued'
+                    ORDER BY workspace_id, priority DESC, run_at, id LIMIT 1)
+         OR EXISTS (SELECT 1 FROM connector_executions WHERE status = 'running'
+                    ORDER BY workspace_id LIMIT 1)";
 
 /// Polls until `n` executions are final (at most 10 minutes): until none
 /// is queued or running, then counts the final ones once. Returns how
@@ -834,4 +834,57 @@ async fn webhook_rate(pool: &PgPool, conn: (Uuid, i32), n: usize) -> BenchResult
         r??;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUCCEED: &str =
+        "UPDATE connector_executions SET status = 'succeeded', lease_owner = NULL,
+                               lease_expires_at = NULL, finished_at = now()";
+
+    /// The bench's wait sees queued and running executions, not final
+    /// ones, and reads the queue's partial indexes, not the table.
+    #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+    async fn any_unfinished_sees_queued_and_running_executions_through_their_indexes(
+        pool: PgPool,
+    ) -> BenchResult<()> {
+        let conn = connector_for(&pool, "http://127.0.0.1:9", 1).await?;
+        assert!(!any_unfinished(&pool).await?, "an empty table");
+        enqueue_many(&pool, conn, 2000).await?;
+        assert!(any_unfinished(&pool).await?, "2,000 queued");
+        sqlx::query(SUCCEED).execute(&pool).await?;
+        sqlx::query("ANALYZE connector_executions")
+            .execute(&pool)
+            .await?;
+        assert!(!any_unfinished(&pool).await?, "every execution final");
+        let plan: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {ANY_UNFINISHED}")))
+                .fetch_all(&pool)
+                .await?;
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+        assert!(
+            plan.contains("connector_executions_workspace_queue_idx"),
+            "{plan}"
+        );
+        assert!(
+            plan.contains("connector_executions_workspace_running_idx"),
+            "{plan}"
+        );
+
+        enqueue_many(&pool, conn, 1).await?;
+        assert!(any_unfinished(&pool).await?, "one queued");
+        sqlx::query(
+            "UPDATE connector_executions SET status = 'running', lease_owner = 'w',
+                 lease_expires_at = now() + interval '1 hour' WHERE status = 'queued'",
+        )
+        .execute(&pool)
+        .await?;
+        assert!(any_unfinished(&pool).await?, "one running");
+        sqlx::query(SUCCEED).execute(&pool).await?;
+        assert!(!any_unfinished(&pool).await?, "all final again");
+        Ok(())
+    }
 }
