@@ -855,3 +855,132 @@ async fn the_enqueue_connection_plans_the_group_statement_once_through_an_index(
         "with the default settings the same plan scans the connectors: {nodes:?}"
     );
 }
+
+/// When the execution `id` was first claimed, waiting for it.
+async fn claimed_at(h: &Harness, id: uuid::Uuid) -> DateTime<Utc> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(at) = h.execution(id).await.started_at {
+            return at;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{id} never claimed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A worker with `cooldown` runs execution A, whose step takes 4 s; B is
+/// enqueued once A is claimed, C once A is over. Returns how long after
+/// A's claim B's came, and how long C waited for its own.
+async fn claims_around_a_slow_step(pool: PgPool, cooldown: Duration) -> (Duration, Duration) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(4)))
+        .mount(&stub)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/fast"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&stub)
+        .await;
+    let slow = h.connector(one_step(format!("{}/slow", stub.uri()))).await;
+    let fast = h.connector(one_step(format!("{}/fast", stub.uri()))).await;
+    let mut config = test_worker_config("worker-cooldown");
+    config.claim_cooldown = cooldown;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(worker(&h.pool, &h.keyring, config).run(shutdown.clone()));
+
+    let a = h.enqueue(slow, json!({})).await;
+    let a_claimed = claimed_at(&h, a).await;
+    let b = h.enqueue(fast, json!({})).await;
+    let b_claimed = claimed_at(&h, b).await;
+    h.wait_final(b, Duration::from_secs(20)).await;
+    h.wait_final(a, Duration::from_secs(20)).await;
+    let c = h.enqueue(fast, json!({})).await;
+    let c_claimed = claimed_at(&h, c).await;
+    let c_created = h.execution(c).await.created_at;
+    shutdown.cancel();
+    running.await.expect("worker task");
+    (
+        (b_claimed - a_claimed).to_std().expect("B after A"),
+        (c_claimed - c_created)
+            .to_std()
+            .expect("C after its enqueue"),
+    )
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_busy_worker_spaces_its_claims_by_the_cooldown_and_an_idle_one_claims_at_once(
+    pool: PgPool,
+) {
+    let (b_after_a, c_waited) = claims_around_a_slow_step(pool, Duration::from_secs(3)).await;
+    // A was in flight: B waited out the 3 s since A's claim.
+    assert!(
+        b_after_a >= Duration::from_secs(3),
+        "B claimed {b_after_a:?} after A"
+    );
+    // C came 1 s after B's claim, but nothing was in flight any more.
+    assert!(c_waited < Duration::from_secs(1), "C waited {c_waited:?}");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn without_a_cooldown_a_busy_worker_claims_as_work_arrives(pool: PgPool) {
+    let (b_after_a, _) = claims_around_a_slow_step(pool, Duration::ZERO).await;
+    assert!(
+        b_after_a < Duration::from_secs(2),
+        "B claimed {b_after_a:?} after A"
+    );
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_worker_draining_a_backlog_claims_again_at_once_whatever_its_cooldown(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(6)))
+        .mount(&stub)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/step"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(50)))
+        .mount(&stub)
+        .await;
+    // The slow execution is claimed first and stays in flight, so the
+    // worker is never idle while the 40 others drain through 7 slots.
+    let slow = h
+        .enqueue(
+            h.connector(one_step(format!("{}/slow", stub.uri()))).await,
+            json!({}),
+        )
+        .await;
+    let c = h.connector(one_step(format!("{}/step", stub.uri()))).await;
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(h.enqueue(c, json!({})).await);
+    }
+    let mut config = test_worker_config("worker-backlog");
+    config.claim_cooldown = Duration::from_secs(30);
+    let shutdown = CancellationToken::new();
+    let started = std::time::Instant::now();
+    let running = tokio::spawn(worker(&h.pool, &h.keyring, config).run(shutdown.clone()));
+    for id in ids {
+        let e = h.wait_final(id, Duration::from_secs(15)).await;
+        assert_eq!(e.status, ExecutionStatus::Succeeded);
+    }
+    let drained = started.elapsed();
+    assert!(
+        drained < Duration::from_secs(5),
+        "the backlog took {drained:?}: a claim waited for the slow execution"
+    );
+    assert_eq!(
+        h.wait_final(slow, Duration::from_secs(15)).await.status,
+        ExecutionStatus::Succeeded
+    );
+    shutdown.cancel();
+    running.await.expect("worker task");
+}

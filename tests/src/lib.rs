@@ -122,6 +122,7 @@ pub fn test_worker_config(id: &str) -> WorkerConfig {
         shutdown_grace: Duration::from_secs(5),
         max_reclaims: 5,
         claim_batch: 8,
+        claim_cooldown: Duration::from_millis(5),
         retention: None,
         delivery_retention: None,
         observe_queue: false,

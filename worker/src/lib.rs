@@ -46,6 +46,12 @@ pub struct WorkerConfig {
     pub max_reclaims: i32,
     /// Most rows one claim takes (`CONVEYOR_CLAIM_BATCH`).
     pub claim_batch: usize,
+    /// While executions are in flight, the least time between two claims
+    /// that refill free slots (`CONVEYOR_CLAIM_COOLDOWN_MS`; zero claims
+    /// whenever slots free up). Under a steady stream this trades a few
+    /// milliseconds of start latency for fewer, larger claims; an idle
+    /// worker, and one draining a backlog, claims at once.
+    pub claim_cooldown: Duration,
     /// Finished executions older than this are pruned, with their steps and
     /// events (`CONVEYOR_RETENTION_DAYS`; `None` keeps everything).
     pub retention: Option<Duration>,
@@ -73,6 +79,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             max_reclaims: 5,
             claim_batch: 64,
+            claim_cooldown: Duration::from_millis(5),
             retention: Some(Duration::from_secs(30 * 86_400)),
             delivery_retention: Some(Duration::from_secs(30 * 86_400)),
             observe_queue: false,
@@ -213,6 +220,9 @@ impl Worker {
         let mut last_rescue: Option<Instant> = None;
         let rescue_every = (cfg.lease / 3).max(Duration::from_secs(1));
         let low_water = (cfg.concurrency / 2).clamp(1, cfg.claim_batch.max(1));
+        // When the last refill claim ran, unless it took every row it asked
+        // for (a backlog: the next one goes out at once).
+        let mut cooling_since: Option<Instant> = None;
         let mut background = JoinSet::new();
         if cfg.retention.is_some() || cfg.delivery_retention.is_some() {
             background.spawn(prune(
@@ -251,8 +261,12 @@ impl Worker {
             let mut more_ready = false;
             let now = Utc::now();
             let woken = self.runner.woken(now, free.min(cfg.claim_batch));
-            if free >= low_water || !woken.is_empty() {
-                let want = if free >= low_water {
+            let cool_until = cooling_since
+                .map(|t| t + cfg.claim_cooldown)
+                .filter(|until| !tasks.is_empty() && *until > Instant::now());
+            let refill = free >= low_water && cool_until.is_none();
+            if refill || !woken.is_empty() {
+                let want = if refill {
                     free.min(cfg.claim_batch)
                 } else {
                     woken.len()
@@ -281,6 +295,7 @@ impl Worker {
                         }
                         backoff = Duration::from_millis(100);
                         more_ready = rows.len() == want;
+                        cooling_since = (refill && !more_ready).then(Instant::now);
                         for claimed in rows {
                             let lease = (claimed.id, claimed.fencing_token);
                             let runner = self.runner.clone();
@@ -329,6 +344,7 @@ impl Worker {
                     }
                 }
                 () = sleep_until(wake), if room => {}
+                () = pause_until(cool_until), if idle => {}
                 () = tokio::time::sleep(cfg.poll_interval) => {}
             }
         }
@@ -491,6 +507,14 @@ async fn wait_notification(listener: &mut Option<PgListener>) -> bool {
 async fn sleep_until(at: Option<DateTime<Utc>>) {
     match at {
         Some(at) => tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`; forever when `None`.
+async fn pause_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
 }

@@ -310,6 +310,10 @@ impl Settings {
             )?),
             max_reclaims: parse("CONVEYOR_MAX_RECLAIMS", defaults.max_reclaims)?,
             claim_batch: parse("CONVEYOR_CLAIM_BATCH", defaults.claim_batch)?,
+            claim_cooldown: Duration::from_millis(parse(
+                "CONVEYOR_CLAIM_COOLDOWN_MS",
+                u64::try_from(defaults.claim_cooldown.as_millis()).unwrap_or(5),
+            )?),
             retention: match parse::<u64>("CONVEYOR_RETENTION_DAYS", retention_days)? {
                 0 => None,
                 days => Some(Duration::from_secs(days.saturating_mul(86_400))),
@@ -351,6 +355,7 @@ impl Settings {
         for (name, value, max) in [
             ("CONVEYOR_LEASE_SECS", worker.lease, day),
             ("CONVEYOR_POLL_INTERVAL_MS", worker.poll_interval, day),
+            ("CONVEYOR_CLAIM_COOLDOWN_MS", worker.claim_cooldown, day),
             ("CONVEYOR_SHUTDOWN_GRACE_SECS", worker.shutdown_grace, day),
             (
                 "CONVEYOR_RETENTION_DAYS",

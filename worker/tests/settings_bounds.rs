@@ -27,7 +27,7 @@ fn start_with(vars: &[(&str, &str)]) -> (bool, String) {
 
 #[test]
 fn out_of_range_numeric_settings_stop_the_worker_naming_the_variable() {
-    let cases: [(&str, &str, &str); 9] = [
+    let cases: [(&str, &str, &str); 11] = [
         (
             "CONVEYOR_LEASE_SECS",
             "99999999999",
@@ -42,6 +42,16 @@ fn out_of_range_numeric_settings_stop_the_worker_naming_the_variable() {
             "CONVEYOR_POLL_INTERVAL_MS",
             "0",
             "CONVEYOR_POLL_INTERVAL_MS must be at least 1",
+        ),
+        (
+            "CONVEYOR_CLAIM_COOLDOWN_MS",
+            "86400001",
+            "CONVEYOR_CLAIM_COOLDOWN_MS is too large",
+        ),
+        (
+            "CONVEYOR_CLAIM_COOLDOWN_MS",
+            "-5",
+            "CONVEYOR_CLAIM_COOLDOWN_MS: invalid value",
         ),
         (
             "CONVEYOR_SHUTDOWN_GRACE_SECS",
