@@ -128,6 +128,8 @@ async fn main() -> BenchResult<()> {
         load_average()
     );
 
+    let ahead = warm_wal(&pool, None).await?;
+    println!("WAL segments ready for reuse: {ahead}");
     let raw = raw_limit(&pool, executions).await?;
     println!(
         "raw database limit: {raw:.0} claims+completions/s (load average {})",
@@ -593,6 +595,52 @@ async fn parks_per_execution(pool: &PgPool, n: usize) -> BenchResult<f64> {
 /// read); counting the final executions instead read the whole table,
 /// every dead version included, at every poll: CPU taken from the run
 /// being measured, and counted in its profile as PostgreSQL's.
+/// Fills and recycles `segments` WAL segments (default: as many as
+/// `max_wal_size` holds), and returns how many wait ahead of the write
+/// position. A fresh cluster has none: each 16 MB of WAL is then a new
+/// file that PostgreSQL zero-fills and syncs while holding its WAL write
+/// lock, stalling every commit for tens of milliseconds, every second or
+/// two at a few thousand executions a second. A server that has run for
+/// a while renames old segments instead, so without this the figures
+/// would measure the cluster's first minutes, not its steady state.
+async fn warm_wal(pool: &PgPool, segments: Option<i64>) -> Result<i64, sqlx::Error> {
+    let segments = match segments {
+        Some(n) => n,
+        None => {
+            sqlx::query_scalar(
+                "SELECT pg_size_bytes(current_setting('max_wal_size'))
+                        / pg_size_bytes(current_setting('wal_segment_size'))",
+            )
+            .fetch_one(pool)
+            .await?
+        }
+    };
+    let mut conn = pool.acquire().await?;
+    for _ in 0..segments {
+        // A transaction with an id writes a commit record, so that each
+        // switch has something to close.
+        sqlx::query("SELECT txid_current()")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("SELECT pg_switch_wal()")
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query("CHECKPOINT").execute(&mut *conn).await?;
+    wal_segments_ahead(pool).await
+}
+
+/// WAL segment files past the one being written: ready to be written
+/// without creating a file.
+async fn wal_segments_ahead(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_ls_waldir()
+         WHERE name ~ '^[0-9A-F]{24}$' AND name > pg_walfile_name(pg_current_wal_lsn())",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 async fn any_unfinished(pool: &PgPool) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(ANY_UNFINISHED).fetch_one(pool).await
 }
@@ -839,6 +887,21 @@ async fn webhook_rate(pool: &PgPool, conn: (Uuid, i32), n: usize) -> BenchResult
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After the warm-up, the segments asked for wait ahead of the write
+    /// position, where a fresh cluster has none.
+    #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+    async fn warming_the_wal_leaves_segments_ready_ahead_of_the_write_position(
+        pool: PgPool,
+    ) -> BenchResult<()> {
+        let before = wal_segments_ahead(&pool).await?;
+        let after = warm_wal(&pool, Some(before + 6)).await?;
+        assert!(
+            after >= before + 6,
+            "{before} segments ahead before, {after} after"
+        );
+        Ok(())
+    }
 
     const SUCCEED: &str =
         "UPDATE connector_executions SET status = 'succeeded', lease_owner = NULL,
