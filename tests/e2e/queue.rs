@@ -937,6 +937,60 @@ async fn without_a_cooldown_a_busy_worker_claims_as_work_arrives(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn claiming_a_parked_execution_back_neither_skips_nor_restarts_the_cooldown(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(12)))
+        .mount(&stub)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&stub)
+        .await;
+    let slow = h.connector(one_step(format!("{}/slow", stub.uri()))).await;
+    // One send per 3 s: of the two paced executions, the second parks
+    // and this worker claims it back by itself at its slot.
+    let paced = h
+        .connector(
+            json!({"name": "paced", "steps": [{"name": "call", "method": "GET",
+            "url": format!("{}/paced", stub.uri()),
+            "rate_limit": {"key": "paced", "limit": 1, "per_ms": 3000}}]}),
+        )
+        .await;
+    let fast = h.connector(one_step(format!("{}/fast", stub.uri()))).await;
+    let a = h.enqueue(slow, json!({})).await;
+    let paced_ids = [
+        h.enqueue(paced, json!({})).await,
+        h.enqueue(paced, json!({})).await,
+    ];
+    let mut config = test_worker_config("worker-parked-cooldown");
+    config.claim_cooldown = Duration::from_secs(6);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(worker(&h.pool, &h.keyring, config).run(shutdown.clone()));
+    for id in paced_ids {
+        let e = h.wait_final(id, Duration::from_secs(20)).await;
+        assert_eq!(e.status, ExecutionStatus::Succeeded);
+    }
+    let a_claimed = claimed_at(&h, a).await;
+    // A is still in flight: B waits for the cooldown of the claim that
+    // took A, which claiming the parked one back at 3 s did not end
+    // early nor start over (that would put B's claim 9 s after A's).
+    let b = h.enqueue(fast, json!({})).await;
+    let b_after_a = (claimed_at(&h, b).await - a_claimed)
+        .to_std()
+        .expect("B after A");
+    assert!(
+        b_after_a >= Duration::from_secs(6) && b_after_a < Duration::from_millis(8_500),
+        "B claimed {b_after_a:?} after A"
+    );
+    h.wait_final(a, Duration::from_secs(20)).await;
+    shutdown.cancel();
+    running.await.expect("worker task");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn a_worker_draining_a_backlog_claims_again_at_once_whatever_its_cooldown(pool: PgPool) {
     let h = Harness::new(pool);
     let stub = MockServer::start().await;

@@ -295,7 +295,9 @@ impl Worker {
                         }
                         backoff = Duration::from_millis(100);
                         more_ready = rows.len() == want;
-                        cooling_since = (refill && !more_ready).then(Instant::now);
+                        if refill {
+                            cooling_since = (!more_ready).then(Instant::now);
+                        }
                         for claimed in rows {
                             let lease = (claimed.id, claimed.fencing_token);
                             let runner = self.runner.clone();
