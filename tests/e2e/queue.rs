@@ -871,22 +871,28 @@ async fn claimed_at(h: &Harness, id: uuid::Uuid) -> DateTime<Utc> {
     }
 }
 
+/// A stub whose `/slow` answers after `slow` and every other GET after
+/// `others`.
+async fn slow_stub(slow: Duration, others: Duration) -> MockServer {
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(slow))
+        .mount(&stub)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_delay(others))
+        .mount(&stub)
+        .await;
+    stub
+}
+
 /// A worker with `cooldown` runs execution A, whose step takes 4 s; B is
 /// enqueued once A is claimed, C once A is over. Returns how long after
 /// A's claim B's came, and how long C waited for its own.
 async fn claims_around_a_slow_step(pool: PgPool, cooldown: Duration) -> (Duration, Duration) {
     let h = Harness::new(pool);
-    let stub = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/slow"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(4)))
-        .mount(&stub)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/fast"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&stub)
-        .await;
+    let stub = slow_stub(Duration::from_secs(4), Duration::ZERO).await;
     let slow = h.connector(one_step(format!("{}/slow", stub.uri()))).await;
     let fast = h.connector(one_step(format!("{}/fast", stub.uri()))).await;
     let mut config = test_worker_config("worker-cooldown");
@@ -939,16 +945,7 @@ async fn without_a_cooldown_a_busy_worker_claims_as_work_arrives(pool: PgPool) {
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn claiming_a_parked_execution_back_neither_skips_nor_restarts_the_cooldown(pool: PgPool) {
     let h = Harness::new(pool);
-    let stub = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/slow"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(12)))
-        .mount(&stub)
-        .await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&stub)
-        .await;
+    let stub = slow_stub(Duration::from_secs(12), Duration::ZERO).await;
     let slow = h.connector(one_step(format!("{}/slow", stub.uri()))).await;
     // One send per 3 s: of the two paced executions, the second parks
     // and this worker claims it back by itself at its slot.
@@ -993,17 +990,7 @@ async fn claiming_a_parked_execution_back_neither_skips_nor_restarts_the_cooldow
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn a_worker_draining_a_backlog_claims_again_at_once_whatever_its_cooldown(pool: PgPool) {
     let h = Harness::new(pool);
-    let stub = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/slow"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(6)))
-        .mount(&stub)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/step"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(50)))
-        .mount(&stub)
-        .await;
+    let stub = slow_stub(Duration::from_secs(6), Duration::from_millis(50)).await;
     // The slow execution is claimed first and stays in flight, so the
     // worker is never idle while the 40 others drain through 7 slots.
     let slow = h
