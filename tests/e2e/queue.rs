@@ -970,6 +970,14 @@ async fn claiming_a_parked_execution_back_neither_skips_nor_restarts_the_cooldow
         let e = h.wait_final(id, Duration::from_secs(20)).await;
         assert_eq!(e.status, ExecutionStatus::Succeeded);
     }
+    let parked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM execution_events WHERE kind = 'parked' AND execution_id = ANY($1)",
+    )
+    .bind(&paced_ids[..])
+    .fetch_one(&h.pool)
+    .await
+    .expect("parked events");
+    assert_eq!(parked, 1, "the second paced execution parked once");
     let a_claimed = claimed_at(&h, a).await;
     // A is still in flight: B waits for the cooldown of the claim that
     // took A, which claiming the parked one back at 3 s did not end
