@@ -360,12 +360,19 @@ async fn collect(
     id: Uuid,
     progress: &mut Progress,
 ) -> Result<Vec<Event>, ApiError> {
-    // Status first: the final status and the `finished` event are written by
-    // one statement, so events read after a final status include them all.
-    let execution = history::get(&state.pool, ws, id)
+    // Status and events from one snapshot: the final status and the
+    // `finished` event are written by one statement, so a final status
+    // comes with every event; and a status read before later events were
+    // written is never sent after them (`running` after `finished`).
+    let mut snapshot = state
+        .pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await?;
+    let execution = history::get(&mut *snapshot, ws, id)
         .await?
         .ok_or_else(|| ApiError::not_found("execution"))?;
-    let stored = history::events(&state.pool, ws, id, progress.last_event).await?;
+    let stored = history::events(&mut *snapshot, ws, id, progress.last_event).await?;
+    snapshot.commit().await?;
     let mut events = Vec::with_capacity(stored.len() + 1);
     for event in &stored {
         let data = serde_json::to_string(event).map_err(|e| ApiError::internal(&e))?;

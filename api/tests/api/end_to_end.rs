@@ -2,6 +2,8 @@
 //! real worker, a wiremock third party and the SSE event stream.
 
 use axum::http::StatusCode;
+use chrono::Utc;
+use conveyor_engine::store::executions;
 use conveyor_tests::api::WAIT;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -343,4 +345,90 @@ async fn a_connector_runs_end_to_end_through_http_only(pool: PgPool) {
     for text in &client.seen {
         assert_no_planted("a response or the event stream", text);
     }
+}
+
+/// The status each stored event leaves the execution in, for the kinds
+/// the stream test below writes.
+fn status_after(kind: &str) -> &'static str {
+    match kind {
+        "enqueued" | "released" => "queued",
+        "claimed" => "running",
+        "cancelled" => "cancelled",
+        other => panic!("unexpected event {other}"),
+    }
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn the_event_stream_never_sends_a_status_older_than_an_event_before_it(pool: PgPool) {
+    let api = api(pool.clone());
+    let served = Served::start(api.router.clone()).await;
+    let mut client = Client {
+        http: reqwest::Client::new(),
+        base: served.base.clone(),
+        token: api.token("ws_churn", "alice"),
+        seen: Vec::new(),
+    };
+    let (status, created) = client
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/connectors",
+            Some(json!({"name": "churn",
+                "steps": [{"name": "get", "method": "GET", "url": "http://127.0.0.1:9/x"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (status, queued) = client
+        .call(
+            reqwest::Method::POST,
+            &format!(
+                "/api/v1/connectors/{}/execute",
+                created["id"].as_str().expect("id")
+            ),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+    let id = queued["id"].as_str().expect("id").to_owned();
+    let execution: uuid::Uuid = id.parse().expect("uuid");
+
+    // While the stream follows it, the execution goes back and forth
+    // between queued and running as fast as the database allows (each
+    // change writes its event in the same statement), then is cancelled.
+    let mut churn = None;
+    let stream = client
+        .follow(&id, || {
+            churn = Some(tokio::spawn(async move {
+                let claims = executions::ClaimPool::new(&pool);
+                let lease = std::time::Duration::from_secs(60);
+                for _ in 0..150 {
+                    let claimed = executions::claim(&claims, "w", 1, lease, Utc::now())
+                        .await
+                        .expect("claim");
+                    let token = claimed.first().expect("claimed").fencing_token;
+                    let released = executions::release(&pool, execution, token, Utc::now())
+                        .await
+                        .expect("release");
+                    assert!(released);
+                }
+                executions::cancel(&pool, "ws_churn", execution, Utc::now())
+                    .await
+                    .expect("cancel");
+            }));
+        })
+        .await;
+    churn.expect("started").await.expect("churn");
+
+    // Every status sent is the one the last event sent before it left.
+    let mut implied = None;
+    let mut statuses = 0;
+    for (name, data) in sse_events(&stream) {
+        if name == "status" {
+            statuses += 1;
+            assert_eq!(data["status"].as_str(), implied, "{stream}");
+        } else {
+            implied = Some(status_after(&name));
+        }
+    }
+    assert_eq!(implied, Some("cancelled"), "{stream}");
+    assert!(statuses >= 2, "{stream}");
 }

@@ -102,7 +102,11 @@ impl ExecutionView {
 /// # Errors
 ///
 /// Database errors.
-pub async fn get(pool: &PgPool, workspace_id: &str, id: Uuid) -> Result<Option<ExecutionView>> {
+pub async fn get(
+    db: impl sqlx::PgExecutor<'_>,
+    workspace_id: &str,
+    id: Uuid,
+) -> Result<Option<ExecutionView>> {
     Ok(sqlx::query_as!(
         ExecutionView,
         r#"SELECT id, workspace_id, connector_id, connector_version,
@@ -115,7 +119,7 @@ pub async fn get(pool: &PgPool, workspace_id: &str, id: Uuid) -> Result<Option<E
         id,
         workspace_id
     )
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?)
 }
 
@@ -435,7 +439,7 @@ pub struct EventRow {
 ///
 /// Database errors.
 pub async fn events(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     workspace_id: &str,
     execution_id: Uuid,
     after_id: i64,
@@ -449,7 +453,7 @@ pub async fn events(
         workspace_id,
         after_id
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     // Claim and rescue events record the worker for operators; tenants
     // must not learn worker host names or process ids.
