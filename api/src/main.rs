@@ -215,7 +215,7 @@ async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
         settings.http.allow_private_networks,
         settings.runner.definition_cache_bytes,
     );
-    let pool = settings.pool()?;
+    let pool = settings.pool("conveyor-api")?;
     if settings.auto_migrate {
         settings::migrate(&pool).await?;
     } else if let Err(e) = settings::sync_templates(&pool).await {
@@ -292,7 +292,7 @@ async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
 
 async fn migrate() -> anyhow::Result<ExitCode> {
     let url = settings::database_url()?;
-    let pool = Settings::pool_for(&url, 2)?;
+    let pool = Settings::pool_for(&url, 2, "conveyor-api migrate")?;
     settings::migrate(&pool).await?;
     info!("migrations applied");
     Ok(ExitCode::SUCCESS)
@@ -300,7 +300,11 @@ async fn migrate() -> anyhow::Result<ExitCode> {
 
 async fn rotate() -> anyhow::Result<ExitCode> {
     let keyring = settings::keyring()?;
-    let pool = Settings::pool_for(&settings::database_url()?, 2)?;
+    let pool = Settings::pool_for(
+        &settings::database_url()?,
+        2,
+        "conveyor-api rotate-credentials",
+    )?;
     let count = conveyor_engine::store::credentials::rotate(&pool, &keyring).await?;
     println!(
         "re-sealed {count} credential(s) with key {}",
@@ -386,7 +390,7 @@ fn console_link(workspace: &str, user: &str, ttl: &str) -> anyhow::Result<ExitCo
 }
 
 async fn admin(action: AdminAction) -> anyhow::Result<ExitCode> {
-    let pool = Settings::pool_for(&settings::database_url()?, 2)?;
+    let pool = Settings::pool_for(&settings::database_url()?, 2, "conveyor-api admin")?;
     match action {
         AdminAction::Add { user_id, role } => {
             let before =
@@ -419,7 +423,7 @@ async fn admin(action: AdminAction) -> anyhow::Result<ExitCode> {
 
 async fn member(action: MemberAction) -> anyhow::Result<ExitCode> {
     use conveyor_engine::store::members;
-    let pool = Settings::pool_for(&settings::database_url()?, 2)?;
+    let pool = Settings::pool_for(&settings::database_url()?, 2, "conveyor-api member")?;
     match action {
         MemberAction::Add { workspace, user_id } => {
             let added = members::add(&pool, &workspace, &user_id, "cli").await?;

@@ -22,7 +22,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    let pool = settings.pool()?;
+    let pool = settings.pool("conveyor-worker")?;
     if settings.auto_migrate {
         settings::migrate(&pool).await?;
     }

@@ -431,25 +431,40 @@ impl Settings {
         })
     }
 
-    /// Connects the pool. The URL never appears in errors or logs.
+    /// Connects the pool of the process `application_name` names. The URL
+    /// never appears in errors or logs.
     ///
     /// # Errors
     ///
     /// An unparsable URL.
-    pub fn pool(&self) -> anyhow::Result<sqlx::PgPool> {
-        Self::pool_for(&self.database_url, self.db_max_connections)
+    pub fn pool(&self, application_name: &str) -> anyhow::Result<sqlx::PgPool> {
+        Self::pool_for(
+            &self.database_url,
+            self.db_max_connections,
+            application_name,
+        )
     }
 
-    /// A lazily connecting pool for `url`.
+    /// A lazily connecting pool for `url`. Its sessions carry
+    /// `application_name` (what `pg_stat_activity` and PostgreSQL's log
+    /// show of them) unless the URL's `application_name` or `PGAPPNAME`
+    /// sets one.
     ///
     /// # Errors
     ///
     /// An unparsable URL.
-    pub fn pool_for(url: &SecretString, max_connections: u32) -> anyhow::Result<sqlx::PgPool> {
-        let options: sqlx::postgres::PgConnectOptions = url
+    pub fn pool_for(
+        url: &SecretString,
+        max_connections: u32,
+        application_name: &str,
+    ) -> anyhow::Result<sqlx::PgPool> {
+        let mut options: sqlx::postgres::PgConnectOptions = url
             .expose_secret()
             .parse()
             .map_err(|_| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL"))?;
+        if options.get_application_name().is_none() {
+            options = options.application_name(application_name);
+        }
         Ok(sqlx::postgres::PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))

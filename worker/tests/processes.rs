@@ -175,10 +175,12 @@ async fn three_processes_run_2000_executions_and_never_resend_a_finished_step(po
     enqueue_many(&h.pool, c, N).await;
 
     let url = conveyor_tests::database_url(&h.pool);
+    // The third names its sessions in its URL; the others take the default.
+    let named = format!("{url}?application_name=billing-workers");
     let mut workers: Vec<WorkerProcess> = (1..=3)
         .map(|i| {
             start_worker(
-                &url,
+                if i == 3 { &named } else { &url },
                 &format!("worker-{i}"),
                 &[
                     ("CONVEYOR_WORKER_CONCURRENCY", "16"),
@@ -193,6 +195,18 @@ async fn three_processes_run_2000_executions_and_never_resend_a_finished_step(po
     for w in &mut workers {
         w.assert_running();
     }
+    let sessions: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT application_name FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name <> '' ORDER BY 1",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .expect("sessions");
+    assert_eq!(
+        sessions,
+        ["billing-workers", "conveyor-worker"],
+        "the workers' sessions say which process they serve"
+    );
 
     let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM connector_executions")
         .fetch_all(&h.pool)
