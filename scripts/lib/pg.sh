@@ -9,10 +9,18 @@ export CONVEYOR_ROOT
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# Prints the directory holding initdb/pg_ctl, installing the Debian
-# PostgreSQL server packages when no server binaries are present.
+# Prints the directory holding initdb/pg_ctl: CONVEYOR_PG_BINDIR when set
+# (a PostgreSQL carried to a machine without a package registry, as
+# scripts/device/run does), else the newest Debian build, installing the
+# PostgreSQL server packages when none is present.
 pg_bindir() {
   local dir
+  if [[ -n "${CONVEYOR_PG_BINDIR:-}" ]]; then
+    [[ -x "$CONVEYOR_PG_BINDIR/initdb" && -x "$CONVEYOR_PG_BINDIR/postgres" ]] \
+      || die "CONVEYOR_PG_BINDIR=$CONVEYOR_PG_BINDIR holds no initdb and postgres"
+    printf '%s\n' "$CONVEYOR_PG_BINDIR"
+    return 0
+  fi
   for dir in /usr/lib/postgresql/*/bin; do
     if [[ -x "$dir/initdb" && -x "$dir/pg_ctl" && -x "$dir/postgres" ]]; then
       LAST_PG_BINDIR="$dir"
@@ -109,6 +117,19 @@ pg_up() {
   as_pg_user "$bindir/psql" -h 127.0.0.1 -p "$port" -U conveyor -d postgres -Atqc \
     "select 1 from pg_database where datname = 'conveyor'" | grep -q 1 \
     || as_pg_user "$bindir/createdb" -h 127.0.0.1 -p "$port" -U conveyor conveyor
+}
+
+# bench_pg_up DATADIR: the cluster scripts/bench measures against, with
+# default durability (synchronous_commit and fsync on) and
+# pg_stat_statements loaded when the server ships it. Prints its URL.
+bench_pg_up() {
+  local datadir="$1" preload=() port
+  if [[ -f "$(dirname "$(pg_bindir)")/lib/pg_stat_statements.so" ]]; then
+    preload=(shared_preload_libraries=pg_stat_statements)
+  fi
+  pg_up "$datadir" "$(free_port)" shared_buffers=256MB "${preload[@]}"
+  port="$(pg_port_of "$datadir")"
+  printf 'postgres://conveyor@127.0.0.1:%s/conveyor\n' "$port"
 }
 
 # pg_down DATADIR: stops the cluster if it runs.
