@@ -7,10 +7,18 @@
 //! whatever the answers, each one's latency counted from its scheduled
 //! send time, so that a stall delays every request it holds up
 //! (no coordinated omission).
+//!
+//! The load runs on a runtime of its own, one thread: the bench's main
+//! runtime, which also serves the stub the steps call, spread it over
+//! threads that woke each other for every request, and the kernel's
+//! scheduling of those wake-ups cost more CPU than the requests
+//! (docs/performance.md, "The load generator").
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use conveyor_api::auth::Authenticator;
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
@@ -86,13 +94,13 @@ impl Meter {
         }
     }
 
-    /// `load` of requests to `target`, with the CPU time it took and the
-    /// API's own latencies for them.
-    async fn run(&self, target: &Target, load: impl Future<Output = Run>) -> Run {
+    /// `load` of requests to `target` for `secs` seconds on `generator`,
+    /// with the CPU time it took and the API's own latencies for them.
+    async fn run(&self, generator: &Generator, target: &Target, load: Load, secs: f64) -> Run {
         let route = target.route();
         let server_before = self.server(route).await;
         let before = self.now();
-        let mut run = load.await;
+        let mut run = generator.drive(target, load, secs).await;
         let after = self.now();
         run.server = self.server(route).await.since(&server_before);
         run.cpu = Ticks {
@@ -253,7 +261,8 @@ struct Target {
     client: reqwest::Client,
     url: String,
     token: String,
-    body: Value,
+    /// The JSON body, serialized once.
+    body: Bytes,
 }
 
 impl Target {
@@ -273,7 +282,8 @@ impl Target {
             .client
             .post(&self.url)
             .bearer_auth(&self.token)
-            .json(&self.body)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(self.body.clone())
             .send()
             .await;
         match sent {
@@ -309,7 +319,7 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
         client: client.clone(),
         url: format!("{base}/execute"),
         token: token.clone(),
-        body: json!({"input": {"n": 1}}),
+        body: Bytes::from(json!({"input": {"n": 1}}).to_string()),
     };
     let items: Vec<Value> = (0..BATCH_ITEMS)
         .map(|i| json!({"input": {"n": i}}))
@@ -318,7 +328,7 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
         client,
         url: format!("{base}/execute/batch"),
         token,
-        body: json!({ "items": items }),
+        body: Bytes::from(json!({ "items": items }).to_string()),
     };
     let workers = spawn_workers(env, 1, None)?;
     let meter = Meter {
@@ -327,14 +337,17 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
         worker: workers.0.first().map_or(0, Child::id),
         metrics: (reqwest::Client::new(), format!("http://{addr}/metrics")),
     };
+    let generator = Generator::new()?;
     // Warm the connections and the API's caches.
-    closed_loop(&single, 4, 1.0).await;
+    generator
+        .drive(&single, Load::Closed { clients: 4 }, 1.0)
+        .await;
     let mut out = Map::new();
     let mut closed = Map::new();
     for clients in env_list("BENCH_API_CLIENTS", &[1, 16]) {
         settle(pool).await?;
         let run = meter
-            .run(&single, closed_loop(&single, clients, secs))
+            .run(&generator, &single, Load::Closed { clients }, secs)
             .await;
         closed.insert(
             clients.to_string(),
@@ -345,7 +358,9 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     let mut open = Map::new();
     for rate in env_list("BENCH_API_RATES", &[500, 1000, 2000, 4000]) {
         settle(pool).await?;
-        let run = meter.run(&single, open_loop(&single, rate, secs)).await;
+        let run = meter
+            .run(&generator, &single, Load::Open { rate }, secs)
+            .await;
         open.insert(
             rate.to_string(),
             run.report(&format!("execute, open loop, {rate} requests/s offered"), 1),
@@ -354,9 +369,10 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     out.insert("execute_open_loop".into(), Value::Object(open));
     let batch_clients = env_usize("BENCH_API_BATCH_CLIENTS", 4);
     settle(pool).await?;
-    let run = meter
-        .run(&batch, closed_loop(&batch, batch_clients, secs))
-        .await;
+    let batch_load = Load::Closed {
+        clients: batch_clients,
+    };
+    let run = meter.run(&generator, &batch, batch_load, secs).await;
     out.insert(
         "batch_with_worker".into(),
         run.report(
@@ -365,9 +381,7 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
         ),
     );
     drop(workers);
-    let run = meter
-        .run(&batch, closed_loop(&batch, batch_clients, secs))
-        .await;
+    let run = meter.run(&generator, &batch, batch_load, secs).await;
     out.insert(
         "batch_no_worker".into(),
         run.report(
@@ -378,7 +392,9 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     // The API alone: on a small machine a worker running every execution
     // enqueued takes most of the cores the API would use.
     let rate = env_usize("BENCH_API_NO_WORKER_RATE", 2000);
-    let run = meter.run(&single, open_loop(&single, rate, secs)).await;
+    let run = meter
+        .run(&generator, &single, Load::Open { rate }, secs)
+        .await;
     out.insert(
         "execute_open_loop_no_worker".into(),
         run.report(
@@ -444,6 +460,57 @@ async fn start_api(env: &Env) -> BenchResult<(Api, std::net::SocketAddr)> {
             return Err("conveyor-api did not answer /healthz within 60 s".into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How requests are sent.
+#[derive(Clone, Copy)]
+enum Load {
+    /// `clients` clients, each sending its next request when its last one
+    /// is answered.
+    Closed { clients: usize },
+    /// `rate` requests a second on a fixed schedule.
+    Open { rate: usize },
+}
+
+/// The load generator's runtime: one thread, apart from the bench's
+/// main runtime, kept for every load so that the connections it opened
+/// are reused.
+struct Generator(Option<Arc<tokio::runtime::Runtime>>);
+
+impl Generator {
+    fn new() -> std::io::Result<Self> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|runtime| Self(Some(Arc::new(runtime))))
+    }
+
+    /// Sends `load` to `target` for `secs` seconds.
+    async fn drive(&self, target: &Target, load: Load, secs: f64) -> Run {
+        let (runtime, target) = (self.0.clone(), target.clone());
+        tokio::task::spawn_blocking(move || {
+            runtime
+                .expect("the runtime lives until drop")
+                .block_on(async {
+                    match load {
+                        Load::Closed { clients } => closed_loop(&target, clients, secs).await,
+                        Load::Open { rate } => open_loop(&target, rate, secs).await,
+                    }
+                })
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+}
+
+impl Drop for Generator {
+    /// Dropping a runtime waits for its tasks, which the async context
+    /// it is dropped in forbids: its idle connections are left to close.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take().and_then(Arc::into_inner) {
+            runtime.shutdown_background();
+        }
     }
 }
 
