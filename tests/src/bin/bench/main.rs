@@ -271,6 +271,8 @@ async fn core(
         "webhook deliveries through /hooks/{{id}}: {hooks:.0}/s over {deliveries} (load average {})",
         load_average()
     );
+    // Where a bigger machine stops scaling, its profile shows why.
+    let procs = env_usize("BENCH_PROFILE_PROCESSES", 2);
     let mut profiles = Vec::new();
     for steps in [1, 3] {
         let conn = if steps == 1 {
@@ -278,7 +280,7 @@ async fn core(
         } else {
             connector_for(pool, &env.stub, steps).await?
         };
-        profiles.push(profile::run(pool, env, (conn, None), steps, executions, 2).await?);
+        profiles.push(profile::run(pool, env, (conn, None), steps, executions, procs).await?);
     }
     // What every send's slot costs the database: its share of the group
     // takes, next to the plain 1-step profile above.
@@ -289,7 +291,7 @@ async fn core(
             (open, Some("rate limit never reached")),
             1,
             executions,
-            2,
+            procs,
         )
         .await?,
     );
