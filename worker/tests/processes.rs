@@ -204,7 +204,12 @@ async fn three_processes_run_2000_executions_and_never_resend_a_finished_step(po
     .expect("sessions");
     assert_eq!(
         sessions,
-        ["billing-workers", "conveyor-worker"],
+        [
+            "billing-workers",
+            "billing-workers claims",
+            "conveyor-worker",
+            "conveyor-worker claims"
+        ],
         "the workers' sessions say which process they serve"
     );
 

@@ -370,6 +370,24 @@ async fn one_trace_runs_from_the_api_request_to_the_last_step(pool: PgPool) {
         !all.windows(PLANTED.len()).any(|w| w == PLANTED.as_bytes()),
         "a secret reached the exported spans"
     );
+    // Each process's sessions say which process, and which of its
+    // connections, they are.
+    let sessions: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT application_name FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name <> '' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("sessions");
+    assert_eq!(
+        sessions,
+        [
+            "conveyor-api",
+            "conveyor-api enqueue",
+            "conveyor-worker",
+            "conveyor-worker claims"
+        ]
+    );
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]

@@ -175,7 +175,7 @@ impl ClaimPool {
     /// a time), made as [`super::planned_once`] says.
     #[must_use]
     pub fn new(pool: &PgPool) -> Self {
-        Self(super::planned_once(pool, &CLAIM_PLANNER))
+        Self(super::planned_once(pool, "claims", &CLAIM_PLANNER))
     }
 
     /// The pool, for looking at what its connections plan.

@@ -59,7 +59,7 @@ impl EnqueuePool {
     /// [`super::planned_once`] says.
     #[must_use]
     pub fn new(pool: &PgPool) -> Self {
-        Self(super::planned_once(pool, &ENQUEUE_PLANNER))
+        Self(super::planned_once(pool, "enqueue", &ENQUEUE_PLANNER))
     }
 
     /// The pool, for looking at what its connection plans.

@@ -29,14 +29,25 @@ use sqlx::{PgExecutor, PgPool};
 use crate::Result;
 
 /// A lazily connecting pool of one connection to `pool`'s database, with
-/// `pool`'s acquire timeout, whose session has the planner `settings`:
+/// `pool`'s acquire timeout, named after `pool`'s `application_name` and
+/// `purpose` (`conveyor-worker claims`: `pg_stat_activity` tells it from
+/// the pool's other sessions), whose session has the planner `settings`:
 /// for a statement that one task sends one at a time and that is planned
 /// once per connection (`plan_cache_mode=force_generic_plan`), so its
 /// plan must not depend on the statistics it was made with. The settings
 /// are made by a statement once connected, rather than as startup
 /// options, which connection poolers and proxies in front of PostgreSQL
 /// may refuse.
-fn planned_once(pool: &PgPool, settings: &'static [(&'static str, &'static str)]) -> PgPool {
+fn planned_once(
+    pool: &PgPool,
+    purpose: &str,
+    settings: &'static [(&'static str, &'static str)],
+) -> PgPool {
+    let options = pool.connect_options();
+    let name = match options.get_application_name() {
+        Some(name) => format!("{name} {purpose}"),
+        None => purpose.to_owned(),
+    };
     PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(pool.options().get_acquire_timeout())
@@ -53,7 +64,7 @@ fn planned_once(pool: &PgPool, settings: &'static [(&'static str, &'static str)]
                 .map(drop)
             })
         })
-        .connect_lazy_with((*pool.connect_options()).clone())
+        .connect_lazy_with((*options).clone().application_name(&name))
 }
 
 /// Creates the workspace row on first use. Workspace ids are the calling
