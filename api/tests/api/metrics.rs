@@ -115,6 +115,20 @@ async fn request_metric_labels_hold_templates_and_classes_not_raw_values(pool: P
             "status `{status}` is not a class"
         );
     }
+    // Fine enough around a 10 ms objective to read a p95 below it.
+    let bounds: Vec<String> = parse_exposition(&metrics.text)
+        .into_iter()
+        .filter(|(name, labels, _)| {
+            name == "conveyor_http_request_duration_seconds_bucket"
+                && labels.get("route").map(String::as_str) == Some("unmatched")
+        })
+        .filter_map(|(_, mut labels, _)| labels.remove("le"))
+        .collect();
+    assert_eq!(
+        bounds[..6],
+        ["0.001", "0.0025", "0.005", "0.0075", "0.01", "0.025"],
+        "{bounds:?}"
+    );
 }
 
 #[tokio::test]
