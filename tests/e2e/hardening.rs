@@ -536,3 +536,35 @@ async fn a_database_error_reading_the_definition_never_fails_the_execution(pool:
     );
     assert_eq!(e.error, None);
 }
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn another_workspace_cannot_watch_an_execution(pool: PgPool) {
+    let h = Harness::new(pool.clone());
+    let connector = h
+        .connector(json!({"name": "c", "steps": [
+            {"name": "s", "method": "GET", "url": "https://api.example.com/x"}]}))
+        .await;
+    let id = h.enqueue(connector, json!({})).await;
+    let until = Utc::now() + chrono::Duration::minutes(1);
+    let watchers = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT workspace_id FROM execution_watchers WHERE execution_id = $1",
+        )
+        .bind(id)
+        .fetch_all(&pool)
+        .await
+        .expect("watchers")
+    };
+
+    conveyor_engine::store::history::watch(&pool, "ws_other", id, uuid::Uuid::now_v7(), until)
+        .await
+        .expect("watch");
+    assert!(
+        watchers().await.is_empty(),
+        "a watch from another workspace makes its changes notify"
+    );
+    conveyor_engine::store::history::watch(&pool, WS, id, uuid::Uuid::now_v7(), until)
+        .await
+        .expect("watch");
+    assert_eq!(watchers().await, [WS]);
+}

@@ -7,6 +7,7 @@ mod for_each;
 mod hardening;
 mod language;
 mod marketplace_review;
+mod migrations;
 mod multi_step;
 mod oauth;
 mod paging;

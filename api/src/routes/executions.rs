@@ -231,7 +231,7 @@ pub(crate) async fn events_response(
     // Subscribe before reading so no change between the read and the
     // subscription is missed.
     let rx = state.events.subscribe();
-    history::watch(&state.pool, id, watcher, Utc::now() + WATCH_TTL).await?;
+    history::watch(&state.pool, &ws, id, watcher, Utc::now() + WATCH_TTL).await?;
     let stream = event_stream(state, ws, id, (watcher, slot), rx);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
@@ -343,7 +343,7 @@ fn event_stream(
                     },
                     () = renew => {
                         progress.renew_at = tokio::time::Instant::now() + WATCH_TTL / 3;
-                        let _ = history::watch(&state.pool, id, watcher, Utc::now() + WATCH_TTL).await;
+                        let _ = history::watch(&state.pool, &ws, id, watcher, Utc::now() + WATCH_TTL).await;
                         refresh = true;
                     }
                 }

@@ -154,19 +154,19 @@ async fn the_worker_s_retention_loop_prunes_delivery_logs_past_their_days(pool: 
     // Each log gets a row past the 30 days, a recent one, and (outboxes and
     // ticks) an old row that is still pending or held, which must stay.
     sqlx::query(
-        "INSERT INTO trigger_deliveries (id, trigger_id, received_at, status, outcome)
-         VALUES (gen_random_uuid(), $1, now() - interval '40 days', 202, 'started'),
-                (gen_random_uuid(), $1, now(), 202, 'started')",
+        "INSERT INTO trigger_deliveries (id, workspace_id, trigger_id, received_at, status, outcome)
+         VALUES (gen_random_uuid(), 'ws_logs', $1, now() - interval '40 days', 202, 'started'),
+                (gen_random_uuid(), 'ws_logs', $1, now(), 202, 'started')",
     )
     .bind(&trigger)
     .execute(&api.pool)
     .await
     .expect("hook deliveries");
     sqlx::query(
-        "INSERT INTO schedule_ticks (schedule_id, tick_at, outcome, recorded_at)
-         VALUES ($1::uuid, now() - interval '40 days', 'started', now() - interval '40 days'),
-                ($1::uuid, now() - interval '39 days', 'queued', now() - interval '39 days'),
-                ($1::uuid, now(), 'skipped', now())",
+        "INSERT INTO schedule_ticks (schedule_id, workspace_id, tick_at, outcome, recorded_at)
+         VALUES ($1::uuid, 'ws_logs', now() - interval '40 days', 'started', now() - interval '40 days'),
+                ($1::uuid, 'ws_logs', now() - interval '39 days', 'queued', now() - interval '39 days'),
+                ($1::uuid, 'ws_logs', now(), 'skipped', now())",
     )
     .bind(&schedule)
     .execute(&api.pool)
@@ -183,8 +183,8 @@ async fn the_worker_s_retention_loop_prunes_delivery_logs_past_their_days(pool: 
                     (gen_random_uuid(), 'ws_logs', 'https://e.example/cb', 'execution.failed', 'failed',
                      now(), now() - interval '1 day', now())
              RETURNING id)
-         INSERT INTO callback_attempts (delivery_id, attempt, at, duration_ms)
-         SELECT id, 1, now(), 5 FROM d",
+         INSERT INTO callback_attempts (delivery_id, workspace_id, attempt, at, duration_ms)
+         SELECT id, 'ws_logs', 1, now(), 5 FROM d",
     )
     .execute(&api.pool)
     .await

@@ -261,8 +261,9 @@ pub async fn finish_attempt(
 ) -> crate::Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query!(
-        "INSERT INTO callback_attempts (delivery_id, attempt, at, status_code, error, duration_ms)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        "INSERT INTO callback_attempts (delivery_id, workspace_id, attempt, at, status_code, error, duration_ms)
+         SELECT id, workspace_id, $2, $3, $4, $5, $6 FROM callback_deliveries WHERE id = $1
+         ON CONFLICT DO NOTHING",
         id,
         attempt,
         at,

@@ -334,21 +334,25 @@ pub async fn workspace_connector_stats(
 }
 
 /// Marks `execution_id` as watched by `watcher` until `until`, so step
-/// commits and status changes NOTIFY for it.
+/// commits and status changes NOTIFY for it; nothing when it is not an
+/// execution of `workspace_id`, whose changes the caller may not follow.
 ///
 /// # Errors
 ///
 /// Database errors.
 pub async fn watch(
     pool: &PgPool,
+    workspace_id: &str,
     execution_id: Uuid,
     watcher: Uuid,
     until: DateTime<Utc>,
 ) -> Result<()> {
     sqlx::query!(
-        "INSERT INTO execution_watchers (execution_id, watcher, expires_at) VALUES ($1, $2, $3)
+        "INSERT INTO execution_watchers (execution_id, workspace_id, watcher, expires_at)
+         SELECT id, workspace_id, $3, $4 FROM connector_executions WHERE id = $1 AND workspace_id = $2
          ON CONFLICT (execution_id, watcher) DO UPDATE SET expires_at = EXCLUDED.expires_at",
         execution_id,
+        workspace_id,
         watcher,
         until
     )

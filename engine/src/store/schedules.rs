@@ -472,8 +472,8 @@ async fn claim_tick(
     now: DateTime<Utc>,
 ) -> Result<bool> {
     let claimed = sqlx::query_scalar!(
-        "INSERT INTO schedule_ticks (schedule_id, tick_at, outcome, recorded_at)
-         VALUES ($1, $2, 'skipped', $3)
+        "INSERT INTO schedule_ticks (schedule_id, workspace_id, tick_at, outcome, recorded_at)
+         SELECT id, workspace_id, $2, 'skipped', $3 FROM connector_schedules WHERE id = $1
          ON CONFLICT (schedule_id, tick_at) DO NOTHING
          RETURNING tick_at",
         schedule_id,

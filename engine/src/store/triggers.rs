@@ -299,8 +299,9 @@ pub async fn record(
     error: Option<&str>,
 ) -> crate::Result<()> {
     sqlx::query!(
-        "INSERT INTO trigger_deliveries (id, trigger_id, received_at, status, outcome, delivery_id, execution_id, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO trigger_deliveries
+             (id, workspace_id, trigger_id, received_at, status, outcome, delivery_id, execution_id, error)
+         SELECT $1, workspace_id, id, $3, $4, $5, $6, $7, $8 FROM webhook_triggers WHERE id = $2",
         Uuid::now_v7(),
         trigger_id,
         now,
