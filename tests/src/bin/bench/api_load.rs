@@ -358,13 +358,15 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     let mut open = Map::new();
     for rate in env_list("BENCH_API_RATES", &[500, 1000, 2000, 4000]) {
         settle(pool).await?;
+        let from = chrono::Utc::now();
         let run = meter
             .run(&generator, &single, Load::Open { rate }, secs)
             .await;
-        open.insert(
-            rate.to_string(),
-            run.report(&format!("execute, open loop, {rate} requests/s offered"), 1),
-        );
+        let to = chrono::Utc::now();
+        let mut report = run.report(&format!("execute, open loop, {rate} requests/s offered"), 1);
+        settle(pool).await?;
+        report["start_under_load_ms"] = start_latency(pool, from, to).await?;
+        open.insert(rate.to_string(), report);
     }
     out.insert("execute_open_loop".into(), Value::Object(open));
     let batch_clients = env_usize("BENCH_API_BATCH_CLIENTS", 4);
@@ -405,6 +407,35 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     drop(api);
     reset(pool).await?;
     Ok(Value::Object(out))
+}
+
+/// Enqueue→start of the executions enqueued between `from` and `to`, p50,
+/// p95 and p99 in ms: how long a worker under that load let them wait
+/// (the claim cooldown, `CONVEYOR_CLAIM_COOLDOWN_MS`, among the causes).
+async fn start_latency(
+    pool: &PgPool,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> BenchResult<Value> {
+    let (p50, p95, p99): (Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT q[1], q[2], q[3] FROM (
+             SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
+                    (ORDER BY extract(epoch FROM started_at - created_at) * 1000) AS q
+             FROM connector_executions
+             WHERE created_at >= $1 AND created_at < $2 AND started_at IS NOT NULL) s",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_one(pool)
+    .await?;
+    let ms = |v: Option<f64>| v.map_or(f64::NAN, round2);
+    println!(
+        "  enqueue->start of those executions: p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
+        ms(p50),
+        ms(p95),
+        ms(p99)
+    );
+    Ok(json!({"p50": ms(p50), "p95": ms(p95), "p99": ms(p99)}))
 }
 
 /// Waits (two minutes at most) until the worker has run every execution
