@@ -4,10 +4,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use conveyor_engine::state::{ExecutionStatus, StepOutcome};
-use conveyor_engine::store::connectors;
 use conveyor_engine::store::executions::{self, CancelOutcome, StepRow, Transition};
+use conveyor_engine::store::{connectors, history};
 use conveyor_tests::{
     Harness, WS, enqueue, enqueue_new, new_execution, test_worker_config, worker,
 };
@@ -1032,4 +1032,124 @@ async fn a_worker_draining_a_backlog_claims_again_at_once_whatever_its_cooldown(
     );
     shutdown.cancel();
     running.await.expect("worker task");
+}
+
+/// Enqueues a never-sent execution due at `run_at`.
+async fn queued_at(h: &Harness, c: (uuid::Uuid, i32), run_at: DateTime<Utc>) {
+    let new = executions::NewExecution {
+        run_at: Some(run_at),
+        ..new_execution(c, json!({}))
+    };
+    enqueue_new(&h.pool, &new).await;
+}
+
+const GAUGE_EVERY: Duration = Duration::from_secs(5);
+
+fn assert_gauge(got: (i64, f64), depth: i64, oldest: f64) {
+    assert_eq!(got.0, depth, "depth in {got:?}");
+    assert!(
+        (got.1 - oldest).abs() < 1e-3,
+        "oldest age in {got:?}, want {oldest}"
+    );
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn the_queue_gauge_is_counted_once_per_interval_for_every_reader(pool: PgPool) {
+    let (h, c) = never_sent(pool).await;
+    let t0 = Utc::now();
+    let secs = chrono::Duration::seconds;
+    assert_gauge(
+        history::queue_depth(&h.pool, t0, GAUGE_EVERY)
+            .await
+            .expect("gauge"),
+        0,
+        0.0,
+    );
+    for run_at in [t0 - secs(60), t0 - secs(30), t0 + secs(3600)] {
+        queued_at(&h, c, run_at).await;
+    }
+    // Within the interval every reader gets the stored count (still none),
+    // whatever was enqueued since.
+    let within = t0 + secs(4);
+    assert_gauge(
+        history::queue_depth(&h.pool, within, GAUGE_EVERY)
+            .await
+            .expect("gauge"),
+        0,
+        0.0,
+    );
+    // Due: counted again; only ready rows, the oldest aged at `now`.
+    let due = t0 + secs(5);
+    assert_gauge(
+        history::queue_depth(&h.pool, due, GAUGE_EVERY)
+            .await
+            .expect("gauge"),
+        2,
+        65.0,
+    );
+    queued_at(&h, c, t0 - secs(90)).await;
+    // Read back: the stored count, the oldest's age growing with `now`.
+    let later = due + secs(1);
+    assert_gauge(
+        history::queue_depth(&h.pool, later, GAUGE_EVERY)
+            .await
+            .expect("gauge"),
+        2,
+        66.0,
+    );
+    let (measured, next): (DateTime<Utc>, DateTime<Utc>) =
+        sqlx::query_as("SELECT measured_at, next_at FROM queue_gauge")
+            .fetch_one(&h.pool)
+            .await
+            .expect("gauge row");
+    assert_eq!(measured, due.trunc_subsecs(6));
+    assert!(
+        next - measured >= secs(5),
+        "next count at {next}, measured at {measured}"
+    );
+    assert_gauge(
+        history::queue_depth(&h.pool, due + secs(5), GAUGE_EVERY)
+            .await
+            .expect("gauge"),
+        3,
+        100.0,
+    );
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_reader_never_waits_for_a_count_another_process_is_running(pool: PgPool) {
+    let (h, c) = never_sent(pool).await;
+    let t0 = Utc::now();
+    queued_at(&h, c, t0 - chrono::Duration::seconds(10)).await;
+    assert_gauge(
+        history::queue_depth(&h.pool, t0, GAUGE_EVERY)
+            .await
+            .expect("gauge"),
+        1,
+        10.0,
+    );
+    queued_at(&h, c, t0).await;
+    // Another process holds the row while it counts.
+    let mut refresher = h.pool.begin().await.expect("begin");
+    sqlx::query("SELECT id FROM queue_gauge FOR UPDATE")
+        .execute(&mut *refresher)
+        .await
+        .expect("lock");
+    let due = t0 + chrono::Duration::seconds(60);
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        history::queue_depth(&h.pool, due, GAUGE_EVERY),
+    )
+    .await
+    .expect("the reader waited for the refresher")
+    .expect("gauge");
+    assert_gauge(read, 1, 70.0);
+    refresher.rollback().await.expect("rollback");
+    assert_gauge(
+        history::queue_depth(&h.pool, due, GAUGE_EVERY)
+            .await
+            .expect("gauge"),
+        2,
+        70.0,
+    );
 }

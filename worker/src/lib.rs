@@ -394,10 +394,12 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 const PRUNE_BATCH: i64 = 500;
 
 /// Keeps `conveyor_queue_depth` and `conveyor_oldest_ready_age_seconds`
-/// current: one indexed query every few seconds, never one per scrape.
+/// current: every few seconds, never per scrape, from the measurement the
+/// whole fleet shares (one process counts per interval, see
+/// [`history::queue_depth`]).
 pub async fn observe_queue(pool: PgPool, shutdown: CancellationToken) {
     loop {
-        match history::queue_depth(&pool, Utc::now()).await {
+        match history::queue_depth(&pool, Utc::now(), QUEUE_GAUGE_EVERY).await {
             Ok((depth, oldest)) => {
                 metrics::gauge!("conveyor_queue_depth").set(depth as f64);
                 metrics::gauge!("conveyor_oldest_ready_age_seconds").set(oldest);
