@@ -1053,50 +1053,34 @@ fn assert_gauge(got: (i64, f64), depth: i64, oldest: f64) {
     );
 }
 
+/// Reads the queue gauges at `now` and checks them.
+async fn assert_gauge_at(pool: &PgPool, now: DateTime<Utc>, depth: i64, oldest: f64) {
+    let got = history::queue_depth(pool, now, GAUGE_EVERY)
+        .await
+        .expect("gauge");
+    assert_gauge(got, depth, oldest);
+}
+
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn the_queue_gauge_is_counted_once_per_interval_for_every_reader(pool: PgPool) {
     let (h, c) = never_sent(pool).await;
     let t0 = Utc::now();
     let secs = chrono::Duration::seconds;
-    assert_gauge(
-        history::queue_depth(&h.pool, t0, GAUGE_EVERY)
-            .await
-            .expect("gauge"),
-        0,
-        0.0,
-    );
+    assert_gauge_at(&h.pool, t0, 0, 0.0).await;
     for run_at in [t0 - secs(60), t0 - secs(30), t0 + secs(3600)] {
         queued_at(&h, c, run_at).await;
     }
     // Within the interval every reader gets the stored count (still none),
     // whatever was enqueued since.
     let within = t0 + secs(4);
-    assert_gauge(
-        history::queue_depth(&h.pool, within, GAUGE_EVERY)
-            .await
-            .expect("gauge"),
-        0,
-        0.0,
-    );
+    assert_gauge_at(&h.pool, within, 0, 0.0).await;
     // Due: counted again; only ready rows, the oldest aged at `now`.
     let due = t0 + secs(5);
-    assert_gauge(
-        history::queue_depth(&h.pool, due, GAUGE_EVERY)
-            .await
-            .expect("gauge"),
-        2,
-        65.0,
-    );
+    assert_gauge_at(&h.pool, due, 2, 65.0).await;
     queued_at(&h, c, t0 - secs(90)).await;
     // Read back: the stored count, the oldest's age growing with `now`.
     let later = due + secs(1);
-    assert_gauge(
-        history::queue_depth(&h.pool, later, GAUGE_EVERY)
-            .await
-            .expect("gauge"),
-        2,
-        66.0,
-    );
+    assert_gauge_at(&h.pool, later, 2, 66.0).await;
     let (measured, next): (DateTime<Utc>, DateTime<Utc>) =
         sqlx::query_as("SELECT measured_at, next_at FROM queue_gauge")
             .fetch_one(&h.pool)
@@ -1107,13 +1091,7 @@ async fn the_queue_gauge_is_counted_once_per_interval_for_every_reader(pool: PgP
         next - measured >= secs(5),
         "next count at {next}, measured at {measured}"
     );
-    assert_gauge(
-        history::queue_depth(&h.pool, due + secs(5), GAUGE_EVERY)
-            .await
-            .expect("gauge"),
-        3,
-        100.0,
-    );
+    assert_gauge_at(&h.pool, due + secs(5), 3, 100.0).await;
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
@@ -1121,13 +1099,7 @@ async fn a_reader_never_waits_for_a_count_another_process_is_running(pool: PgPoo
     let (h, c) = never_sent(pool).await;
     let t0 = Utc::now();
     queued_at(&h, c, t0 - chrono::Duration::seconds(10)).await;
-    assert_gauge(
-        history::queue_depth(&h.pool, t0, GAUGE_EVERY)
-            .await
-            .expect("gauge"),
-        1,
-        10.0,
-    );
+    assert_gauge_at(&h.pool, t0, 1, 10.0).await;
     queued_at(&h, c, t0).await;
     // Another process holds the row while it counts.
     let mut refresher = h.pool.begin().await.expect("begin");
@@ -1145,11 +1117,5 @@ async fn a_reader_never_waits_for_a_count_another_process_is_running(pool: PgPoo
     .expect("gauge");
     assert_gauge(read, 1, 70.0);
     refresher.rollback().await.expect("rollback");
-    assert_gauge(
-        history::queue_depth(&h.pool, due, GAUGE_EVERY)
-            .await
-            .expect("gauge"),
-        2,
-        70.0,
-    );
+    assert_gauge_at(&h.pool, due, 2, 70.0).await;
 }
