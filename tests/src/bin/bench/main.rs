@@ -280,7 +280,8 @@ async fn core(
         } else {
             connector_for(pool, &env.stub, steps).await?
         };
-        profiles.push(profile::run(pool, env, (conn, None), steps, executions, procs).await?);
+        profiles
+            .push(profile::run(pool, env, (conn, None), steps, (executions, procs), None).await?);
     }
     // What every send's slot costs the database: its share of the group
     // takes, next to the plain 1-step profile above.
@@ -290,8 +291,21 @@ async fn core(
             env,
             (open, Some("rate limit never reached")),
             1,
-            executions,
-            procs,
+            (executions, procs),
+            None,
+        )
+        .await?,
+    );
+    // What trace export costs the workers (and the bench's receiver),
+    // next to the plain 1-step profile.
+    profiles.push(
+        profile::run(
+            pool,
+            env,
+            (one, Some("trace export on")),
+            1,
+            (executions, procs),
+            Some(&collector),
         )
         .await?,
     );

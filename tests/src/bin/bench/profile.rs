@@ -28,15 +28,16 @@ const TABLES: [&str; 4] = [
 pub(super) const TICKS_PER_S: f64 = 100.0;
 
 /// Runs `n` executions of `conn` (a `steps`-step connector, `label`
-/// naming what else it does, if anything) on `procs` worker processes and
-/// reports what the database did for them.
+/// naming what else it does, if anything) on `procs` worker processes,
+/// exporting their traces to `otlp` when given, and reports what the
+/// database and the workers did for them.
 pub(super) async fn run(
     pool: &PgPool,
     env: &Env,
     (conn, label): ((Uuid, i32), Option<&str>),
     steps: usize,
-    n: usize,
-    procs: usize,
+    (n, procs): (usize, usize),
+    otlp: Option<&str>,
 ) -> BenchResult<Value> {
     reset(pool).await?;
     let statements = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
@@ -67,7 +68,7 @@ pub(super) async fn run(
 
     let stop = Arc::new(AtomicBool::new(false));
     let waits = tokio::spawn(sample_waits(sampler, stop.clone()));
-    let workers = spawn_workers(env, procs, None)?;
+    let workers = spawn_workers(env, procs, otlp)?;
     let started = Instant::now();
     let polls = super::wait_finished(pool, n).await?;
     let wall = started.elapsed().as_secs_f64();
