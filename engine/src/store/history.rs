@@ -484,13 +484,42 @@ pub fn next_gauge_refresh(every: Duration, took: Duration) -> Duration {
 /// them shares one stored measurement (table `queue_gauge`): the caller
 /// that finds it due, and not being refreshed by another, counts the
 /// backlog through the claim index and stores the result with the next
-/// due time ([`next_gauge_refresh`]); every other caller reads it. So the
-/// fleet runs one count per interval, not one per process.
+/// due time ([`next_gauge_refresh`]); every other caller reads it, in
+/// one statement. So the fleet runs one count per interval, not one per
+/// process.
 ///
 /// # Errors
 ///
 /// Database errors.
 pub async fn queue_depth(pool: &PgPool, now: DateTime<Utc>, every: Duration) -> Result<(i64, f64)> {
+    let stored = sqlx::query!(
+        r#"SELECT depth, oldest_at, next_at <= $1 AS "due!" FROM queue_gauge"#,
+        now
+    )
+    .fetch_one(pool)
+    .await?;
+    let (depth, oldest_at) = if stored.due {
+        refresh_queue_gauge(pool, now, every)
+            .await?
+            .unwrap_or((stored.depth, stored.oldest_at))
+    } else {
+        (stored.depth, stored.oldest_at)
+    };
+    // Negative (a clock behind the refresher's) reads as 0.
+    let oldest = oldest_at.map_or(0.0, |at| {
+        (now - at).to_std().map_or(0.0, |age| age.as_secs_f64())
+    });
+    Ok((depth, oldest))
+}
+
+/// Counts the ready backlog into `queue_gauge` when the row is still due
+/// and no other process holds it; `None` when another got there first
+/// (the caller keeps the stored value rather than wait).
+async fn refresh_queue_gauge(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    every: Duration,
+) -> Result<Option<(i64, Option<DateTime<Utc>>)>> {
     let mut tx = pool.begin().await?;
     let due = sqlx::query_scalar!(
         "SELECT id FROM queue_gauge WHERE next_at <= $1 FOR UPDATE SKIP LOCKED",
@@ -498,41 +527,32 @@ pub async fn queue_depth(pool: &PgPool, now: DateTime<Utc>, every: Duration) -> 
     )
     .fetch_optional(&mut *tx)
     .await?;
-    let (depth, oldest_at) = if due.is_some() {
-        let started = Instant::now();
-        let row = sqlx::query!(
-            r#"SELECT count(*) AS "depth!", min(run_at) AS oldest_at
-               FROM connector_executions WHERE status = 'queued' AND run_at <= $1"#,
-            now
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let next = chrono::Duration::from_std(next_gauge_refresh(every, started.elapsed()))
-            .unwrap_or(chrono::Duration::MAX);
-        sqlx::query!(
-            "UPDATE queue_gauge SET depth = $1, oldest_at = $2, measured_at = $3, next_at = $4",
-            row.depth,
-            row.oldest_at,
-            now,
-            now.checked_add_signed(next)
-                .unwrap_or(DateTime::<Utc>::MAX_UTC)
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        (row.depth, row.oldest_at)
-    } else {
+    if due.is_none() {
         tx.rollback().await?;
-        let row = sqlx::query!("SELECT depth, oldest_at FROM queue_gauge")
-            .fetch_one(pool)
-            .await?;
-        (row.depth, row.oldest_at)
-    };
-    // Negative (a clock behind the refresher's) reads as 0.
-    let oldest = oldest_at.map_or(0.0, |at| {
-        (now - at).to_std().map_or(0.0, |age| age.as_secs_f64())
-    });
-    Ok((depth, oldest))
+        return Ok(None);
+    }
+    let started = Instant::now();
+    let row = sqlx::query!(
+        r#"SELECT count(*) AS "depth!", min(run_at) AS oldest_at
+           FROM connector_executions WHERE status = 'queued' AND run_at <= $1"#,
+        now
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let next = chrono::Duration::from_std(next_gauge_refresh(every, started.elapsed()))
+        .unwrap_or(chrono::Duration::MAX);
+    sqlx::query!(
+        "UPDATE queue_gauge SET depth = $1, oldest_at = $2, measured_at = $3, next_at = $4",
+        row.depth,
+        row.oldest_at,
+        now,
+        now.checked_add_signed(next)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some((row.depth, row.oldest_at)))
 }
 
 /// Deletes up to `batch` executions past their workspace's retention,
