@@ -134,12 +134,15 @@ impl ApiError {
         .with_details(json!({ "errors": errors }))
     }
 
-    /// 503: the database is unreachable.
+    /// 503: the database is unreachable, or no connection of this
+    /// process's pool came free within its acquire timeout (sqlx reports
+    /// both as the same timeout while the server refuses connections).
     pub fn unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "database_unavailable",
-            "the database is not reachable; retry shortly",
+            "the database is not reachable, or every database connection of this API process \
+             stayed busy (CONVEYOR_DB_MAX_CONNECTIONS); retry shortly",
         )
     }
 
@@ -173,7 +176,7 @@ impl ApiError {
 impl From<conveyor_engine::Error> for ApiError {
     fn from(e: conveyor_engine::Error) -> Self {
         if e.is_connection() {
-            tracing::warn!(error = %e, "database unreachable");
+            tracing::warn!(error = %e, "database unreachable or connection pool exhausted");
             Self::unavailable()
         } else {
             Self::internal(&e)

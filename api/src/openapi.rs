@@ -119,7 +119,7 @@ fn add_standard_responses(op: &mut Operation, admin: bool) {
         ),
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "The database is unreachable; retry after `Retry-After` seconds",
+            "The database is unreachable, or every connection of the API process stayed busy; retry after `Retry-After` seconds",
         ),
     ];
     if has_in(ParameterIn::Path) {

@@ -1,6 +1,7 @@
-//! The API under stress: without its database it answers 503 (JSON error
-//! shape) for what needs it while liveness still answers; a workspace over
-//! its request rate gets 429 without slowing the others.
+//! The API under stress: without its database, or with every connection
+//! of its pool busy, it answers 503 (JSON error shape, `Retry-After`) for
+//! what needs it while liveness still answers; a workspace over its
+//! request rate gets 429 without slowing the others.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +61,62 @@ async fn an_unreachable_database_answers_503_and_liveness_stays_up() {
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     let live = get("/healthz", None).await.expect("response");
     assert_eq!(live.status(), StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn an_exhausted_pool_answers_503_in_time_and_recovers(
+    options: sqlx::postgres::PgPoolOptions,
+    connect: sqlx::postgres::PgConnectOptions,
+) {
+    let pool = options
+        .max_connections(1)
+        .acquire_timeout(Duration::from_millis(300))
+        .connect_with(connect)
+        .await
+        .expect("pool");
+    let auth = Authenticator::new("resilience-tests-secret-0123456789abcdef").expect("secret");
+    let token = auth
+        .mint("ws_a", "u1", Duration::from_secs(60))
+        .expect("token");
+    let keyring = Arc::new(Keyring::new(Key::generate(), []));
+    let router = app(AppState::new(
+        pool.clone(),
+        keyring,
+        auth,
+        ApiConfig::default(),
+        None,
+    ));
+    let list = || {
+        let request = Request::builder()
+            .uri("/api/v1/connectors")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("request");
+        router.clone().oneshot(request)
+    };
+
+    let held = pool.acquire().await.expect("the pool's only connection");
+    let asked = std::time::Instant::now();
+    let busy = tokio::time::timeout(Duration::from_secs(10), list())
+        .await
+        .expect("answered within the acquire timeout, not left waiting")
+        .expect("response");
+    assert!(asked.elapsed() >= Duration::from_millis(300));
+    assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(busy.headers()["retry-after"], "5");
+    let bytes = axum::body::to_bytes(busy.into_body(), 1 << 16)
+        .await
+        .expect("body");
+    let body: Value = serde_json::from_slice(&bytes).expect("json error body");
+    assert_eq!(body["error"]["code"], "database_unavailable");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("stayed busy") && message.contains("CONVEYOR_DB_MAX_CONNECTIONS"),
+        "{message}"
+    );
+
+    drop(held);
+    assert_eq!(list().await.expect("response").status(), StatusCode::OK);
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
