@@ -14,17 +14,11 @@ use conveyor_engine::crypto::{Key, Keyring};
 use serde_json::Value;
 use tower::ServiceExt;
 
-#[tokio::test]
-async fn an_unreachable_database_answers_503_and_liveness_stays_up() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
-    // Nothing listens there any more.
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .acquire_timeout(Duration::from_millis(500))
-        .connect_lazy(&format!("postgres://conveyor@127.0.0.1:{port}/conveyor"))
-        .expect("lazy pool");
+/// The API over `pool`, and a function that GETs a path, with a token of
+/// workspace `ws_a` when `authorized`.
+fn api_over(
+    pool: sqlx::PgPool,
+) -> impl Fn(&str, bool) -> tower::util::Oneshot<axum::Router, Request<Body>> {
     let auth = Authenticator::new("resilience-tests-secret-0123456789abcdef").expect("secret");
     let token = auth
         .mint("ws_a", "u1", Duration::from_secs(60))
@@ -37,29 +31,52 @@ async fn an_unreachable_database_answers_503_and_liveness_stays_up() {
         ApiConfig::default(),
         None,
     ));
-    let get = |path: &str, token: Option<&str>| {
+    move |path, authorized| {
         let mut request = Request::builder().uri(path);
-        if let Some(t) = token {
-            request = request.header("authorization", format!("Bearer {t}"));
+        if authorized {
+            request = request.header("authorization", format!("Bearer {token}"));
         }
         router
             .clone()
             .oneshot(request.body(Body::empty()).expect("request"))
-    };
+    }
+}
 
-    let response = get("/api/v1/connectors", Some(&token))
-        .await
-        .expect("response");
+/// A 503's `Retry-After` and its JSON error, whose code is checked.
+async fn unavailable(response: axum::response::Response) -> (String, Value) {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let retry_after = response.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
         .await
         .expect("body");
     let body: Value = serde_json::from_slice(&bytes).expect("json error body");
     assert_eq!(body["error"]["code"], "database_unavailable");
+    (retry_after, body["error"].clone())
+}
 
-    let ready = get("/readyz", None).await.expect("response");
+#[tokio::test]
+async fn an_unreachable_database_answers_503_and_liveness_stays_up() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    // Nothing listens there any more.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy(&format!("postgres://conveyor@127.0.0.1:{port}/conveyor"))
+        .expect("lazy pool");
+    let get = api_over(pool);
+
+    let (retry_after, _) =
+        unavailable(get("/api/v1/connectors", true).await.expect("response")).await;
+    assert_eq!(retry_after, "5");
+
+    let ready = get("/readyz", false).await.expect("response");
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let live = get("/healthz", None).await.expect("response");
+    let live = get("/healthz", false).await.expect("response");
     assert_eq!(live.status(), StatusCode::OK);
 }
 
@@ -74,49 +91,26 @@ async fn an_exhausted_pool_answers_503_in_time_and_recovers(
         .connect_with(connect)
         .await
         .expect("pool");
-    let auth = Authenticator::new("resilience-tests-secret-0123456789abcdef").expect("secret");
-    let token = auth
-        .mint("ws_a", "u1", Duration::from_secs(60))
-        .expect("token");
-    let keyring = Arc::new(Keyring::new(Key::generate(), []));
-    let router = app(AppState::new(
-        pool.clone(),
-        keyring,
-        auth,
-        ApiConfig::default(),
-        None,
-    ));
-    let list = || {
-        let request = Request::builder()
-            .uri("/api/v1/connectors")
-            .header("authorization", format!("Bearer {token}"))
-            .body(Body::empty())
-            .expect("request");
-        router.clone().oneshot(request)
-    };
+    let get = api_over(pool.clone());
 
     let held = pool.acquire().await.expect("the pool's only connection");
     let asked = std::time::Instant::now();
-    let busy = tokio::time::timeout(Duration::from_secs(10), list())
+    let busy = tokio::time::timeout(Duration::from_secs(10), get("/api/v1/connectors", true))
         .await
         .expect("answered within the acquire timeout, not left waiting")
         .expect("response");
     assert!(asked.elapsed() >= Duration::from_millis(300));
-    assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(busy.headers()["retry-after"], "5");
-    let bytes = axum::body::to_bytes(busy.into_body(), 1 << 16)
-        .await
-        .expect("body");
-    let body: Value = serde_json::from_slice(&bytes).expect("json error body");
-    assert_eq!(body["error"]["code"], "database_unavailable");
-    let message = body["error"]["message"].as_str().expect("message");
+    let (retry_after, error) = unavailable(busy).await;
+    assert_eq!(retry_after, "5");
+    let message = error["message"].as_str().expect("message");
     assert!(
         message.contains("stayed busy") && message.contains("CONVEYOR_DB_MAX_CONNECTIONS"),
         "{message}"
     );
 
     drop(held);
-    assert_eq!(list().await.expect("response").status(), StatusCode::OK);
+    let ok = get("/api/v1/connectors", true).await.expect("response");
+    assert_eq!(ok.status(), StatusCode::OK);
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
