@@ -1,8 +1,10 @@
 //! The database profile of one throughput run: per execution, the
 //! statements (`pg_stat_statements`, when the cluster preloads it), the
-//! commits, the WAL bytes, the row and index writes per table; the wait
-//! events of the active backends, sampled every 10 ms; and the CPU time of
-//! PostgreSQL, the workers and the bench process (its stub included).
+//! commits, the WAL bytes and what they are made of (`pg_walinspect`, when
+//! the server ships it), the row writes per table and the index entries
+//! written to each index; the wait events of the active backends, sampled
+//! every 10 ms; and the CPU time of PostgreSQL, the workers and the bench
+//! process (its stub included).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,9 +46,14 @@ pub(super) async fn run(
         .execute(pool)
         .await
         .is_ok();
+    let walinspect = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        .execute(pool)
+        .await
+        .is_ok();
     let before_enqueue = wal_lsn(pool).await?;
     enqueue_many(pool, conn, n).await?;
     let enqueue_wal = wal_since(pool, &before_enqueue).await? / n as f64;
+    let enqueued = flushed_lsn(pool).await?;
 
     let mut sampler = pool.acquire().await?;
     let postmaster: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
@@ -77,6 +84,7 @@ pub(super) async fn run(
     let pg_cpu = postgres_ticks(postmaster).saturating_sub(pg_cpu_before);
     let own_cpu = cpu_ticks(|pid, _| pid == std::process::id()) - own_cpu_before;
     let wal = wal_since(pool, &before).await? / n as f64;
+    let after = flushed_lsn(pool).await?;
     stop.store(true, Ordering::Relaxed);
     let (samples, waits) = waits.await??;
     // Backends flush their table counters within a second of going idle;
@@ -88,7 +96,15 @@ pub(super) async fn run(
     let own_xacts = polls + samples + 4;
     let commits =
         (commits(pool).await? - commits_before).saturating_sub(own_xacts) as f64 / n as f64;
-    let tables = table_writes(pool, n).await?;
+    let (wal_kinds, entries) = if walinspect {
+        (
+            wal_breakdown(pool, (&before, &after), n).await,
+            wal_breakdown(pool, (&before_enqueue, &enqueued), n).await,
+        )
+    } else {
+        (None, None)
+    };
+    let tables = table_writes(pool, n, wal_kinds.as_ref()).await?;
     let top = if statements {
         top_statements(pool, n).await?
     } else {
@@ -129,6 +145,12 @@ pub(super) async fn run(
         micros(worker_cpu)
     );
     println!("  writes per execution: {tables}");
+    if let Some(w) = &wal_kinds {
+        println!(
+            "  WAL per execution by record type: {}; by table: {}; full-page images {} bytes",
+            w.records, w.by_table, w.fpi_bytes
+        );
+    }
     println!("  active backends by wait event ({samples} samples): {wait_json:?}");
     for s in &top {
         println!("  {s}");
@@ -146,6 +168,10 @@ pub(super) async fn run(
         "cpu_share": {"postgres": share(pg_cpu), "workers": share(worker_cpu), "bench": share(own_cpu)},
         "cpu_us_per_execution": {"postgres": micros(pg_cpu), "workers": micros(worker_cpu)},
         "writes_per_execution": tables,
+        "wal_records_per_execution": wal_kinds.as_ref().map(|w| &w.records),
+        "wal_bytes_by_table_per_execution": wal_kinds.as_ref().map(|w| &w.by_table),
+        "wal_fpi_bytes_per_execution": wal_kinds.as_ref().map(|w| w.fpi_bytes),
+        "enqueue_index_entries_per_execution": entries.as_ref().map(|w| &w.entries),
         "wait_events": wait_json,
         "top_statements": top,
         "load_average": load_average(),
@@ -165,6 +191,142 @@ async fn wal_since(pool: &PgPool, lsn: &str) -> Result<f64, sqlx::Error> {
         .await
 }
 
+/// The WAL position written to disk: `pg_walinspect` reads no further.
+async fn flushed_lsn(pool: &PgPool) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_current_wal_flush_lsn()::text")
+        .fetch_one(pool)
+        .await
+}
+
+/// What a stretch of WAL is made of, per execution.
+struct WalBreakdown {
+    /// Per record type (`Heap/HOT_UPDATE`, `Btree/INSERT_LEAF`...) written
+    /// at least once per 100 executions, the records and their bytes
+    /// (full-page images included), most bytes first.
+    records: Value,
+    /// The bytes written for each table of this database, its indexes
+    /// (and its visibility and free-space maps) included, most first.
+    by_table: Value,
+    /// The bytes of full-page images among them.
+    fpi_bytes: f64,
+    /// Per table of this database, the B-tree entries written to each of
+    /// its indexes, and their total.
+    entries: Value,
+}
+
+/// One group of WAL records: a record type and, for index entries, the
+/// index and its table.
+#[derive(sqlx::FromRow)]
+struct WalRow {
+    kind: String,
+    index: Option<String>,
+    table: Option<String>,
+    records: i64,
+    bytes: i64,
+    fpi: i64,
+}
+
+/// The WAL from `from` to `to` (flushed positions), read back with
+/// `pg_walinspect`: its records by type, its bytes by table of this
+/// database, and the index entries each of its indexes got. An entry is a leaf insertion: `INSERT_LEAF`,
+/// `INSERT_POST` (into a deduplicated posting list), or a leaf page split
+/// (the split record carries the entry that caused it). Counted from the
+/// log rather than inferred, because an insert or a non-HOT update adds
+/// an entry only to the indexes whose predicate the new row satisfies.
+/// `None` (and a note) when the WAL can no longer be read, as when a
+/// checkpoint recycled its first segments during a long run.
+async fn wal_breakdown(pool: &PgPool, (from, to): (&str, &str), n: usize) -> Option<WalBreakdown> {
+    let rows: Result<Vec<WalRow>, _> = sqlx::query_as(
+        r"WITH rec AS (
+              SELECT resource_manager || '/' || record_type AS kind, record_length, fpi_length,
+                     resource_manager = 'Btree'
+                     AND (record_type IN ('INSERT_LEAF', 'INSERT_POST')
+                          OR (record_type IN ('SPLIT_L', 'SPLIT_R') AND description ~ '^level:? 0,'))
+                       AS entry,
+                     CASE WHEN substring(block_ref FROM 'rel \d+/(\d+)/')::oid =
+                               (SELECT oid FROM pg_database WHERE datname = current_database())
+                          THEN substring(block_ref FROM 'rel \d+/\d+/(\d+)')::oid END AS filenode
+              FROM pg_get_wal_records_info($1::pg_lsn, $2::pg_lsn)
+          )
+          SELECT rec.kind, CASE WHEN rec.entry AND c.relkind = 'i' THEN c.relname::text END AS index,
+                 COALESCE(t.relname, c.relname)::text AS table,
+                 count(*) AS records, sum(rec.record_length)::int8 AS bytes,
+                 sum(rec.fpi_length)::int8 AS fpi
+          FROM rec
+          LEFT JOIN pg_class c ON c.relfilenode = rec.filenode
+          LEFT JOIN pg_index x ON x.indexrelid = c.oid
+          LEFT JOIN pg_class t ON t.oid = x.indrelid
+          GROUP BY 1, 2, 3",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => {
+            println!("  (the run's WAL could not be read back: {e})");
+            return None;
+        }
+    };
+    let per = |v: i64| v as f64 / n as f64;
+    let mut kinds: HashMap<String, (i64, i64)> = HashMap::new();
+    let mut tables: std::collections::BTreeMap<String, serde_json::Map<String, Value>> =
+        std::collections::BTreeMap::new();
+    let mut by_table: HashMap<String, i64> = HashMap::new();
+    let mut fpi = 0;
+    for row in rows {
+        let k = kinds.entry(row.kind).or_default();
+        k.0 += row.records;
+        k.1 += row.bytes;
+        fpi += row.fpi;
+        if let Some(table) = &row.table {
+            *by_table.entry(table.clone()).or_default() += row.bytes;
+        }
+        if let (Some(index), Some(table)) = (row.index, row.table) {
+            let entry = tables.entry(table).or_default();
+            let total = entry.get(&index).and_then(Value::as_i64).unwrap_or(0) + row.records;
+            entry.insert(index, json!(total));
+        }
+    }
+    let mut kinds: Vec<(String, (i64, i64))> = kinds.into_iter().collect();
+    kinds.sort_by(|a, b| b.1.1.cmp(&a.1.1).then_with(|| a.0.cmp(&b.0)));
+    let records: Vec<Value> = kinds
+        .into_iter()
+        .filter(|(_, (count, _))| per(*count) >= 0.01)
+        .map(|(kind, (count, bytes))| {
+            json!({"kind": kind, "records": round2(per(count)), "bytes": per(bytes).round()})
+        })
+        .collect();
+    let entries: serde_json::Map<String, Value> = tables
+        .into_iter()
+        .map(|(table, by_index)| {
+            let total: i64 = by_index.values().filter_map(Value::as_i64).sum();
+            let by_index: serde_json::Map<String, Value> = by_index
+                .into_iter()
+                .map(|(i, c)| (i, json!(round2(per(c.as_i64().unwrap_or(0))))))
+                .collect();
+            (
+                table,
+                json!({"total": round2(per(total)), "by_index": by_index}),
+            )
+        })
+        .collect();
+    let mut by_table: Vec<(String, i64)> = by_table.into_iter().collect();
+    by_table.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let by_table: Vec<Value> = by_table
+        .into_iter()
+        .filter(|(_, bytes)| per(*bytes) >= 1.0)
+        .map(|(table, bytes)| json!({"table": table, "bytes": per(bytes).round()}))
+        .collect();
+    Some(WalBreakdown {
+        records: records.into(),
+        by_table: by_table.into(),
+        fpi_bytes: per(fpi).round(),
+        entries: entries.into(),
+    })
+}
+
 async fn commits(pool: &PgPool) -> Result<u64, sqlx::Error> {
     // The snapshot of the cumulative statistics is per transaction: a
     // fresh one each call.
@@ -177,8 +339,13 @@ async fn commits(pool: &PgPool) -> Result<u64, sqlx::Error> {
 }
 
 /// Inserts, updates (HOT and not) and deletes per execution of each table,
-/// with the table's index count: a non-HOT update writes every index.
-async fn table_writes(pool: &PgPool, n: usize) -> Result<Value, sqlx::Error> {
+/// with the table's index count and, when the WAL was read back, the index
+/// entries written (`index_writes`, from `wal`).
+async fn table_writes(
+    pool: &PgPool,
+    n: usize,
+    wal: Option<&WalBreakdown>,
+) -> Result<Value, sqlx::Error> {
     let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT s.relname::text, s.n_tup_ins, s.n_tup_upd, s.n_tup_hot_upd, s.n_tup_del,
                 (SELECT count(*) FROM pg_index i WHERE i.indrelid = s.relid)
@@ -192,6 +359,7 @@ async fn table_writes(pool: &PgPool, n: usize) -> Result<Value, sqlx::Error> {
         .into_iter()
         .filter(|r| r.1 + r.2 + r.4 > 0)
         .map(|(name, ins, upd, hot, del, indexes)| {
+            let entries = wal.map(|w| w.entries.get(&name).cloned().unwrap_or_default());
             (
                 name,
                 json!({
@@ -200,9 +368,8 @@ async fn table_writes(pool: &PgPool, n: usize) -> Result<Value, sqlx::Error> {
                     "hot_updates": per(hot),
                     "deletes": per(del),
                     "indexes": indexes,
-                    // Index entries written: every index for an insert or
-                    // a non-HOT update.
-                    "index_writes": per((ins + upd - hot) * indexes),
+                    "index_writes": entries.as_ref().map(|t| t.get("total").cloned().unwrap_or(json!(0.0))),
+                    "index_writes_by_index": entries.as_ref().and_then(|t| t.get("by_index").cloned()),
                 }),
             )
         })
