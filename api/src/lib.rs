@@ -106,6 +106,10 @@ impl Default for ApiConfig {
 pub struct AppState {
     /// The database.
     pub pool: PgPool,
+    /// A connection of its own for `/readyz`, which answers whether the
+    /// database is reachable and migrated even while every connection of
+    /// `pool` is busy.
+    pub probe: PgPool,
     /// Seals credentials.
     pub keyring: Arc<Keyring>,
     /// Verifies tokens.
@@ -216,6 +220,7 @@ impl AppState {
             starter: Arc::new(Starter::new()),
             executes,
             live_connectors: Arc::new(DefinitionCache::new(config.definition_cache_bytes)),
+            probe: conveyor_engine::store::own_connection(&pool, "readiness"),
             pool,
             keyring,
             auth: Arc::new(auth),

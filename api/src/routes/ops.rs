@@ -67,9 +67,11 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// The database is reachable and every migration this build knows of is
-/// applied.
+/// applied. Asked on the probe's own connection: a process whose pool is
+/// busy serving requests is slow, not unready, and taking it out of
+/// rotation would only move its load onto the others.
 async fn readyz(State(state): State<AppState>) -> Response {
-    match conveyor_engine::store::schema_ready(&state.pool).await {
+    match conveyor_engine::store::schema_ready(&state.probe).await {
         Ok(true) => Json(json!({"status": "ready"})).into_response(),
         Ok(false) => ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,

@@ -384,6 +384,7 @@ async fn one_trace_runs_from_the_api_request_to_the_last_step(pool: PgPool) {
         [
             "conveyor-api",
             "conveyor-api enqueue",
+            "conveyor-api readiness",
             "conveyor-worker",
             "conveyor-worker claims"
         ]

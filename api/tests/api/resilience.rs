@@ -1,7 +1,8 @@
 //! The API under stress: without its database, or with every connection
 //! of its pool busy, it answers 503 (JSON error shape, `Retry-After`) for
-//! what needs it while liveness still answers; a workspace over its
-//! request rate gets 429 without slowing the others.
+//! what needs it while liveness still answers, and readiness as long as
+//! the database does; a workspace over its request rate gets 429 without
+//! slowing the others.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,6 +103,9 @@ async fn an_exhausted_pool_answers_503_in_time_and_recovers(
         message.contains("stayed busy") && message.contains("CONVEYOR_DB_MAX_CONNECTIONS"),
         "{message}"
     );
+    // Busy, not unready: the probe has a connection of its own.
+    let ready = get("/readyz", false).await.expect("response");
+    assert_eq!(ready.status(), StatusCode::OK);
 
     drop(held);
     let ok = get("/api/v1/connectors", true).await.expect("response");
