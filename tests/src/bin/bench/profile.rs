@@ -489,3 +489,74 @@ pub(super) fn postgres_ticks(postmaster: u32) -> u64 {
     cpu_ticks(|pid, ppid| pid == postmaster || ppid == postmaster)
         + stat_fields(postmaster).map_or(0, |s| s.reaped)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Statements whose commits wait for the WAL flush (the test cluster
+    /// does not), so that the flushed position covers them.
+    async fn run(conn: &mut sqlx::PgConnection, statements: &[&str]) -> BenchResult<()> {
+        for s in statements {
+            sqlx::query(sqlx::AssertSqlSafe(*s))
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Entries are counted per index from the WAL: a row version gets one
+    /// in a partial index only when it satisfies the predicate, and an
+    /// update that changes no indexed column (HOT) writes none at all.
+    #[sqlx::test]
+    async fn the_wal_shows_the_entries_each_index_got(pool: PgPool) -> BenchResult<()> {
+        let mut conn = pool.acquire().await?;
+        run(
+            &mut conn,
+            &[
+                "SET synchronous_commit = on",
+                "CREATE EXTENSION IF NOT EXISTS pg_walinspect",
+                "CREATE TABLE t (id int PRIMARY KEY, state text NOT NULL, note text NOT NULL)
+                 WITH (fillfactor = 50)",
+                "CREATE INDEX t_queued ON t (id) WHERE state = 'queued'",
+            ],
+        )
+        .await?;
+        let from = flushed_lsn(&pool).await?;
+        run(
+            &mut conn,
+            &[
+                // 100 rows, 30 of them queued.
+                "INSERT INTO t SELECT g, CASE WHEN g <= 30 THEN 'queued' ELSE 'done' END, ''
+                 FROM generate_series(1, 100) g",
+                // HOT: no indexed column, no predicate's column changes.
+                "UPDATE t SET note = 'x' WHERE id <= 10",
+                // Not HOT: 10 new versions, all of them queued.
+                "UPDATE t SET state = 'queued' WHERE id > 90",
+            ],
+        )
+        .await?;
+        let to = flushed_lsn(&pool).await?;
+        let wal = wal_breakdown(&pool, (&from, &to), 10)
+            .await
+            .expect("the WAL is read back");
+        let t = &wal.entries["t"];
+        assert_eq!(t["by_index"]["t_pkey"], json!(11.0), "{t}");
+        assert_eq!(t["by_index"]["t_queued"], json!(4.0), "{t}");
+        assert_eq!(t["total"], json!(15.0), "{t}");
+        let records = wal.records.as_array().expect("records");
+        let hot = records
+            .iter()
+            .find(|r| r["kind"] == "Heap/HOT_UPDATE")
+            .expect("the HOT updates are in the WAL");
+        assert_eq!(hot["records"], json!(1.0));
+        let tables = wal.by_table.as_array().expect("tables");
+        assert!(
+            tables
+                .iter()
+                .any(|r| r["table"] == "t" && r["bytes"].as_f64().is_some_and(|b| b > 0.0)),
+            "{tables:?}"
+        );
+        Ok(())
+    }
+}
