@@ -227,8 +227,9 @@ struct WalRow {
 }
 
 /// The WAL from `from` to `to` (flushed positions), read back with
-/// `pg_walinspect`: its records by type, its bytes by table of this
-/// database, and the index entries each of its indexes got. An entry is a leaf insertion: `INSERT_LEAF`,
+/// `pg_walinspect`: its records by type (another database's left out),
+/// its bytes by table of this database, and the index entries each of
+/// its indexes got. An entry is a leaf insertion: `INSERT_LEAF`,
 /// `INSERT_POST` (into a deduplicated posting list), or a leaf page split
 /// (the split record carries the entry that caused it). Counted from the
 /// log rather than inferred, because an insert or a non-HOT update adds
@@ -243,17 +244,22 @@ async fn wal_breakdown(pool: &PgPool, (from, to): (&str, &str), n: usize) -> Opt
                      AND (record_type IN ('INSERT_LEAF', 'INSERT_POST')
                           OR (record_type IN ('SPLIT_L', 'SPLIT_R') AND description ~ '^level:? 0,'))
                        AS entry,
-                     CASE WHEN substring(block_ref FROM 'rel \d+/(\d+)/')::oid =
-                               (SELECT oid FROM pg_database WHERE datname = current_database())
-                          THEN substring(block_ref FROM 'rel \d+/\d+/(\d+)')::oid END AS filenode
+                     substring(block_ref FROM 'rel \d+/(\d+)/')::oid AS db,
+                     substring(block_ref FROM 'rel \d+/\d+/(\d+)')::oid AS filenode
               FROM pg_get_wal_records_info($1::pg_lsn, $2::pg_lsn)
+          ), here AS (
+              -- This database's records, the shared catalogs' (database
+              -- 0) and those of no relation (commits): not another
+              -- database's.
+              SELECT rec.*, rec.db = d.oid AS ours FROM rec, pg_database d
+              WHERE d.datname = current_database() AND (rec.db IS NULL OR rec.db IN (0, d.oid))
           )
           SELECT rec.kind, CASE WHEN rec.entry AND c.relkind = 'i' THEN c.relname::text END AS index,
                  COALESCE(t.relname, c.relname)::text AS table,
                  count(*) AS records, sum(rec.record_length)::int8 AS bytes,
                  sum(rec.fpi_length)::int8 AS fpi
-          FROM rec
-          LEFT JOIN pg_class c ON c.relfilenode = rec.filenode
+          FROM here rec
+          LEFT JOIN pg_class c ON c.relfilenode = rec.filenode AND rec.ours
           LEFT JOIN pg_index x ON x.indexrelid = c.oid
           LEFT JOIN pg_class t ON t.oid = x.indrelid
           GROUP BY 1, 2, 3",
