@@ -6,7 +6,7 @@
 //! every 10 ms; and the CPU time of PostgreSQL, the workers and the bench
 //! process (its stub included).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -96,7 +96,7 @@ pub(super) async fn run(
     let own_xacts = polls + samples + 4;
     let commits =
         (commits(pool).await? - commits_before).saturating_sub(own_xacts) as f64 / n as f64;
-    let (wal_kinds, entries) = if walinspect {
+    let (wal_kinds, enqueue_kinds) = if walinspect {
         (
             wal_breakdown(pool, (&before, &after), n).await,
             wal_breakdown(pool, (&before_enqueue, &enqueued), n).await,
@@ -171,7 +171,7 @@ pub(super) async fn run(
         "wal_records_per_execution": wal_kinds.as_ref().map(|w| &w.records),
         "wal_bytes_by_table_per_execution": wal_kinds.as_ref().map(|w| &w.by_table),
         "wal_fpi_bytes_per_execution": wal_kinds.as_ref().map(|w| w.fpi_bytes),
-        "enqueue_index_entries_per_execution": entries.as_ref().map(|w| &w.entries),
+        "enqueue_index_entries_per_execution": enqueue_kinds.as_ref().map(|w| &w.entries),
         "wait_events": wait_json,
         "top_statements": top,
         "load_average": load_average(),
@@ -210,8 +210,18 @@ struct WalBreakdown {
     /// The bytes of full-page images among them.
     fpi_bytes: f64,
     /// Per table of this database, the B-tree entries written to each of
-    /// its indexes, and their total.
-    entries: Value,
+    /// its indexes.
+    entries: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+impl WalBreakdown {
+    /// `table`'s index entries: their total and each index's.
+    fn entries_of(&self, table: &str) -> Value {
+        let by_index = self.entries.get(table).cloned().unwrap_or_default();
+        // Folded from 0: an empty `sum` of floats is -0.
+        let total = by_index.values().fold(0.0, |sum, v| sum + v);
+        json!({"total": round2(total), "by_index": by_index})
+    }
 }
 
 /// One group of WAL records: a record type and, for index entries, the
@@ -276,61 +286,62 @@ async fn wal_breakdown(pool: &PgPool, (from, to): (&str, &str), n: usize) -> Opt
         }
     };
     let per = |v: i64| v as f64 / n as f64;
-    let mut kinds: HashMap<String, (i64, i64)> = HashMap::new();
-    let mut tables: std::collections::BTreeMap<String, serde_json::Map<String, Value>> =
-        std::collections::BTreeMap::new();
-    let mut by_table: HashMap<String, i64> = HashMap::new();
+    let (mut kinds, mut tables) = (HashMap::new(), HashMap::new());
+    let mut entries: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     let mut fpi = 0;
     for row in rows {
-        let k = kinds.entry(row.kind).or_default();
-        k.0 += row.records;
-        k.1 += row.bytes;
         fpi += row.fpi;
-        if let Some(table) = &row.table {
-            *by_table.entry(table.clone()).or_default() += row.bytes;
-        }
-        if let (Some(index), Some(table)) = (row.index, row.table) {
-            let entry = tables.entry(table).or_default();
-            let total = entry.get(&index).and_then(Value::as_i64).unwrap_or(0) + row.records;
-            entry.insert(index, json!(total));
+        add(&mut kinds, row.kind, (row.records, row.bytes));
+        if let Some(table) = row.table {
+            if let Some(index) = row.index {
+                *entries
+                    .entry(table.clone())
+                    .or_default()
+                    .entry(index)
+                    .or_default() += row.records;
+            }
+            add(&mut tables, table, (row.records, row.bytes));
         }
     }
-    let mut kinds: Vec<(String, (i64, i64))> = kinds.into_iter().collect();
-    kinds.sort_by(|a, b| b.1.1.cmp(&a.1.1).then_with(|| a.0.cmp(&b.0)));
-    let records: Vec<Value> = kinds
+    let records = most_bytes_first(kinds)
         .into_iter()
-        .filter(|(_, (count, _))| per(*count) >= 0.01)
-        .map(|(kind, (count, bytes))| {
+        .filter(|(_, count, _)| per(*count) >= 0.01)
+        .map(|(kind, count, bytes)| {
             json!({"kind": kind, "records": round2(per(count)), "bytes": per(bytes).round()})
         })
-        .collect();
-    let entries: serde_json::Map<String, Value> = tables
+        .collect::<Vec<_>>();
+    let by_table = most_bytes_first(tables)
         .into_iter()
-        .map(|(table, by_index)| {
-            let total: i64 = by_index.values().filter_map(Value::as_i64).sum();
-            let by_index: serde_json::Map<String, Value> = by_index
-                .into_iter()
-                .map(|(i, c)| (i, json!(round2(per(c.as_i64().unwrap_or(0))))))
-                .collect();
-            (
-                table,
-                json!({"total": round2(per(total)), "by_index": by_index}),
-            )
-        })
-        .collect();
-    let mut by_table: Vec<(String, i64)> = by_table.into_iter().collect();
-    by_table.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    let by_table: Vec<Value> = by_table
-        .into_iter()
-        .filter(|(_, bytes)| per(*bytes) >= 1.0)
-        .map(|(table, bytes)| json!({"table": table, "bytes": per(bytes).round()}))
-        .collect();
+        .filter(|(_, _, bytes)| per(*bytes) >= 1.0)
+        .map(|(table, _, bytes)| json!({"table": table, "bytes": per(bytes).round()}))
+        .collect::<Vec<_>>();
     Some(WalBreakdown {
         records: records.into(),
         by_table: by_table.into(),
         fpi_bytes: per(fpi).round(),
-        entries: entries.into(),
+        entries: entries
+            .into_iter()
+            .map(|(table, by_index)| {
+                let by_index = by_index.into_iter().map(|(i, c)| (i, round2(per(c))));
+                (table, by_index.collect())
+            })
+            .collect(),
     })
+}
+
+/// Adds `records` and `bytes` to `key`'s totals.
+fn add(totals: &mut HashMap<String, (i64, i64)>, key: String, (records, bytes): (i64, i64)) {
+    let total = totals.entry(key).or_default();
+    total.0 += records;
+    total.1 += bytes;
+}
+
+/// `totals` as (key, records, bytes), most bytes first, then by key.
+fn most_bytes_first(totals: HashMap<String, (i64, i64)>) -> Vec<(String, i64, i64)> {
+    let mut list: Vec<(String, i64, i64)> =
+        totals.into_iter().map(|(k, (r, b))| (k, r, b)).collect();
+    list.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    list
 }
 
 async fn commits(pool: &PgPool) -> Result<u64, sqlx::Error> {
@@ -365,7 +376,7 @@ async fn table_writes(
         .into_iter()
         .filter(|r| r.1 + r.2 + r.4 > 0)
         .map(|(name, ins, upd, hot, del, indexes)| {
-            let entries = wal.map(|w| w.entries.get(&name).cloned().unwrap_or_default());
+            let entries = wal.map(|w| w.entries_of(&name));
             (
                 name,
                 json!({
@@ -374,8 +385,8 @@ async fn table_writes(
                     "hot_updates": per(hot),
                     "deletes": per(del),
                     "indexes": indexes,
-                    "index_writes": entries.as_ref().map(|t| t.get("total").cloned().unwrap_or(json!(0.0))),
-                    "index_writes_by_index": entries.as_ref().and_then(|t| t.get("by_index").cloned()),
+                    "index_writes": entries.as_ref().map(|e| e["total"].clone()),
+                    "index_writes_by_index": entries.map(|e| e["by_index"].clone()),
                 }),
             )
         })
@@ -498,6 +509,8 @@ pub(super) fn postgres_ticks(postmaster: u32) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use sqlx::Connection as _;
+
     use super::*;
 
     /// Statements whose commits wait for the WAL flush (the test cluster
@@ -513,7 +526,8 @@ mod tests {
 
     /// Entries are counted per index from the WAL: a row version gets one
     /// in a partial index only when it satisfies the predicate, and an
-    /// update that changes no indexed column (HOT) writes none at all.
+    /// update that changes no indexed column (HOT) writes none at all;
+    /// another database's records are left out.
     #[sqlx::test]
     async fn the_wal_shows_the_entries_each_index_got(pool: PgPool) -> BenchResult<()> {
         let mut conn = pool.acquire().await?;
@@ -528,7 +542,25 @@ mod tests {
             ],
         )
         .await?;
+        // Another database of the cluster, writing HOT updates of its own
+        // in the same stretch of WAL.
+        let other_db = format!("wal_other_{}", Uuid::new_v4().simple());
+        run(&mut conn, &[&format!("CREATE DATABASE {other_db}")]).await?;
+        let mut other = sqlx::PgConnection::connect_with(
+            &pool.connect_options().as_ref().clone().database(&other_db),
+        )
+        .await?;
+        run(
+            &mut other,
+            &[
+                "SET synchronous_commit = on",
+                "CREATE TABLE o (id int PRIMARY KEY, note text NOT NULL) WITH (fillfactor = 50)",
+                "INSERT INTO o SELECT g, '' FROM generate_series(1, 10) g",
+            ],
+        )
+        .await?;
         let from = flushed_lsn(&pool).await?;
+        run(&mut other, &["UPDATE o SET note = 'x'"]).await?;
         run(
             &mut conn,
             &[
@@ -543,10 +575,12 @@ mod tests {
         )
         .await?;
         let to = flushed_lsn(&pool).await?;
+        other.close().await?;
+        run(&mut conn, &[&format!("DROP DATABASE {other_db}")]).await?;
         let wal = wal_breakdown(&pool, (&from, &to), 10)
             .await
             .expect("the WAL is read back");
-        let t = &wal.entries["t"];
+        let t = wal.entries_of("t");
         assert_eq!(t["by_index"]["t_pkey"], json!(11.0), "{t}");
         assert_eq!(t["by_index"]["t_queued"], json!(4.0), "{t}");
         assert_eq!(t["total"], json!(15.0), "{t}");
@@ -555,7 +589,11 @@ mod tests {
             .iter()
             .find(|r| r["kind"] == "Heap/HOT_UPDATE")
             .expect("the HOT updates are in the WAL");
-        assert_eq!(hot["records"], json!(1.0));
+        assert_eq!(
+            hot["records"],
+            json!(1.0),
+            "this database's 10, not the other's"
+        );
         let tables = wal.by_table.as_array().expect("tables");
         assert!(
             tables
