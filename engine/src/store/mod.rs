@@ -23,54 +23,56 @@ pub mod templates;
 pub mod triggers;
 pub mod usage;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgExecutor, PgPool};
 
 use crate::Result;
 
-/// `pool`'s connect options, its `application_name` followed by `purpose`
-/// (`conveyor-worker claims`: `pg_stat_activity` tells the session from
-/// the pool's others).
-fn named(pool: &PgPool, purpose: &str) -> PgConnectOptions {
-    let options = pool.connect_options();
-    let name = match options.get_application_name() {
+/// A lazily connecting pool of one connection to `pool`'s database, with
+/// `pool`'s acquire timeout, its `application_name` followed by
+/// `purpose` (`conveyor-worker claims`: `pg_stat_activity` tells the
+/// session from the pool's others), set up by `options`.
+fn one_connection(
+    pool: &PgPool,
+    purpose: &str,
+    options: impl FnOnce(PgPoolOptions) -> PgPoolOptions,
+) -> PgPool {
+    let connect = pool.connect_options();
+    let name = match connect.get_application_name() {
         Some(name) => format!("{name} {purpose}"),
         None => purpose.to_owned(),
     };
-    (*options).clone().application_name(&name)
+    options(
+        PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(pool.options().get_acquire_timeout()),
+    )
+    .connect_lazy_with((*connect).clone().application_name(&name))
 }
 
-/// A lazily connecting pool of one connection to `pool`'s database, with
-/// `pool`'s acquire timeout and named after it and `purpose`, for work
-/// that must not wait behind the pool's: the API's readiness probe, which
-/// reports whether the database answers, not whether this process has a
-/// connection free.
+/// A connection of its own to `pool`'s database ([`one_connection`]),
+/// for work that must not wait behind the pool's: the API's readiness
+/// probe, which reports whether the database answers, not whether this
+/// process has a connection free.
 #[must_use]
 pub fn own_connection(pool: &PgPool, purpose: &str) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(pool.options().get_acquire_timeout())
-        .connect_lazy_with(named(pool, purpose))
+    one_connection(pool, purpose, |options| options)
 }
 
-/// A lazily connecting pool of one connection to `pool`'s database, with
-/// `pool`'s acquire timeout, named as [`named`] says, whose session has
-/// the planner `settings`:
-/// for a statement that one task sends one at a time and that is planned
-/// once per connection (`plan_cache_mode=force_generic_plan`), so its
-/// plan must not depend on the statistics it was made with. The settings
-/// are made by a statement once connected, rather than as startup
-/// options, which connection poolers and proxies in front of PostgreSQL
-/// may refuse.
+/// A connection of its own to `pool`'s database ([`one_connection`])
+/// whose session has the planner `settings`: for a statement that one
+/// task sends one at a time and that is planned once per connection
+/// (`plan_cache_mode=force_generic_plan`), so its plan must not depend on
+/// the statistics it was made with. The settings are made by a statement
+/// once connected, rather than as startup options, which connection
+/// poolers and proxies in front of PostgreSQL may refuse.
 fn planned_once(
     pool: &PgPool,
     purpose: &str,
     settings: &'static [(&'static str, &'static str)],
 ) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(pool.options().get_acquire_timeout())
-        .after_connect(move |conn, _| {
+    one_connection(pool, purpose, |options| {
+        options.after_connect(move |conn, _| {
             Box::pin(async move {
                 let (names, values): (Vec<&str>, Vec<&str>) = settings.iter().copied().unzip();
                 sqlx::query(
@@ -83,7 +85,7 @@ fn planned_once(
                 .map(drop)
             })
         })
-        .connect_lazy_with(named(pool, purpose))
+    })
 }
 
 /// Creates the workspace row on first use. Workspace ids are the calling
