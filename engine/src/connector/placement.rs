@@ -111,8 +111,16 @@ fn credential_words(template: &str) -> Vec<usize> {
 
 /// Whether a template names a credential: the word inside a placeholder,
 /// or a reference the template engine reports.
+///
+/// Every send checks its step again, so a template that cannot name one is
+/// answered without compiling it: the credentials are reachable only
+/// through the identifier `credentials` (templates have no dynamic lookup
+/// of a top-level name), which must then appear in the text.
 fn names_credentials(renderer: &Renderer, template: &str) -> bool {
     if !template.contains("<<") {
+        return false;
+    }
+    if !template.contains("credentials") {
         return false;
     }
     let spans = placeholder_spans(template);
