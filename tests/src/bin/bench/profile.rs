@@ -513,8 +513,9 @@ mod tests {
 
     use super::*;
 
-    /// Statements whose commits wait for the WAL flush (the test cluster
-    /// does not), so that the flushed position covers them.
+    /// Runs `statements` one after the other on `conn`. The tests begin
+    /// with `SET synchronous_commit = on` (the test cluster has it off),
+    /// so that the flushed WAL position covers every commit.
     async fn run(conn: &mut sqlx::PgConnection, statements: &[&str]) -> BenchResult<()> {
         for s in statements {
             sqlx::query(sqlx::AssertSqlSafe(*s))
