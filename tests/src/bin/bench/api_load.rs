@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use conveyor_api::auth::Authenticator;
+use conveyor_engine::store::access::{self, NewApiKey};
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 use tokio::time::Instant;
@@ -297,6 +298,39 @@ impl Target {
     }
 }
 
+/// The bearer token the load sends: a JWT, or with `BENCH_API_AUTH=key`
+/// an API key of the `execute` scope, stored as `POST /api-keys` stores
+/// one (each request then looks the key up: what API-key clients pay).
+async fn bearer_token(pool: &PgPool) -> BenchResult<String> {
+    match auth_kind().as_str() {
+        "jwt" => Ok(Authenticator::new(JWT_SECRET)?.mint(
+            super::WS,
+            "bench",
+            Duration::from_secs(3600),
+        )?),
+        "key" => {
+            let (key, prefix, digest) = conveyor_api::auth::new_api_key();
+            let scopes = ["execute".to_owned()];
+            let stored = NewApiKey {
+                name: "bench",
+                prefix: &prefix,
+                digest: &digest,
+                created_by: "bench",
+                scopes: &scopes,
+                expires_at: None,
+            };
+            access::create_api_key(pool, super::WS, &stored).await?;
+            Ok(key)
+        }
+        other => Err(format!("BENCH_API_AUTH must be `jwt` or `key`, not `{other}`").into()),
+    }
+}
+
+/// `BENCH_API_AUTH`, `jwt` when unset.
+fn auth_kind() -> String {
+    std::env::var("BENCH_API_AUTH").unwrap_or_else(|_| "jwt".to_owned())
+}
+
 /// Runs the closed-loop and open-loop single executes, then batches, with
 /// one worker process running, each after the worker has run what the
 /// one before enqueued ([`settle`]); then batches and an open loop of
@@ -311,8 +345,7 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
     let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(pool)
         .await?;
-    let token =
-        Authenticator::new(JWT_SECRET)?.mint(super::WS, "bench", Duration::from_secs(3600))?;
+    let token = bearer_token(pool).await?;
     let client = reqwest::Client::new();
     let base = format!("http://{addr}/api/v1/connectors/{}", conn.0);
     let single = Target {
@@ -343,6 +376,7 @@ pub(super) async fn run(pool: &PgPool, env: &Env, conn: (Uuid, i32)) -> BenchRes
         .drive(&single, Load::Closed { clients: 4 }, 1.0)
         .await;
     let mut out = Map::new();
+    out.insert("auth".into(), json!(auth_kind()));
     let mut closed = Map::new();
     for clients in env_list("BENCH_API_CLIENTS", &[1, 16]) {
         settle(pool).await?;
