@@ -13,6 +13,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method};
 use base64::Engine as _;
 use conveyor_engine::state::{AdminRole, StartedBy};
+use conveyor_engine::store::access::ApiKeyAuth;
 use conveyor_engine::store::members;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,9 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
+
+mod keys;
+pub use keys::{DEFAULT_KEY_CACHE, KeyCache, Ticket};
 
 /// Clock-skew leeway for `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 30;
@@ -417,6 +421,9 @@ pub(crate) async fn api_key_caller(
     request_id: Option<String>,
 ) -> Result<(Caller, Vec<String>), ApiError> {
     let digest = Sha256::digest(token.as_bytes());
+    if let Some(key) = state.api_keys.get(&digest) {
+        return Ok(key_caller(key, request_id));
+    }
     if !state.key_guard.may_look_up(&digest) {
         return Err(ApiError::new(
             axum::http::StatusCode::TOO_MANY_REQUESTS,
@@ -424,6 +431,7 @@ pub(crate) async fn api_key_caller(
             "too many invalid API keys from this API process; retry shortly",
         ));
     }
+    let ticket = state.api_keys.before_lookup();
     let Some(key) =
         conveyor_engine::store::access::authenticate_api_key(&state.pool, &digest).await?
     else {
@@ -433,6 +441,12 @@ pub(crate) async fn api_key_caller(
         ));
     };
     state.key_guard.succeeded(&digest);
+    state.api_keys.keep(ticket, &digest, &key);
+    Ok(key_caller(key, request_id))
+}
+
+/// The caller a live API key stands for, with the key's scopes.
+fn key_caller(key: ApiKeyAuth, request_id: Option<String>) -> (Caller, Vec<String>) {
     let caller = Caller {
         workspace_id: key.workspace_id,
         actor: format!("api-key:{}", key.id),
@@ -440,7 +454,7 @@ pub(crate) async fn api_key_caller(
         api_key_id: Some(key.id),
         request_id,
     };
-    Ok((caller, key.scopes))
+    (caller, key.scopes)
 }
 
 /// The caller behind JWT `token`.

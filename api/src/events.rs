@@ -3,38 +3,42 @@
 //! and [`WORKSPACE_EVENTS`]
 //! per API process, fanned out to Server-Sent-Events subscribers. The
 //! database only NOTIFYs for executions and workspaces someone watches
-//! (`execution_watchers`, `workspace_watchers`).
+//! (`execution_watchers`, `workspace_watchers`). The same connection
+//! hears [`API_KEYS`] for the process's [`KeyCache`], which serves keys
+//! only while that connection lives.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conveyor_engine::store::channels::{EXECUTION_EVENTS, WORKSPACE_EVENTS};
+use conveyor_engine::store::channels::{API_KEYS, EXECUTION_EVENTS, WORKSPACE_EVENTS};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-/// Fans execution-change notifications out to subscribers.
+use crate::auth::KeyCache;
+
+/// Fans execution-change notifications out to subscribers, and API key
+/// changes to the key cache.
 #[derive(Clone, Debug)]
 pub struct EventHub {
     tx: broadcast::Sender<Uuid>,
     workspaces: broadcast::Sender<Arc<str>>,
-}
-
-impl Default for EventHub {
-    fn default() -> Self {
-        Self::new()
-    }
+    keys: Arc<KeyCache>,
 }
 
 impl EventHub {
     /// A hub with no listener yet: run [`EventHub::listen`] beside it, or
-    /// subscribers hear nothing.
-    pub fn new() -> Self {
+    /// subscribers hear nothing and `keys` keeps nothing.
+    pub fn new(keys: Arc<KeyCache>) -> Self {
         let (tx, _) = broadcast::channel(4096);
         let (workspaces, _) = broadcast::channel(1024);
-        Self { tx, workspaces }
+        Self {
+            tx,
+            workspaces,
+            keys,
+        }
     }
 
     /// Listens for notifications over `pool` until `shutdown` completes,
@@ -61,21 +65,31 @@ impl EventHub {
         match PgListener::connect_with(pool).await {
             Ok(mut listener) => {
                 if listener
-                    .listen_all([EXECUTION_EVENTS, WORKSPACE_EVENTS])
+                    .listen_all([EXECUTION_EVENTS, WORKSPACE_EVENTS, API_KEYS])
                     .await
                     .is_ok()
                 {
                     *backoff = Duration::from_millis(100);
-                    // A broken connection ends this loop; the subscribers
-                    // re-read state when they lag or reconnect, so a gap
-                    // loses nothing.
-                    while let Ok(n) = listener.recv().await {
-                        if n.channel() == WORKSPACE_EVENTS {
-                            let _ = self.workspaces.send(Arc::from(n.payload()));
-                        } else if let Ok(id) = n.payload().parse() {
-                            let _ = self.tx.send(id);
+                    self.keys.listening();
+                    // A broken connection ends this loop (`try_recv` says
+                    // so, where `recv` would reconnect unseen). The
+                    // subscribers re-read state when they lag or
+                    // reconnect, so a gap loses nothing of theirs; the key
+                    // cache, which cannot know what it missed, empties.
+                    while let Ok(Some(n)) = listener.try_recv().await {
+                        match n.channel() {
+                            WORKSPACE_EVENTS => {
+                                let _ = self.workspaces.send(Arc::from(n.payload()));
+                            }
+                            API_KEYS => self.keys.notified(n.payload()),
+                            _ => {
+                                if let Ok(id) = n.payload().parse() {
+                                    let _ = self.tx.send(id);
+                                }
+                            }
                         }
                     }
+                    self.keys.deaf();
                 }
             }
             Err(e) => tracing::debug!(error = %e, "event listener cannot connect"),

@@ -37,7 +37,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, KeyCache};
 use crate::events::EventHub;
 use crate::ratelimit::{InvalidKeyGuard, RateLimiter, StreamSlots};
 
@@ -73,6 +73,10 @@ pub struct ApiConfig {
     /// Bytes of connector definitions (their stored JSON) kept parsed for
     /// single executes (`CONVEYOR_DEFINITION_CACHE_BYTES`, as for workers).
     pub definition_cache_bytes: u64,
+    /// How long a looked-up API key is kept at most
+    /// (`CONVEYOR_API_KEY_CACHE_SECS`; zero keeps none): see
+    /// [`auth::KeyCache`].
+    pub api_key_cache: Duration,
 }
 
 impl ApiConfig {
@@ -97,6 +101,7 @@ impl Default for ApiConfig {
             public_url: DEFAULT_PUBLIC_URL.to_owned(),
             allow_private_networks: false,
             definition_cache_bytes: DEFAULT_CACHE_BYTES,
+            api_key_cache: auth::DEFAULT_KEY_CACHE,
         }
     }
 }
@@ -118,6 +123,8 @@ pub struct AppState {
     pub limiter: Arc<RateLimiter>,
     /// Keeps floods of invalid API keys off the database.
     pub key_guard: Arc<InvalidKeyGuard>,
+    /// The API keys looked up lately, while `events` listens.
+    pub api_keys: Arc<KeyCache>,
     /// Open event streams by workspace.
     pub streams: Arc<StreamSlots>,
     /// Live execution updates for SSE subscribers.
@@ -214,8 +221,10 @@ impl AppState {
                 }
             },
         ));
+        let api_keys = Arc::new(KeyCache::new(config.api_key_cache));
         Self {
-            events: EventHub::new(),
+            events: EventHub::new(api_keys.clone()),
+            api_keys,
             console_stats: Arc::default(),
             starter: Arc::new(Starter::new()),
             executes,

@@ -345,6 +345,9 @@ fn api_config(
         public_url: api.public_url.clone(),
         allow_private_networks,
         definition_cache_bytes,
+        api_key_cache: api
+            .api_key_cache_secs
+            .map_or(defaults.api_key_cache, Duration::from_secs),
     }
 }
 

@@ -1,5 +1,7 @@
 //! API keys with scopes and expiry, through the in-process API.
 
+use std::time::Duration;
+
 use axum::http::{Method, StatusCode};
 use conveyor_tests::api::{Reply, TestApi};
 use serde_json::json;
@@ -7,6 +9,176 @@ use sqlx::PgPool;
 
 async fn key(api: &TestApi, user: &str, body: serde_json::Value) -> Reply {
     api.post("/api/v1/api-keys", user, body).await
+}
+
+/// `GET /connectors` with `token` until it is refused (401) or `within`
+/// has passed; the last reply.
+async fn refused_within(api: &TestApi, token: &str, within: Duration) -> Reply {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let reply = api.get("/api/v1/connectors", token).await;
+        if reply.status != StatusCode::OK || tokio::time::Instant::now() >= deadline {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An API whose key cache keeps keys for an hour: whatever refuses a kept
+/// key within a test's few seconds is an invalidation, not its age.
+fn api_keeping_keys(pool: PgPool, secs: u64) -> TestApi {
+    TestApi::with_config(
+        pool,
+        conveyor_api::ApiConfig {
+            api_key_cache: Duration::from_secs(secs),
+            ..conveyor_api::ApiConfig::default()
+        },
+    )
+}
+
+/// Sets the stored digest of every key of the database to `digest`
+/// without firing the triggers (so without a notification): the key
+/// stops matching in the database while the API is not told.
+async fn swap_digests_unheard(pool: &PgPool, digest: &str) {
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .expect("replica");
+    sqlx::query("UPDATE workspace_api_keys SET key_hash = decode($1, 'hex')")
+        .bind(digest)
+        .execute(&mut *tx)
+        .await
+        .expect("swap");
+    tx.commit().await.expect("commit");
+}
+
+/// Makes `token` a key the API serves from its cache alone: it keeps
+/// working while its digest in the database no longer matches (which is
+/// left so). The API's listener connects in the background and the cache
+/// keeps keys only once it listens, so this tries until one is kept.
+/// Returns the key's real digest.
+async fn kept_and_unmatched(api: &TestApi, pool: &PgPool, token: &str) -> String {
+    let digest: String =
+        sqlx::query_scalar("SELECT encode(key_hash, 'hex') FROM workspace_api_keys")
+            .fetch_one(pool)
+            .await
+            .expect("digest");
+    for _ in 0..250 {
+        assert_eq!(
+            api.get("/api/v1/connectors", token).await.status,
+            StatusCode::OK
+        );
+        swap_digests_unheard(pool, "00").await;
+        if api.get("/api/v1/connectors", token).await.status == StatusCode::OK {
+            return digest;
+        }
+        swap_digests_unheard(pool, &digest).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the API never kept the key");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_kept_key_is_served_without_the_database_and_none_is_kept_at_zero(pool: PgPool) {
+    let api = api_keeping_keys(pool.clone(), 3600);
+    let user = api.token("ws_keys", "alice");
+    let token = key(&api, &user, json!({"name": "kept"})).await.json["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    kept_and_unmatched(&api, &pool, &token).await;
+    let reply = api.get("/api/v1/connectors", &token).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+
+    // With the cache off, the same swap refuses the key at once.
+    sqlx::query("DELETE FROM workspace_api_keys")
+        .execute(&pool)
+        .await
+        .expect("delete");
+    let api = api_keeping_keys(pool.clone(), 0);
+    let token = key(&api, &user, json!({"name": "unkept"})).await.json["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let digest: String =
+        sqlx::query_scalar("SELECT encode(key_hash, 'hex') FROM workspace_api_keys")
+            .fetch_one(&pool)
+            .await
+            .expect("digest");
+    for _ in 0..20 {
+        assert_eq!(
+            api.get("/api/v1/connectors", &token).await.status,
+            StatusCode::OK
+        );
+        swap_digests_unheard(&pool, "00").await;
+        let reply = api.get("/api/v1/connectors", &token).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
+        swap_digests_unheard(&pool, &digest).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_kept_key_revoked_elsewhere_is_refused_once_the_database_says_so(pool: PgPool) {
+    let api = api_keeping_keys(pool.clone(), 3600);
+    let user = api.token("ws_keys", "alice");
+    let token = key(&api, &user, json!({"name": "kept"})).await.json["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let digest = kept_and_unmatched(&api, &pool, &token).await;
+    swap_digests_unheard(&pool, &digest).await;
+    // Another API process revokes it: this one hears the database's
+    // notification, not its own route.
+    sqlx::query("UPDATE workspace_api_keys SET revoked_at = now()")
+        .execute(&pool)
+        .await
+        .expect("revoke");
+    let reply = refused_within(&api, &token, Duration::from_secs(5)).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
+
+    // Scopes changed elsewhere reach it the same way.
+    let token = key(&api, &user, json!({"name": "rescoped"})).await.json["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    sqlx::query("DELETE FROM workspace_api_keys WHERE revoked_at IS NOT NULL")
+        .execute(&pool)
+        .await
+        .expect("delete");
+    let digest = kept_and_unmatched(&api, &pool, &token).await;
+    swap_digests_unheard(&pool, &digest).await;
+    sqlx::query("UPDATE workspace_api_keys SET scopes = '{execute}'")
+        .execute(&pool)
+        .await
+        .expect("rescope");
+    let reply = refused_within(&api, &token, Duration::from_secs(5)).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_lost_listening_connection_empties_the_key_cache(pool: PgPool) {
+    let api = api_keeping_keys(pool.clone(), 3600);
+    let user = api.token("ws_keys", "alice");
+    let token = key(&api, &user, json!({"name": "kept"})).await.json["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    kept_and_unmatched(&api, &pool, &token).await;
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND query LIKE '%LISTEN%conveyor_api_keys%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("terminate");
+    assert_eq!(ended, [true]);
+    // Whatever happened while it was gone is unknown: the key is looked
+    // up again, and the database no longer knows its digest.
+    let reply = refused_within(&api, &token, Duration::from_secs(5)).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
@@ -142,7 +314,9 @@ async fn expired_keys_are_refused_and_bad_settings_name_their_field(pool: PgPool
         .execute(&pool)
         .await
         .expect("expire");
-    let reply = api.get("/api/v1/connectors", &token).await;
+    // A change made in the database reaches the API's key cache by
+    // notification, a moment after its commit.
+    let reply = refused_within(&api, &token, Duration::from_secs(5)).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
     assert!(reply.text.contains("expired"), "{}", reply.text);
 

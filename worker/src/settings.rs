@@ -85,6 +85,9 @@ pub struct ApiSettings {
     /// `CONVEYOR_PUBLIC_URL` (default `http://127.0.0.1:8080`): where
     /// people reach the API; OAuth providers redirect to it.
     pub public_url: String,
+    /// `CONVEYOR_API_KEY_CACHE_SECS`: how long a looked-up API key is
+    /// kept (`None`: the API's default; 0 keeps none).
+    pub api_key_cache_secs: Option<u64>,
 }
 
 impl ApiSettings {
@@ -115,6 +118,7 @@ impl ApiSettings {
             require_membership: parse("CONVEYOR_REQUIRE_MEMBERSHIP", false)?,
             metrics_token: var("CONVEYOR_METRICS_TOKEN")?.map(SecretString::from),
             public_url: public_url_setting()?,
+            api_key_cache_secs: parse_opt("CONVEYOR_API_KEY_CACHE_SECS")?,
         })
     }
 

@@ -203,6 +203,9 @@ pub(super) async fn withdraw_api_key(
     if !access_store::revoke_api_key(&state.pool, &caller.workspace_id, id).await? {
         return Err(ApiError::not_found("API key"));
     }
+    // The other API processes hear it from the database (and so would
+    // this one, a moment later).
+    state.api_keys.forget(id);
     audit(
         state,
         caller,

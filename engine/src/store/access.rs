@@ -42,6 +42,8 @@ pub struct ApiKeyAuth {
     pub workspace_id: String,
     /// What it may do.
     pub scopes: Vec<String>,
+    /// When it stops working, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// A new API key's settings.
@@ -140,7 +142,7 @@ pub async fn authenticate_api_key(pool: &PgPool, digest: &[u8]) -> Result<Option
              WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
                AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
          )
-         SELECT id, workspace_id, scopes FROM workspace_api_keys
+         SELECT id, workspace_id, scopes, expires_at FROM workspace_api_keys
          WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
         digest
     )

@@ -16,6 +16,12 @@ pub const EXECUTION_EVENTS: &str = "conveyor_execution_events";
 /// list re-reads itself on it.
 pub const WORKSPACE_EVENTS: &str = "conveyor_workspace_events";
 
+/// Changes of API keys (revoked, expiry, scopes, deleted) are notified
+/// here by the `workspace_api_keys` triggers; the payload is the key's
+/// id, `*` for every key. API processes that keep looked-up keys drop
+/// them on it.
+pub const API_KEYS: &str = "conveyor_api_keys";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -28,5 +34,8 @@ mod tests {
         assert!(schema.contains(&format!("pg_notify('{EXECUTIONS_ENQUEUED}'")));
         assert!(events.contains(&format!("pg_notify('{EXECUTION_EVENTS}'")));
         assert!(events.contains(&format!("pg_notify('{WORKSPACE_EVENTS}'")));
+        let keys = include_str!("../../../migrations/20261204120000_notify_api_key_changes.sql");
+        assert!(keys.contains(&format!("pg_notify('{API_KEYS}', '*')")));
+        assert!(keys.contains(&format!("pg_notify('{API_KEYS}', OLD.id::text)")));
     }
 }
