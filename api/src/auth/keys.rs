@@ -264,6 +264,21 @@ mod tests {
     }
 
     #[test]
+    fn a_lookup_across_two_invalidations_is_not_kept() {
+        for invalidate in [
+            |c: &KeyCache| c.forget(Uuid::from_u128(9)),
+            KeyCache::forget_all,
+        ] {
+            let cache = listening(10);
+            let ticket = cache.before_lookup();
+            cache.listening();
+            invalidate(&cache);
+            cache.keep(ticket, b"a", &key(1, None));
+            assert_eq!(cache.get(b"a"), None);
+        }
+    }
+
+    #[test]
     fn a_notification_drops_the_key_it_names_or_all() {
         let cache = listening(10);
         let now = Instant::now();
