@@ -106,9 +106,22 @@ impl Default for ApiConfig {
     }
 }
 
-/// What every handler can reach.
+/// What every handler can reach, behind one reference count: the router
+/// clones the state for every request, and so does each extractor and
+/// middleware that takes it.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<StateParts>);
+
+impl std::ops::Deref for AppState {
+    type Target = StateParts;
+
+    fn deref(&self) -> &StateParts {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct StateParts {
     /// The database.
     pub pool: PgPool,
     /// A connection of its own for `/readyz`, which answers whether the
@@ -222,7 +235,7 @@ impl AppState {
             },
         ));
         let api_keys = Arc::new(KeyCache::new(config.api_key_cache));
-        Self {
+        Self(Arc::new(StateParts {
             events: EventHub::new(api_keys.clone()),
             api_keys,
             console_stats: Arc::default(),
@@ -238,7 +251,7 @@ impl AppState {
             streams: Arc::new(StreamSlots::default()),
             config: Arc::new(config),
             metrics,
-        }
+        }))
     }
 }
 
