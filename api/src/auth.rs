@@ -422,6 +422,7 @@ pub(crate) async fn api_key_caller(
 ) -> Result<(Caller, Vec<String>), ApiError> {
     let digest = Sha256::digest(token.as_bytes());
     if let Some(key) = state.api_keys.get(&digest) {
+        metrics::counter!("conveyor_api_key_lookups_total", "source" => "cache").increment(1);
         return Ok(key_caller(key, request_id));
     }
     if !state.key_guard.may_look_up(&digest) {
@@ -432,9 +433,9 @@ pub(crate) async fn api_key_caller(
         ));
     }
     let ticket = state.api_keys.before_lookup();
-    let Some(key) =
-        conveyor_engine::store::access::authenticate_api_key(&state.pool, &digest).await?
-    else {
+    let found = conveyor_engine::store::access::authenticate_api_key(&state.pool, &digest).await?;
+    metrics::counter!("conveyor_api_key_lookups_total", "source" => "database").increment(1);
+    let Some(key) = found else {
         state.key_guard.failed();
         return Err(ApiError::unauthorized(
             "the API key is invalid, revoked or expired",

@@ -64,11 +64,16 @@ impl EventHub {
     async fn relay(&self, pool: &PgPool, backoff: &mut Duration) {
         match PgListener::connect_with(pool).await {
             Ok(mut listener) => {
-                if listener
+                let listened = listener
                     .listen_all([EXECUTION_EVENTS, WORKSPACE_EVENTS, API_KEYS])
-                    .await
-                    .is_ok()
-                {
+                    .await;
+                if let Err(e) = &listened {
+                    // Behind a pooler that cannot LISTEN (transaction
+                    // mode), every retry fails the same way: say what is
+                    // off meanwhile.
+                    tracing::warn!(error = %e, "cannot LISTEN: live execution events and the API-key cache are off until it can");
+                }
+                if listened.is_ok() {
                     *backoff = Duration::from_millis(100);
                     self.keys.listening();
                     // A broken connection ends this loop (`try_recv` says

@@ -31,10 +31,14 @@ fn api_keeping_keys(pool: PgPool, secs: u64) -> TestApi {
         pool,
         conveyor_api::ApiConfig {
             api_key_cache: Duration::from_secs(secs),
+            metrics_token: Some(METRICS_TOKEN.to_owned().into()),
             ..conveyor_api::ApiConfig::default()
         },
     )
 }
+
+/// The bearer token of `/metrics` on these tests' API.
+const METRICS_TOKEN: &str = "api-keys-metrics-token";
 
 /// Sets the stored digest of every key of the database to `digest`
 /// without firing the triggers (so without a notification): the key
@@ -90,6 +94,19 @@ async fn a_kept_key_is_served_without_the_database_and_none_is_kept_at_zero(pool
     kept_and_unmatched(&api, &pool, &token).await;
     let reply = api.get("/api/v1/connectors", &token).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    // The metrics tell the lookups served from the cache from those that
+    // asked the database.
+    let metrics = api.get("/metrics", METRICS_TOKEN).await.text;
+    for source in ["cache", "database"] {
+        let line = format!("conveyor_api_key_lookups_total{{source=\"{source}\"}} ");
+        let count: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("no {line} in {metrics}"))
+            .parse()
+            .expect("count");
+        assert!(count >= 1, "{source}: {count}");
+    }
 
     // With the cache off, the same swap refuses the key at once.
     sqlx::query("DELETE FROM workspace_api_keys")
