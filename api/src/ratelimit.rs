@@ -57,6 +57,21 @@ impl RateLimiter {
     }
 }
 
+/// Bounds `map` to `max` entries before an insert: when full, drops the
+/// entries `live` refuses, and all of them when it refuses none.
+pub(crate) fn make_room<K, V>(
+    map: &mut HashMap<K, V>,
+    max: usize,
+    mut live: impl FnMut(&V) -> bool,
+) {
+    if map.len() >= max {
+        map.retain(|_, v| live(v));
+        if map.len() >= max {
+            map.clear();
+        }
+    }
+}
+
 /// Keeps floods of invalid API keys off the database: lookups of keys not
 /// seen valid recently share one token bucket per API process
 /// (`CONVEYOR_RATE_LIMIT_PER_SEC` failed lookups per second, burst twice
@@ -105,12 +120,9 @@ impl InvalidKeyGuard {
             .valid
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if valid.len() >= MAX_VALID {
-            valid.retain(|_, at| now.duration_since(*at) < VALID_FOR);
-            if valid.len() >= MAX_VALID {
-                valid.clear();
-            }
-        }
+        make_room(&mut valid, MAX_VALID, |at| {
+            now.duration_since(*at) < VALID_FOR
+        });
         valid.insert(digest.to_vec(), now);
     }
 

@@ -22,6 +22,8 @@ use chrono::{DateTime, Utc};
 use conveyor_engine::store::access::ApiKeyAuth;
 use uuid::Uuid;
 
+use crate::ratelimit::make_room;
+
 /// Most keys kept (memory bound).
 const MAX_KEYS: usize = 10_000;
 
@@ -107,12 +109,7 @@ impl KeyCache {
         if !state.listening || ticket != Some(Ticket(state.epoch)) {
             return;
         }
-        if state.keys.len() >= MAX_KEYS {
-            state.keys.retain(|_, entry| now < entry.until);
-            if state.keys.len() >= MAX_KEYS {
-                state.keys.clear();
-            }
-        }
+        make_room(&mut state.keys, MAX_KEYS, |entry| now < entry.until);
         let entry = Entry {
             key: key.clone(),
             until: now + self.ttl,
