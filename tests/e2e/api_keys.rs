@@ -57,24 +57,39 @@ async fn swap_digests_unheard(pool: &PgPool, digest: &str) {
     tx.commit().await.expect("commit");
 }
 
+/// A new key of every scope, made by `user` through the API.
+async fn new_key(api: &TestApi, user: &str, name: &str) -> String {
+    let created = key(api, user, json!({ "name": name })).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    created.json["key"].as_str().expect("key").to_owned()
+}
+
+/// The stored digest of the database's one key, in hex.
+async fn stored_digest(pool: &PgPool) -> String {
+    sqlx::query_scalar("SELECT encode(key_hash, 'hex') FROM workspace_api_keys")
+        .fetch_one(pool)
+        .await
+        .expect("digest")
+}
+
+/// Uses `token`, which must work, then swaps its stored digest away
+/// unheard (and leaves it so): whether the API still serves the key.
+async fn served_unmatched(api: &TestApi, pool: &PgPool, token: &str) -> bool {
+    let used = api.get("/api/v1/connectors", token).await;
+    assert_eq!(used.status, StatusCode::OK, "{}", used.text);
+    swap_digests_unheard(pool, "00").await;
+    api.get("/api/v1/connectors", token).await.status == StatusCode::OK
+}
+
 /// Makes `token` a key the API serves from its cache alone: it keeps
 /// working while its digest in the database no longer matches (which is
 /// left so). The API's listener connects in the background and the cache
 /// keeps keys only once it listens, so this tries until one is kept.
 /// Returns the key's real digest.
 async fn kept_and_unmatched(api: &TestApi, pool: &PgPool, token: &str) -> String {
-    let digest: String =
-        sqlx::query_scalar("SELECT encode(key_hash, 'hex') FROM workspace_api_keys")
-            .fetch_one(pool)
-            .await
-            .expect("digest");
+    let digest = stored_digest(pool).await;
     for _ in 0..250 {
-        assert_eq!(
-            api.get("/api/v1/connectors", token).await.status,
-            StatusCode::OK
-        );
-        swap_digests_unheard(pool, "00").await;
-        if api.get("/api/v1/connectors", token).await.status == StatusCode::OK {
+        if served_unmatched(api, pool, token).await {
             return digest;
         }
         swap_digests_unheard(pool, &digest).await;
@@ -87,10 +102,7 @@ async fn kept_and_unmatched(api: &TestApi, pool: &PgPool, token: &str) -> String
 async fn a_kept_key_is_served_without_the_database_and_none_is_kept_at_zero(pool: PgPool) {
     let api = api_keeping_keys(pool.clone(), 3600);
     let user = api.token("ws_keys", "alice");
-    let token = key(&api, &user, json!({"name": "kept"})).await.json["key"]
-        .as_str()
-        .expect("key")
-        .to_owned();
+    let token = new_key(&api, &user, "kept").await;
     kept_and_unmatched(&api, &pool, &token).await;
     let reply = api.get("/api/v1/connectors", &token).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
@@ -108,29 +120,17 @@ async fn a_kept_key_is_served_without_the_database_and_none_is_kept_at_zero(pool
         assert!(count >= 1, "{source}: {count}");
     }
 
-    // With the cache off, the same swap refuses the key at once.
+    // With the cache off, the same swap refuses the key at once, however
+    // long the listener has been up.
     sqlx::query("DELETE FROM workspace_api_keys")
         .execute(&pool)
         .await
         .expect("delete");
     let api = api_keeping_keys(pool.clone(), 0);
-    let token = key(&api, &user, json!({"name": "unkept"})).await.json["key"]
-        .as_str()
-        .expect("key")
-        .to_owned();
-    let digest: String =
-        sqlx::query_scalar("SELECT encode(key_hash, 'hex') FROM workspace_api_keys")
-            .fetch_one(&pool)
-            .await
-            .expect("digest");
+    let token = new_key(&api, &user, "unkept").await;
+    let digest = stored_digest(&pool).await;
     for _ in 0..20 {
-        assert_eq!(
-            api.get("/api/v1/connectors", &token).await.status,
-            StatusCode::OK
-        );
-        swap_digests_unheard(&pool, "00").await;
-        let reply = api.get("/api/v1/connectors", &token).await;
-        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
+        assert!(!served_unmatched(&api, &pool, &token).await);
         swap_digests_unheard(&pool, &digest).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -140,10 +140,7 @@ async fn a_kept_key_is_served_without_the_database_and_none_is_kept_at_zero(pool
 async fn a_kept_key_revoked_elsewhere_is_refused_once_the_database_says_so(pool: PgPool) {
     let api = api_keeping_keys(pool.clone(), 3600);
     let user = api.token("ws_keys", "alice");
-    let token = key(&api, &user, json!({"name": "kept"})).await.json["key"]
-        .as_str()
-        .expect("key")
-        .to_owned();
+    let token = new_key(&api, &user, "kept").await;
     let digest = kept_and_unmatched(&api, &pool, &token).await;
     swap_digests_unheard(&pool, &digest).await;
     // Another API process revokes it: this one hears the database's
@@ -156,14 +153,11 @@ async fn a_kept_key_revoked_elsewhere_is_refused_once_the_database_says_so(pool:
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
 
     // Scopes changed elsewhere reach it the same way.
-    let token = key(&api, &user, json!({"name": "rescoped"})).await.json["key"]
-        .as_str()
-        .expect("key")
-        .to_owned();
-    sqlx::query("DELETE FROM workspace_api_keys WHERE revoked_at IS NOT NULL")
+    sqlx::query("DELETE FROM workspace_api_keys")
         .execute(&pool)
         .await
         .expect("delete");
+    let token = new_key(&api, &user, "rescoped").await;
     let digest = kept_and_unmatched(&api, &pool, &token).await;
     swap_digests_unheard(&pool, &digest).await;
     sqlx::query("UPDATE workspace_api_keys SET scopes = '{execute}'")
@@ -175,13 +169,38 @@ async fn a_kept_key_revoked_elsewhere_is_refused_once_the_database_says_so(pool:
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_key_revoked_through_this_process_is_refused_at_once(pool: PgPool) {
+    let api = api_keeping_keys(pool.clone(), 3600);
+    let user = api.token("ws_keys", "alice");
+    let token = new_key(&api, &user, "kept").await;
+    kept_and_unmatched(&api, &pool, &token).await;
+    // No notification will come: only the route itself can drop the key.
+    sqlx::query("ALTER TABLE workspace_api_keys DISABLE TRIGGER workspace_api_keys_changed")
+        .execute(&pool)
+        .await
+        .expect("disable");
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM workspace_api_keys")
+        .fetch_one(&pool)
+        .await
+        .expect("id");
+    let revoked = api
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/api-keys/{id}"),
+            Some(&user),
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::NO_CONTENT, "{}", revoked.text);
+    let reply = api.get("/api/v1/connectors", &token).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn a_lost_listening_connection_empties_the_key_cache(pool: PgPool) {
     let api = api_keeping_keys(pool.clone(), 3600);
     let user = api.token("ws_keys", "alice");
-    let token = key(&api, &user, json!({"name": "kept"})).await.json["key"]
-        .as_str()
-        .expect("key")
-        .to_owned();
+    let token = new_key(&api, &user, "kept").await;
     kept_and_unmatched(&api, &pool, &token).await;
     let ended: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -196,6 +215,67 @@ async fn a_lost_listening_connection_empties_the_key_cache(pool: PgPool) {
     // up again, and the database no longer knows its digest.
     let reply = refused_within(&api, &token, Duration::from_secs(5)).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn key_changes_are_notified_by_id_and_uses_are_not(pool: PgPool) {
+    let api = TestApi::new(pool.clone());
+    let user = api.token("ws_keys", "alice");
+    new_key(&api, &user, "a").await;
+    new_key(&api, &user, "b").await;
+    let ids: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM workspace_api_keys ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .expect("ids");
+    let (a, b) = (ids[0], ids[1]);
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .expect("connect");
+    listener
+        .listen(conveyor_engine::store::channels::API_KEYS)
+        .await
+        .expect("listen");
+    // Notifications arrive in commit order: a use of `a` notified would
+    // come before the change of `b`.
+    for (change, id, notified) in [
+        (
+            "UPDATE workspace_api_keys SET last_used_at = now() WHERE id = $1",
+            a,
+            false,
+        ),
+        (
+            "UPDATE workspace_api_keys SET name = 'renamed' WHERE id = $1",
+            a,
+            false,
+        ),
+        (
+            "UPDATE workspace_api_keys SET expires_at = now() + interval '1 day' WHERE id = $1",
+            a,
+            true,
+        ),
+        (
+            "UPDATE workspace_api_keys SET revoked_at = now() WHERE id = $1",
+            b,
+            true,
+        ),
+        ("DELETE FROM workspace_api_keys WHERE id = $1", a, true),
+    ] {
+        sqlx::query(change)
+            .bind(id)
+            .execute(&pool)
+            .await
+            .expect("change");
+        if notified {
+            let n = listener.recv().await.expect("notification");
+            assert_eq!(n.payload(), id.to_string(), "{change}");
+        }
+    }
+    sqlx::query("TRUNCATE workspace_api_keys CASCADE")
+        .execute(&pool)
+        .await
+        .expect("truncate");
+    assert_eq!(listener.recv().await.expect("notification").payload(), "*");
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
