@@ -62,43 +62,36 @@ impl EventHub {
 
     /// Relays notifications until the connection breaks.
     async fn relay(&self, pool: &PgPool, backoff: &mut Duration) {
-        match PgListener::connect_with(pool).await {
-            Ok(mut listener) => {
-                let listened = listener
-                    .listen_all([EXECUTION_EVENTS, WORKSPACE_EVENTS, API_KEYS])
-                    .await;
-                if let Err(e) = &listened {
-                    // Behind a pooler that cannot LISTEN (transaction
-                    // mode), every retry fails the same way: say what is
-                    // off meanwhile.
-                    tracing::warn!(error = %e, "cannot LISTEN: live execution events and the API-key cache are off until it can");
+        let mut listener = match PgListener::connect_with(pool).await {
+            Ok(listener) => listener,
+            Err(e) => return tracing::debug!(error = %e, "event listener cannot connect"),
+        };
+        let channels = [EXECUTION_EVENTS, WORKSPACE_EVENTS, API_KEYS];
+        if let Err(e) = listener.listen_all(channels).await {
+            // Behind a pooler that cannot LISTEN (transaction mode), every
+            // retry fails the same way: say what is off meanwhile.
+            return tracing::warn!(error = %e, "cannot LISTEN: live execution events and the API-key cache are off until it can");
+        }
+        *backoff = Duration::from_millis(100);
+        self.keys.listening();
+        // A broken connection ends this loop (`try_recv` says so, where
+        // `recv` would reconnect unseen). The subscribers re-read state
+        // when they lag or reconnect, so a gap loses nothing of theirs;
+        // the key cache, which cannot know what it missed, empties.
+        while let Ok(Some(n)) = listener.try_recv().await {
+            match n.channel() {
+                WORKSPACE_EVENTS => {
+                    let _ = self.workspaces.send(Arc::from(n.payload()));
                 }
-                if listened.is_ok() {
-                    *backoff = Duration::from_millis(100);
-                    self.keys.listening();
-                    // A broken connection ends this loop (`try_recv` says
-                    // so, where `recv` would reconnect unseen). The
-                    // subscribers re-read state when they lag or
-                    // reconnect, so a gap loses nothing of theirs; the key
-                    // cache, which cannot know what it missed, empties.
-                    while let Ok(Some(n)) = listener.try_recv().await {
-                        match n.channel() {
-                            WORKSPACE_EVENTS => {
-                                let _ = self.workspaces.send(Arc::from(n.payload()));
-                            }
-                            API_KEYS => self.keys.notified(n.payload()),
-                            _ => {
-                                if let Ok(id) = n.payload().parse() {
-                                    let _ = self.tx.send(id);
-                                }
-                            }
-                        }
+                API_KEYS => self.keys.notified(n.payload()),
+                _ => {
+                    if let Ok(id) = n.payload().parse() {
+                        let _ = self.tx.send(id);
                     }
-                    self.keys.deaf();
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "event listener cannot connect"),
         }
+        self.keys.deaf();
     }
 
     /// A receiver of changed execution ids.
