@@ -122,7 +122,8 @@ async fn a_row_postgres_refuses_fails_only_its_own_execution_in_a_group_commit(p
         })
         .collect();
     let order: Vec<_> = claimed.iter().map(|e| e.id).collect();
-    let results = commit_group(&h.pool, commits, now).await;
+    let held = conveyor_engine::store::Held::new(h.pool.clone());
+    let results = commit_group(&held, commits, now).await;
     assert_eq!(results.len(), 3);
     for (id, result) in order.iter().zip(&results) {
         if *id == ids[1] {

@@ -5,6 +5,7 @@ mod api_keys;
 mod flow;
 mod for_each;
 mod hardening;
+mod held;
 mod language;
 mod marketplace_review;
 mod migrations;

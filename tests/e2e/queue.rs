@@ -31,6 +31,19 @@ async fn never_sent(pool: PgPool) -> (Harness, (uuid::Uuid, i32)) {
 }
 
 /// How many executions are stored.
+/// Ends the sessions of this test's database whose `application_name`
+/// ends with `purpose`, as a restart or a network cut would.
+async fn terminate_sessions(pool: &PgPool, purpose: &str) {
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name LIKE '%' || $1",
+    )
+    .bind(purpose)
+    .execute(pool)
+    .await
+    .expect("terminate");
+}
+
 async fn executions_stored(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM connector_executions")
         .fetch_one(pool)
@@ -186,7 +199,8 @@ async fn a_claim_connection_plans_the_claim_through_indexes_on_a_nearly_empty_qu
         .await
         .expect("analyze");
     let claims = executions::ClaimPool::new(&h.pool);
-    let nodes = claim_plan(&mut claims.pool().acquire().await.expect("acquire")).await;
+    let mut conn = claims.held().acquire().await.expect("acquire");
+    let nodes = claim_plan(&mut conn).await;
     let reads: Vec<_> = nodes
         .iter()
         .filter(|(node, relation)| node.ends_with("Scan") && relation == "connector_executions")
@@ -205,7 +219,7 @@ async fn a_claim_connection_plans_the_claim_through_indexes_on_a_nearly_empty_qu
     // JIT would be decided once for that plan, from its estimate: a
     // queue analyzed large made every claim compile first (30 ms).
     let (jit,): (String,) = sqlx::query_as("SHOW jit")
-        .fetch_one(claims.pool())
+        .fetch_one(&mut *conn)
         .await
         .expect("show jit");
     assert_eq!(jit, "off", "a claim connection never compiles the claim");
@@ -754,9 +768,9 @@ async fn grouped_executes_answer_each_item_and_a_refused_item_fails_alone(pool: 
     );
     assert_eq!(executions_stored(&h.pool).await, 6);
 
-    // An unreachable database is every item's failure: each is answered
-    // as a connection error (503 at the API), none tried again alone.
-    enqueues.pool().close().await;
+    // A lost connection is every item's failure: each is answered as a
+    // connection error (503 at the API), none tried again alone.
+    terminate_sessions(&h.pool, "enqueue").await;
     let answers = executions::enqueue_each_alone(&enqueues, &group, Utc::now()).await;
     assert_eq!(answers.len(), 3);
     for answer in answers {
@@ -817,7 +831,7 @@ async fn the_enqueue_connection_plans_the_group_statement_once_through_an_index(
         assert!(answers[0].is_some(), "enqueued");
     }
     assert_eq!(executions_stored(&h.pool).await, 3);
-    let mut conn = enqueues.pool().acquire().await.expect("acquire");
+    let mut conn = enqueues.held().acquire().await.expect("acquire");
     let (name, statement, types, generic, custom): (String, String, String, i64, i64) =
         sqlx::query_as(
             "SELECT name, statement, array_to_string(parameter_types, ','), generic_plans, custom_plans

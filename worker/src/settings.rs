@@ -469,10 +469,12 @@ impl Settings {
         if options.get_application_name().is_none() {
             options = options.application_name(application_name);
         }
-        Ok(sqlx::postgres::PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(options))
+        Ok(
+            conveyor_engine::store::tested_when_idle(sqlx::postgres::PgPoolOptions::new())
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy_with(options),
+        )
     }
 }
 

@@ -9,8 +9,8 @@ use sqlx::PgPool;
 use crate::Result;
 use crate::batch::{self, Asker, Queue};
 use crate::state::ExecutionStatus;
-use crate::store::executions;
 use crate::store::flow::{self, Park, Reserved, Take};
+use crate::store::{self, Held, executions};
 
 /// A request's answer: a failed statement's error as text (one
 /// statement answers many requests, and errors are not `Clone`).
@@ -50,7 +50,9 @@ pub(super) struct Committer {
     parks: Asker<Park, Answer<bool>>,
 }
 
-/// A committer and the [`GroupCommitter`] it sends to.
+/// A committer and the [`GroupCommitter`] it sends to, which writes step
+/// commits on a connection of its own to `pool`'s database, kept between
+/// statements ([`Held`]), and reservations and parks through `pool`.
 pub(super) fn channel(pool: PgPool) -> (Committer, GroupCommitter) {
     let (commits, commit_queue) = queue();
     let (takes, take_queue) = queue();
@@ -62,6 +64,7 @@ pub(super) fn channel(pool: PgPool) -> (Committer, GroupCommitter) {
             parks,
         },
         GroupCommitter {
+            commit_connection: Held::new(store::own_connection(&pool, "commits")),
             pool,
             commits: commit_queue,
             takes: take_queue,
@@ -98,6 +101,7 @@ impl Committer {
 /// Writes the step commits, rate-limit reservations and parks of one
 /// [`Runner`](super::Runner), made by [`Runner::new`](super::Runner::new).
 pub struct GroupCommitter {
+    commit_connection: Held,
     pool: PgPool,
     commits: Queue<executions::Commit, Answer<Option<ExecutionStatus>>>,
     takes: Queue<Take, Answer<Reserved>>,
@@ -117,19 +121,19 @@ impl GroupCommitter {
     /// that joins it after its executions stop loses no commit.
     pub async fn run(self) {
         let Self {
+            commit_connection,
             pool,
             commits,
             takes,
             parks,
         } = self;
-        let commit_pool = pool.clone();
         let park_pool = pool.clone();
         tokio::join!(
             batch::drain(commits, GROUP_MAX, GROUPS_IN_FLIGHT, move |batch| {
-                let pool = commit_pool.clone();
+                let held = commit_connection.clone();
                 async move {
                     metrics::histogram!("conveyor_group_commit_size").record(batch.len() as f64);
-                    crate::store::group::commit_group(&pool, batch, Utc::now()).await
+                    store::group::commit_group(&held, batch, Utc::now()).await
                 }
             }),
             batch::drain(takes, GROUP_MAX, TAKES_IN_FLIGHT, move |batch| {

@@ -14,6 +14,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::Held;
 use crate::Result;
 
 /// Default of `CONVEYOR_WORKSPACE_MAX_RUNNING`: executions of one
@@ -163,24 +164,28 @@ const CLAIM_PLANNER: [(&str, &str); 5] = [
     ("jit", "off"),
 ];
 
-/// Connections that run only the claim, with the planner settings of
+/// The connection that runs only the claim, with the planner settings of
 /// [`CLAIM_PLANNER`]: they would slow down or mislead the planning of
-/// other statements, so the claim has its own connection(s) instead of
-/// the process's pool.
+/// other statements, so the claim has its own connection instead of the
+/// process's pool, kept between claims ([`Held`]).
 #[derive(Debug, Clone)]
-pub struct ClaimPool(PgPool);
+pub struct ClaimPool(Held);
 
 impl ClaimPool {
     /// One connection to `pool`'s database (a worker claims one batch at
     /// a time), made as [`super::planned_once`] says.
     #[must_use]
     pub fn new(pool: &PgPool) -> Self {
-        Self(super::planned_once(pool, "claims", &CLAIM_PLANNER))
+        Self(Held::new(super::planned_once(
+            pool,
+            "claims",
+            &CLAIM_PLANNER,
+        )))
     }
 
-    /// The pool, for looking at what its connections plan.
+    /// The connection, for looking at what it plans.
     #[must_use]
-    pub fn pool(&self) -> &PgPool {
+    pub fn held(&self) -> &Held {
         &self.0
     }
 }
@@ -232,6 +237,7 @@ pub async fn claim_capped(
     // `query_as` with binds rather than the checked macro, whose
     // statements cannot be pointed at the claim pool's settings; the e2e
     // queue and flow tests run it against the schema.
+    let mut conn = claims.0.acquire().await?;
     let rows = sqlx::query_as::<_, Claimed>(CLAIM)
         .bind(worker_id)
         .bind(limit)
@@ -239,7 +245,9 @@ pub async fn claim_capped(
         .bind(lease_until)
         .bind(max_running)
         .bind(woken)
-        .fetch_all(&claims.0)
-        .await?;
-    Ok(rows)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(crate::Error::from);
+    conn.finish(&rows);
+    rows
 }

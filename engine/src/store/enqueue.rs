@@ -16,6 +16,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
+use super::Held;
 use super::executions::{Enqueued, NewExecution};
 use super::history::ExecutionView;
 use crate::Result;
@@ -50,21 +51,26 @@ const ENQUEUE_PLANNER: [(&str, &str); 3] = [
 /// The connection that runs only [`enqueue_executes`], with the planner
 /// settings of [`ENQUEUE_PLANNER`], which would mislead the planning of
 /// other statements. An API process sends one group statement at a time,
-/// so one connection is all it uses.
+/// so one connection is all it uses, and it keeps it between statements
+/// ([`Held`]).
 #[derive(Debug, Clone)]
-pub struct EnqueuePool(PgPool);
+pub struct EnqueuePool(Held);
 
 impl EnqueuePool {
     /// One connection to `pool`'s database, made as
     /// [`super::planned_once`] says.
     #[must_use]
     pub fn new(pool: &PgPool) -> Self {
-        Self(super::planned_once(pool, "enqueue", &ENQUEUE_PLANNER))
+        Self(Held::new(super::planned_once(
+            pool,
+            "enqueue",
+            &ENQUEUE_PLANNER,
+        )))
     }
 
-    /// The pool, for looking at what its connection plans.
+    /// The connection, for looking at what it plans.
     #[must_use]
-    pub fn pool(&self) -> &PgPool {
+    pub fn held(&self) -> &Held {
         &self.0
     }
 }
@@ -137,6 +143,7 @@ pub async fn enqueue_executes(
     let c = Columns::of(executes.iter().map(|e| &e.new));
     let actors: Vec<&str> = executes.iter().map(|e| e.actor.as_str()).collect();
     let request_ids: Vec<Option<&str>> = executes.iter().map(|e| e.request_id.as_deref()).collect();
+    let mut conn = pool.0.acquire().await?;
     let rows = sqlx::query_as!(
         ExecutionView,
         r#"WITH x AS (
@@ -196,9 +203,11 @@ pub async fn enqueue_executes(
         &request_ids as &[Option<&str>],
         now
     )
-    .fetch_all(&pool.0)
-    .await?;
-    let mut views: HashMap<Uuid, ExecutionView> = rows.into_iter().map(|v| (v.id, v)).collect();
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(crate::Error::from);
+    conn.finish(&rows);
+    let mut views: HashMap<Uuid, ExecutionView> = rows?.into_iter().map(|v| (v.id, v)).collect();
     Ok(ids.iter().map(|id| views.remove(id)).collect())
 }
 
@@ -218,11 +227,7 @@ pub async fn enqueue_each_alone(
         Err(e) if executes.len() == 1 => return vec![Err(e)],
         Err(e) => e,
     };
-    let refused = matches!(
-        &group_error,
-        crate::Error::Database(sqlx::Error::Database(_))
-    ) && !group_error.is_connection();
-    if !refused {
+    if !super::session_survives(&group_error) {
         let (message, connection) = (group_error.to_string(), group_error.is_connection());
         return executes
             .iter()

@@ -350,7 +350,8 @@ pub async fn commit_step(
         step: step.clone(),
         transition: transition.clone(),
     }];
-    let mut statuses = commit_steps(pool, &mut commit, now).await?;
+    let mut conn = pool.acquire().await?;
+    let mut statuses = commit_steps(&mut conn, &mut commit, now).await?;
     Ok(statuses.pop().flatten())
 }
 
@@ -367,7 +368,7 @@ pub async fn commit_step(
 ///
 /// Database errors (then nothing was written for any of them).
 pub async fn commit_steps(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     commits: &mut [Commit],
     now: DateTime<Utc>,
 ) -> Result<Vec<Option<ExecutionStatus>>> {
@@ -580,7 +581,7 @@ pub async fn commit_steps(
         &pages,
         &items
     )
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await;
     // Put the moved values back, so a caller can retry these commits.
     let (mut contexts, mut outputs, mut errors) = (

@@ -10,11 +10,11 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgPool;
 use tracing::warn;
 
 use crate::state::ExecutionStatus;
 use crate::store::executions::{self, Commit, Transition};
+use crate::store::{Held, session_survives};
 
 /// What U+0000 is stored as: U+FFFD REPLACEMENT CHARACTER.
 pub const NUL_REPLACEMENT: char = '\u{FFFD}';
@@ -88,41 +88,60 @@ pub fn make_storable(commit: &mut Commit) {
     }
 }
 
-/// Commits `commits` in one statement; if that statement fails, commits
-/// each one alone, so a row PostgreSQL refuses fails only its own
-/// execution. Returns, in order, each execution's new status (`None`: the
-/// lease was lost) or the database error of its own commit.
+/// Commits `commits` in one statement on `held`'s connection; if that
+/// statement fails, commits each one alone, so a row PostgreSQL refuses
+/// fails only its own execution. Returns, in order, each execution's new
+/// status (`None`: the lease was lost) or the database error of its own
+/// commit.
 pub async fn commit_group(
-    pool: &PgPool,
+    held: &Held,
     mut commits: Vec<Commit>,
     now: DateTime<Utc>,
 ) -> Vec<Result<Option<ExecutionStatus>, String>> {
     commits.iter_mut().for_each(make_storable);
-    let group_error = match executions::commit_steps(pool, &mut commits, now).await {
-        Ok(statuses) => return statuses.into_iter().map(Ok).collect(),
+    let mut conn = match held.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let message = e.to_string();
+            return commits.iter().map(|_| Err(message.clone())).collect();
+        }
+    };
+    let group = executions::commit_steps(&mut conn, &mut commits, now).await;
+    let group_error = match group {
+        Ok(statuses) => {
+            conn.finish(&Ok(()));
+            return statuses.into_iter().map(Ok).collect();
+        }
         Err(e) => e,
     };
     // Only PostgreSQL refusing the statement can be one row's fault; an
     // unreachable database fails every commit alike.
-    let refused = matches!(
-        &group_error,
-        crate::Error::Database(sqlx::Error::Database(_))
-    );
-    if commits.len() == 1 || !refused {
+    if commits.len() == 1 || !session_survives(&group_error) {
         let message = group_error.to_string();
+        conn.finish(&Err::<(), _>(group_error));
         return commits.iter().map(|_| Err(message.clone())).collect();
     }
     warn!(error = %group_error, size = commits.len(), "group commit failed; committing one by one");
     metrics::counter!("conveyor_group_commit_fallbacks_total").increment(1);
     let mut out = Vec::with_capacity(commits.len());
+    // The connection is kept unless a commit failed otherwise than by
+    // PostgreSQL refusing it.
+    let mut kept = Ok(());
     for commit in commits.chunks_mut(1) {
         out.push(
-            executions::commit_steps(pool, commit, now)
-                .await
-                .map(|mut s| s.pop().flatten())
-                .map_err(|e| e.to_string()),
+            match executions::commit_steps(&mut conn, commit, now).await {
+                Ok(mut statuses) => Ok(statuses.pop().flatten()),
+                Err(e) => {
+                    let message = e.to_string();
+                    if !session_survives(&e) {
+                        kept = Err(e);
+                    }
+                    Err(message)
+                }
+            },
         );
     }
+    conn.finish(&kept);
     out
 }
 

@@ -14,6 +14,7 @@ mod enqueue;
 pub mod executions;
 pub mod flow;
 pub mod group;
+mod held;
 pub mod history;
 pub mod members;
 pub mod oauth;
@@ -24,9 +25,30 @@ pub mod triggers;
 pub mod usage;
 
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{Connection, PgExecutor, PgPool};
+
+pub use held::{Held, HeldConnection, IDLE_TEST, session_survives};
 
 use crate::Result;
+
+/// `options` with the pool's test of a connection it hands out (a round
+/// trip) only for one idle for [`IDLE_TEST`] or longer: the pool tests
+/// every connection it takes back, so one back for less than that
+/// answered just now. sqlx tests at every hand-out by default, which made
+/// each statement sent through a pool three round trips (see [`Held`]).
+#[must_use]
+pub fn tested_when_idle(options: PgPoolOptions) -> PgPoolOptions {
+    options
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= IDLE_TEST {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
 
 /// A lazily connecting pool of one connection to `pool`'s database, with
 /// `pool`'s acquire timeout, its `application_name` followed by
@@ -42,11 +64,11 @@ fn one_connection(
         Some(name) => format!("{name} {purpose}"),
         None => purpose.to_owned(),
     };
-    options(
+    options(tested_when_idle(
         PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(pool.options().get_acquire_timeout()),
-    )
+    ))
     .connect_lazy_with((*connect).clone().application_name(&name))
 }
 

@@ -133,7 +133,7 @@ pub(super) async fn run(
         load_average()
     );
     println!(
-        "  per execution: {} statements (round trips), {commits:.2} commits, {wal:.0} WAL bytes (enqueue: {enqueue_wal:.0} more)",
+        "  per execution: {} statements, {commits:.2} commits, {wal:.0} WAL bytes (enqueue: {enqueue_wal:.0} more)",
         statements_per_execution.map_or("unknown".to_owned(), |s| format!("{s:.2}"))
     );
     println!(
