@@ -207,8 +207,10 @@ async fn three_processes_run_2000_executions_and_never_resend_a_finished_step(po
         [
             "billing-workers",
             "billing-workers claims",
+            "billing-workers commits",
             "conveyor-worker",
-            "conveyor-worker claims"
+            "conveyor-worker claims",
+            "conveyor-worker commits"
         ],
         "the workers' sessions say which process they serve"
     );

@@ -386,7 +386,8 @@ async fn one_trace_runs_from_the_api_request_to_the_last_step(pool: PgPool) {
             "conveyor-api enqueue",
             "conveyor-api readiness",
             "conveyor-worker",
-            "conveyor-worker claims"
+            "conveyor-worker claims",
+            "conveyor-worker commits"
         ]
     );
 }
