@@ -11,6 +11,7 @@ use conveyor_engine::runner::{RunOutcome, Runner, RunnerConfig};
 use conveyor_engine::state::{ExecutionStatus, StepOutcome};
 use conveyor_engine::store::executions::{self, Commit, StepRow, Transition};
 use conveyor_engine::store::group::commit_group;
+use conveyor_engine::store::{self, Held};
 use conveyor_tests::api::TestApi;
 use conveyor_tests::{Harness, WS, test_worker_config};
 use serde_json::json;
@@ -122,7 +123,7 @@ async fn a_row_postgres_refuses_fails_only_its_own_execution_in_a_group_commit(p
         })
         .collect();
     let order: Vec<_> = claimed.iter().map(|e| e.id).collect();
-    let held = conveyor_engine::store::Held::new(h.pool.clone());
+    let held = Held::new(h.pool.clone());
     let results = commit_group(&held, commits, now).await;
     assert_eq!(results.len(), 3);
     for (id, result) in order.iter().zip(&results) {
@@ -568,4 +569,63 @@ async fn another_workspace_cannot_watch_an_execution(pool: PgPool) {
         .await
         .expect("watch");
     assert_eq!(watchers().await, [WS]);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_group_commit_on_a_lost_session_fails_every_commit_and_the_next_one_reconnects(
+    pool: PgPool,
+) {
+    let h = Harness::new(pool);
+    let c = h
+        .connector(json!({"name": "one", "steps": [
+            {"name": "x", "method": "GET", "url": "https://api.example.com/x"}]}))
+        .await;
+    let ids = [
+        h.enqueue(c, json!({"n": 1})).await,
+        h.enqueue(c, json!({"n": 2})).await,
+    ];
+    let now = Utc::now();
+    let claimed = executions::claim(
+        &executions::ClaimPool::new(&h.pool),
+        "worker-a",
+        2,
+        Duration::from_secs(30),
+        now,
+    )
+    .await
+    .expect("claim");
+    let commits = || -> Vec<Commit> {
+        claimed
+            .iter()
+            .map(|e| Commit {
+                id: e.id,
+                token: e.fencing_token,
+                step: row(0),
+                transition: Transition::Succeed {
+                    context: json!({"steps": {}}),
+                    output: json!({"ok": true}),
+                },
+            })
+            .collect()
+    };
+    let held = Held::new(store::own_connection(&h.pool, "commits"));
+    let conn = held.acquire().await.expect("connect");
+    conn.finish(None);
+    assert_eq!(conveyor_tests::end_sessions(&h.pool, "commits").await, 1);
+    // PostgreSQL ending the session is no row's fault: every commit gets
+    // its error, none is tried again alone on the dead connection.
+    let results = commit_group(&held, commits(), now).await;
+    assert_eq!(results.len(), 2);
+    for result in &results {
+        let err = result.as_ref().expect_err("the session is gone");
+        assert!(err.contains("terminating connection"), "{err}");
+    }
+    for id in ids {
+        assert_eq!(h.execution(id).await.status, ExecutionStatus::Running);
+    }
+    // The broken connection was given back: the next group gets a new one.
+    let results = commit_group(&held, commits(), now).await;
+    for result in results {
+        assert_eq!(result.expect("committed"), Some(ExecutionStatus::Succeeded));
+    }
 }

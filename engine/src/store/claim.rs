@@ -176,11 +176,7 @@ impl ClaimPool {
     /// a time), made as [`super::planned_once`] says.
     #[must_use]
     pub fn new(pool: &PgPool) -> Self {
-        Self(Held::new(super::planned_once(
-            pool,
-            "claims",
-            &CLAIM_PLANNER,
-        )))
+        Self(super::planned_once(pool, "claims", &CLAIM_PLANNER))
     }
 
     /// The connection, for looking at what it plans.
@@ -248,6 +244,6 @@ pub async fn claim_capped(
         .fetch_all(&mut *conn)
         .await
         .map_err(crate::Error::from);
-    conn.finish(&rows);
+    conn.finish(rows.as_ref().err());
     rows
 }

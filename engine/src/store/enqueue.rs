@@ -61,11 +61,7 @@ impl EnqueuePool {
     /// [`super::planned_once`] says.
     #[must_use]
     pub fn new(pool: &PgPool) -> Self {
-        Self(Held::new(super::planned_once(
-            pool,
-            "enqueue",
-            &ENQUEUE_PLANNER,
-        )))
+        Self(super::planned_once(pool, "enqueue", &ENQUEUE_PLANNER))
     }
 
     /// The connection, for looking at what it plans.
@@ -206,7 +202,7 @@ pub async fn enqueue_executes(
     .fetch_all(&mut *conn)
     .await
     .map_err(crate::Error::from);
-    conn.finish(&rows);
+    conn.finish(rows.as_ref().err());
     let mut views: HashMap<Uuid, ExecutionView> = rows?.into_iter().map(|v| (v.id, v)).collect();
     Ok(ids.iter().map(|id| views.remove(id)).collect())
 }

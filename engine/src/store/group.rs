@@ -106,10 +106,9 @@ pub async fn commit_group(
             return commits.iter().map(|_| Err(message.clone())).collect();
         }
     };
-    let group = executions::commit_steps(&mut conn, &mut commits, now).await;
-    let group_error = match group {
+    let group_error = match executions::commit_steps(&mut conn, &mut commits, now).await {
         Ok(statuses) => {
-            conn.finish(&Ok(()));
+            conn.finish(None);
             return statuses.into_iter().map(Ok).collect();
         }
         Err(e) => e,
@@ -118,30 +117,30 @@ pub async fn commit_group(
     // unreachable database fails every commit alike.
     if commits.len() == 1 || !session_survives(&group_error) {
         let message = group_error.to_string();
-        conn.finish(&Err::<(), _>(group_error));
+        conn.finish(Some(&group_error));
         return commits.iter().map(|_| Err(message.clone())).collect();
     }
     warn!(error = %group_error, size = commits.len(), "group commit failed; committing one by one");
     metrics::counter!("conveyor_group_commit_fallbacks_total").increment(1);
     let mut out = Vec::with_capacity(commits.len());
-    // The connection is kept unless a commit failed otherwise than by
-    // PostgreSQL refusing it.
-    let mut kept = Ok(());
+    // Once a commit breaks the session, the ones after it are not sent.
+    let mut broken: Option<crate::Error> = None;
     for commit in commits.chunks_mut(1) {
-        out.push(
-            match executions::commit_steps(&mut conn, commit, now).await {
-                Ok(mut statuses) => Ok(statuses.pop().flatten()),
-                Err(e) => {
-                    let message = e.to_string();
-                    if !session_survives(&e) {
-                        kept = Err(e);
-                    }
-                    Err(message)
+        if let Some(e) = &broken {
+            out.push(Err(e.to_string()));
+            continue;
+        }
+        match executions::commit_steps(&mut conn, commit, now).await {
+            Ok(mut statuses) => out.push(Ok(statuses.pop().flatten())),
+            Err(e) => {
+                out.push(Err(e.to_string()));
+                if !session_survives(&e) {
+                    broken = Some(e);
                 }
-            },
-        );
+            }
+        }
     }
-    conn.finish(&kept);
+    conn.finish(broken.as_ref());
     out
 }
 

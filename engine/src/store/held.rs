@@ -106,11 +106,11 @@ pub struct HeldConnection<'a> {
 }
 
 impl HeldConnection<'_> {
-    /// Keeps the connection for the next statement, unless `result` is a
-    /// failure that may have broken it ([`session_survives`]: then it
-    /// goes back to its pool).
-    pub fn finish<T>(self, result: &Result<T>) {
-        let sound = result.as_ref().err().is_none_or(session_survives);
+    /// Keeps the connection for the next statement, unless the
+    /// statement's `failure` may have broken it ([`session_survives`]:
+    /// then it goes back to its pool).
+    pub fn finish(self, failure: Option<&Error>) {
+        let sound = failure.is_none_or(session_survives);
         let Self { mut slot, mut kept } = self;
         if sound {
             kept.used = Instant::now();

@@ -81,9 +81,10 @@ pub fn own_connection(pool: &PgPool, purpose: &str) -> PgPool {
     one_connection(pool, purpose, |options| options)
 }
 
-/// A connection of its own to `pool`'s database ([`one_connection`])
-/// whose session has the planner `settings`: for a statement that one
-/// task sends one at a time and that is planned once per connection
+/// A connection of its own to `pool`'s database ([`one_connection`]),
+/// kept between statements ([`Held`]), whose session has the planner
+/// `settings`: for a statement that one task sends one at a time and
+/// that is planned once per connection
 /// (`plan_cache_mode=force_generic_plan`), so its plan must not depend on
 /// the statistics it was made with. The settings are made by a statement
 /// once connected, rather than as startup options, which connection
@@ -92,8 +93,8 @@ fn planned_once(
     pool: &PgPool,
     purpose: &str,
     settings: &'static [(&'static str, &'static str)],
-) -> PgPool {
-    one_connection(pool, purpose, |options| {
+) -> Held {
+    Held::new(one_connection(pool, purpose, |options| {
         options.after_connect(move |conn, _| {
             Box::pin(async move {
                 let (names, values): (Vec<&str>, Vec<&str>) = settings.iter().copied().unzip();
@@ -107,7 +108,7 @@ fn planned_once(
                 .map(drop)
             })
         })
-    })
+    }))
 }
 
 /// Creates the workspace row on first use. Workspace ids are the calling
