@@ -140,32 +140,31 @@ async fn a_kept_key_is_served_without_the_database_and_none_is_kept_at_zero(pool
 async fn a_kept_key_revoked_elsewhere_is_refused_once_the_database_says_so(pool: PgPool) {
     let api = api_keeping_keys(pool.clone(), 3600);
     let user = api.token("ws_keys", "alice");
-    let token = new_key(&api, &user, "kept").await;
-    let digest = kept_and_unmatched(&api, &pool, &token).await;
-    swap_digests_unheard(&pool, &digest).await;
-    // Another API process revokes it: this one hears the database's
-    // notification, not its own route.
-    sqlx::query("UPDATE workspace_api_keys SET revoked_at = now()")
-        .execute(&pool)
-        .await
-        .expect("revoke");
-    let reply = refused_within(&api, &token, Duration::from_secs(5)).await;
-    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
-
-    // Scopes changed elsewhere reach it the same way.
-    sqlx::query("DELETE FROM workspace_api_keys")
-        .execute(&pool)
-        .await
-        .expect("delete");
-    let token = new_key(&api, &user, "rescoped").await;
-    let digest = kept_and_unmatched(&api, &pool, &token).await;
-    swap_digests_unheard(&pool, &digest).await;
-    sqlx::query("UPDATE workspace_api_keys SET scopes = '{execute}'")
-        .execute(&pool)
-        .await
-        .expect("rescope");
-    let reply = refused_within(&api, &token, Duration::from_secs(5)).await;
-    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text);
+    // Another API process revokes the key, or changes its scopes: this
+    // one hears the database's notification, not its own route.
+    for (name, change, refusal) in [
+        (
+            "revoked",
+            "UPDATE workspace_api_keys SET revoked_at = now()",
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "rescoped",
+            "UPDATE workspace_api_keys SET scopes = '{execute}'",
+            StatusCode::FORBIDDEN,
+        ),
+    ] {
+        sqlx::query("DELETE FROM workspace_api_keys")
+            .execute(&pool)
+            .await
+            .expect("delete");
+        let token = new_key(&api, &user, name).await;
+        let digest = kept_and_unmatched(&api, &pool, &token).await;
+        swap_digests_unheard(&pool, &digest).await;
+        sqlx::query(change).execute(&pool).await.expect(name);
+        let reply = refused_within(&api, &token, Duration::from_secs(5)).await;
+        assert_eq!(reply.status, refusal, "{name}: {}", reply.text);
+    }
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]

@@ -7,24 +7,9 @@ use std::time::Duration;
 
 use conveyor_engine::Error;
 use conveyor_engine::store::{self, Held, IDLE_TEST};
+use conveyor_tests::end_sessions;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
-
-/// Ends the sessions of this test's database named `purpose` (the
-/// suffix of their `application_name`), as a restart or a network cut
-/// would; returns how many there were.
-async fn end_sessions(pool: &PgPool, purpose: &str) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM (
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE datname = current_database() AND application_name LIKE '%' || $1
-         ) ended",
-    )
-    .bind(purpose)
-    .fetch_one(pool)
-    .await
-    .expect("terminate")
-}
 
 async fn backend(conn: &mut PgConnection) -> Result<i32, Error> {
     Ok(sqlx::query_scalar("SELECT pg_backend_pid()")
@@ -37,7 +22,7 @@ async fn backend(conn: &mut PgConnection) -> Result<i32, Error> {
 async fn held_backend(held: &Held) -> Result<i32, Error> {
     let mut conn = held.acquire().await?;
     let pid = backend(&mut conn).await;
-    conn.finish(&pid);
+    conn.finish(pid.as_ref().err());
     pid
 }
 
@@ -60,7 +45,7 @@ async fn a_held_connection_stays_out_of_its_pool_until_it_breaks(pool: PgPool) {
         matches!(&refused, Err(Error::Database(sqlx::Error::Database(_)))),
         "{refused:?}"
     );
-    conn.finish(&refused);
+    conn.finish(refused.as_ref().err());
     assert_eq!(held.pool().num_idle(), 0, "kept after a refused statement");
     assert_eq!(held_backend(&held).await.expect("same session"), first);
 

@@ -31,19 +31,6 @@ async fn never_sent(pool: PgPool) -> (Harness, (uuid::Uuid, i32)) {
 }
 
 /// How many executions are stored.
-/// Ends the sessions of this test's database whose `application_name`
-/// ends with `purpose`, as a restart or a network cut would.
-async fn terminate_sessions(pool: &PgPool, purpose: &str) {
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name LIKE '%' || $1",
-    )
-    .bind(purpose)
-    .execute(pool)
-    .await
-    .expect("terminate");
-}
-
 async fn executions_stored(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM connector_executions")
         .fetch_one(pool)
@@ -770,7 +757,7 @@ async fn grouped_executes_answer_each_item_and_a_refused_item_fails_alone(pool: 
 
     // A lost connection is every item's failure: each is answered as a
     // connection error (503 at the API), none tried again alone.
-    terminate_sessions(&h.pool, "enqueue").await;
+    assert_eq!(conveyor_tests::end_sessions(&h.pool, "enqueue").await, 1);
     let answers = executions::enqueue_each_alone(&enqueues, &group, Utc::now()).await;
     assert_eq!(answers.len(), 3);
     for answer in answers {

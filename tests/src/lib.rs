@@ -253,6 +253,22 @@ pub fn database_url(pool: &PgPool) -> String {
     )
 }
 
+/// Ends the sessions of this test's database whose `application_name`
+/// ends with `purpose` (`enqueue`, `claims`, ...), as a restart or a
+/// network cut would; returns how many there were.
+pub async fn end_sessions(pool: &PgPool, purpose: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name LIKE '%' || $1
+         ) ended",
+    )
+    .bind(purpose)
+    .fetch_one(pool)
+    .await
+    .expect("terminate")
+}
+
 /// A TCP port on loopback that nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
