@@ -85,29 +85,43 @@ fn row(index: i32) -> StepRow {
     }
 }
 
-#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
-async fn a_row_postgres_refuses_fails_only_its_own_execution_in_a_group_commit(pool: PgPool) {
-    let h = Harness::new(pool);
+/// `n` executions of a one-step connector, enqueued in order and then
+/// all claimed by one worker: their ids in enqueue order, the claimed
+/// rows, and the time of the claim.
+async fn claimed_one_step_executions(
+    h: &Harness,
+    n: i64,
+) -> (
+    Vec<uuid::Uuid>,
+    Vec<executions::Claimed>,
+    chrono::DateTime<Utc>,
+) {
     let c = h
         .connector(json!({"name": "one", "steps": [
             {"name": "x", "method": "GET", "url": "https://api.example.com/x"}]}))
         .await;
-    let ids = [
-        h.enqueue(c, json!({"n": 1})).await,
-        h.enqueue(c, json!({"n": 2})).await,
-        h.enqueue(c, json!({"n": 3})).await,
-    ];
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(h.enqueue(c, json!({ "n": i })).await);
+    }
     let now = Utc::now();
     let claimed = executions::claim(
         &executions::ClaimPool::new(&h.pool),
         "worker-a",
-        3,
+        n,
         Duration::from_secs(30),
         now,
     )
     .await
     .expect("claim");
-    assert_eq!(claimed.len(), 3);
+    assert_eq!(claimed.len(), ids.len());
+    (ids, claimed, now)
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_row_postgres_refuses_fails_only_its_own_execution_in_a_group_commit(pool: PgPool) {
+    let h = Harness::new(pool);
+    let (ids, claimed, now) = claimed_one_step_executions(&h, 3).await;
     let commits: Vec<Commit> = claimed
         .iter()
         .map(|e| Commit {
@@ -576,24 +590,7 @@ async fn a_group_commit_on_a_lost_session_fails_every_commit_and_the_next_one_re
     pool: PgPool,
 ) {
     let h = Harness::new(pool);
-    let c = h
-        .connector(json!({"name": "one", "steps": [
-            {"name": "x", "method": "GET", "url": "https://api.example.com/x"}]}))
-        .await;
-    let ids = [
-        h.enqueue(c, json!({"n": 1})).await,
-        h.enqueue(c, json!({"n": 2})).await,
-    ];
-    let now = Utc::now();
-    let claimed = executions::claim(
-        &executions::ClaimPool::new(&h.pool),
-        "worker-a",
-        2,
-        Duration::from_secs(30),
-        now,
-    )
-    .await
-    .expect("claim");
+    let (ids, claimed, now) = claimed_one_step_executions(&h, 2).await;
     let commits = || -> Vec<Commit> {
         claimed
             .iter()
