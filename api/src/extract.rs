@@ -69,7 +69,7 @@ pub fn parse_json<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, Ap
     // Syntax first: a shape error before a syntax error must not hide that
     // the body is not JSON at all.
     let value: Value = serde_json::from_slice(bytes).map_err(|e| malformed(&e))?;
-    if let Some(path) = nul_at(&value, "") {
+    if let Some(path) = nul_at(&value) {
         let message = "must not contain the NUL character (\\u0000)";
         return Err(ApiError::validation(
             format!("invalid request body: {}", message_at(&path, message)),
@@ -94,29 +94,28 @@ fn malformed(e: &serde_json::Error) -> ApiError {
 
 /// The path (in the API's notation) of the first string or key holding a
 /// NUL character.
-fn nul_at(value: &Value, path: &str) -> Option<String> {
-    let child = |key: &str| {
-        if path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{path}.{key}")
+fn nul_at(value: &Value) -> Option<String> {
+    fn walk(value: &Value, path: &mut String) -> bool {
+        let len = path.len();
+        match value {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+                path.truncate(len);
+                conveyor_engine::json::push_index(path, i);
+                walk(item, path)
+            }),
+            Value::Object(map) => map.iter().any(|(key, item)| {
+                path.truncate(len);
+                key.contains('\0') || {
+                    conveyor_engine::json::push_key(path, key);
+                    walk(item, path)
+                }
+            }),
+            Value::Null | Value::Bool(_) | Value::Number(_) => false,
         }
-    };
-    match value {
-        Value::String(s) => s.contains('\0').then(|| path.to_owned()),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, item)| nul_at(item, &format!("{path}[{i}]"))),
-        Value::Object(map) => map.iter().find_map(|(key, item)| {
-            if key.contains('\0') {
-                Some(path.to_owned())
-            } else {
-                nul_at(item, &child(key))
-            }
-        }),
-        Value::Null | Value::Bool(_) | Value::Number(_) => None,
     }
+    let mut path = String::new();
+    walk(value, &mut path).then_some(path)
 }
 
 fn message_at(path: &str, message: &str) -> String {
@@ -259,6 +258,15 @@ mod tests {
         assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
         assert!(
             err.to_string().contains("data.a[1]: must not contain"),
+            "{err}"
+        );
+        let err = parse_json::<Body>(
+            br#"{"n": 1, "data": {"a": {"x": ["ok", {"y": "ok"}]}, "b": ["ok", "\u0000"]}}"#,
+        )
+        .expect_err("NUL after clean siblings");
+        assert!(
+            err.to_string()
+                .contains("invalid request body: data.b[1]: must not"),
             "{err}"
         );
         let err = parse_json::<Body>(br#"{"n": 1, "data": {"k\u0000": 1}}"#).expect_err("NUL key");

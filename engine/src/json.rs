@@ -10,6 +10,8 @@
 //!   null]`); an object is the only form the API documents, so
 //!   [`from_value`] refuses the array, naming where it was.
 
+use std::fmt::Write as _;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Number, Value};
@@ -64,6 +66,36 @@ pub struct ShapeError {
 ///
 /// The first field that does not fit `T`, with its path.
 pub fn from_value<T: DeserializeOwned + Serialize>(json: &Value) -> Result<T, ShapeError> {
+    // Most documents fit as they are: read them without tracking where the
+    // reader is, and read again, tracking it, only to name a failure's
+    // field (or to read whole floats as integers).
+    let value = match T::deserialize(json) {
+        Ok(value) => value,
+        Err(_) => read_tracked(json)?,
+    };
+    // A struct written as a sequence needs an array somewhere.
+    if !contains_array(json) {
+        return Ok(value);
+    }
+    // What was read as a struct serialises as an object: an array there in
+    // the input was a struct written as a sequence.
+    let written = serde_json::to_value(&value).map_err(|e| ShapeError {
+        path: String::new(),
+        message: e.to_string(),
+    })?;
+    let mut path = String::new();
+    if array_for_object(json, &written, &mut path) {
+        return Err(ShapeError {
+            path,
+            message: "invalid type: sequence, expected an object".to_owned(),
+        });
+    }
+    Ok(value)
+}
+
+/// [`from_value`]'s read with the path of a failure, whole floats read
+/// as integers when a strict read fails because of one.
+fn read_tracked<T: DeserializeOwned>(json: &Value) -> Result<T, ShapeError> {
     let read = match serde_path_to_error::deserialize(json) {
         Err(e) if is_whole_float_refused(e.inner()) => {
             let mut whole = json.clone();
@@ -72,45 +104,56 @@ pub fn from_value<T: DeserializeOwned + Serialize>(json: &Value) -> Result<T, Sh
         }
         other => other,
     };
-    let value: T = read.map_err(|e| {
+    read.map_err(|e| {
         let path = e.path().to_string();
         ShapeError {
             path: if path == "." { String::new() } else { path },
             message: e.into_inner().to_string(),
         }
-    })?;
-    // What was read as a struct serialises as an object: an array there in
-    // the input was a struct written as a sequence.
-    let written = serde_json::to_value(&value).map_err(|e| ShapeError {
-        path: String::new(),
-        message: e.to_string(),
-    })?;
-    match array_for_object(json, &written, "") {
-        Some(path) => Err(ShapeError {
-            path,
-            message: "invalid type: sequence, expected an object".to_owned(),
-        }),
-        None => Ok(value),
+    })
+}
+
+fn contains_array(value: &Value) -> bool {
+    match value {
+        Value::Array(_) => true,
+        Value::Object(map) => map.values().any(contains_array),
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => false,
     }
 }
 
-fn array_for_object(input: &Value, written: &Value, path: &str) -> Option<String> {
+/// Appends `key` to `path`, a path in the API's notation
+/// (`items[0].input`; the root is empty).
+pub fn push_key(path: &mut String, key: &str) {
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(key);
+}
+
+/// Appends `[index]` to `path` (see [`push_key`]).
+pub fn push_index(path: &mut String, index: usize) {
+    let _ = write!(path, "[{index}]");
+}
+
+/// Whether `input` holds an array where `written` holds an object; `path`
+/// then ends where (it holds no meaning otherwise).
+fn array_for_object(input: &Value, written: &Value, path: &mut String) -> bool {
+    let len = path.len();
     match (input, written) {
-        (Value::Array(_), Value::Object(_)) => Some(path.to_owned()),
-        (Value::Array(a), Value::Array(b)) => a
-            .iter()
-            .zip(b)
-            .enumerate()
-            .find_map(|(i, (a, b))| array_for_object(a, b, &format!("{path}[{i}]"))),
-        (Value::Object(a), Value::Object(b)) => a.iter().find_map(|(key, a)| {
-            let child = if path.is_empty() {
-                key.clone()
-            } else {
-                format!("{path}.{key}")
-            };
-            b.get(key).and_then(|b| array_for_object(a, b, &child))
+        (Value::Array(_), Value::Object(_)) => true,
+        (Value::Array(a), Value::Array(b)) => a.iter().zip(b).enumerate().any(|(i, (a, b))| {
+            path.truncate(len);
+            push_index(path, i);
+            array_for_object(a, b, path)
         }),
-        _ => None,
+        (Value::Object(a), Value::Object(b)) => a.iter().any(|(key, a)| {
+            b.get(key).is_some_and(|b| {
+                path.truncate(len);
+                push_key(path, key);
+                array_for_object(a, b, path)
+            })
+        }),
+        _ => false,
     }
 }
 
@@ -215,5 +258,38 @@ mod tests {
         assert_eq!(e.path, "");
         let ok: Batch = from_value(&json!({"items": [{"input": [[1], {"a": []}]}]})).expect("ok");
         assert_eq!(ok.items[0].input, Some(json!([[1], {"a": []}])));
+    }
+
+    #[test]
+    fn the_path_of_a_struct_written_as_an_array_leaves_out_the_siblings_looked_at_first() {
+        #[derive(Debug, serde::Deserialize, Serialize)]
+        struct Pair {
+            first: Item,
+            second: Item,
+        }
+        let e = from_value::<Pair>(&json!({"first": {"input": {"a": [1, {"b": [2]}]}},
+                                           "second": [null, "k"]}))
+        .expect_err("the second item as an array");
+        assert_eq!(e.path, "second");
+        let e = from_value::<Batch>(&json!({"items": [{"input": [1]}, {"input": {"a": [2]}},
+                                                      {"input": null, "key": "k"}, [null, null]]}))
+        .expect_err("the fourth item as an array");
+        assert_eq!(e.path, "items[3]");
+        let e = from_value::<Pair>(&json!({"first": {"input": 1}, "second": {"key": 7}}))
+            .expect_err("a number for a string");
+        assert_eq!(e.path, "second.key");
+        assert!(e.message.starts_with("invalid type: integer"), "{e}");
+    }
+
+    #[test]
+    fn paths_name_keys_after_a_dot_and_indexes_in_brackets() {
+        let mut path = String::new();
+        push_key(&mut path, "items");
+        push_index(&mut path, 12);
+        push_key(&mut path, "input");
+        assert_eq!(path, "items[12].input");
+        let mut root = String::new();
+        push_index(&mut root, 0);
+        assert_eq!(root, "[0]");
     }
 }
