@@ -9,7 +9,8 @@
 //!   its own fenced UPDATE: no HTTP, no step rows;
 //! - executions/s and steps/s of connectors of each step count in
 //!   `BENCH_STEPS` (default `1,3`) at each number of `conveyor-worker`
-//!   processes in `BENCH_PROCESSES` (default `1,2,4`);
+//!   processes in `BENCH_PROCESSES` (default `1,2,4`), each process with
+//!   `BENCH_WORKER_SLOTS` slots (default 64; also its claim batch);
 //! - enqueue→start and enqueue→finish latency (p50/p99) of executions
 //!   arriving one at a time into idle workers;
 //! - the 1-step rate at 2 worker processes with trace export on (to a local
@@ -98,6 +99,8 @@ struct Env {
     worker_bin: std::path::PathBuf,
     api_bin: std::path::PathBuf,
     stub: String,
+    /// Each worker process's slots and claim batch (`BENCH_WORKER_SLOTS`).
+    slots: String,
 }
 
 #[tokio::main]
@@ -119,9 +122,11 @@ async fn main() -> BenchResult<()> {
         worker_bin: bin_dir.join("conveyor-worker"),
         api_bin: bin_dir.join("conveyor-api"),
         stub: start_stub().await?,
+        slots: env_usize("BENCH_WORKER_SLOTS", 64).max(1).to_string(),
     };
     let mut summary = Map::new();
     summary.insert("load_average_start".into(), json!(load_average()));
+    summary.insert("worker_slots".into(), json!(env.slots.parse::<u64>()?));
     println!(
         "cores: {}, load average: {}",
         std::thread::available_parallelism().map_or(0, usize::from),
@@ -526,8 +531,8 @@ fn spawn_workers(env: &Env, n: usize, otlp: Option<&str>) -> std::io::Result<Wor
                 .env("CONVEYOR_ENCRYPTION_KEY", &env.key)
                 .env("CONVEYOR_ALLOW_PRIVATE_NETWORKS", "true")
                 .env("CONVEYOR_AUTO_MIGRATE", "false")
-                .env("CONVEYOR_WORKER_CONCURRENCY", "64")
-                .env("CONVEYOR_CLAIM_BATCH", "64")
+                .env("CONVEYOR_WORKER_CONCURRENCY", &env.slots)
+                .env("CONVEYOR_CLAIM_BATCH", &env.slots)
                 .env("CONVEYOR_DB_MAX_CONNECTIONS", "24")
                 .env("CONVEYOR_POLL_INTERVAL_MS", "1000")
                 .env("CONVEYOR_WORKER_ID", format!("bench-{i}"))
