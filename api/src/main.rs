@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::Listener as _;
 use clap::{Args, Parser, Subcommand};
 
 use conveyor_api::auth::{Authenticator, DEFAULT_MAX_TOKEN_LIFETIME, TokenPolicy};
@@ -254,7 +255,7 @@ async fn serve(embedded_workers: usize) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = telemetry::bind_http(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     info!(address = %listener.local_addr()?, embedded_workers, "conveyor-api listening");
