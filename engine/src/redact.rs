@@ -134,9 +134,83 @@ impl Redactor {
 
 #[cfg(test)]
 mod tests {
+    use reqwest::header::{AUTHORIZATION, HeaderValue};
     use serde_json::json;
 
     use super::*;
+    use crate::connector::Step;
+
+    fn step(extract: Value) -> Step {
+        serde_json::from_value(json!({
+            "name": "login", "method": "POST", "url": "https://api.test/session",
+            "extract": extract
+        }))
+        .expect("step")
+    }
+
+    #[test]
+    fn secret_texts_are_every_string_and_number_at_any_depth() {
+        let mut out = vec!["earlier".to_owned()];
+        secret_texts(
+            &json!({"a": "tok", "b": [17, {"c": "deep", "d": true, "e": null}], "f": 2.5}),
+            &mut out,
+        );
+        assert_eq!(out, ["earlier", "tok", "17", "deep", "2.5"]);
+    }
+
+    #[test]
+    fn only_secret_extracts_with_a_value_make_a_redactor() {
+        let step = step(json!({
+            "session": {"path": "$.session", "secret": true},
+            "user": "$.user",
+            "absent": {"path": "$.absent", "secret": true}
+        }));
+        let extracted = json!({"session": ["s-1", 99], "user": "ada"});
+        let r = Redactor::of_secret_extracts(&step, extracted.as_object().unwrap())
+            .expect("a secret extract has a value");
+        assert_eq!(
+            r.value(json!({"s": "s-1", "n": 99, "u": "ada"})),
+            json!({"s": REDACTED, "n": REDACTED, "u": "ada"})
+        );
+        let plain = json!({"user": "ada"});
+        assert!(Redactor::of_secret_extracts(&step, plain.as_object().unwrap()).is_none());
+        let none = json!({});
+        assert!(Redactor::of_secret_extracts(&step, none.as_object().unwrap()).is_none());
+    }
+
+    #[test]
+    fn secrets_are_redacted_xml_escaped_in_keys_and_longest_first() {
+        let r = Redactor::of_texts(&[
+            "a<b&c".to_owned(),
+            "key".to_owned(),
+            "key-long".to_owned(),
+            String::new(),
+        ]);
+        assert_eq!(r.text("<v>a&lt;b&amp;c</v>"), format!("<v>{REDACTED}</v>"));
+        assert_eq!(r.text("key-long key"), format!("{REDACTED} {REDACTED}"));
+        assert_eq!(r.value(json!({"key": 1})), json!({REDACTED: 1}));
+        // The empty text is no secret: nothing else is touched.
+        assert_eq!(r.text("plain"), "plain");
+    }
+
+    #[test]
+    fn secret_headers_are_redacted_whole_and_others_of_secrets() {
+        let r = Redactor::of_texts(&["tok123".to_owned()]);
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        headers.append("x-echo", HeaderValue::from_static("id tok123"));
+        headers.append("x-echo", HeaderValue::from_static("two"));
+        headers.insert("x-plain", HeaderValue::from_static("visible"));
+        let shown = r.headers(&headers, &[AUTHORIZATION]);
+        assert_eq!(
+            Value::Object(shown),
+            json!({
+                "authorization": REDACTED,
+                "x-echo": format!("id {REDACTED}, two"),
+                "x-plain": "visible"
+            })
+        );
+    }
 
     #[test]
     fn redactor_replaces_raw_and_encoded_secrets() {

@@ -301,3 +301,107 @@ pub(super) async fn logout(
     );
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(admin: Option<AdminRole>) -> Session {
+        Session {
+            caller: Caller {
+                workspace_id: "ws".to_owned(),
+                actor: "ada".to_owned(),
+                user_id: Some("ada".to_owned()),
+                api_key_id: None,
+                request_id: None,
+            },
+            csrf: "csrf-token-1".to_owned(),
+            admin,
+        }
+    }
+
+    fn form(pairs: &[(&str, &str)]) -> Fields {
+        Fields(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    fn status<T: std::fmt::Debug>(result: Result<T, PageError>) -> StatusCode {
+        result.expect_err("refused").0.status()
+    }
+
+    #[test]
+    fn a_form_passes_only_with_this_sessions_csrf_token() {
+        let s = session(None);
+        assert!(
+            s.check(&form(&[("csrf", "csrf-token-1"), ("x", "1")]))
+                .is_ok()
+        );
+        for sent in [
+            form(&[]),
+            form(&[("csrf", "")]),
+            form(&[("csrf", "csrf-token-")]),
+            form(&[("csrf", "csrf-token-12")]),
+            form(&[("csrf", "csrf-token-2")]),
+            form(&[("x", "csrf-token-1")]),
+        ] {
+            assert_eq!(status(s.check(&sent)), StatusCode::FORBIDDEN, "{sent:?}");
+        }
+    }
+
+    #[test]
+    fn admin_pages_need_a_role_that_covers_theirs() {
+        assert_eq!(
+            status(session(None).admin(AdminRole::Viewer)),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status(session(Some(AdminRole::Viewer)).admin(AdminRole::Operator)),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            session(Some(AdminRole::Operator))
+                .admin(AdminRole::Operator)
+                .unwrap(),
+            AdminRole::Operator
+        );
+        assert_eq!(
+            session(Some(AdminRole::Owner))
+                .admin(AdminRole::Viewer)
+                .unwrap(),
+            AdminRole::Owner
+        );
+    }
+
+    #[test]
+    fn the_session_token_is_read_from_its_own_cookie_only() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(cookie_token(&headers), None);
+        headers.append(COOKIE, HeaderValue::from_static("theme=dark"));
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static(
+                "conveyor_console_old=stale; x=1;conveyor_console=tok=en; y=2",
+            ),
+        );
+        assert_eq!(cookie_token(&headers).as_deref(), Some("tok=en"));
+        let mut other = HeaderMap::new();
+        other.insert(
+            COOKIE,
+            HeaderValue::from_static("conveyor_console_old=stale; my_conveyor_console=x"),
+        );
+        assert_eq!(cookie_token(&other), None);
+    }
+
+    #[test]
+    fn sessions_are_found_by_the_sha256_of_their_token() {
+        // FIPS 180-2's test vector: SHA-256("abc").
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let hex: String = digest("abc").iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, abc);
+        assert_ne!(digest("token-a"), digest("token-b"));
+    }
+}
