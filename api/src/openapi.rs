@@ -330,11 +330,10 @@ fn operations(item: &PathItem) -> Vec<(&'static str, &Operation)> {
     .collect()
 }
 
+/// `text` as HTML text, by the console's template engine's escaper.
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    askama::filters::escape(text, askama::filters::Html)
+        .map_or_else(|never| match never {}, |safe| safe.to_string())
 }
 
 #[cfg(test)]
@@ -497,6 +496,20 @@ mod tests {
                 .get("required")
                 .is_none_or(|r| r == false)
         );
+    }
+
+    #[test]
+    fn the_reference_page_shows_the_documents_text_as_text() {
+        let mut doc = document();
+        doc.info.description = Some("Use <b>care</b> & \"quotes\" 'here'".to_owned());
+        let page = render_page(&doc);
+        assert!(
+            page.contains(
+                "<p>Use &#60;b&#62;care&#60;/b&#62; &#38; &#34;quotes&#34; &#39;here&#39;</p>"
+            ),
+            "{page}"
+        );
+        assert!(page.contains("<h2><code>/api/v1/connectors/{id}/execute</code></h2>"));
     }
 
     #[test]

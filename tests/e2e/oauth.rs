@@ -330,6 +330,31 @@ async fn callback_refuses_unknown_expired_reused_code_and_provider_errors(pool: 
     assert_eq!(s.credential("crm").await["status"], "needs_reconnect");
     assert_eq!(s.server.count("authorization_code"), 0);
 
+    // Whoever crafts the link chooses the provider's error code: the page
+    // shows it as text, never as markup.
+    let callback = s.authorize("crm").await;
+    let state = url::Url::parse(&format!("{PUBLIC_URL}{callback}"))
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .expect("state");
+    let crafted = s
+        .callback(&format!(
+            "/api/v1/oauth/callback?state={state}&error=%3Cscript%3Ealert('x%22%26')%3C/script%3E"
+        ))
+        .await;
+    assert_eq!(crafted.status, StatusCode::BAD_REQUEST);
+    assert!(!crafted.text.contains("<script"), "{}", crafted.text);
+    assert!(
+        crafted.text.contains(
+            "the provider refused: &#60;script&#62;alert(&#39;x&#34;&#38;&#39;)&#60;/script&#62;"
+        ),
+        "{}",
+        crafted.text
+    );
+    assert_eq!(s.credential("crm").await["status"], "needs_reconnect");
+
     // Expired: refused without calling the provider.
     let callback = s.authorize("crm").await;
     sqlx::query("UPDATE oauth_states SET expires_at = now() - interval '1 second' WHERE consumed_at IS NULL")

@@ -3,6 +3,7 @@
 //! credential and an expiry when the connection was started) is what
 //! authenticates it. It answers a small HTML page: connected, or why not.
 
+use askama::Template;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
@@ -99,27 +100,25 @@ async fn oauth_callback(
     }
 }
 
-/// A minimal HTML page; `message` is escaped.
-fn page(status: StatusCode, title: &str, message: &str) -> Response {
-    let body = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
-         <body><h1>{title}</h1><p>{}</p></body></html>",
-        escape(message)
-    );
-    (status, Html(body)).into_response()
+/// The page the person lands on: connected, or why not.
+#[derive(Template)]
+#[template(path = "oauth/callback.html")]
+struct CallbackPage<'a> {
+    title: &'a str,
+    connected: bool,
+    /// Escaped by the template: it may quote what the provider (or whoever
+    /// crafted the link) put in the query.
+    message: &'a str,
 }
 
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
+fn page(status: StatusCode, title: &str, message: &str) -> Response {
+    let page = CallbackPage {
+        title,
+        connected: status.is_success(),
+        message,
+    };
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => ApiError::internal(&e).into_response(),
     }
-    out
 }
