@@ -326,6 +326,20 @@ mod tests {
     }
 
     #[test]
+    fn a_state_is_kept_as_its_sha256() {
+        // FIPS 180-2's test vector: SHA-256("abc").
+        let hex: String = state_hash("abc")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_ne!(state_hash("state-a"), state_hash("state-b"));
+    }
+
+    #[test]
     fn authorization_url_carries_pkce_state_scopes_and_extra_parameters() {
         let config = preset("google").expect("google").config(None);
         let url =
