@@ -5,6 +5,7 @@
 //! counter.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
@@ -53,7 +54,8 @@ impl Starter {
     /// Checks `input` against version `version` of connector `id`
     /// (`connector`): it must be an object matching the `input_schema`.
     /// `prefix` locates the input in the request (`input`,
-    /// `items[3].input`).
+    /// `format_args!("items[{i}].input")`); it is written out only when
+    /// there is a problem to name.
     ///
     /// # Errors
     ///
@@ -64,10 +66,10 @@ impl Starter {
         version: i32,
         connector: &Connector,
         input: &Value,
-        prefix: &str,
+        prefix: impl fmt::Display,
     ) -> Result<(), Vec<ValidationError>> {
         if !input.is_object() {
-            return Err(vec![problem(prefix, "must be a JSON object")]);
+            return Err(vec![problem(prefix.to_string(), "must be a JSON object")]);
         }
         let Some(schema) = &connector.input_schema else {
             return Ok(());
@@ -79,18 +81,17 @@ impl Starter {
                 "the connector's input_schema is invalid",
             )]);
         };
-        let errors: Vec<ValidationError> = validator
-            .iter_errors(input)
+        let mut errors = validator.iter_errors(input).peekable();
+        if errors.peek().is_none() {
+            return Ok(());
+        }
+        let prefix = prefix.to_string();
+        Err(errors
             .map(|e| {
-                let at = pointer_to_path(prefix, &e.instance_path().to_string());
+                let at = pointer_to_path(&prefix, &e.instance_path().to_string());
                 problem(at, e.to_string())
             })
-            .collect();
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+            .collect())
     }
 
     fn compiled(&self, id: Uuid, version: i32, schema: &Value) -> Compiled {

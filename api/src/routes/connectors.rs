@@ -1,6 +1,7 @@
 //! Connectors: versioned definitions, and starting executions of them.
 
 use std::convert::Infallible;
+use std::fmt;
 use std::sync::Arc;
 
 use axum::Json;
@@ -310,10 +311,10 @@ fn reused_key(path: &str) -> ApiError {
 }
 
 /// The `{path, message}` problem of an idempotency key, if any.
-fn key_error(key: Option<&str>, path: &str) -> Option<Value> {
+fn key_error(key: Option<&str>, path: impl fmt::Display) -> Option<Value> {
     // Characters, as the database's CHECK and JSON Schema's maxLength count.
     key.filter(|k| k.is_empty() || k.chars().count() > 255)
-        .map(|_| json!({"path": path, "message": "must be 1 to 255 characters"}))
+        .map(|_| json!({"path": path.to_string(), "message": "must be 1 to 255 characters"}))
 }
 
 /// Start an execution. The key may also come as an `Idempotency-Key` header.
@@ -578,18 +579,22 @@ async fn execute_batch(
     let callback_url = callback_url(body.callback_url, &definition, "callback_url")?;
     let mut errors = Vec::new();
     let mut news = Vec::with_capacity(body.items.len());
+    // One request, one span: every item carries the same trace context.
+    let trace_context = conveyor_engine::telemetry::current_context();
     for (i, item) in body.items.into_iter().enumerate() {
         let input = item.input.unwrap_or_else(|| json!({}));
-        let prefix = format!("items[{i}].input");
-        if let Err(e) = state
-            .starter
-            .check_input(id, found.version, &definition, &input, &prefix)
-        {
+        if let Err(e) = state.starter.check_input(
+            id,
+            found.version,
+            &definition,
+            &input,
+            format_args!("items[{i}].input"),
+        ) {
             errors.extend(e.into_iter().map(|e| json!(e)));
         }
         errors.extend(key_error(
             item.idempotency_key.as_deref(),
-            &format!("items[{i}].idempotency_key"),
+            format_args!("items[{i}].idempotency_key"),
         ));
         news.push(NewExecution {
             workspace_id: caller.workspace_id.clone(),
@@ -600,7 +605,7 @@ async fn execute_batch(
             priority: 0,
             run_at: None,
             rerun_of: None,
-            trace_context: conveyor_engine::telemetry::current_context(),
+            trace_context: trace_context.clone(),
             started_by: caller.started_by(),
             callback_url: callback_url.clone(),
         });

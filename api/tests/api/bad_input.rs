@@ -364,7 +364,8 @@ async fn input_against_the_schema_is_422_listing_each_violation(pool: PgPool) {
             &format!("{execute}/batch"),
             a,
             json!({"items": [
-                {"input": {"email": "ok@example.com"}}, {"input": {"email": 5}}, {"input": {}}]}),
+                {"input": {"email": "ok@example.com"}}, {"input": {"email": 5}}, {"input": {}},
+                {"input": [1]}, {"input": {"email": "ok@example.com"}, "idempotency_key": ""}]}),
         )
         .await;
     assert_eq!(
@@ -376,7 +377,13 @@ async fn input_against_the_schema_is_422_listing_each_violation(pool: PgPool) {
     let errors = reply.json["error"]["details"]["errors"]
         .as_array()
         .expect("errors");
-    assert_eq!(errors.len(), 2, "{}", reply.text);
+    assert_eq!(errors.len(), 4, "{}", reply.text);
+    assert_eq!(errors[2]["path"], "items[3].input", "{}", reply.text);
+    assert_eq!(
+        errors[3]["path"], "items[4].idempotency_key",
+        "{}",
+        reply.text
+    );
     assert!(
         errors[0]["path"]
             .as_str()

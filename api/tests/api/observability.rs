@@ -390,6 +390,44 @@ async fn one_trace_runs_from_the_api_request_to_the_last_step(pool: PgPool) {
             "conveyor-worker commits"
         ]
     );
+
+    // A batch is one request, one span: every item carries its context.
+    let connector: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM connectors WHERE workspace_id = 'ws_otel'")
+            .fetch_one(&pool)
+            .await
+            .expect("connector");
+    let batch_trace = "0af7651916cd43dd8448eb211c80319c";
+    let r = http
+        .post(format!(
+            "{base}/api/v1/connectors/{connector}/execute/batch"
+        ))
+        .header("authorization", format!("Bearer {token}"))
+        .header(
+            "traceparent",
+            format!("00-{batch_trace}-b7ad6b7169203331-01"),
+        )
+        .json(&json!({"items": [{"input": {}}, {"input": {}}, {"input": {}}]}))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(r.status(), 202);
+    let ids: Vec<uuid::Uuid> =
+        serde_json::from_value(r.json::<Value>().await.expect("json")["ids"].clone()).expect("ids");
+    let carried: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT trace_context->>'traceparent' FROM connector_executions WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&pool)
+    .await
+    .expect("trace contexts");
+    assert_eq!(carried.len(), 3);
+    let first = carried[0].clone().expect("a trace context");
+    assert!(first.contains(batch_trace), "{first}");
+    assert!(
+        carried.iter().all(|c| c.as_deref() == Some(first.as_str())),
+        "{carried:?}"
+    );
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
