@@ -122,15 +122,19 @@ mod tests {
 
     #[test]
     fn urls_must_be_absolute_http_without_credentials() {
-        for ok in ["https://example.com/hook", "http://10.0.0.1:8080/x?y=1"] {
+        let longest = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN - 20));
+        assert_eq!(longest.len(), MAX_URL_LEN);
+        for ok in ["https://example.com/hook", "http://10.0.0.1:8080/x?y=1", &longest] {
             assert_eq!(check_url(ok), Ok(()), "{ok}");
         }
         for bad in [
             "ftp://example.com",
             "/relative",
             "https://user:pw@example.com/",
+            "https://user@example.com/",
+            "https://:pw@example.com/",
             "https://",
-            &format!("https://example.com/{}", "a".repeat(MAX_URL_LEN)),
+            &format!("{longest}a"),
         ] {
             assert!(check_url(bad).is_err(), "{bad}");
         }
