@@ -124,7 +124,11 @@ mod tests {
     fn urls_must_be_absolute_http_without_credentials() {
         let longest = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN - 20));
         assert_eq!(longest.len(), MAX_URL_LEN);
-        for ok in ["https://example.com/hook", "http://10.0.0.1:8080/x?y=1", &longest] {
+        for ok in [
+            "https://example.com/hook",
+            "http://10.0.0.1:8080/x?y=1",
+            &longest,
+        ] {
             assert_eq!(check_url(ok), Ok(()), "{ok}");
         }
         for bad in [

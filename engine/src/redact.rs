@@ -37,6 +37,7 @@ pub fn secret_texts(value: &Value, out: &mut Vec<String>) {
 /// Replaces credential values (and their URL-encoded forms) with
 /// [`REDACTED`].
 pub(crate) struct Redactor {
+    /// Every form of every secret.
     needles: Vec<String>,
 }
 
@@ -78,19 +79,64 @@ impl Redactor {
             needles.push(url::form_urlencoded::byte_serialize(value.as_bytes()).collect());
             needles.push(crate::template::escape_xml(value));
         }
-        // Longest first, so a secret containing another is replaced whole.
-        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        needles.sort_unstable();
         needles.dedup();
         Self { needles }
     }
 
+    /// `s` with every stretch that is a secret, or that secrets overlapping
+    /// or touching each other cover, replaced by one [`REDACTED`]. The
+    /// stretches are found in `s` as given, so a secret that overlaps
+    /// another is replaced whole, and a secret inside the marker's own text
+    /// leaves the marker alone.
+    ///
+    /// Each form is looked for with `str::find`, as many as a step has
+    /// (five per credential field): an Aho-Corasick automaton finds them
+    /// all in one pass, but building one per step cost 15 to 50 µs against
+    /// the searches' 1 µs for a URL and a 2 KB body.
     pub(crate) fn text(&self, s: &str) -> String {
-        let mut out = s.to_owned();
+        let mut found: Vec<(usize, usize)> = Vec::new();
         for needle in &self.needles {
-            if out.contains(needle.as_str()) {
-                out = out.replace(needle.as_str(), REDACTED);
+            // Every occurrence, overlapping ones too: the next search
+            // starts one character into the last match.
+            let Some(first) = needle.chars().next() else {
+                continue;
+            };
+            let mut from = 0;
+            while let Some(at) = s[from..].find(needle.as_str()) {
+                let start = from + at;
+                found.push((start, start + needle.len()));
+                from = start + first.len_utf8();
             }
         }
+        if found.is_empty() {
+            return s.to_owned();
+        }
+        found.sort_unstable();
+        let mut out = String::with_capacity(s.len());
+        // The text up to `copied` is written; `cover` is the stretch of
+        // secrets being gathered.
+        let mut copied = 0;
+        let mut cover: Option<(usize, usize)> = None;
+        for (start, end) in found {
+            cover = match cover {
+                Some((from, to)) if start <= to => Some((from, to.max(end))),
+                done => {
+                    if let Some((from, to)) = done {
+                        out.push_str(&s[copied..from]);
+                        out.push_str(REDACTED);
+                        copied = to;
+                    }
+                    Some((start, end))
+                }
+            };
+        }
+        if let Some((from, to)) = cover {
+            out.push_str(&s[copied..from]);
+            out.push_str(REDACTED);
+            copied = to;
+        }
+        out.push_str(&s[copied..]);
         out
     }
 
@@ -179,7 +225,7 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_redacted_xml_escaped_in_keys_and_longest_first() {
+    fn secrets_are_redacted_xml_escaped_in_keys_and_whole_when_one_holds_another() {
         let r = Redactor::of_texts(&[
             "a<b&c".to_owned(),
             "key".to_owned(),
@@ -191,6 +237,28 @@ mod tests {
         assert_eq!(r.value(json!({"key": 1})), json!({REDACTED: 1}));
         // The empty text is no secret: nothing else is touched.
         assert_eq!(r.text("plain"), "plain");
+        assert_eq!(r.text(""), "");
+    }
+
+    #[test]
+    fn overlapping_and_touching_secrets_are_redacted_whole_without_touching_the_marker() {
+        let r = Redactor::of_texts(&[
+            "tok-123".to_owned(),
+            "123-xyz".to_owned(),
+            "ACT".to_owned(),
+            "9z".to_owned(),
+        ]);
+        // Replacing one secret after the other left `-xyz` of the second.
+        assert_eq!(r.text("a tok-123-xyz b"), format!("a {REDACTED} b"));
+        // A secret in the marker's own text does not cut the marker.
+        assert_eq!(r.text("tok-123 ACT"), format!("{REDACTED} {REDACTED}"));
+        // Touching secrets make one marker; apart, one each.
+        assert_eq!(r.text("ACT9z"), REDACTED);
+        assert_eq!(r.text("ACT 9z!"), format!("{REDACTED} {REDACTED}!"));
+        assert_eq!(r.text("9z9z-"), format!("{REDACTED}-"));
+        assert_eq!(r.text("no secret here"), "no secret here");
+        let none = Redactor::of_texts(&[]);
+        assert_eq!(none.text("tok-123"), "tok-123");
     }
 
     #[test]
