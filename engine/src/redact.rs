@@ -257,6 +257,10 @@ mod tests {
         assert_eq!(r.text("ACT 9z!"), format!("{REDACTED} {REDACTED}!"));
         assert_eq!(r.text("9z9z-"), format!("{REDACTED}-"));
         assert_eq!(r.text("no secret here"), "no secret here");
+        // A secret overlapping itself, in ASCII and in wider characters.
+        let r = Redactor::of_texts(&["abab".to_owned(), "é9é".to_owned()]);
+        assert_eq!(r.text("<ababab>"), format!("<{REDACTED}>"));
+        assert_eq!(r.text("xé9é9éy"), format!("x{REDACTED}y"));
         let none = Redactor::of_texts(&[]);
         assert_eq!(none.text("tok-123"), "tok-123");
     }
