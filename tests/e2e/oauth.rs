@@ -184,6 +184,17 @@ impl Setup {
     }
 }
 
+/// The value of `name` in the query of a callback path from
+/// [`Setup::authorize`].
+fn query_param(callback: &str, name: &str) -> String {
+    url::Url::parse(&format!("{PUBLIC_URL}{callback}"))
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("no {name} in {callback}"))
+}
+
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn authorization_code_with_pkce_connects_and_steps_use_and_refresh_the_token(pool: PgPool) {
     let s = Setup::new(pool).await;
@@ -314,12 +325,7 @@ async fn callback_refuses_unknown_expired_reused_code_and_provider_errors(pool: 
 
     // The provider's error: nothing stored, the state is used up.
     let callback = s.authorize("crm").await;
-    let state = url::Url::parse(&format!("{PUBLIC_URL}{callback}"))
-        .expect("url")
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .map(|(_, v)| v.into_owned())
-        .expect("state");
+    let state = query_param(&callback, "state");
     let denied = s
         .callback(&format!(
             "/api/v1/oauth/callback?state={state}&error=access_denied&error_description=%3Cb%3E"
@@ -333,12 +339,7 @@ async fn callback_refuses_unknown_expired_reused_code_and_provider_errors(pool: 
     // Whoever crafts the link chooses the provider's error code: the page
     // shows it as text, never as markup.
     let callback = s.authorize("crm").await;
-    let state = url::Url::parse(&format!("{PUBLIC_URL}{callback}"))
-        .expect("url")
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .map(|(_, v)| v.into_owned())
-        .expect("state");
+    let state = query_param(&callback, "state");
     let crafted = s
         .callback(&format!(
             "/api/v1/oauth/callback?state={state}&error=%3Cscript%3Ealert('x%22%26')%3C/script%3E"
@@ -370,19 +371,9 @@ async fn callback_refuses_unknown_expired_reused_code_and_provider_errors(pool: 
     // A code used once is refused by the provider the second time.
     let first = s.authorize("crm").await;
     assert_eq!(s.callback(&first).await.status, StatusCode::OK);
-    let code = url::Url::parse(&format!("{PUBLIC_URL}{first}"))
-        .expect("url")
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .map(|(_, v)| v.into_owned())
-        .expect("code");
+    let code = query_param(&first, "code");
     let second = s.authorize("crm").await;
-    let state = url::Url::parse(&format!("{PUBLIC_URL}{second}"))
-        .expect("url")
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .map(|(_, v)| v.into_owned())
-        .expect("state");
+    let state = query_param(&second, "state");
     let before = s.credential("crm").await;
     let reused = s
         .callback(&format!("/api/v1/oauth/callback?state={state}&code={code}"))
