@@ -209,11 +209,9 @@ fn pointer_to_path(prefix: &str, pointer: &str) -> String {
     let mut path = prefix.to_owned();
     for token in pointer.split('/').skip(1) {
         let token = token.replace("~1", "/").replace("~0", "~");
-        if token.parse::<usize>().is_ok() {
-            path.push_str(&format!("[{token}]"));
-        } else {
-            path.push('.');
-            path.push_str(&token);
+        match token.parse::<usize>() {
+            Ok(index) => crate::json::push_index(&mut path, index),
+            Err(_) => crate::json::push_key(&mut path, &token),
         }
     }
     path
