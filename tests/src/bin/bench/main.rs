@@ -100,7 +100,7 @@ struct Env {
     api_bin: std::path::PathBuf,
     stub: String,
     /// Each worker process's slots and claim batch (`BENCH_WORKER_SLOTS`).
-    slots: String,
+    slots: usize,
 }
 
 #[tokio::main]
@@ -122,11 +122,11 @@ async fn main() -> BenchResult<()> {
         worker_bin: bin_dir.join("conveyor-worker"),
         api_bin: bin_dir.join("conveyor-api"),
         stub: start_stub().await?,
-        slots: env_usize("BENCH_WORKER_SLOTS", 64).max(1).to_string(),
+        slots: env_usize("BENCH_WORKER_SLOTS", 64).max(1),
     };
     let mut summary = Map::new();
     summary.insert("load_average_start".into(), json!(load_average()));
-    summary.insert("worker_slots".into(), json!(env.slots.parse::<u64>()?));
+    summary.insert("worker_slots".into(), json!(env.slots));
     println!(
         "cores: {}, load average: {}",
         std::thread::available_parallelism().map_or(0, usize::from),
@@ -531,8 +531,8 @@ fn spawn_workers(env: &Env, n: usize, otlp: Option<&str>) -> std::io::Result<Wor
                 .env("CONVEYOR_ENCRYPTION_KEY", &env.key)
                 .env("CONVEYOR_ALLOW_PRIVATE_NETWORKS", "true")
                 .env("CONVEYOR_AUTO_MIGRATE", "false")
-                .env("CONVEYOR_WORKER_CONCURRENCY", &env.slots)
-                .env("CONVEYOR_CLAIM_BATCH", &env.slots)
+                .env("CONVEYOR_WORKER_CONCURRENCY", env.slots.to_string())
+                .env("CONVEYOR_CLAIM_BATCH", env.slots.to_string())
                 .env("CONVEYOR_DB_MAX_CONNECTIONS", "24")
                 .env("CONVEYOR_POLL_INTERVAL_MS", "1000")
                 .env("CONVEYOR_WORKER_ID", format!("bench-{i}"))
