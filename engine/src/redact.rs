@@ -109,34 +109,28 @@ impl Redactor {
                 from = start + first.len_utf8();
             }
         }
-        if found.is_empty() {
-            return s.to_owned();
-        }
         found.sort_unstable();
+        let mut found = found.into_iter();
+        let Some((mut from, mut to)) = found.next() else {
+            return s.to_owned();
+        };
+        // `from..to` is the stretch being gathered; the text before
+        // `copied` is written.
         let mut out = String::with_capacity(s.len());
-        // The text up to `copied` is written; `cover` is the stretch of
-        // secrets being gathered.
         let mut copied = 0;
-        let mut cover: Option<(usize, usize)> = None;
         for (start, end) in found {
-            cover = match cover {
-                Some((from, to)) if start <= to => Some((from, to.max(end))),
-                done => {
-                    if let Some((from, to)) = done {
-                        out.push_str(&s[copied..from]);
-                        out.push_str(REDACTED);
-                        copied = to;
-                    }
-                    Some((start, end))
-                }
-            };
-        }
-        if let Some((from, to)) = cover {
+            if start <= to {
+                to = to.max(end);
+                continue;
+            }
             out.push_str(&s[copied..from]);
             out.push_str(REDACTED);
             copied = to;
+            (from, to) = (start, end);
         }
-        out.push_str(&s[copied..]);
+        out.push_str(&s[copied..from]);
+        out.push_str(REDACTED);
+        out.push_str(&s[to..]);
         out
     }
 
