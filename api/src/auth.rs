@@ -12,12 +12,12 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method};
 use base64::Engine as _;
+use conveyor_engine::crypto::token_digest;
 use conveyor_engine::state::{AdminRole, StartedBy};
 use conveyor_engine::store::access::ApiKeyAuth;
 use conveyor_engine::store::members;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -307,7 +307,7 @@ pub fn new_api_key() -> (String, String, Vec<u8>) {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     );
     let prefix = key.chars().take(API_KEY_PREFIX.len() + 6).collect();
-    let digest = Sha256::digest(key.as_bytes()).to_vec();
+    let digest = token_digest(&key);
     (key, prefix, digest)
 }
 
@@ -420,7 +420,7 @@ pub(crate) async fn api_key_caller(
     token: &str,
     request_id: Option<String>,
 ) -> Result<(Caller, Vec<String>), ApiError> {
-    let digest = Sha256::digest(token.as_bytes());
+    let digest = token_digest(token);
     if let Some(key) = state.api_keys.get(&digest) {
         metrics::counter!("conveyor_api_key_lookups_total", "source" => "cache").increment(1);
         return Ok(key_caller(key, request_id));

@@ -31,6 +31,12 @@
 //! plaintext in a [`Zeroizing`] buffer, wiped when the caller drops it, and
 //! [`Keyring::reseal`] wipes the plaintext it passes through. Copies a caller
 //! makes (a parsed JSON map of fields, say) are the caller's to wipe.
+//!
+//! # Bearer tokens
+//!
+//! What a caller presents to prove who it is (an API key, a console session
+//! or sign-in link, an OAuth `state`) is stored as its [`token_digest`], so
+//! the rows that find it hold nothing a reader of the table could present.
 
 use std::fmt;
 
@@ -49,6 +55,14 @@ pub const NONCE_LEN: usize = 12;
 
 /// Length of the GCM authentication tag appended to every ciphertext.
 pub const TAG_LEN: usize = 16;
+
+/// What the database keeps of a bearer token: its SHA-256. The tokens are
+/// 256 random bits (a sign-in link: a signed JWT, kept only to refuse its
+/// second use), not passwords, so a plain hash is enough to make a stolen
+/// digest useless; a salt or a slow hash would only slow the lookup.
+pub fn token_digest(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
 
 /// Domain-separation prefix of the associated data of a sealed credential.
 const AAD_PREFIX: &[u8] = b"conveyor/credential/v1\0";
@@ -396,6 +410,20 @@ mod tests {
 
     fn ring() -> Keyring {
         Keyring::new(Key::generate(), [])
+    }
+
+    #[test]
+    fn a_token_is_kept_as_its_sha256() {
+        // FIPS 180-2's test vector: SHA-256("abc").
+        let hex: String = token_digest("abc")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_ne!(token_digest("token-a"), token_digest("token-b"));
     }
 
     #[test]

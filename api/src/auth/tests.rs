@@ -1,6 +1,7 @@
 //! Unit tests of token, key and admin checks: each a pure function.
 
 use axum::http::StatusCode;
+use sha2::{Digest as _, Sha256};
 
 use super::*;
 

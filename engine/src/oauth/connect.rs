@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::token::{TokenClient, TokenError};
-use super::{CredentialKind, OAuthConfig, authorization_url, random_token, state_hash};
-use crate::crypto::Keyring;
+use super::{CredentialKind, OAuthConfig, authorization_url, random_token};
+use crate::crypto::{Keyring, token_digest};
 use crate::store::credentials::{self, CredentialError};
 use crate::store::oauth::{self as store, StateLookup};
 
@@ -106,7 +106,7 @@ pub async fn start(
     let expires_at = now + STATE_TTL;
     store::insert_state(
         pool,
-        &state_hash(&state),
+        &token_digest(&state),
         workspace_id,
         name,
         &sealed,
@@ -153,7 +153,7 @@ pub async fn finish(
 ) -> Result<Connected, ConnectError> {
     let state = callback.state.ok_or(ConnectError::UnknownState)?;
     let (workspace_id, name, verifier) =
-        match store::consume_state(pool, &state_hash(state), now).await? {
+        match store::consume_state(pool, &token_digest(state), now).await? {
             StateLookup::Unknown => return Err(ConnectError::UnknownState),
             StateLookup::Used => return Err(ConnectError::StateUsed),
             StateLookup::Expired => return Err(ConnectError::StateExpired),

@@ -226,11 +226,6 @@ pub fn pkce_challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
-/// What the database keeps of a `state`: its SHA-256.
-pub fn state_hash(state: &str) -> Vec<u8> {
-    Sha256::digest(state.as_bytes()).to_vec()
-}
-
 /// The URL the person is sent to, or `None` when the credential has no
 /// authorization URL (or it does not parse).
 pub fn authorization_url(
@@ -323,20 +318,6 @@ mod tests {
         let (a, b) = (random_token(), random_token());
         assert_eq!(a.len(), 43);
         assert_ne!(a, b);
-    }
-
-    #[test]
-    fn a_state_is_kept_as_its_sha256() {
-        // FIPS 180-2's test vector: SHA-256("abc").
-        let hex: String = state_hash("abc")
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(
-            hex,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert_ne!(state_hash("state-a"), state_hash("state-b"));
     }
 
     #[test]
