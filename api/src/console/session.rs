@@ -137,14 +137,18 @@ impl FromRequestParts<AppState> for Session {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let caller = Caller {
+            workspace_id: found.workspace_id,
+            actor: found.actor,
+            user_id: found.user_id,
+            api_key_id: found.api_key_id,
+            request_id,
+        };
+        check_membership(state, &caller)
+            .await
+            .map_err(|e| PageError::from(e).into_response())?;
         Ok(Self {
-            caller: Caller {
-                workspace_id: found.workspace_id,
-                actor: found.actor,
-                user_id: found.user_id,
-                api_key_id: found.api_key_id,
-                request_id,
-            },
+            caller,
             csrf: found.csrf_token,
             admin,
         })

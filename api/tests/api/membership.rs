@@ -247,7 +247,7 @@ async fn owners_manage_members_and_any_workspaces_keys(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
-async fn the_console_signs_in_only_members_when_membership_is_required(pool: PgPool) {
+async fn the_console_serves_only_members_when_membership_is_required(pool: PgPool) {
     use axum::body::Body;
     use axum::http::{Request, header};
     let api = TestApi::with_config(pool, requiring_membership());
@@ -265,6 +265,35 @@ async fn the_console_signs_in_only_members_when_membership_is_required(pool: PgP
     };
     let member = sign_in(api.token("ws_a", "alice")).await;
     assert_eq!(member.status, StatusCode::SEE_OTHER, "{}", member.text);
+    let cookie = member
+        .headers
+        .get(header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("session cookie")
+        .to_owned();
+    let page = || {
+        let request = Request::builder()
+            .uri("/console/connectors")
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .expect("request");
+        api.send_request(request)
+    };
+    let open = page().await;
+    assert_eq!(open.status, StatusCode::OK, "{}", open.text);
+    assert!(
+        members::remove(&api.pool, "ws_a", "alice")
+            .await
+            .expect("remove")
+    );
+    let closed = page().await;
+    assert_eq!(closed.status, StatusCode::FORBIDDEN, "{}", closed.text);
+    assert!(
+        closed.text.contains("not a member of workspace"),
+        "{}",
+        closed.text
+    );
     let stranger = sign_in(api.token("ws_a", "mallory")).await;
     assert_eq!(stranger.status, StatusCode::FORBIDDEN, "{}", stranger.text);
     assert!(
