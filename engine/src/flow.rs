@@ -9,6 +9,25 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+/// What every stored flow-control key of `workspace_id` starts with: the
+/// id, with `%` and `:` percent-encoded, then `:`. The encoded id holds no
+/// `:`, so where it ends is never in doubt and no workspace's keys can be
+/// another's, whatever the ids and the rendered keys contain (workspace
+/// `a` with key `b:c` and workspace `a:b` with key `c`). An id without
+/// either character is written as it is.
+pub fn key_prefix(workspace_id: &str) -> String {
+    let mut prefix = String::with_capacity(workspace_id.len() + 1);
+    for c in workspace_id.chars() {
+        match c {
+            '%' => prefix.push_str("%25"),
+            ':' => prefix.push_str("%3A"),
+            c => prefix.push(c),
+        }
+    }
+    prefix.push(':');
+    prefix
+}
+
 /// How often an execution parked on a full concurrency key looks again
 /// when no freed slot woke it first.
 pub const CONCURRENCY_RECHECK: Duration = Duration::from_secs(1);
@@ -225,6 +244,21 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn no_workspace_shares_a_key_prefix_with_another() {
+        assert_eq!(key_prefix("ws_demo"), "ws_demo:");
+        assert_eq!(key_prefix("acme:eu"), "acme%3Aeu:");
+        assert_eq!(key_prefix("100%"), "100%25:");
+        // The ids that the plain `{id}:{key}` confused.
+        assert_ne!(
+            key_prefix("acme") + "eu:hubspot",
+            key_prefix("acme:eu") + "hubspot"
+        );
+        // And an id that spells another's encoding.
+        assert_ne!(key_prefix("a%3Ab"), key_prefix("a:b"));
+        assert_eq!(key_prefix("a%3Ab"), "a%253Ab:");
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s)

@@ -710,3 +710,60 @@ async fn a_block_moves_the_key_past_all_its_slots_and_a_kept_slot_is_used_alone(
     assert_eq!(got, [(ms(3_150), true, false), (ms(4_200), true, true)]);
     assert_eq!(tat(&h.pool, &k).await, ms(5_250));
 }
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn workspaces_whose_ids_and_keys_share_colons_keep_their_own_budgets(pool: PgPool) {
+    let h = Harness::new(pool);
+    let stub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&stub)
+        .await;
+    // `ws_test` with key `eu:hubspot` and `ws_test:eu` with key `hubspot`:
+    // one send a minute each, one budget each.
+    let other = format!("{WS}:eu");
+    let limited = |key: &str| {
+        json!({"name": "limited",
+            "steps": [{"name": "get", "method": "GET", "url": format!("{}/x", stub.uri()),
+                       "rate_limit": {"key": key, "limit": 1, "per_ms": 60_000}}]})
+    };
+    let mine = h
+        .enqueue(h.connector(limited("eu:hubspot")).await, json!({}))
+        .await;
+    let theirs_connector = conveyor_engine::connector::parse_and_validate(&limited("hubspot"))
+        .expect("valid connector");
+    let theirs_connector =
+        conveyor_engine::store::connectors::create(&h.pool, &other, &theirs_connector)
+            .await
+            .expect("create connector");
+    let theirs = conveyor_tests::enqueue_new(
+        &h.pool,
+        &conveyor_engine::store::executions::NewExecution {
+            workspace_id: other.clone(),
+            ..conveyor_tests::new_execution(theirs_connector, json!({}))
+        },
+    )
+    .await;
+    let e = h.run_until_final(mine, Duration::from_secs(10)).await;
+    assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.error);
+    // The other workspace's execution is sent at once, not parked for a
+    // minute behind the first.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let e = loop {
+        h.worker.run_next().await.expect("run_next");
+        let e = conveyor_engine::store::history::get(&h.pool, &other, theirs)
+            .await
+            .expect("get")
+            .expect("execution exists");
+        if e.status.is_final() || tokio::time::Instant::now() > deadline {
+            break e;
+        }
+    };
+    assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.waiting_key);
+    assert_eq!(stub.received_requests().await.expect("rec").len(), 2);
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM flow_rate_limits ORDER BY key")
+        .fetch_all(&h.pool)
+        .await
+        .expect("keys");
+    assert_eq!(keys, ["ws_test%3Aeu:hubspot", "ws_test:eu:hubspot"]);
+}

@@ -208,11 +208,12 @@ pub(super) enum Gate {
     Broken(ExecutionError),
 }
 
-/// The stored form of a rendered key: prefixed with the workspace id,
-/// any U+0000 (which PostgreSQL cannot store, and which would fail every
-/// reservation grouped with it) replaced.
+/// The stored form of a rendered key: prefixed with the workspace's
+/// [`key_prefix`](crate::flow::key_prefix), any U+0000 (which PostgreSQL
+/// cannot store, and which would fail every reservation grouped with it)
+/// replaced.
 fn scoped(workspace_id: &str, rendered: &str) -> String {
-    let mut key = format!("{workspace_id}:{rendered}");
+    let mut key = crate::flow::key_prefix(workspace_id) + rendered;
     crate::store::group::storable_text(&mut key);
     key
 }

@@ -1,7 +1,8 @@
 //! Flow control for every worker, in PostgreSQL: GCRA rows per rate-limit
 //! key and the slots reserved by parked executions, slot rows per
 //! concurrency key, and parking an execution that may
-//! not send yet. Keys arrive already prefixed with their workspace id.
+//! not send yet. Keys arrive already prefixed with their workspace's
+//! [`key_prefix`](crate::flow::key_prefix).
 
 use std::collections::HashSet;
 
@@ -30,7 +31,7 @@ pub struct Reserved {
 /// rate-limit `key` at `pace`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Take {
-    /// The key, prefixed with its workspace id.
+    /// The key, prefixed with its workspace's `key_prefix`.
     pub key: String,
     /// The execution sending.
     pub id: Uuid,
@@ -344,7 +345,7 @@ pub struct Park {
     pub run_at: DateTime<Utc>,
     /// Why it waits: [`WaitReason::Concurrency`], or any other for a rate limit.
     pub reason: WaitReason,
-    /// The key it waits on, prefixed with its workspace id.
+    /// The key it waits on, prefixed with its workspace's `key_prefix`.
     pub key: String,
 }
 

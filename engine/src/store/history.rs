@@ -90,7 +90,7 @@ impl ExecutionView {
             Some("concurrency") => Some(WaitReason::Concurrency),
             _ => None,
         };
-        let prefix = format!("{}:", self.workspace_id);
+        let prefix = crate::flow::key_prefix(&self.workspace_id);
         let parked = reason
             .zip(self.waiting_key.as_deref())
             .map(|(r, k)| (r, k.strip_prefix(&prefix).unwrap_or(k).to_owned()));
