@@ -54,7 +54,10 @@ pub fn check_events(events: &[String]) -> Result<(), String> {
 }
 
 /// Checks a callback URL: absolute `http` or `https` with a host, no
-/// credentials, at most [`MAX_URL_LEN`] characters.
+/// credentials, at most [`MAX_URL_LEN`] characters, and written as it is
+/// stored and sent: starting with `http://` or `https://` in lower case.
+/// (The URL parser also accepts `HTTPS://h`, `https:h` and surrounding
+/// blanks, which the stored URL's own check refuses.)
 ///
 /// # Errors
 ///
@@ -62,6 +65,9 @@ pub fn check_events(events: &[String]) -> Result<(), String> {
 pub fn check_url(url: &str) -> Result<(), String> {
     if url.len() > MAX_URL_LEN {
         return Err(format!("must be at most {MAX_URL_LEN} characters"));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err("must start with `http://` or `https://`".to_owned());
     }
     let parsed = url::Url::parse(url).map_err(|e| format!("must be an absolute URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
@@ -139,6 +145,13 @@ mod tests {
             "https://:pw@example.com/",
             "https://",
             &format!("{longest}a"),
+            // Parsed as https://example.com/, but not written so.
+            "HTTPS://example.com/",
+            "Http://example.com/",
+            " https://example.com/",
+            "https:example.com/",
+            "https:\\\\example.com\\",
+            "https:/example.com/",
         ] {
             assert!(check_url(bad).is_err(), "{bad}");
         }

@@ -290,6 +290,10 @@ async fn without_a_callback_url_nothing_is_queued_and_bad_urls_are_refused(pool:
         "ftp://example.com/x",
         "not a url",
         "https://u:p@example.com/",
+        // The URL parser reads these as https URLs; stored as written,
+        // they would break the stored URL's check (a 500).
+        "HTTPS://example.com/cb",
+        " https://example.com/cb",
     ] {
         let reply = api
             .post(
@@ -304,6 +308,24 @@ async fn without_a_callback_url_nothing_is_queued_and_bad_urls_are_refused(pool:
             "callback_url"
         );
     }
+    let upper = api
+        .post(
+            "/api/v1/connectors",
+            &token,
+            json!({"name": "Upper", "callback_url": "HTTPS://hooks.example.com/done",
+                   "steps": [{"name": "s", "method": "GET", "url": "https://api.example.com/p"}]}),
+        )
+        .await;
+    assert_eq!(
+        upper.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        upper.text
+    );
+    assert_eq!(
+        upper.json["error"]["details"]["errors"][0]["path"],
+        "callback_url"
+    );
     // A connector-level default applies to executions without their own.
     let with_default = api
         .create_connector(

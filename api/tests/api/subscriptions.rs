@@ -65,6 +65,7 @@ async fn bad_fields_are_refused_with_422_naming_them(pool: PgPool) {
     for (patch, field) in [
         (json!({"url": "ftp://example.com/e"}), "url"),
         (json!({"url": "https://user:pw@example.com/e"}), "url"),
+        (json!({"url": "HTTPS://example.com/e"}), "url"),
         (json!({"events": []}), "events"),
         (json!({"events": ["execution.started"]}), "events"),
         (
