@@ -71,7 +71,20 @@ pub struct Claims {
     /// Not before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// Set only in a console sign-in link ([`Authenticator::mint_link`]):
+    /// such a token opens one console session from the link's page
+    /// ([`Authenticator::verify_link`]) and is refused everywhere else;
+    /// any other token is refused there.
+    #[serde(
+        default,
+        rename = "conveyor_console_link",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub console_link: bool,
 }
+
+/// The longest a console sign-in link may work.
+pub const MAX_LINK_TTL: Duration = Duration::from_secs(3600);
 
 /// What [`Authenticator::mint`] signs: the claims plus the policy's
 /// issuer and audience (checked by `jsonwebtoken` from the raw token).
@@ -160,6 +173,37 @@ impl Authenticator {
     /// Invalid ids, a `ttl` over the policy's maximum lifetime, or a
     /// signing failure.
     pub fn mint(&self, workspace_id: &str, user_id: &str, ttl: Duration) -> anyhow::Result<String> {
+        self.sign(workspace_id, user_id, ttl, false)
+    }
+
+    /// Signs a console sign-in link's token for `workspace_id`/`user_id`,
+    /// valid for `ttl` (at most [`MAX_LINK_TTL`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Authenticator::mint`], and a `ttl` of zero or over
+    /// [`MAX_LINK_TTL`].
+    pub fn mint_link(
+        &self,
+        workspace_id: &str,
+        user_id: &str,
+        ttl: Duration,
+    ) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            !ttl.is_zero() && ttl <= MAX_LINK_TTL,
+            "a sign-in link works for at most {} s",
+            MAX_LINK_TTL.as_secs()
+        );
+        self.sign(workspace_id, user_id, ttl, true)
+    }
+
+    fn sign(
+        &self,
+        workspace_id: &str,
+        user_id: &str,
+        ttl: Duration,
+        console_link: bool,
+    ) -> anyhow::Result<String> {
         check_id("workspace", workspace_id).map_err(anyhow::Error::msg)?;
         check_id("user", user_id).map_err(anyhow::Error::msg)?;
         if ttl > self.policy.max_lifetime {
@@ -176,6 +220,7 @@ impl Authenticator {
             exp: now + ttl.as_secs(),
             iat: Some(now),
             nbf: None,
+            console_link,
         };
         let signed = Signed {
             claims: &claims,
@@ -189,12 +234,49 @@ impl Authenticator {
         )?)
     }
 
-    /// The claims of `token`, once its signature, lifetime and ids check.
+    /// The claims of `token`, once its signature, lifetime and ids check;
+    /// a console sign-in link is refused.
     ///
     /// # Errors
     ///
-    /// 401 naming what is wrong with the token.
+    /// 401 saying what is wrong.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        let claims = self.decode(token)?;
+        if claims.console_link {
+            return Err(ApiError::unauthorized(
+                "the token is a console sign-in link: open the link in a browser",
+            ));
+        }
+        Ok(claims)
+    }
+
+    /// The claims of a console sign-in link's `token`: signed by
+    /// [`Authenticator::mint_link`] and issued (`iat`) for at most
+    /// [`MAX_LINK_TTL`]. Any other token is refused, so a token a user
+    /// holds cannot be sent to someone else as a link.
+    ///
+    /// # Errors
+    ///
+    /// 401 saying what is wrong.
+    pub fn verify_link(&self, token: &str) -> Result<Claims, ApiError> {
+        let claims = self.decode(token)?;
+        if !claims.console_link {
+            return Err(ApiError::unauthorized(
+                "the token is not a sign-in link from `conveyor-api console-link`",
+            ));
+        }
+        let issued = claims
+            .iat
+            .ok_or_else(|| ApiError::unauthorized("the sign-in link lacks its issue time (iat)"))?;
+        if claims.exp.saturating_sub(issued) > MAX_LINK_TTL.as_secs() {
+            return Err(ApiError::unauthorized(
+                "the sign-in link's lifetime exceeds 1 hour",
+            ));
+        }
+        Ok(claims)
+    }
+
+    fn decode(&self, token: &str) -> Result<Claims, ApiError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;

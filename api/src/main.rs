@@ -375,17 +375,14 @@ fn token(workspace: &str, user: &str, ttl: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The longest a console sign-in link may work.
-const MAX_LINK_TTL: Duration = Duration::from_secs(3600);
-
 fn console_link(workspace: &str, user: &str, ttl: &str) -> anyhow::Result<ExitCode> {
     let ttl = parse_ttl(ttl)?;
     anyhow::ensure!(
-        !ttl.is_zero() && ttl <= MAX_LINK_TTL,
+        !ttl.is_zero() && ttl <= conveyor_api::auth::MAX_LINK_TTL,
         "--ttl: a sign-in link works for at most 1h"
     );
     let api = ApiSettings::from_env()?;
-    let token = authenticator(&api)?.mint(workspace, user, ttl)?;
+    let token = authenticator(&api)?.mint_link(workspace, user, ttl)?;
     println!(
         "{}",
         conveyor_api::console::link_url(&api.public_url, &token)

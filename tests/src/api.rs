@@ -128,6 +128,14 @@ impl TestApi {
             .expect("token")
     }
 
+    /// A console sign-in link's token for `user` in `workspace`, valid
+    /// ten minutes.
+    pub fn link_token(&self, workspace: &str, user: &str) -> String {
+        self.auth
+            .mint_link(workspace, user, Duration::from_secs(600))
+            .expect("link")
+    }
+
     /// Sends a prepared request.
     pub async fn send_request(&self, request: Request<Body>) -> Reply {
         let response = self

@@ -103,6 +103,7 @@ fn lifetimes_over_the_maximum_or_issued_in_the_future_are_refused() {
         exp,
         iat,
         nbf: None,
+        console_link: false,
     };
     let cases = [
         (Some(now), now + 3600, Ok(())),
@@ -215,6 +216,50 @@ fn issuer_audience_and_lifetime_are_checked_as_configured() {
             }
         }
     }
+}
+
+#[test]
+fn sign_in_links_and_tokens_are_each_refused_where_the_other_belongs() {
+    let auth = Authenticator::new(SECRET).expect("auth");
+    let link = auth
+        .mint_link("w", "u", Duration::from_secs(600))
+        .expect("link");
+    let claims = auth.verify_link(&link).expect("a link is a link");
+    assert_eq!(
+        (claims.sub.as_str(), claims.workspace_id.as_str()),
+        ("u", "w")
+    );
+    assert!(claims.console_link);
+    let err = auth.verify(&link).expect_err("a link is no API token");
+    assert_eq!(err.status(), StatusCode::UNAUTHORIZED);
+    assert!(err.message().contains("sign-in link"), "{err}");
+    let token = auth
+        .mint("w", "u", Duration::from_secs(600))
+        .expect("token");
+    assert!(!auth.verify(&token).expect("a token").console_link);
+    let err = auth.verify_link(&token).expect_err("a token is no link");
+    assert!(err.message().contains("not a sign-in link"), "{err}");
+    // The flag signed by hand, false, is no link either.
+    let now = now_secs();
+    let unflagged = sign(&serde_json::json!({"sub": "u", "workspace_id": "w",
+        "iat": now, "exp": now + 60, "conveyor_console_link": false}));
+    assert!(auth.verify_link(&unflagged).is_err());
+    assert!(auth.verify(&unflagged).is_ok());
+    // A link works for at most an hour from its issue, which it must name.
+    for (ttl, ok) in [(3600, true), (3601, false)] {
+        assert_eq!(
+            auth.mint_link("w", "u", Duration::from_secs(ttl)).is_ok(),
+            ok
+        );
+        let long = sign(&serde_json::json!({"sub": "u", "workspace_id": "w",
+            "iat": now, "exp": now + ttl, "conveyor_console_link": true}));
+        assert_eq!(auth.verify_link(&long).is_ok(), ok, "{ttl}");
+    }
+    assert!(auth.mint_link("w", "u", Duration::ZERO).is_err());
+    let undated = sign(&serde_json::json!({"sub": "u", "workspace_id": "w",
+        "exp": now + 60, "conveyor_console_link": true}));
+    let err = auth.verify_link(&undated).expect_err("no iat");
+    assert!(err.message().contains("iat"), "{err}");
 }
 
 #[test]

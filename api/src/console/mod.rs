@@ -118,7 +118,10 @@ pub fn router(public_url: &str) -> Router<AppState> {
             "/console/login",
             get(session::login_page).post(session::login),
         )
-        .route("/console/login/link", get(session::link))
+        .route(
+            "/console/login/link",
+            get(session::link).post(session::use_link),
+        )
         .route("/console/logout", post(session::logout))
         .route("/console/assets/{file}", get(serve_asset))
         .layer(middleware::from_fn(move |req: Request, next: Next| {

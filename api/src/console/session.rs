@@ -219,29 +219,75 @@ pub(super) struct LinkQuery {
     token: String,
 }
 
+#[derive(Template)]
+#[template(path = "console/link.html")]
+struct LinkPage<'a> {
+    workspace: &'a str,
+    user: &'a str,
+    token: &'a str,
+    css: &'a str,
+}
+
+/// The sign-in page saying why a sign-in link does not work.
+fn refused_link(e: &ApiError) -> PageResult {
+    login_form(
+        e.status(),
+        Some(&format!("this sign-in link does not work: {}", e.message())),
+    )
+}
+
 /// `GET /console/login/link?token=`: a one-time link from
-/// `conveyor-api console-link`.
+/// `conveyor-api console-link`. It changes nothing: it asks the person
+/// to confirm the workspace and user it signs in as, and the button
+/// posts the token back. A cross-site page that opens the link (or
+/// embeds it) therefore cannot replace the browser's session with the
+/// link's, which a link forwarded by its owner would otherwise do.
 pub(super) async fn link(State(state): State<AppState>, Query(q): Query<LinkQuery>) -> PageResult {
-    let claims = match state.auth.verify(&q.token) {
+    let claims = match state.auth.verify_link(&q.token) {
         Ok(claims) => claims,
-        Err(e) => {
-            return login_form(
-                e.status(),
-                Some(&format!("this sign-in link does not work: {}", e.message())),
-            );
-        }
+        Err(e) => return refused_link(&e),
+    };
+    render(&LinkPage {
+        workspace: &claims.workspace_id,
+        user: &claims.sub,
+        token: &q.token,
+        css: Layout::assets().0,
+    })
+}
+
+/// `POST /console/login/link` (`token`): uses the link, once, and opens
+/// its session. Refused from another site, as every console `POST` is.
+pub(super) async fn use_link(
+    State(state): State<AppState>,
+    Form(form): Form<Fields>,
+) -> PageResult {
+    let Some(token) = form.text("token") else {
+        return login_form(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("token: open the sign-in link again"),
+        );
+    };
+    let claims = match state.auth.verify_link(token) {
+        Ok(claims) => claims,
+        Err(e) => return refused_link(&e),
     };
     let expires = i64::try_from(claims.exp)
         .ok()
         .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
         .unwrap_or_else(Utc::now);
-    if !store::use_link(&state.pool, &token_digest(&q.token), expires).await? {
+    if !store::use_link(&state.pool, &token_digest(token), expires).await? {
         return login_form(
             StatusCode::GONE,
             Some("this sign-in link was already used; ask for a new one"),
         );
     }
-    let caller = jwt_caller(&state, &q.token, None)?;
+    let caller = Caller {
+        workspace_id: claims.workspace_id,
+        actor: claims.sub.clone(),
+        user_id: Some(claims.sub),
+        api_key_id: None,
+        request_id: None,
+    };
     start(&state, caller).await
 }
 

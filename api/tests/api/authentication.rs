@@ -221,6 +221,7 @@ async fn bad_tokens_are_401(pool: PgPool) {
             exp: now + 60,
             iat: None,
             nbf: None,
+            console_link: false,
         },
         &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
     )
@@ -229,6 +230,12 @@ async fn bad_tokens_are_401(pool: PgPool) {
         api.get("/api/v1/connectors", &typed).await.status,
         StatusCode::OK
     );
+    // A console sign-in link is no API token.
+    let link = api
+        .get("/api/v1/connectors", &api.link_token("ws_a", "alice"))
+        .await;
+    assert_eq!(link.status, StatusCode::UNAUTHORIZED, "{}", link.text);
+    assert!(link.text.contains("sign-in link"), "{}", link.text);
 
     // An API key works until revoked, then is 401.
     let created = api

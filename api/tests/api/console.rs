@@ -470,12 +470,65 @@ async fn another_workspaces_objects_are_not_found(pool: PgPool) {
 async fn a_sign_in_link_works_once_and_sign_out_ends_the_session(pool: PgPool) {
     let api = api(pool.clone());
     let token = api.token("ws_a", "alice");
-    let url = link_url("http://127.0.0.1:8080/", &token);
+    let link = api.link_token("ws_a", "alice");
+    let url = link_url("http://127.0.0.1:8080/", &link);
     let path = url
         .strip_prefix("http://127.0.0.1:8080")
         .expect("public url");
     assert!(path.starts_with("/console/login/link?token="), "{url}");
-    let first = api.call(Method::GET, path, None, None).await;
+    // Opening the link changes nothing: it asks to confirm who signs in.
+    let page = api.call(Method::GET, path, None, None).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(page.headers.get(header::SET_COOKIE).is_none());
+    for text in [
+        "workspace <strong>ws_a</strong>",
+        "as <strong>alice</strong>",
+    ] {
+        assert!(page.text.contains(text), "{}", page.text);
+    }
+    let confirm = || {
+        post_form(
+            &api,
+            "/console/login/link",
+            None,
+            form_body(&[("token", &link)]),
+        )
+    };
+    // Only from the console itself, as every console POST.
+    let cross_site = api
+        .send_request(
+            axum::http::Request::builder()
+                .method(Method::POST)
+                .uri("/console/login/link")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header("sec-fetch-site", "cross-site")
+                .body(axum::body::Body::from(form_body(&[("token", &link)])))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(
+        cross_site.status,
+        StatusCode::FORBIDDEN,
+        "{}",
+        cross_site.text
+    );
+    assert!(cross_site.headers.get(header::SET_COOKIE).is_none());
+    // A user's own token is not a link: it cannot be forwarded as one.
+    let forwarded = api
+        .call(
+            Method::GET,
+            &format!("/console/login/link?token={token}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(forwarded.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        forwarded.text.contains("not a sign-in link"),
+        "{}",
+        forwarded.text
+    );
+    let first = confirm().await;
     assert_eq!(first.status, StatusCode::SEE_OTHER, "{}", first.text);
     assert_eq!(location(&first), "/console");
     let set = first.headers[header::SET_COOKIE].to_str().expect("cookie");
@@ -484,7 +537,7 @@ async fn a_sign_in_link_works_once_and_sign_out_ends_the_session(pool: PgPool) {
     }
     assert!(!set.contains("Secure"), "plain http: {set}");
     let cookie = session_cookie(&first).expect("cookie");
-    let again = api.call(Method::GET, path, None, None).await;
+    let again = confirm().await;
     assert_eq!(again.status, StatusCode::GONE);
     assert!(again.text.contains("already used"), "{}", again.text);
     let browser = Browser::with_cookie(&api, cookie).await;
