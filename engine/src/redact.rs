@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{HeaderMap, HeaderName};
 use serde_json::{Map, Value};
@@ -43,7 +45,20 @@ pub(crate) struct Redactor {
 
 impl Redactor {
     pub(crate) fn new(credentials: &Credentials) -> Self {
-        Self::of_texts(credentials.values().flat_map(BTreeMap::values))
+        let mut redactor = Self::of_texts(credentials.values().flat_map(BTreeMap::values));
+        // The `Authorization: Basic` value a provider may echo back.
+        for fields in credentials.values() {
+            if let (Some(user), Some(pass)) = (fields.get("username"), fields.get("password"))
+                && !pass.is_empty()
+            {
+                redactor
+                    .needles
+                    .push(BASE64.encode(format!("{user}:{pass}")));
+            }
+        }
+        redactor.needles.sort_unstable();
+        redactor.needles.dedup();
+        redactor
     }
 
     /// A redactor of `step`'s secret extracts in `extracted`, if it has any
@@ -78,6 +93,26 @@ impl Redactor {
             needles.push(utf8_percent_encode(value, NON_ALPHANUMERIC).to_string());
             needles.push(url::form_urlencoded::byte_serialize(value.as_bytes()).collect());
             needles.push(crate::template::escape_xml(value));
+            // As a JSON string holds it (quotes, backslashes and controls
+            // escaped), which a body too large to parse is stored as, and
+            // with `/` escaped too, as PHP's `json_encode` writes it.
+            let json = Value::String(value.clone()).to_string();
+            let json = &json[1..json.len() - 1];
+            needles.push(json.replace('/', "\\/"));
+            needles.push(json.to_owned());
+            // As the HTTP client sends a URL that is wholly a secret:
+            // parsed, so with its host in lower case, its default port
+            // dropped and blanks around it trimmed; with and without the
+            // `/` the parser adds to an empty path.
+            if let Ok(url) = url::Url::parse(value) {
+                let url = url.to_string();
+                if let Some(bare) = url.strip_suffix('/')
+                    && !value.ends_with('/')
+                {
+                    needles.push(bare.to_owned());
+                }
+                needles.push(url);
+            }
         }
         needles.sort_unstable();
         needles.dedup();
@@ -134,6 +169,33 @@ impl Redactor {
         out
     }
 
+    /// The most bytes of `s` before `at` that halve no secret: `at` (or
+    /// the character boundary before it), moved back to the start of any
+    /// secret form that would straddle it. What is kept is then redacted
+    /// as usual; a secret cut in half would not be recognised.
+    pub(crate) fn cut(&self, s: &str, at: usize) -> usize {
+        let mut cut = s.floor_char_boundary(at);
+        'again: loop {
+            for needle in &self.needles {
+                // Only an occurrence that starts less than its length
+                // before the cut fits between these bounds.
+                let reach = needle.len() - 1;
+                let from = s.ceil_char_boundary(cut.saturating_sub(reach));
+                let to = s.floor_char_boundary(cut.saturating_add(reach));
+                if let Some(start) = s[from..to].find(needle.as_str()) {
+                    cut = from + start;
+                    continue 'again;
+                }
+            }
+            return cut;
+        }
+    }
+
+    /// The length of the longest secret form, in bytes.
+    pub(crate) fn longest(&self) -> usize {
+        self.needles.iter().map(String::len).max().unwrap_or(0)
+    }
+
     pub(crate) fn value(&self, v: Value) -> Value {
         match v {
             Value::String(s) => Value::String(self.text(&s)),
@@ -178,6 +240,84 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn secrets_are_found_in_json_text_and_as_a_parsed_url() {
+        let r = Redactor::of_texts(&[
+            r#"p"ss\w/rd"#.to_owned(),
+            "https://Hooks.Example.com:443?sig=abc".to_owned(),
+        ]);
+        // A body stored as text keeps JSON's escapes, PHP's `\/` too.
+        assert_eq!(
+            r.text(r#"{"a":"p\"ss\\w/rd","b":"p\"ss\\w\/rd"}"#),
+            r#"{"a":"[REDACTED]","b":"[REDACTED]"}"#
+        );
+        // The client sends the URL parsed: host lower case, no default
+        // port, `/` for the empty path; with a path after it or not.
+        assert_eq!(
+            r.text("GET https://hooks.example.com/?sig=abc"),
+            "GET [REDACTED]"
+        );
+        let bare = Redactor::of_texts(&["https://Hooks.Example.com:443".to_owned()]);
+        assert_eq!(
+            bare.text("https://hooks.example.com/x and https://hooks.example.com/"),
+            "[REDACTED]x and [REDACTED]"
+        );
+        // A URL that ends with `/` as given is looked for as given.
+        let slash = Redactor::of_texts(&["https://H.example/".to_owned()]);
+        assert_eq!(slash.text("https://h.example"), "https://h.example");
+        assert_eq!(slash.text("https://h.example/"), "[REDACTED]");
+    }
+
+    #[test]
+    fn a_basic_auth_pair_is_found_in_base64() {
+        let mut creds = Credentials::new();
+        creds.insert(
+            "svc".to_owned(),
+            BTreeMap::from([
+                ("username".to_owned(), "user".to_owned()),
+                ("password".to_owned(), "pass".to_owned()),
+            ]),
+        );
+        let r = Redactor::new(&creds);
+        // base64("user:pass"), as a provider may echo the header.
+        assert_eq!(
+            r.text(r#"{"auth":"Basic dXNlcjpwYXNz"}"#),
+            r#"{"auth":"Basic [REDACTED]"}"#
+        );
+        // Without a password there is no pair to look for.
+        creds.insert(
+            "svc".to_owned(),
+            BTreeMap::from([
+                ("username".to_owned(), "user".to_owned()),
+                ("password".to_owned(), String::new()),
+            ]),
+        );
+        assert_eq!(Redactor::new(&creds).text("dXNlcjo="), "dXNlcjo=");
+    }
+
+    #[test]
+    fn a_cut_never_halves_a_secret() {
+        let r = Redactor::of_texts(&["abcd".to_owned(), "é9".to_owned()]);
+        // `é9` percent-encoded is the longest form.
+        assert_eq!(r.longest(), "%C3%A99".len());
+        assert_eq!(Redactor::of_texts(&["abcd".to_owned()]).longest(), 4);
+        assert_eq!(Redactor::of_texts(&[]).longest(), 0);
+        let s = "xxabcdyy";
+        assert_eq!(r.cut(s, 2), 2);
+        for at in 3..=5 {
+            assert_eq!(r.cut(s, at), 2, "{at}");
+        }
+        assert_eq!(r.cut(s, 6), 6);
+        assert_eq!(r.cut(s, 99), s.len());
+        // Ending where a cut falls is no halving.
+        assert_eq!(r.cut("xé9abcd", 5), 4);
+        // Moved back again when the first move halves another secret.
+        let two = Redactor::of_texts(&["abcd".to_owned(), "9a".to_owned()]);
+        assert_eq!(two.cut("xé9abcd", 5), 3);
+        // At a character boundary.
+        assert_eq!(r.cut("xxé", 3), 2);
+    }
     use crate::connector::Step;
 
     fn step(extract: Value) -> Step {

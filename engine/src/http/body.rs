@@ -49,7 +49,7 @@ pub(super) fn handle_response(
     let parsed = match parsed {
         Ok(parsed) => parsed,
         Err(e) => {
-            let body = truncated(&bytes, max_stored);
+            let body = truncated(&bytes, max_stored, redactor);
             let error = if accepted {
                 e
             } else {
@@ -61,13 +61,13 @@ pub(super) fn handle_response(
     if !accepted {
         let error = status_error(step, status, headers);
         return (
-            record(stored(parsed, &bytes, max_stored)),
+            record(stored(parsed, &bytes, max_stored, redactor)),
             Map::new(),
             Some(error),
         );
     }
     let extracted = extract::extract_all(&step.extract, &parsed);
-    let record = record(stored(parsed, &bytes, max_stored));
+    let record = record(stored(parsed, &bytes, max_stored, redactor));
     match extracted {
         Ok(extracted) => {
             let extracted = match redactor.value(Value::Object(extracted)) {
@@ -204,19 +204,23 @@ pub(super) fn parsed_size(bytes: &[u8]) -> usize {
 
 /// The body as stored: whole when its bytes fit `max`, else the marker
 /// with the original size and a preview of the original bytes.
-pub(super) fn stored(body: Value, bytes: &[u8], max: usize) -> Value {
+pub(super) fn stored(body: Value, bytes: &[u8], max: usize, redactor: &Redactor) -> Value {
     if bytes.len() <= max {
         return body;
     }
-    truncated(bytes, max)
+    truncated(bytes, max, redactor)
 }
 
 /// The marker stored for a body that is not stored whole: its size and a
-/// preview of its first `max` bytes (at most its length).
-pub(super) fn truncated(bytes: &[u8], max: usize) -> Value {
-    let max = max.min(bytes.len());
-    let preview = String::from_utf8_lossy(&bytes[..max]);
-    // A multi-byte character cut in half decodes as U+FFFD; drop it.
+/// preview of its first `max` bytes (at most its length), ending before
+/// any secret the cut would halve (the caller redacts the rest).
+pub(super) fn truncated(bytes: &[u8], max: usize, redactor: &Redactor) -> Value {
+    // Decoded as far past the cut as the longest secret reaches, so that a
+    // secret across it is seen whole.
+    let window = max.saturating_add(redactor.longest()).min(bytes.len());
+    let text = String::from_utf8_lossy(&bytes[..window]);
+    let preview = &text[..redactor.cut(&text, max)];
+    // Bytes that are no UTF-8 decode as U+FFFD; drop them at the end.
     let preview = preview.trim_end_matches('\u{FFFD}');
     json!({"truncated": true, "original_size": bytes.len(), "preview": preview})
 }
@@ -227,12 +231,32 @@ mod tests {
 
     #[test]
     fn large_bodies_are_stored_truncated_with_their_size() {
-        let stored_body = stored(Value::String("abcdefgh".into()), b"abcdefgh", 4);
+        let none = Redactor::of_texts(&[]);
+        let stored_body = stored(Value::String("abcdefgh".into()), b"abcdefgh", 4, &none);
         assert_eq!(
             stored_body,
             json!({"truncated": true, "original_size": 8, "preview": "abcd"})
         );
-        assert_eq!(stored(Value::String("abc".into()), b"abc", 4), json!("abc"));
+        assert_eq!(
+            stored(Value::String("abc".into()), b"abc", 4, &none),
+            json!("abc")
+        );
+        // A character cut in half is left out.
+        assert_eq!(truncated("abcé".as_bytes(), 4, &none)["preview"], "abc");
+    }
+
+    #[test]
+    fn a_preview_ends_before_a_secret_its_cut_would_halve() {
+        let secret = Redactor::of_texts(&["s3cr3t".to_owned()]);
+        let body = b"key=s3cr3t&more";
+        // The cut falls inside the secret at every length from 5 to 9.
+        for max in 5..=9 {
+            assert_eq!(truncated(body, max, &secret)["preview"], "key=", "{max}");
+        }
+        assert_eq!(truncated(body, 4, &secret)["preview"], "key=");
+        // Whole before the cut: kept (and redacted with the rest).
+        assert_eq!(truncated(body, 10, &secret)["preview"], "key=s3cr3t");
+        assert_eq!(truncated(body, 11, &secret)["preview"], "key=s3cr3t&");
     }
 
     #[test]
