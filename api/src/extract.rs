@@ -1,7 +1,9 @@
 //! Extractors whose rejections use the API's error shape: JSON bodies (400
 //! malformed, 413 too large, 415 not JSON, 422 with the field's path),
 //! query strings (400) and path ids (404: an id that cannot exist is not
-//! found).
+//! found); and the bound on the days and times the API reads ([`YEARS`]).
+
+use std::ops::RangeInclusive;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
@@ -9,9 +11,9 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use base64::Engine as _;
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use chrono::{DateTime, Datelike, Utc};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -193,6 +195,40 @@ impl Cursor {
     }
 }
 
+/// The years a day or time the API reads may fall in: RFC 3339's
+/// four-digit years. PostgreSQL stores no time before 4713 BC (nor after
+/// 294276 AD) and chrono's day arithmetic panics at its own ends (years
+/// -262143 and 262142), so input bounded where it is read reaches
+/// neither.
+pub const YEARS: RangeInclusive<i32> = 1..=9999;
+
+/// Whether `t` falls in [`YEARS`].
+pub(crate) fn in_years(t: &impl Datelike) -> bool {
+    YEARS.contains(&t.year())
+}
+
+/// Reads an optional day or time (`NaiveDate`, `DateTime<Utc>`) and
+/// refuses one outside [`YEARS`], so the refusal names its field: for
+/// `#[serde(default, deserialize_with = "crate::extract::bounded")]`.
+///
+/// # Errors
+///
+/// The value's own errors; a day or time outside [`YEARS`].
+pub fn bounded<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Datelike,
+{
+    match Option::<T>::deserialize(d)? {
+        Some(t) if !in_years(&t) => Err(D::Error::custom(format!(
+            "must fall in the years {} to {}",
+            YEARS.start(),
+            YEARS.end()
+        ))),
+        read => Ok(read),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +250,38 @@ mod tests {
                 Cursor::decode(bad).expect_err(bad).status(),
                 StatusCode::BAD_REQUEST
             );
+        }
+    }
+
+    #[test]
+    fn days_and_times_outside_the_years_1_to_9999_are_refused_naming_the_field() {
+        #[derive(Debug, serde::Deserialize, Serialize)]
+        struct Body {
+            #[serde(default, deserialize_with = "bounded")]
+            at: Option<DateTime<Utc>>,
+            #[serde(default, deserialize_with = "bounded")]
+            day: Option<chrono::NaiveDate>,
+        }
+        for ok in [
+            json!({}),
+            json!({"at": null, "day": null}),
+            json!({"at": "0001-01-01T00:00:00Z", "day": "9999-12-31"}),
+            json!({"at": "9999-12-31T23:59:59.999999Z", "day": "0001-01-01"}),
+        ] {
+            parse_json::<Body>(ok.to_string().as_bytes()).expect("within the years");
+        }
+        for (bad, field) in [
+            (json!({"at": "-5000-01-01T00:00:00Z"}), "at"),
+            (json!({"at": "0000-12-31T23:59:59Z"}), "at"),
+            // 10000-01-01 in UTC.
+            (json!({"at": "9999-12-31T23:30:00-01:00"}), "at"),
+            (json!({"day": "+10000-01-01"}), "day"),
+            (json!({"day": "-262143-01-01"}), "day"),
+        ] {
+            let err = parse_json::<Body>(bad.to_string().as_bytes()).expect_err("outside");
+            assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+            assert_eq!(err.details()["errors"][0]["path"], field, "{bad}: {err}");
+            assert!(err.to_string().contains("years 1 to 9999"), "{err}");
         }
     }
 
