@@ -189,7 +189,9 @@ impl Cursor {
         let (micros, id) = raw.split_once('|').ok_or_else(bad)?;
         let micros: i64 = micros.parse().map_err(|_| bad())?;
         Ok(Self {
-            created_at: DateTime::from_timestamp_micros(micros).ok_or_else(bad)?,
+            created_at: DateTime::from_timestamp_micros(micros)
+                .filter(in_years)
+                .ok_or_else(bad)?,
             id: id.parse().map_err(|_| bad())?,
         })
     }
@@ -240,11 +242,23 @@ mod tests {
             id: Uuid::now_v7(),
         };
         assert_eq!(Cursor::decode(&c.encode()).expect("decode"), c);
+        // Years -5000 and 10000: chrono has them, PostgreSQL not the first.
+        let forged = |year: i32| {
+            let micros = chrono::NaiveDate::from_ymd_opt(year, 1, 1)
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .expect("day")
+                .and_utc()
+                .timestamp_micros();
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{micros}|{}", c.id))
+        };
+        let (before, after) = (forged(-5000), forged(10_000));
         for bad in [
             "",
             "!!!",
             "bm9waXBl",
             &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("1|x"),
+            &before,
+            &after,
         ] {
             assert_eq!(
                 Cursor::decode(bad).expect_err(bad).status(),

@@ -154,8 +154,10 @@ struct AdminExecutionQuery {
     /// Only this connector.
     connector_id: Option<Uuid>,
     /// Created at or after (RFC 3339).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     created_after: Option<DateTime<Utc>>,
     /// Created before (RFC 3339).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     created_before: Option<DateTime<Utc>>,
     /// The `next_cursor` of the previous page.
     #[param(min_length = 1)]
@@ -459,8 +461,10 @@ struct AdminAuditQuery {
     /// Only this target id.
     object_id: Option<String>,
     /// Entries at or after this time (RFC 3339).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     since: Option<DateTime<Utc>>,
     /// Entries before this time (RFC 3339).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     until: Option<DateTime<Utc>>,
     /// Entries older than this one: the previous page's `next_before_id`.
     before_id: Option<i64>,

@@ -279,6 +279,7 @@ pub(crate) struct ExecuteRequest {
     #[schema(minimum = -100, maximum = 100)]
     priority: Option<i16>,
     /// Do not start before this time.
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     run_at: Option<DateTime<Utc>>,
     /// POSTed the signed execution summary when it ends (default: the
     /// connector's `callback_url`); http or https, up to 2048 characters.
@@ -326,7 +327,7 @@ fn key_error(key: Option<&str>, path: impl fmt::Display) -> Option<Value> {
               (status = 200, description = "An execution with this idempotency key already existed: that one", body = ExecutionView),
               (status = 404, description = "No such live connector in this workspace"),
               (status = 409, description = "The idempotency key was used for another connector or input, or the connector changed under the execute three times in a row (retry it)"),
-              (status = 422, description = "The input does not match the connector's `input_schema`, a bad idempotency key, or a priority outside -100 to 100")))]
+              (status = 422, description = "The input does not match the connector's `input_schema`, a bad idempotency key, a priority outside -100 to 100, or a `run_at` outside the years 1 to 9999")))]
 pub(crate) async fn execute(
     State(state): State<AppState>,
     caller: Caller,

@@ -82,8 +82,10 @@ pub struct ExecutionPageQuery {
     /// Only this connector.
     pub connector_id: Option<Uuid>,
     /// Created at or after (RFC 3339).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     pub created_after: Option<DateTime<Utc>>,
     /// Created before (RFC 3339).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     pub created_before: Option<DateTime<Utc>>,
     /// The `next_cursor` of the previous page.
     #[param(min_length = 1)]

@@ -5,12 +5,16 @@
 //! the API's error shape naming what is at fault, and nothing is written.
 
 use axum::http::StatusCode;
+use base64::Engine as _;
+use chrono::NaiveDate;
 use conveyor_engine::state::AdminRole;
 use conveyor_engine::store::access;
 use conveyor_tests::api::{Reply, TestApi};
+use serde_json::json;
 use sqlx::PgPool;
+use uuid::Uuid;
 
-use crate::support::api;
+use crate::support::{api, error_paths, row_counts, simple_connector};
 
 /// A workspace user, a viewer and an owner among the admins.
 async fn callers(pool: &PgPool) -> (TestApi, String, String, String) {
@@ -68,4 +72,84 @@ async fn usage_days_outside_the_years_1_to_9999_are_400_naming_the_day(pool: PgP
         let reply = api.get(&format!("/api/v1/usage?{query}"), &a).await;
         assert_eq!(reply.status, StatusCode::OK, "{query}: {}", reply.text);
     }
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn times_outside_the_years_1_to_9999_are_refused_naming_the_field(pool: PgPool) {
+    let (api, a, viewer, _) = callers(&pool).await;
+    let connector = api
+        .create_connector(&a, simple_connector("http://127.0.0.1:9"))
+        .await;
+    let before = row_counts(&pool).await;
+    let outside = [
+        "-5000-01-01T00:00:00Z",
+        "0000-12-31T23:59:59Z",
+        "+10000-01-01T00:00:00Z",
+    ];
+    for t in outside {
+        let reply = api
+            .post(
+                &format!("/api/v1/connectors/{connector}/execute"),
+                &a,
+                json!({"input": {}, "run_at": t}),
+            )
+            .await;
+        reply.assert_refused("run_at");
+        assert_eq!(error_paths(&reply.json), ["run_at"], "{}", reply.text);
+        let reply = api
+            .post(
+                "/api/v1/api-keys",
+                &a,
+                json!({"name": "k", "expires_at": t}),
+            )
+            .await;
+        reply.assert_refused("expires_at");
+        let reply = api
+            .post(
+                &format!("/api/v1/connectors/{connector}/schedules"),
+                &a,
+                json!({"cron": "@daily", "end_at": t}),
+            )
+            .await;
+        reply.assert_refused("end_at");
+    }
+    let listings = [
+        ("/api/v1/executions".to_owned(), &a),
+        (format!("/api/v1/connectors/{connector}/executions"), &a),
+        ("/api/v1/admin/executions".to_owned(), &viewer),
+    ];
+    let audits = [
+        ("/api/v1/audit", &a),
+        ("/api/v1/audit?format=ndjson&", &a),
+        ("/api/v1/admin/audit", &viewer),
+        ("/api/v1/admin/audit?format=ndjson&", &viewer),
+    ];
+    for t in ["-5000-01-01T00:00:00Z", "%2B10000-01-01T00:00:00Z"] {
+        for (path, token) in &listings {
+            for field in ["created_after", "created_before"] {
+                let uri = format!("{path}?{field}={t}");
+                assert_bad(&api.get(&uri, token).await, &uri, field);
+            }
+        }
+        for (path, token) in audits {
+            let joiner = if path.ends_with('&') { "" } else { "?" };
+            for field in ["since", "until"] {
+                let uri = format!("{path}{joiner}{field}={t}");
+                assert_bad(&api.get(&uri, token).await, &uri, field);
+            }
+        }
+    }
+    // A forged cursor: a position in year -5000.
+    let micros = NaiveDate::from_ymd_opt(-5000, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .expect("day")
+        .and_utc()
+        .timestamp_micros();
+    let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{micros}|{}", Uuid::now_v7()));
+    for (path, token) in &listings {
+        let uri = format!("{path}?cursor={cursor}");
+        assert_bad(&api.get(&uri, token).await, &uri, "cursor");
+    }
+    assert_eq!(row_counts(&pool).await, before, "a refusal wrote something");
 }
