@@ -1,12 +1,13 @@
 //! Extractors whose rejections use the API's error shape: JSON bodies (400
 //! malformed, 413 too large, 415 not JSON, 422 with the field's path),
-//! query strings (400) and path ids (404: an id that cannot exist is not
-//! found); and the bound on the days and times the API reads ([`YEARS`]).
+//! query strings (400 naming the parameter) and path ids (404: an id that
+//! cannot exist is not found); and the bound on the days and times the API
+//! reads ([`YEARS`]).
 
 use std::ops::RangeInclusive;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, RawPathParams, Request};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
@@ -128,7 +129,9 @@ fn message_at(path: &str, message: &str) -> String {
     }
 }
 
-/// A query string deserialised strictly; problems are 400.
+/// A query string deserialised strictly; problems are 400 naming the
+/// parameter, and so is a parameter holding the NUL character (`%00`):
+/// PostgreSQL can neither store nor compare text holding one.
 #[derive(Debug)]
 pub struct ApiQuery<T>(pub T);
 
@@ -136,6 +139,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // Only `%00` decodes to NUL; most query strings skip the second read.
+        if parts.uri.query().is_some_and(|q| q.contains("%00"))
+            && let Ok(Query(pairs)) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            && let Some((name, _)) = pairs
+                .iter()
+                .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+        {
+            return Err(ApiError::bad_request(format!(
+                "invalid query string: `{}` must not contain the NUL character (%00)",
+                name.replace('\0', "%00")
+            )));
+        }
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(v)| ApiQuery(v))
@@ -143,7 +158,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// A path parameter; one that does not parse names nothing that exists.
+/// A path parameter; one that does not parse, or holds the NUL character
+/// (`%00`), names nothing that exists.
 #[derive(Debug)]
 pub struct ApiPath<T>(pub T);
 
@@ -151,10 +167,18 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let not_found = || ApiError::not_found("resource");
+        // PostgreSQL cannot compare text holding NUL: no stored id holds one.
+        let raw = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| not_found())?;
+        if raw.iter().any(|(_, value)| value.contains('\0')) {
+            return Err(not_found());
+        }
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(v)| ApiPath(v))
-            .map_err(|_| ApiError::not_found("resource"))
+            .map_err(|_| not_found())
     }
 }
 

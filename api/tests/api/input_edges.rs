@@ -4,7 +4,7 @@
 //! with control characters, unknown paths and methods. Each gets a 4xx in
 //! the API's error shape naming what is at fault, and nothing is written.
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use base64::Engine as _;
 use chrono::NaiveDate;
 use conveyor_engine::state::AdminRole;
@@ -45,6 +45,13 @@ fn assert_bad(reply: &Reply, what: &str, field: &str) {
         "{what}: {field} not named in {}",
         reply.text
     );
+}
+
+async fn admins(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM saas_admin_users")
+        .fetch_one(pool)
+        .await
+        .expect("count")
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
@@ -152,4 +159,71 @@ async fn times_outside_the_years_1_to_9999_are_refused_naming_the_field(pool: Pg
         assert_bad(&api.get(&uri, token).await, &uri, "cursor");
     }
     assert_eq!(row_counts(&pool).await, before, "a refusal wrote something");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn nul_characters_in_query_strings_are_400_and_in_paths_404(pool: PgPool) {
+    let (api, a, viewer, owner) = callers(&pool).await;
+    let before = (row_counts(&pool).await, admins(&pool).await);
+    for (uri, token, field) in [
+        ("/api/v1/audit?action=%00", &a, "action"),
+        ("/api/v1/audit?actor=x%00y&format=ndjson", &a, "actor"),
+        ("/api/v1/templates?q=%00", &a, "q"),
+        ("/api/v1/executions?status=queued%00", &a, "status"),
+        (
+            "/api/v1/admin/executions?workspace_id=%00",
+            &viewer,
+            "workspace_id",
+        ),
+        ("/api/v1/admin/audit?object_id=%00", &viewer, "object_id"),
+        (
+            "/api/v1/admin/usage?workspace_id=%00",
+            &viewer,
+            "workspace_id",
+        ),
+    ] {
+        assert_bad(&api.get(uri, token).await, uri, field);
+    }
+    let role = Some(json!({"role": "viewer"}));
+    for (method, uri, token, body) in [
+        (Method::GET, "/api/v1/templates/%00", &a, None),
+        (Method::GET, "/api/v1/triggers/%00", &a, None),
+        (Method::DELETE, "/api/v1/triggers/a%00", &a, None),
+        (Method::GET, "/api/v1/triggers/%00/deliveries", &a, None),
+        (
+            Method::PUT,
+            "/api/v1/admin/admins/%00",
+            &owner,
+            role.clone(),
+        ),
+        (Method::DELETE, "/api/v1/admin/admins/%00", &owner, None),
+        (
+            Method::DELETE,
+            "/api/v1/admin/workspaces/%00/members/x",
+            &owner,
+            None,
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/admin/workspaces/x/members/%00",
+            &owner,
+            None,
+        ),
+        (
+            Method::PUT,
+            "/api/v1/admin/workspaces/%00/retention",
+            &owner,
+            Some(json!({"plan": "free"})),
+        ),
+    ] {
+        let reply = api.call(method.clone(), uri, Some(token), body).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::NOT_FOUND,
+            "{method} {uri}: {}",
+            reply.text
+        );
+        assert_eq!(reply.json["error"]["code"], "not_found", "{method} {uri}");
+    }
+    assert_eq!((row_counts(&pool).await, admins(&pool).await), before);
 }
