@@ -72,13 +72,7 @@ pub fn parse_json<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, Ap
     // Syntax first: a shape error before a syntax error must not hide that
     // the body is not JSON at all.
     let value: Value = serde_json::from_slice(bytes).map_err(|e| malformed(&e))?;
-    if let Some(path) = nul_at(&value) {
-        let message = "must not contain the NUL character (\\u0000)";
-        return Err(ApiError::validation(
-            format!("invalid request body: {}", message_at(&path, message)),
-            json!([{"path": path, "message": message}]),
-        ));
-    }
+    refuse_nul(&value, "request body")?;
     conveyor_engine::json::from_value(&value).map_err(|e| {
         ApiError::validation(
             format!("invalid request body: {e}"),
@@ -93,6 +87,25 @@ fn malformed(e: &serde_json::Error) -> ApiError {
         "malformed_json",
         format!("the request body is not valid JSON: {e}"),
     )
+}
+
+/// 422 naming the first string or key of `value` (`what`: "request body")
+/// that holds the NUL character (`\u0000`), which PostgreSQL cannot store.
+///
+/// # Errors
+///
+/// As above.
+pub fn refuse_nul(value: &Value, what: &str) -> Result<(), ApiError> {
+    match nul_at(value) {
+        Some(path) => {
+            let message = "must not contain the NUL character (\\u0000)";
+            Err(ApiError::validation(
+                format!("invalid {what}: {}", message_at(&path, message)),
+                json!([{"path": path, "message": message}]),
+            ))
+        }
+        None => Ok(()),
+    }
 }
 
 /// The path (in the API's notation) of the first string or key holding a

@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::extract::refuse_nul;
 
 /// Longest delivery id used as is in the idempotency key; longer ones are
 /// hashed.
@@ -160,6 +161,12 @@ async fn handle(
             return (None, Answer::refused(e, "unmapped", m));
         }
     };
+    // Refused as the JSON API refuses it: PostgreSQL cannot store NUL, in
+    // an input or a delivery id.
+    if let Err(e) = refuse_nul(&doc, "delivery") {
+        let message = e.message().to_owned();
+        return (None, Answer::refused(e, "unmapped", message));
+    }
     let delivery_id = webhook::delivery_id(scheme, &t.meta.settings, header, Some(&doc["body"]));
     if doc["body"]["type"] == "url_verification"
         && let Some(challenge) = doc["body"]["challenge"].as_str()
@@ -252,9 +259,12 @@ async fn start(
                 true,
                 Some("this delivery id was seen with another payload; nothing started".to_owned()),
             ),
+            // The cause is logged (by `ApiError::from`), never recorded
+            // where the workspace reads it.
             Err(StartError::Store(e)) => {
-                let message = e.to_string();
-                return Answer::refused(ApiError::from(e), "unmapped", message);
+                let e = ApiError::from(e);
+                let message = e.message().to_owned();
+                return Answer::refused(e, "unmapped", message);
             }
         };
     let outcome = if duplicate { "duplicate" } else { "started" };

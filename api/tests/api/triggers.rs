@@ -486,3 +486,80 @@ async fn a_shared_header_secret_never_reaches_the_input(pool: PgPool) {
         .expect("inputs");
     assert_eq!(inputs, [json!({"repo": "q/r"})]);
 }
+
+/// A verified delivery holding the NUL character is refused as the JSON
+/// API refuses one (422 naming the field), not sent to PostgreSQL, which
+/// cannot store it; a delivery the database fails on is recorded without
+/// the database's words.
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_delivery_holding_nul_is_422_naming_the_field_and_failures_are_recorded_plainly(
+    pool: PgPool,
+) {
+    let (api, token, connector) = setup(pool).await;
+    let id = trigger(
+        &api,
+        &token,
+        &connector,
+        json!({"verification": {"type": "none"}}),
+    )
+    .await
+    .id();
+    let url = format!("/hooks/{id}");
+    let json_body = [("content-type", "application/json".to_owned())];
+    let nul = br#"{"repo": "a\u0000b"}"#;
+    let reply = deliver(&api, &url, &json_body, nul).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        reply.json["error"]["details"]["errors"][0]["path"],
+        "body.repo"
+    );
+    let form = [(
+        "content-type",
+        "application/x-www-form-urlencoded".to_owned(),
+    )];
+    let reply = deliver(&api, &format!("{url}?from=%00"), &form, b"repo=a").await;
+    assert_eq!(
+        reply.json["error"]["details"]["errors"][0]["path"], "query.from",
+        "{}",
+        reply.text
+    );
+    assert_eq!(executions(&api).await, 0);
+
+    // The database refuses every new execution from here on.
+    sqlx::query(
+        "ALTER TABLE connector_executions ADD CONSTRAINT refuse_all CHECK (false) NOT VALID",
+    )
+    .execute(&api.pool)
+    .await
+    .expect("constraint");
+    let reply = deliver(&api, &url, &json_body, br#"{"repo": "a/b"}"#).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        reply.text
+    );
+    let listed = api
+        .get(&format!("/api/v1/triggers/{id}/deliveries"), &token)
+        .await;
+    let items = listed.items();
+    assert_eq!(items.len(), 3, "{}", listed.text);
+    assert_eq!(items[0]["status"], 500);
+    let error = items[0]["error"].as_str().unwrap_or("");
+    assert!(
+        !error.contains("refuse_all") && !error.contains("constraint"),
+        "{error}"
+    );
+    assert!(
+        items[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("query.from")),
+        "{}",
+        listed.text
+    );
+}
