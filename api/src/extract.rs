@@ -1,8 +1,8 @@
 //! Extractors whose rejections use the API's error shape: JSON bodies (400
 //! malformed, 413 too large, 415 not JSON, 422 with the field's path),
-//! query strings (400 naming the parameter) and path ids (404: an id that
-//! cannot exist is not found); and the bound on the days and times the API
-//! reads ([`YEARS`]).
+//! raw bodies (413), query strings (400 naming the parameter) and path
+//! ids (404: an id that cannot exist is not found); and the bound on the
+//! days and times the API reads ([`YEARS`]).
 
 use std::ops::RangeInclusive;
 
@@ -44,18 +44,33 @@ impl<T: DeserializeOwned + Serialize, S: Send + Sync> FromRequest<S> for ApiJson
                 "the request body must be JSON (Content-Type: application/json)",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body exceeds the size limit (CONVEYOR_MAX_REQUEST_BYTES)",
-                )
-            } else {
-                ApiError::bad_request(format!("could not read the request body: {e}"))
-            }
-        })?;
+        let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
         parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// A request body as it came, within `CONVEYOR_MAX_REQUEST_BYTES`.
+#[derive(Debug)]
+pub struct ApiBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(ApiBytes)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "the request body exceeds the size limit (CONVEYOR_MAX_REQUEST_BYTES)",
+                    )
+                } else {
+                    ApiError::bad_request(format!("could not read the request body: {e}"))
+                }
+            })
     }
 }
 

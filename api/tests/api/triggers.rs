@@ -563,3 +563,49 @@ async fn a_delivery_holding_nul_is_422_naming_the_field_and_failures_are_recorde
         listed.text
     );
 }
+
+/// What the router refuses before the delivery is read (an id that is not
+/// UTF-8, a body over the limit) is answered in the API's error shape.
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn malformed_ids_and_oversized_deliveries_answer_the_error_shape(pool: PgPool) {
+    let small = TestApi::with_config(
+        pool,
+        conveyor_api::ApiConfig {
+            max_request_bytes: 1024,
+            ..conveyor_api::ApiConfig::default()
+        },
+    );
+    let token = small.token("ws_hooks", "u");
+    let connector = small
+        .create_connector(&token, serde_json::from_str(CONNECTOR).expect("json"))
+        .await;
+    let id = trigger(
+        &small,
+        &token,
+        &connector,
+        json!({"verification": {"type": "none"}}),
+    )
+    .await
+    .id();
+    for url in ["/hooks/%FF", "/hooks/%00"] {
+        let reply = deliver(&small, url, &[], b"{}").await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{url}: {}", reply.text);
+        assert_eq!(reply.json["error"]["code"], "not_found", "{url}");
+    }
+    let big = format!(r#"{{"repo": "{}"}}"#, "x".repeat(4096));
+    let reply = deliver(
+        &small,
+        &format!("/hooks/{id}"),
+        &[("content-type", "application/json".to_owned())],
+        big.as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        reply.text
+    );
+    assert_eq!(reply.json["error"]["code"], "payload_too_large");
+    assert_eq!(executions(&small).await, 0);
+}
