@@ -104,11 +104,14 @@ async fn handle(
     body: &[u8],
     now: DateTime<Utc>,
 ) -> (Option<String>, Answer) {
+    // Values as the UTF-8 they are (`to_str` refuses all beyond visible
+    // ASCII): a delivery id passed over would let a provider's retry start
+    // a second execution. Bytes that are not UTF-8 are replaced, so the
+    // same bytes always read the same.
     let header = &|name: &str| {
         headers
             .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     };
     let scheme = t.meta.scheme;
     let key = match webhook::key_of(scheme, &String::from_utf8_lossy(&t.secret)) {
@@ -148,7 +151,7 @@ async fn handle(
         let name = k.as_str();
         let hidden = matches!(name, "authorization" | "cookie" | "proxy-authorization")
             || secret_header.as_deref() == Some(name);
-        (!hidden).then_some((name, v.to_str().ok()?))
+        (!hidden).then_some((name, std::str::from_utf8(v.as_bytes()).ok()?))
     });
     let doc = match mapping::document(body, content_type.as_deref(), visible, query) {
         Ok(doc) => doc,

@@ -564,6 +564,43 @@ async fn a_delivery_holding_nul_is_422_naming_the_field_and_failures_are_recorde
     );
 }
 
+/// A provider's delivery id is read as the UTF-8 it is, so a retried
+/// delivery with a non-ASCII id is still a duplicate.
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_non_ascii_delivery_id_still_deduplicates(pool: PgPool) {
+    let (api, token, connector) = setup(pool).await;
+    let secret = "gh-secret";
+    let id = trigger(
+        &api,
+        &token,
+        &connector,
+        json!({"verification": {"type": "github", "secret": secret},
+               "input": {"repo": "$.body.repo"}}),
+    )
+    .await
+    .id();
+    let url = format!("/hooks/{id}");
+    let body = br#"{"repo": "octo/hello"}"#;
+    let first = deliver(
+        &api,
+        &url,
+        &github_headers(secret, body, "lívraison-1"),
+        body,
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text);
+    let again = deliver(
+        &api,
+        &url,
+        &github_headers(secret, body, "lívraison-1"),
+        body,
+    )
+    .await;
+    assert_eq!(again.json["duplicate"], true, "{}", again.text);
+    assert_eq!(again.json["execution_id"], first.json["execution_id"]);
+    assert_eq!(executions(&api).await, 1);
+}
+
 /// What the router refuses before the delivery is read (an id that is not
 /// UTF-8, a body over the limit) is answered in the API's error shape.
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
