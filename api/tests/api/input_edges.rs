@@ -227,3 +227,73 @@ async fn nul_characters_in_query_strings_are_400_and_in_paths_404(pool: PgPool) 
     }
     assert_eq!((row_counts(&pool).await, admins(&pool).await), before);
 }
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn admin_routes_check_workspace_and_user_ids_like_the_others(pool: PgPool) {
+    let (api, _, _, owner) = callers(&pool).await;
+    let before = (row_counts(&pool).await, admins(&pool).await);
+    let key = Uuid::now_v7();
+    let role = Some(json!({"role": "viewer"}));
+    let plan = Some(json!({"plan": "free"}));
+    for (method, uri, field, body) in [
+        (
+            Method::PUT,
+            "/api/v1/admin/admins/%01".to_owned(),
+            "user_id",
+            role.clone(),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/admin/admins/a%0Ab".to_owned(),
+            "user_id",
+            role.clone(),
+        ),
+        (
+            Method::PUT,
+            format!("/api/v1/admin/admins/{}", "x".repeat(129)),
+            "user_id",
+            role.clone(),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/admin/workspaces/%01/retention".to_owned(),
+            "id",
+            plan.clone(),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/admin/workspaces/%01/members/x".to_owned(),
+            "id",
+            None,
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/admin/workspaces/x/members/%01".to_owned(),
+            "user_id",
+            None,
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/admin/workspaces/%01/api-keys/{key}"),
+            "id",
+            None,
+        ),
+    ] {
+        let reply = api.call(method.clone(), &uri, Some(&owner), body).await;
+        reply.assert_refused(field);
+        assert_eq!(error_paths(&reply.json), [field], "{method} {uri}");
+    }
+    assert_eq!((row_counts(&pool).await, admins(&pool).await), before);
+    // 128 characters are 128 characters, however many bytes they take.
+    let wide = "é".repeat(128);
+    let reply = api
+        .call(
+            Method::PUT,
+            &format!("/api/v1/admin/admins/{wide}"),
+            Some(&owner),
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    assert_eq!(reply.json["user_id"], wide);
+}
