@@ -4,7 +4,8 @@
 //! with control characters, unknown paths and methods. Each gets a 4xx in
 //! the API's error shape naming what is at fault, and nothing is written.
 
-use axum::http::{Method, StatusCode};
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
 use base64::Engine as _;
 use chrono::NaiveDate;
 use conveyor_engine::state::AdminRole;
@@ -296,4 +297,53 @@ async fn admin_routes_check_workspace_and_user_ids_like_the_others(pool: PgPool)
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
     assert_eq!(reply.json["user_id"], wide);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn unknown_api_paths_are_404_and_wrong_methods_405_in_the_error_shape(pool: PgPool) {
+    let (api, a, _, _) = callers(&pool).await;
+    for (method, uri, token) in [
+        (Method::GET, "/api/v1/nope", Some(a.as_str())),
+        (Method::GET, "/api/v1/nope", None),
+        (Method::POST, "/api/v1/executions/x/y/z", Some(a.as_str())),
+        (Method::GET, "/api/v2/executions", Some(a.as_str())),
+    ] {
+        let reply = api.call(method.clone(), uri, token, None).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::NOT_FOUND,
+            "{method} {uri}: {}",
+            reply.text
+        );
+        assert_eq!(reply.json["error"]["code"], "not_found", "{method} {uri}");
+    }
+    for (method, uri, allowed) in [
+        (Method::DELETE, "/api/v1/executions", "GET"),
+        (Method::POST, "/api/v1/usage", "GET"),
+        (Method::PATCH, "/api/v1/connectors", "POST"),
+        (Method::POST, "/api/v1/openapi.json", "GET"),
+    ] {
+        let reply = api.call(method.clone(), uri, Some(&a), None).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri}: {}",
+            reply.text
+        );
+        assert_eq!(reply.json["error"]["code"], "method_not_allowed");
+        let allow = reply
+            .headers
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(allow.contains(allowed), "{method} {uri}: Allow {allow:?}");
+    }
+    // Outside the API, pages keep their own answers.
+    let request = Request::builder()
+        .uri("/no-such-page")
+        .body(Body::empty())
+        .expect("request");
+    let reply = api.send_request(request).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(reply.json.is_null(), "{}", reply.text);
 }
