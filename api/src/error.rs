@@ -13,12 +13,13 @@ use utoipa::ToSchema;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 
 /// Every `code` an error body can carry.
-pub const ERROR_CODES: [&str; 14] = [
+pub const ERROR_CODES: [&str; 15] = [
     "malformed_json",
     "bad_request",
     "unauthorized",
     "forbidden",
     "not_found",
+    "method_not_allowed",
     "conflict",
     "payload_too_large",
     "unsupported_media_type",

@@ -1,17 +1,20 @@
 //! Extractors whose rejections use the API's error shape: JSON bodies (400
 //! malformed, 413 too large, 415 not JSON, 422 with the field's path),
-//! query strings (400) and path ids (404: an id that cannot exist is not
-//! found).
+//! raw bodies (413), query strings (400 naming the parameter) and path
+//! ids (404: an id that cannot exist is not found); and the bound on the
+//! days and times the API reads ([`YEARS`]).
+
+use std::ops::RangeInclusive;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, RawPathParams, Request};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use base64::Engine as _;
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use chrono::{DateTime, Datelike, Utc};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -41,18 +44,33 @@ impl<T: DeserializeOwned + Serialize, S: Send + Sync> FromRequest<S> for ApiJson
                 "the request body must be JSON (Content-Type: application/json)",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body exceeds the size limit (CONVEYOR_MAX_REQUEST_BYTES)",
-                )
-            } else {
-                ApiError::bad_request(format!("could not read the request body: {e}"))
-            }
-        })?;
+        let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
         parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// A request body as it came, within `CONVEYOR_MAX_REQUEST_BYTES`.
+#[derive(Debug)]
+pub struct ApiBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(ApiBytes)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "the request body exceeds the size limit (CONVEYOR_MAX_REQUEST_BYTES)",
+                    )
+                } else {
+                    ApiError::bad_request(format!("could not read the request body: {e}"))
+                }
+            })
     }
 }
 
@@ -69,13 +87,7 @@ pub fn parse_json<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, Ap
     // Syntax first: a shape error before a syntax error must not hide that
     // the body is not JSON at all.
     let value: Value = serde_json::from_slice(bytes).map_err(|e| malformed(&e))?;
-    if let Some(path) = nul_at(&value) {
-        let message = "must not contain the NUL character (\\u0000)";
-        return Err(ApiError::validation(
-            format!("invalid request body: {}", message_at(&path, message)),
-            json!([{"path": path, "message": message}]),
-        ));
-    }
+    refuse_nul(&value, "request body")?;
     conveyor_engine::json::from_value(&value).map_err(|e| {
         ApiError::validation(
             format!("invalid request body: {e}"),
@@ -90,6 +102,25 @@ fn malformed(e: &serde_json::Error) -> ApiError {
         "malformed_json",
         format!("the request body is not valid JSON: {e}"),
     )
+}
+
+/// 422 naming the first string or key of `value` (`what`: "request body")
+/// that holds the NUL character (`\u0000`), which PostgreSQL cannot store.
+///
+/// # Errors
+///
+/// As above.
+pub fn refuse_nul(value: &Value, what: &str) -> Result<(), ApiError> {
+    match nul_at(value) {
+        Some(path) => {
+            let message = "must not contain the NUL character (\\u0000)";
+            Err(ApiError::validation(
+                format!("invalid {what}: {}", message_at(&path, message)),
+                json!([{"path": path, "message": message}]),
+            ))
+        }
+        None => Ok(()),
+    }
 }
 
 /// The path (in the API's notation) of the first string or key holding a
@@ -126,7 +157,9 @@ fn message_at(path: &str, message: &str) -> String {
     }
 }
 
-/// A query string deserialised strictly; problems are 400.
+/// A query string deserialised strictly; problems are 400 naming the
+/// parameter, and so is a parameter holding the NUL character (`%00`):
+/// PostgreSQL can neither store nor compare text holding one.
 #[derive(Debug)]
 pub struct ApiQuery<T>(pub T);
 
@@ -134,6 +167,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // Only `%00` decodes to NUL; most query strings skip the second read.
+        if parts.uri.query().is_some_and(|q| q.contains("%00"))
+            && let Ok(Query(pairs)) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            && let Some((name, _)) = pairs
+                .iter()
+                .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+        {
+            return Err(ApiError::bad_request(format!(
+                "invalid query string: `{}` must not contain the NUL character (%00)",
+                name.replace('\0', "%00")
+            )));
+        }
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(v)| ApiQuery(v))
@@ -141,7 +186,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// A path parameter; one that does not parse names nothing that exists.
+/// A path parameter; one that does not parse, or holds the NUL character
+/// (`%00`), names nothing that exists.
 #[derive(Debug)]
 pub struct ApiPath<T>(pub T);
 
@@ -149,10 +195,18 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let not_found = || ApiError::not_found("resource");
+        // PostgreSQL cannot compare text holding NUL: no stored id holds one.
+        let raw = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| not_found())?;
+        if raw.iter().any(|(_, value)| value.contains('\0')) {
+            return Err(not_found());
+        }
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(v)| ApiPath(v))
-            .map_err(|_| ApiError::not_found("resource"))
+            .map_err(|_| not_found())
     }
 }
 
@@ -187,9 +241,45 @@ impl Cursor {
         let (micros, id) = raw.split_once('|').ok_or_else(bad)?;
         let micros: i64 = micros.parse().map_err(|_| bad())?;
         Ok(Self {
-            created_at: DateTime::from_timestamp_micros(micros).ok_or_else(bad)?,
+            created_at: DateTime::from_timestamp_micros(micros)
+                .filter(in_years)
+                .ok_or_else(bad)?,
             id: id.parse().map_err(|_| bad())?,
         })
+    }
+}
+
+/// The years a day or time the API reads may fall in: RFC 3339's
+/// four-digit years. PostgreSQL stores no time before 4713 BC (nor after
+/// 294276 AD) and chrono's day arithmetic panics at its own ends (years
+/// -262143 and 262142), so input bounded where it is read reaches
+/// neither.
+pub const YEARS: RangeInclusive<i32> = 1..=9999;
+
+/// Whether `t` falls in [`YEARS`].
+pub(crate) fn in_years(t: &impl Datelike) -> bool {
+    YEARS.contains(&t.year())
+}
+
+/// Reads an optional day or time (`NaiveDate`, `DateTime<Utc>`) and
+/// refuses one outside [`YEARS`], so the refusal names its field: for
+/// `#[serde(default, deserialize_with = "crate::extract::bounded")]`.
+///
+/// # Errors
+///
+/// The value's own errors; a day or time outside [`YEARS`].
+pub fn bounded<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Datelike,
+{
+    match Option::<T>::deserialize(d)? {
+        Some(t) if !in_years(&t) => Err(D::Error::custom(format!(
+            "must fall in the years {} to {}",
+            YEARS.start(),
+            YEARS.end()
+        ))),
+        read => Ok(read),
     }
 }
 
@@ -204,16 +294,60 @@ mod tests {
             id: Uuid::now_v7(),
         };
         assert_eq!(Cursor::decode(&c.encode()).expect("decode"), c);
+        // Years -5000 and 10000: chrono has them, PostgreSQL not the first.
+        let forged = |year: i32| {
+            let micros = chrono::NaiveDate::from_ymd_opt(year, 1, 1)
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .expect("day")
+                .and_utc()
+                .timestamp_micros();
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{micros}|{}", c.id))
+        };
+        let (before, after) = (forged(-5000), forged(10_000));
         for bad in [
             "",
             "!!!",
             "bm9waXBl",
             &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("1|x"),
+            &before,
+            &after,
         ] {
             assert_eq!(
                 Cursor::decode(bad).expect_err(bad).status(),
                 StatusCode::BAD_REQUEST
             );
+        }
+    }
+
+    #[test]
+    fn days_and_times_outside_the_years_1_to_9999_are_refused_naming_the_field() {
+        #[derive(Debug, serde::Deserialize, Serialize)]
+        struct Body {
+            #[serde(default, deserialize_with = "bounded")]
+            at: Option<DateTime<Utc>>,
+            #[serde(default, deserialize_with = "bounded")]
+            day: Option<chrono::NaiveDate>,
+        }
+        for ok in [
+            json!({}),
+            json!({"at": null, "day": null}),
+            json!({"at": "0001-01-01T00:00:00Z", "day": "9999-12-31"}),
+            json!({"at": "9999-12-31T23:59:59.999999Z", "day": "0001-01-01"}),
+        ] {
+            parse_json::<Body>(ok.to_string().as_bytes()).expect("within the years");
+        }
+        for (bad, field) in [
+            (json!({"at": "-5000-01-01T00:00:00Z"}), "at"),
+            (json!({"at": "0000-12-31T23:59:59Z"}), "at"),
+            // 10000-01-01 in UTC.
+            (json!({"at": "9999-12-31T23:30:00-01:00"}), "at"),
+            (json!({"day": "+10000-01-01"}), "day"),
+            (json!({"day": "-262143-01-01"}), "day"),
+        ] {
+            let err = parse_json::<Body>(bad.to_string().as_bytes()).expect_err("outside");
+            assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+            assert_eq!(err.details()["errors"][0]["path"], field, "{bad}: {err}");
+            assert!(err.to_string().contains("years 1 to 9999"), "{err}");
         }
     }
 

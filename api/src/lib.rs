@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
-use axum::http::{HeaderName, HeaderValue, Method};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use conveyor_engine::batch;
 use conveyor_engine::cache::{DEFAULT_CACHE_BYTES, DefinitionCache};
 use conveyor_engine::connector::Connector;
@@ -38,6 +39,7 @@ use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
 use crate::auth::{Authenticator, KeyCache};
+use crate::error::ApiError;
 use crate::events::EventHub;
 use crate::ratelimit::{InvalidKeyGuard, RateLimiter, StreamSlots};
 
@@ -293,9 +295,13 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .merge(openapi::docs_routes(openapi))
+        // Last, so it reaches every API route: a method a route lacks is
+        // answered in the error shape, with axum's `Allow` header.
+        .method_not_allowed_fallback(method_not_allowed)
         .merge(routes::ops::router())
         .merge(routes::hooks::router())
         .merge(console::router(&state.config.public_url))
+        .fallback(unrouted)
         .layer(axum::middleware::from_fn(http_metrics))
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
         .layer(cors)
@@ -303,6 +309,36 @@ pub fn app(state: AppState) -> Router {
         .layer(trace)
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Whether `path` is the API's (`/api/...`), whose answers are JSON.
+fn is_api(path: &str) -> bool {
+    path == "/api" || path.starts_with("/api/")
+}
+
+/// A path no route has: 404 in the error shape under `/api`; elsewhere
+/// (console pages, probes) the bare 404 it always was.
+async fn unrouted(uri: Uri) -> Response {
+    if is_api(uri.path()) {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no API route has this path (see /api/v1/openapi.json)",
+        )
+        .into_response()
+    } else {
+        StatusCode::NOT_FOUND.into_response()
+    }
+}
+
+/// A method an API route lacks: 405 in the error shape (axum adds the
+/// `Allow` header).
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on this path; `Allow` lists the methods that are"),
+    )
 }
 
 /// The route template of a request (`/api/v1/executions/{id}`), never the

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::ApiPath;
+use crate::extract::{ApiPath, YEARS, in_years};
 use crate::routes::executions::{cancel_execution, events_response, rerun_execution};
 use crate::routes::{ExecutionPageQuery, execution_page};
 
@@ -84,18 +84,26 @@ fn parse_time(field: &str, text: &str) -> Result<Option<DateTime<Utc>>, ApiError
     if text.is_empty() {
         return Ok(None);
     }
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(Some(t.with_timezone(&Utc)));
+    let t = match DateTime::parse_from_rfc3339(text) {
+        Ok(t) => t.with_timezone(&Utc),
+        Err(_) => ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]
+            .iter()
+            .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+            .map(|t| t.and_utc())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "`{field}`: `{text}` is not a time (YYYY-MM-DDTHH:MM, UTC)"
+                ))
+            })?,
+    };
+    if !in_years(&t) {
+        return Err(ApiError::bad_request(format!(
+            "`{field}`: must fall in the years {} to {}",
+            YEARS.start(),
+            YEARS.end()
+        )));
     }
-    ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
-        .map(|t| Some(t.and_utc()))
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "`{field}`: `{text}` is not a time (YYYY-MM-DDTHH:MM, UTC)"
-            ))
-        })
+    Ok(Some(t))
 }
 
 fn non_empty(text: &str) -> Option<String> {

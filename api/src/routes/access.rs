@@ -62,6 +62,7 @@ pub(super) struct CreateApiKeyRequest {
     /// all three).
     scopes: Option<Vec<String>>,
     /// When the key stops working (RFC 3339, in the future); default never.
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -232,8 +233,10 @@ struct AuditQuery {
     /// Only this target id.
     object_id: Option<String>,
     /// Entries at or after this time (RFC 3339).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     since: Option<DateTime<Utc>>,
     /// Entries before this time (RFC 3339).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     until: Option<DateTime<Utc>>,
     /// Entries older than this one: the previous page's `next_before_id`.
     before_id: Option<i64>,

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::access::{audit_format_schema, audit_response};
 use super::executions::{EventsQuery, cancel_execution, events_response, rerun_execution};
-use super::{ExecutionPageQuery, audit, execution_page, execution_status_schema};
+use super::{ExecutionPageQuery, audit, execution_page, execution_status_schema, valid_id};
 use crate::AppState;
 use crate::auth::{Admin, Caller, Operator, Owner};
 use crate::error::{ApiError, ApiResult};
@@ -154,8 +154,10 @@ struct AdminExecutionQuery {
     /// Only this connector.
     connector_id: Option<Uuid>,
     /// Created at or after (RFC 3339).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     created_after: Option<DateTime<Utc>>,
     /// Created before (RFC 3339).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     created_before: Option<DateTime<Utc>>,
     /// The `next_cursor` of the previous page.
     #[param(min_length = 1)]
@@ -322,13 +324,7 @@ async fn put_admin(
             json!([{"path": "role", "message": message}]),
         ));
     };
-    if user_id.trim().is_empty() || user_id.len() > 128 {
-        let message = "must be 1 to 128 characters";
-        return Err(ApiError::validation(
-            format!("user_id: {message}"),
-            json!([{"path": "user_id", "message": message}]),
-        ));
-    }
+    valid_id("user_id", "user", &user_id)?;
     not_self(&caller, &user_id)?;
     let before = access_store::set_admin_role(&state.pool, &user_id, role).await?;
     audit(
@@ -394,7 +390,7 @@ struct RetentionBody {
     params(("id" = String, Path, description = "The workspace id")), request_body = RetentionBody,
     responses((status = 200, description = "`workspace_id`, `plan`, `retention_days` (the effective days, null for the default)", body = Object),
               (status = 403, description = "Needs the admin role `operator` or above"),
-              (status = 422, description = "`plan` or `retention_days` is invalid")))]
+              (status = 422, description = "`id`, `plan` or `retention_days` is invalid")))]
 async fn put_retention(
     State(state): State<AppState>,
     Operator(caller): Operator,
@@ -425,9 +421,7 @@ async fn put_retention(
             return Err(invalid("plan", "must be free, pro, custom or null"));
         }
     };
-    if id.trim().is_empty() || id.len() > 128 {
-        return Err(invalid("id", "must be 1 to 128 characters"));
-    }
+    valid_id("id", "workspace", &id)?;
     admin_store::set_retention(&state.pool, &id, body.plan.as_deref(), body.retention_days).await?;
     audit(
         &state,
@@ -459,8 +453,10 @@ struct AdminAuditQuery {
     /// Only this target id.
     object_id: Option<String>,
     /// Entries at or after this time (RFC 3339).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     since: Option<DateTime<Utc>>,
     /// Entries before this time (RFC 3339).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     until: Option<DateTime<Utc>>,
     /// Entries older than this one: the previous page's `next_before_id`.
     before_id: Option<i64>,

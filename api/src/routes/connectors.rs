@@ -279,6 +279,7 @@ pub(crate) struct ExecuteRequest {
     #[schema(minimum = -100, maximum = 100)]
     priority: Option<i16>,
     /// Do not start before this time.
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     run_at: Option<DateTime<Utc>>,
     /// POSTed the signed execution summary when it ends (default: the
     /// connector's `callback_url`); http or https, up to 2048 characters.
@@ -326,7 +327,7 @@ fn key_error(key: Option<&str>, path: impl fmt::Display) -> Option<Value> {
               (status = 200, description = "An execution with this idempotency key already existed: that one", body = ExecutionView),
               (status = 404, description = "No such live connector in this workspace"),
               (status = 409, description = "The idempotency key was used for another connector or input, or the connector changed under the execute three times in a row (retry it)"),
-              (status = 422, description = "The input does not match the connector's `input_schema`, a bad idempotency key, or a priority outside -100 to 100")))]
+              (status = 422, description = "The input does not match the connector's `input_schema`, a bad idempotency key (an `Idempotency-Key` header that is not UTF-8), a priority outside -100 to 100, or a `run_at` outside the years 1 to 9999")))]
 pub(crate) async fn execute(
     State(state): State<AppState>,
     caller: Caller,
@@ -334,11 +335,9 @@ pub(crate) async fn execute(
     headers: HeaderMap,
     ApiJson(mut body): ApiJson<ExecuteRequest>,
 ) -> ApiResult<Response> {
-    let header_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    body.idempotency_key = body.idempotency_key.take().or(header_key);
+    if body.idempotency_key.is_none() {
+        body.idempotency_key = header_key(&headers)?;
+    }
     let mut input = body.input.take().unwrap_or_else(|| json!({}));
     let mut target = execute_target(&state, &caller, id, true).await?;
     // The version comes from this process's cache first; the enqueue
@@ -378,6 +377,25 @@ pub(crate) async fn execute(
         "the connector changed while the execution was enqueued; retry the request",
     ))
 }
+/// The `Idempotency-Key` header as the UTF-8 it is: `to_str` refuses
+/// anything beyond visible ASCII, and a key passed over would let a
+/// retried execute start a second execution. 422 when it is not UTF-8.
+fn header_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match std::str::from_utf8(value.as_bytes()) {
+        Ok(key) => Ok(Some(key.to_owned())),
+        Err(_) => {
+            let message = "must be UTF-8";
+            Err(ApiError::validation(
+                format!("Idempotency-Key: {message}"),
+                json!([{"path": "Idempotency-Key", "message": message}]),
+            ))
+        }
+    }
+}
+
 /// Times a single execute is sent to the enqueue statement before it
 /// gives up on a connector that keeps changing under it.
 const EXECUTE_ATTEMPTS: usize = 3;

@@ -8,8 +8,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -27,6 +26,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::extract::{ApiBytes, ApiPath, refuse_nul};
 
 /// Longest delivery id used as is in the idempotency key; longer ones are
 /// hashed.
@@ -61,10 +61,10 @@ impl Answer {
 
 async fn receive(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Response {
     let now = Utc::now();
     if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
@@ -104,11 +104,14 @@ async fn handle(
     body: &[u8],
     now: DateTime<Utc>,
 ) -> (Option<String>, Answer) {
+    // Values as the UTF-8 they are (`to_str` refuses all beyond visible
+    // ASCII): a delivery id passed over would let a provider's retry start
+    // a second execution. Bytes that are not UTF-8 are replaced, so the
+    // same bytes always read the same.
     let header = &|name: &str| {
         headers
             .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     };
     let scheme = t.meta.scheme;
     let key = match webhook::key_of(scheme, &String::from_utf8_lossy(&t.secret)) {
@@ -148,7 +151,7 @@ async fn handle(
         let name = k.as_str();
         let hidden = matches!(name, "authorization" | "cookie" | "proxy-authorization")
             || secret_header.as_deref() == Some(name);
-        (!hidden).then_some((name, v.to_str().ok()?))
+        (!hidden).then_some((name, std::str::from_utf8(v.as_bytes()).ok()?))
     });
     let doc = match mapping::document(body, content_type.as_deref(), visible, query) {
         Ok(doc) => doc,
@@ -160,6 +163,12 @@ async fn handle(
             return (None, Answer::refused(e, "unmapped", m));
         }
     };
+    // Refused as the JSON API refuses it: PostgreSQL cannot store NUL, in
+    // an input or a delivery id.
+    if let Err(e) = refuse_nul(&doc, "delivery") {
+        let message = e.message().to_owned();
+        return (None, Answer::refused(e, "unmapped", message));
+    }
     let delivery_id = webhook::delivery_id(scheme, &t.meta.settings, header, Some(&doc["body"]));
     if doc["body"]["type"] == "url_verification"
         && let Some(challenge) = doc["body"]["challenge"].as_str()
@@ -252,9 +261,12 @@ async fn start(
                 true,
                 Some("this delivery id was seen with another payload; nothing started".to_owned()),
             ),
+            // The cause is logged (by `ApiError::from`), never recorded
+            // where the workspace reads it.
             Err(StartError::Store(e)) => {
-                let message = e.to_string();
-                return Answer::refused(ApiError::from(e), "unmapped", message);
+                let e = ApiError::from(e);
+                let message = e.message().to_owned();
+                return Answer::refused(e, "unmapped", message);
             }
         };
     let outcome = if duplicate { "duplicate" } else { "started" };

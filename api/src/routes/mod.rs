@@ -28,7 +28,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::auth::Caller;
+use crate::auth::{Caller, check_id};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Cursor;
 
@@ -36,6 +36,17 @@ use crate::extract::Cursor;
 pub const DEFAULT_PAGE: i64 = 50;
 /// Largest page size of listings.
 pub const MAX_PAGE: i64 = 200;
+
+/// 422 naming `field` unless `id` is a valid `what` (workspace, user) id:
+/// 1 to 128 printable characters ([`check_id`]).
+pub(crate) fn valid_id(field: &str, what: &str, id: &str) -> ApiResult<()> {
+    check_id(what, id).map_err(|message| {
+        ApiError::validation(
+            format!("{field}: {message}"),
+            json!([{"path": field, "message": message}]),
+        )
+    })
+}
 
 /// `caller`'s audit entry of `action` on an object (kind, id).
 pub(crate) fn audit_entry<'a>(
@@ -82,8 +93,10 @@ pub struct ExecutionPageQuery {
     /// Only this connector.
     pub connector_id: Option<Uuid>,
     /// Created at or after (RFC 3339).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     pub created_after: Option<DateTime<Utc>>,
     /// Created before (RFC 3339).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     pub created_before: Option<DateTime<Utc>>,
     /// The `next_cursor` of the previous page.
     #[param(min_length = 1)]

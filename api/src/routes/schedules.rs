@@ -55,6 +55,7 @@ struct CreateScheduleRequest {
     /// `allow`, or `queue_one`.
     overlap: Option<Overlap>,
     /// No tick after this time.
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     end_at: Option<DateTime<Utc>>,
 }
 
@@ -73,7 +74,7 @@ struct UpdateScheduleRequest {
     /// New overlap policy.
     overlap: Option<Overlap>,
     /// New end (`null` removes it).
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_time")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     end_at: Option<Option<DateTime<Utc>>>,
     /// Pause (`true`) or resume (`false`).
@@ -85,6 +86,14 @@ pub(super) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)
+}
+
+/// [`present`] for a time, bounded as [`crate::extract::bounded`] bounds
+/// one.
+fn present_time<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<DateTime<Utc>>>, D::Error> {
+    crate::extract::bounded(d).map(Some)
 }
 
 /// A schedule as shown.

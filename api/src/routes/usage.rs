@@ -34,8 +34,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 struct UsageQuery {
     /// First UTC day (`YYYY-MM-DD`; default 29 days before `to`).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     from: Option<NaiveDate>,
     /// Last UTC day, included (`YYYY-MM-DD`; default today).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     to: Option<NaiveDate>,
 }
 
@@ -45,27 +47,43 @@ struct UsageQuery {
 #[into_params(parameter_in = Query)]
 struct AdminUsageQuery {
     /// First UTC day (`YYYY-MM-DD`; default 29 days before `to`).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     from: Option<NaiveDate>,
     /// Last UTC day, included (`YYYY-MM-DD`; default today).
+    #[serde(default, deserialize_with = "crate::extract::bounded")]
     to: Option<NaiveDate>,
     /// Only this workspace.
     workspace_id: Option<String>,
 }
 
 /// The window's days, first and last included; 400 naming the field when
-/// it is reversed or longer than [`MAX_DAYS`].
+/// it is reversed or longer than [`MAX_DAYS`]. The days read are within
+/// [`crate::extract::YEARS`]; the arithmetic is checked all the same, as
+/// chrono's panics at its ends.
 fn window(from: Option<NaiveDate>, to: Option<NaiveDate>) -> ApiResult<(NaiveDate, NaiveDate)> {
     let to = to.unwrap_or_else(|| Utc::now().date_naive());
-    let from = from.unwrap_or_else(|| to - Days::new(DEFAULT_DAYS - 1));
+    let from = match from {
+        Some(from) => from,
+        None => to
+            .checked_sub_days(Days::new(DEFAULT_DAYS - 1))
+            .ok_or_else(to_out_of_range)?,
+    };
     if from > to {
         return Err(ApiError::bad_request("`from` must not be after `to`"));
     }
-    if to - Days::new(MAX_DAYS - 1) > from {
+    let earliest = to
+        .checked_sub_days(Days::new(MAX_DAYS - 1))
+        .ok_or_else(to_out_of_range)?;
+    if earliest > from {
         return Err(ApiError::bad_request(format!(
             "`from` must be at most {MAX_DAYS} days before `to`"
         )));
     }
     Ok((from, to))
+}
+
+fn to_out_of_range() -> ApiError {
+    ApiError::bad_request("`to` is out of range")
 }
 
 async fn read(
@@ -74,7 +92,10 @@ async fn read(
     (from, to): (NaiveDate, NaiveDate),
 ) -> ApiResult<Vec<UsageDay>> {
     let start = from.and_time(NaiveTime::MIN).and_utc();
-    let end = (to + Days::new(1)).and_time(NaiveTime::MIN).and_utc();
+    let after = to
+        .checked_add_days(Days::new(1))
+        .ok_or_else(to_out_of_range)?;
+    let end = after.and_time(NaiveTime::MIN).and_utc();
     Ok(usage::daily(&state.pool, workspace_id, start, end).await?)
 }
 
@@ -152,4 +173,23 @@ async fn admin_usage(
     Ok(Json(json!({
         "from": from, "to": to, "totals": totals(&items), "items": items,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_at_the_ends_of_chronos_calendar_are_refused_not_panicked() {
+        let first = NaiveDate::MIN;
+        for (from, to) in [(None, Some(first)), (Some(first), Some(first))] {
+            let e = window(from, to).expect_err("no day before the first");
+            assert!(e.message().contains("`to`"), "{e}");
+        }
+        let last = NaiveDate::MAX;
+        assert_eq!(
+            window(None, Some(last)).expect("30 days"),
+            (last - Days::new(29), last)
+        );
+    }
 }

@@ -16,9 +16,9 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::access::{CreateApiKeyRequest, issue_api_key, withdraw_api_key};
-use super::audit;
+use super::{audit, valid_id};
 use crate::AppState;
-use crate::auth::{Caller, Owner, check_id};
+use crate::auth::{Caller, Owner};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
 use crate::schemas::{ApiKeyCreated, ApiKeyList, MemberList};
@@ -78,16 +78,6 @@ struct KeyPath {
     id: String,
     /// The key.
     key_id: Uuid,
-}
-
-/// 422 naming `field` unless `id` is a valid workspace or user id.
-fn valid_id(field: &str, what: &str, id: &str) -> ApiResult<()> {
-    check_id(what, id).map_err(|message| {
-        ApiError::validation(
-            format!("{field}: {message}"),
-            json!([{"path": field, "message": message}]),
-        )
-    })
 }
 
 /// The owner, acting in `workspace_id` (where the audit rows go).
@@ -156,12 +146,15 @@ async fn put_member(
     params(MemberPath),
     responses((status = 204, description = "Removed"),
               (status = 403, description = "Needs the admin role `owner`"),
-              (status = 404, description = "Not a member of this workspace")))]
+              (status = 404, description = "Not a member of this workspace"),
+              (status = 422, description = "`id` or `user_id` is invalid")))]
 async fn delete_member(
     State(state): State<AppState>,
     Owner(owner): Owner,
     ApiPath(MemberPath { id, user_id }): ApiPath<MemberPath>,
 ) -> ApiResult<StatusCode> {
+    valid_id("id", "workspace", &id)?;
+    valid_id("user_id", "user", &user_id)?;
     if !members::remove(&state.pool, &id, &user_id).await? {
         return Err(ApiError::not_found("member"));
     }
@@ -216,11 +209,13 @@ async fn create_workspace_key(
     params(KeyPath),
     responses((status = 204, description = "Revoked"),
               (status = 403, description = "Needs the admin role `owner`"),
-              (status = 404, description = "No live key with this id in this workspace")))]
+              (status = 404, description = "No live key with this id in this workspace"),
+              (status = 422, description = "`id` is invalid")))]
 async fn revoke_workspace_key(
     State(state): State<AppState>,
     Owner(owner): Owner,
     ApiPath(KeyPath { id, key_id }): ApiPath<KeyPath>,
 ) -> ApiResult<StatusCode> {
+    valid_id("id", "workspace", &id)?;
     withdraw_api_key(&state, &acting_in(owner, id), key_id).await
 }

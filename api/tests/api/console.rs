@@ -763,6 +763,15 @@ async fn the_executions_list_filters_and_pages_newest_first(pool: PgPool) {
     let bad = browser.get("/console?from=yesterday").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(bad.text.contains("`from`"), "{}", bad.text);
+    // A time PostgreSQL cannot compare with, refused before it is asked.
+    for query in [
+        "from=-5000-01-01T00%3A00",
+        "to=9999-12-31T23%3A30%3A00-01%3A00",
+    ] {
+        let bad = browser.get(&format!("/console?{query}")).await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{query}: {}", bad.text);
+        assert!(bad.text.contains("years 1 to 9999"), "{}", bad.text);
+    }
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]

@@ -407,6 +407,52 @@ async fn a_single_execute_starts_the_latest_version_and_never_a_deleted_connecto
     assert_eq!(versions, [1, 2, 2]);
 }
 
+/// An `Idempotency-Key` header is never passed over: UTF-8 beyond ASCII
+/// is a key like any other, and bytes that are not UTF-8 are refused.
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_non_ascii_idempotency_key_header_still_makes_one_execution(pool: PgPool) {
+    let (api, a, connector) = alice_with_connector(&pool).await;
+    let execute = format!("/api/v1/connectors/{connector}/execute");
+    let send = |key: &'static [u8]| {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(&execute)
+            .header("authorization", format!("Bearer {a}"))
+            .header("content-type", "application/json")
+            .header(
+                "idempotency-key",
+                axum::http::HeaderValue::from_bytes(key).expect("header"),
+            )
+            .body(Body::from(r#"{"input": {}}"#))
+            .expect("request");
+        api.send_request(request)
+    };
+    let first = send("clé-1".as_bytes()).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text);
+    let again = send("clé-1".as_bytes()).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(again.id(), first.id());
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT idempotency_key FROM connector_executions WHERE id = $1::uuid")
+            .bind(first.id())
+            .fetch_one(&pool)
+            .await
+            .expect("key");
+    assert_eq!(stored.as_deref(), Some("clé-1"));
+
+    let refused = send(b"cl\xe9-2").await;
+    refused.assert_refused("Idempotency-Key");
+    assert_eq!(
+        refused.json["error"]["details"]["errors"][0]["path"],
+        "Idempotency-Key"
+    );
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM connector_executions")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 1);
+}
+
 async fn enqueue_listener(pool: &PgPool) -> PgListener {
     let mut listener = PgListener::connect_with(pool).await.expect("listener");
     listener

@@ -15,6 +15,7 @@ mod console_oauth;
 mod end_to_end;
 mod for_each_steps;
 mod idempotency;
+mod input_edges;
 mod isolation;
 mod language;
 mod marketplace;

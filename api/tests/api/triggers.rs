@@ -486,3 +486,163 @@ async fn a_shared_header_secret_never_reaches_the_input(pool: PgPool) {
         .expect("inputs");
     assert_eq!(inputs, [json!({"repo": "q/r"})]);
 }
+
+/// A verified delivery holding the NUL character is refused as the JSON
+/// API refuses one (422 naming the field), not sent to PostgreSQL, which
+/// cannot store it; a delivery the database fails on is recorded without
+/// the database's words.
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_delivery_holding_nul_is_422_naming_the_field_and_failures_are_recorded_plainly(
+    pool: PgPool,
+) {
+    let (api, token, connector) = setup(pool).await;
+    let id = trigger(
+        &api,
+        &token,
+        &connector,
+        json!({"verification": {"type": "none"}}),
+    )
+    .await
+    .id();
+    let url = format!("/hooks/{id}");
+    let json_body = [("content-type", "application/json".to_owned())];
+    let nul = br#"{"repo": "a\u0000b"}"#;
+    let reply = deliver(&api, &url, &json_body, nul).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        reply.json["error"]["details"]["errors"][0]["path"],
+        "body.repo"
+    );
+    let form = [(
+        "content-type",
+        "application/x-www-form-urlencoded".to_owned(),
+    )];
+    let reply = deliver(&api, &format!("{url}?from=%00"), &form, b"repo=a").await;
+    assert_eq!(
+        reply.json["error"]["details"]["errors"][0]["path"], "query.from",
+        "{}",
+        reply.text
+    );
+    assert_eq!(executions(&api).await, 0);
+
+    // The database refuses every new execution from here on.
+    sqlx::query(
+        "ALTER TABLE connector_executions ADD CONSTRAINT refuse_all CHECK (false) NOT VALID",
+    )
+    .execute(&api.pool)
+    .await
+    .expect("constraint");
+    let reply = deliver(&api, &url, &json_body, br#"{"repo": "a/b"}"#).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        reply.text
+    );
+    let listed = api
+        .get(&format!("/api/v1/triggers/{id}/deliveries"), &token)
+        .await;
+    let items = listed.items();
+    assert_eq!(items.len(), 3, "{}", listed.text);
+    assert_eq!(items[0]["status"], 500);
+    let error = items[0]["error"].as_str().unwrap_or("");
+    assert!(
+        !error.contains("refuse_all") && !error.contains("constraint"),
+        "{error}"
+    );
+    assert!(
+        items[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("query.from")),
+        "{}",
+        listed.text
+    );
+}
+
+/// A provider's delivery id is read as the UTF-8 it is, so a retried
+/// delivery with a non-ASCII id is still a duplicate.
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_non_ascii_delivery_id_still_deduplicates(pool: PgPool) {
+    let (api, token, connector) = setup(pool).await;
+    let secret = "gh-secret";
+    let id = trigger(
+        &api,
+        &token,
+        &connector,
+        json!({"verification": {"type": "github", "secret": secret},
+               "input": {"repo": "$.body.repo"}}),
+    )
+    .await
+    .id();
+    let url = format!("/hooks/{id}");
+    let body = br#"{"repo": "octo/hello"}"#;
+    let first = deliver(
+        &api,
+        &url,
+        &github_headers(secret, body, "lívraison-1"),
+        body,
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text);
+    let again = deliver(
+        &api,
+        &url,
+        &github_headers(secret, body, "lívraison-1"),
+        body,
+    )
+    .await;
+    assert_eq!(again.json["duplicate"], true, "{}", again.text);
+    assert_eq!(again.json["execution_id"], first.json["execution_id"]);
+    assert_eq!(executions(&api).await, 1);
+}
+
+/// What the router refuses before the delivery is read (an id that is not
+/// UTF-8, a body over the limit) is answered in the API's error shape.
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn malformed_ids_and_oversized_deliveries_answer_the_error_shape(pool: PgPool) {
+    let small = TestApi::with_config(
+        pool,
+        conveyor_api::ApiConfig {
+            max_request_bytes: 1024,
+            ..conveyor_api::ApiConfig::default()
+        },
+    );
+    let token = small.token("ws_hooks", "u");
+    let connector = small
+        .create_connector(&token, serde_json::from_str(CONNECTOR).expect("json"))
+        .await;
+    let id = trigger(
+        &small,
+        &token,
+        &connector,
+        json!({"verification": {"type": "none"}}),
+    )
+    .await
+    .id();
+    for url in ["/hooks/%FF", "/hooks/%00"] {
+        let reply = deliver(&small, url, &[], b"{}").await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{url}: {}", reply.text);
+        assert_eq!(reply.json["error"]["code"], "not_found", "{url}");
+    }
+    let big = format!(r#"{{"repo": "{}"}}"#, "x".repeat(4096));
+    let reply = deliver(
+        &small,
+        &format!("/hooks/{id}"),
+        &[("content-type", "application/json".to_owned())],
+        big.as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        reply.text
+    );
+    assert_eq!(reply.json["error"]["code"], "payload_too_large");
+    assert_eq!(executions(&small).await, 0);
+}
