@@ -13,7 +13,7 @@ use conveyor_engine::marketplace::{InstallRequest, Template};
 use conveyor_engine::oauth::CredentialKind;
 use conveyor_engine::state::ReviewStatus;
 use conveyor_engine::store::credentials;
-use conveyor_engine::store::templates::{self, Approval, Published, TemplateFilter};
+use conveyor_engine::store::templates::{self, Approval, Published, Rejection, TemplateFilter};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -486,30 +486,19 @@ pub(crate) async fn admin_retire_template(
     Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    review(&state, &caller, &slug, ReviewStatus::Retired)
-        .await
-        .map(|_| StatusCode::NO_CONTENT)
-}
-
-async fn review(
-    state: &AppState,
-    caller: &Caller,
-    slug: &str,
-    status: ReviewStatus,
-) -> ApiResult<Json<Value>> {
-    if !templates::set_review_status(&state.pool, slug, status).await? {
+    if !templates::retire(&state.pool, &slug).await? {
         return Err(ApiError::not_found("template"));
     }
     audit(
-        state,
-        caller,
-        &format!("template.{status}"),
+        &state,
+        &caller,
+        "template.retired",
         "template",
-        Some(slug),
+        Some(&slug),
         json!({}),
     )
     .await;
-    Ok(Json(json!({"slug": slug, "review_status": status})))
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The body of an approval.
@@ -560,16 +549,39 @@ pub(crate) async fn admin_approve_template(
     ))
 }
 
-/// Reject a community template (admins).
+/// Reject the version of a community template that awaits review
+/// (admins).
 #[utoipa::path(post, path = "/admin/templates/{slug}/reject", tag = "admin", operation_id = "admin_reject_template", params(("slug" = String, Path, description = "The template")),
     responses((status = 403, description = "Needs the admin role `operator` or above"),
-              (status = 200, description = "Rejected", body = ReviewResult), (status = 404, description = "No such template")))]
+              (status = 200, description = "Rejected: the newest version", body = ReviewResult),
+              (status = 404, description = "No such template"),
+              (status = 409, description = "No version awaits review: retire the template to withdraw it")))]
 pub(crate) async fn admin_reject_template(
     State(state): State<AppState>,
     Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    review(&state, &caller, &slug, ReviewStatus::Rejected).await
+    let version = match templates::reject(&state.pool, &slug).await? {
+        Rejection::Rejected { version } => version,
+        Rejection::NotFound => return Err(ApiError::not_found("template")),
+        Rejection::NothingPending => {
+            return Err(ApiError::conflict(format!(
+                "no version of `{slug}` awaits review: retire the template to withdraw it"
+            )));
+        }
+    };
+    audit(
+        &state,
+        &caller,
+        "template.rejected",
+        "template",
+        Some(&slug),
+        json!({"version": version}),
+    )
+    .await;
+    Ok(Json(
+        json!({"slug": slug, "review_status": ReviewStatus::Rejected}),
+    ))
 }
 
 async fn feature(

@@ -340,13 +340,7 @@ pub async fn approve(pool: &PgPool, slug: &str, version: &str) -> Result<Approva
     if done.rows_affected() == 1 {
         return Ok(Approval::Approved);
     }
-    let exists = sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM connector_templates WHERE slug = $1) AS "exists!""#,
-        slug
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(if exists {
+    Ok(if exists(pool, slug).await? {
         Approval::NoSuchVersion
     } else {
         Approval::NotFound
@@ -448,21 +442,67 @@ pub async fn rate(
     Ok(())
 }
 
-/// Sets a template's review status (`approved`, `rejected`, `retired`);
-/// whether it exists.
+/// What [`reject`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// This newest version is rejected.
+    Rejected {
+        /// The version rejected.
+        version: String,
+    },
+    /// No such template.
+    NotFound,
+    /// No version awaits review.
+    NothingPending,
+}
+
+/// Rejects the version of a template that awaits review (its newest).
+/// Only a pending version can be rejected: a template already reviewed is
+/// withdrawn by [`retire`].
 ///
 /// # Errors
 ///
 /// Database errors.
-pub async fn set_review_status(pool: &PgPool, slug: &str, status: ReviewStatus) -> Result<bool> {
+pub async fn reject(pool: &PgPool, slug: &str) -> Result<Rejection> {
+    let rejected = sqlx::query_scalar!(
+        "UPDATE connector_templates SET review_status = 'rejected', updated_at = now()
+         WHERE slug = $1 AND review_status = 'pending'
+         RETURNING latest_version",
+        slug
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(match rejected {
+        Some(version) => Rejection::Rejected { version },
+        None if exists(pool, slug).await? => Rejection::NothingPending,
+        None => Rejection::NotFound,
+    })
+}
+
+/// Retires a template: hidden from every workspace, installed copies keep
+/// working; whether it exists.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn retire(pool: &PgPool, slug: &str) -> Result<bool> {
     let done = sqlx::query!(
-        "UPDATE connector_templates SET review_status = $2, updated_at = now() WHERE slug = $1",
-        slug,
-        status.as_str()
+        "UPDATE connector_templates SET review_status = 'retired', updated_at = now() WHERE slug = $1",
+        slug
     )
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Whether template `slug` exists.
+async fn exists(pool: &PgPool, slug: &str) -> Result<bool> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM connector_templates WHERE slug = $1) AS "exists!""#,
+        slug
+    )
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Features or unfeatures a template; whether it exists.
