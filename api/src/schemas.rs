@@ -237,7 +237,8 @@ pub struct TemplateDetail {
     /// Marketplace metadata.
     #[serde(flatten)]
     pub summary: TemplateSummary,
-    /// The latest version's definition.
+    /// The approved version's definition (its author's, while none is
+    /// approved: the newest).
     pub template: Template,
 }
 
@@ -281,7 +282,9 @@ pub struct TemplateVersionRef {
 pub struct ReviewResult {
     /// The template.
     pub slug: String,
-    /// `approved` or `rejected`.
+    /// The review status of the template's newest version: `rejected`;
+    /// on approval `approved`, or `pending`/`rejected` when a version
+    /// newer than the approved one awaits review or was rejected.
     pub review_status: String,
     /// On approval: the reviewed version, the one workspaces see and
     /// install.

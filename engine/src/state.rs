@@ -114,15 +114,17 @@ stored_state! {
 }
 
 stored_state! {
-    /// Where a marketplace template is in review.
+    /// Where a marketplace template's newest version is in review. Other
+    /// workspaces see its approved version, if any, whatever this says
+    /// (until it is retired).
     pub enum ReviewStatus {
         /// Submitted by a workspace, waiting for an admin.
         Pending = "pending",
-        /// Listed in the marketplace.
+        /// Approved (or set aside for an earlier approved version).
         Approved = "approved",
-        /// Refused by an admin.
+        /// Refused by an admin; an earlier approved version stays listed.
         Rejected = "rejected",
-        /// Withdrawn; installed copies keep working.
+        /// Withdrawn from every workspace; installed copies keep working.
         Retired = "retired",
     }
 }

@@ -8,6 +8,9 @@ use uuid::Uuid;
 
 /// The migration that gives the child logs their `workspace_id`.
 const KEY_CHILD_LOGS: i64 = 20_261_203_100_000;
+/// The migration after which a template's review status describes its
+/// newest version and other workspaces see its approved version.
+const KEEP_APPROVED_LISTED: i64 = 20_261_205_100_000;
 
 /// Applies the embedded migrations whose version is in `versions`, in
 /// order.
@@ -90,4 +93,47 @@ async fn child_logs_take_their_parent_s_workspace(pool: PgPool) {
         .expect("column");
         assert_eq!(nullable, "NO", "{table}.workspace_id");
     }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_rejected_approved_version_stays_withdrawn(pool: PgPool) {
+    migrate(&pool, ..KEEP_APPROVED_LISTED).await;
+    // As the review before it left them: an approved template an admin
+    // rejected, one whose next version was rejected, one whose next
+    // version awaits review.
+    sqlx::raw_sql(
+        "INSERT INTO connector_templates
+             (slug, name, category, provider, official, review_status, latest_version, approved_version)
+         VALUES ('community-withdrawn', 'W', 'developer-tools', 'w', false, 'rejected', '1.0.0', '1.0.0'),
+                ('community-next-rejected', 'R', 'developer-tools', 'r', false, 'rejected', '1.1.0', '1.0.0'),
+                ('community-next-pending', 'P', 'developer-tools', 'p', false, 'pending', '1.1.0', '1.0.0');
+         INSERT INTO connector_template_versions (slug, version, definition)
+         SELECT slug, version, '{}' FROM connector_templates, (VALUES ('1.0.0'), ('1.1.0')) v (version)
+         WHERE version <= latest_version;",
+    )
+    .execute(&pool)
+    .await
+    .expect("templates");
+
+    migrate(&pool, KEEP_APPROVED_LISTED..=KEEP_APPROVED_LISTED).await;
+
+    let approved: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT slug, approved_version FROM connector_templates ORDER BY slug")
+            .fetch_all(&pool)
+            .await
+            .expect("templates");
+    assert_eq!(
+        approved,
+        [
+            (
+                "community-next-pending".to_owned(),
+                Some("1.0.0".to_owned())
+            ),
+            (
+                "community-next-rejected".to_owned(),
+                Some("1.0.0".to_owned())
+            ),
+            ("community-withdrawn".to_owned(), None),
+        ]
+    );
 }

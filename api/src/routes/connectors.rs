@@ -85,7 +85,7 @@ pub(crate) async fn connector_json(
     if let (Some(slug), Some(installed)) = (&c.template_slug, &c.template_version) {
         let latest = templates::get(&state.pool, slug, None)
             .await?
-            .filter(|(t, _)| t.review_status == ReviewStatus::Approved)
+            .filter(|(t, _)| t.review_status != ReviewStatus::Retired)
             .and_then(|(t, _)| t.approved_version);
         let available = latest
             .as_deref()
@@ -732,7 +732,7 @@ pub(crate) async fn upgrade_connector(
     // The workspace's view: the approved version, never an unreviewed one.
     let (_, definition) = templates::get(&state.pool, slug, Some(&caller.workspace_id))
         .await?
-        .filter(|(t, _)| t.review_status == ReviewStatus::Approved)
+        .filter(|(t, _)| t.approved_version.is_some())
         .ok_or_else(|| ApiError::conflict("its template is no longer available"))?;
     let template = Template::parse(&definition).map_err(|e| ApiError::internal(&e))?;
     if parse_version(&template.version) <= parse_version(current) {

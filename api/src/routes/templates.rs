@@ -13,7 +13,7 @@ use conveyor_engine::marketplace::{InstallRequest, Template};
 use conveyor_engine::oauth::CredentialKind;
 use conveyor_engine::state::ReviewStatus;
 use conveyor_engine::store::credentials;
-use conveyor_engine::store::templates::{self, Approval, Published, TemplateFilter};
+use conveyor_engine::store::templates::{self, Approval, Published, Rejection, TemplateFilter};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -153,9 +153,12 @@ pub(crate) async fn list_templates(
     page(&state, filter(q, Some(caller.workspace_id))?).await
 }
 
-/// One template with its latest definition, ratings and install count.
+/// One template with its definition, ratings and install count: the
+/// approved version, so a version awaiting review hides nothing; its
+/// author also sees that version's number and review status, and, while
+/// none is approved, the version itself.
 #[utoipa::path(get, path = "/templates/{slug}", tag = "templates", operation_id = "get_template", params(("slug" = String, Path, description = "The template")),
-    responses((status = 200, description = "The template with its latest definition", body = TemplateDetail),
+    responses((status = 200, description = "The template with the definition of its approved version", body = TemplateDetail),
               (status = 404, description = "No such template visible to this workspace")))]
 pub(crate) async fn get_template(
     State(state): State<AppState>,
@@ -214,7 +217,9 @@ pub(crate) async fn install_template(
     let (summary, definition) = templates::get(&state.pool, &slug, Some(&caller.workspace_id))
         .await?
         .ok_or_else(|| ApiError::not_found("template"))?;
-    if summary.review_status != ReviewStatus::Approved {
+    // The definition is the approved version's; only the author of a
+    // template with none approved yet gets this far without one.
+    if summary.approved_version.is_none() {
         return Err(ApiError::conflict(format!(
             "the template is {} and cannot be installed yet",
             summary.review_status
@@ -298,7 +303,7 @@ pub(crate) async fn rate_template(
     }
     templates::get(&state.pool, &slug, Some(&caller.workspace_id))
         .await?
-        .filter(|(t, _)| t.review_status == ReviewStatus::Approved)
+        .filter(|(t, _)| t.approved_version.is_some())
         .ok_or_else(|| ApiError::not_found("template"))?;
     templates::rate(
         &state.pool,
@@ -486,30 +491,19 @@ pub(crate) async fn admin_retire_template(
     Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    review(&state, &caller, &slug, ReviewStatus::Retired)
-        .await
-        .map(|_| StatusCode::NO_CONTENT)
-}
-
-async fn review(
-    state: &AppState,
-    caller: &Caller,
-    slug: &str,
-    status: ReviewStatus,
-) -> ApiResult<Json<Value>> {
-    if !templates::set_review_status(&state.pool, slug, status).await? {
+    if !templates::retire(&state.pool, &slug).await? {
         return Err(ApiError::not_found("template"));
     }
     audit(
-        state,
-        caller,
-        &format!("template.{status}"),
+        &state,
+        &caller,
+        "template.retired",
         "template",
-        Some(slug),
+        Some(&slug),
         json!({}),
     )
     .await;
-    Ok(Json(json!({"slug": slug, "review_status": status})))
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The body of an approval.
@@ -535,8 +529,8 @@ pub(crate) async fn admin_approve_template(
     ApiPath(slug): ApiPath<String>,
     ApiJson(body): ApiJson<ApproveBody>,
 ) -> ApiResult<Json<Value>> {
-    match templates::approve(&state.pool, &slug, &body.version).await? {
-        Approval::Approved => {}
+    let status = match templates::approve(&state.pool, &slug, &body.version).await? {
+        Approval::Approved(status) => status,
         Approval::NotFound => return Err(ApiError::not_found("template")),
         Approval::NoSuchVersion => {
             let message = format!("`{slug}` has no version {}", body.version);
@@ -545,7 +539,7 @@ pub(crate) async fn admin_approve_template(
                 json!([{"path": "version", "message": message}]),
             ));
         }
-    }
+    };
     audit(
         &state,
         &caller,
@@ -556,20 +550,43 @@ pub(crate) async fn admin_approve_template(
     )
     .await;
     Ok(Json(
-        json!({"slug": slug, "review_status": "approved", "approved_version": body.version}),
+        json!({"slug": slug, "review_status": status, "approved_version": body.version}),
     ))
 }
 
-/// Reject a community template (admins).
+/// Reject the version of a community template that awaits review
+/// (admins): the version approved before it, if any, stays listed.
 #[utoipa::path(post, path = "/admin/templates/{slug}/reject", tag = "admin", operation_id = "admin_reject_template", params(("slug" = String, Path, description = "The template")),
     responses((status = 403, description = "Needs the admin role `operator` or above"),
-              (status = 200, description = "Rejected", body = ReviewResult), (status = 404, description = "No such template")))]
+              (status = 200, description = "Rejected: the newest version; an approved earlier one stays listed", body = ReviewResult),
+              (status = 404, description = "No such template"),
+              (status = 409, description = "No version awaits review: retire the template to withdraw it")))]
 pub(crate) async fn admin_reject_template(
     State(state): State<AppState>,
     Operator(caller): Operator,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    review(&state, &caller, &slug, ReviewStatus::Rejected).await
+    let version = match templates::reject(&state.pool, &slug).await? {
+        Rejection::Rejected { version } => version,
+        Rejection::NotFound => return Err(ApiError::not_found("template")),
+        Rejection::NothingPending => {
+            return Err(ApiError::conflict(format!(
+                "no version of `{slug}` awaits review: retire the template to withdraw it"
+            )));
+        }
+    };
+    audit(
+        &state,
+        &caller,
+        "template.rejected",
+        "template",
+        Some(&slug),
+        json!({"version": version}),
+    )
+    .await;
+    Ok(Json(
+        json!({"slug": slug, "review_status": ReviewStatus::Rejected}),
+    ))
 }
 
 async fn feature(

@@ -30,11 +30,13 @@ pub struct TemplateSummary {
     pub docs_url: Option<String>,
     /// Shipped with Conveyor.
     pub official: bool,
-    /// Where it is in review.
+    /// Where its newest version is in review; `approved` for workspaces
+    /// other than its author, which see only the approved version.
     pub review_status: ReviewStatus,
     /// Featured by an admin.
     pub featured: bool,
-    /// Newest version.
+    /// Newest version; for workspaces other than its author, the
+    /// approved one.
     pub latest_version: String,
     /// The version an admin approved (official templates: the newest);
     /// what other workspaces see and install.
@@ -217,27 +219,37 @@ pub async fn list(pool: &PgPool, f: &TemplateFilter) -> Result<Vec<TemplateSumma
                 .replace('_', "\\_")
         )
     });
+    // Workspaces see the approved version's row (its metadata, number and
+    // review); only its author and admins see the newest, which may await
+    // review. See `get`.
     Ok(sqlx::query_as!(
         TemplateSummary,
-        r#"SELECT t.slug, t.name, t.description, t.category, t.provider, t.docs_url, t.official,
-                  t.review_status AS "review_status: ReviewStatus",
-                  t.featured, t.latest_version, t.approved_version, t.install_count,
+        r#"SELECT t.slug, v.definition->>'name' AS "name!", v.definition->>'description' AS "description!",
+                  v.definition->>'category' AS "category!", v.definition->>'provider' AS "provider!",
+                  v.definition->>'docs_url' AS docs_url, t.official,
+                  CASE WHEN s.own THEN t.review_status ELSE 'approved' END AS "review_status!: ReviewStatus",
+                  t.featured, CASE WHEN s.own THEN t.latest_version ELSE t.approved_version END AS "latest_version!",
+                  t.approved_version, t.install_count,
                   r.average AS rating_average, COALESCE(r.count, 0) AS "rating_count!",
                   t.created_at, t.updated_at
            FROM connector_templates t
+           CROSS JOIN LATERAL (SELECT $1::text IS NULL OR t.submitted_by_workspace IS NOT DISTINCT FROM $1 AS own) s
+           JOIN connector_template_versions v ON v.slug = t.slug AND v.version =
+               CASE WHEN $1::text IS NULL THEN t.latest_version
+                    ELSE COALESCE(t.approved_version, t.latest_version) END
            LEFT JOIN LATERAL (SELECT avg(stars)::float8 AS average, count(*) AS count
                               FROM connector_template_ratings WHERE slug = t.slug) r ON true
            WHERE ($1::text IS NULL
-                  OR (t.review_status = 'approved')
-                  OR (t.submitted_by_workspace = $1 AND t.review_status <> 'retired'))
-             AND ($2::text IS NULL OR t.name ILIKE $2 OR t.description ILIKE $2 OR t.provider ILIKE $2 OR t.slug ILIKE $2)
-             AND ($3::text IS NULL OR t.category = $3)
+                  OR (t.review_status <> 'retired' AND (t.approved_version IS NOT NULL OR s.own)))
+             AND ($2::text IS NULL OR v.definition->>'name' ILIKE $2 OR v.definition->>'description' ILIKE $2
+                  OR v.definition->>'provider' ILIKE $2 OR t.slug ILIKE $2)
+             AND ($3::text IS NULL OR v.definition->>'category' = $3)
              AND ($4::bool IS NULL OR t.official = $4)
              AND ($5::bool IS NULL OR t.featured = $5)
            ORDER BY
              CASE WHEN $6 = 'installs' THEN t.install_count END DESC NULLS LAST,
              CASE WHEN $6 = 'rating' THEN r.average END DESC NULLS LAST,
-             t.name, t.slug
+             v.definition->>'name', t.slug
            LIMIT $7 OFFSET $8"#,
         f.viewer,
         pattern,
@@ -253,8 +265,12 @@ pub async fn list(pool: &PgPool, f: &TemplateFilter) -> Result<Vec<TemplateSumma
 }
 
 /// One template visible to `viewer` (`None`: admins see all), with a
-/// definition, in one query: admins get the newest version, workspaces
-/// the approved one (its author, while none is approved, the newest).
+/// definition, in one query. Admins see the newest version. Workspaces
+/// see the approved version, its metadata and definition, as long as the
+/// template is not retired; its author also sees the newest version's
+/// number and review status, and, while none is approved, the newest
+/// version itself. A version awaiting review thus never hides the one
+/// approved before it, and no other workspace learns of it.
 ///
 /// # Errors
 ///
@@ -265,21 +281,24 @@ pub async fn get(
     viewer: Option<&str>,
 ) -> Result<Option<(TemplateSummary, Value)>> {
     let row = sqlx::query!(
-        r#"SELECT t.slug, t.name, t.description, t.category, t.provider, t.docs_url, t.official,
-                  t.review_status AS "review_status: ReviewStatus",
-                  t.featured, t.latest_version, t.approved_version, t.install_count,
+        r#"SELECT t.slug, v.definition->>'name' AS "name!", v.definition->>'description' AS "description!",
+                  v.definition->>'category' AS "category!", v.definition->>'provider' AS "provider!",
+                  v.definition->>'docs_url' AS docs_url, t.official,
+                  CASE WHEN s.own THEN t.review_status ELSE 'approved' END AS "review_status!: ReviewStatus",
+                  t.featured, CASE WHEN s.own THEN t.latest_version ELSE t.approved_version END AS "latest_version!",
+                  t.approved_version, t.install_count,
                   r.average AS rating_average, COALESCE(r.count, 0) AS "rating_count!",
-                  t.created_at, t.updated_at, v.definition AS "definition?"
+                  t.created_at, t.updated_at, v.definition
            FROM connector_templates t
-           LEFT JOIN LATERAL (SELECT avg(stars)::float8 AS average, count(*) AS count
-                              FROM connector_template_ratings WHERE slug = t.slug) r ON true
-           LEFT JOIN connector_template_versions v ON v.slug = t.slug AND v.version =
+           CROSS JOIN LATERAL (SELECT $2::text IS NULL OR t.submitted_by_workspace IS NOT DISTINCT FROM $2 AS own) s
+           JOIN connector_template_versions v ON v.slug = t.slug AND v.version =
                CASE WHEN $2::text IS NULL THEN t.latest_version
                     ELSE COALESCE(t.approved_version, t.latest_version) END
+           LEFT JOIN LATERAL (SELECT avg(stars)::float8 AS average, count(*) AS count
+                              FROM connector_template_ratings WHERE slug = t.slug) r ON true
            WHERE t.slug = $1
              AND ($2::text IS NULL
-                  OR (t.review_status = 'approved')
-                  OR (t.submitted_by_workspace = $2 AND t.review_status <> 'retired'))"#,
+                  OR (t.review_status <> 'retired' AND (t.approved_version IS NOT NULL OR s.own)))"#,
         slug,
         viewer
     )
@@ -305,7 +324,7 @@ pub async fn get(
                 created_at: r.created_at,
                 updated_at: r.updated_at,
             },
-            r.definition.unwrap_or(Value::Null),
+            r.definition,
         )
     }))
 }
@@ -313,8 +332,10 @@ pub async fn get(
 /// What [`approve`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Approval {
-    /// The version is approved.
-    Approved,
+    /// The version is approved; the template's review status is now this:
+    /// `pending` or `rejected` when a newer version awaits review or was
+    /// rejected.
+    Approved(ReviewStatus),
     /// No such template.
     NotFound,
     /// The template has no such version.
@@ -323,33 +344,30 @@ pub enum Approval {
 
 /// Approves `version` of a template: that version, the one reviewed, is
 /// what other workspaces see and install, whatever is published later.
+/// The review status, which describes the newest version, becomes
+/// `approved` unless a newer version than this one awaits review or was
+/// rejected.
 ///
 /// # Errors
 ///
 /// Database errors.
 pub async fn approve(pool: &PgPool, slug: &str, version: &str) -> Result<Approval> {
-    let done = sqlx::query!(
-        "UPDATE connector_templates SET review_status = 'approved', approved_version = $2, updated_at = now()
-         WHERE slug = $1
-           AND EXISTS (SELECT 1 FROM connector_template_versions WHERE slug = $1 AND version = $2)",
+    let status = sqlx::query_scalar!(
+        r#"UPDATE connector_templates SET approved_version = $2, updated_at = now(),
+               review_status = CASE WHEN $2 = latest_version OR review_status IN ('approved', 'retired')
+                                    THEN 'approved' ELSE review_status END
+           WHERE slug = $1
+             AND EXISTS (SELECT 1 FROM connector_template_versions WHERE slug = $1 AND version = $2)
+           RETURNING review_status AS "review_status: ReviewStatus""#,
         slug,
         version
     )
-    .execute(pool)
+    .fetch_optional(pool)
     .await?;
-    if done.rows_affected() == 1 {
-        return Ok(Approval::Approved);
-    }
-    let exists = sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM connector_templates WHERE slug = $1) AS "exists!""#,
-        slug
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(if exists {
-        Approval::NoSuchVersion
-    } else {
-        Approval::NotFound
+    Ok(match status {
+        Some(status) => Approval::Approved(status),
+        None if exists(pool, slug).await? => Approval::NoSuchVersion,
+        None => Approval::NotFound,
     })
 }
 
@@ -448,21 +466,68 @@ pub async fn rate(
     Ok(())
 }
 
-/// Sets a template's review status (`approved`, `rejected`, `retired`);
-/// whether it exists.
+/// What [`reject`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// This newest version is rejected.
+    Rejected {
+        /// The version rejected.
+        version: String,
+    },
+    /// No such template.
+    NotFound,
+    /// No version awaits review.
+    NothingPending,
+}
+
+/// Rejects the version of a template that awaits review (its newest).
+/// Only a pending version can be rejected: a template already reviewed is
+/// withdrawn by [`retire`], so a rejection never takes down a version
+/// other workspaces use.
 ///
 /// # Errors
 ///
 /// Database errors.
-pub async fn set_review_status(pool: &PgPool, slug: &str, status: ReviewStatus) -> Result<bool> {
+pub async fn reject(pool: &PgPool, slug: &str) -> Result<Rejection> {
+    let rejected = sqlx::query_scalar!(
+        "UPDATE connector_templates SET review_status = 'rejected', updated_at = now()
+         WHERE slug = $1 AND review_status = 'pending'
+         RETURNING latest_version",
+        slug
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(match rejected {
+        Some(version) => Rejection::Rejected { version },
+        None if exists(pool, slug).await? => Rejection::NothingPending,
+        None => Rejection::NotFound,
+    })
+}
+
+/// Retires a template: hidden from every workspace, installed copies keep
+/// working; whether it exists.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn retire(pool: &PgPool, slug: &str) -> Result<bool> {
     let done = sqlx::query!(
-        "UPDATE connector_templates SET review_status = $2, updated_at = now() WHERE slug = $1",
-        slug,
-        status.as_str()
+        "UPDATE connector_templates SET review_status = 'retired', updated_at = now() WHERE slug = $1",
+        slug
     )
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Whether template `slug` exists.
+async fn exists(pool: &PgPool, slug: &str) -> Result<bool> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM connector_templates WHERE slug = $1) AS "exists!""#,
+        slug
+    )
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Features or unfeatures a template; whether it exists.
