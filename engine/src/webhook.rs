@@ -123,6 +123,10 @@ pub enum Failure {
     Mismatch,
 }
 
+/// The header that identifies a delivery of the generic schemes when
+/// their settings name none.
+pub const DEFAULT_ID_HEADER: &str = "Idempotency-Key";
+
 /// Checks the settings a scheme needs; `(field, message)` pairs.
 pub fn check_settings(scheme: Scheme, settings: &Settings) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
@@ -145,6 +149,21 @@ pub fn check_settings(scheme: Scheme, settings: &Settings) -> Vec<(&'static str,
         out.push((
             "verification.id_header",
             "must be a header name of letters, digits, `-` and `_`".to_owned(),
+        ));
+    }
+    // The delivery id is stored (and shown): never the shared secret.
+    let id_header = settings.id_header.as_deref().unwrap_or(DEFAULT_ID_HEADER);
+    if scheme == Scheme::Header
+        && settings
+            .header
+            .as_deref()
+            .is_some_and(|h| h.eq_ignore_ascii_case(id_header))
+    {
+        out.push((
+            "verification.id_header",
+            format!(
+                "`{id_header}` carries the shared secret (`verification.header`): the delivery id is stored, so it must be another header"
+            ),
         ));
     }
     if settings
@@ -311,7 +330,7 @@ pub fn delivery_id(
         Scheme::Shopify => header("X-Shopify-Webhook-Id"),
         Scheme::StandardWebhooks => header("webhook-id"),
         Scheme::None | Scheme::Header | Scheme::HmacSha256 => {
-            header(settings.id_header.as_deref().unwrap_or("Idempotency-Key"))
+            header(settings.id_header.as_deref().unwrap_or(DEFAULT_ID_HEADER))
         }
     };
     id.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())

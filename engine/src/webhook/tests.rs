@@ -401,6 +401,40 @@ fn verification_settings_are_checked_field_by_field() {
             vec!["verification.header"],
         ),
         (Scheme::Github, header("X-Ok"), vec![]),
+        // The shared secret's header is never the delivery id's.
+        (
+            Scheme::Header,
+            Settings {
+                header: Some("X-Token".to_owned()),
+                id_header: Some("x-token".to_owned()),
+                ..Settings::default()
+            },
+            vec!["verification.id_header"],
+        ),
+        (
+            Scheme::Header,
+            header("idempotency-key"),
+            vec!["verification.id_header"],
+        ),
+        (
+            Scheme::Header,
+            Settings {
+                header: Some("Idempotency-Key".to_owned()),
+                id_header: Some("X-Id".to_owned()),
+                ..Settings::default()
+            },
+            vec![],
+        ),
+        // A signature is no secret: it may be the delivery id.
+        (
+            Scheme::HmacSha256,
+            Settings {
+                header: Some("X-Sig".to_owned()),
+                id_header: Some("X-Sig".to_owned()),
+                ..Settings::default()
+            },
+            vec![],
+        ),
         (
             Scheme::None,
             Settings {
