@@ -278,6 +278,7 @@ async fn a_crashed_holders_concurrency_slot_frees_when_its_lease_expires(pool: P
             .expect("b's item 3 again")
     );
     // `a`'s worker vanished: once its lease passed, the slot no longer counts.
+    h.lease_ran_out(a, Duration::from_secs(1)).await;
     let later = now + chrono::Duration::seconds(2);
     assert!(
         flow::acquire(&h.pool, &key, 1, b, token(b), 0, later)

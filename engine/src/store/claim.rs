@@ -58,8 +58,13 @@ pub struct Claimed {
 }
 
 /// The claim statement of [`claim_capped`]: `$1` worker, `$2` limit, `$3`
-/// now, `$4` lease end, `$5` the running cap, `$6` the woken ids. Public
-/// so that tests can look at its plan.
+/// now (recorded as the start and the claim's time), `$4` the lease's
+/// length, `$5` the running cap, `$6` the woken ids. Public so that tests
+/// can look at its plan.
+///
+/// The lease ends at the database's `now()` plus its length: the rescuer
+/// of another process compares it with the database's clock too, so
+/// workers' clocks need not agree.
 pub const CLAIM: &str = r#"WITH RECURSIVE ws AS (
                (SELECT workspace_id FROM connector_executions
                 WHERE status = 'queued' ORDER BY workspace_id LIMIT 1)
@@ -118,7 +123,7 @@ pub const CLAIM: &str = r#"WITH RECURSIVE ws AS (
                LIMIT $2
            ), claimed AS (
                UPDATE connector_executions e SET
-                   status = 'running', lease_owner = $1, lease_expires_at = $4,
+                   status = 'running', lease_owner = $1, lease_expires_at = now() + $4::interval,
                    fencing_token = e.fencing_token + 1, claims = e.claims + 1,
                    started_at = COALESCE(e.started_at, $3), updated_at = $3,
                    waiting_reason = NULL, waiting_key = NULL
@@ -209,9 +214,9 @@ pub async fn claim(
     .await
 }
 
-/// Leases up to `limit` ready executions to `worker_id` until
-/// `now + lease`, round-robin across workspaces, none of a workspace that
-/// already runs `max_running`.
+/// Leases up to `limit` ready executions to `worker_id` for `lease` (from
+/// the database's clock), round-robin across workspaces, none of a
+/// workspace that already runs `max_running`.
 ///
 /// The `woken` executions, parked by this worker and due now, come first
 /// (when still queued and due, and their workspace is under its cap):
@@ -229,7 +234,6 @@ pub async fn claim_capped(
     max_running: i64,
     now: DateTime<Utc>,
 ) -> Result<Vec<Claimed>> {
-    let lease_until = now + lease;
     // `query_as` with binds rather than the checked macro, whose
     // statements cannot be pointed at the claim pool's settings; the e2e
     // queue and flow tests run it against the schema.
@@ -238,7 +242,7 @@ pub async fn claim_capped(
         .bind(worker_id)
         .bind(limit)
         .bind(now)
-        .bind(lease_until)
+        .bind(super::interval(lease))
         .bind(max_running)
         .bind(woken)
         .fetch_all(&mut *conn)

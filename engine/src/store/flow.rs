@@ -270,7 +270,7 @@ pub async fn acquire(
                SELECT s.execution_id, s.item FROM flow_concurrency_slots s
                JOIN connector_executions e ON e.id = s.execution_id
                WHERE s.key = $1 AND (s.execution_id, s.item) <> ($3, $6) AND e.status = 'running'
-                 AND e.fencing_token = s.fencing_token AND e.lease_expires_at > $5
+                 AND e.fencing_token = s.fencing_token AND e.lease_expires_at > now()
            ), stale AS (
                DELETE FROM flow_concurrency_slots s
                WHERE s.key = $1 AND (s.execution_id, s.item) <> ($3, $6)
