@@ -410,6 +410,85 @@ async fn leases_hold_whatever_the_workers_clocks_say(pool: PgPool) {
     assert_eq!(e.reclaims, 0);
 }
 
+/// The ids one claim of `limit` rows by a worker whose clock says `now`
+/// takes.
+async fn claimed_ids(claims: &executions::ClaimPool, now: DateTime<Utc>) -> Vec<uuid::Uuid> {
+    executions::claim(claims, "w", 1, lease(), now)
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
+/// Due times are judged by the database's clock, and every `run_at`
+/// meaning "now" or "after a delay" is written from it: an execution an
+/// API an hour ahead enqueued, or a worker an hour ahead released or
+/// rescued, is due at once for a worker an hour behind; a retry an hour
+/// away, scheduled by a worker an hour behind, is not due for one an
+/// hour ahead. On the processes' own clocks, each of these waited an
+/// hour or ran an hour early.
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn due_times_hold_whatever_the_clocks_of_the_api_and_workers_say(pool: PgPool) {
+    let (h, c) = never_sent(pool).await;
+    let hour = Duration::from_secs(3600);
+    let (behind, ahead) = (Utc::now() - hour, Utc::now() + hour);
+    let claims = executions::ClaimPool::new(&h.pool);
+    let mut conn = h.pool.acquire().await.expect("connection");
+    let id = executions::enqueue(&mut conn, &new_execution(c, json!({})), ahead)
+        .await
+        .expect("enqueue")
+        .id;
+    let token = executions::claim(&claims, "w", 1, lease(), behind)
+        .await
+        .expect("claim")
+        .first()
+        .map(|c| c.fencing_token)
+        .expect("due at once");
+
+    let retry = Transition::Retry {
+        delay: hour,
+        attempt: 2,
+        throttled: false,
+        context: None,
+    };
+    let step = stored_step("w");
+    assert_eq!(
+        executions::commit_step(&h.pool, id, token, &step, &retry, behind)
+            .await
+            .expect("commit"),
+        Some(ExecutionStatus::Queued)
+    );
+    assert!(claimed_ids(&claims, ahead).await.is_empty(), "an hour away");
+    let (wait,): (f64,) = sqlx::query_as(
+        "SELECT EXTRACT(EPOCH FROM run_at - now())::float8 FROM connector_executions WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&h.pool)
+    .await
+    .expect("run_at");
+    assert!((3590.0..=3600.0).contains(&wait), "due in {wait} s");
+
+    let other = h.enqueue(c, json!({})).await;
+    let running = executions::claim(&claims, "w", 1, lease(), ahead)
+        .await
+        .expect("claim")
+        .remove(0);
+    assert_eq!(running.id, other);
+    assert!(
+        executions::release(&h.pool, other, running.fencing_token, ahead)
+            .await
+            .expect("release")
+    );
+    assert_eq!(claimed_ids(&claims, behind).await, [other], "released");
+    h.lease_ran_out(other, Duration::from_secs(1)).await;
+    let rescued = executions::rescue_expired(&h.pool, 5, lease(), ahead)
+        .await
+        .expect("rescue");
+    assert_eq!(rescued.requeued, [other]);
+    assert_eq!(claimed_ids(&claims, behind).await, [other], "rescued");
+}
+
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn an_execution_that_keeps_losing_its_lease_is_failed_as_poisoned(pool: PgPool) {
     let (h, c) = never_sent(pool).await;

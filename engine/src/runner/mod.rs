@@ -644,12 +644,14 @@ impl Runner {
                 lease: self.config.lease,
             },
             Next::Succeed { context, output } => Transition::Succeed { context, output },
+            // The store applies the delay to the database's clock: the
+            // claim of any worker judges the retry's due time by it.
             Next::Retry {
                 run_at,
                 attempt,
                 throttled,
             } => Transition::Retry {
-                run_at,
+                delay: (run_at - now).to_std().unwrap_or_default(),
                 attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
                 throttled,
                 context: None,

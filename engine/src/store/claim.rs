@@ -62,9 +62,16 @@ pub struct Claimed {
 /// length, `$5` the running cap, `$6` the woken ids. Public so that tests
 /// can look at its plan.
 ///
-/// The lease ends at the database's `now()` plus its length: the rescuer
-/// of another process compares it with the database's clock too, so
-/// workers' clocks need not agree.
+/// Times that one process writes and another compares are the
+/// database's: a row is due when its `run_at` has passed by the
+/// database's `now()` (an enqueue without a time, a retry, a release, a
+/// rescue and a freed concurrency slot write `now()` or `now()` plus a
+/// delay; a caller's `run_at` and a rate-limit slot are times on the
+/// wall clock), and the lease ends at `now()`
+/// plus its length, which the rescuer of another process compares with
+/// `now()` too. So the workers' and the API's clocks need not agree.
+/// `now()` is stable, so it is an index condition of the plan made once,
+/// as a parameter is.
 pub const CLAIM: &str = r#"WITH RECURSIVE ws AS (
                (SELECT workspace_id FROM connector_executions
                 WHERE status = 'queued' ORDER BY workspace_id LIMIT 1)
@@ -82,7 +89,7 @@ pub const CLAIM: &str = r#"WITH RECURSIVE ws AS (
                ) running
                CROSS JOIN LATERAL (
                    SELECT q.id, q.priority, q.run_at FROM connector_executions q
-                   WHERE q.workspace_id = ws.workspace_id AND q.status = 'queued' AND q.run_at <= $3
+                   WHERE q.workspace_id = ws.workspace_id AND q.status = 'queued' AND q.run_at <= now()
                    ORDER BY q.priority DESC, q.run_at, q.id
                    -- Four times the batch: concurrent claimers read the same
                    -- best rows and skip each other's locked ones.
@@ -115,7 +122,7 @@ pub const CLAIM: &str = r#"WITH RECURSIVE ws AS (
                    SELECT e.id FROM connector_executions e
                    WHERE e.id = c.id AND e.lease_owner IS NULL AND e.finished_at IS NULL
                      AND (e.id = ANY (ranked.ids)
-                          OR (e.run_at <= $3
+                          OR (e.run_at <= now()
                               AND (SELECT count(*) FROM connector_executions r
                                    WHERE r.workspace_id = e.workspace_id AND r.status = 'running') < $5))
                    FOR UPDATE SKIP LOCKED
