@@ -108,8 +108,6 @@ pub struct Policy<'a> {
     pub max_context_bytes: usize,
     /// Upper bound for a server's `Retry-After`.
     pub max_retry_after: Duration,
-    /// Lease length: a continuing execution's lease is extended by it.
-    pub lease: Duration,
 }
 
 /// One finished attempt to decide on.
@@ -148,8 +146,6 @@ pub enum Next {
         context: Value,
         /// The next step's index.
         next_step: usize,
-        /// The new lease expiry.
-        lease_until: DateTime<Utc>,
     },
     /// The last step is done.
     Succeed {
@@ -325,7 +321,6 @@ pub fn decide(
         entry,
         ctx,
         policy,
-        now,
     )
 }
 
@@ -342,27 +337,20 @@ pub fn finish_loop(
     (summary, failure): (Value, Option<Value>),
     ctx: &mut Value,
     policy: &Policy<'_>,
-    now: DateTime<Utc>,
 ) -> Decision {
     let mut entry = result.context_entry();
     entry["for_each"] = summary;
     if let Some(error) = failure {
         entry["error"] = error;
     }
-    advance(connector, (index, number), outcome, entry, ctx, policy, now)
+    advance(connector, (index, number), outcome, entry, ctx, policy)
 }
 
 /// The decision on step `index` whose `when` condition is false: the step
 /// was not sent and is recorded as [`StepOutcome::Skipped`]. Its context
 /// entry has a null `status` and `body`, no `headers`, and every field of
 /// its `extract` null; the execution then moves on as after a success.
-pub fn skip(
-    connector: &Connector,
-    index: usize,
-    ctx: &mut Value,
-    policy: &Policy<'_>,
-    now: DateTime<Utc>,
-) -> Decision {
+pub fn skip(connector: &Connector, index: usize, ctx: &mut Value, policy: &Policy<'_>) -> Decision {
     let extract: Map<String, Value> = connector.steps[index]
         .extract
         .keys()
@@ -376,7 +364,6 @@ pub fn skip(
         entry,
         ctx,
         policy,
-        now,
     )
 }
 
@@ -391,7 +378,6 @@ fn advance(
     entry: Value,
     ctx: &mut Value,
     policy: &Policy<'_>,
-    now: DateTime<Utc>,
 ) -> Decision {
     let step = &connector.steps[index];
     let fail = |outcome, error| Decision {
@@ -419,7 +405,6 @@ fn advance(
             next: Next::Continue {
                 context: persisted,
                 next_step: index + 1,
-                lease_until: now + policy.lease,
             },
         };
     }
@@ -447,7 +432,6 @@ pub fn next_page(
     ctx: &Value,
     (slot, progress): (&str, Value),
     policy: &Policy<'_>,
-    now: DateTime<Utc>,
 ) -> Decision {
     let step = &connector.steps[index];
     let mut units = Map::new();
@@ -474,7 +458,6 @@ pub fn next_page(
         next: Next::Continue {
             context,
             next_step: index,
-            lease_until: now + policy.lease,
         },
     }
 }

@@ -2,6 +2,7 @@
 //! runner and worker, and loopback stub servers.
 
 mod api_keys;
+mod credentials;
 mod flow;
 mod for_each;
 mod hardening;

@@ -9,7 +9,7 @@ use conveyor_engine::state::{ExecutionStatus, StepOutcome};
 use conveyor_engine::store::executions::{self, CancelOutcome, StepRow, Transition};
 use conveyor_engine::store::{connectors, history};
 use conveyor_tests::{
-    Harness, WS, enqueue, enqueue_new, new_execution, test_worker_config, worker,
+    Harness, WS, enqueue, enqueue_new, new_execution, stored_step, test_worker_config, worker,
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -128,7 +128,7 @@ fn plan_nodes(plan: &serde_json::Value, out: &mut Vec<(String, String)>) {
 /// is set to force one.
 async fn claim_plan(conn: &mut sqlx::PgConnection) -> Vec<(String, String)> {
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "PREPARE claim_plan(text, int8, timestamptz, timestamptz, int8, uuid[]) AS {}",
+        "PREPARE claim_plan(text, int8, timestamptz, interval, int8, uuid[]) AS {}",
         executions::CLAIM
     )))
     .execute(&mut *conn)
@@ -136,7 +136,7 @@ async fn claim_plan(conn: &mut sqlx::PgConnection) -> Vec<(String, String)> {
     .expect("prepare");
     explain_nodes(
         conn,
-        "EXECUTE claim_plan('w', 64, now(), now(), 1000, '{}')".into(),
+        "EXECUTE claim_plan('w', 64, now(), '30 seconds', 1000, '{}')".into(),
     )
     .await
 }
@@ -234,7 +234,8 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
         .remove(0);
     // Worker A stalls past its lease; the rescuer requeues, B claims.
     let later = t0 + Duration::from_secs(31);
-    let rescued = executions::rescue_expired(&h.pool, 5, DateTime::UNIX_EPOCH, later)
+    h.lease_ran_out(id, Duration::from_secs(1)).await;
+    let rescued = executions::rescue_expired(&h.pool, 5, lease(), later)
         .await
         .expect("rescue");
     assert_eq!(rescued.requeued, [id]);
@@ -267,7 +268,7 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
     let stale = Transition::Continue {
         context: json!({"steps": {"a": {"stale": true}}}),
         next_step: 1,
-        lease_until: later + lease(),
+        lease: lease(),
     };
     let written = executions::commit_step(
         &h.pool,
@@ -290,7 +291,7 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
         None
     );
     assert_eq!(
-        executions::heartbeat(&h.pool, id, a.fencing_token, later)
+        executions::heartbeat(&h.pool, id, a.fencing_token, lease())
             .await
             .expect("hb"),
         None
@@ -319,7 +320,7 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
     let fresh = Transition::Continue {
         context: json!({"steps": {"a": {"by": "b"}}}),
         next_step: 1,
-        lease_until: later + lease(),
+        lease: lease(),
     };
     let written = executions::commit_step(
         &h.pool,
@@ -335,6 +336,159 @@ async fn a_stale_worker_cannot_write_after_its_lease_was_taken_over(pool: PgPool
     assert_eq!(h.execution(id).await.next_step, 1);
 }
 
+/// How long the lease of `id` has left, by the database's clock.
+async fn lease_left(h: &Harness, id: uuid::Uuid) -> Duration {
+    let left: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM lease_expires_at - now())::float8
+         FROM connector_executions WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&h.pool)
+    .await
+    .expect("lease");
+    Duration::from_secs_f64(left.max(0.0))
+}
+
+/// Leases are set and judged by the database's clock, so workers' clocks
+/// need not agree: a rescuer whose clock runs an hour ahead leaves a
+/// renewed lease alone, and a holder whose clock runs an hour behind
+/// still extends its lease by a full length when it commits a step. On
+/// the workers' own clocks, that rescuer took over every healthy
+/// execution, the holder's next heartbeat failed and the step in flight
+/// was sent again.
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn leases_hold_whatever_the_workers_clocks_say(pool: PgPool) {
+    let (h, c) = never_sent(pool).await;
+    let id = h.enqueue(c, json!({})).await;
+    let hour = Duration::from_secs(3600);
+    let (behind, ahead) = (Utc::now() - hour, Utc::now() + hour);
+    let claims = executions::ClaimPool::new(&h.pool);
+    let a = executions::claim(&claims, "worker-a", 1, lease(), Utc::now())
+        .await
+        .expect("claim")
+        .remove(0);
+    let left = lease_left(&h, id).await;
+    assert!(
+        left > lease() - Duration::from_secs(5) && left <= lease(),
+        "a full lease from the database's now: {left:?} left"
+    );
+    let rescued = executions::rescue_expired(&h.pool, 5, lease(), ahead)
+        .await
+        .expect("rescue");
+    assert_eq!(rescued, executions::Rescued::default());
+    assert_eq!(
+        executions::heartbeat(&h.pool, id, a.fencing_token, lease())
+            .await
+            .expect("heartbeat"),
+        Some(false),
+        "the holder keeps its lease"
+    );
+    let left = lease_left(&h, id).await;
+    assert!(
+        left > lease() - Duration::from_secs(5),
+        "renewed: {left:?} left"
+    );
+    let next = Transition::Continue {
+        context: json!({}),
+        next_step: 1,
+        lease: lease(),
+    };
+    let step = stored_step("worker-a");
+    assert_eq!(
+        executions::commit_step(&h.pool, id, a.fencing_token, &step, &next, behind)
+            .await
+            .expect("commit"),
+        Some(ExecutionStatus::Running)
+    );
+    let left = lease_left(&h, id).await;
+    assert!(
+        left > lease() - Duration::from_secs(5),
+        "extended by the commit: {left:?} left"
+    );
+    let e = h.execution(id).await;
+    assert_eq!(e.lease_owner.as_deref(), Some("worker-a"));
+    assert_eq!(e.reclaims, 0);
+}
+
+/// The ids one claim of `limit` rows by a worker whose clock says `now`
+/// takes.
+async fn claimed_ids(claims: &executions::ClaimPool, now: DateTime<Utc>) -> Vec<uuid::Uuid> {
+    executions::claim(claims, "w", 1, lease(), now)
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
+/// Due times are judged by the database's clock, and every `run_at`
+/// meaning "now" or "after a delay" is written from it: an execution an
+/// API an hour ahead enqueued, or a worker an hour ahead released or
+/// rescued, is due at once for a worker an hour behind; a retry an hour
+/// away, scheduled by a worker an hour behind, is not due for one an
+/// hour ahead. On the processes' own clocks, each of these waited an
+/// hour or ran an hour early.
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn due_times_hold_whatever_the_clocks_of_the_api_and_workers_say(pool: PgPool) {
+    let (h, c) = never_sent(pool).await;
+    let hour = Duration::from_secs(3600);
+    let (behind, ahead) = (Utc::now() - hour, Utc::now() + hour);
+    let claims = executions::ClaimPool::new(&h.pool);
+    let mut conn = h.pool.acquire().await.expect("connection");
+    let id = executions::enqueue(&mut conn, &new_execution(c, json!({})), ahead)
+        .await
+        .expect("enqueue")
+        .id;
+    let token = executions::claim(&claims, "w", 1, lease(), behind)
+        .await
+        .expect("claim")
+        .first()
+        .map(|c| c.fencing_token)
+        .expect("due at once");
+
+    let retry = Transition::Retry {
+        delay: hour,
+        attempt: 2,
+        throttled: false,
+        context: None,
+    };
+    let step = stored_step("w");
+    assert_eq!(
+        executions::commit_step(&h.pool, id, token, &step, &retry, behind)
+            .await
+            .expect("commit"),
+        Some(ExecutionStatus::Queued)
+    );
+    assert!(claimed_ids(&claims, ahead).await.is_empty(), "an hour away");
+    let (wait,): (f64,) = sqlx::query_as(
+        "SELECT EXTRACT(EPOCH FROM run_at - now())::float8 FROM connector_executions WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&h.pool)
+    .await
+    .expect("run_at");
+    assert!((3590.0..=3600.0).contains(&wait), "due in {wait} s");
+
+    let other = h.enqueue(c, json!({})).await;
+    let running = executions::claim(&claims, "w", 1, lease(), ahead)
+        .await
+        .expect("claim")
+        .remove(0);
+    assert_eq!(running.id, other);
+    assert!(
+        executions::release(&h.pool, other, running.fencing_token, ahead)
+            .await
+            .expect("release")
+    );
+    assert_eq!(claimed_ids(&claims, behind).await, [other], "released");
+    h.lease_ran_out(other, Duration::from_secs(1)).await;
+    let rescued = executions::rescue_expired(&h.pool, 5, lease(), ahead)
+        .await
+        .expect("rescue");
+    assert_eq!(rescued.requeued, [other]);
+    assert_eq!(claimed_ids(&claims, behind).await, [other], "rescued");
+}
+
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn an_execution_that_keeps_losing_its_lease_is_failed_as_poisoned(pool: PgPool) {
     let (h, c) = never_sent(pool).await;
@@ -346,7 +500,8 @@ async fn an_execution_that_keeps_losing_its_lease_is_failed_as_poisoned(pool: Pg
             .expect("claim");
         assert_eq!(claimed.len(), 1, "round {round}");
         now += Duration::from_secs(60);
-        let rescued = executions::rescue_expired(&h.pool, 2, DateTime::UNIX_EPOCH, now)
+        h.lease_ran_out(id, Duration::from_secs(1)).await;
+        let rescued = executions::rescue_expired(&h.pool, 2, lease(), now)
             .await
             .expect("rescue");
         if round < 3 {
@@ -577,34 +732,28 @@ async fn retention_prunes_finished_executions_with_their_steps_and_events(pool: 
 async fn a_lease_that_ran_out_before_the_rescuer_could_vouch_is_not_counted(pool: PgPool) {
     let (h, c) = never_sent(pool).await;
     let id = h.enqueue(c, json!({})).await;
-    let t0 = Utc::now();
     let claims = executions::ClaimPool::new(&h.pool);
-    executions::claim(&claims, "w", 1, lease(), t0)
+    executions::claim(&claims, "w", 1, lease(), Utc::now())
         .await
         .expect("claim");
-    let expired_at = t0 + lease();
-    // The rescuer came back (or the database did) after the lease ran out:
-    // even with a cap of 0, the execution is requeued, uncounted.
-    let later = expired_at + Duration::from_secs(5);
-    let rescued =
-        executions::rescue_expired(&h.pool, 0, expired_at + Duration::from_secs(1), later)
-            .await
-            .expect("rescue");
+    // The lease ran out 5 s ago, and the rescuer came back (or the
+    // database did) 4 s ago: even with a cap of 0, the execution is
+    // requeued, uncounted.
+    h.lease_ran_out(id, Duration::from_secs(5)).await;
+    let rescued = executions::rescue_expired(&h.pool, 0, Duration::from_secs(4), Utc::now())
+        .await
+        .expect("rescue");
     assert_eq!(rescued.requeued, [id]);
     assert_eq!(rescued.uncounted, [id]);
     assert_eq!(h.execution(id).await.reclaims, 0);
     // The rescuer vouches for the whole lease: counted, and past cap 0.
-    executions::claim(&claims, "w", 1, lease(), later)
+    executions::claim(&claims, "w", 1, lease(), Utc::now())
         .await
         .expect("claim");
-    let rescued = executions::rescue_expired(
-        &h.pool,
-        0,
-        later + lease(),
-        later + lease() + Duration::from_secs(1),
-    )
-    .await
-    .expect("rescue");
+    h.lease_ran_out(id, Duration::from_secs(1)).await;
+    let rescued = executions::rescue_expired(&h.pool, 0, lease(), Utc::now())
+        .await
+        .expect("rescue");
     assert_eq!(rescued.poisoned, [id]);
     assert_eq!(h.execution(id).await.reclaims, 1);
 }

@@ -110,6 +110,22 @@ impl Harness {
     pub async fn steps(&self, id: Uuid) -> Vec<StepRow> {
         history::steps(&self.pool, WS, id).await.expect("steps")
     }
+
+    /// Makes the lease of running execution `id` have run out `ago`, by
+    /// the database's clock (which leases are set and judged by): its
+    /// holder stalled or died without waiting for it in real time.
+    pub async fn lease_ran_out(&self, id: Uuid, ago: Duration) {
+        let done = sqlx::query(
+            "UPDATE connector_executions SET lease_expires_at = now() - $2::interval
+             WHERE id = $1 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(ago)
+        .execute(&self.pool)
+        .await
+        .expect("expire the lease");
+        assert_eq!(done.rows_affected(), 1, "{id} is running");
+    }
 }
 
 /// Worker settings for tests: small lease, fast poll, short grace.

@@ -156,20 +156,19 @@ impl Worker {
     /// both worked, so the holder failed alone. Leases that ran out while
     /// the database or every worker was down are requeued uncounted.
     ///
+    /// Expiry is the database's clock's business (see
+    /// [`executions::rescue_expired`]); this worker only says, on its own
+    /// monotonic clock, for how long it can vouch.
+    ///
     /// # Errors
     ///
     /// Database errors.
-    pub async fn rescue(
-        &self,
-        up_since: chrono::DateTime<Utc>,
-    ) -> conveyor_engine::Result<executions::Rescued> {
-        let half_lease =
-            chrono::Duration::from_std(self.config.lease / 2).unwrap_or(chrono::Duration::MAX);
-        let counted_from = up_since.checked_add_signed(half_lease).unwrap_or(up_since);
+    pub async fn rescue(&self, up_since: Instant) -> conveyor_engine::Result<executions::Rescued> {
+        let counted_for = up_since.elapsed().saturating_sub(self.config.lease / 2);
         let rescued = executions::rescue_expired(
             &self.pool,
             self.config.max_reclaims,
-            counted_from,
+            counted_for,
             Utc::now(),
         )
         .await?;
@@ -215,7 +214,7 @@ impl Worker {
         let mut db_down_since: Option<Instant> = None;
         // Since when this worker has reached the database without a break:
         // what the rescue vouches for (see `rescue`).
-        let mut up_since = Utc::now();
+        let mut up_since = Instant::now();
         let mut backoff = Duration::from_millis(100);
         let mut last_rescue: Option<Instant> = None;
         let rescue_every = (cfg.lease / 3).max(Duration::from_secs(1));
@@ -249,7 +248,7 @@ impl Worker {
                 if let Err(e) = self.rescue(up_since).await {
                     warn!(error = %e, "rescuing expired leases failed");
                     // The database may have been away: vouch only from now.
-                    up_since = Utc::now();
+                    up_since = Instant::now();
                 }
             }
             // Claims are batched: refill only once at least `low_water`
@@ -291,7 +290,7 @@ impl Worker {
                         }
                         if let Some(since) = db_down_since.take() {
                             info!(down_for = ?since.elapsed(), "database reachable again; resuming");
-                            up_since = Utc::now();
+                            up_since = Instant::now();
                         }
                         backoff = Duration::from_millis(100);
                         more_ready = rows.len() == want;

@@ -94,7 +94,7 @@ async fn usage_counts_each_workspace_per_day_and_only_admins_see_all(pool: PgPoo
     )
     .await;
     let retry = Transition::Retry {
-        run_at: Utc::now(),
+        delay: Duration::ZERO,
         attempt: 2,
         throttled: false,
         context: None,

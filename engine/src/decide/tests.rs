@@ -98,7 +98,6 @@ fn step_error(kind: StepErrorKind, message: &str, attempt: u32, status: Option<u
 
 #[test]
 fn every_branch_decides_as_the_table_says() {
-    let lease = Duration::from_secs(30);
     let a_entry = json!({"status": 200, "headers": {}, "body": {"ok": true}, "extract": {"id": 7}});
     let b_entry = json!({"status": 200, "headers": {}, "body": {"ok": true}, "extract": {"n": 1}});
     let cases = [
@@ -107,7 +106,6 @@ fn every_branch_decides_as_the_table_says() {
             want: Want::Next(Next::Continue {
                 context: json!({"steps": {"a": a_entry}}),
                 next_step: 1,
-                lease_until: now() + lease,
             }),
             ..case(
                 "success before the last step continues",
@@ -228,7 +226,6 @@ fn every_branch_decides_as_the_table_says() {
             renderer: &renderer,
             max_context_bytes: c.max_context_bytes,
             max_retry_after: Duration::from_secs(3600),
-            lease,
         };
         let attempt = StepAttempt {
             connector: &c.connector,
@@ -267,7 +264,6 @@ fn a_continuing_failure_records_its_error_and_moves_on() {
         renderer: &renderer,
         max_context_bytes: 1024,
         max_retry_after: SECOND,
-        lease: SECOND,
     };
     let connector = connector(json!({}));
     let mut connector_continue = connector.clone();
@@ -305,7 +301,6 @@ fn jitter_is_drawn_only_for_a_retry() {
         renderer: &renderer,
         max_context_bytes: 1024 * 1024,
         max_retry_after: SECOND,
-        lease: SECOND,
     };
     let connector = connector(json!({}));
     let deadline = now() + Duration::from_secs(300);
@@ -392,7 +387,6 @@ fn provider_rate_limit_signals_wait_without_spending_attempts() {
         renderer: &renderer,
         max_context_bytes: 1024 * 1024,
         max_retry_after: 3600 * SECOND,
-        lease: SECOND,
     };
     let connector = connector(json!({}));
     let deadline = now() + Duration::from_secs(300);
@@ -474,7 +468,6 @@ fn a_page_with_another_to_follow_continues_at_the_same_step_with_its_progress() 
         renderer: &renderer,
         max_context_bytes: 200,
         max_retry_after: SECOND,
-        lease: SECOND,
     };
     let connector = connector(json!({}));
     let ctx = json!({"input": {"big": "not persisted"}, "steps": {}});
@@ -485,7 +478,6 @@ fn a_page_with_another_to_follow_continues_at_the_same_step_with_its_progress() 
         &ctx,
         ("paging", progress.clone()),
         &policy,
-        now(),
     );
     assert_eq!(got.outcome, StepOutcome::Succeeded);
     assert_eq!(
@@ -493,12 +485,11 @@ fn a_page_with_another_to_follow_continues_at_the_same_step_with_its_progress() 
         Next::Continue {
             context: json!({"steps": {}, "paging": {"a": progress}}),
             next_step: 0,
-            lease_until: now() + SECOND,
         }
     );
 
     let grown = json!({"pages": 1, "extract": {"ids": vec![1; 200]}});
-    let got = next_page(&connector, (0, 2), &ctx, ("paging", grown), &policy, now());
+    let got = next_page(&connector, (0, 2), &ctx, ("paging", grown), &policy);
     assert_eq!(got.outcome, StepOutcome::Failed);
     let Next::Fail(error) = got.next else {
         panic!("{:?}", got.next);
@@ -517,7 +508,6 @@ fn the_last_page_s_paging_summary_goes_into_the_step_entry() {
         renderer: &renderer,
         max_context_bytes: 1024 * 1024,
         max_retry_after: SECOND,
-        lease: SECOND,
     };
     let connector = connector(json!({}));
     let result = ok(200, json!({"ids": [1, 2, 3]}));
@@ -547,7 +537,6 @@ fn an_item_with_another_to_follow_stores_its_progress_under_for_each() {
         renderer: &renderer,
         max_context_bytes: 1024,
         max_retry_after: SECOND,
-        lease: SECOND,
     };
     let connector = connector(json!({}));
     let ctx = json!({"steps": {}, "item": 7, "index": 0});
@@ -558,14 +547,12 @@ fn an_item_with_another_to_follow_stores_its_progress_under_for_each() {
         &ctx,
         ("for_each", progress.clone()),
         &policy,
-        now(),
     );
     assert_eq!(
         got.next,
         Next::Continue {
             context: json!({"steps": {}, "for_each": {"a": progress}}),
             next_step: 0,
-            lease_until: now() + SECOND,
         }
     );
 }
@@ -577,7 +564,6 @@ fn a_finished_loop_records_its_summary_and_first_failure_in_the_step_entry() {
         renderer: &renderer,
         max_context_bytes: 1024 * 1024,
         max_retry_after: SECOND,
-        lease: SECOND,
     };
     let connector = connector(json!({}));
     let collected = ok(200, json!({"ids": [1, null]}));
@@ -591,7 +577,6 @@ fn a_finished_loop_records_its_summary_and_first_failure_in_the_step_entry() {
         (summary.clone(), Some(failure.clone())),
         &mut ctx,
         &policy,
-        now(),
     );
     assert_eq!(got.outcome, StepOutcome::Succeeded, "the row keeps its own");
     let Next::Continue { context, .. } = got.next else {
@@ -611,7 +596,6 @@ fn a_finished_loop_records_its_summary_and_first_failure_in_the_step_entry() {
         (clean, None),
         &mut ctx,
         &policy,
-        now(),
     );
     let Next::Continue { context, .. } = got.next else {
         panic!("{:?}", got.next);
@@ -634,22 +618,20 @@ fn a_skipped_step_has_null_fields_in_the_context_and_moves_on() {
         renderer: &renderer,
         max_context_bytes: 1024 * 1024,
         max_retry_after: SECOND,
-        lease: SECOND,
     };
     let mut ctx = json!({"steps": {}});
     let entry = json!({"status": null, "headers": {}, "body": null, "extract": {"id": null}});
     assert_eq!(
-        skip(&c, 0, &mut ctx, &policy, now()),
+        skip(&c, 0, &mut ctx, &policy),
         Decision {
             outcome: StepOutcome::Skipped,
             next: Next::Continue {
                 context: json!({"steps": {"a": entry}}),
                 next_step: 1,
-                lease_until: now() + SECOND,
             },
         }
     );
-    let last = skip(&c, 1, &mut ctx, &policy, now());
+    let last = skip(&c, 1, &mut ctx, &policy);
     assert_eq!(last.outcome, StepOutcome::Skipped);
     let Next::Succeed { output, .. } = last.next else {
         panic!("the last skipped step ends the run: {:?}", last.next);

@@ -413,7 +413,7 @@ impl Runner {
     /// Gives back a concurrency slot taken by [`admit`](Self::admit).
     pub(super) async fn release_slot(&self, slot: Option<&str>, holder: (Uuid, i32)) -> Result<()> {
         if let Some(key) = slot {
-            store::release(&self.pool, key, holder, Utc::now()).await?;
+            store::release(&self.pool, key, holder).await?;
         }
         Ok(())
     }

@@ -235,8 +235,7 @@ impl Runner {
                 }
                 _ = beat.tick() => {
                     let asked = tokio::time::Instant::now();
-                    let until = Utc::now() + self.config.lease;
-                    match executions::heartbeat(&self.pool, run.id, run.token, until).await {
+                    match executions::heartbeat(&self.pool, run.id, run.token, self.config.lease).await {
                         Ok(Some(false)) => *st.extended_at = asked,
                         Ok(Some(true)) => {
                             info!("cancel requested while items were in flight");
@@ -431,10 +430,9 @@ impl Runner {
                         (summary, failure),
                         st.ctx,
                         &self.policy(),
-                        now,
                     )
                 } else {
-                    self.unit_decision(run, st.ctx, &w.progress, outcome, now)
+                    self.unit_decision(run, st.ctx, &w.progress, outcome)
                 }
             },
         );
@@ -469,7 +467,7 @@ impl Runner {
             HeldNext::Retry { .. } => StepOutcome::RetryScheduled,
             HeldNext::Fail(_) => StepOutcome::Failed,
         };
-        let decision = self.unit_decision(run, st.ctx, &w.progress, outcome, Utc::now());
+        let decision = self.unit_decision(run, st.ctx, &w.progress, outcome);
         self.commit_item(run, st, (earlier.launch, earlier.result), decision, None)
             .await
     }
@@ -509,7 +507,6 @@ impl Runner {
                             st.ctx,
                             &w.progress,
                             StepOutcome::RetryScheduled,
-                            now,
                         );
                         let Next::Continue { context, .. } = carrier.next else {
                             // The progress outgrew the context limit.
@@ -559,7 +556,6 @@ impl Runner {
         ctx: &Value,
         progress: &Progress,
         outcome: StepOutcome,
-        now: DateTime<Utc>,
     ) -> Decision {
         let mut decision = decide::next_page(
             run.connector,
@@ -567,7 +563,6 @@ impl Runner {
             ctx,
             ("for_each", progress.to_json()),
             &self.policy(),
-            now,
         );
         if decision.outcome == StepOutcome::Succeeded {
             decision.outcome = outcome;
@@ -635,7 +630,6 @@ impl Runner {
                         (summary, failure),
                         st.ctx,
                         &self.policy(),
-                        now,
                     )
                 }
                 None => {

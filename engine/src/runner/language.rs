@@ -245,7 +245,7 @@ impl Runner {
     ) -> Result<Option<RunOutcome>> {
         let step = &connector.steps[index];
         let now = Utc::now();
-        let mut decision = decide::skip(connector, index, ctx, &self.policy(), now);
+        let mut decision = decide::skip(connector, index, ctx, &self.policy());
         secrets.protect(&self.keyring, step, ctx, &mut decision, credentials);
         let outcome = match &decision.next {
             Next::Continue { .. } => None,
@@ -321,7 +321,6 @@ mod tests {
             Next::Continue {
                 context,
                 next_step: 1,
-                lease_until: Utc::now(),
             }
         };
         Decision {

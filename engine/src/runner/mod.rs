@@ -413,14 +413,9 @@ impl Runner {
             };
             let unit = more.as_ref().map(|next| ("paging", next.to_json()));
             let mut decision = cpu_bound(heavy(small_context, &result), || match unit {
-                Some(progress) => decide::next_page(
-                    connector,
-                    (index, attempt),
-                    &ctx,
-                    progress,
-                    &self.policy(),
-                    now,
-                ),
+                Some(progress) => {
+                    decide::next_page(connector, (index, attempt), &ctx, progress, &self.policy())
+                }
                 None => decide::decide(
                     &step_attempt,
                     &mut ctx,
@@ -575,8 +570,7 @@ impl Runner {
                 }
                 _ = beat.tick() => {
                     let asked = tokio::time::Instant::now();
-                    let until = Utc::now() + self.config.lease;
-                    match executions::heartbeat(&self.pool, id, token, until).await {
+                    match executions::heartbeat(&self.pool, id, token, self.config.lease).await {
                         Ok(Some(false)) => *extended_at = asked,
                         Ok(Some(true)) => {
                             info!("cancel requested while a step was in flight");
@@ -602,7 +596,6 @@ impl Runner {
             renderer: self.client.renderer(),
             max_context_bytes: self.config.max_context_bytes,
             max_retry_after: self.config.max_retry_after,
-            lease: self.config.lease,
         }
     }
 
@@ -645,22 +638,20 @@ impl Runner {
             response_bytes: i32::try_from(result.traffic.received).unwrap_or(i32::MAX),
         };
         let transition = match decision.next {
-            Next::Continue {
-                context,
-                next_step,
-                lease_until,
-            } => Transition::Continue {
+            Next::Continue { context, next_step } => Transition::Continue {
                 context,
                 next_step: i32::try_from(next_step).unwrap_or(i32::MAX),
-                lease_until,
+                lease: self.config.lease,
             },
             Next::Succeed { context, output } => Transition::Succeed { context, output },
+            // The store applies the delay to the database's clock: the
+            // claim of any worker judges the retry's due time by it.
             Next::Retry {
                 run_at,
                 attempt,
                 throttled,
             } => Transition::Retry {
-                run_at,
+                delay: (run_at - now).to_std().unwrap_or_default(),
                 attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
                 throttled,
                 context: None,

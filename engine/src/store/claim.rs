@@ -58,8 +58,20 @@ pub struct Claimed {
 }
 
 /// The claim statement of [`claim_capped`]: `$1` worker, `$2` limit, `$3`
-/// now, `$4` lease end, `$5` the running cap, `$6` the woken ids. Public
-/// so that tests can look at its plan.
+/// now (recorded as the start and the claim's time), `$4` the lease's
+/// length, `$5` the running cap, `$6` the woken ids. Public so that tests
+/// can look at its plan.
+///
+/// Times that one process writes and another compares are the
+/// database's: a row is due when its `run_at` has passed by the
+/// database's `now()` (an enqueue without a time, a retry, a release, a
+/// rescue and a freed concurrency slot write `now()` or `now()` plus a
+/// delay; a caller's `run_at` and a rate-limit slot are times on the
+/// wall clock), and the lease ends at `now()`
+/// plus its length, which the rescuer of another process compares with
+/// `now()` too. So the workers' and the API's clocks need not agree.
+/// `now()` is stable, so it is an index condition of the plan made once,
+/// as a parameter is.
 pub const CLAIM: &str = r#"WITH RECURSIVE ws AS (
                (SELECT workspace_id FROM connector_executions
                 WHERE status = 'queued' ORDER BY workspace_id LIMIT 1)
@@ -77,7 +89,7 @@ pub const CLAIM: &str = r#"WITH RECURSIVE ws AS (
                ) running
                CROSS JOIN LATERAL (
                    SELECT q.id, q.priority, q.run_at FROM connector_executions q
-                   WHERE q.workspace_id = ws.workspace_id AND q.status = 'queued' AND q.run_at <= $3
+                   WHERE q.workspace_id = ws.workspace_id AND q.status = 'queued' AND q.run_at <= now()
                    ORDER BY q.priority DESC, q.run_at, q.id
                    -- Four times the batch: concurrent claimers read the same
                    -- best rows and skip each other's locked ones.
@@ -110,7 +122,7 @@ pub const CLAIM: &str = r#"WITH RECURSIVE ws AS (
                    SELECT e.id FROM connector_executions e
                    WHERE e.id = c.id AND e.lease_owner IS NULL AND e.finished_at IS NULL
                      AND (e.id = ANY (ranked.ids)
-                          OR (e.run_at <= $3
+                          OR (e.run_at <= now()
                               AND (SELECT count(*) FROM connector_executions r
                                    WHERE r.workspace_id = e.workspace_id AND r.status = 'running') < $5))
                    FOR UPDATE SKIP LOCKED
@@ -118,7 +130,7 @@ pub const CLAIM: &str = r#"WITH RECURSIVE ws AS (
                LIMIT $2
            ), claimed AS (
                UPDATE connector_executions e SET
-                   status = 'running', lease_owner = $1, lease_expires_at = $4,
+                   status = 'running', lease_owner = $1, lease_expires_at = now() + $4::interval,
                    fencing_token = e.fencing_token + 1, claims = e.claims + 1,
                    started_at = COALESCE(e.started_at, $3), updated_at = $3,
                    waiting_reason = NULL, waiting_key = NULL
@@ -209,9 +221,9 @@ pub async fn claim(
     .await
 }
 
-/// Leases up to `limit` ready executions to `worker_id` until
-/// `now + lease`, round-robin across workspaces, none of a workspace that
-/// already runs `max_running`.
+/// Leases up to `limit` ready executions to `worker_id` for `lease` (from
+/// the database's clock), round-robin across workspaces, none of a
+/// workspace that already runs `max_running`.
 ///
 /// The `woken` executions, parked by this worker and due now, come first
 /// (when still queued and due, and their workspace is under its cap):
@@ -229,7 +241,6 @@ pub async fn claim_capped(
     max_running: i64,
     now: DateTime<Utc>,
 ) -> Result<Vec<Claimed>> {
-    let lease_until = now + lease;
     // `query_as` with binds rather than the checked macro, whose
     // statements cannot be pointed at the claim pool's settings; the e2e
     // queue and flow tests run it against the schema.
@@ -238,7 +249,7 @@ pub async fn claim_capped(
         .bind(worker_id)
         .bind(limit)
         .bind(now)
-        .bind(lease_until)
+        .bind(super::interval(lease))
         .bind(max_running)
         .bind(woken)
         .fetch_all(&mut *conn)

@@ -341,48 +341,105 @@ pub fn open(
     serde_json::from_slice(&plaintext).map_err(|_| crypto(CryptoError::Decrypt))
 }
 
+/// A credential sealed with a key other than the keyring's current one,
+/// as [`stale`] read it: what [`reseal`] writes back, and fences on.
+#[derive(Debug, Clone)]
+pub struct Stale {
+    /// Owning workspace.
+    pub workspace_id: String,
+    /// Credential name.
+    pub name: String,
+    /// The sealed fields as read.
+    pub sealed: Sealed,
+}
+
+/// The credentials not sealed with `keyring`'s current key.
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn stale(pool: &PgPool, keyring: &Keyring) -> crate::Result<Vec<Stale>> {
+    let rows = sqlx::query!(
+        "SELECT workspace_id, name, key_id, nonce, ciphertext FROM workspace_api_credentials
+         WHERE key_id <> $1",
+        keyring.current_id()
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| Stale {
+            workspace_id: row.workspace_id,
+            name: row.name,
+            sealed: Sealed {
+                key_id: row.key_id,
+                nonce: row.nonce,
+                ciphertext: row.ciphertext,
+            },
+        })
+        .collect())
+}
+
+/// Re-seals `stale` with `keyring`'s current key, unless the row changed
+/// since it was read; returns whether it was written.
+///
+/// The write is fenced on the nonce read (fresh and random for every
+/// seal), not on the key id alone: a worker still on the old key that
+/// refreshes an OAuth token meanwhile saves the provider's new refresh
+/// token under that same key id, and the old one, re-sealed over it,
+/// would be refused at the next refresh (the credential then needs a
+/// reconnect).
+///
+/// # Errors
+///
+/// Database errors, or a row whose key is not in the keyring.
+pub async fn reseal(
+    pool: &PgPool,
+    keyring: &Keyring,
+    stale: &Stale,
+) -> Result<bool, CredentialError> {
+    let Stale {
+        workspace_id,
+        name,
+        sealed: old,
+    } = stale;
+    let sealed =
+        keyring
+            .reseal(workspace_id, name, old)
+            .map_err(|source| CredentialError::Crypto {
+                name: name.clone(),
+                source,
+            })?;
+    let done = sqlx::query!(
+        "UPDATE workspace_api_credentials SET key_id = $5, nonce = $6, ciphertext = $7
+         WHERE workspace_id = $1 AND name = $2 AND key_id = $3 AND nonce = $4",
+        workspace_id,
+        name,
+        old.key_id,
+        old.nonce,
+        sealed.key_id,
+        sealed.nonce,
+        sealed.ciphertext
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Re-seals every credential not sealed with the keyring's current key;
-/// returns how many were re-sealed. Each row is fenced on the key id it was
-/// read with, so a concurrent `put` is never overwritten.
+/// returns how many were re-sealed. Each row is written only if it still
+/// holds what was read ([`reseal`]), so a concurrent `put` or token
+/// refresh is never overwritten.
 ///
 /// # Errors
 ///
 /// Database errors, or a row whose key is not in the keyring.
 pub async fn rotate(pool: &PgPool, keyring: &Keyring) -> Result<u64, CredentialError> {
-    let current = keyring.current_id();
-    let rows = sqlx::query!(
-        "SELECT workspace_id, name, key_id, nonce, ciphertext FROM workspace_api_credentials
-         WHERE key_id <> $1",
-        current
-    )
-    .fetch_all(pool)
-    .await?;
     let mut count = 0;
-    for row in rows {
-        let old = Sealed {
-            key_id: row.key_id.clone(),
-            nonce: row.nonce,
-            ciphertext: row.ciphertext,
-        };
-        let sealed = keyring
-            .reseal(&row.workspace_id, &row.name, &old)
-            .map_err(|source| CredentialError::Crypto {
-                name: row.name.clone(),
-                source,
-            })?;
-        let done = sqlx::query!(
-            "UPDATE workspace_api_credentials SET key_id = $4, nonce = $5, ciphertext = $6
-             WHERE workspace_id = $1 AND name = $2 AND key_id = $3",
-            row.workspace_id,
-            row.name,
-            row.key_id,
-            sealed.key_id,
-            sealed.nonce,
-            sealed.ciphertext
-        )
-        .execute(pool)
-        .await?;
-        count += done.rows_affected();
+    for row in stale(pool, keyring).await? {
+        if reseal(pool, keyring, &row).await? {
+            count += 1;
+        }
     }
     Ok(count)
 }

@@ -154,7 +154,7 @@ pub async fn enqueue_executes(
                    (id, workspace_id, connector_id, connector_version, input, idempotency_key,
                     priority, run_at, rerun_of, trace_context, started_by, callback_url, created_at, updated_at)
                SELECT id, workspace_id, connector_id, connector_version, input, idempotency_key, priority,
-                      COALESCE(run_at, $15::timestamptz), rerun_of, trace_context, started_by, callback_url, $15, $15
+                      COALESCE(run_at, now()), rerun_of, trace_context, started_by, callback_url, $15::timestamptz, $15
                FROM x
                -- A subquery per item, by primary key: as a join, the plan
                -- made for any group size read every live connector.
@@ -267,7 +267,7 @@ pub(super) async fn insert_one<'e>(
                    (id, workspace_id, connector_id, connector_version, input, idempotency_key,
                     priority, run_at, rerun_of, trace_context, started_by, callback_url, created_at, updated_at)
                VALUES ($1::uuid, $2::text, $3::uuid, $4::int4, $5::jsonb, $6::text, $7::int2,
-                       COALESCE($8::timestamptz, $13::timestamptz), $9::uuid, $10::jsonb, $11::text,
+                       COALESCE($8::timestamptz, now()), $9::uuid, $10::jsonb, $11::text,
                        $12::text, $13, $13)
                ON CONFLICT (workspace_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                RETURNING *
@@ -385,7 +385,7 @@ async fn insert(
                    (id, workspace_id, connector_id, connector_version, input, idempotency_key,
                     priority, run_at, rerun_of, trace_context, started_by, callback_url, created_at, updated_at)
                SELECT id, workspace_id, connector_id, connector_version, input, idempotency_key, priority,
-                      COALESCE(run_at, $13::timestamptz), rerun_of, trace_context, started_by, callback_url, $13, $13
+                      COALESCE(run_at, now()), rerun_of, trace_context, started_by, callback_url, $13::timestamptz, $13
                FROM x ORDER BY workspace_id, idempotency_key, ord
                ON CONFLICT (workspace_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                RETURNING id, workspace_id, run_at, priority, rerun_of

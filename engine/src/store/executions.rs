@@ -14,6 +14,7 @@ use std::mem::take;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use sqlx::postgres::types::PgInterval;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -42,7 +43,8 @@ pub struct NewExecution {
     pub idempotency_key: Option<String>,
     /// Higher runs first.
     pub priority: i16,
-    /// Not before this time (`None`: now).
+    /// Not before this time (`None`: now, by the database's clock, which
+    /// claims judge `run_at` by).
     pub run_at: Option<DateTime<Utc>>,
     /// The execution this one re-runs.
     pub rerun_of: Option<Uuid>,
@@ -128,14 +130,20 @@ pub struct Rescued {
 /// Takes back running executions whose lease expired (their worker died or
 /// stalled). The token is bumped so the old holder cannot write.
 ///
+/// Expiry is judged by the database's clock, which set the lease's end
+/// (see [`CLAIM`]): a rescuer whose own clock runs ahead of the holder's
+/// does not take over a lease that is still being renewed. A requeued
+/// execution is due at the database's `now()`.
+///
 /// Only a lease lost while the rest of the system worked counts toward the
-/// poison cap: one that expired at or after `counted_from` (the rescuer's
-/// own uninterrupted time with the database, plus half a lease: it was up,
-/// and so was the database, while the holder missed its renewals). Past
-/// `max_reclaims` counted losses the execution is failed as poisoned. A
-/// lease that expired earlier (the database or every worker was down, so
-/// no one can tell a poison message from an outage) is requeued without
-/// counting; the `lease_lost` event says which (`counted`).
+/// poison cap: one that expired within the last `counted_for` (the
+/// rescuer's own uninterrupted time with the database, less half a lease:
+/// it was up, and so was the database, while the holder missed its
+/// renewals). Past `max_reclaims` counted losses the execution is failed
+/// as poisoned. A lease that expired earlier (the database or every
+/// worker was down, so no one can tell a poison message from an outage)
+/// is requeued without counting; the `lease_lost` event says which
+/// (`counted`).
 ///
 /// # Errors
 ///
@@ -143,20 +151,20 @@ pub struct Rescued {
 pub async fn rescue_expired(
     pool: &PgPool,
     max_reclaims: i32,
-    counted_from: DateTime<Utc>,
+    counted_for: std::time::Duration,
     now: DateTime<Utc>,
 ) -> Result<Rescued> {
     let rows = sqlx::query!(
         r#"WITH expired AS (
                SELECT id FROM connector_executions
-               WHERE status = 'running' AND lease_expires_at < $1
+               WHERE status = 'running' AND lease_expires_at < now()
                ORDER BY lease_expires_at
                LIMIT 1000
                FOR UPDATE SKIP LOCKED
            ), decided AS (
-               SELECT e.id, e.lease_owner AS previous_owner, e.lease_expires_at >= $3 AS counted,
+               SELECT e.id, e.lease_owner AS previous_owner, e.lease_expires_at >= now() - $3::interval AS counted,
                       CASE WHEN e.cancel_requested_at IS NOT NULL THEN 'cancelled'
-                           WHEN e.lease_expires_at >= $3 AND e.reclaims + 1 > $2 THEN 'failed'
+                           WHEN e.lease_expires_at >= now() - $3::interval AND e.reclaims + 1 > $2 THEN 'failed'
                            ELSE 'queued' END AS next_status
                FROM connector_executions e JOIN expired USING (id)
            ), upd AS (
@@ -165,12 +173,12 @@ pub async fn rescue_expired(
                    reclaims = e.reclaims + CASE WHEN d.counted THEN 1 ELSE 0 END,
                    fencing_token = e.fencing_token + 1,
                    lease_owner = NULL, lease_expires_at = NULL,
-                   run_at = $1,
+                   run_at = now(),
                    error = CASE WHEN d.next_status = 'failed' THEN jsonb_build_object(
                        'kind', 'poisoned',
                        'message', format('the lease expired %s times (cap %s): the execution keeps losing its worker', e.reclaims + 1, $2::int),
                        'step', e.next_step) ELSE e.error END,
-                   finished_at = CASE WHEN d.next_status = 'queued' THEN NULL ELSE $1 END,
+                   finished_at = CASE WHEN d.next_status = 'queued' THEN NULL ELSE $1::timestamptz END,
                    updated_at = $1
                FROM decided d WHERE e.id = d.id
                RETURNING e.id, e.workspace_id, e.status, e.reclaims, d.previous_owner, d.counted
@@ -188,7 +196,7 @@ pub async fn rescue_expired(
            SELECT id AS "id!", status AS "status!: ExecutionStatus", counted AS "counted!" FROM upd"#,
         now,
         max_reclaims,
-        counted_from
+        super::interval(counted_for)
     )
     .fetch_all(pool)
     .await?;
@@ -208,7 +216,8 @@ pub async fn rescue_expired(
     Ok(out)
 }
 
-/// Extends a lease while a step is in flight. `None`: the lease was lost;
+/// Extends a lease while a step is in flight, to `lease` from the
+/// database's clock (see [`CLAIM`]). `None`: the lease was lost;
 /// `Some(true)`: a cancel was requested.
 ///
 /// # Errors
@@ -218,15 +227,15 @@ pub async fn heartbeat(
     pool: &PgPool,
     id: Uuid,
     token: i64,
-    lease_until: DateTime<Utc>,
+    lease: std::time::Duration,
 ) -> Result<Option<bool>> {
     Ok(sqlx::query_scalar!(
-        r#"UPDATE connector_executions SET lease_expires_at = $3
+        r#"UPDATE connector_executions SET lease_expires_at = now() + $3::interval
            WHERE id = $1 AND fencing_token = $2 AND status = 'running'
            RETURNING cancel_requested_at IS NOT NULL AS "cancel_requested!""#,
         id,
         token,
-        lease_until
+        super::interval(lease)
     )
     .fetch_optional(pool)
     .await?)
@@ -287,8 +296,9 @@ pub enum Transition {
         context: Value,
         /// The next step's index.
         next_step: i32,
-        /// The new lease expiry.
-        lease_until: DateTime<Utc>,
+        /// The lease's new length, from the database's clock (see
+        /// [`CLAIM`]).
+        lease: std::time::Duration,
     },
     /// The last step is done.
     Succeed {
@@ -299,8 +309,9 @@ pub enum Transition {
     },
     /// Try this step again later (the worker slot is released).
     Retry {
-        /// When.
-        run_at: DateTime<Utc>,
+        /// How long from now, by the database's clock (which the claim
+        /// judges `run_at` by: see [`CLAIM`]).
+        delay: std::time::Duration,
         /// The attempt number of the retry.
         attempt: i32,
         /// A provider's rate-limit signal: not charged to the retry policy.
@@ -378,9 +389,9 @@ pub async fn commit_steps(
     let mut kinds = Vec::with_capacity(n);
     let mut contexts = Vec::with_capacity(n);
     let mut next_steps = Vec::with_capacity(n);
-    let mut lease_untils = Vec::with_capacity(n);
+    let mut leases = Vec::with_capacity(n);
     let mut outputs = Vec::with_capacity(n);
-    let mut run_ats = Vec::with_capacity(n);
+    let mut delays = Vec::with_capacity(n);
     let mut next_attempts = Vec::with_capacity(n);
     let mut errors = Vec::with_capacity(n);
     let mut indexes = Vec::with_capacity(n);
@@ -403,17 +414,17 @@ pub async fn commit_steps(
     // Moved, not cloned: request snapshots and bodies can be large.
     for c in commits.iter_mut() {
         let s = &mut c.step;
-        let (kind, context, next_step, lease_until, output, run_at, next_attempt, error) =
+        let (kind, context, next_step, lease, output, delay, next_attempt, error) =
             match &mut c.transition {
                 Transition::Continue {
                     context,
                     next_step,
-                    lease_until,
+                    lease,
                 } => (
                     "continue",
                     Some(take(context)),
                     Some(*next_step),
-                    Some(*lease_until),
+                    Some(super::interval(*lease)),
                     None,
                     None,
                     None,
@@ -430,7 +441,7 @@ pub async fn commit_steps(
                     None,
                 ),
                 Transition::Retry {
-                    run_at,
+                    delay,
                     attempt,
                     throttled,
                     context,
@@ -440,7 +451,7 @@ pub async fn commit_steps(
                     None,
                     None,
                     None,
-                    Some(*run_at),
+                    Some(super::interval(*delay)),
                     Some(*attempt),
                     None,
                 ),
@@ -460,9 +471,9 @@ pub async fn commit_steps(
         kinds.push(kind.to_owned());
         contexts.push(context);
         next_steps.push(next_step);
-        lease_untils.push(lease_until);
+        leases.push(lease);
         outputs.push(output);
-        run_ats.push(run_at);
+        delays.push(delay);
         next_attempts.push(next_attempt);
         errors.push(error);
         indexes.push(s.step_index);
@@ -491,12 +502,12 @@ pub async fn commit_steps(
     let rows = sqlx::query!(
         r#"WITH x AS (
                SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::jsonb[], $5::int4[],
-                                    $6::timestamptz[], $7::jsonb[], $8::timestamptz[], $9::int4[], $10::jsonb[],
+                                    $6::interval[], $7::jsonb[], $8::interval[], $9::int4[], $10::jsonb[],
                                     $12::int4[], $13::int4[], $14::text[], $15::text[], $16::jsonb[], $17::int4[],
                                     $18::jsonb[], $19::jsonb[], $20::jsonb[], $21::jsonb[], $22::text[],
                                     $23::timestamptz[], $24::timestamptz[], $25::int4[], $26::int4[], $27::int4[],
                                     $28::int4[], $29::int4[])
-                   AS x(id, token, kind, context, next_step, lease_until, output, run_at, next_attempt, error,
+                   AS x(id, token, kind, context, next_step, lease, output, delay, next_attempt, error,
                         step_index, attempt, step_name, outcome, request, response_status, response_headers,
                         response_body, extracted, step_error, worker_id, started_at, finished_at, duration_ms,
                         request_bytes, response_bytes, page, item)
@@ -508,7 +519,7 @@ pub async fn commit_steps(
                    throttled_attempts = CASE x.kind WHEN 'throttle' THEN e.throttled_attempts + 1 WHEN 'retry' THEN e.throttled_attempts ELSE 0 END,
                    output = CASE WHEN x.kind = 'succeed' THEN x.output ELSE e.output END,
                    error = CASE WHEN x.kind = 'fail' THEN x.error ELSE e.error END,
-                   run_at = COALESCE(x.run_at, e.run_at),
+                   run_at = COALESCE(now() + x.delay, e.run_at),
                    status = CASE
                        WHEN x.kind = 'succeed' THEN 'succeeded'
                        WHEN x.kind = 'fail' THEN 'failed'
@@ -516,13 +527,13 @@ pub async fn commit_steps(
                        WHEN x.kind IN ('retry', 'throttle') THEN 'queued'
                        ELSE 'running' END,
                    lease_owner = CASE WHEN x.kind = 'continue' AND e.cancel_requested_at IS NULL THEN e.lease_owner END,
-                   lease_expires_at = CASE WHEN x.kind = 'continue' AND e.cancel_requested_at IS NULL THEN x.lease_until END,
+                   lease_expires_at = CASE WHEN x.kind = 'continue' AND e.cancel_requested_at IS NULL THEN now() + x.lease END,
                    finished_at = CASE
                        WHEN x.kind IN ('succeed', 'fail') OR e.cancel_requested_at IS NOT NULL THEN $11::timestamptz END,
                    updated_at = $11
                FROM x
                WHERE e.id = x.id AND e.fencing_token = x.token AND e.status = 'running'
-               RETURNING e.id, e.workspace_id, e.status
+               RETURNING e.id, e.workspace_id, e.status, e.run_at
            ), step AS (
                INSERT INTO execution_steps (execution_id, step_index, attempt, workspace_id, step_name,
                    outcome, request, response_status, response_headers, response_body, extracted,
@@ -542,7 +553,8 @@ pub async fn commit_steps(
                    ($11::timestamptz, CASE WHEN x.kind IN ('retry', 'throttle') THEN 'retry_scheduled' ELSE 'step_finished' END,
                     jsonb_strip_nulls(jsonb_build_object('step', x.step_name, 'index', x.step_index, 'attempt', x.attempt,
                         'page', NULLIF(x.page, 0), 'item', NULLIF(x.item, 0), 'outcome', x.outcome, 'status', x.response_status, 'duration_ms', x.duration_ms,
-                        'run_at', x.run_at, 'next_attempt', x.next_attempt))),
+                        'run_at', CASE WHEN x.kind IN ('retry', 'throttle') THEN upd.run_at END,
+                        'next_attempt', x.next_attempt))),
                    ($11::timestamptz,
                     CASE upd.status WHEN 'cancelled' THEN 'cancelled' WHEN 'succeeded' THEN 'finished'
                                     WHEN 'failed' THEN 'finished' END,
@@ -556,9 +568,9 @@ pub async fn commit_steps(
         &kinds,
         &contexts as &[Option<Value>],
         &next_steps as &[Option<i32>],
-        &lease_untils as &[Option<DateTime<Utc>>],
+        &leases as &[Option<PgInterval>],
         &outputs as &[Option<Value>],
-        &run_ats as &[Option<DateTime<Utc>>],
+        &delays as &[Option<PgInterval>],
         &next_attempts as &[Option<i32>],
         &errors as &[Option<Value>],
         now,
@@ -666,7 +678,8 @@ pub async fn finish(
 }
 
 /// Gives a running execution back to the queue at once (graceful shutdown):
-/// another worker resumes it at its first unfinished step.
+/// another worker resumes it at its first unfinished step. It is due at
+/// the database's `now()`, the clock the claim judges `run_at` by.
 ///
 /// # Errors
 ///
@@ -675,7 +688,7 @@ pub async fn release(pool: &PgPool, id: Uuid, token: i64, now: DateTime<Utc>) ->
     let done = sqlx::query_scalar!(
         r#"WITH upd AS (
                UPDATE connector_executions SET
-                   status = 'queued', run_at = $3, lease_owner = NULL, lease_expires_at = NULL, updated_at = $3
+                   status = 'queued', run_at = now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = $3
                WHERE id = $1 AND fencing_token = $2 AND status = 'running'
                RETURNING id, workspace_id, next_step
            ), ev AS (

@@ -271,7 +271,7 @@ pub async fn acquire(
                SELECT s.execution_id, s.item FROM flow_concurrency_slots s
                JOIN connector_executions e ON e.id = s.execution_id
                WHERE s.key = $1 AND (s.execution_id, s.item) <> ($3, $6) AND e.status = 'running'
-                 AND e.fencing_token = s.fencing_token AND e.lease_expires_at > $5
+                 AND e.fencing_token = s.fencing_token AND e.lease_expires_at > now()
            ), stale AS (
                DELETE FROM flow_concurrency_slots s
                WHERE s.key = $1 AND (s.execution_id, s.item) <> ($3, $6)
@@ -295,37 +295,32 @@ pub async fn acquire(
 }
 
 /// Gives back `id`'s slot `item` of concurrency `key` (see [`acquire`])
-/// and makes the execution parked longest on that key due now, so it
-/// takes the slot next; idle workers are woken for it as for an enqueue.
+/// and makes the execution parked longest on that key due now (the
+/// database's `now()`, which claims judge `run_at` by), so it takes the
+/// slot next; idle workers are woken for it as for an enqueue.
 ///
 /// # Errors
 ///
 /// Database errors.
-pub async fn release(
-    pool: &PgPool,
-    key: &str,
-    (id, item): (Uuid, i32),
-    now: DateTime<Utc>,
-) -> Result<()> {
+pub async fn release(pool: &PgPool, key: &str, (id, item): (Uuid, i32)) -> Result<()> {
     sqlx::query!(
         r#"WITH gone AS (
-               DELETE FROM flow_concurrency_slots WHERE key = $1 AND execution_id = $2 AND item = $4
+               DELETE FROM flow_concurrency_slots WHERE key = $1 AND execution_id = $2 AND item = $3
                RETURNING key
            ), next AS (
                SELECT e.id FROM connector_executions e
                WHERE e.status = 'queued' AND e.waiting_reason = 'concurrency' AND e.waiting_key = $1
-                 AND e.run_at > $3 AND EXISTS (SELECT 1 FROM gone)
+                 AND e.run_at > now() AND EXISTS (SELECT 1 FROM gone)
                ORDER BY e.run_at
                LIMIT 1
                FOR UPDATE SKIP LOCKED
            ), woken AS (
-               UPDATE connector_executions e SET run_at = $3 FROM next WHERE e.id = next.id
+               UPDATE connector_executions e SET run_at = now() FROM next WHERE e.id = next.id
                RETURNING e.id
            )
-           SELECT pg_notify($5, '') FROM woken"#,
+           SELECT pg_notify($4, '') FROM woken"#,
         key,
         id,
-        now,
         item,
         super::channels::EXECUTIONS_ENQUEUED
     )

@@ -24,7 +24,7 @@ pub mod templates;
 pub mod triggers;
 pub mod usage;
 
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgPoolOptions, types::PgInterval};
 use sqlx::{Connection, PgExecutor, PgPool};
 
 pub use held::{Held, HeldConnection, IDLE_TEST, session_survives};
@@ -109,6 +109,18 @@ fn planned_once(
             })
         })
     }))
+}
+
+/// `length` as an `interval` parameter, to the microsecond (PostgreSQL's
+/// precision: sqlx refuses to send a `Duration` with nanoseconds in it).
+/// Lease and due times are the database's `now()` plus such an interval,
+/// so that no process compares a time read from another's clock.
+fn interval(length: std::time::Duration) -> PgInterval {
+    PgInterval {
+        months: 0,
+        days: 0,
+        microseconds: i64::try_from(length.as_micros()).unwrap_or(i64::MAX),
+    }
 }
 
 /// Creates the workspace row on first use. Workspace ids are the calling
