@@ -189,7 +189,9 @@ async fn create_schedule(
 ) -> ApiResult<Response> {
     let (found, definition) = live_connector(&state, &caller, id).await?;
     let spec = ScheduleSpec {
-        cron: body.cron,
+        // Stored as checked: the length limit applies to the trimmed
+        // expression, and so does the table's CHECK.
+        cron: body.cron.trim().to_owned(),
         timezone: body.timezone.unwrap_or_else(|| "UTC".to_owned()),
         input: body.input.unwrap_or_else(|| json!({})),
         overlap: body.overlap.unwrap_or(Overlap::Skip),
@@ -270,7 +272,7 @@ async fn update_schedule(
     let old = find(&state, &caller, id).await?;
     let paused = body.paused;
     let spec = ScheduleSpec {
-        cron: body.cron.unwrap_or(old.cron),
+        cron: body.cron.map_or(old.cron, |c| c.trim().to_owned()),
         timezone: body.timezone.unwrap_or(old.timezone),
         input: body.input.unwrap_or(old.input),
         overlap: body.overlap.unwrap_or(old.overlap),

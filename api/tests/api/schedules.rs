@@ -360,3 +360,47 @@ async fn a_tick_whose_input_no_longer_matches_fails_visibly_and_starts_nothing(p
         .expect("count");
     assert_eq!(executions, 0);
 }
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_cron_padded_with_spaces_is_stored_trimmed(pool: PgPool) {
+    let (api, token, connector) = setup(pool).await;
+    let padded = format!("0 9 * * *{}", " ".repeat(200));
+    let created = api
+        .post(
+            &format!("/api/v1/connectors/{connector}/schedules"),
+            &token,
+            json!({"cron": padded}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    assert_eq!(created.json["cron"], "0 9 * * *");
+    let id = created.id();
+    let patched = api
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/schedules/{id}"),
+            Some(&token),
+            Some(json!({"cron": format!("  @hourly{}", " ".repeat(300))})),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.text);
+    assert_eq!(patched.json["cron"], "@hourly");
+    let long = format!("0 9 * * {}", "1,".repeat(100));
+    let refused = api
+        .post(
+            &format!("/api/v1/connectors/{connector}/schedules"),
+            &token,
+            json!({"cron": long}),
+        )
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.text
+    );
+    assert_eq!(
+        refused.json["error"]["details"]["errors"][0]["path"],
+        "cron"
+    );
+}
