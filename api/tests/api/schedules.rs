@@ -404,3 +404,119 @@ async fn a_cron_padded_with_spaces_is_stored_trimmed(pool: PgPool) {
         "cron"
     );
 }
+
+/// Creates a schedule from `body`; its id and first tick.
+async fn schedule(
+    api: &TestApi,
+    token: &str,
+    connector: &str,
+    body: Value,
+) -> (String, DateTime<Utc>) {
+    let created = api
+        .post(
+            &format!("/api/v1/connectors/{connector}/schedules"),
+            token,
+            body,
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    (created.id(), time(&created.json["next_fire_times"][0]))
+}
+
+/// How many executions each workspace has: `(workspace, count)`, by name.
+async fn executions_by_workspace(pool: &PgPool) -> Vec<(String, i64)> {
+    sqlx::query_as("SELECT workspace_id, count(*) FROM connector_executions GROUP BY 1 ORDER BY 1")
+        .fetch_all(pool)
+        .await
+        .expect("executions")
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn held_ticks_that_cannot_start_do_not_crowd_out_one_that_can(pool: PgPool) {
+    let (api, token, connector) = setup(pool).await;
+    let other = api.token("ws_other", "u");
+    let other_connector = api
+        .create_connector(&other, serde_json::from_str(CONNECTOR).expect("json"))
+        .await;
+    let starter = Starter::new();
+    let hour = Duration::hours(1);
+    let second = Duration::seconds(1);
+    let body = json!({"cron": "0 * * * *", "input": {"n": 1}, "overlap": "queue_one"});
+    let mut t0 = None;
+    for _ in 0..3 {
+        t0 = Some(schedule(&api, &token, &connector, body.clone()).await.1);
+    }
+    let t0 = t0.expect("a first tick");
+    // The other workspace's schedule ends after its second tick, so that
+    // tick, once held, is all it has left (`next_fire_at` null).
+    let mut ending = body.clone();
+    ending["end_at"] = json!(t0 + hour + Duration::minutes(30));
+    let (ended, _) = schedule(&api, &other, &other_connector, ending).await;
+    assert_eq!(pass(&api, &starter, t0 + second).await, 4);
+    assert_eq!(
+        pass(&api, &starter, t0 + hour + second).await,
+        0,
+        "all held"
+    );
+    sqlx::query(
+        "UPDATE connector_executions SET status = 'succeeded', finished_at = now()
+         WHERE workspace_id = 'ws_other'",
+    )
+    .execute(&api.pool)
+    .await
+    .expect("finish");
+    let before: Vec<(String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT id::text, updated_at FROM connector_schedules ORDER BY id")
+            .fetch_all(&api.pool)
+            .await
+            .expect("schedules");
+    // A pass with room for three: the three held ticks whose previous run
+    // is still active can do nothing, so the one that can start is taken.
+    let started = schedules::fire_due(&api.pool, &starter, t0 + hour + second * 2, 3)
+        .await
+        .expect("pass");
+    assert_eq!(started, 1);
+    let last = ticks(&api, &other, &ended).await.pop().expect("a tick");
+    assert_eq!((last.0, last.1.as_str()), (t0 + hour, "started"));
+    let after: Vec<(String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT id::text, updated_at FROM connector_schedules ORDER BY id")
+            .fetch_all(&api.pool)
+            .await
+            .expect("schedules");
+    let unchanged = before.iter().filter(|b| after.contains(b)).count();
+    assert_eq!(
+        unchanged, 3,
+        "schedules with nothing to do are not rewritten"
+    );
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_pass_takes_every_workspace_s_due_ticks_in_turn(pool: PgPool) {
+    let (api, token, connector) = setup(pool).await;
+    let other = api.token("ws_other", "u");
+    let other_connector = api
+        .create_connector(&other, serde_json::from_str(CONNECTOR).expect("json"))
+        .await;
+    let starter = Starter::new();
+    // Three hourly schedules at :00:00 in one workspace, one at :00:05 in
+    // another: a pass with room for two takes one of each.
+    for _ in 0..3 {
+        schedule(&api, &token, &connector, json!({"cron": "0 0 * * * *"})).await;
+    }
+    let (_, later) = schedule(
+        &api,
+        &other,
+        &other_connector,
+        json!({"cron": "5 0 * * * *"}),
+    )
+    .await;
+    let started = schedules::fire_due(&api.pool, &starter, later + Duration::seconds(1), 2)
+        .await
+        .expect("pass");
+    assert_eq!(started, 2);
+    assert_eq!(
+        executions_by_workspace(&api.pool).await,
+        [("ws_other".to_owned(), 1), ("ws_sched".to_owned(), 1)]
+    );
+    assert_eq!(pass(&api, &starter, later + Duration::seconds(2)).await, 2);
+}
