@@ -255,8 +255,11 @@ async fn get_schedule(
     Ok(Json(view(schedule, Some(ticks))))
 }
 
-/// Change a schedule: any of its fields, or pause it. The next tick is
-/// computed again from now (missed ticks are not replayed).
+/// Change a schedule: any of its fields, or pause it. The next tick stays
+/// as it was, even one due but not yet fired, unless `cron` or `timezone`
+/// changes or a paused schedule is resumed: then it is the first tick
+/// after now (missed ticks are not replayed). An `end_at` before it ends
+/// the schedule.
 #[utoipa::path(patch, path = "/schedules/{id}", tag = "schedules", operation_id = "update_schedule",
     params(("id" = Uuid, Path, description = "The schedule")),
     request_body(content = UpdateScheduleRequest, example = json!({"cron": "*/30 * * * *", "overlap": "queue_one"})),
@@ -324,7 +327,8 @@ async fn save(
     Ok(Json(view(schedule, None)))
 }
 
-/// Pause a schedule: no tick fires until it is resumed.
+/// Pause a schedule: no tick fires until it is resumed, not even one that
+/// is due but not yet fired.
 #[utoipa::path(post, path = "/schedules/{id}/pause", tag = "schedules", operation_id = "pause_schedule",
     params(("id" = Uuid, Path, description = "The schedule")),
     responses((status = 200, description = "The paused schedule", body = ScheduleView),
@@ -337,7 +341,9 @@ async fn pause_schedule(
     set_paused(&state, &caller, id, true).await
 }
 
-/// Resume a schedule from now: ticks missed while paused are not replayed.
+/// Resume a schedule from now: ticks missed while paused are not replayed
+/// (nor one that was due but not yet fired when it was paused). Resuming
+/// a schedule that is not paused changes nothing.
 #[utoipa::path(post, path = "/schedules/{id}/resume", tag = "schedules", operation_id = "resume_schedule",
     params(("id" = Uuid, Path, description = "The schedule")),
     responses((status = 200, description = "The resumed schedule with its `next_fire_times`", body = ScheduleView),

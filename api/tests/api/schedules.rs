@@ -520,3 +520,88 @@ async fn a_pass_takes_every_workspace_s_due_ticks_in_turn(pool: PgPool) {
     );
     assert_eq!(pass(&api, &starter, later + Duration::seconds(2)).await, 2);
 }
+
+/// The stored `next_fire_at` of schedule `id`.
+async fn next_fire_at(pool: &PgPool, id: &str) -> Option<DateTime<Utc>> {
+    sqlx::query_scalar("SELECT next_fire_at FROM connector_schedules WHERE id = $1::uuid")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("schedule")
+}
+
+/// Makes `tick` the schedule's due tick, as if the scheduler had not yet
+/// passed since it came.
+async fn due_at(pool: &PgPool, id: &str, tick: DateTime<Utc>) {
+    sqlx::query("UPDATE connector_schedules SET next_fire_at = $2 WHERE id = $1::uuid")
+        .bind(id)
+        .bind(tick)
+        .execute(pool)
+        .await
+        .expect("due");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn an_edit_keeps_a_due_tick_and_a_resume_continues_from_now(pool: PgPool) {
+    let (api, token, connector) = setup(pool).await;
+    let starter = Starter::new();
+    let (id, t0) = hourly(&api, &token, &connector, "allow").await;
+    let hour = Duration::hours(1);
+    let at = format!("/api/v1/schedules/{id}");
+    let patch = |body: Value| api.call(Method::PATCH, &at, Some(&token), Some(body));
+    let due = t0 - hour;
+    due_at(&api.pool, &id, due).await;
+    for body in [
+        json!({"input": {"n": 8}}),
+        json!({"overlap": "skip"}),
+        json!({"end_at": t0 + hour * 5}),
+        json!({"timezone": "UTC", "paused": false}),
+    ] {
+        let reply = patch(body.clone()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{body}: {}", reply.text);
+        assert_eq!(time(&reply.json["next_fire_at"]), due, "{body}");
+    }
+    let resumed = api.post(&format!("{at}/resume"), &token, json!({})).await;
+    assert_eq!(
+        time(&resumed.json["next_fire_at"]),
+        due,
+        "it was not paused"
+    );
+    assert_eq!(
+        pass(&api, &starter, Utc::now()).await,
+        1,
+        "the due tick fires"
+    );
+    let fired = ticks(&api, &token, &id).await;
+    assert_eq!((fired[0].0, fired[0].1.as_str()), (due, "started"));
+    let shown = api
+        .get(
+            &format!("/api/v1/executions/{}", fired[0].2.as_str().expect("id")),
+            &token,
+        )
+        .await;
+    assert_eq!(shown.json["input"], json!({"n": 8}), "with the new input");
+
+    // Paused, nothing fires, and an edit keeps the due tick; the resume
+    // continues from now without replaying it.
+    due_at(&api.pool, &id, due - hour).await;
+    let paused = api.post(&format!("{at}/pause"), &token, json!({})).await;
+    assert_eq!(time(&paused.json["next_fire_at"]), due - hour);
+    assert_eq!(pass(&api, &starter, Utc::now()).await, 0);
+    let edited = patch(json!({"input": {"n": 9}})).await;
+    assert_eq!(time(&edited.json["next_fire_at"]), due - hour);
+    let resumed = api.post(&format!("{at}/resume"), &token, json!({})).await;
+    assert_eq!(time(&resumed.json["next_fire_at"]), t0);
+    assert_eq!(pass(&api, &starter, Utc::now()).await, 0);
+
+    // A new expression starts from now.
+    due_at(&api.pool, &id, due - hour).await;
+    let changed = patch(json!({"cron": "0 */2 * * *"})).await;
+    assert!(time(&changed.json["next_fire_at"]) > Utc::now());
+    let next = time(&changed.json["next_fire_at"]);
+    assert_eq!(next_fire_at(&api.pool, &id).await, Some(next));
+    // An end before the next tick ends the schedule.
+    let ended = patch(json!({"end_at": next - Duration::seconds(1)})).await;
+    assert_eq!(ended.status, StatusCode::OK, "{}", ended.text);
+    assert_eq!(ended.json["next_fire_at"], Value::Null);
+}

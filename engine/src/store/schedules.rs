@@ -230,8 +230,18 @@ pub async fn list(pool: &PgPool, workspace_id: &str, connector_id: Uuid) -> Resu
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
-/// Replaces a schedule's definition and its next tick; `paused` when given
-/// pauses or resumes it. `None` when there is no such schedule.
+/// Replaces a schedule's definition; `paused` when given pauses or
+/// resumes it. `None` when there is no such schedule.
+///
+/// The stored next tick stands, due or not, while the expression and its
+/// zone stay the same (an edit, a pause, or a resume of a schedule that
+/// was not paused), unless the new `end_at` comes before it: a tick that
+/// came due just before the edit still fires at the next pass. A new
+/// expression or zone, a resume of a paused schedule, or a schedule that
+/// had no next tick takes `next_fire_at` (the first tick after now): the
+/// ticks missed while paused are not replayed. Decided on the row as it
+/// is when written, so a scheduler pass that fired the tick meanwhile is
+/// not undone.
 ///
 /// # Errors
 ///
@@ -249,7 +259,14 @@ pub async fn update(
         Row,
         "UPDATE connector_schedules SET
              cron = $3, timezone = $4, input = $5, overlap = $6, end_at = $7,
-             paused = COALESCE($8, paused), next_fire_at = $9, updated_at = $10
+             paused = COALESCE($8, paused),
+             next_fire_at = CASE
+                 WHEN cron = $3 AND timezone = $4 AND next_fire_at IS NOT NULL
+                      AND NOT (paused AND $8 IS FALSE)
+                     THEN CASE WHEN $7::timestamptz IS NULL OR next_fire_at <= $7
+                               THEN next_fire_at END
+                 ELSE $9 END,
+             updated_at = $10
          WHERE id = $1 AND workspace_id = $2
          RETURNING id, connector_id, cron, timezone, input, overlap, end_at, paused, next_fire_at,
                    pending_tick_at, last_execution_id, created_at, updated_at",
