@@ -197,7 +197,9 @@ async fn create_schedule(
         overlap: body.overlap.unwrap_or(Overlap::Skip),
         end_at: body.end_at,
     };
-    let now = Utc::now();
+    // The scheduler's clock, so that this process's clock cannot skip or
+    // repeat a tick.
+    let now = schedules::database_now(&state.pool).await?;
     let next = check(&state, Some((id, found.version, &definition)), &spec, now)?;
     let schedule =
         schedules::create(&state.pool, &caller.workspace_id, id, &spec, next, now).await?;
@@ -302,7 +304,7 @@ async fn save(
     (against, paused): (Against<'_>, Option<bool>),
     action: &str,
 ) -> ApiResult<Json<ScheduleView>> {
-    let now = Utc::now();
+    let now = schedules::database_now(&state.pool).await?;
     let next = check(state, against, spec, now)?;
     let schedule = schedules::update(
         &state.pool,

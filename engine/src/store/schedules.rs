@@ -588,16 +588,35 @@ async fn save(tx: &mut PgConnection, d: &Due, before: Moved, now: DateTime<Utc>)
     Ok(())
 }
 
-/// When the next scheduler pass has work: the earliest `next_fire_at` of
-/// an active schedule (`None`: none is scheduled).
+/// The database's clock. Scheduler passes compare ticks with it rather
+/// than with their own process's clock, so that processes whose clocks
+/// disagree still agree on what is due: one whose clock runs ahead would
+/// otherwise fire ticks early.
 ///
 /// # Errors
 ///
 /// Database errors.
-pub async fn earliest_due(pool: &PgPool) -> Result<Option<DateTime<Utc>>> {
-    Ok(sqlx::query_scalar!(
-        "SELECT min(next_fire_at) FROM connector_schedules WHERE NOT paused AND next_fire_at IS NOT NULL"
+pub async fn database_now(pool: &PgPool) -> Result<DateTime<Utc>> {
+    Ok(sqlx::query_scalar!(r#"SELECT now() AS "now!""#)
+        .fetch_one(pool)
+        .await?)
+}
+
+/// How long until the next scheduler pass has work, by the database's
+/// clock: until the earliest `next_fire_at` of an active schedule, zero
+/// when one is due (`None`: none is scheduled).
+///
+/// # Errors
+///
+/// Database errors.
+pub async fn until_next_tick(pool: &PgPool) -> Result<Option<std::time::Duration>> {
+    let seconds = sqlx::query_scalar!(
+        "SELECT extract(epoch FROM min(next_fire_at) - clock_timestamp())::float8
+         FROM connector_schedules WHERE NOT paused AND next_fire_at IS NOT NULL"
     )
     .fetch_one(pool)
-    .await?)
+    .await?;
+    Ok(seconds.map(|s| {
+        std::time::Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(std::time::Duration::MAX)
+    }))
 }
