@@ -124,7 +124,7 @@ impl CallbackSender {
         metrics::counter!("conveyor_callback_attempts_total",
             "result" => if error.is_none() { "delivered" } else { "failed" })
         .increment(1);
-        if let Err(e) = callbacks::finish_attempt(
+        match callbacks::finish_attempt(
             &self.pool,
             d.id,
             (d.attempts, at),
@@ -133,7 +133,13 @@ impl CallbackSender {
         )
         .await
         {
-            warn!(callback.id = %d.id, error = %e, "could not record a callback attempt; its lease will expire and it is sent again");
+            Ok(true) => {}
+            Ok(false) => {
+                warn!(callback.id = %d.id, attempt = d.attempts, "a callback attempt outlived its lease; the attempt that took over decides");
+            }
+            Err(e) => {
+                warn!(callback.id = %d.id, error = %e, "could not record a callback attempt; its lease will expire and it is sent again");
+            }
         }
     }
 

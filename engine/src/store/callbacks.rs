@@ -247,7 +247,10 @@ pub enum Next {
     GiveUp,
 }
 
-/// Records attempt `attempt` of delivery `id` and moves the delivery on.
+/// Records attempt `attempt` of delivery `id` and moves the delivery on,
+/// if that attempt still holds the delivery: false when its lease had
+/// expired and a later attempt took it over (or finished it), whose
+/// outcome stands. The attempt itself is recorded either way.
 ///
 /// # Errors
 ///
@@ -258,7 +261,7 @@ pub async fn finish_attempt(
     (attempt, at): (i32, DateTime<Utc>),
     (status_code, error, duration_ms): (Option<u16>, Option<&str>, i32),
     next: Next,
-) -> crate::Result<()> {
+) -> crate::Result<bool> {
     let mut tx = pool.begin().await?;
     sqlx::query!(
         "INSERT INTO callback_attempts (delivery_id, workspace_id, attempt, at, status_code, error, duration_ms)
@@ -278,20 +281,24 @@ pub async fn finish_attempt(
         Next::RetryAt(t) => ("pending", Some(t)),
         Next::GiveUp => ("failed", None),
     };
-    sqlx::query!(
+    // Fenced by the attempt number, which each claim bumps: a sender that
+    // stalled past its lease must neither clear the lease of the attempt
+    // that took over nor undo its delivery (and so send it again).
+    let moved = sqlx::query!(
         "UPDATE callback_deliveries SET status = $2, lease_expires_at = NULL,
              next_attempt_at = COALESCE($3, next_attempt_at),
              finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE $4::timestamptz END
-         WHERE id = $1",
+         WHERE id = $1 AND attempts = $5 AND status = 'pending'",
         id,
         status,
         next_at,
-        at
+        at,
+        attempt
     )
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(moved.rows_affected() == 1)
 }
 
 /// One attempt as shown.

@@ -1,0 +1,86 @@
+//! The callback outbox under races: a sender whose lease expired cannot
+//! overwrite the attempt that took over.
+
+use chrono::Utc;
+use conveyor_engine::store::callbacks::{self, Next};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const LEASE: chrono::Duration = chrono::Duration::seconds(60);
+
+/// A pending delivery of workspace `ws` to `url`, due since `age_secs`
+/// seconds ago.
+async fn delivery(pool: &PgPool, ws: &str, url: &str, age_secs: i64) -> Uuid {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO callback_deliveries (id, workspace_id, url, event, payload, next_attempt_at, created_at)
+         VALUES ($1, $2, $3, 'credential.needs_reconnect', '{}',
+                 now() - make_interval(secs => $4), now() - make_interval(secs => $4))",
+    )
+    .bind(id)
+    .bind(ws)
+    .bind(url)
+    .bind(age_secs as f64)
+    .execute(pool)
+    .await
+    .expect("delivery");
+    id
+}
+
+async fn status_of(pool: &PgPool, id: Uuid) -> (String, Option<chrono::DateTime<Utc>>) {
+    sqlx::query_as("SELECT status, lease_expires_at FROM callback_deliveries WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("delivery")
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_sender_whose_lease_expired_cannot_overwrite_the_next_attempt(pool: PgPool) {
+    let id = delivery(&pool, "ws_cb", "https://hooks.example.com/cb", 1).await;
+    let stale = callbacks::claim(&pool, 10, LEASE, Utc::now())
+        .await
+        .expect("claim");
+    assert_eq!(stale[0].attempts, 1);
+    // The first sender stalls past its lease; another takes the delivery.
+    sqlx::query("UPDATE callback_deliveries SET lease_expires_at = now() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .expect("expire");
+    let live = callbacks::claim(&pool, 10, LEASE, Utc::now())
+        .await
+        .expect("claim");
+    assert_eq!(live[0].attempts, 2);
+    let now = Utc::now();
+    let retry = Next::RetryAt(now + chrono::Duration::seconds(5));
+    // The stale sender's failure neither ends the live lease...
+    let recorded = callbacks::finish_attempt(
+        &pool,
+        id,
+        (1, now),
+        (None, Some("timed out"), 10_000),
+        retry,
+    )
+    .await
+    .expect("stale");
+    assert!(!recorded, "the stale attempt no longer holds the delivery");
+    let (status, lease) = status_of(&pool, id).await;
+    assert_eq!(status, "pending");
+    assert!(lease.is_some_and(|l| l > now), "the live lease stands");
+    // ...nor undoes its delivery.
+    let delivered =
+        callbacks::finish_attempt(&pool, id, (2, now), (Some(204), None, 5), Next::Delivered)
+            .await
+            .expect("live");
+    assert!(delivered);
+    let recorded = callbacks::finish_attempt(&pool, id, (1, now), (Some(500), None, 10_000), retry)
+        .await
+        .expect("stale");
+    assert!(!recorded);
+    assert_eq!(status_of(&pool, id).await, ("delivered".to_owned(), None));
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM callback_attempts")
+        .fetch_one(&pool)
+        .await
+        .expect("attempts");
+    assert_eq!(attempts, 2, "both attempts were made and are recorded");
+}
