@@ -158,7 +158,7 @@ impl CallbackSender {
             d.data.clone().unwrap_or(serde_json::Value::Null),
         );
         let body = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;
-        let keys = callbacks::signing_keys(&self.pool, &self.keyring, &d.workspace_id, now)
+        let keys = callbacks::signing_keys(&self.pool, &self.keyring, &d.workspace_id)
             .await
             .map_err(|e| format!("signing secret unavailable: {e}"))?;
         let id = format!("msg_{}", d.id.simple());

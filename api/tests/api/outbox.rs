@@ -1,8 +1,11 @@
 //! The callback outbox under races: a sender whose lease expired cannot
-//! overwrite the attempt that took over.
+//! overwrite the attempt that took over, and concurrent rotations of the
+//! signing secret leave each one's secret signing.
 
 use chrono::Utc;
 use conveyor_engine::store::callbacks::{self, Next};
+use conveyor_engine::webhook::{Scheme, key_of};
+use conveyor_tests::api::TestApi;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -83,4 +86,27 @@ async fn a_sender_whose_lease_expired_cannot_overwrite_the_next_attempt(pool: Pg
         .await
         .expect("attempts");
     assert_eq!(attempts, 2, "both attempts were made and are recorded");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn concurrent_rotations_each_leave_their_secret_signing(pool: PgPool) {
+    let api = TestApi::new(pool);
+    let ws = "ws_rotate";
+    let key = |s: &str| key_of(Scheme::StandardWebhooks, s).expect("key");
+    let rotate = || callbacks::rotate(&api.pool, &api.keyring, ws);
+    for round in 0..5 {
+        // Both read the secret they replace before either writes, unless
+        // the rotations are serialized.
+        let (first, second) = tokio::join!(rotate(), rotate());
+        let mut returned = [key(&first.expect("rotate")), key(&second.expect("rotate"))];
+        let mut keys = callbacks::signing_keys(&api.pool, &api.keyring, ws)
+            .await
+            .expect("keys");
+        returned.sort();
+        keys.sort();
+        assert_eq!(
+            keys, returned,
+            "round {round}: one is current, the other previous"
+        );
+    }
 }

@@ -59,20 +59,7 @@ fn open(keyring: &Keyring, ws: &str, name: &str, sealed: Sealed) -> Result<Strin
 ///
 /// Sealing, opening or database errors.
 pub async fn secret(pool: &PgPool, keyring: &Keyring, ws: &str) -> Result<String, SecretError> {
-    super::ensure_workspace(pool, ws).await?;
-    let fresh = new_secret();
-    let sealed = keyring.seal(ws, CURRENT, fresh.as_bytes())?;
-    // Insert if absent; either way read back the row that won.
-    sqlx::query!(
-        "INSERT INTO workspace_signing_secrets (workspace_id, key_id, nonce, ciphertext, created_at)
-         VALUES ($1, $2, $3, $4, now()) ON CONFLICT (workspace_id) DO NOTHING",
-        ws,
-        sealed.key_id,
-        sealed.nonce,
-        sealed.ciphertext
-    )
-    .execute(pool)
-    .await?;
+    create_if_absent(pool, keyring, ws).await?;
     let row = sqlx::query!(
         "SELECT key_id, nonce, ciphertext FROM workspace_signing_secrets WHERE workspace_id = $1",
         ws
@@ -91,26 +78,64 @@ pub async fn secret(pool: &PgPool, keyring: &Keyring, ws: &str) -> Result<String
     )
 }
 
+/// Creates the workspace's signing secret unless it has one (concurrent
+/// first uses agree on the row that won).
+async fn create_if_absent(pool: &PgPool, keyring: &Keyring, ws: &str) -> Result<(), SecretError> {
+    super::ensure_workspace(pool, ws).await?;
+    let fresh = new_secret();
+    let sealed = keyring.seal(ws, CURRENT, fresh.as_bytes())?;
+    sqlx::query!(
+        "INSERT INTO workspace_signing_secrets (workspace_id, key_id, nonce, ciphertext, created_at)
+         VALUES ($1, $2, $3, $4, now()) ON CONFLICT (workspace_id) DO NOTHING",
+        ws,
+        sealed.key_id,
+        sealed.nonce,
+        sealed.ciphertext
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Replaces the signing secret; the old one keeps signing beside it for
-/// [`ROTATION_OVERLAP`]. Returns the new secret.
+/// [`ROTATION_OVERLAP`] (by the database's clock, which the senders
+/// compare with). Returns the new secret.
+///
+/// The secret it replaces is read and written in one transaction that
+/// locks the row, so concurrent rotations take turns: each one's secret
+/// is current until the next rotation and then previous, never lost
+/// because two rotations replaced the same secret.
 ///
 /// # Errors
 ///
 /// Sealing, opening or database errors.
-pub async fn rotate(
-    pool: &PgPool,
-    keyring: &Keyring,
-    ws: &str,
-    now: DateTime<Utc>,
-) -> Result<String, SecretError> {
-    let old = secret(pool, keyring, ws).await?;
+pub async fn rotate(pool: &PgPool, keyring: &Keyring, ws: &str) -> Result<String, SecretError> {
+    create_if_absent(pool, keyring, ws).await?;
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query!(
+        "SELECT key_id, nonce, ciphertext FROM workspace_signing_secrets
+         WHERE workspace_id = $1 FOR UPDATE",
+        ws
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let old = open(
+        keyring,
+        ws,
+        CURRENT,
+        Sealed {
+            key_id: row.key_id,
+            nonce: row.nonce,
+            ciphertext: row.ciphertext,
+        },
+    )?;
     let fresh = new_secret();
     let current = keyring.seal(ws, CURRENT, fresh.as_bytes())?;
     let previous = keyring.seal(ws, PREVIOUS, old.as_bytes())?;
     sqlx::query!(
         "UPDATE workspace_signing_secrets SET key_id = $2, nonce = $3, ciphertext = $4,
              previous_key_id = $5, previous_nonce = $6, previous_ciphertext = $7,
-             previous_until = $8, rotated_at = $9
+             previous_until = now() + make_interval(secs => $8), rotated_at = now()
          WHERE workspace_id = $1",
         ws,
         current.key_id,
@@ -119,16 +144,17 @@ pub async fn rotate(
         previous.key_id,
         previous.nonce,
         previous.ciphertext,
-        now + ROTATION_OVERLAP,
-        now
+        ROTATION_OVERLAP.num_seconds() as f64
     )
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(fresh)
 }
 
-/// The keys a callback of workspace `ws` is signed with at `now`: the
-/// current secret's, then the previous one's during a rotation.
+/// The keys a callback of workspace `ws` is signed with now: the current
+/// secret's, then the previous one's during a rotation (by the database's
+/// clock).
 ///
 /// # Errors
 ///
@@ -137,15 +163,13 @@ pub async fn signing_keys(
     pool: &PgPool,
     keyring: &Keyring,
     ws: &str,
-    now: DateTime<Utc>,
 ) -> Result<Vec<Vec<u8>>, SecretError> {
     let current = secret(pool, keyring, ws).await?;
     let mut secrets = vec![current];
     let row = sqlx::query!(
         "SELECT previous_key_id, previous_nonce, previous_ciphertext FROM workspace_signing_secrets
-         WHERE workspace_id = $1 AND previous_until > $2",
-        ws,
-        now
+         WHERE workspace_id = $1 AND previous_until > now()",
+        ws
     )
     .fetch_optional(pool)
     .await?;
