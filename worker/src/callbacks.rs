@@ -72,12 +72,13 @@ impl CallbackSender {
     ///
     /// Database errors while claiming.
     pub async fn run_once(&self) -> conveyor_engine::Result<usize> {
-        let due = callbacks::claim(&self.pool, BATCH, LEASE, Utc::now()).await?;
+        let due = callbacks::claim(&self.pool, BATCH, LEASE).await?;
+        let claimed = Instant::now();
         let n = due.len();
         let mut sends = JoinSet::new();
         for d in due {
             let me = self.clone();
-            sends.spawn(async move { me.attempt(d).await });
+            sends.spawn(async move { me.attempt(d, claimed).await });
         }
         while sends.join_next().await.is_some() {}
         Ok(n)
@@ -103,8 +104,12 @@ impl CallbackSender {
         }
     }
 
-    async fn attempt(&self, d: Due) {
-        let at = Utc::now();
+    /// Sends `d`, claimed at `claimed` on this process's monotonic clock,
+    /// and records the attempt. Its time is the database's clock at the
+    /// claim plus the time since: the retry and the 24-hour limit are
+    /// reckoned on the clock that made the delivery, not this process's.
+    async fn attempt(&self, d: Due, claimed: Instant) {
+        let at = d.claimed_at + chrono::Duration::from_std(claimed.elapsed()).unwrap_or_default();
         let started = Instant::now();
         let result = self.send(&d).await;
         let duration_ms = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);

@@ -1,6 +1,8 @@
-//! The callback outbox under races: a sender whose lease expired cannot
-//! overwrite the attempt that took over, and concurrent rotations of the
-//! signing secret leave each one's secret signing.
+//! The callback outbox under load and races: claims take every
+//! workspace's deliveries in turn (fewest in flight first), a sender
+//! whose lease expired cannot overwrite the attempt that took over, and
+//! concurrent rotations of the signing secret leave each one's secret
+//! signing.
 
 use chrono::Utc;
 use conveyor_engine::store::callbacks::{self, Next};
@@ -39,20 +41,66 @@ async fn status_of(pool: &PgPool, id: Uuid) -> (String, Option<chrono::DateTime<
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn claims_take_each_workspace_in_turn_fewest_in_flight_first(pool: PgPool) {
+    let mut backlog = Vec::new();
+    for age in 0..50 {
+        backlog.push(delivery(&pool, "ws_big", "https://big.example.com/cb", 3600 - age).await);
+    }
+    let small = [
+        delivery(&pool, "ws_small", "https://small.example.com/cb", 2).await,
+        delivery(&pool, "ws_small", "https://small.example.com/cb", 1).await,
+    ];
+    let first = callbacks::claim(&pool, 3, LEASE).await.expect("claim");
+    let ids: Vec<Uuid> = first.iter().map(|d| d.id).collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.contains(&small[0]), "the newer workspace gets a turn");
+    assert!(ids.contains(&backlog[0]) && ids.contains(&backlog[1]));
+    // The big workspace has two in flight, the small one one: the next
+    // single claim goes to the small one, although its row is the newest.
+    let next = callbacks::claim(&pool, 1, LEASE).await.expect("claim");
+    assert_eq!(next.iter().map(|d| d.id).collect::<Vec<_>>(), [small[1]]);
+    let rest = callbacks::claim(&pool, 100, LEASE).await.expect("claim");
+    assert_eq!(rest.len(), 48, "every other due row, each once");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn concurrent_claimers_never_share_a_delivery(pool: PgPool) {
+    for n in 0..200 {
+        let ws = format!("ws_{}", n % 5);
+        delivery(&pool, &ws, "https://hooks.example.com/cb", n).await;
+    }
+    let mut claimers = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let pool = pool.clone();
+        claimers.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = callbacks::claim(&pool, 7, LEASE).await.expect("claim");
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|d| d.id));
+            }
+        });
+    }
+    let mut ids: Vec<Uuid> = claimers.join_all().await.into_iter().flatten().collect();
+    assert_eq!(ids.len(), 200);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200, "no delivery was claimed twice");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn a_sender_whose_lease_expired_cannot_overwrite_the_next_attempt(pool: PgPool) {
     let id = delivery(&pool, "ws_cb", "https://hooks.example.com/cb", 1).await;
-    let stale = callbacks::claim(&pool, 10, LEASE, Utc::now())
-        .await
-        .expect("claim");
+    let stale = callbacks::claim(&pool, 10, LEASE).await.expect("claim");
     assert_eq!(stale[0].attempts, 1);
     // The first sender stalls past its lease; another takes the delivery.
     sqlx::query("UPDATE callback_deliveries SET lease_expires_at = now() - interval '1 second'")
         .execute(&pool)
         .await
         .expect("expire");
-    let live = callbacks::claim(&pool, 10, LEASE, Utc::now())
-        .await
-        .expect("claim");
+    let live = callbacks::claim(&pool, 10, LEASE).await.expect("claim");
     assert_eq!(live[0].attempts, 2);
     let now = Utc::now();
     let retry = Next::RetryAt(now + chrono::Duration::seconds(5));

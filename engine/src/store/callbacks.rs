@@ -213,31 +213,84 @@ pub struct Due {
     /// The payload's `data`: the event's own (a credential's), else the
     /// execution summary (`null` when retention already removed it).
     pub data: Option<Value>,
+    /// The database's clock at the claim: what the attempt's time and its
+    /// retry are reckoned from, since `created_at` and every other
+    /// process's lease are on that clock too.
+    pub claimed_at: DateTime<Utc>,
 }
 
-/// Leases up to `limit` due callbacks until `now + lease`, counting the
-/// attempt.
+/// Leases up to `limit` due callbacks for `lease`, counting the attempt;
+/// what is due and when the lease ends are judged by the database's
+/// clock, so a sender whose clock runs ahead cannot take over a live
+/// lease.
+///
+/// Fair across workspaces: a loose index scan finds each workspace with
+/// pending deliveries (one probe each, however deep its backlog), each
+/// offers its oldest due ones, and a workspace's `n`-th offered row ranks
+/// at `n` plus its deliveries already in flight. One workspace's backlog,
+/// even to a receiver that takes the whole timeout, thus holds back
+/// another's callbacks by at most the sends already under way, and while
+/// it has many in flight a workspace with none goes first.
 ///
 /// # Errors
 ///
 /// Database errors.
-pub async fn claim(
-    pool: &PgPool,
-    limit: i64,
-    lease: Duration,
-    now: DateTime<Utc>,
-) -> crate::Result<Vec<Due>> {
+pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> crate::Result<Vec<Due>> {
+    let lease_secs = lease.num_milliseconds() as f64 / 1000.0;
+    // The lock re-checks the row's own conditions: a concurrent claimer
+    // may have leased it since this statement's snapshot.
     Ok(sqlx::query_as!(
         Due,
-        r#"WITH due AS (
-               SELECT id FROM callback_deliveries
-               WHERE status = 'pending' AND next_attempt_at <= $2
-                 AND (lease_expires_at IS NULL OR lease_expires_at <= $2)
-               ORDER BY next_attempt_at
+        r#"WITH RECURSIVE ws AS (
+               (SELECT workspace_id FROM callback_deliveries
+                WHERE status = 'pending' ORDER BY workspace_id LIMIT 1)
+               UNION ALL
+               SELECT (SELECT d.workspace_id FROM callback_deliveries d
+                       WHERE d.status = 'pending' AND d.workspace_id > ws.workspace_id
+                       ORDER BY d.workspace_id LIMIT 1)
+               FROM ws WHERE ws.workspace_id IS NOT NULL
+           ), candidates AS (
+               SELECT ws.workspace_id, c.id, c.next_attempt_at, in_flight.n
+               FROM ws
+               CROSS JOIN LATERAL (
+                   SELECT count(*) AS n FROM callback_deliveries f
+                   WHERE f.workspace_id = ws.workspace_id AND f.status = 'pending'
+                     AND f.lease_expires_at > now()
+               ) in_flight
+               CROSS JOIN LATERAL (
+                   SELECT d.id, d.next_attempt_at FROM callback_deliveries d
+                   WHERE d.workspace_id = ws.workspace_id AND d.status = 'pending'
+                     AND d.next_attempt_at <= now()
+                     AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
+                   ORDER BY d.next_attempt_at, d.id
+                   LIMIT $1
+               ) c
+               WHERE ws.workspace_id IS NOT NULL
+           ), ranked AS (
+               SELECT id, next_attempt_at,
+                      n + row_number() OVER (PARTITION BY workspace_id ORDER BY next_attempt_at, id)
+                          AS share
+               FROM candidates
+           ), due AS (
+               -- In rank order, each row looked up by primary key and
+               -- locked, until the batch is full: the locking subquery is
+               -- never flattened, so this is a nested loop, which keeps
+               -- its outer order and locks only the rows it takes (as in
+               -- the execution claim, `super::claim`).
+               SELECT d.id FROM (
+                   SELECT id, share, next_attempt_at FROM ranked
+                   ORDER BY share, next_attempt_at, id
+               ) r
+               CROSS JOIN LATERAL (
+                   SELECT d.id FROM callback_deliveries d
+                   WHERE d.id = r.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+                     AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
+                   FOR UPDATE SKIP LOCKED
+               ) d
                LIMIT $1
-               FOR UPDATE SKIP LOCKED
            ), leased AS (
-               UPDATE callback_deliveries d SET attempts = d.attempts + 1, lease_expires_at = $3
+               UPDATE callback_deliveries d SET attempts = d.attempts + 1,
+                   lease_expires_at = now() + make_interval(secs => $2)
                FROM due WHERE d.id = due.id
                RETURNING d.id, d.workspace_id, d.url, d.event, d.attempts, d.created_at,
                          d.execution_id, d.payload
@@ -250,11 +303,11 @@ pub async fn claim(
                        'output', e.output, 'error', e.error, 'started_by', e.started_by,
                        'created_at', e.created_at, 'started_at', e.started_at,
                        'finished_at', e.finished_at)
-                   FROM connector_executions e WHERE e.id = l.execution_id)) AS data
+                   FROM connector_executions e WHERE e.id = l.execution_id)) AS data,
+                  now() AS "claimed_at!"
            FROM leased l"#,
         limit,
-        now,
-        now + lease
+        lease_secs
     )
     .fetch_all(pool)
     .await?)
