@@ -3,7 +3,10 @@
 //! events of subscriptions alike. It POSTs each event (an execution
 //! summary, or a credential's status) signed per Standard Webhooks with the workspace's secret (and the
 //! previous one during a rotation), records every attempt, and retries
-//! failures with exponential backoff for up to 24 hours. The outbound
+//! failures with exponential backoff for up to 24 hours. Up to `SLOTS`
+//! attempts are in flight at once, and each slot is claimed again as soon
+//! as its attempt ends, so a slow receiver holds back nothing but its own
+//! slots. The outbound
 //! address policy of steps applies: no private, loopback or metadata
 //! addresses unless `CONVEYOR_ALLOW_PRIVATE_NETWORKS`.
 
@@ -20,8 +23,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-/// Callbacks one pass claims.
-const BATCH: i64 = 32;
+/// Attempts one process has in flight at once (and the most one claim
+/// takes).
+const SLOTS: usize = 32;
+/// While fewer than half the slots are free, claims are at least this far
+/// apart, so a stream of quick sends is claimed a few rows at a time
+/// rather than one claim per finished send.
+const CLAIM_GAP: Duration = Duration::from_millis(50);
 /// How long a claimed callback stays leased (longer than a request).
 const LEASE: chrono::Duration = chrono::Duration::seconds(60);
 /// One attempt's timeout.
@@ -66,42 +74,84 @@ impl CallbackSender {
         })
     }
 
-    /// Sends what is due once; how many attempts were made.
+    /// Sends what is due once, waiting for every attempt; how many were
+    /// made.
     ///
     /// # Errors
     ///
     /// Database errors while claiming.
     pub async fn run_once(&self) -> conveyor_engine::Result<usize> {
-        let due = callbacks::claim(&self.pool, BATCH, LEASE).await?;
-        let claimed = Instant::now();
-        let n = due.len();
         let mut sends = JoinSet::new();
-        for d in due {
-            let me = self.clone();
-            sends.spawn(async move { me.attempt(d, claimed).await });
-        }
+        let n = self.claim_into(&mut sends, SLOTS).await?;
         while sends.join_next().await.is_some() {}
         Ok(n)
     }
 
-    /// Runs passes until `shutdown`.
+    /// Sends until `shutdown`, with up to [`SLOTS`] attempts in flight:
+    /// whenever one ends, its slot is claimed again, so a receiver that
+    /// takes the whole timeout holds one slot, not the next claim. On
+    /// shutdown it stops claiming and lets the attempts in flight end
+    /// (each within the timeout).
     pub async fn run(self, shutdown: CancellationToken) {
-        loop {
-            let busy = match self.run_once().await {
-                Ok(n) => n > 0,
+        let mut sends = JoinSet::new();
+        let mut last_claim: Option<Instant> = None;
+        while !shutdown.is_cancelled() {
+            while sends.try_join_next().is_some() {}
+            let free = SLOTS.saturating_sub(sends.len());
+            if free == 0 {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    _ = sends.join_next() => {}
+                }
+                continue;
+            }
+            if free < SLOTS / 2
+                && let Some(next) = last_claim.map(|t| t + CLAIM_GAP)
+                && next > Instant::now()
+            {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep_until(next.into()) => {}
+                }
+                continue;
+            }
+            last_claim = Some(Instant::now());
+            let all_taken = match self.claim_into(&mut sends, free).await {
+                Ok(n) => n == free,
                 Err(e) => {
                     warn!(error = %e, "claiming callbacks failed; retrying");
                     false
                 }
             };
-            if busy {
-                continue;
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(IDLE) => {}
+            // Every slot filled: more may be due, so claim again as soon
+            // as one frees. Otherwise nothing more is due now: look again
+            // after `IDLE`.
+            if !all_taken {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep(IDLE) => {}
+                }
             }
         }
+        while sends.join_next().await.is_some() {}
+    }
+
+    /// Claims up to `free` due callbacks and starts an attempt for each in
+    /// `sends`; how many it claimed.
+    async fn claim_into(
+        &self,
+        sends: &mut JoinSet<()>,
+        free: usize,
+    ) -> conveyor_engine::Result<usize> {
+        let limit = i64::try_from(free).unwrap_or(i64::MAX);
+        let due = callbacks::claim(&self.pool, limit, LEASE).await?;
+        let claimed = Instant::now();
+        let n = due.len();
+        for d in due {
+            let me = self.clone();
+            sends.spawn(async move { me.attempt(d, claimed).await });
+        }
+        Ok(n)
     }
 
     /// Sends `d`, claimed at `claimed` on this process's monotonic clock,

@@ -1,15 +1,22 @@
 //! The callback outbox under load and races: claims take every
-//! workspace's deliveries in turn (fewest in flight first), a sender
-//! whose lease expired cannot overwrite the attempt that took over, and
-//! concurrent rotations of the signing secret leave each one's secret
-//! signing.
+//! workspace's deliveries in turn (fewest in flight first), a slow
+//! receiver does not hold back the next claim, a sender whose lease
+//! expired cannot overwrite the attempt that took over, and concurrent
+//! rotations of the signing secret leave each one's secret signing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use conveyor_engine::store::callbacks::{self, Next};
 use conveyor_engine::webhook::{Scheme, key_of};
 use conveyor_tests::api::TestApi;
+use conveyor_worker::callbacks::CallbackSender;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const LEASE: chrono::Duration = chrono::Duration::seconds(60);
 
@@ -134,6 +141,44 @@ async fn a_sender_whose_lease_expired_cannot_overwrite_the_next_attempt(pool: Pg
         .await
         .expect("attempts");
     assert_eq!(attempts, 2, "both attempts were made and are recorded");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_slow_receiver_does_not_hold_back_the_next_claim(pool: PgPool) {
+    let api = TestApi::new(pool);
+    let receiver = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(8)))
+        .mount(&receiver)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/fast"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&receiver)
+        .await;
+    let slow = delivery(&api.pool, "ws_slow", &format!("{}/slow", receiver.uri()), 1).await;
+    let sender =
+        CallbackSender::new(api.pool.clone(), Arc::clone(&api.keyring), true).expect("sender");
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(sender.run(shutdown.clone()));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status_of(&api.pool, slow).await.1.is_none() {
+        assert!(Instant::now() < deadline, "the slow delivery is never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fast = delivery(&api.pool, "ws_fast", &format!("{}/fast", receiver.uri()), 0).await;
+    while status_of(&api.pool, fast).await.0 != "delivered" {
+        assert!(Instant::now() < deadline, "the fast delivery is never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        status_of(&api.pool, slow).await.0,
+        "pending",
+        "sent while the slow one was still in flight"
+    );
+    shutdown.cancel();
+    running.abort();
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
