@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use conveyor_engine::start::Starter;
 use conveyor_engine::store::schedules;
 use sqlx::PgPool;
@@ -18,13 +17,14 @@ const PASS_BATCH: i64 = 100;
 /// elsewhere is seen within this.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
-/// Runs scheduler passes until `shutdown`: each fires what is due, then
-/// sleeps until the earliest next tick (at most `MAX_SLEEP`).
+/// Runs scheduler passes until `shutdown`: each fires what is due by the
+/// database's clock, then sleeps until the earliest next tick (at most
+/// `MAX_SLEEP`).
 pub async fn run(pool: PgPool, shutdown: CancellationToken) {
     let starter = Starter::new();
     loop {
         let mut sleep = MAX_SLEEP;
-        match schedules::fire_due(&pool, &starter, Utc::now(), PASS_BATCH).await {
+        match pass(&pool, &starter).await {
             Ok(started) => {
                 if started > 0 {
                     metrics::counter!("conveyor_executions_enqueued_total")
@@ -32,11 +32,8 @@ pub async fn run(pool: PgPool, shutdown: CancellationToken) {
                     metrics::counter!("conveyor_schedule_ticks_started_total")
                         .increment(started as u64);
                 }
-                match schedules::earliest_due(&pool).await {
-                    Ok(Some(at)) => {
-                        let until = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                        sleep = until.min(MAX_SLEEP);
-                    }
+                match schedules::until_next_tick(&pool).await {
+                    Ok(Some(until)) => sleep = until.min(MAX_SLEEP),
                     Ok(None) => {}
                     Err(e) => warn!(error = %e, "reading the next schedule tick failed"),
                 }
@@ -48,4 +45,11 @@ pub async fn run(pool: PgPool, shutdown: CancellationToken) {
             () = tokio::time::sleep(sleep) => {}
         }
     }
+}
+
+/// One pass at the database's time: this process's clock may disagree
+/// with the other processes' (see `schedules::database_now`).
+async fn pass(pool: &PgPool, starter: &Starter) -> conveyor_engine::Result<usize> {
+    let now = schedules::database_now(pool).await?;
+    schedules::fire_due(pool, starter, now, PASS_BATCH).await
 }

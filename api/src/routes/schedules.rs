@@ -198,13 +198,17 @@ async fn create_schedule(
 ) -> ApiResult<Response> {
     let (found, definition) = live_connector(&state, &caller, id).await?;
     let spec = ScheduleSpec {
-        cron: body.cron,
+        // Stored as checked: the length limit applies to the trimmed
+        // expression, and so does the table's CHECK.
+        cron: body.cron.trim().to_owned(),
         timezone: body.timezone.unwrap_or_else(|| "UTC".to_owned()),
         input: body.input.unwrap_or_else(|| json!({})),
         overlap: body.overlap.unwrap_or(Overlap::Skip),
         end_at: body.end_at,
     };
-    let now = Utc::now();
+    // The scheduler's clock, so that this process's clock cannot skip or
+    // repeat a tick.
+    let now = schedules::database_now(&state.pool).await?;
     let next = check(&state, Some((id, found.version, &definition)), &spec, now)?;
     let schedule =
         schedules::create(&state.pool, &caller.workspace_id, id, &spec, next, now).await?;
@@ -262,8 +266,11 @@ async fn get_schedule(
     Ok(Json(view(schedule, Some(ticks))))
 }
 
-/// Change a schedule: any of its fields, or pause it. The next tick is
-/// computed again from now (missed ticks are not replayed).
+/// Change a schedule: any of its fields, or pause it. The next tick stays
+/// as it was, even one due but not yet fired, unless `cron` or `timezone`
+/// changes or a paused schedule is resumed: then it is the first tick
+/// after now (missed ticks are not replayed). An `end_at` before it ends
+/// the schedule.
 #[utoipa::path(patch, path = "/schedules/{id}", tag = "schedules", operation_id = "update_schedule",
     params(("id" = Uuid, Path, description = "The schedule")),
     request_body(content = UpdateScheduleRequest, example = json!({"cron": "*/30 * * * *", "overlap": "queue_one"})),
@@ -279,7 +286,7 @@ async fn update_schedule(
     let old = find(&state, &caller, id).await?;
     let paused = body.paused;
     let spec = ScheduleSpec {
-        cron: body.cron.unwrap_or(old.cron),
+        cron: body.cron.map_or(old.cron, |c| c.trim().to_owned()),
         timezone: body.timezone.unwrap_or(old.timezone),
         input: body.input.unwrap_or(old.input),
         overlap: body.overlap.unwrap_or(old.overlap),
@@ -306,7 +313,7 @@ async fn save(
     (against, paused): (Against<'_>, Option<bool>),
     action: &str,
 ) -> ApiResult<Json<ScheduleView>> {
-    let now = Utc::now();
+    let now = schedules::database_now(&state.pool).await?;
     let next = check(state, against, spec, now)?;
     let schedule = schedules::update(
         &state.pool,
@@ -331,7 +338,8 @@ async fn save(
     Ok(Json(view(schedule, None)))
 }
 
-/// Pause a schedule: no tick fires until it is resumed.
+/// Pause a schedule: no tick fires until it is resumed, not even one that
+/// is due but not yet fired.
 #[utoipa::path(post, path = "/schedules/{id}/pause", tag = "schedules", operation_id = "pause_schedule",
     params(("id" = Uuid, Path, description = "The schedule")),
     responses((status = 200, description = "The paused schedule", body = ScheduleView),
@@ -344,7 +352,9 @@ async fn pause_schedule(
     set_paused(&state, &caller, id, true).await
 }
 
-/// Resume a schedule from now: ticks missed while paused are not replayed.
+/// Resume a schedule from now: ticks missed while paused are not replayed
+/// (nor one that was due but not yet fired when it was paused). Resuming
+/// a schedule that is not paused changes nothing.
 #[utoipa::path(post, path = "/schedules/{id}/resume", tag = "schedules", operation_id = "resume_schedule",
     params(("id" = Uuid, Path, description = "The schedule")),
     responses((status = 200, description = "The resumed schedule with its `next_fire_times`", body = ScheduleView),

@@ -3,7 +3,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use chrono::Utc;
 use conveyor_engine::store::callbacks::{self, CallbackView, SecretError};
 use conveyor_engine::store::history;
 use serde::Serialize;
@@ -84,14 +83,9 @@ async fn rotate_signing_secret(
     caller: Caller,
 ) -> ApiResult<Json<SigningSecret>> {
     user_only(&caller)?;
-    let secret = callbacks::rotate(
-        &state.pool,
-        &state.keyring,
-        &caller.workspace_id,
-        Utc::now(),
-    )
-    .await
-    .map_err(secret_error)?;
+    let secret = callbacks::rotate(&state.pool, &state.keyring, &caller.workspace_id)
+        .await
+        .map_err(secret_error)?;
     audit(
         &state,
         &caller,

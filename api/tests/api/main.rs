@@ -23,6 +23,7 @@ mod membership;
 mod metrics;
 mod observability;
 mod openapi_document;
+mod outbox;
 mod paged_steps;
 mod pagination;
 mod resilience;

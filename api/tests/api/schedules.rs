@@ -360,3 +360,248 @@ async fn a_tick_whose_input_no_longer_matches_fails_visibly_and_starts_nothing(p
         .expect("count");
     assert_eq!(executions, 0);
 }
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_cron_padded_with_spaces_is_stored_trimmed(pool: PgPool) {
+    let (api, token, connector) = setup(pool).await;
+    let padded = format!("0 9 * * *{}", " ".repeat(200));
+    let created = api
+        .post(
+            &format!("/api/v1/connectors/{connector}/schedules"),
+            &token,
+            json!({"cron": padded}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    assert_eq!(created.json["cron"], "0 9 * * *");
+    let id = created.id();
+    let patched = api
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/schedules/{id}"),
+            Some(&token),
+            Some(json!({"cron": format!("  @hourly{}", " ".repeat(300))})),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.text);
+    assert_eq!(patched.json["cron"], "@hourly");
+    let long = format!("0 9 * * {}", "1,".repeat(100));
+    let refused = api
+        .post(
+            &format!("/api/v1/connectors/{connector}/schedules"),
+            &token,
+            json!({"cron": long}),
+        )
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.text
+    );
+    assert_eq!(
+        refused.json["error"]["details"]["errors"][0]["path"],
+        "cron"
+    );
+}
+
+/// Creates a schedule from `body`; its id and first tick.
+async fn schedule(
+    api: &TestApi,
+    token: &str,
+    connector: &str,
+    body: Value,
+) -> (String, DateTime<Utc>) {
+    let created = api
+        .post(
+            &format!("/api/v1/connectors/{connector}/schedules"),
+            token,
+            body,
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    (created.id(), time(&created.json["next_fire_times"][0]))
+}
+
+/// How many executions each workspace has: `(workspace, count)`, by name.
+async fn executions_by_workspace(pool: &PgPool) -> Vec<(String, i64)> {
+    sqlx::query_as("SELECT workspace_id, count(*) FROM connector_executions GROUP BY 1 ORDER BY 1")
+        .fetch_all(pool)
+        .await
+        .expect("executions")
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn held_ticks_that_cannot_start_do_not_crowd_out_one_that_can(pool: PgPool) {
+    let (api, token, connector) = setup(pool).await;
+    let other = api.token("ws_other", "u");
+    let other_connector = api
+        .create_connector(&other, serde_json::from_str(CONNECTOR).expect("json"))
+        .await;
+    let starter = Starter::new();
+    let hour = Duration::hours(1);
+    let second = Duration::seconds(1);
+    let body = json!({"cron": "0 * * * *", "input": {"n": 1}, "overlap": "queue_one"});
+    let mut t0 = None;
+    for _ in 0..3 {
+        t0 = Some(schedule(&api, &token, &connector, body.clone()).await.1);
+    }
+    let t0 = t0.expect("a first tick");
+    // The other workspace's schedule ends after its second tick, so that
+    // tick, once held, is all it has left (`next_fire_at` null).
+    let mut ending = body.clone();
+    ending["end_at"] = json!(t0 + hour + Duration::minutes(30));
+    let (ended, _) = schedule(&api, &other, &other_connector, ending).await;
+    assert_eq!(pass(&api, &starter, t0 + second).await, 4);
+    assert_eq!(
+        pass(&api, &starter, t0 + hour + second).await,
+        0,
+        "all held"
+    );
+    sqlx::query(
+        "UPDATE connector_executions SET status = 'succeeded', finished_at = now()
+         WHERE workspace_id = 'ws_other'",
+    )
+    .execute(&api.pool)
+    .await
+    .expect("finish");
+    let before: Vec<(String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT id::text, updated_at FROM connector_schedules ORDER BY id")
+            .fetch_all(&api.pool)
+            .await
+            .expect("schedules");
+    // A pass with room for three: the three held ticks whose previous run
+    // is still active can do nothing, so the one that can start is taken.
+    let started = schedules::fire_due(&api.pool, &starter, t0 + hour + second * 2, 3)
+        .await
+        .expect("pass");
+    assert_eq!(started, 1);
+    let last = ticks(&api, &other, &ended).await.pop().expect("a tick");
+    assert_eq!((last.0, last.1.as_str()), (t0 + hour, "started"));
+    let after: Vec<(String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT id::text, updated_at FROM connector_schedules ORDER BY id")
+            .fetch_all(&api.pool)
+            .await
+            .expect("schedules");
+    let unchanged = before.iter().filter(|b| after.contains(b)).count();
+    assert_eq!(
+        unchanged, 3,
+        "schedules with nothing to do are not rewritten"
+    );
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_pass_takes_every_workspace_s_due_ticks_in_turn(pool: PgPool) {
+    let (api, token, connector) = setup(pool).await;
+    let other = api.token("ws_other", "u");
+    let other_connector = api
+        .create_connector(&other, serde_json::from_str(CONNECTOR).expect("json"))
+        .await;
+    let starter = Starter::new();
+    // Three hourly schedules at :00:00 in one workspace, one at :00:05 in
+    // another: a pass with room for two takes one of each.
+    for _ in 0..3 {
+        schedule(&api, &token, &connector, json!({"cron": "0 0 * * * *"})).await;
+    }
+    let (_, later) = schedule(
+        &api,
+        &other,
+        &other_connector,
+        json!({"cron": "5 0 * * * *"}),
+    )
+    .await;
+    let started = schedules::fire_due(&api.pool, &starter, later + Duration::seconds(1), 2)
+        .await
+        .expect("pass");
+    assert_eq!(started, 2);
+    assert_eq!(
+        executions_by_workspace(&api.pool).await,
+        [("ws_other".to_owned(), 1), ("ws_sched".to_owned(), 1)]
+    );
+    assert_eq!(pass(&api, &starter, later + Duration::seconds(2)).await, 2);
+}
+
+/// The stored `next_fire_at` of schedule `id`.
+async fn next_fire_at(pool: &PgPool, id: &str) -> Option<DateTime<Utc>> {
+    sqlx::query_scalar("SELECT next_fire_at FROM connector_schedules WHERE id = $1::uuid")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("schedule")
+}
+
+/// Makes `tick` the schedule's due tick, as if the scheduler had not yet
+/// passed since it came.
+async fn due_at(pool: &PgPool, id: &str, tick: DateTime<Utc>) {
+    sqlx::query("UPDATE connector_schedules SET next_fire_at = $2 WHERE id = $1::uuid")
+        .bind(id)
+        .bind(tick)
+        .execute(pool)
+        .await
+        .expect("due");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn an_edit_keeps_a_due_tick_and_a_resume_continues_from_now(pool: PgPool) {
+    let (api, token, connector) = setup(pool).await;
+    let starter = Starter::new();
+    let (id, t0) = hourly(&api, &token, &connector, "allow").await;
+    let hour = Duration::hours(1);
+    let at = format!("/api/v1/schedules/{id}");
+    let patch = |body: Value| api.call(Method::PATCH, &at, Some(&token), Some(body));
+    let due = t0 - hour;
+    due_at(&api.pool, &id, due).await;
+    for body in [
+        json!({"input": {"n": 8}}),
+        json!({"overlap": "skip"}),
+        json!({"end_at": t0 + hour * 5}),
+        json!({"timezone": "UTC", "paused": false}),
+    ] {
+        let reply = patch(body.clone()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{body}: {}", reply.text);
+        assert_eq!(time(&reply.json["next_fire_at"]), due, "{body}");
+    }
+    let resumed = api.post(&format!("{at}/resume"), &token, json!({})).await;
+    assert_eq!(
+        time(&resumed.json["next_fire_at"]),
+        due,
+        "it was not paused"
+    );
+    assert_eq!(
+        pass(&api, &starter, Utc::now()).await,
+        1,
+        "the due tick fires"
+    );
+    let fired = ticks(&api, &token, &id).await;
+    assert_eq!((fired[0].0, fired[0].1.as_str()), (due, "started"));
+    let shown = api
+        .get(
+            &format!("/api/v1/executions/{}", fired[0].2.as_str().expect("id")),
+            &token,
+        )
+        .await;
+    assert_eq!(shown.json["input"], json!({"n": 8}), "with the new input");
+
+    // Paused, nothing fires, and an edit keeps the due tick; the resume
+    // continues from now without replaying it.
+    due_at(&api.pool, &id, due - hour).await;
+    let paused = api.post(&format!("{at}/pause"), &token, json!({})).await;
+    assert_eq!(time(&paused.json["next_fire_at"]), due - hour);
+    assert_eq!(pass(&api, &starter, Utc::now()).await, 0);
+    let edited = patch(json!({"input": {"n": 9}})).await;
+    assert_eq!(time(&edited.json["next_fire_at"]), due - hour);
+    let resumed = api.post(&format!("{at}/resume"), &token, json!({})).await;
+    assert_eq!(time(&resumed.json["next_fire_at"]), t0);
+    assert_eq!(pass(&api, &starter, Utc::now()).await, 0);
+
+    // A new expression starts from now.
+    due_at(&api.pool, &id, due - hour).await;
+    let changed = patch(json!({"cron": "0 */2 * * *"})).await;
+    assert!(time(&changed.json["next_fire_at"]) > Utc::now());
+    let next = time(&changed.json["next_fire_at"]);
+    assert_eq!(next_fire_at(&api.pool, &id).await, Some(next));
+    // An end before the next tick ends the schedule.
+    let ended = patch(json!({"end_at": next - Duration::seconds(1)})).await;
+    assert_eq!(ended.status, StatusCode::OK, "{}", ended.text);
+    assert_eq!(ended.json["next_fire_at"], Value::Null);
+}

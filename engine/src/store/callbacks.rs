@@ -59,20 +59,7 @@ fn open(keyring: &Keyring, ws: &str, name: &str, sealed: Sealed) -> Result<Strin
 ///
 /// Sealing, opening or database errors.
 pub async fn secret(pool: &PgPool, keyring: &Keyring, ws: &str) -> Result<String, SecretError> {
-    super::ensure_workspace(pool, ws).await?;
-    let fresh = new_secret();
-    let sealed = keyring.seal(ws, CURRENT, fresh.as_bytes())?;
-    // Insert if absent; either way read back the row that won.
-    sqlx::query!(
-        "INSERT INTO workspace_signing_secrets (workspace_id, key_id, nonce, ciphertext, created_at)
-         VALUES ($1, $2, $3, $4, now()) ON CONFLICT (workspace_id) DO NOTHING",
-        ws,
-        sealed.key_id,
-        sealed.nonce,
-        sealed.ciphertext
-    )
-    .execute(pool)
-    .await?;
+    create_if_absent(pool, keyring, ws).await?;
     let row = sqlx::query!(
         "SELECT key_id, nonce, ciphertext FROM workspace_signing_secrets WHERE workspace_id = $1",
         ws
@@ -91,26 +78,64 @@ pub async fn secret(pool: &PgPool, keyring: &Keyring, ws: &str) -> Result<String
     )
 }
 
+/// Creates the workspace's signing secret unless it has one (concurrent
+/// first uses agree on the row that won).
+async fn create_if_absent(pool: &PgPool, keyring: &Keyring, ws: &str) -> Result<(), SecretError> {
+    super::ensure_workspace(pool, ws).await?;
+    let fresh = new_secret();
+    let sealed = keyring.seal(ws, CURRENT, fresh.as_bytes())?;
+    sqlx::query!(
+        "INSERT INTO workspace_signing_secrets (workspace_id, key_id, nonce, ciphertext, created_at)
+         VALUES ($1, $2, $3, $4, now()) ON CONFLICT (workspace_id) DO NOTHING",
+        ws,
+        sealed.key_id,
+        sealed.nonce,
+        sealed.ciphertext
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Replaces the signing secret; the old one keeps signing beside it for
-/// [`ROTATION_OVERLAP`]. Returns the new secret.
+/// [`ROTATION_OVERLAP`] (by the database's clock, which the senders
+/// compare with). Returns the new secret.
+///
+/// The secret it replaces is read and written in one transaction that
+/// locks the row, so concurrent rotations take turns: each one's secret
+/// is current until the next rotation and then previous, never lost
+/// because two rotations replaced the same secret.
 ///
 /// # Errors
 ///
 /// Sealing, opening or database errors.
-pub async fn rotate(
-    pool: &PgPool,
-    keyring: &Keyring,
-    ws: &str,
-    now: DateTime<Utc>,
-) -> Result<String, SecretError> {
-    let old = secret(pool, keyring, ws).await?;
+pub async fn rotate(pool: &PgPool, keyring: &Keyring, ws: &str) -> Result<String, SecretError> {
+    create_if_absent(pool, keyring, ws).await?;
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query!(
+        "SELECT key_id, nonce, ciphertext FROM workspace_signing_secrets
+         WHERE workspace_id = $1 FOR UPDATE",
+        ws
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let old = open(
+        keyring,
+        ws,
+        CURRENT,
+        Sealed {
+            key_id: row.key_id,
+            nonce: row.nonce,
+            ciphertext: row.ciphertext,
+        },
+    )?;
     let fresh = new_secret();
     let current = keyring.seal(ws, CURRENT, fresh.as_bytes())?;
     let previous = keyring.seal(ws, PREVIOUS, old.as_bytes())?;
     sqlx::query!(
         "UPDATE workspace_signing_secrets SET key_id = $2, nonce = $3, ciphertext = $4,
              previous_key_id = $5, previous_nonce = $6, previous_ciphertext = $7,
-             previous_until = $8, rotated_at = $9
+             previous_until = now() + make_interval(secs => $8), rotated_at = now()
          WHERE workspace_id = $1",
         ws,
         current.key_id,
@@ -119,16 +144,17 @@ pub async fn rotate(
         previous.key_id,
         previous.nonce,
         previous.ciphertext,
-        now + ROTATION_OVERLAP,
-        now
+        ROTATION_OVERLAP.num_seconds() as f64
     )
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(fresh)
 }
 
-/// The keys a callback of workspace `ws` is signed with at `now`: the
-/// current secret's, then the previous one's during a rotation.
+/// The keys a callback of workspace `ws` is signed with now: the current
+/// secret's, then the previous one's during a rotation (by the database's
+/// clock).
 ///
 /// # Errors
 ///
@@ -137,15 +163,13 @@ pub async fn signing_keys(
     pool: &PgPool,
     keyring: &Keyring,
     ws: &str,
-    now: DateTime<Utc>,
 ) -> Result<Vec<Vec<u8>>, SecretError> {
     let current = secret(pool, keyring, ws).await?;
     let mut secrets = vec![current];
     let row = sqlx::query!(
         "SELECT previous_key_id, previous_nonce, previous_ciphertext FROM workspace_signing_secrets
-         WHERE workspace_id = $1 AND previous_until > $2",
-        ws,
-        now
+         WHERE workspace_id = $1 AND previous_until > now()",
+        ws
     )
     .fetch_optional(pool)
     .await?;
@@ -189,31 +213,84 @@ pub struct Due {
     /// The payload's `data`: the event's own (a credential's), else the
     /// execution summary (`null` when retention already removed it).
     pub data: Option<Value>,
+    /// The database's clock at the claim: what the attempt's time and its
+    /// retry are reckoned from, since `created_at` and every other
+    /// process's lease are on that clock too.
+    pub claimed_at: DateTime<Utc>,
 }
 
-/// Leases up to `limit` due callbacks until `now + lease`, counting the
-/// attempt.
+/// Leases up to `limit` due callbacks for `lease`, counting the attempt;
+/// what is due and when the lease ends are judged by the database's
+/// clock, so a sender whose clock runs ahead cannot take over a live
+/// lease.
+///
+/// Fair across workspaces: a loose index scan finds each workspace with
+/// pending deliveries (one probe each, however deep its backlog), each
+/// offers its oldest due ones, and a workspace's `n`-th offered row ranks
+/// at `n` plus its deliveries already in flight. One workspace's backlog,
+/// even to a receiver that takes the whole timeout, thus holds back
+/// another's callbacks by at most the sends already under way, and while
+/// it has many in flight a workspace with none goes first.
 ///
 /// # Errors
 ///
 /// Database errors.
-pub async fn claim(
-    pool: &PgPool,
-    limit: i64,
-    lease: Duration,
-    now: DateTime<Utc>,
-) -> crate::Result<Vec<Due>> {
+pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> crate::Result<Vec<Due>> {
+    let lease_secs = lease.num_milliseconds() as f64 / 1000.0;
+    // The lock re-checks the row's own conditions: a concurrent claimer
+    // may have leased it since this statement's snapshot.
     Ok(sqlx::query_as!(
         Due,
-        r#"WITH due AS (
-               SELECT id FROM callback_deliveries
-               WHERE status = 'pending' AND next_attempt_at <= $2
-                 AND (lease_expires_at IS NULL OR lease_expires_at <= $2)
-               ORDER BY next_attempt_at
+        r#"WITH RECURSIVE ws AS (
+               (SELECT workspace_id FROM callback_deliveries
+                WHERE status = 'pending' ORDER BY workspace_id LIMIT 1)
+               UNION ALL
+               SELECT (SELECT d.workspace_id FROM callback_deliveries d
+                       WHERE d.status = 'pending' AND d.workspace_id > ws.workspace_id
+                       ORDER BY d.workspace_id LIMIT 1)
+               FROM ws WHERE ws.workspace_id IS NOT NULL
+           ), candidates AS (
+               SELECT ws.workspace_id, c.id, c.next_attempt_at, in_flight.n
+               FROM ws
+               CROSS JOIN LATERAL (
+                   SELECT count(*) AS n FROM callback_deliveries f
+                   WHERE f.workspace_id = ws.workspace_id AND f.status = 'pending'
+                     AND f.lease_expires_at > now()
+               ) in_flight
+               CROSS JOIN LATERAL (
+                   SELECT d.id, d.next_attempt_at FROM callback_deliveries d
+                   WHERE d.workspace_id = ws.workspace_id AND d.status = 'pending'
+                     AND d.next_attempt_at <= now()
+                     AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
+                   ORDER BY d.next_attempt_at, d.id
+                   LIMIT $1
+               ) c
+               WHERE ws.workspace_id IS NOT NULL
+           ), ranked AS (
+               SELECT id, next_attempt_at,
+                      n + row_number() OVER (PARTITION BY workspace_id ORDER BY next_attempt_at, id)
+                          AS share
+               FROM candidates
+           ), due AS (
+               -- In rank order, each row looked up by primary key and
+               -- locked, until the batch is full: the locking subquery is
+               -- never flattened, so this is a nested loop, which keeps
+               -- its outer order and locks only the rows it takes (as in
+               -- the execution claim, `super::claim`).
+               SELECT d.id FROM (
+                   SELECT id, share, next_attempt_at FROM ranked
+                   ORDER BY share, next_attempt_at, id
+               ) r
+               CROSS JOIN LATERAL (
+                   SELECT d.id FROM callback_deliveries d
+                   WHERE d.id = r.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+                     AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
+                   FOR UPDATE SKIP LOCKED
+               ) d
                LIMIT $1
-               FOR UPDATE SKIP LOCKED
            ), leased AS (
-               UPDATE callback_deliveries d SET attempts = d.attempts + 1, lease_expires_at = $3
+               UPDATE callback_deliveries d SET attempts = d.attempts + 1,
+                   lease_expires_at = now() + make_interval(secs => $2)
                FROM due WHERE d.id = due.id
                RETURNING d.id, d.workspace_id, d.url, d.event, d.attempts, d.created_at,
                          d.execution_id, d.payload
@@ -226,11 +303,11 @@ pub async fn claim(
                        'output', e.output, 'error', e.error, 'started_by', e.started_by,
                        'created_at', e.created_at, 'started_at', e.started_at,
                        'finished_at', e.finished_at)
-                   FROM connector_executions e WHERE e.id = l.execution_id)) AS data
+                   FROM connector_executions e WHERE e.id = l.execution_id)) AS data,
+                  now() AS "claimed_at!"
            FROM leased l"#,
         limit,
-        now,
-        now + lease
+        lease_secs
     )
     .fetch_all(pool)
     .await?)
@@ -247,7 +324,10 @@ pub enum Next {
     GiveUp,
 }
 
-/// Records attempt `attempt` of delivery `id` and moves the delivery on.
+/// Records attempt `attempt` of delivery `id` and moves the delivery on,
+/// if that attempt still holds the delivery: false when its lease had
+/// expired and a later attempt took it over (or finished it), whose
+/// outcome stands. The attempt itself is recorded either way.
 ///
 /// # Errors
 ///
@@ -258,7 +338,7 @@ pub async fn finish_attempt(
     (attempt, at): (i32, DateTime<Utc>),
     (status_code, error, duration_ms): (Option<u16>, Option<&str>, i32),
     next: Next,
-) -> crate::Result<()> {
+) -> crate::Result<bool> {
     let mut tx = pool.begin().await?;
     sqlx::query!(
         "INSERT INTO callback_attempts (delivery_id, workspace_id, attempt, at, status_code, error, duration_ms)
@@ -278,20 +358,24 @@ pub async fn finish_attempt(
         Next::RetryAt(t) => ("pending", Some(t)),
         Next::GiveUp => ("failed", None),
     };
-    sqlx::query!(
+    // Fenced by the attempt number, which each claim bumps: a sender that
+    // stalled past its lease must neither clear the lease of the attempt
+    // that took over nor undo its delivery (and so send it again).
+    let moved = sqlx::query!(
         "UPDATE callback_deliveries SET status = $2, lease_expires_at = NULL,
              next_attempt_at = COALESCE($3, next_attempt_at),
              finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE $4::timestamptz END
-         WHERE id = $1",
+         WHERE id = $1 AND attempts = $5 AND status = 'pending'",
         id,
         status,
         next_at,
-        at
+        at,
+        attempt
     )
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(moved.rows_affected() == 1)
 }
 
 /// One attempt as shown.
