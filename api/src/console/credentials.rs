@@ -1,13 +1,13 @@
 //! Credentials: names, kinds, field names, key ids and last use, and for
 //! OAuth ones their status, token expiry and last refresh with a
-//! Connect/Reconnect button (it starts the flow and redirects to the
-//! provider); a form per kind to create or replace one; delete. Secret
-//! values go from the form to the JSON API's handler and are never
+//! Connect/Reconnect button (it starts the flow and sends the browser on
+//! to the provider); a form per kind to create or replace one; delete.
+//! Secret values go from the form to the JSON API's handler and are never
 //! rendered back; tokens never reach a page.
 
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::{Form, Json};
 use conveyor_engine::oauth::CredentialKind;
 use conveyor_engine::store::credentials;
@@ -182,8 +182,25 @@ pub(super) async fn put(
     }
 }
 
+/// The page that sends the browser on to the provider's authorization URL.
+#[derive(Template)]
+#[template(path = "console/connect.html")]
+struct ConnectPage {
+    layout: Layout,
+    name: String,
+    url: String,
+    /// The provider's host, as the page names it.
+    host: String,
+}
+
 /// `POST /console/credentials/{name}/connect`: starts the OAuth flow of an
 /// authorization code credential and sends the browser to the provider.
+///
+/// Not with a redirect: the console's CSP has `form-action 'self'`, which
+/// browsers also apply to the redirects that answer a form, so a 303 to
+/// the provider would be blocked. A page that links to the authorization
+/// URL and continues there by `<meta http-equiv="refresh">` (allowed by
+/// that CSP, unlike inline script) is a navigation, not a form's.
 pub(super) async fn connect(
     State(state): State<AppState>,
     session: Session,
@@ -191,9 +208,27 @@ pub(super) async fn connect(
     Form(form): Form<Fields>,
 ) -> PageResult {
     session.check(&form)?;
-    let started = start_oauth(State(state.clone()), session.caller.clone(), ApiPath(name)).await;
+    let started = start_oauth(
+        State(state.clone()),
+        session.caller.clone(),
+        ApiPath(name.clone()),
+    )
+    .await;
     match started {
-        Ok(Json(started)) => see_other(&started.authorization_url),
+        Ok(Json(started)) => {
+            let url = started.authorization_url;
+            let host = url
+                .parse::<Uri>()
+                .ok()
+                .and_then(|u| u.host().map(str::to_owned))
+                .unwrap_or_else(|| url.clone());
+            render(&ConnectPage {
+                layout: session.layout(format!("Connecting {name}"), Nav::Credentials),
+                name,
+                url,
+                host,
+            })
+        }
         Err(e) if e.status().is_client_error() => {
             show(&state, &session, e.status(), problems(&e), None).await
         }
