@@ -106,7 +106,6 @@ struct ListPage {
     kinds: &'static [Kind],
     custom_fields: &'static [usize],
     problems: Vec<Problem>,
-    notice: Option<String>,
 }
 
 async fn show(
@@ -114,7 +113,6 @@ async fn show(
     session: &Session,
     status: StatusCode,
     problems: Vec<Problem>,
-    notice: Option<String>,
 ) -> PageResult {
     let rows = credentials::list(&state.pool, &session.caller.workspace_id)
         .await?
@@ -127,7 +125,6 @@ async fn show(
         kinds: &KINDS,
         custom_fields: &CUSTOM_FIELDS,
         problems,
-        notice,
     })?;
     *response.status_mut() = status;
     Ok(response)
@@ -135,7 +132,7 @@ async fn show(
 
 /// `GET /console/credentials`.
 pub(super) async fn list(State(state): State<AppState>, session: Session) -> PageResult {
-    show(&state, &session, StatusCode::OK, Vec::new(), None).await
+    show(&state, &session, StatusCode::OK, Vec::new()).await
 }
 
 /// The secret fields of a submitted form: `data.<field>` inputs, and the
@@ -176,7 +173,7 @@ pub(super) async fn put(
     match stored {
         Ok(()) => see_other("/console/credentials"),
         Err(e) if e.status().is_client_error() => {
-            show(&state, &session, e.status(), problems(&e), None).await
+            show(&state, &session, e.status(), problems(&e)).await
         }
         Err(e) => Err(e.into()),
     }
@@ -230,13 +227,14 @@ pub(super) async fn connect(
             })
         }
         Err(e) if e.status().is_client_error() => {
-            show(&state, &session, e.status(), problems(&e), None).await
+            show(&state, &session, e.status(), problems(&e)).await
         }
         Err(e) => Err(e.into()),
     }
 }
 
-/// `POST /console/credentials/{name}/delete`.
+/// `POST /console/credentials/{name}/delete`: answered with a redirect, as
+/// every other form, so reloading the page does not send it again.
 pub(super) async fn delete(
     State(state): State<AppState>,
     session: Session,
@@ -244,18 +242,6 @@ pub(super) async fn delete(
     Form(form): Form<Fields>,
 ) -> PageResult {
     session.check(&form)?;
-    delete_credential(
-        State(state.clone()),
-        session.caller.clone(),
-        ApiPath(name.clone()),
-    )
-    .await?;
-    show(
-        &state,
-        &session,
-        StatusCode::OK,
-        Vec::new(),
-        Some(format!("Deleted credential {name}.")),
-    )
-    .await
+    delete_credential(State(state), session.caller.clone(), ApiPath(name)).await?;
+    see_other("/console/credentials")
 }
