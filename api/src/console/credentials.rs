@@ -1,7 +1,8 @@
 //! Credentials: names, kinds, field names, key ids and last use, and for
 //! OAuth ones their status, token expiry and last refresh with a
 //! Connect/Reconnect button (it starts the flow and sends the browser on
-//! to the provider); a form per kind to create or replace one; delete.
+//! to the provider); a form per kind to create or replace one, re-shown
+//! with the API's problems and the names typed (never the values); delete.
 //! Secret values go from the form to the JSON API's handler and are never
 //! rendered back; tokens never reach a page.
 
@@ -98,6 +99,45 @@ const KINDS: [Kind; 3] = [
 /// Free-form field pairs the custom form offers.
 const CUSTOM_FIELDS: [usize; 3] = [1, 2, 3];
 
+/// The `form` field of the custom form (the others send their kind's id).
+const CUSTOM: &str = "custom";
+
+/// A create form that was refused: which one, and the names typed into it
+/// (never a secret value), to show it again as it was sent.
+#[derive(Debug)]
+struct Submitted {
+    /// A kind's id, or [`CUSTOM`].
+    form: &'static str,
+    label: &'static str,
+    name: String,
+    /// The custom form's field names, in [`CUSTOM_FIELDS`] order.
+    custom_names: Vec<String>,
+}
+
+impl Submitted {
+    /// The refused form of `fields`; `None` when it names no known form.
+    fn of(fields: &Fields) -> Option<Self> {
+        let (form, label) = match fields.get("form")? {
+            CUSTOM => (CUSTOM, "Custom fields"),
+            id => KINDS.iter().find(|k| k.id == id).map(|k| (k.id, k.label))?,
+        };
+        Some(Self {
+            form,
+            label,
+            name: fields.get("name").unwrap_or_default().to_owned(),
+            custom_names: CUSTOM_FIELDS
+                .iter()
+                .map(|n| {
+                    fields
+                        .get(&format!("custom.{n}.name"))
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .collect(),
+        })
+    }
+}
+
 #[derive(Template)]
 #[template(path = "console/credentials.html")]
 struct ListPage {
@@ -106,6 +146,34 @@ struct ListPage {
     kinds: &'static [Kind],
     custom_fields: &'static [usize],
     problems: Vec<Problem>,
+    /// The form the problems belong to; `None`: the page's.
+    submitted: Option<Submitted>,
+}
+
+impl ListPage {
+    /// Whether the problems belong to form `form`.
+    fn refused(&self, form: &str) -> bool {
+        self.submitted.as_ref().is_some_and(|s| s.form == form)
+    }
+
+    /// The name form `form` was sent with (empty for the others).
+    fn name_in(&self, form: &str) -> &str {
+        match &self.submitted {
+            Some(s) if s.form == form => &s.name,
+            _ => "",
+        }
+    }
+
+    /// The field name pair `n` of the custom form was sent with.
+    fn custom_name(&self, n: &usize) -> &str {
+        match &self.submitted {
+            Some(s) if s.form == CUSTOM => s
+                .custom_names
+                .get(n.saturating_sub(1))
+                .map_or("", String::as_str),
+            _ => "",
+        }
+    }
 }
 
 async fn show(
@@ -113,6 +181,7 @@ async fn show(
     session: &Session,
     status: StatusCode,
     problems: Vec<Problem>,
+    submitted: Option<Submitted>,
 ) -> PageResult {
     let rows = credentials::list(&state.pool, &session.caller.workspace_id)
         .await?
@@ -125,6 +194,7 @@ async fn show(
         kinds: &KINDS,
         custom_fields: &CUSTOM_FIELDS,
         problems,
+        submitted,
     })?;
     *response.status_mut() = status;
     Ok(response)
@@ -132,7 +202,7 @@ async fn show(
 
 /// `GET /console/credentials`.
 pub(super) async fn list(State(state): State<AppState>, session: Session) -> PageResult {
-    show(&state, &session, StatusCode::OK, Vec::new()).await
+    show(&state, &session, StatusCode::OK, Vec::new(), None).await
 }
 
 /// The secret fields of a submitted form: `data.<field>` inputs, and the
@@ -173,7 +243,14 @@ pub(super) async fn put(
     match stored {
         Ok(()) => see_other("/console/credentials"),
         Err(e) if e.status().is_client_error() => {
-            show(&state, &session, e.status(), problems(&e)).await
+            show(
+                &state,
+                &session,
+                e.status(),
+                problems(&e),
+                Submitted::of(&form),
+            )
+            .await
         }
         Err(e) => Err(e.into()),
     }
@@ -227,7 +304,7 @@ pub(super) async fn connect(
             })
         }
         Err(e) if e.status().is_client_error() => {
-            show(&state, &session, e.status(), problems(&e)).await
+            show(&state, &session, e.status(), problems(&e), None).await
         }
         Err(e) => Err(e.into()),
     }

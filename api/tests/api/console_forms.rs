@@ -1,5 +1,6 @@
 //! The console's forms and lists over HTTP (in-process router, real
-//! PostgreSQL): unknown pages and delete answered with a redirect.
+//! PostgreSQL): unknown pages, delete answered with a redirect, and a
+//! refused credential form shown again as sent (names only).
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
@@ -7,7 +8,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::console::{Browser, assert_security_headers, location};
-use crate::support::api;
+use crate::support::{PLANTED, api};
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn unknown_console_paths_answer_a_404_page_with_the_security_headers(pool: PgPool) {
@@ -47,4 +48,73 @@ async fn deleting_a_credential_answers_a_redirect_so_a_reload_sends_nothing(pool
     assert_eq!(location(&deleted), "/console/credentials");
     let page = browser.get("/console/credentials").await;
     assert!(page.text.contains("No credentials yet."), "{}", page.text);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn a_refused_credential_form_keeps_its_names_but_never_a_value(pool: PgPool) {
+    let api = api(pool);
+    let browser = Browser::sign_in(&api, &api.token("ws_a", "alice")).await;
+    let refused = browser
+        .submit(
+            "/console/credentials",
+            &[
+                ("form", "custom"),
+                ("name", "bad name!"),
+                ("custom.1.name", "account_id"),
+                ("custom.1.value", PLANTED),
+                ("custom.2.name", "region"),
+                ("custom.2.value", PLANTED),
+            ],
+        )
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.text
+    );
+    assert!(!refused.text.contains(PLANTED), "a value was sent back");
+    let page = &refused.text;
+    assert!(
+        page.contains(
+            r##"Not saved: see the problems in the <a href="#form-custom">Custom fields</a> form."##
+        ),
+        "{page}"
+    );
+    // The problems are in the custom form, not in the bearer one before it.
+    let custom = &page[page.find(r#"id="form-custom""#).expect("custom form")..];
+    let bearer = &page[page.find(r#"id="form-bearer""#).expect("bearer form")..];
+    let bearer = &bearer[..bearer.find("</form>").expect("end")];
+    assert!(custom.contains(r#"class="problems""#), "{custom}");
+    assert!(!bearer.contains(r#"class="problems""#), "{bearer}");
+    assert!(!bearer.contains("bad name!"), "{bearer}");
+    for kept in [
+        r#"id="custom-name" name="name" value="bad name!""#,
+        r#"name="custom.1.name" value="account_id""#,
+        r#"name="custom.2.name" value="region""#,
+        r#"name="custom.3.name" value="""#,
+    ] {
+        assert!(custom.contains(kept), "{kept} in {custom}");
+    }
+
+    // A kind's form: its name comes back in it.
+    let refused = browser
+        .submit(
+            "/console/credentials",
+            &[
+                ("form", "basic"),
+                ("name", "-bad"),
+                ("data.username", PLANTED),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(!refused.text.contains(PLANTED));
+    assert!(
+        refused
+            .text
+            .contains(r#"id="basic-name" name="name" value="-bad""#),
+        "{}",
+        refused.text
+    );
 }
