@@ -1,6 +1,7 @@
 //! The marketplace: browse, search, filter and sort templates; one
 //! template's page with what it needs, its ratings, an install form
-//! (re-shown with the API's 422 problems by field) and a rating form.
+//! (re-shown with the API's 422 problems by field; a setting whose default
+//! is not a string is read as JSON) and a rating form.
 
 use askama::Template;
 use axum::Form;
@@ -124,7 +125,15 @@ struct Setting {
     name: String,
     description: String,
     value: String,
+    /// Typed as JSON (its default is not a string).
+    json: bool,
     problem: Option<String>,
+}
+
+/// Whether a setting with this default is read as JSON: a number, an
+/// array or an object must reach the connector as one, not as its text.
+fn is_json(default: &Value) -> bool {
+    !matches!(default, Value::Null | Value::String(_))
 }
 
 /// A credential the template needs, mapped to one of the workspace's.
@@ -196,6 +205,7 @@ async fn show(
             };
             Setting {
                 value: field(&format!("settings.{name}")).unwrap_or(default),
+                json: is_json(&s["default"]),
                 problem: problem_at(&found, &format!("settings.{name}")),
                 description: text(s, "description"),
                 name,
@@ -283,11 +293,53 @@ pub(super) async fn install(
     Form(form): Form<Fields>,
 ) -> PageResult {
     session.check(&form)?;
-    let settings: Map<String, Value> = form
-        .with_prefix("settings.")
-        .filter(|(_, v)| !v.trim().is_empty())
-        .map(|(k, v)| (k.to_owned(), json!(v)))
-        .collect();
+    let template = get_template(
+        State(state.clone()),
+        session.caller.clone(),
+        ApiPath(slug.clone()),
+    )
+    .await?
+    .0;
+    let declared = template["template"]["settings"].as_array();
+    let typed = |name: &str| {
+        declared
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == name)
+            .map(|s| &s["default"])
+            .filter(|default| is_json(default))
+    };
+    let mut settings = Map::new();
+    let mut unparsed = Vec::new();
+    for (name, value) in form.with_prefix("settings.") {
+        if value.trim().is_empty() {
+            continue;
+        }
+        let Some(default) = typed(name) else {
+            settings.insert(name.to_owned(), json!(value));
+            continue;
+        };
+        match serde_json::from_str::<Value>(value) {
+            Ok(parsed) => {
+                settings.insert(name.to_owned(), parsed);
+            }
+            Err(e) => unparsed.push(Problem {
+                path: format!("settings.{name}"),
+                message: format!("must be JSON, like its default {default}: {e}"),
+            }),
+        }
+    }
+    if !unparsed.is_empty() {
+        return show(
+            &state,
+            &session,
+            slug,
+            Some(&form),
+            unparsed,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+    }
     let mapped: Map<String, Value> = form
         .with_prefix("credentials.")
         .filter(|(_, v)| !v.trim().is_empty())

@@ -1,9 +1,12 @@
 //! The console's forms and lists over HTTP (in-process router, real
-//! PostgreSQL): unknown pages, delete answered with a redirect, and a
-//! refused credential form shown again as sent (names only).
+//! PostgreSQL): unknown pages, delete answered with a redirect, a refused
+//! credential form shown again as sent (names only), and settings typed as
+//! their defaults at install (with the real templates of `templates/`).
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use conveyor_engine::marketplace::official;
+use conveyor_engine::store::templates;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -117,4 +120,117 @@ async fn a_refused_credential_form_keeps_its_names_but_never_a_value(pool: PgPoo
         "{}",
         refused.text
     );
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn install_keeps_settings_whose_default_is_not_a_string_typed(pool: PgPool) {
+    let shipped = official().expect("the official templates");
+    templates::sync_official(&pool, &shipped)
+        .await
+        .expect("synced");
+    let api = api(pool);
+    let token = api.token("ws_a", "alice");
+    let browser = Browser::sign_in(&api, &token).await;
+
+    // The form offers the defaults as JSON text and sends them back so.
+    let page = browser
+        .get("/console/marketplace/pipedrive-list-deals")
+        .await;
+    assert!(
+        page.text
+            .contains(r#"Setting <code>limit</code> (JSON)</label>"#)
+            && page.text.contains(r#"name="settings.limit" value="100""#),
+        "{}",
+        page.text
+    );
+    let installed = browser
+        .submit(
+            "/console/marketplace/pipedrive-list-deals/install",
+            &[
+                ("settings.base_url", "https://acme.pipedrive.com"),
+                ("settings.limit", "100"),
+                ("credentials.pipedrive", "pipedrive"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        installed.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        installed.text
+    );
+    let id = location(&installed).rsplit('/').next().expect("id");
+    let connector = api.get(&format!("/api/v1/connectors/{id}"), &token).await;
+    let settings = &connector.json["definition"]["settings"];
+    assert_eq!(settings["limit"], json!(100), "{settings}");
+    assert_eq!(settings["base_url"], json!("https://acme.pipedrive.com"));
+
+    let trigger = r#"["approval","workflow","blueprint"]"#;
+    let page = browser
+        .get("/console/marketplace/zoho-crm-create-lead")
+        .await;
+    assert!(
+        page.text
+            .contains(r#"value="[&#34;approval&#34;,&#34;workflow&#34;,&#34;blueprint&#34;]""#),
+        "{}",
+        page.text
+    );
+    let installed = browser
+        .submit(
+            "/console/marketplace/zoho-crm-create-lead/install",
+            &[
+                ("settings.base_url", "https://www.zohoapis.com"),
+                ("settings.api_version", "v2"),
+                ("settings.trigger", trigger),
+                ("credentials.zoho", "zoho"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        installed.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        installed.text
+    );
+    let id = location(&installed).rsplit('/').next().expect("id");
+    let connector = api.get(&format!("/api/v1/connectors/{id}"), &token).await;
+    let settings = &connector.json["definition"]["settings"];
+    assert_eq!(
+        settings["trigger"],
+        json!(["approval", "workflow", "blueprint"]),
+        "{settings}"
+    );
+    assert_eq!(settings["api_version"], json!("v2"), "strings stay strings");
+
+    // Text that is not JSON is refused at its field, kept as typed.
+    let refused = browser
+        .submit(
+            "/console/marketplace/pipedrive-list-deals/install",
+            &[
+                ("settings.base_url", "https://acme.pipedrive.com"),
+                ("settings.limit", "1oo"),
+                ("credentials.pipedrive", "pipedrive"),
+            ],
+        )
+        .await;
+    refused.assert_refused(r#"<code class="path">settings.limit</code>"#);
+    assert!(
+        refused.text.contains("must be JSON, like its default 100"),
+        "{}",
+        refused.text
+    );
+    assert!(
+        refused
+            .text
+            .contains(r#"name="settings.limit" value="1oo" aria-invalid="true""#),
+        "{}",
+        refused.text
+    );
+    assert!(
+        refused
+            .text
+            .contains(r#"name="settings.base_url" value="https://acme.pipedrive.com""#)
+    );
+    let listed = api.get("/api/v1/connectors", &token).await;
+    assert_eq!(listed.items().len(), 2, "nothing more was installed");
 }
