@@ -1,7 +1,8 @@
 //! The marketplace: browse, search, filter and sort templates; one
 //! template's page with what it needs, its ratings, an install form
 //! (re-shown with the API's 422 problems by field; a setting whose default
-//! is not a string is read as JSON) and a rating form.
+//! is not a string is read as JSON) and, once the template is approved, a
+//! rating form.
 
 use askama::Template;
 use axum::Form;
@@ -136,6 +137,22 @@ fn is_json(default: &Value) -> bool {
     !matches!(default, Value::Null | Value::String(_))
 }
 
+/// The rating form's choices, as `(stars, label)`.
+const STARS: [(&str, &str); 5] = [
+    ("5", "5 ★★★★★"),
+    ("4", "4 ★★★★"),
+    ("3", "3 ★★★"),
+    ("2", "2 ★★"),
+    ("1", "1 ★"),
+];
+
+/// A form of the template page that was refused: what was sent, and the
+/// problems to show at it.
+enum Refused<'a> {
+    Install(&'a Fields, Vec<Problem>),
+    Rate(&'a Fields, Vec<Problem>),
+}
+
 /// A credential the template needs, mapped to one of the workspace's.
 #[derive(Debug)]
 struct Need {
@@ -166,6 +183,12 @@ struct TemplatePage {
     workspace_credentials: Vec<String>,
     connector_name: String,
     problems: Vec<Problem>,
+    /// Only an approved template can be rated.
+    approved: bool,
+    stars: &'static [(&'static str, &'static str)],
+    chosen_stars: String,
+    review: String,
+    rate_problems: Vec<Problem>,
 }
 
 fn problem_at(found: &[Problem], path: &str) -> Option<String> {
@@ -179,10 +202,14 @@ async fn show(
     state: &AppState,
     session: &Session,
     slug: String,
-    form: Option<&Fields>,
-    found: Vec<Problem>,
+    refused: Option<Refused<'_>>,
     status: StatusCode,
 ) -> PageResult {
+    let (form, found, rate_problems) = match refused {
+        None => (None, Vec::new(), Vec::new()),
+        Some(Refused::Install(form, found)) => (Some(form), found, Vec::new()),
+        Some(Refused::Rate(form, found)) => (Some(form), Vec::new(), found),
+    };
     let body = get_template(
         State(state.clone()),
         session.caller.clone(),
@@ -261,6 +288,7 @@ async fn show(
         version: body["approved_version"]
             .as_str()
             .map_or_else(|| text(&body, "latest_version"), str::to_owned),
+        approved: text(&body, "review_status") == "approved",
         review_status: text(&body, "review_status"),
         installs: body["install_count"].as_i64().unwrap_or(0),
         rating: rating(&body),
@@ -269,6 +297,10 @@ async fn show(
         workspace_credentials,
         connector_name: field("name").unwrap_or_default(),
         problems: found,
+        stars: &STARS,
+        chosen_stars: field("stars").unwrap_or_default(),
+        review: field("review").unwrap_or_default(),
+        rate_problems,
         slug,
     })?;
     *response.status_mut() = status;
@@ -281,7 +313,7 @@ pub(super) async fn template(
     session: Session,
     Path(slug): Path<String>,
 ) -> PageResult {
-    show(&state, &session, slug, None, Vec::new(), StatusCode::OK).await
+    show(&state, &session, slug, None, StatusCode::OK).await
 }
 
 /// `POST /console/marketplace/{slug}/install`: installs, then shows the
@@ -334,8 +366,7 @@ pub(super) async fn install(
             &state,
             &session,
             slug,
-            Some(&form),
-            unparsed,
+            Some(Refused::Install(&form, unparsed)),
             StatusCode::UNPROCESSABLE_ENTITY,
         )
         .await;
@@ -374,8 +405,7 @@ pub(super) async fn install(
                 &state,
                 &session,
                 slug,
-                Some(&form),
-                problems(&e),
+                Some(Refused::Install(&form, problems(&e))),
                 e.status(),
             )
             .await
@@ -384,7 +414,8 @@ pub(super) async fn install(
     }
 }
 
-/// `POST /console/marketplace/{slug}/rate`.
+/// `POST /console/marketplace/{slug}/rate`; a refusal is shown at the
+/// form, which keeps the review typed.
 pub(super) async fn rate(
     State(state): State<AppState>,
     session: Session,
@@ -397,7 +428,13 @@ pub(super) async fn rate(
     if let Some(review) = form.text("review") {
         request["review"] = json!(review);
     }
-    let body = handler_body(&request)?;
+    let body = match handler_body(&request) {
+        Ok(body) => body,
+        Err(e) => {
+            let refused = Refused::Rate(&form, problems(&e));
+            return show(&state, &session, slug, Some(refused), e.status()).await;
+        }
+    };
     match rate_template(
         State(state.clone()),
         session.caller.clone(),
@@ -407,8 +444,21 @@ pub(super) async fn rate(
     .await
     {
         Ok(_) => see_other(&format!("/console/marketplace/{slug}")),
-        Err(e) if e.status().is_client_error() && e.status() != StatusCode::NOT_FOUND => {
-            show(&state, &session, slug, None, problems(&e), e.status()).await
+        // The API answers 404 for a template this workspace sees but may
+        // not rate yet (its own pending submission); `show` still answers
+        // 404 for one it does not see at all.
+        Err(e) if e.status() == StatusCode::NOT_FOUND => {
+            let problem = Problem {
+                path: String::new(),
+                message: "Only approved templates can be rated; this one is not approved yet."
+                    .to_owned(),
+            };
+            let refused = Refused::Rate(&form, vec![problem]);
+            show(&state, &session, slug, Some(refused), StatusCode::CONFLICT).await
+        }
+        Err(e) if e.status().is_client_error() => {
+            let refused = Refused::Rate(&form, problems(&e));
+            show(&state, &session, slug, Some(refused), e.status()).await
         }
         Err(e) => Err(e.into()),
     }

@@ -1,17 +1,33 @@
 //! The console's forms and lists over HTTP (in-process router, real
 //! PostgreSQL): unknown pages, delete answered with a redirect, a refused
-//! credential form shown again as sent (names only), and settings typed as
-//! their defaults at install (with the real templates of `templates/`).
+//! credential form shown again as sent (names only), settings typed as
+//! their defaults at install (with the real templates of `templates/`), and
+//! rating only approved templates.
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use conveyor_engine::marketplace::official;
+use conveyor_engine::marketplace::{Template, official};
+use conveyor_engine::state::ReviewStatus;
 use conveyor_engine::store::templates;
 use serde_json::json;
 use sqlx::PgPool;
 
 use crate::console::{Browser, assert_security_headers, location};
 use crate::support::{PLANTED, api};
+
+/// Publishes a community template of workspace `ws_b` straight to the store.
+async fn community(pool: &PgPool, slug: &str, name: &str, provider: &str, status: ReviewStatus) {
+    let definition = json!({
+        "slug": slug, "name": name, "description": "Posts a greeting.", "category": "developer-tools",
+        "provider": provider, "docs_url": "https://echo.example.com/docs", "version": "1.0.0",
+        "credentials": [], "settings": [],
+        "connector": {"name": name, "steps": [{"name": "say", "method": "GET", "url": "https://echo.example.com/"}]}
+    });
+    let template = Template::parse(&definition).expect("a valid template");
+    templates::publish(pool, &template, false, Some("ws_b"), status)
+        .await
+        .expect("published");
+}
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
 async fn unknown_console_paths_answer_a_404_page_with_the_security_headers(pool: PgPool) {
@@ -233,4 +249,80 @@ async fn install_keeps_settings_whose_default_is_not_a_string_typed(pool: PgPool
     );
     let listed = api.get("/api/v1/connectors", &token).await;
     assert_eq!(listed.items().len(), 2, "nothing more was installed");
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn only_an_approved_template_offers_rating_and_a_refused_rating_keeps_the_review(
+    pool: PgPool,
+) {
+    community(&pool, "mine", "Mine", "echo", ReviewStatus::Pending).await;
+    let api = api(pool.clone());
+    let author = Browser::sign_in(&api, &api.token("ws_b", "bob")).await;
+    let page = author.get("/console/marketplace/mine").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(
+        !page
+            .text
+            .contains(r#"action="/console/marketplace/mine/rate""#),
+        "{}",
+        page.text
+    );
+    assert!(
+        page.text
+            .contains("Ratings open once the template is approved.")
+    );
+
+    // A rating sent anyway (a page opened before) is refused on the page.
+    let refused = author
+        .submit(
+            "/console/marketplace/mine/rate",
+            &[("stars", "2"), ("review", "Needs & more <work>")],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.text);
+    assert!(
+        refused.text.contains(r#"id="rate-problems""#)
+            && refused.text.contains("this one is not approved yet"),
+        "{}",
+        refused.text
+    );
+    assert!(!refused.text.contains(r#"id="install-problems""#));
+
+    // Approved: the form is there, and a refused rating keeps what was typed.
+    sqlx::query(
+        "UPDATE connector_templates SET review_status = 'approved', approved_version = latest_version
+         WHERE slug = 'mine'",
+    )
+    .execute(&pool)
+    .await
+    .expect("approve");
+    let refused = author
+        .submit(
+            "/console/marketplace/mine/rate",
+            &[("stars", "0"), ("review", "Needs &amp; more <work>")],
+        )
+        .await;
+    refused.assert_refused(r#"<code class="path">stars</code>"#);
+    assert!(
+        refused
+            .text
+            .contains(r#"maxlength="2000">Needs &#38;amp; more &#60;work&#62;</textarea>"#),
+        "{}",
+        refused.text
+    );
+    let rated = author
+        .submit(
+            "/console/marketplace/mine/rate",
+            &[("stars", "3"), ("review", "fine")],
+        )
+        .await;
+    assert_eq!(rated.status, StatusCode::SEE_OTHER, "{}", rated.text);
+
+    // Another workspace does not see a pending template at all.
+    community(&pool, "theirs", "Theirs", "echo", ReviewStatus::Pending).await;
+    let stranger = Browser::sign_in(&api, &api.token("ws_a", "alice")).await;
+    let hidden = stranger
+        .submit("/console/marketplace/theirs/rate", &[("stars", "5")])
+        .await;
+    assert_eq!(hidden.status, StatusCode::NOT_FOUND, "{}", hidden.text);
 }
