@@ -1,14 +1,16 @@
-//! The marketplace: browse, search, filter and sort templates; one
-//! template's page with what it needs, its ratings, an install form
-//! (re-shown with the API's 422 problems by field; a setting whose default
-//! is not a string is read as JSON) and, once the template is approved, a
-//! rating form.
+//! The marketplace: browse, search, filter and sort templates, a page at a
+//! time; one template's page with what it needs, its ratings, an install
+//! form (re-shown with the API's 422 problems by field; a setting whose
+//! default is not a string is read as JSON) and, once the template is
+//! approved, a rating form.
 
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use conveyor_engine::store::credentials;
+use conveyor_engine::store::template_lists::{self, ConsoleFilter};
+use conveyor_engine::store::templates::TemplateFilter;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -18,8 +20,11 @@ use super::{
 };
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::routes::templates::{get_template, install_template, list_templates, rate_template};
+use crate::extract::{ApiJson, ApiPath};
+use crate::routes::templates::{get_template, install_template, rate_template};
+
+/// Templates a marketplace page lists.
+const PAGE: i64 = 50;
 
 /// The browse form.
 #[derive(Debug, Default, Deserialize)]
@@ -34,6 +39,9 @@ pub(super) struct BrowseQuery {
     source: String,
     #[serde(default)]
     sort: String,
+    /// Templates skipped: the page's start.
+    #[serde(default)]
+    offset: String,
 }
 
 /// One template in the list.
@@ -56,16 +64,20 @@ struct ListPage {
     layout: Layout,
     q: BrowseQuery,
     cards: Vec<Card>,
+    /// The offsets of the previous and next pages, when there are some.
+    previous: Option<i64>,
+    next: Option<i64>,
 }
 
-fn rating(summary: &Value) -> String {
-    match summary["rating_average"].as_f64() {
-        Some(avg) => format!(
-            "{avg:.1} ★ ({})",
-            summary["rating_count"].as_i64().unwrap_or(0)
-        ),
+fn rating(average: Option<f64>, count: i64) -> String {
+    match average {
+        Some(avg) => format!("{avg:.1} ★ ({count})"),
         None => "no ratings".to_owned(),
     }
+}
+
+fn non_empty(value: &str) -> Option<String> {
+    Some(value.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
 fn text(value: &Value, key: &str) -> String {
@@ -78,45 +90,73 @@ pub(super) async fn list(
     session: Session,
     Query(q): Query<BrowseQuery>,
 ) -> PageResult {
-    let mut query = Map::new();
-    for (key, value) in [
-        ("q", &q.q),
-        ("category", &q.category),
-        ("source", &q.source),
-        ("sort", &q.sort),
-    ] {
-        if !value.trim().is_empty() {
-            query.insert(key.to_owned(), json!(value.trim()));
+    let official = match q.source.trim() {
+        "" => None,
+        "official" => Some(true),
+        "community" => Some(false),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "invalid `source` `{other}`: expected official or community"
+            ))
+            .into());
         }
-    }
-    query.insert("limit".to_owned(), json!(200));
-    let query = serde_json::from_value(Value::Object(query))
-        .map_err(|e| ApiError::bad_request(format!("invalid filter: {e}")))?;
-    let page = list_templates(State(state), session.caller.clone(), ApiQuery(query))
-        .await?
-        .0;
-    let provider = q.provider.trim().to_lowercase();
-    let cards = page["items"]
-        .as_array()
+    };
+    let sort = match q.sort.trim() {
+        "" => "name",
+        sort @ ("installs" | "rating" | "name") => sort,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "invalid `sort` `{other}`: expected installs, rating or name"
+            ))
+            .into());
+        }
+    };
+    let offset = match q.offset.trim() {
+        "" => 0,
+        text => text
+            .parse::<i64>()
+            .ok()
+            .filter(|o| *o >= 0)
+            .ok_or_else(|| ApiError::bad_request("`offset` must be a whole number, 0 or more"))?,
+    };
+    // The provider is filtered in the query, so every page is full.
+    let filter = ConsoleFilter {
+        filter: TemplateFilter {
+            viewer: Some(session.caller.workspace_id.clone()),
+            q: non_empty(&q.q),
+            category: non_empty(&q.category),
+            official,
+            featured: None,
+            sort: sort.to_owned(),
+            limit: PAGE + 1,
+            offset,
+        },
+        provider: non_empty(&q.provider),
+        pending_first: false,
+    };
+    let mut found = template_lists::list(&state.pool, &filter).await?;
+    let next = (found.len() > PAGE as usize).then_some(offset + PAGE);
+    found.truncate(PAGE as usize);
+    let cards = found
         .into_iter()
-        .flatten()
-        .filter(|t| provider.is_empty() || text(t, "provider").to_lowercase() == provider)
         .map(|t| Card {
-            slug: text(t, "slug"),
-            name: text(t, "name"),
-            description: text(t, "description"),
-            category: text(t, "category"),
-            provider: text(t, "provider"),
-            official: t["official"].as_bool().unwrap_or(false),
-            featured: t["featured"].as_bool().unwrap_or(false),
-            installs: t["install_count"].as_i64().unwrap_or(0),
-            rating: rating(t),
+            rating: rating(t.rating_average, t.rating_count),
+            slug: t.slug,
+            name: t.name,
+            description: t.description,
+            category: t.category,
+            provider: t.provider,
+            official: t.official,
+            featured: t.featured,
+            installs: t.install_count,
         })
         .collect();
     render(&ListPage {
         layout: session.layout("Marketplace", Nav::Marketplace),
         q,
         cards,
+        previous: (offset > 0).then(|| (offset - PAGE).max(0)),
+        next,
     })
 }
 
@@ -291,7 +331,10 @@ async fn show(
         approved: text(&body, "review_status") == "approved",
         review_status: text(&body, "review_status"),
         installs: body["install_count"].as_i64().unwrap_or(0),
-        rating: rating(&body),
+        rating: rating(
+            body["rating_average"].as_f64(),
+            body["rating_count"].as_i64().unwrap_or(0),
+        ),
         settings,
         needs,
         workspace_credentials,

@@ -1,14 +1,16 @@
 //! The console's forms and lists over HTTP (in-process router, real
 //! PostgreSQL): unknown pages, delete answered with a redirect, a refused
 //! credential form shown again as sent (names only), settings typed as
-//! their defaults at install (with the real templates of `templates/`), and
-//! rating only approved templates.
+//! their defaults at install (with the real templates of `templates/`),
+//! rating only approved templates, and the marketplace and review queue
+//! filtered, ordered and paged in the query.
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use conveyor_engine::marketplace::{Template, official};
 use conveyor_engine::state::ReviewStatus;
 use conveyor_engine::store::templates;
+use conveyor_tests::api::Reply;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -27,6 +29,26 @@ async fn community(pool: &PgPool, slug: &str, name: &str, provider: &str, status
     templates::publish(pool, &template, false, Some("ws_b"), status)
         .await
         .expect("published");
+}
+
+/// How many templates a marketplace page lists.
+fn rows(page: &Reply) -> usize {
+    page.text
+        .matches(r#"<td><a href="/console/marketplace/"#)
+        .count()
+}
+
+/// The `offset` of the page's `rel="next"` link.
+fn next_link(page: &Reply) -> Option<String> {
+    let link = r#"rel="next" href=""#;
+    let at = page.text.find(link)? + link.len();
+    Some(
+        page.text[at..]
+            .split('"')
+            .next()
+            .unwrap_or_default()
+            .replace("&amp;", "&"),
+    )
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
@@ -325,4 +347,117 @@ async fn only_an_approved_template_offers_rating_and_a_refused_rating_keeps_the_
         .submit("/console/marketplace/theirs/rate", &[("stars", "5")])
         .await;
     assert_eq!(hidden.status, StatusCode::NOT_FOUND, "{}", hidden.text);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn the_marketplace_filters_by_provider_in_the_query_and_pages(pool: PgPool) {
+    // More templates before the provider's one than a page, or the old
+    // cap of 200, holds.
+    for n in 0..205 {
+        let slug = format!("bulk-{n:03}");
+        let name = format!("Bulk {n:03}");
+        community(&pool, &slug, &name, "bulk", ReviewStatus::Approved).await;
+    }
+    community(&pool, "zeta", "Zeta", "late", ReviewStatus::Approved).await;
+    let api = api(pool);
+    let browser = Browser::sign_in(&api, &api.token("ws_a", "alice")).await;
+
+    let late = browser.get("/console/marketplace?provider=LATE").await;
+    assert_eq!(late.status, StatusCode::OK, "{}", late.text);
+    assert!(
+        late.text.contains(r#"href="/console/marketplace/zeta""#),
+        "{}",
+        late.text
+    );
+    assert_eq!(rows(&late), 1, "{}", late.text);
+    assert!(next_link(&late).is_none());
+
+    let mut path = "/console/marketplace?provider=bulk&sort=name".to_owned();
+    let mut seen = 0;
+    let mut pages = 0;
+    loop {
+        let page = browser.get(&path).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.text);
+        assert!(!page.text.contains("/console/marketplace/zeta"), "{path}");
+        assert!(
+            page.text
+                .contains(&format!(r#"href="/console/marketplace/bulk-{seen:03}""#)),
+            "{path} starts at bulk-{seen:03}"
+        );
+        seen += rows(&page);
+        pages += 1;
+        match next_link(&page) {
+            Some(next) => {
+                assert!(next.contains("provider=bulk"), "{next}");
+                path = next;
+            }
+            None => break,
+        }
+    }
+    assert_eq!((seen, pages), (205, 5));
+    let previous = browser
+        .get("/console/marketplace?provider=bulk&offset=50")
+        .await;
+    assert!(
+        previous.text.contains(r#"rel="prev""#) && previous.text.contains("offset=0"),
+        "{}",
+        previous.text
+    );
+    let bad = browser.get("/console/marketplace?offset=-1").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let bad = browser.get("/console/marketplace?sort=newest").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.text.contains("invalid `sort`"), "{}", bad.text);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn the_review_queue_lists_pending_templates_first_a_page_at_a_time(pool: PgPool) {
+    for n in 0..205 {
+        let slug = format!("bulk-{n:03}");
+        let name = format!("Bulk {n:03}");
+        community(&pool, &slug, &name, "bulk", ReviewStatus::Approved).await;
+    }
+    community(&pool, "zeta", "Zeta", "late", ReviewStatus::Pending).await;
+    conveyor_engine::store::access::add_admin(&pool, "root")
+        .await
+        .expect("admin");
+    let api = api(pool);
+    let admin = Browser::sign_in(&api, &api.token("ops", "root")).await;
+
+    let queue = |page: &Reply| -> String {
+        let start = page.text.find(r#"id="review-queue""#).expect("queue");
+        let rest = &page.text[start..];
+        rest[..rest.find("</table>").expect("end")].to_owned()
+    };
+    let first = admin.get("/console/admin").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    let table = queue(&first);
+    let zeta = table
+        .find("Zeta <code")
+        .expect("the pending template shown");
+    assert!(
+        table.find("Bulk 000").is_some_and(|bulk| zeta < bulk),
+        "pending first: {table}"
+    );
+    assert_eq!(table.matches("<tr>").count(), 51, "a header and 50 rows");
+    assert!(
+        first
+            .text
+            .contains(r#"href="/console/admin?reviews=50#review-queue""#),
+        "{}",
+        first.text
+    );
+    let last = admin.get("/console/admin?reviews=200").await;
+    let table = queue(&last);
+    assert!(
+        table.contains("Bulk 199") && table.contains("Bulk 204") && !table.contains("Zeta"),
+        "{table}"
+    );
+    assert!(!last.text.contains("More community templates"));
+    assert!(
+        last.text
+            .contains(r#"href="/console/admin?reviews=150#review-queue""#)
+    );
+    let bad = admin.get("/console/admin?reviews=x").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 }

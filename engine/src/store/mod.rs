@@ -20,6 +20,7 @@ pub mod members;
 pub mod oauth;
 pub mod schedules;
 pub mod subscriptions;
+pub mod template_lists;
 pub mod templates;
 pub mod triggers;
 pub mod usage;
