@@ -1,18 +1,20 @@
 //! The admin page (SaaS admins only): queue health, usage per workspace
 //! over the last week, every workspace's recent executions with
-//! drill-down, the community review queue with its actions, every
+//! drill-down, the community review queue (pending first, a page at a
+//! time) with its actions, every
 //! template's metrics over the last 24 hours, and the audit log.
 
 use askama::Template;
 use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use chrono::Utc;
-use conveyor_engine::state::{AdminRole, ReviewStatus};
+use conveyor_engine::state::AdminRole;
 use conveyor_engine::store::access::{self, AuditFilter};
 use conveyor_engine::store::admin as admin_store;
 use conveyor_engine::store::history::{self, ExecutionFilter};
 use conveyor_engine::store::templates::{self, TemplateFilter};
 use conveyor_engine::store::usage as usage_store;
+use serde::Deserialize;
 use serde_json::json;
 
 use super::executions::{parse_id, show};
@@ -28,6 +30,17 @@ use crate::routes::templates::{
     admin_approve_template, admin_feature_template, admin_reject_template, admin_retire_template,
     admin_unfeature_template,
 };
+
+/// Community templates the review queue shows at a time.
+const REVIEW_PAGE: i64 = 50;
+
+/// Which page of the review queue to show.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct AdminQuery {
+    /// Templates of the queue skipped.
+    #[serde(default)]
+    reviews: String,
+}
 
 /// One execution of any workspace.
 #[derive(Debug)]
@@ -120,13 +133,28 @@ struct AdminPage {
     usage: Vec<Usage>,
     executions: Vec<Execution>,
     reviews: Vec<Review>,
+    /// The queue's previous and next pages (offsets), when there are some.
+    reviews_previous: Option<i64>,
+    reviews_next: Option<i64>,
     template_stats: Vec<TemplateStat>,
     audit: Vec<Entry>,
 }
 
 /// `GET /console/admin`.
-pub(super) async fn page(State(state): State<AppState>, session: Session) -> PageResult {
+pub(super) async fn page(
+    State(state): State<AppState>,
+    session: Session,
+    Query(q): Query<AdminQuery>,
+) -> PageResult {
     let role = session.admin(AdminRole::Viewer)?;
+    let offset = match q.reviews.trim() {
+        "" => 0,
+        text => text
+            .parse::<i64>()
+            .ok()
+            .filter(|o| *o >= 0)
+            .ok_or_else(|| ApiError::bad_request("`reviews` must be a whole number, 0 or more"))?,
+    };
     let now = Utc::now();
     let s = admin_store::queue_stats(&state.pool, now, now - chrono::Duration::hours(24)).await?;
     let stats = vec![
@@ -175,18 +203,19 @@ pub(super) async fn page(State(state): State<AppState>, session: Session) -> Pag
             created: when(&e.created_at),
         })
         .collect();
-    let all = TemplateFilter {
-        viewer: None,
-        q: None,
-        category: None,
+    // Pending first in the query, so none waits behind a page of others.
+    let queue = TemplateFilter {
         official: Some(false),
-        featured: None,
         sort: "name".to_owned(),
-        limit: 200,
-        offset: 0,
+        limit: REVIEW_PAGE + 1,
+        offset,
+        pending_first: true,
+        ..TemplateFilter::default()
     };
-    let mut reviews: Vec<Review> = templates::list(&state.pool, &all)
-        .await?
+    let mut queued = templates::list(&state.pool, &queue).await?;
+    let reviews_next = (queued.len() > REVIEW_PAGE as usize).then_some(offset + REVIEW_PAGE);
+    queued.truncate(REVIEW_PAGE as usize);
+    let reviews = queued
         .into_iter()
         .map(|t| Review {
             status: t.review_status.as_str().to_owned(),
@@ -198,7 +227,6 @@ pub(super) async fn page(State(state): State<AppState>, session: Session) -> Pag
             installs: t.install_count,
         })
         .collect();
-    reviews.sort_by_key(|r| r.status != ReviewStatus::Pending.as_str());
     let mut template_stats: Vec<TemplateStat> =
         templates::all_metrics(&state.pool, now - chrono::Duration::hours(24))
             .await?
@@ -242,6 +270,8 @@ pub(super) async fn page(State(state): State<AppState>, session: Session) -> Pag
         usage,
         executions,
         reviews,
+        reviews_previous: (offset > 0).then(|| (offset - REVIEW_PAGE).max(0)),
+        reviews_next,
         template_stats,
         audit,
     })

@@ -1,13 +1,14 @@
 //! Credentials: names, kinds, field names, key ids and last use, and for
 //! OAuth ones their status, token expiry and last refresh with a
-//! Connect/Reconnect button (it starts the flow and redirects to the
-//! provider); a form per kind to create or replace one; delete. Secret
-//! values go from the form to the JSON API's handler and are never
+//! Connect/Reconnect button (it starts the flow and sends the browser on
+//! to the provider); a form per kind to create or replace one, re-shown
+//! with the API's problems and the names typed (never the values); delete.
+//! Secret values go from the form to the JSON API's handler and are never
 //! rendered back; tokens never reach a page.
 
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::{Form, Json};
 use conveyor_engine::oauth::CredentialKind;
 use conveyor_engine::store::credentials;
@@ -98,6 +99,45 @@ const KINDS: [Kind; 3] = [
 /// Free-form field pairs the custom form offers.
 const CUSTOM_FIELDS: [usize; 3] = [1, 2, 3];
 
+/// The `form` field of the custom form (the others send their kind's id).
+const CUSTOM: &str = "custom";
+
+/// A create form that was refused: which one, and the names typed into it
+/// (never a secret value), to show it again as it was sent.
+#[derive(Debug)]
+struct Submitted {
+    /// A kind's id, or [`CUSTOM`].
+    form: &'static str,
+    label: &'static str,
+    name: String,
+    /// The custom form's field names, in [`CUSTOM_FIELDS`] order.
+    custom_names: Vec<String>,
+}
+
+impl Submitted {
+    /// The refused form of `fields`; `None` when it names no known form.
+    fn of(fields: &Fields) -> Option<Self> {
+        let (form, label) = match fields.get("form")? {
+            CUSTOM => (CUSTOM, "Custom fields"),
+            id => KINDS.iter().find(|k| k.id == id).map(|k| (k.id, k.label))?,
+        };
+        Some(Self {
+            form,
+            label,
+            name: fields.get("name").unwrap_or_default().to_owned(),
+            custom_names: CUSTOM_FIELDS
+                .iter()
+                .map(|n| {
+                    fields
+                        .get(&format!("custom.{n}.name"))
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .collect(),
+        })
+    }
+}
+
 #[derive(Template)]
 #[template(path = "console/credentials.html")]
 struct ListPage {
@@ -106,7 +146,34 @@ struct ListPage {
     kinds: &'static [Kind],
     custom_fields: &'static [usize],
     problems: Vec<Problem>,
-    notice: Option<String>,
+    /// The form the problems belong to; `None`: the page's.
+    submitted: Option<Submitted>,
+}
+
+impl ListPage {
+    /// Whether the problems belong to form `form`.
+    fn refused(&self, form: &str) -> bool {
+        self.submitted.as_ref().is_some_and(|s| s.form == form)
+    }
+
+    /// The name form `form` was sent with (empty for the others).
+    fn name_in(&self, form: &str) -> &str {
+        match &self.submitted {
+            Some(s) if s.form == form => &s.name,
+            _ => "",
+        }
+    }
+
+    /// The field name pair `n` of the custom form was sent with.
+    fn custom_name(&self, n: &usize) -> &str {
+        match &self.submitted {
+            Some(s) if s.form == CUSTOM => s
+                .custom_names
+                .get(n.saturating_sub(1))
+                .map_or("", String::as_str),
+            _ => "",
+        }
+    }
 }
 
 async fn show(
@@ -114,7 +181,7 @@ async fn show(
     session: &Session,
     status: StatusCode,
     problems: Vec<Problem>,
-    notice: Option<String>,
+    submitted: Option<Submitted>,
 ) -> PageResult {
     let rows = credentials::list(&state.pool, &session.caller.workspace_id)
         .await?
@@ -127,7 +194,7 @@ async fn show(
         kinds: &KINDS,
         custom_fields: &CUSTOM_FIELDS,
         problems,
-        notice,
+        submitted,
     })?;
     *response.status_mut() = status;
     Ok(response)
@@ -176,14 +243,38 @@ pub(super) async fn put(
     match stored {
         Ok(()) => see_other("/console/credentials"),
         Err(e) if e.status().is_client_error() => {
-            show(&state, &session, e.status(), problems(&e), None).await
+            show(
+                &state,
+                &session,
+                e.status(),
+                problems(&e),
+                Submitted::of(&form),
+            )
+            .await
         }
         Err(e) => Err(e.into()),
     }
 }
 
+/// The page that sends the browser on to the provider's authorization URL.
+#[derive(Template)]
+#[template(path = "console/connect.html")]
+struct ConnectPage {
+    layout: Layout,
+    name: String,
+    url: String,
+    /// The provider's host, as the page names it.
+    host: String,
+}
+
 /// `POST /console/credentials/{name}/connect`: starts the OAuth flow of an
 /// authorization code credential and sends the browser to the provider.
+///
+/// Not with a redirect: the console's CSP has `form-action 'self'`, which
+/// browsers also apply to the redirects that answer a form, so a 303 to
+/// the provider would be blocked. A page that links to the authorization
+/// URL and continues there by `<meta http-equiv="refresh">` (allowed by
+/// that CSP, unlike inline script) is a navigation, not a form's.
 pub(super) async fn connect(
     State(state): State<AppState>,
     session: Session,
@@ -191,9 +282,27 @@ pub(super) async fn connect(
     Form(form): Form<Fields>,
 ) -> PageResult {
     session.check(&form)?;
-    let started = start_oauth(State(state.clone()), session.caller.clone(), ApiPath(name)).await;
+    let started = start_oauth(
+        State(state.clone()),
+        session.caller.clone(),
+        ApiPath(name.clone()),
+    )
+    .await;
     match started {
-        Ok(Json(started)) => see_other(&started.authorization_url),
+        Ok(Json(started)) => {
+            let url = started.authorization_url;
+            let host = url
+                .parse::<Uri>()
+                .ok()
+                .and_then(|u| u.host().map(str::to_owned))
+                .unwrap_or_else(|| url.clone());
+            render(&ConnectPage {
+                layout: session.layout(format!("Connecting {name}"), Nav::Credentials),
+                name,
+                url,
+                host,
+            })
+        }
         Err(e) if e.status().is_client_error() => {
             show(&state, &session, e.status(), problems(&e), None).await
         }
@@ -201,7 +310,8 @@ pub(super) async fn connect(
     }
 }
 
-/// `POST /console/credentials/{name}/delete`.
+/// `POST /console/credentials/{name}/delete`: answered with a redirect, as
+/// every other form, so reloading the page does not send it again.
 pub(super) async fn delete(
     State(state): State<AppState>,
     session: Session,
@@ -209,18 +319,6 @@ pub(super) async fn delete(
     Form(form): Form<Fields>,
 ) -> PageResult {
     session.check(&form)?;
-    delete_credential(
-        State(state.clone()),
-        session.caller.clone(),
-        ApiPath(name.clone()),
-    )
-    .await?;
-    show(
-        &state,
-        &session,
-        StatusCode::OK,
-        Vec::new(),
-        Some(format!("Deleted credential {name}.")),
-    )
-    .await
+    delete_credential(State(state), session.caller.clone(), ApiPath(name)).await?;
+    see_other("/console/credentials")
 }

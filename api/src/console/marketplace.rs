@@ -1,12 +1,15 @@
-//! The marketplace: browse, search, filter and sort templates; one
-//! template's page with what it needs, its ratings, an install form
-//! (re-shown with the API's 422 problems by field) and a rating form.
+//! The marketplace: browse, search, filter and sort templates, a page at a
+//! time; one template's page with what it needs, its ratings, an install
+//! form (re-shown with the API's 422 problems by field; a setting whose
+//! default is not a string is read as JSON) and, once the template is
+//! approved, a rating form.
 
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use conveyor_engine::store::credentials;
+use conveyor_engine::store::templates::{self, TemplateFilter};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -16,8 +19,11 @@ use super::{
 };
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::routes::templates::{get_template, install_template, list_templates, rate_template};
+use crate::extract::{ApiJson, ApiPath};
+use crate::routes::templates::{get_template, install_template, rate_template};
+
+/// Templates a marketplace page lists.
+const PAGE: i64 = 50;
 
 /// The browse form.
 #[derive(Debug, Default, Deserialize)]
@@ -32,6 +38,9 @@ pub(super) struct BrowseQuery {
     source: String,
     #[serde(default)]
     sort: String,
+    /// Templates skipped: the page's start.
+    #[serde(default)]
+    offset: String,
 }
 
 /// One template in the list.
@@ -54,16 +63,20 @@ struct ListPage {
     layout: Layout,
     q: BrowseQuery,
     cards: Vec<Card>,
+    /// The offsets of the previous and next pages, when there are some.
+    previous: Option<i64>,
+    next: Option<i64>,
 }
 
-fn rating(summary: &Value) -> String {
-    match summary["rating_average"].as_f64() {
-        Some(avg) => format!(
-            "{avg:.1} ★ ({})",
-            summary["rating_count"].as_i64().unwrap_or(0)
-        ),
+fn rating(average: Option<f64>, count: i64) -> String {
+    match average {
+        Some(avg) => format!("{avg:.1} ★ ({count})"),
         None => "no ratings".to_owned(),
     }
+}
+
+fn non_empty(value: &str) -> Option<String> {
+    Some(value.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
 fn text(value: &Value, key: &str) -> String {
@@ -76,45 +89,70 @@ pub(super) async fn list(
     session: Session,
     Query(q): Query<BrowseQuery>,
 ) -> PageResult {
-    let mut query = Map::new();
-    for (key, value) in [
-        ("q", &q.q),
-        ("category", &q.category),
-        ("source", &q.source),
-        ("sort", &q.sort),
-    ] {
-        if !value.trim().is_empty() {
-            query.insert(key.to_owned(), json!(value.trim()));
+    let official = match q.source.trim() {
+        "" => None,
+        "official" => Some(true),
+        "community" => Some(false),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "invalid `source` `{other}`: expected official or community"
+            ))
+            .into());
         }
-    }
-    query.insert("limit".to_owned(), json!(200));
-    let query = serde_json::from_value(Value::Object(query))
-        .map_err(|e| ApiError::bad_request(format!("invalid filter: {e}")))?;
-    let page = list_templates(State(state), session.caller.clone(), ApiQuery(query))
-        .await?
-        .0;
-    let provider = q.provider.trim().to_lowercase();
-    let cards = page["items"]
-        .as_array()
+    };
+    let sort = match q.sort.trim() {
+        "" => "name",
+        sort @ ("installs" | "rating" | "name") => sort,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "invalid `sort` `{other}`: expected installs, rating or name"
+            ))
+            .into());
+        }
+    };
+    let offset = match q.offset.trim() {
+        "" => 0,
+        text => text
+            .parse::<i64>()
+            .ok()
+            .filter(|o| *o >= 0)
+            .ok_or_else(|| ApiError::bad_request("`offset` must be a whole number, 0 or more"))?,
+    };
+    // The provider is filtered in the query, so every page is full.
+    let filter = TemplateFilter {
+        viewer: Some(session.caller.workspace_id.clone()),
+        q: non_empty(&q.q),
+        category: non_empty(&q.category),
+        official,
+        sort: sort.to_owned(),
+        limit: PAGE + 1,
+        offset,
+        provider: non_empty(&q.provider),
+        ..TemplateFilter::default()
+    };
+    let mut found = templates::list(&state.pool, &filter).await?;
+    let next = (found.len() > PAGE as usize).then_some(offset + PAGE);
+    found.truncate(PAGE as usize);
+    let cards = found
         .into_iter()
-        .flatten()
-        .filter(|t| provider.is_empty() || text(t, "provider").to_lowercase() == provider)
         .map(|t| Card {
-            slug: text(t, "slug"),
-            name: text(t, "name"),
-            description: text(t, "description"),
-            category: text(t, "category"),
-            provider: text(t, "provider"),
-            official: t["official"].as_bool().unwrap_or(false),
-            featured: t["featured"].as_bool().unwrap_or(false),
-            installs: t["install_count"].as_i64().unwrap_or(0),
-            rating: rating(t),
+            rating: rating(t.rating_average, t.rating_count),
+            slug: t.slug,
+            name: t.name,
+            description: t.description,
+            category: t.category,
+            provider: t.provider,
+            official: t.official,
+            featured: t.featured,
+            installs: t.install_count,
         })
         .collect();
     render(&ListPage {
         layout: session.layout("Marketplace", Nav::Marketplace),
         q,
         cards,
+        previous: (offset > 0).then(|| (offset - PAGE).max(0)),
+        next,
     })
 }
 
@@ -124,7 +162,31 @@ struct Setting {
     name: String,
     description: String,
     value: String,
+    /// Typed as JSON (its default is not a string).
+    json: bool,
     problem: Option<String>,
+}
+
+/// Whether a setting with this default is read as JSON: a number, an
+/// array or an object must reach the connector as one, not as its text.
+fn is_json(default: &Value) -> bool {
+    !matches!(default, Value::Null | Value::String(_))
+}
+
+/// The rating form's choices, as `(stars, label)`.
+const STARS: [(&str, &str); 5] = [
+    ("5", "5 ★★★★★"),
+    ("4", "4 ★★★★"),
+    ("3", "3 ★★★"),
+    ("2", "2 ★★"),
+    ("1", "1 ★"),
+];
+
+/// A form of the template page that was refused: what was sent, and the
+/// problems to show at it.
+enum Refused<'a> {
+    Install(&'a Fields, Vec<Problem>),
+    Rate(&'a Fields, Vec<Problem>),
 }
 
 /// A credential the template needs, mapped to one of the workspace's.
@@ -157,6 +219,12 @@ struct TemplatePage {
     workspace_credentials: Vec<String>,
     connector_name: String,
     problems: Vec<Problem>,
+    /// Only an approved template can be rated.
+    approved: bool,
+    stars: &'static [(&'static str, &'static str)],
+    chosen_stars: String,
+    review: String,
+    rate_problems: Vec<Problem>,
 }
 
 fn problem_at(found: &[Problem], path: &str) -> Option<String> {
@@ -170,10 +238,14 @@ async fn show(
     state: &AppState,
     session: &Session,
     slug: String,
-    form: Option<&Fields>,
-    found: Vec<Problem>,
+    refused: Option<Refused<'_>>,
     status: StatusCode,
 ) -> PageResult {
+    let (form, found, rate_problems) = match refused {
+        None => (None, Vec::new(), Vec::new()),
+        Some(Refused::Install(form, found)) => (Some(form), found, Vec::new()),
+        Some(Refused::Rate(form, found)) => (Some(form), Vec::new(), found),
+    };
     let body = get_template(
         State(state.clone()),
         session.caller.clone(),
@@ -196,6 +268,7 @@ async fn show(
             };
             Setting {
                 value: field(&format!("settings.{name}")).unwrap_or(default),
+                json: is_json(&s["default"]),
                 problem: problem_at(&found, &format!("settings.{name}")),
                 description: text(s, "description"),
                 name,
@@ -251,14 +324,22 @@ async fn show(
         version: body["approved_version"]
             .as_str()
             .map_or_else(|| text(&body, "latest_version"), str::to_owned),
+        approved: text(&body, "review_status") == "approved",
         review_status: text(&body, "review_status"),
         installs: body["install_count"].as_i64().unwrap_or(0),
-        rating: rating(&body),
+        rating: rating(
+            body["rating_average"].as_f64(),
+            body["rating_count"].as_i64().unwrap_or(0),
+        ),
         settings,
         needs,
         workspace_credentials,
         connector_name: field("name").unwrap_or_default(),
         problems: found,
+        stars: &STARS,
+        chosen_stars: field("stars").unwrap_or_default(),
+        review: field("review").unwrap_or_default(),
+        rate_problems,
         slug,
     })?;
     *response.status_mut() = status;
@@ -271,7 +352,7 @@ pub(super) async fn template(
     session: Session,
     Path(slug): Path<String>,
 ) -> PageResult {
-    show(&state, &session, slug, None, Vec::new(), StatusCode::OK).await
+    show(&state, &session, slug, None, StatusCode::OK).await
 }
 
 /// `POST /console/marketplace/{slug}/install`: installs, then shows the
@@ -283,11 +364,52 @@ pub(super) async fn install(
     Form(form): Form<Fields>,
 ) -> PageResult {
     session.check(&form)?;
-    let settings: Map<String, Value> = form
-        .with_prefix("settings.")
-        .filter(|(_, v)| !v.trim().is_empty())
-        .map(|(k, v)| (k.to_owned(), json!(v)))
-        .collect();
+    let template = get_template(
+        State(state.clone()),
+        session.caller.clone(),
+        ApiPath(slug.clone()),
+    )
+    .await?
+    .0;
+    let declared = template["template"]["settings"].as_array();
+    let typed = |name: &str| {
+        declared
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == name)
+            .map(|s| &s["default"])
+            .filter(|default| is_json(default))
+    };
+    let mut settings = Map::new();
+    let mut unparsed = Vec::new();
+    for (name, value) in form.with_prefix("settings.") {
+        if value.trim().is_empty() {
+            continue;
+        }
+        let Some(default) = typed(name) else {
+            settings.insert(name.to_owned(), json!(value));
+            continue;
+        };
+        match serde_json::from_str::<Value>(value) {
+            Ok(parsed) => {
+                settings.insert(name.to_owned(), parsed);
+            }
+            Err(e) => unparsed.push(Problem {
+                path: format!("settings.{name}"),
+                message: format!("must be JSON, like its default {default}: {e}"),
+            }),
+        }
+    }
+    if !unparsed.is_empty() {
+        return show(
+            &state,
+            &session,
+            slug,
+            Some(Refused::Install(&form, unparsed)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+    }
     let mapped: Map<String, Value> = form
         .with_prefix("credentials.")
         .filter(|(_, v)| !v.trim().is_empty())
@@ -322,8 +444,7 @@ pub(super) async fn install(
                 &state,
                 &session,
                 slug,
-                Some(&form),
-                problems(&e),
+                Some(Refused::Install(&form, problems(&e))),
                 e.status(),
             )
             .await
@@ -332,7 +453,8 @@ pub(super) async fn install(
     }
 }
 
-/// `POST /console/marketplace/{slug}/rate`.
+/// `POST /console/marketplace/{slug}/rate`; a refusal is shown at the
+/// form, which keeps the review typed.
 pub(super) async fn rate(
     State(state): State<AppState>,
     session: Session,
@@ -345,7 +467,13 @@ pub(super) async fn rate(
     if let Some(review) = form.text("review") {
         request["review"] = json!(review);
     }
-    let body = handler_body(&request)?;
+    let body = match handler_body(&request) {
+        Ok(body) => body,
+        Err(e) => {
+            let refused = Refused::Rate(&form, problems(&e));
+            return show(&state, &session, slug, Some(refused), e.status()).await;
+        }
+    };
     match rate_template(
         State(state.clone()),
         session.caller.clone(),
@@ -355,8 +483,21 @@ pub(super) async fn rate(
     .await
     {
         Ok(_) => see_other(&format!("/console/marketplace/{slug}")),
-        Err(e) if e.status().is_client_error() && e.status() != StatusCode::NOT_FOUND => {
-            show(&state, &session, slug, None, problems(&e), e.status()).await
+        // The API answers 404 for a template this workspace sees but may
+        // not rate yet (its own pending submission); `show` still answers
+        // 404 for one it does not see at all.
+        Err(e) if e.status() == StatusCode::NOT_FOUND => {
+            let problem = Problem {
+                path: String::new(),
+                message: "Only approved templates can be rated; this one is not approved yet."
+                    .to_owned(),
+            };
+            let refused = Refused::Rate(&form, vec![problem]);
+            show(&state, &session, slug, Some(refused), StatusCode::CONFLICT).await
+        }
+        Err(e) if e.status().is_client_error() => {
+            let refused = Refused::Rate(&form, problems(&e));
+            show(&state, &session, slug, Some(refused), e.status()).await
         }
         Err(e) => Err(e.into()),
     }

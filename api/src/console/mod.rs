@@ -28,7 +28,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -124,21 +124,26 @@ pub fn router(public_url: &str) -> Router<AppState> {
         )
         .route("/console/logout", post(session::logout))
         .route("/console/assets/{file}", get(serve_asset))
+        .route("/console/{*rest}", any(not_found))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             guard(Arc::clone(&public), req, next)
         }))
 }
 
 /// Refuses cross-site state changes (the `Origin` and `Sec-Fetch-Site`
-/// headers browsers send), and sets the console's security headers.
+/// headers browsers send), and sets the console's security headers on
+/// every response, the refusal included.
 async fn guard(public_url: Arc<str>, req: Request, next: Next) -> Response {
-    if !matches!(*req.method(), Method::GET | Method::HEAD) && is_cross_site(&req, &public_url) {
-        return page_error(
+    let mut response = if !matches!(*req.method(), Method::GET | Method::HEAD)
+        && is_cross_site(&req, &public_url)
+    {
+        page_error(
             StatusCode::FORBIDDEN,
             "This form was sent from another site and was refused.",
-        );
-    }
-    let mut response = next.run(req).await;
+        )
+    } else {
+        next.run(req).await
+    };
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -157,6 +162,15 @@ async fn guard(public_url: Arc<str>, req: Request, next: Next) -> Response {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
+}
+
+/// Any other path under `/console`: a 404 page (behind `guard`, so with
+/// the console's headers) instead of an empty response.
+async fn not_found() -> Response {
+    page_error(
+        StatusCode::NOT_FOUND,
+        "There is no such page in the console.",
+    )
 }
 
 fn is_cross_site(req: &Request, public_url: &str) -> bool {

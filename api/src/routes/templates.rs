@@ -129,6 +129,7 @@ fn filter(q: ListQuery, viewer: Option<String>) -> ApiResult<TemplateFilter> {
         sort,
         limit: limit + 1,
         offset,
+        ..TemplateFilter::default()
     })
 }
 

@@ -231,14 +231,27 @@ async fn every_page_shows_hostile_names_as_text(pool: PgPool) {
                 "{path} does not show the name as text"
             );
         }
-        let csp = reply.headers[header::CONTENT_SECURITY_POLICY]
-            .to_str()
-            .expect("csp");
-        assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
-        assert!(csp.contains("frame-ancestors 'none'"));
-        assert_eq!(reply.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
-        assert_eq!(reply.headers[header::CACHE_CONTROL], "no-store");
+        assert_security_headers(&path, &reply);
     }
+}
+
+/// The headers every console response carries.
+pub(crate) fn assert_security_headers(what: &str, reply: &Reply) {
+    let csp = reply.headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .expect("csp");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{what}: {csp}"
+    );
+    assert!(csp.contains("frame-ancestors 'none'"), "{what}: {csp}");
+    assert_eq!(
+        reply.headers[header::X_CONTENT_TYPE_OPTIONS],
+        "nosniff",
+        "{what}"
+    );
+    assert_eq!(reply.headers[header::X_FRAME_OPTIONS], "DENY", "{what}");
+    assert_eq!(reply.headers[header::CACHE_CONTROL], "no-store", "{what}");
 }
 
 #[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
@@ -295,6 +308,7 @@ async fn forms_without_their_csrf_token_or_from_another_site_are_refused(pool: P
         .expect("request");
     let reply = api.send_request(cross_site).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text);
+    assert_security_headers("the cross-site refusal", &reply);
     // Nothing changed: still queued, no credential, one version, signed in.
     let detail = api
         .get(&format!("/api/v1/executions/{execution}"), &token)

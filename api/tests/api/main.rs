@@ -10,6 +10,7 @@ mod authentication;
 mod bad_input;
 mod callbacks;
 mod console;
+mod console_forms;
 mod console_live;
 mod console_oauth;
 mod end_to_end;

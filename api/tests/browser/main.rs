@@ -6,7 +6,10 @@
 //! through its form, run it and watch the page turn `succeeded` without a
 //! reload, read the redacted request of a failed execution, see a
 //! validation error at its field, cancel a running execution, and review
-//! a community template as an admin.
+//! a community template as an admin. Another connects an OAuth credential
+//! through the loopback test OAuth server and comes back connected (the
+//! console's CSP, `form-action 'self'`, must not stop the browser on its
+//! way to the provider).
 //!
 //! With `CONVEYOR_CONSOLE_SCREENSHOTS=<dir>` it also saves screenshots of
 //! the main pages there (`scripts/console-screenshots` writes
@@ -22,6 +25,7 @@ use conveyor_api::auth::Authenticator;
 use conveyor_api::{ApiConfig, AppState, app};
 use conveyor_engine::crypto::{Key, Keyring};
 use conveyor_tests::api::JWT_SECRET;
+use conveyor_tests::oauth_server::{CLIENT_ID, CLIENT_SECRET, OAuthServer};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use thirtyfour::prelude::*;
@@ -98,12 +102,20 @@ async fn open_browser(driver: &Driver) -> WebDriver {
         .expect("a Chromium session")
 }
 
-/// The API on a loopback port with an embedded worker.
+/// The API on a loopback port with an embedded worker; its public URL is
+/// that port (the OAuth redirect URI), and token endpoints may be on
+/// loopback (the test OAuth server).
 async fn serve(pool: &PgPool) -> (SocketAddr, Authenticator, CancellationToken) {
     let keyring = Arc::new(Keyring::new(Key::generate(), []));
     let auth = Authenticator::new(JWT_SECRET).expect("secret");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
     let config = ApiConfig {
         rate_limit_per_sec: 0,
+        public_url: format!("http://{address}"),
+        allow_private_networks: true,
         ..ApiConfig::default()
     };
     let state = AppState::new(pool.clone(), keyring.clone(), auth.clone(), config, None);
@@ -113,10 +125,6 @@ async fn serve(pool: &PgPool) -> (SocketAddr, Authenticator, CancellationToken) 
             .clone()
             .listen(pool.clone(), std::future::pending()),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
     tokio::spawn(async move { axum::serve(listener, app(state)).await });
     let stop = CancellationToken::new();
     let worker = conveyor_tests::worker(pool, &keyring, conveyor_tests::test_worker_config("b"));
@@ -322,6 +330,20 @@ async fn a_person_uses_the_console_in_chromium(pool: PgPool) {
     outcome.expect("the walk");
 }
 
+/// Signs in on the sign-in page by pasting `token`.
+async fn sign_in(browser: &WebDriver, token: &str) {
+    wait_for(browser, By::Tag("h1"), "sign-in page", |t| {
+        t == "Conveyor console"
+    })
+    .await;
+    fill(browser, "#token", token).await;
+    click(browser, "form button[type=submit]").await;
+    wait_for(browser, By::Tag("h1"), "executions page", |t| {
+        t == "Executions"
+    })
+    .await;
+}
+
 /// The walk itself; WebDriver errors end it.
 async fn walk(browser: &WebDriver, base: &str, token: &str, stub: &str) -> WebDriverResult<()> {
     // Signing in.
@@ -331,12 +353,7 @@ async fn walk(browser: &WebDriver, base: &str, token: &str, stub: &str) -> WebDr
     })
     .await;
     snap(browser, "login").await;
-    fill(browser, "#token", token).await;
-    click(browser, "form button[type=submit]").await;
-    wait_for(browser, By::Tag("h1"), "executions page", |t| {
-        t == "Executions"
-    })
-    .await;
+    sign_in(browser, token).await;
     assert!(page_text(browser).await.contains("No executions match."));
 
     // A credential through the bearer form; its value never shows again.
@@ -640,5 +657,69 @@ async fn walk(browser: &WebDriver, base: &str, token: &str, stub: &str) -> WebDr
         t == "Conveyor console"
     })
     .await;
+    Ok(())
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn connect_goes_to_the_provider_and_comes_back_connected_in_chromium(pool: PgPool) {
+    let provider = OAuthServer::start().await;
+    let (address, auth, stop) = serve(&pool).await;
+    let base = format!("http://{address}");
+    let token = auth
+        .mint("ws_demo", "ada", Duration::from_secs(600))
+        .expect("token");
+    api_call(
+        &base,
+        &token,
+        reqwest::Method::PUT,
+        "/credentials/crm",
+        json!({"kind": "oauth2_authorization_code",
+               "data": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
+               "oauth": {"authorize_url": format!("{}/authorize", provider.uri),
+                         "token_url": format!("{}/token", provider.uri)}}),
+    )
+    .await;
+
+    let driver = start_driver();
+    let browser = open_browser(&driver).await;
+    let outcome = connect(&browser, &base, &token).await;
+    browser.quit().await.expect("quit");
+    stop.cancel();
+    drop(driver);
+    outcome.expect("connecting");
+    assert_eq!(
+        provider.count("authorization_code"),
+        1,
+        "the provider was reached and its code exchanged once"
+    );
+}
+
+/// Connect on the credentials page: the browser goes on to the provider,
+/// whose authorize endpoint sends it straight back to the callback.
+async fn connect(browser: &WebDriver, base: &str, token: &str) -> WebDriverResult<()> {
+    browser.goto(format!("{base}/console/credentials")).await?;
+    sign_in(browser, token).await;
+    browser.goto(format!("{base}/console/credentials")).await?;
+    let row = By::XPath("//tr[.//code[text()='crm']]");
+    wait_for(browser, row.clone(), "not connected yet", |t| {
+        t.to_lowercase().contains("needs_reconnect")
+    })
+    .await;
+    click(browser, "button[aria-label='Connect crm']").await;
+    wait_for(browser, By::Tag("h1"), "back from the provider", |t| {
+        t == "Connected"
+    })
+    .await;
+    let landed = browser.current_url().await?.to_string();
+    assert!(
+        landed.starts_with(&format!("{base}/api/v1/oauth/callback?")),
+        "{landed}"
+    );
+    browser.goto(format!("{base}/console/credentials")).await?;
+    let shown = wait_for(browser, row, "connected", |t| {
+        t.to_lowercase().contains("connected") && !t.to_lowercase().contains("needs_reconnect")
+    })
+    .await;
+    assert!(shown.contains("Reconnect"), "{shown}");
     Ok(())
 }

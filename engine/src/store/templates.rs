@@ -203,9 +203,16 @@ pub struct TemplateFilter {
     pub limit: i64,
     /// Rows to skip.
     pub offset: i64,
+    /// Only this provider, compared case-insensitively (the console's
+    /// marketplace filter).
+    pub provider: Option<String>,
+    /// Templates whose newest version awaits review before all others
+    /// (the console's review queue).
+    pub pending_first: bool,
 }
 
-/// Lists templates.
+/// Lists templates: filtered, ordered and paged in the query, so no page
+/// hides a template behind a cap.
 ///
 /// # Errors
 ///
@@ -246,7 +253,9 @@ pub async fn list(pool: &PgPool, f: &TemplateFilter) -> Result<Vec<TemplateSumma
              AND ($3::text IS NULL OR v.definition->>'category' = $3)
              AND ($4::bool IS NULL OR t.official = $4)
              AND ($5::bool IS NULL OR t.featured = $5)
+             AND ($9::text IS NULL OR lower(v.definition->>'provider') = lower($9))
            ORDER BY
+             CASE WHEN $10 THEN t.review_status <> 'pending' END,
              CASE WHEN $6 = 'installs' THEN t.install_count END DESC NULLS LAST,
              CASE WHEN $6 = 'rating' THEN r.average END DESC NULLS LAST,
              v.definition->>'name', t.slug
@@ -258,7 +267,9 @@ pub async fn list(pool: &PgPool, f: &TemplateFilter) -> Result<Vec<TemplateSumma
         f.featured,
         f.sort,
         f.limit,
-        f.offset
+        f.offset,
+        f.provider,
+        f.pending_first,
     )
     .fetch_all(pool)
     .await?)
