@@ -125,10 +125,11 @@ impl Redactor {
     /// another is replaced whole, and a secret inside the marker's own text
     /// leaves the marker alone.
     ///
-    /// Each form is looked for with `str::find`, as many as a step has
-    /// (five per credential field): an Aho-Corasick automaton finds them
-    /// all in one pass, but building one per step cost 15 to 50 µs against
-    /// the searches' 1 µs for a URL and a 2 KB body.
+    /// Each form is looked for with `str::find`, as many as a step has (up
+    /// to nine per credential field, one for a token of letters and
+    /// digits): an Aho-Corasick automaton finds them all in one pass, but
+    /// building one per step cost 15 to 50 µs against the searches' 1 µs
+    /// for a URL and a 2 KB body.
     pub(crate) fn text(&self, s: &str) -> String {
         let mut found: Vec<(usize, usize)> = Vec::new();
         for needle in &self.needles {
