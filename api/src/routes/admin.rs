@@ -106,13 +106,15 @@ struct UsageQuery {
     params(("id" = String, Path, description = "The workspace id"), UsageQuery),
     responses((status = 403, description = "Needs the admin role `viewer` or above"),
               (status = 200, description = "Executions per day and per connector", body = WorkspaceUsage),
-              (status = 404, description = "No such workspace")))]
+              (status = 404, description = "No such workspace"),
+              (status = 422, description = "`id` is not a valid workspace id")))]
 async fn workspace_usage(
     State(state): State<AppState>,
     _admin: Admin,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<UsageQuery>,
 ) -> ApiResult<Json<Value>> {
+    valid_id("id", "workspace", &id)?;
     let days = q.days.unwrap_or(DEFAULT_USAGE_DAYS);
     if days == 0 || days > MAX_USAGE_DAYS {
         return Err(ApiError::bad_request(format!(
@@ -348,12 +350,14 @@ async fn put_admin(
 #[utoipa::path(delete, path = "/admin/admins/{user_id}", tag = "admin",
     params(("user_id" = String, Path, description = "The user id")),
     responses((status = 204), (status = 403, description = "Needs the admin role `owner`"),
-              (status = 404, description = "Not an admin"), (status = 409, description = "Your own entry")))]
+              (status = 404, description = "Not an admin"), (status = 409, description = "Your own entry"),
+              (status = 422, description = "`user_id` is not a valid user id")))]
 async fn delete_admin(
     State(state): State<AppState>,
     Owner(caller): Owner,
     ApiPath(user_id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
+    valid_id("user_id", "user", &user_id)?;
     not_self(&caller, &user_id)?;
     if !access_store::remove_admin(&state.pool, &user_id).await? {
         return Err(ApiError::not_found("admin"));

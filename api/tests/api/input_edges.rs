@@ -279,6 +279,18 @@ async fn admin_routes_check_workspace_and_user_ids_like_the_others(pool: PgPool)
             "id",
             None,
         ),
+        (
+            Method::DELETE,
+            "/api/v1/admin/admins/%01".to_owned(),
+            "user_id",
+            None,
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/workspaces/%01/usage".to_owned(),
+            "id",
+            None,
+        ),
     ] {
         let reply = api.call(method.clone(), &uri, Some(&owner), body).await;
         reply.assert_refused(field);
