@@ -308,7 +308,34 @@ pub fn app(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(trace)
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::map_request(drop_unfit_request_id))
         .with_state(state)
+}
+
+/// Longest `X-Request-Id` a caller may give, in bytes.
+pub const MAX_REQUEST_ID_BYTES: usize = 200;
+
+/// The request without its `X-Request-Id` unless it has exactly one of 1
+/// to [`MAX_REQUEST_ID_BYTES`] visible ASCII characters, so that a fresh
+/// one is generated in its place. A caller's id is echoed, logged and
+/// stored in audit rows: an unbounded one would grow each of them, and
+/// one beyond ASCII used to reach the log as empty and the audit row as
+/// null.
+async fn drop_unfit_request_id<B>(mut request: axum::http::Request<B>) -> axum::http::Request<B> {
+    let mut ids = request.headers().get_all("x-request-id").iter();
+    let fit = match (ids.next(), ids.next()) {
+        (Some(id), None) => {
+            let id = id.as_bytes();
+            (1..=MAX_REQUEST_ID_BYTES).contains(&id.len())
+                && id.iter().all(|b| b.is_ascii_graphic())
+        }
+        (None, _) => true,
+        (Some(_), Some(_)) => false,
+    };
+    if !fit {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
 }
 
 /// Whether `path` is the API's (`/api/...`), whose answers are JSON.

@@ -3,6 +3,7 @@
 //! cursors, NUL characters in query strings and path segments, admin ids
 //! with control characters, unknown paths and methods. Each gets a 4xx in
 //! the API's error shape naming what is at fault, and nothing is written.
+//! An `X-Request-Id` unfit to log and store is replaced, not refused.
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
@@ -358,4 +359,62 @@ async fn unknown_api_paths_are_404_and_wrong_methods_405_in_the_error_shape(pool
     let reply = api.send_request(request).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert!(reply.json.is_null(), "{}", reply.text);
+}
+
+#[sqlx::test(migrator = "conveyor_engine::MIGRATOR")]
+async fn an_unfit_request_id_is_replaced_by_a_generated_one_everywhere_it_goes(pool: PgPool) {
+    let (api, a, _, _) = callers(&pool).await;
+    let longest = "r".repeat(conveyor_api::MAX_REQUEST_ID_BYTES);
+    let too_long = format!("{longest}r");
+    let cases: [(&str, Vec<&[u8]>, bool); 6] = [
+        ("a plain id", vec![b"req-123"], true),
+        ("the longest id", vec![longest.as_bytes()], true),
+        ("one byte too long", vec![too_long.as_bytes()], false),
+        ("a byte beyond ASCII", vec![b"caf\xe9"], false),
+        ("a space", vec![b"req 123"], false),
+        ("two ids", vec![b"req-1", b"req-2"], false),
+    ];
+    for (n, (what, ids, kept)) in cases.into_iter().enumerate() {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/connectors")
+            .header("authorization", format!("Bearer {a}"))
+            .header("content-type", "application/json");
+        for id in &ids {
+            request = request.header(
+                "x-request-id",
+                axum::http::HeaderValue::from_bytes(id).expect("header value"),
+            );
+        }
+        let mut connector = simple_connector("http://127.0.0.1:9");
+        connector["name"] = json!(format!("ping-{n}"));
+        let reply = api
+            .send_request(
+                request
+                    .body(Body::from(connector.to_string()))
+                    .expect("request"),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{what}: {}", reply.text);
+        let echoed = reply
+            .headers
+            .get_all("x-request-id")
+            .iter()
+            .map(|v| v.to_str().expect("ASCII").to_owned())
+            .collect::<Vec<_>>();
+        assert_eq!(echoed.len(), 1, "{what}: {echoed:?}");
+        if kept {
+            assert_eq!(echoed[0].as_bytes(), ids[0], "{what}");
+        } else {
+            assert!(Uuid::parse_str(&echoed[0]).is_ok(), "{what}: {echoed:?}");
+        }
+        let stored: Option<String> = sqlx::query_scalar(
+            "SELECT request_id FROM audit_log WHERE action = 'connector.create' AND object_id = $1",
+        )
+        .bind(reply.id())
+        .fetch_one(&pool)
+        .await
+        .expect("audit row");
+        assert_eq!(stored.as_deref(), Some(echoed[0].as_str()), "{what}");
+    }
 }
