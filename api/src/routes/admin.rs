@@ -103,7 +103,7 @@ struct UsageQuery {
 /// the window, zeros included) and per connector with its failure rate
 /// (failed / (succeeded + failed)), most used first.
 #[utoipa::path(get, path = "/admin/workspaces/{id}/usage", tag = "admin", operation_id = "admin_workspace_usage",
-    params(("id" = String, Path, description = "The workspace id"), UsageQuery),
+    params(("id" = String, Path, description = "The workspace id: 1 to 128 printable characters", min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$"), UsageQuery),
     responses((status = 403, description = "Needs the admin role `viewer` or above"),
               (status = 200, description = "Executions per day and per connector", body = WorkspaceUsage),
               (status = 404, description = "No such workspace"),
@@ -309,7 +309,7 @@ fn not_self(caller: &Caller, user_id: &str) -> ApiResult<()> {
 /// Make a user an admin with `role`, or change an admin's role: 201 when
 /// new, 200 when changed.
 #[utoipa::path(put, path = "/admin/admins/{user_id}", tag = "admin",
-    params(("user_id" = String, Path, description = "The user id (a token's `sub`)")), request_body = AdminBody,
+    params(("user_id" = String, Path, description = "The user id (a token's `sub`): 1 to 128 printable characters", min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$")), request_body = AdminBody,
     responses((status = 200, description = "Role changed", body = Object), (status = 201, description = "Added", body = Object),
               (status = 403, description = "Needs the admin role `owner`"),
               (status = 409, description = "Your own entry"), (status = 422, description = "`role` or `user_id` is invalid")))]
@@ -348,7 +348,7 @@ async fn put_admin(
 
 /// Remove a user from the admins.
 #[utoipa::path(delete, path = "/admin/admins/{user_id}", tag = "admin",
-    params(("user_id" = String, Path, description = "The user id")),
+    params(("user_id" = String, Path, description = "The user id: 1 to 128 printable characters", min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$")),
     responses((status = 204), (status = 403, description = "Needs the admin role `owner`"),
               (status = 404, description = "Not an admin"), (status = 409, description = "Your own entry"),
               (status = 422, description = "`user_id` is not a valid user id")))]
@@ -391,7 +391,7 @@ struct RetentionBody {
 /// 90 days, `pro` 365), `custom` days, or null for the worker's
 /// `CONVEYOR_RETENTION_DAYS`. The worker's retention loop applies it.
 #[utoipa::path(put, path = "/admin/workspaces/{id}/retention", tag = "admin",
-    params(("id" = String, Path, description = "The workspace id")), request_body = RetentionBody,
+    params(("id" = String, Path, description = "The workspace id: 1 to 128 printable characters", min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$")), request_body = RetentionBody,
     responses((status = 200, description = "`workspace_id`, `plan`, `retention_days` (the effective days, null for the default)", body = Object),
               (status = 403, description = "Needs the admin role `operator` or above"),
               (status = 422, description = "`id`, `plan` or `retention_days` is invalid")))]
