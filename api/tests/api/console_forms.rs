@@ -10,8 +10,8 @@ use axum::http::{Method, Request, StatusCode};
 use conveyor_engine::marketplace::{Template, official};
 use conveyor_engine::state::ReviewStatus;
 use conveyor_engine::store::templates;
-use conveyor_tests::api::Reply;
-use serde_json::json;
+use conveyor_tests::api::{Reply, TestApi};
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::console::{Browser, assert_security_headers, location};
@@ -29,6 +29,29 @@ async fn community(pool: &PgPool, slug: &str, name: &str, provider: &str, status
     templates::publish(pool, &template, false, Some("ws_b"), status)
         .await
         .expect("published");
+}
+
+/// Installs template `slug` through the console's form with `fields`;
+/// the installed connector's settings, read back through the API.
+async fn install(
+    browser: &Browser<'_>,
+    api: &TestApi,
+    token: &str,
+    slug: &str,
+    fields: &[(&str, &str)],
+) -> Value {
+    let installed = browser
+        .submit(&format!("/console/marketplace/{slug}/install"), fields)
+        .await;
+    assert_eq!(
+        installed.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        installed.text
+    );
+    let id = location(&installed).rsplit('/').next().expect("id");
+    let connector = api.get(&format!("/api/v1/connectors/{id}"), token).await;
+    connector.json["definition"]["settings"].clone()
 }
 
 /// How many templates a marketplace page lists.
@@ -181,25 +204,18 @@ async fn install_keeps_settings_whose_default_is_not_a_string_typed(pool: PgPool
         "{}",
         page.text
     );
-    let installed = browser
-        .submit(
-            "/console/marketplace/pipedrive-list-deals/install",
-            &[
-                ("settings.base_url", "https://acme.pipedrive.com"),
-                ("settings.limit", "100"),
-                ("credentials.pipedrive", "pipedrive"),
-            ],
-        )
-        .await;
-    assert_eq!(
-        installed.status,
-        StatusCode::SEE_OTHER,
-        "{}",
-        installed.text
-    );
-    let id = location(&installed).rsplit('/').next().expect("id");
-    let connector = api.get(&format!("/api/v1/connectors/{id}"), &token).await;
-    let settings = &connector.json["definition"]["settings"];
+    let settings = install(
+        &browser,
+        &api,
+        &token,
+        "pipedrive-list-deals",
+        &[
+            ("settings.base_url", "https://acme.pipedrive.com"),
+            ("settings.limit", "100"),
+            ("credentials.pipedrive", "pipedrive"),
+        ],
+    )
+    .await;
     assert_eq!(settings["limit"], json!(100), "{settings}");
     assert_eq!(settings["base_url"], json!("https://acme.pipedrive.com"));
 
@@ -213,26 +229,19 @@ async fn install_keeps_settings_whose_default_is_not_a_string_typed(pool: PgPool
         "{}",
         page.text
     );
-    let installed = browser
-        .submit(
-            "/console/marketplace/zoho-crm-create-lead/install",
-            &[
-                ("settings.base_url", "https://www.zohoapis.com"),
-                ("settings.api_version", "v2"),
-                ("settings.trigger", trigger),
-                ("credentials.zoho", "zoho"),
-            ],
-        )
-        .await;
-    assert_eq!(
-        installed.status,
-        StatusCode::SEE_OTHER,
-        "{}",
-        installed.text
-    );
-    let id = location(&installed).rsplit('/').next().expect("id");
-    let connector = api.get(&format!("/api/v1/connectors/{id}"), &token).await;
-    let settings = &connector.json["definition"]["settings"];
+    let settings = install(
+        &browser,
+        &api,
+        &token,
+        "zoho-crm-create-lead",
+        &[
+            ("settings.base_url", "https://www.zohoapis.com"),
+            ("settings.api_version", "v2"),
+            ("settings.trigger", trigger),
+            ("credentials.zoho", "zoho"),
+        ],
+    )
+    .await;
     assert_eq!(
         settings["trigger"],
         json!(["approval", "workflow", "blueprint"]),
