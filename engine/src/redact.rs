@@ -46,10 +46,11 @@ pub(crate) struct Redactor {
 impl Redactor {
     pub(crate) fn new(credentials: &Credentials) -> Self {
         let mut redactor = Self::of_texts(credentials.values().flat_map(BTreeMap::values));
-        // The `Authorization: Basic` value a provider may echo back.
+        // The `Authorization: Basic` value a provider may echo back, also
+        // for a key sent as the user name with no password.
         for fields in credentials.values() {
             if let (Some(user), Some(pass)) = (fields.get("username"), fields.get("password"))
-                && !pass.is_empty()
+                && !(user.is_empty() && pass.is_empty())
             {
                 redactor
                     .needles
@@ -286,7 +287,7 @@ mod tests {
             r.text(r#"{"auth":"Basic dXNlcjpwYXNz"}"#),
             r#"{"auth":"Basic [REDACTED]"}"#
         );
-        // Without a password there is no pair to look for.
+        // A key sent as the user name with no password: base64("user:").
         creds.insert(
             "svc".to_owned(),
             BTreeMap::from([
@@ -294,7 +295,16 @@ mod tests {
                 ("password".to_owned(), String::new()),
             ]),
         );
-        assert_eq!(Redactor::new(&creds).text("dXNlcjo="), "dXNlcjo=");
+        assert_eq!(Redactor::new(&creds).text("dXNlcjo="), "[REDACTED]");
+        // With neither, there is no pair: base64(":") is left alone.
+        creds.insert(
+            "svc".to_owned(),
+            BTreeMap::from([
+                ("username".to_owned(), String::new()),
+                ("password".to_owned(), String::new()),
+            ]),
+        );
+        assert_eq!(Redactor::new(&creds).text("Og=="), "Og==");
     }
 
     #[test]
